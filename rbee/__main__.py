@@ -1,0 +1,3 @@
+from rbee.keeper.main import run
+
+run()

@@ -1,0 +1,51 @@
+"""Where rbee keeps things.
+
+`RBEE_HOME` puts everything under one folder (tests use it); otherwise the XDG folders:
+config in ~/.config/rbee, data (engines, models) in ~/.local/share/rbee, state (pid and
+log files, databases) in ~/.local/state/rbee, cache (downloaded sources) in ~/.cache/rbee.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def _xdg(var: str, fallback: str) -> Path:
+    return Path(os.environ.get(var) or Path.home() / fallback) / "rbee"
+
+
+def _home() -> Path | None:
+    home = os.environ.get("RBEE_HOME")
+    return Path(home) if home else None
+
+
+def config_dir() -> Path:
+    home = _home()
+    return home / "config" if home else _xdg("XDG_CONFIG_HOME", ".config")
+
+
+def data_dir() -> Path:
+    home = _home()
+    return home / "data" if home else _xdg("XDG_DATA_HOME", ".local/share")
+
+
+def state_dir() -> Path:
+    home = _home()
+    return home / "state" if home else _xdg("XDG_STATE_HOME", ".local/state")
+
+
+def cache_dir() -> Path:
+    home = _home()
+    return home / "cache" if home else _xdg("XDG_CACHE_HOME", ".cache")
+
+
+def engines_dir() -> Path:
+    """Built engines; `RBEE_ENGINES_DIR` lets several homes share one build."""
+    override = os.environ.get("RBEE_ENGINES_DIR")
+    return Path(override) if override else data_dir() / "engines"
+
+
+def ensure(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path

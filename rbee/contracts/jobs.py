@@ -1,0 +1,59 @@
+"""Jobs: long management operations with a stream of events (DESIGN.md decision 4).
+
+`POST /v1/jobs` -> `JobCreated`; `GET /v1/jobs/{id}/events` streams `JobEvent`s as SSE
+until a terminal one (`done`, `error`, `cancelled`); `DELETE /v1/jobs/{id}` cancels.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class JobKind(StrEnum):
+    ENGINE_INSTALL = "engine.install"
+    WORKER_SPAWN = "worker.spawn"
+
+
+class JobEventType(StrEnum):
+    STARTED = "started"
+    PROGRESS = "progress"
+    LOG = "log"
+    DONE = "done"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobEventType.DONE, JobEventType.ERROR, JobEventType.CANCELLED)
+
+
+class JobCreate(BaseModel):
+    kind: JobKind
+    hive: str = "localhost"
+    model: str | None = None
+    force: bool = False
+
+
+class JobCreated(BaseModel):
+    job_id: str
+
+
+class JobEvent(BaseModel):
+    job_id: str
+    seq: int
+    type: JobEventType
+    message: str = ""
+    current: float | None = None
+    total: float | None = None
+    unit: str | None = None
+    data: dict[str, Any] | None = None
+
+
+class JobInfo(BaseModel):
+    job_id: str
+    kind: JobKind
+    state: JobEventType
+    created_at: float

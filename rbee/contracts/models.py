@@ -1,0 +1,38 @@
+"""Model shapes: the OpenAI `/v1/models` objects and rbee's catalog entries."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel
+
+
+class ModelEntry(BaseModel):
+    """One model in a hive's catalog."""
+
+    name: str
+    path: str
+    size_bytes: int
+    source: str = "local"
+    architecture: str | None = None
+    context_length: int | None = None
+    pooling: str | None = None
+    added_at: float
+    last_used_at: float | None = None
+    missing: bool = False
+
+
+class ModelObject(BaseModel):
+    """What OpenAI's `GET /v1/models` lists, plus where rbee has it."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "rbee"
+    hives: list[str] = []
+    loaded: bool = False
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelObject]

@@ -1,0 +1,208 @@
+"""Getting the engine: llama.cpp's `llama-server` (DESIGN.md decisions 1-2).
+
+Order of preference: a configured path (`RBEE_LLAMA_SERVER`), `llama-server` on PATH, then
+one rbee built from source into its data folder. The source is llama.cpp as vendored by the
+PyPI source distribution of llama-cpp-python at a pinned version, so the build needs nothing
+but the package registry. Builds are cached by version and flags: a machine builds once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from rbee.common import paths
+from rbee.common.jobs import Emit, JobFailed
+from rbee.contracts.jobs import JobEventType
+from rbee.contracts.status import EngineInfo
+
+SOURCE_PACKAGE = "llama-cpp-python"
+SOURCE_VERSION = "0.3.36"
+BINARY = "llama-server"
+
+# Never -DGGML_NATIVE=ON: a native build on CPUs that report AMX dies with SIGILL.
+COMMON_FLAGS = (
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DGGML_NATIVE=OFF",
+    "-DBUILD_SHARED_LIBS=OFF",
+    "-DLLAMA_CURL=OFF",
+    "-DLLAMA_OPENSSL=OFF",
+    "-DLLAMA_USE_PREBUILT_UI=OFF",
+    "-DLLAMA_BUILD_UI=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+)
+BACKEND_FLAGS: dict[str, tuple[str, ...]] = {
+    "cpu": ("-DGGML_METAL=OFF",) if sys.platform == "darwin" else (),
+    "metal": ("-DGGML_METAL=ON",),
+    "cuda": ("-DGGML_CUDA=ON",),
+    "vulkan": ("-DGGML_VULKAN=ON",),
+    "rocm": ("-DGGML_HIP=ON",),
+}
+
+
+def default_backend() -> str:
+    return "metal" if sys.platform == "darwin" and platform.machine() == "arm64" else "cpu"
+
+
+def build_flags(backend: str) -> tuple[str, ...]:
+    if backend not in BACKEND_FLAGS:
+        raise JobFailed(f"unknown backend {backend!r}; choose one of: {', '.join(BACKEND_FLAGS)}")
+    return COMMON_FLAGS + BACKEND_FLAGS[backend]
+
+
+def build_id(backend: str) -> str:
+    """The cache key of a build: source version, backend and flags, OS and architecture."""
+    key = json.dumps([SOURCE_VERSION, backend, build_flags(backend), sys.platform, platform.machine()])
+    return f"llama.cpp-{SOURCE_VERSION}-{backend}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+
+
+def built_binary(backend: str | None = None) -> Path:
+    return paths.engines_dir() / build_id(backend or default_backend()) / "bin" / BINARY
+
+
+def locate() -> tuple[Path, str] | None:
+    """The engine to use and where it came from, or None when there is none yet."""
+    configured = os.environ.get("RBEE_LLAMA_SERVER")
+    if configured:
+        return Path(configured), "configured"
+    on_path = shutil.which(BINARY)
+    if on_path:
+        return Path(on_path), "path"
+    built = built_binary()
+    if built.is_file():
+        return built, "built"
+    return None
+
+
+async def describe() -> EngineInfo:
+    """Which binary is used, its version, or what is wrong with it."""
+    found = locate()
+    if found is None:
+        return EngineInfo(path=None, problem="no llama-server found: run `rbee engine install`")
+    path, source = found
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        return EngineInfo(path=str(path), source=source, problem=f"{path} is not an executable file")
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            str(path), "--version", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout=20)
+    except (OSError, TimeoutError) as exc:
+        return EngineInfo(path=str(path), source=source, problem=f"{path} --version failed: {exc}")
+    version = parse_version_output(out.decode(errors="replace"))
+    return EngineInfo(path=str(path), source=source, version=version)
+
+
+def parse_version_output(text: str) -> str | None:
+    """`version: 0.5.0-dev (build 1, commit 0c1e570)` -> `0.5.0-dev (0c1e570)`; older builds print
+    `version: 4589 (2e2f8f09)`."""
+    match = re.search(r"version:\s*(\S+)(?:\s*\((?:build \d+, commit )?(\w+)\))?", text)
+    if not match:
+        return None
+    return match.group(1) + (f" ({match.group(2)})" if match.group(2) else "")
+
+
+async def _run(argv: Sequence[str], emit: Emit, cwd: Path | None = None, *, steps: bool = False) -> None:
+    """Run a build command, streaming its output as job events; ninja's `[n/m]` becomes progress."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    tail: list[str] = []
+    try:
+        assert proc.stdout is not None
+        async for raw in proc.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            tail = [*tail[-29:], line]
+            match = re.match(r"\[(\d+)/(\d+)\]\s*(.*)", line) if steps else None
+            if match:
+                emit(current=int(match.group(1)), total=int(match.group(2)), unit="steps",
+                     message=match.group(3)[:120])
+            elif line:
+                emit(JobEventType.LOG, line[:500])
+        code = await proc.wait()
+    except asyncio.CancelledError:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        raise
+    if code != 0:
+        raise JobFailed(f"`{' '.join(argv[:3])} ...` failed with exit code {code}:\n" + "\n".join(tail[-15:]))
+
+
+async def _fetch_source(emit: Emit) -> Path:
+    """The pinned source archive, downloaded once into the cache through pip."""
+    src_dir = paths.ensure(paths.cache_dir() / "src")
+    archive = src_dir / f"{SOURCE_PACKAGE.replace('-', '_')}-{SOURCE_VERSION}.tar.gz"
+    if archive.is_file():
+        emit(message=f"using cached source {archive.name}")
+        return archive
+    emit(message=f"downloading {SOURCE_PACKAGE}=={SOURCE_VERSION} source from the package index")
+    with tempfile.TemporaryDirectory(dir=src_dir) as tmp:
+        await _run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                    f"{SOURCE_PACKAGE}=={SOURCE_VERSION}", "-d", tmp], emit)
+        found = list(Path(tmp).glob("*.tar.gz"))
+        if not found:
+            raise JobFailed(f"pip did not download a source archive of {SOURCE_PACKAGE}")
+        found[0].replace(archive)
+    return archive
+
+
+def _extract(archive: Path, dest: Path) -> Path:
+    prefix = f"{archive.name.removesuffix('.tar.gz')}/vendor/llama.cpp/"
+    with tarfile.open(archive) as tar:
+        members = [m for m in tar.getmembers() if m.name.startswith(prefix)]
+        if not members:
+            raise JobFailed(f"{archive.name} does not contain vendor/llama.cpp")
+        tar.extractall(dest, members=members, filter="data")
+    return dest / prefix
+
+
+async def install(emit: Emit, *, backend: str | None = None, force: bool = False) -> dict[str, str]:
+    """Build `llama-server` from the pinned source into the engines folder (a job body)."""
+    backend = backend or default_backend()
+    target = built_binary(backend)
+    if target.is_file() and not force:
+        emit(message=f"already built: {target}")
+        return {"path": str(target), "build": build_id(backend), "cached": "yes"}
+    for tool in ("cmake", "c++"):
+        if not shutil.which(tool):
+            raise JobFailed(f"`{tool}` was not found; install a C/C++ toolchain and CMake "
+                            "(Debian/Ubuntu: apt install build-essential cmake; macOS: xcode-select --install "
+                            "and brew install cmake)")
+    archive = await _fetch_source(emit)
+    build_root = paths.ensure(paths.engines_dir())
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=".build-", dir=build_root) as tmp:
+        emit(message="unpacking llama.cpp source")
+        source = await asyncio.to_thread(_extract, archive, Path(tmp) / "src")
+        build = Path(tmp) / "build"
+        generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+        emit(message=f"configuring ({backend})")
+        await _run(["cmake", "-S", str(source), "-B", str(build), *generator, *build_flags(backend)], emit)
+        jobs = str(os.cpu_count() or 2)
+        emit(message=f"compiling {BINARY} with {jobs} jobs (several minutes on a small machine)")
+        await _run(["cmake", "--build", str(build), "--target", BINARY, "-j", jobs], emit, steps=True)
+        final = target.parent.parent
+        staging = Path(tmp) / "out"
+        (staging / "bin").mkdir(parents=True)
+        shutil.copy2(build / "bin" / BINARY, staging / "bin" / BINARY)
+        (staging / "build.json").write_text(json.dumps(
+            {"source": f"{SOURCE_PACKAGE}=={SOURCE_VERSION}", "backend": backend,
+             "flags": build_flags(backend), "built_at": time.time()}, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        staging.rename(final)
+    emit(message=f"built {target} in {time.monotonic() - started:.0f} s")
+    return {"path": str(target), "build": build_id(backend), "cached": "no"}

@@ -1,0 +1,208 @@
+"""One worker: a `llama-server` process serving one model.
+
+The process is started in its own process group (so stopping it stops its children),
+with its own random API key, on a free port of the hive's address. Readiness is a `/health`
+poll; if the process exits first, the start fails at once, quoting the end of its log.
+A watcher notices a worker that dies later and marks it `error` with the same evidence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from rbee.common.logs import tail
+from rbee.contracts.models import ModelEntry
+from rbee.contracts.workers import WorkerInfo, WorkerMode, WorkerState, check_transition
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 300.0
+STOP_GRACE_S = 5.0
+
+
+class WorkerStartError(RuntimeError):
+    """The worker did not become healthy; the message carries the cause from its log."""
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything that decides how a worker is started."""
+
+    model: ModelEntry
+    mode: WorkerMode
+    engine: Path
+    slots: int
+    context_per_slot: int
+    threads: int | None = None
+    host: str = "127.0.0.1"
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def build_argv(spec: WorkerSpec, port: int) -> list[str]:
+    """The llama-server command line for `spec` (a pure function, tested on its own).
+
+    The API key is not on it: command lines are visible to every local user, so the key
+    travels in the environment (`worker_env`).
+    """
+    argv = [
+        str(spec.engine),
+        "--model", spec.model.path,
+        "--alias", spec.model.name,
+        "--host", spec.host,
+        "--port", str(port),
+        "--parallel", str(spec.slots),
+        "--ctx-size", str(spec.context_per_slot * spec.slots),
+        "--metrics",
+        "--no-webui",
+    ]
+    if spec.threads:
+        argv += ["--threads", str(spec.threads), "--threads-batch", str(spec.threads)]
+    if spec.mode is WorkerMode.EMBED:
+        argv += ["--embeddings", "--pooling", "mean"]
+    return argv
+
+
+def worker_env(api_key: str) -> dict[str, str]:
+    return {**os.environ, "LLAMA_API_KEY": api_key}
+
+
+class WorkerProcess:
+    """A running (or starting, or dead) llama-server and its state."""
+
+    def __init__(self, worker_id: str, hive: str, spec: WorkerSpec, log_path: Path,
+                 on_exit: Callable[[WorkerProcess], None] | None = None) -> None:
+        self.id = worker_id
+        self.hive = hive
+        self.spec = spec
+        self.log_path = log_path
+        self.api_key = secrets.token_urlsafe(24)
+        self.port: int | None = None
+        self.state = WorkerState.PENDING
+        self.error: str | None = None
+        self.started_at = time.time()
+        self.in_flight = 0
+        self._proc: asyncio.subprocess.Process | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._on_exit = on_exit
+        self._stop_lock = asyncio.Lock()
+
+    @property
+    def url(self) -> str | None:
+        return f"http://{self.spec.host}:{self.port}" if self.port else None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def info(self) -> WorkerInfo:
+        return WorkerInfo(
+            id=self.id, model=self.spec.model.name, hive=self.hive, mode=self.spec.mode, state=self.state,
+            url=self.url, pid=self.pid, slots=self.spec.slots,
+            context_size=self.spec.context_per_slot, started_at=self.started_at,
+            in_flight=self.in_flight, error=self.error,
+        )
+
+    def _set(self, state: WorkerState, error: str | None = None) -> None:
+        check_transition(self.state, state)
+        log.info("worker %s (%s): %s -> %s", self.id, self.spec.model.name, self.state, state)
+        self.state = state
+        if error:
+            self.error = error
+
+    async def start(self, timeout: float = START_TIMEOUT_S) -> None:
+        """Start llama-server and wait until `/health` answers; raise `WorkerStartError` otherwise."""
+        self._set(WorkerState.STARTING)
+        self.port = free_port(self.spec.host)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        argv = build_argv(self.spec, self.port)
+        with self.log_path.open("ab") as log_file:
+            try:
+                self._proc = await asyncio.create_subprocess_exec(
+                    *argv, env=worker_env(self.api_key), stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                self._fail(f"could not run {self.spec.engine}: {exc}")
+                raise WorkerStartError(self.error or "") from exc
+        self._watcher = asyncio.get_running_loop().create_task(self._watch(), name=f"watch-{self.id}")
+        try:
+            await asyncio.wait_for(self._wait_healthy(), timeout)
+        except TimeoutError:
+            await self.stop()
+            self.state, self.error = WorkerState.ERROR, f"not healthy after {timeout:.0f} s"
+            raise WorkerStartError(self._with_log(self.error)) from None
+        except asyncio.CancelledError:
+            await self.stop()
+            raise
+        if self.state is not WorkerState.STARTING:
+            raise WorkerStartError(self.error or f"worker is {self.state}")
+        self._set(WorkerState.READY)
+
+    async def _wait_healthy(self) -> None:
+        assert self.url is not None
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            while self.state is WorkerState.STARTING:
+                try:
+                    resp = await client.get(f"{self.url}/health")
+                    if resp.status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.05)
+
+    async def _watch(self) -> None:
+        assert self._proc is not None
+        code = await self._proc.wait()
+        if self.state in (WorkerState.DRAINING, WorkerState.STOPPED):
+            return
+        self._fail(self._with_log(f"llama-server exited with code {code}"))
+        if self._on_exit:
+            self._on_exit(self)
+
+    def _fail(self, message: str) -> None:
+        log.warning("worker %s failed: %s", self.id, message)
+        if self.state not in (WorkerState.ERROR, WorkerState.STOPPED):
+            self._set(WorkerState.ERROR, message)
+
+    def _with_log(self, message: str) -> str:
+        lines = tail(self.log_path, 8)
+        return message + (". Last lines of its log:\n" + "\n".join(lines) if lines else "")
+
+    async def stop(self) -> None:
+        """SIGTERM the process group, wait, then SIGKILL; idempotent."""
+        async with self._stop_lock:
+            if self.state in (WorkerState.READY, WorkerState.STARTING, WorkerState.UNREACHABLE):
+                self._set(WorkerState.DRAINING)
+            proc = self._proc
+            if proc is not None and proc.returncode is None:
+                _signal_group(proc.pid, signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(proc.wait(), STOP_GRACE_S)
+                except TimeoutError:
+                    _signal_group(proc.pid, signal.SIGKILL)
+                    await proc.wait()
+            if self.state in (WorkerState.DRAINING, WorkerState.PENDING):
+                self._set(WorkerState.STOPPED)
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass

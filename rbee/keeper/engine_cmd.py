@@ -1,0 +1,61 @@
+"""`rbee engine install|status`: the llama-server that runs workers."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from rbee.contracts.jobs import JobCreate, JobKind
+from rbee.keeper.context import App
+from rbee.hive import engine
+from rbee.keeper.jobs_view import follow, run_here
+from rbee.keeper.output import CLIError
+
+app = typer.Typer(help="Build or inspect the inference engine (llama.cpp's llama-server).",
+                  no_args_is_help=True)
+
+
+@app.command()
+def install(
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if this version is already built.")]
+    = False,
+    hive: Annotated[str, typer.Option("-a", "--hive", help="The hive to install on.")] = "localhost",
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Show the compiler's output.")] = False,
+    local: Annotated[bool, typer.Option("--local", help="Build in this process, without the queen.")] = False,
+) -> None:
+    """Build llama-server from the pinned llama.cpp source (cached: a machine builds once)."""
+    ctx = App()
+    title = f"engine install on {hive}"
+    if local:
+        if hive != "localhost":
+            raise CLIError("--local builds on this machine only; drop -a/--hive")
+        done = run_here(JobKind.ENGINE_INSTALL, lambda emit: engine.install(emit, force=force), ctx.out, title,
+                        verbose)
+    else:
+        client = ctx.queen()
+        job = client.post("/v1/jobs", json=JobCreate(kind=JobKind.ENGINE_INSTALL, hive=hive, force=force)
+                          .model_dump(mode="json"))
+        done = follow(client, job["job_id"], ctx.out, title, verbose=verbose)
+    data = done.data or {}
+    how = "was already built" if data.get("cached") == "yes" else "built"
+    ctx.out.success(f"llama-server {how}: {data.get('path')}")
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Which llama-server each hive uses, where it came from, and its version."""
+    ctx = App()
+    report = ctx.queen().get("/v1/status")
+    if as_json:
+        ctx.out.json([{"hive": h["alias"], **h["engine"]} for h in report["hives"]])
+        return
+    for hive in report["hives"]:
+        engine = hive["engine"]
+        if engine.get("problem"):
+            ctx.out.out.print(f"{hive['alias']}: [red]{engine['problem']}[/red]")
+        else:
+            ctx.out.out.print(f"{hive['alias']}: {engine['path']} ({engine['source']}), "
+                              f"version {engine.get('version') or 'unknown'}")

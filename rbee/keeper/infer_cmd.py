@@ -1,0 +1,98 @@
+"""`rbee infer`: one prompt, tokens streamed to the terminal as they come."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from rbee.hive.service import DEMO_MODEL
+from rbee.keeper.context import App
+from rbee.keeper.output import CLIError
+from rbee.queen.openai_routes import HIVE_HEADER
+
+
+def _model_arg(model: str) -> str:
+    """A local file is sent as an absolute path; anything else is a catalog name."""
+    path = Path(model).expanduser()
+    if model.endswith(".gguf") or path.is_file():
+        if not path.is_file():
+            raise CLIError(f"no such model file: {path}")
+        return str(path.resolve())
+    return model
+
+
+def infer(
+    prompt: Annotated[str, typer.Option("-p", "--prompt", help="What to ask.")],
+    model: Annotated[str, typer.Option("-m", "--model", help="A catalog name or a path to a .gguf file.")]
+    = DEMO_MODEL,
+    hive: Annotated[str | None, typer.Option("-a", "--hive", help="Run on this hive (alias).")] = None,
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", min=1, help="Stop after this many tokens.")]
+    = None,
+    temperature: Annotated[float | None, typer.Option("--temperature", min=0.0, max=2.0,
+                                                      help="Sampling temperature, 0.0-2.0.")] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed for reproducible sampling.")] = None,
+    system: Annotated[str | None, typer.Option("--system", help="A system prompt.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole response object, not a stream.")]
+    = False,
+) -> None:
+    """Ask a model something; the tokens stream back as they are generated.
+
+    The queen starts itself if it is not running, and loads the model on first use.
+    """
+    ctx = App()
+    client = ctx.queen()
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    body: dict[str, Any] = {"model": _model_arg(model), "messages": messages}
+    for key, value in (("max_tokens", max_tokens), ("temperature", temperature), ("top_p", top_p),
+                       ("seed", seed)):
+        if value is not None:
+            body[key] = value
+    headers = {HIVE_HEADER: hive} if hive else {}
+    if as_json:
+        with ctx.out.err.status(f"waiting for {model}…"):
+            response = client.request("POST", "/v1/chat/completions", json=body, headers=headers, timeout=None)
+        ctx.out.json(response)
+        return
+    body.update(stream=True, stream_options={"include_usage": True})
+    _stream(ctx, body, headers, model)
+
+
+def _stream(ctx: App, body: dict[str, Any], headers: dict[str, str], model: str) -> None:
+    started = time.monotonic()
+    first: float | None = None
+    usage: dict[str, Any] | None = None
+    status = ctx.out.err.status(f"waiting for {model} (it loads on first use)…")
+    status.start()
+    try:
+        for resp in ctx.client.stream("POST", "/v1/chat/completions", json=body, headers=headers):
+            for line in resp.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                payload = line[5:].strip()
+                if payload == "[DONE]":
+                    break
+                chunk = json.loads(payload)
+                if "error" in chunk:
+                    raise CLIError(str(chunk["error"].get("message", chunk["error"])))
+                usage = chunk.get("usage") or usage
+                for choice in chunk.get("choices", []):
+                    text = (choice.get("delta") or {}).get("content")
+                    if text:
+                        if first is None:
+                            first = time.monotonic()
+                            status.stop()
+                        ctx.out.out.file.write(text)
+                        ctx.out.out.file.flush()
+    finally:
+        status.stop()
+    ctx.out.out.file.write("\n")
+    if usage and first is not None:
+        elapsed = time.monotonic() - first
+        tokens = usage.get("completion_tokens", 0)
+        rate = f", {tokens / elapsed:.0f} tokens/s" if elapsed > 0 and tokens > 1 else ""
+        ctx.out.err.print(f"[dim]{tokens} tokens, first after {first - started:.2f} s{rate}[/dim]")

@@ -1,0 +1,49 @@
+"""The `rbee` command: wiring only; each command lives in its own module."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from rbee import __version__
+from rbee.keeper import engine_cmd, infer_cmd, queen_cmd, status_cmd, worker_cmd
+from rbee.keeper.output import CLIError, Output
+
+app = typer.Typer(
+    name="rbee",
+    help="rbee: every GPU you own behind one OpenAI-compatible API (http://localhost:7833/v1).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command("infer")(infer_cmd.infer)
+app.command("status")(status_cmd.status)
+app.add_typer(queen_cmd.app, name="queen")
+app.add_typer(engine_cmd.app, name="engine")
+app.add_typer(worker_cmd.app, name="worker")
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"rbee {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+) -> None:
+    """rbee: a private AI cloud in one command."""
+
+
+def run() -> None:
+    try:
+        app()
+    except CLIError as exc:
+        Output().err.print(f"[red]error:[/red] {exc.message}", markup=True, highlight=False)
+        sys.exit(exc.code)
+    except KeyboardInterrupt:
+        Output().err.print("\ninterrupted")
+        sys.exit(130)

@@ -1,0 +1,40 @@
+"""The CLI's one voice: results to stdout, status and errors to stderr."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+
+
+class Output:
+    def __init__(self) -> None:
+        self.out = Console(highlight=False, soft_wrap=True)
+        self.err = Console(stderr=True, highlight=False)
+
+    def info(self, message: str) -> None:
+        self.err.print(message)
+
+    def success(self, message: str) -> None:
+        self.err.print(f"[green]✓[/green] {message}")
+
+    def warn(self, message: str) -> None:
+        self.err.print(f"[yellow]![/yellow] {message}")
+
+    def json(self, data: Any) -> None:
+        self.out.print_json(json.dumps(data))
+
+    def abort(self, message: str, code: int = 1) -> NoReturn:
+        self.err.print(f"[red]error:[/red] {message}", markup=True)
+        raise typer.Exit(code)
+
+
+class CLIError(Exception):
+    """A failure to report to the user in one line, without a traceback."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code

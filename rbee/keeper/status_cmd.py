@@ -1,0 +1,63 @@
+"""`rbee status`: the queen, hives, workers and models, as one readable report."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from rbee.keeper.context import App
+from rbee.keeper.worker_cmd import workers_table
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit in ("B", "KB") else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Show the queen, its hives, the workers with their state, and the known models."""
+    ctx = App()
+    if ctx.running_queen() is None:
+        if as_json:
+            ctx.out.json({"queen": None})
+        else:
+            ctx.out.out.print(f"queen: [red]not running[/red] ({ctx.queen_url}); "
+                              "`rbee queen start` or any `rbee infer` starts it")
+        raise typer.Exit(1)
+    report = ctx.client.get("/v1/status")
+    if as_json:
+        ctx.out.json(report)
+        return
+    queen = report["queen"]
+    uptime = int(time.time() - queen["started_at"])
+    ctx.out.out.print(f"[bold]queen[/bold] {ctx.queen_url}  v{queen['version']}  pid {queen['pid']}  "
+                      f"up {uptime // 3600}h{uptime % 3600 // 60:02d}m{uptime % 60:02d}s")
+    hives = Table(title="Hives", title_justify="left")
+    for column in ("ALIAS", "STATE", "ADDRESS", "VERSION", "ENGINE"):
+        hives.add_column(column)
+    for h in report["hives"]:
+        engine = h["engine"]
+        engine_text = f"[red]{engine['problem']}[/red]" if engine.get("problem") else \
+            f"{engine.get('version') or '?'} ({engine['source']})"
+        hives.add_row(h["alias"], f"[green]{h['state']}[/green]", h["address"], h["version"], engine_text)
+    ctx.out.out.print(hives)
+    if report["workers"]:
+        ctx.out.out.print(workers_table(report["workers"]))
+    else:
+        ctx.out.out.print("[dim]Workers: none loaded[/dim]")
+    loaded = {w["model"] for w in report["workers"] if w["state"] == "ready"}
+    models = Table(title="Models", title_justify="left")
+    for column in ("NAME", "SIZE", "ARCH", "LOADED", "PATH"):
+        models.add_column(column)
+    for m in report["models"]:
+        path = f"[red]missing: {m['path']}[/red]" if m["missing"] else m["path"]
+        models.add_row(m["name"], _size(m["size_bytes"]), m.get("architecture") or "?",
+                       "yes" if m["name"] in loaded else "", path)
+    ctx.out.out.print(models if report["models"] else "[dim]Models: none yet[/dim]")

@@ -1,0 +1,57 @@
+"""`rbee worker list|stop`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from rbee.keeper.context import App
+from rbee.keeper.output import CLIError
+
+app = typer.Typer(help="List and stop workers (one loaded model each).", no_args_is_help=True)
+
+STATE_STYLE = {"ready": "green", "starting": "yellow", "pending": "yellow", "downloading": "yellow",
+               "draining": "yellow", "error": "red", "unreachable": "red", "stopped": "dim"}
+
+
+def workers_table(workers: list[dict[str, object]]) -> Table:
+    table = Table(title="Workers", title_justify="left")
+    for column in ("ID", "MODEL", "HIVE", "MODE", "STATE", "URL", "PID", "IN FLIGHT"):
+        table.add_column(column)
+    for w in workers:
+        style = STATE_STYLE.get(str(w["state"]), "")
+        table.add_row(str(w["id"]), str(w["model"]), str(w["hive"]), str(w["mode"]),
+                      f"[{style}]{w['state']}[/{style}]" if style else str(w["state"]),
+                      str(w.get("url") or "-"), str(w.get("pid") or "-"),
+                      f"{w['in_flight']}/{w['slots']}")
+    return table
+
+
+@app.command("list")
+def list_(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Every worker, its model, hive, state and load."""
+    ctx = App()
+    if ctx.running_queen() is None:
+        raise CLIError("no queen is running, so no workers are (start one with `rbee infer` or `rbee queen start`)")
+    workers = ctx.client.get("/v1/workers")
+    if as_json:
+        ctx.out.json(workers)
+    elif not workers:
+        ctx.out.info("no workers; `rbee infer -m MODEL` starts one")
+    else:
+        ctx.out.out.print(workers_table(workers))
+        for w in workers:
+            if w.get("error"):
+                ctx.out.err.print(f"[red]{w['id']}[/red]: {w['error']}")
+
+
+@app.command()
+def stop(worker_id: Annotated[str, typer.Argument(help="The worker's id, from `rbee worker list`.")]) -> None:
+    """Stop one worker now (its model is unloaded)."""
+    ctx = App()
+    if ctx.running_queen() is None:
+        raise CLIError("no queen is running, so no workers are")
+    info = ctx.client.delete(f"/v1/workers/{worker_id}")
+    ctx.out.success(f"stopped {info['id']} ({info['model']})")

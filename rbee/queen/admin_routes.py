@@ -1,0 +1,133 @@
+"""rbee's own API: health, colony status, workers, jobs, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from rbee.common import sse
+from rbee.common.jobs import Emit, Job, JobFailed
+from rbee.contracts.jobs import JobCreate, JobCreated, JobKind
+from rbee.contracts.status import StatusReport
+from rbee.contracts.workers import WorkerMode
+from rbee.queen.errors import InvalidRequest, NotFound, QueenError
+from rbee.queen.requests import read_json
+from rbee.queen.state import QueenState
+
+
+def _state(request: Request) -> QueenState:
+    state: QueenState = request.app.state.queen
+    return state
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse(_state(request).health().model_dump())
+
+
+async def status(request: Request) -> Response:
+    state = _state(request)
+    report = StatusReport(
+        queen=state.health(),
+        hives=[await hive.info() for hive in state.hives.values()],
+        workers=[w.info() for hive in state.hives.values() for w in hive.supervisor.workers()],
+        models=[m for hive in state.hives.values() for m in await hive.catalog.list()],
+    )
+    return JSONResponse(report.model_dump(mode="json"))
+
+
+async def list_workers(request: Request) -> Response:
+    state = _state(request)
+    workers = [w.info().model_dump(mode="json") for h in state.hives.values() for w in h.supervisor.workers()]
+    return JSONResponse(workers)
+
+
+async def stop_worker(request: Request) -> Response:
+    worker_id = request.path_params["worker_id"]
+    for hive in _state(request).hives.values():
+        worker = await hive.supervisor.stop(worker_id)
+        if worker is not None:
+            return JSONResponse(worker.info().model_dump(mode="json"))
+    raise NotFound(f"There is no worker '{worker_id}'; `rbee worker list` shows the running ones.")
+
+
+async def create_job(request: Request) -> Response:
+    state = _state(request)
+    _, spec = await read_json(request, JobCreate)
+    hive = state.scheduler.hives_for(spec.hive)[0]
+    if spec.kind is JobKind.ENGINE_INSTALL:
+        job = state.jobs.start(spec.kind, lambda emit: hive.install_engine(emit, force=spec.force))
+    elif spec.kind is JobKind.WORKER_SPAWN:
+        if not spec.model:
+            raise InvalidRequest("A worker.spawn job needs a 'model'.", param="model")
+        model = spec.model
+
+        async def spawn(emit: Emit) -> dict[str, object]:
+            emit(message=f"starting a worker for {model} on {spec.hive}")
+            try:
+                worker = await state.scheduler.spawn(model, WorkerMode.GENERATE, spec.hive)
+            except QueenError as exc:
+                raise JobFailed(exc.message) from exc
+            return worker.info().model_dump(mode="json")
+
+        job = state.jobs.start(spec.kind, spawn)
+    else:  # pragma: no cover - JobKind is exhaustive
+        raise InvalidRequest(f"unknown job kind {spec.kind}", param="kind")
+    return JSONResponse(JobCreated(job_id=job.id).model_dump(), status_code=201)
+
+
+def _job(request: Request) -> Job:
+    job = _state(request).jobs.get(request.path_params["job_id"])
+    if job is None:
+        raise NotFound(f"There is no job '{request.path_params['job_id']}'.")
+    return job
+
+
+async def list_jobs(request: Request) -> Response:
+    return JSONResponse([job.info().model_dump(mode="json") for job in _state(request).jobs.list()])
+
+
+async def get_job(request: Request) -> Response:
+    return JSONResponse(_job(request).info().model_dump(mode="json"))
+
+
+async def job_events(request: Request) -> Response:
+    job = _job(request)
+    after = int(request.headers.get("last-event-id", "-1"))
+
+    async def frames() -> AsyncIterator[bytes]:
+        async for event in job.follow(after):
+            yield sse.encode(event, event=event.type.value, event_id=event.seq)
+
+    return StreamingResponse(frames(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+
+
+async def cancel_job(request: Request) -> Response:
+    job = _job(request)
+    cancelled = _state(request).jobs.cancel(job.id)
+    return JSONResponse({"job_id": job.id, "cancelled": cancelled})
+
+
+async def shutdown(request: Request) -> Response:
+    server = getattr(request.app.state, "server", None)
+    if server is None:
+        raise NotFound("This queen is not running under rbee's server and cannot stop itself.")
+    asyncio.get_running_loop().call_later(0.05, setattr, server, "should_exit", True)
+    return JSONResponse({"stopping": True}, status_code=202)
+
+
+routes = [
+    Route("/health", health, methods=["GET"]),
+    Route("/v1/status", status, methods=["GET"]),
+    Route("/v1/workers", list_workers, methods=["GET"]),
+    Route("/v1/workers/{worker_id}", stop_worker, methods=["DELETE"]),
+    Route("/v1/jobs", create_job, methods=["POST"]),
+    Route("/v1/jobs", list_jobs, methods=["GET"]),
+    Route("/v1/jobs/{job_id}", get_job, methods=["GET"]),
+    Route("/v1/jobs/{job_id}", cancel_job, methods=["DELETE"]),
+    Route("/v1/jobs/{job_id}/events", job_events, methods=["GET"]),
+    Route("/v1/admin/shutdown", shutdown, methods=["POST"]),
+]

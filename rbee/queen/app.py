@@ -1,0 +1,33 @@
+"""The queen's ASGI app: routes, error rendering, and start-up/shut-down of what it holds."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+
+from rbee.queen import admin_routes, openai_routes
+from rbee.queen.errors import QueenError, handle_http_exception, handle_queen_error
+from rbee.queen.state import QueenState
+
+
+def create_app(state: QueenState | None = None) -> Starlette:
+    queen = state or QueenState.create()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await queen.start()
+        try:
+            yield
+        finally:
+            await queen.close()
+
+    app = Starlette(
+        routes=[*openai_routes.routes, *admin_routes.routes],
+        exception_handlers={QueenError: handle_queen_error, HTTPException: handle_http_exception},
+        lifespan=lifespan,
+    )
+    app.state.queen = queen
+    return app

@@ -1,0 +1,96 @@
+"""Errors the queen answers with, each rendered as OpenAI's envelope.
+
+    QueenError                      any error with an HTTP status and an OpenAI `type`
+    +-- InvalidRequest (400)        the caller sent something malformed
+    +-- ModelNotFound (404)         no hive has that model
+    +-- HiveNotFound (404)          `-a ALIAS` names no hive
+    +-- NotFound (404)              a job or worker id that does not exist
+    +-- WorkerUnavailable (503)     the world failed: a worker did not start, or died
+    +-- UpstreamError (502)         a worker answered with something unusable
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from rbee.contracts.errors import ErrorBody, ErrorEnvelope
+
+_TYPE_FOR_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    409: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def error_type_for_status(status: int) -> str:
+    return _TYPE_FOR_STATUS.get(status, "server_error")
+
+
+class QueenError(Exception):
+    status = 500
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code or self.code
+        self.headers = headers or {}
+
+    def envelope(self) -> ErrorEnvelope:
+        return ErrorEnvelope(error=ErrorBody(message=self.message, type=error_type_for_status(self.status),
+                                             param=self.param, code=self.code))
+
+
+class InvalidRequest(QueenError):
+    status = 400
+    code = "invalid_request"
+
+
+class ModelNotFound(QueenError):
+    status = 404
+    code = "model_not_found"
+
+
+class HiveNotFound(QueenError):
+    status = 404
+    code = "hive_not_found"
+
+
+class NotFound(QueenError):
+    status = 404
+    code = "not_found"
+
+
+class WorkerUnavailable(QueenError):
+    status = 503
+    code = "worker_unavailable"
+
+
+class UpstreamError(QueenError):
+    status = 502
+    code = "upstream_error"
+
+
+def error_response(status: int, message: str, *, param: str | None = None, code: str | None = None,
+                   headers: dict[str, str] | None = None) -> Response:
+    body = ErrorEnvelope(error=ErrorBody(message=message, type=error_type_for_status(status), param=param,
+                                         code=code))
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+async def handle_queen_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, QueenError)
+    return JSONResponse(exc.envelope().model_dump(), status_code=exc.status, headers=exc.headers)
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    status = getattr(exc, "status_code", 500)
+    detail = getattr(exc, "detail", None) or "error"
+    return error_response(status, str(detail))

@@ -1,0 +1,75 @@
+"""The OpenAI-compatible API: where inference requests enter the queen."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from rbee.contracts.models import ModelList, ModelObject
+from rbee.contracts.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ModelRequest
+from rbee.contracts.workers import WorkerMode, WorkerState
+from rbee.queen.errors import ModelNotFound
+from rbee.queen.requests import read_json
+from rbee.queen.state import QueenState
+
+HIVE_HEADER = "x-rbee-hive"
+
+
+def _state(request: Request) -> QueenState:
+    state: QueenState = request.app.state.queen
+    return state
+
+
+async def _models(state: QueenState) -> list[ModelObject]:
+    found: dict[str, ModelObject] = {}
+    for hive in state.hives.values():
+        loaded = {w.spec.model.name for w in hive.supervisor.workers() if w.state is WorkerState.READY}
+        for entry in await hive.catalog.list():
+            if entry.missing:
+                continue
+            obj = found.setdefault(entry.name, ModelObject(id=entry.name, created=int(entry.added_at)))
+            obj.hives.append(hive.alias)
+            obj.loaded = obj.loaded or entry.name in loaded
+    return sorted(found.values(), key=lambda m: m.id)
+
+
+async def list_models(request: Request) -> Response:
+    return JSONResponse(ModelList(data=await _models(_state(request))).model_dump())
+
+
+async def get_model(request: Request) -> Response:
+    model_id = request.path_params["model"]
+    for obj in await _models(_state(request)):
+        if obj.id == model_id:
+            return JSONResponse(obj.model_dump())
+    raise ModelNotFound(f"The model '{model_id}' does not exist. `GET /v1/models` lists the models rbee knows.",
+                        param="model")
+
+
+async def _infer(request: Request, contract: type[ModelRequest], path: str, mode: WorkerMode) -> Response:
+    state = _state(request)
+    body, parsed = await read_json(request, contract)
+    lease = await state.scheduler.acquire(parsed.model, mode, request.headers.get(HIVE_HEADER))
+    return await state.forwarder.forward(lease, path, body, stream=bool(getattr(parsed, "stream", False)))
+
+
+async def chat_completions(request: Request) -> Response:
+    return await _infer(request, ChatCompletionRequest, "/v1/chat/completions", WorkerMode.GENERATE)
+
+
+async def completions(request: Request) -> Response:
+    return await _infer(request, CompletionRequest, "/v1/completions", WorkerMode.GENERATE)
+
+
+async def embeddings(request: Request) -> Response:
+    return await _infer(request, EmbeddingRequest, "/v1/embeddings", WorkerMode.EMBED)
+
+
+routes = [
+    Route("/v1/models", list_models, methods=["GET"]),
+    Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    Route("/v1/completions", completions, methods=["POST"]),
+    Route("/v1/embeddings", embeddings, methods=["POST"]),
+]

@@ -1,0 +1,35 @@
+"""Reading a request body into a contract, with 400s that name the field."""
+
+from __future__ import annotations
+
+import json
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+
+from rbee.queen.errors import InvalidRequest
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_body(body: bytes, model: type[M]) -> M:
+    """Validate a JSON body; raise `InvalidRequest` naming the first bad field."""
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(part) for part in first["loc"]) or None
+        raise InvalidRequest(f"Invalid value for '{param}': {first['msg']}", param=param,
+                             code="invalid_value" if first["type"] != "missing" else "missing_field") from exc
+
+
+async def read_json(request: Request, model: type[M]) -> tuple[bytes, M]:
+    body = await request.body()
+    return body, parse_body(body, model)

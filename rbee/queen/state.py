@@ -1,0 +1,42 @@
+"""Everything a running queen holds, built once at start-up."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+from rbee.common.jobs import JobRunner
+from rbee.common.version import current as current_version
+from rbee.contracts.status import QueenHealth
+from rbee.hive.service import Hive
+from rbee.queen.proxy import Forwarder
+from rbee.queen.scheduler import Scheduler
+
+
+@dataclass
+class QueenState:
+    hives: dict[str, Hive]
+    scheduler: Scheduler
+    forwarder: Forwarder = field(default_factory=Forwarder)
+    jobs: JobRunner = field(default_factory=JobRunner)
+    started_at: float = field(default_factory=time.time)
+
+    @classmethod
+    def create(cls) -> QueenState:
+        local = Hive("localhost")
+        hives = {local.alias: local}
+        return cls(hives=hives, scheduler=Scheduler(hives))
+
+    def health(self) -> QueenHealth:
+        return QueenHealth(version=current_version(), pid=os.getpid(), started_at=self.started_at)
+
+    async def start(self) -> None:
+        for hive in self.hives.values():
+            await hive.start()
+
+    async def close(self) -> None:
+        await self.jobs.close()
+        for hive in self.hives.values():
+            await hive.close()
+        await self.forwarder.close()

@@ -1,0 +1,152 @@
+"""Fixtures that start the real parts: llama-server (found or built by `rbee engine install`),
+a queen process in its own RBEE_HOME on a free port, and the generated tiny model."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from rbee.hive import engine
+from tests.fixtures.tiny_gguf import write_tiny_model
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def llama_server() -> Path:
+    """The engine the suite runs: RBEE_LLAMA_SERVER, or the one `rbee engine install` built."""
+    found = engine.locate()
+    if found is None:
+        pytest.fail("no llama-server: run `rbee engine install --local` (make test does) or set RBEE_LLAMA_SERVER")
+    return found[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Runs until max_tokens (EOS suppressed)."""
+    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny.gguf")
+
+
+@pytest.fixture(scope="session")
+def tiny_stop_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Ends with finish_reason "stop" after a few tokens."""
+    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny-stop.gguf", eos_bias=8.0, name="tiny-stop")
+
+
+@dataclass
+class Queen:
+    """A queen process started by a test, and how to talk to it."""
+
+    home: Path
+    port: int
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log = self.home / "queen-test.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> Queen:
+        self.home.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "rbee", "queen", "start", "--foreground", "--port", str(self.port)],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"queen exited: {self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"queen did not start: {self.log.read_text()[-2000:]}")
+
+    def stop(self) -> list[psutil.Process]:
+        """Stop the queen; return the child processes (workers) that outlived it."""
+        if self.proc is None or self.proc.poll() is not None:
+            return []
+        children = psutil.Process(self.proc.pid).children(recursive=True)
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        _, alive = psutil.wait_procs(children, timeout=5)
+        for leftover in alive:
+            leftover.kill()
+        return alive
+
+    def cli(self, *args: str, timeout: float = 120, check: bool = False,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run `rbee ARGS` against this queen."""
+        result = subprocess.run([sys.executable, "-m", "rbee", *args], env={**self.env, **(env or {})},
+                                capture_output=True, text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"rbee {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+        return result
+
+    def workers(self) -> list[dict[str, object]]:
+        return list(httpx.get(f"{self.url}/v1/workers", timeout=10).json())
+
+
+def queen_env(home: Path, port: int, llama_server: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RBEE_")}
+    env.update(
+        RBEE_HOME=str(home), RBEE_QUEEN_PORT=str(port), RBEE_LLAMA_SERVER=str(llama_server),
+        RBEE_WORKER_THREADS="1", RBEE_WORKER_SLOTS="2", RBEE_WORKER_CONTEXT="512", PYTHONPATH=str(REPO),
+        NO_COLOR="1", COLUMNS="200",
+    )
+    return env
+
+
+@pytest.fixture
+def make_queen(tmp_path: Path, llama_server: Path) -> Iterator[Callable[..., Queen]]:
+    """Build (not start) queens in fresh homes; all are stopped at the end of the test."""
+    made: list[Queen] = []
+
+    def make(**extra_env: str) -> Queen:
+        home = tmp_path / f"home{len(made)}"
+        port = free_port()
+        queen = Queen(home, port, {**queen_env(home, port, llama_server), **extra_env})
+        made.append(queen)
+        return queen
+
+    yield make
+    for queen in made:
+        queen.stop()
+
+
+@pytest.fixture(scope="module")
+def queen(tmp_path_factory: pytest.TempPathFactory, llama_server: Path) -> Iterator[Queen]:
+    """One running queen shared by a test module."""
+    home = tmp_path_factory.mktemp("queen")
+    port = free_port()
+    q = Queen(home, port, queen_env(home, port, llama_server)).start()
+    yield q
+    assert not q.stop(), "workers outlived their queen"
