@@ -94,7 +94,7 @@ class Job:
         next_seq = after + 1
         while True:
             async with self._changed:
-                await self._changed.wait_for(lambda: len(self.events) > next_seq)
+                await self._changed.wait_for(lambda n=next_seq: len(self.events) > n)
             while next_seq < len(self.events):
                 event = self.events[next_seq]
                 next_seq += 1

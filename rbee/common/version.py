@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 from rbee import __version__
 
@@ -16,10 +17,10 @@ def parse(version: str) -> tuple[int, ...]:
     """`"0.10.2"` -> `(0, 10, 2)`; anything after a non-digit part is ignored."""
     parts: list[int] = []
     for piece in version.split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        if not digits:
+        match = re.match(r"\d+", piece)
+        if not match:
             break
-        parts.append(int(digits))
-        if digits != piece:
+        parts.append(int(match.group()))
+        if match.group() != piece:
             break
     return tuple(parts)

@@ -36,6 +36,21 @@ def name_for_file(path: Path) -> str:
     return re.sub(r"[^a-z0-9._-]+", "-", path.name.removesuffix(".gguf").lower()).strip("-") or "model"
 
 
+def _describe(path: Path, name: str | None, source: str) -> ModelEntry:
+    path = path.expanduser().resolve()
+    summary = read_summary(path)
+    return ModelEntry(
+        name=name or name_for_file(path),
+        path=str(path),
+        size_bytes=path.stat().st_size,
+        source=source,
+        architecture=summary.architecture,
+        context_length=summary.context_length,
+        pooling=summary.pooling,
+        added_at=time.time(),
+    )
+
+
 class Catalog:
     def __init__(self, db_path: Path) -> None:
         db_path.parent.mkdir(parents=True, exist_ok=True)
@@ -58,18 +73,7 @@ class Catalog:
 
     async def add_file(self, path: Path, name: str | None = None, source: str = "local") -> ModelEntry:
         """Register a GGUF file (re-registering a name points it at the new file)."""
-        path = path.expanduser().resolve()
-        summary = await asyncio.to_thread(read_summary, path)
-        entry = ModelEntry(
-            name=name or name_for_file(path),
-            path=str(path),
-            size_bytes=path.stat().st_size,
-            source=source,
-            architecture=summary.architecture,
-            context_length=summary.context_length,
-            pooling=summary.pooling,
-            added_at=time.time(),
-        )
+        entry = await asyncio.to_thread(_describe, path, name, source)
         async with self._lock:
             await asyncio.to_thread(self._upsert, entry)
         return entry
@@ -94,7 +98,7 @@ class Catalog:
         return self._entry(row) if row else None
 
     async def find_path(self, path: Path) -> ModelEntry | None:
-        resolved = str(path.expanduser().resolve())
+        resolved = await asyncio.to_thread(lambda: str(path.expanduser().resolve()))
         return next((e for e in await self.list() if e.path == resolved), None)
 
     async def list(self) -> list[ModelEntry]:

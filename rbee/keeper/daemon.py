@@ -7,9 +7,9 @@ import signal
 import subprocess
 import sys
 import time
+from urllib.parse import urlsplit
 
 import psutil
-from urllib.parse import urlsplit
 
 from rbee.common import paths, settings
 from rbee.common.logs import tail
@@ -88,6 +88,13 @@ def _read_pid() -> int | None:
         return None
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def stop_queen(client: QueenClient, out: Output, quiet: bool = False) -> bool:
     """Ask the queen to stop, fall back to SIGTERM; True when one was running."""
     health = probe(client)
@@ -102,7 +109,7 @@ def stop_queen(client: QueenClient, out: Output, quiet: bool = False) -> bool:
     deadline = time.monotonic() + 20
     with out.err.status("stopping the queen (and its workers)…"):
         while time.monotonic() < deadline:
-            gone = not psutil.pid_exists(health.pid) if _is_local(client.base_url) else True
+            gone = not _alive(health.pid) if _is_local(client.base_url) else True
             if gone and probe(client) is None:
                 if not quiet:
                     out.success(f"queen stopped (was pid {health.pid})")

@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 
 from rbee.contracts.jobs import JobCreate, JobKind
-from rbee.keeper.context import App
 from rbee.hive import engine
+from rbee.keeper.context import App
 from rbee.keeper.jobs_view import follow, run_here
 from rbee.keeper.output import CLIError
 

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import pytest
+
+import rbee.contracts as contracts
+from rbee.contracts import InvalidTransition, WorkerState, check_transition
+from rbee.contracts.workers import WORKER_TRANSITIONS
+
+S = WorkerState
+
+
+@pytest.mark.parametrize(
+    ("current", "new"),
+    [(S.PENDING, S.STARTING), (S.STARTING, S.READY), (S.READY, S.DRAINING), (S.DRAINING, S.STOPPED),
+     (S.STARTING, S.ERROR), (S.READY, S.UNREACHABLE), (S.UNREACHABLE, S.READY), (S.PENDING, S.DOWNLOADING)],
+)
+def test_allowed_transitions(current: WorkerState, new: WorkerState) -> None:
+    check_transition(current, new)
+
+
+@pytest.mark.parametrize(
+    ("current", "new"),
+    [(S.STOPPED, S.READY), (S.ERROR, S.STARTING), (S.PENDING, S.READY), (S.READY, S.STARTING),
+     (S.DRAINING, S.READY)],
+)
+def test_forbidden_transitions(current: WorkerState, new: WorkerState) -> None:
+    with pytest.raises(InvalidTransition, match=f"from {current} to {new}"):
+        check_transition(current, new)
+
+
+def test_every_state_has_a_row_and_terminal_states_lead_nowhere() -> None:
+    assert set(WORKER_TRANSITIONS) == set(WorkerState)
+    assert WORKER_TRANSITIONS[S.STOPPED] == WORKER_TRANSITIONS[S.ERROR] == frozenset()
+
+
+def test_public_surface_is_pinned() -> None:
+    assert sorted(contracts.__all__) == sorted(
+        ["WORKER_TRANSITIONS", "ChatCompletionRequest", "ChatMessage", "CompletionRequest", "EmbeddingRequest",
+         "EngineInfo", "ErrorBody", "ErrorEnvelope", "HiveInfo", "InvalidTransition", "JobCreate", "JobCreated",
+         "JobEvent", "JobEventType", "JobInfo", "JobKind", "ModelEntry", "ModelList", "ModelObject",
+         "ModelRequest", "QueenHealth", "StatusReport", "StreamOptions", "WorkerInfo", "WorkerMode",
+         "WorkerState", "check_transition"]
+    )
+    for name in contracts.__all__:
+        assert hasattr(contracts, name)

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rbee.hive.catalog import Catalog, name_for_file
+from rbee.hive.gguf_info import NotAGGUFError, read_summary
+
+
+def test_names_for_files() -> None:
+    assert name_for_file(Path("/m/SmolLM2-135M-Instruct.Q4_1.gguf")) == "smollm2-135m-instruct.q4_1"
+    assert name_for_file(Path("my model (final).gguf")) == "my-model-final"
+
+
+def test_gguf_header_summary(tiny_model: Path) -> None:
+    summary = read_summary(tiny_model)
+    assert summary.architecture == "llama"
+    assert summary.context_length == 2048
+    assert summary.pooling == "mean"
+
+
+def test_not_a_gguf_file(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"nope")
+    with pytest.raises(NotAGGUFError, match="not a GGUF model file"):
+        read_summary(junk)
+    with pytest.raises(NotAGGUFError, match="no such file"):
+        read_summary(tmp_path / "absent.gguf")
+
+
+async def test_catalog_survives_reopening_and_notices_missing_files(tmp_path: Path, tiny_model: Path) -> None:
+    copy = tmp_path / "copy.gguf"
+    copy.write_bytes(tiny_model.read_bytes())
+    db = tmp_path / "catalog.sqlite"
+    entry = await Catalog(db).add_file(copy, "mine")
+    assert entry.architecture == "llama" and entry.size_bytes == copy.stat().st_size
+
+    reopened = Catalog(db)
+    assert [e.name for e in await reopened.list()] == ["mine"]
+    assert (await reopened.find_path(copy)) is not None
+    await reopened.touch("mine")
+    got = await reopened.get("mine")
+    assert got is not None and got.last_used_at is not None and not got.missing
+
+    copy.unlink()
+    got = await reopened.get("mine")
+    assert got is not None and got.missing
+    assert await reopened.remove("mine")
+    assert await reopened.get("mine") is None
+    assert not await reopened.remove("mine")

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from rbee.hive import engine
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    monkeypatch.delenv("RBEE_LLAMA_SERVER", raising=False)
+    monkeypatch.setenv("RBEE_ENGINES_DIR", str(tmp_path / "engines"))
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    return tmp_path
+
+
+def _executable(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\necho 'version: 9999 (abcdef1)' >&2\n")
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return path
+
+
+def test_locate_prefers_configured_then_path_then_built(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert engine.locate() is None
+    built = _executable(engine.built_binary())
+    assert engine.locate() == (built, "built")
+    on_path = _executable(clean_env / "bin" / "llama-server")
+    assert engine.locate() == (on_path, "path")
+    monkeypatch.setenv("RBEE_LLAMA_SERVER", "/opt/custom/llama-server")
+    assert engine.locate() == (Path("/opt/custom/llama-server"), "configured")
+
+
+def test_build_ids_depend_on_backend_and_never_use_native() -> None:
+    assert engine.build_id("cpu") == engine.build_id("cpu")
+    assert engine.build_id("cpu") != engine.build_id("cuda")
+    assert engine.SOURCE_VERSION in engine.build_id("cpu")
+    for backend in engine.BACKEND_FLAGS:
+        assert "-DGGML_NATIVE=OFF" in engine.build_flags(backend)
+
+
+def test_version_output_parsing() -> None:
+    assert engine.parse_version_output("version: 0.5.0-dev (build 1, commit 0c1e570)\nbuilt with GNU") == \
+        "0.5.0-dev (0c1e570)"
+    assert engine.parse_version_output("version: 4589 (2e2f8f09)") == "4589 (2e2f8f09)"
+    assert engine.parse_version_output("garbage") is None
+
+
+async def test_describe_reports_version_or_problem(clean_env: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   llama_server: Path) -> None:
+    missing = await engine.describe()
+    assert missing.path is None and missing.problem and "rbee engine install" in missing.problem
+    monkeypatch.setenv("RBEE_LLAMA_SERVER", str(llama_server))
+    real = await engine.describe()
+    assert real.problem is None and real.source == "configured" and real.version
+    monkeypatch.setenv("RBEE_LLAMA_SERVER", os.devnull)
+    broken = await engine.describe()
+    assert broken.problem and "not an executable file" in broken.problem
