@@ -92,7 +92,7 @@ async def measure(queen: str, model: str, args: argparse.Namespace) -> list[tupl
 
         ttft: dict[str, list[float]] = {"direct": [], "queen": []}
         for _ in range(args.warmup):
-            for name, (url, headers) in paths.items():
+            for url, headers in paths.values():
                 await first_token_s(client, url, headers)
         for _ in range(args.requests):  # interleaved, so drift hits both paths alike
             for name, (url, headers) in paths.items():

@@ -72,9 +72,15 @@ class Catalog:
         return entry
 
     async def add_file(self, path: Path, name: str | None = None, source: str = "local") -> ModelEntry:
-        """Register a GGUF file (re-registering a name points it at the new file)."""
+        """Register a GGUF file under `name` (an explicit name is re-pointed at the new file), or under a
+        name derived from the file's, made unique with a `-2`, `-3`... suffix."""
         entry = await asyncio.to_thread(_describe, path, name, source)
         async with self._lock:
+            if name is None:
+                base, n = entry.name, 1
+                while (taken := await asyncio.to_thread(self._get, entry.name)) and taken.path != entry.path:
+                    n += 1
+                    entry.name = f"{base}-{n}"
             await asyncio.to_thread(self._upsert, entry)
         return entry
 

@@ -7,6 +7,7 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 
 class Output:
@@ -29,6 +30,14 @@ class Output:
     def abort(self, message: str, code: int = 1) -> NoReturn:
         self.err.print(f"[red]error:[/red] {message}", markup=True)
         raise typer.Exit(code)
+
+
+def table(title: str, *columns: str) -> Table:
+    """A table whose cells wrap instead of being cut, so ids and paths stay whole when piped."""
+    t = Table(title=title, title_justify="left")
+    for column in columns:
+        t.add_column(column, overflow="fold")
+    return t
 
 
 class CLIError(Exception):

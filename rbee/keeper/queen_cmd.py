@@ -13,6 +13,8 @@ from rbee.keeper.context import App
 from rbee.keeper.daemon import ensure_queen, stop_queen
 from rbee.keeper.output import CLIError
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
 app = typer.Typer(help="Start, stop and inspect the queen (the API on port 7833).", no_args_is_help=True)
 
 
@@ -27,6 +29,10 @@ def start(
     """Start the queen: in the background, or in this terminal with --foreground."""
     port = port or settings.queen_port()
     host = host or settings.queen_host()
+    if host not in LOOPBACK:
+        raise CLIError(f"refusing to listen on {host}: a queen reachable from the network must require API keys, "
+                       "and this version has none yet. Listen on 127.0.0.1 (the default) and reach it through "
+                       "an SSH tunnel meanwhile.")
     if foreground:
         from rbee.queen.server import PortInUseError, serve
 

@@ -6,9 +6,9 @@ import time
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from rbee.keeper.context import App
+from rbee.keeper.output import table
 from rbee.keeper.worker_cmd import workers_table
 
 
@@ -39,9 +39,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
     uptime = int(time.time() - queen["started_at"])
     ctx.out.out.print(f"[bold]queen[/bold] {ctx.queen_url}  v{queen['version']}  pid {queen['pid']}  "
                       f"up {uptime // 3600}h{uptime % 3600 // 60:02d}m{uptime % 60:02d}s")
-    hives = Table(title="Hives", title_justify="left")
-    for column in ("ALIAS", "STATE", "ADDRESS", "VERSION", "ENGINE"):
-        hives.add_column(column)
+    hives = table("Hives", "ALIAS", "STATE", "ADDRESS", "VERSION", "ENGINE")
     for h in report["hives"]:
         engine = h["engine"]
         engine_text = f"[red]{engine['problem']}[/red]" if engine.get("problem") else \
@@ -53,9 +51,7 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
     else:
         ctx.out.out.print("[dim]Workers: none loaded[/dim]")
     loaded = {w["model"] for w in report["workers"] if w["state"] == "ready"}
-    models = Table(title="Models", title_justify="left")
-    for column in ("NAME", "SIZE", "ARCH", "LOADED", "PATH"):
-        models.add_column(column)
+    models = table("Models", "NAME", "SIZE", "ARCH", "LOADED", "PATH")
     for m in report["models"]:
         path = f"[red]missing: {m['path']}[/red]" if m["missing"] else m["path"]
         models.add_row(m["name"], _size(m["size_bytes"]), m.get("architecture") or "?",

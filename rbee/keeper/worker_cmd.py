@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from rbee.keeper.context import App
-from rbee.keeper.output import CLIError
+from rbee.keeper.output import CLIError, table
 
 app = typer.Typer(help="List and stop workers (one loaded model each).", no_args_is_help=True)
 
@@ -17,16 +17,14 @@ STATE_STYLE = {"ready": "green", "starting": "yellow", "pending": "yellow", "dow
 
 
 def workers_table(workers: list[dict[str, object]]) -> Table:
-    table = Table(title="Workers", title_justify="left")
-    for column in ("ID", "MODEL", "HIVE", "MODE", "STATE", "URL", "PID", "IN FLIGHT"):
-        table.add_column(column)
+    t = table("Workers", "ID", "MODEL", "HIVE", "MODE", "STATE", "URL", "PID", "IN FLIGHT")
     for w in workers:
         style = STATE_STYLE.get(str(w["state"]), "")
-        table.add_row(str(w["id"]), str(w["model"]), str(w["hive"]), str(w["mode"]),
+        t.add_row(str(w["id"]), str(w["model"]), str(w["hive"]), str(w["mode"]),
                       f"[{style}]{w['state']}[/{style}]" if style else str(w["state"]),
                       str(w.get("url") or "-"), str(w.get("pid") or "-"),
                       f"{w['in_flight']}/{w['slots']}")
-    return table
+    return t
 
 
 @app.command("list")

@@ -174,3 +174,27 @@ def test_worker_refuses_requests_without_its_key(queen: Queen, tiny: str) -> Non
     worker = next(w for w in queen.workers() if w["model"] == tiny)
     resp = httpx.post(f"{worker['url']}/v1/chat/completions", json={"messages": CHAT}, timeout=10)
     assert resp.status_code == 401
+
+
+def test_worker_spawn_job_streams_events_until_done(queen: Queen, tiny: str) -> None:
+    created = httpx.post(f"{queen.url}/v1/jobs", json={"kind": "worker.spawn", "model": tiny}, timeout=10)
+    assert created.status_code == 201
+    job_id = created.json()["job_id"]
+    with httpx.stream("GET", f"{queen.url}/v1/jobs/{job_id}/events", timeout=120) as resp:
+        events = [json.loads(line[5:]) for line in resp.iter_lines() if line.startswith("data:")]
+    assert events[0]["type"] == "started" and events[-1]["type"] == "done"
+    assert events[-1]["data"]["model"] == tiny and events[-1]["data"]["state"] == "ready"
+    new_id = events[-1]["data"]["id"]
+    assert httpx.get(f"{queen.url}/v1/jobs/{job_id}", timeout=10).json()["state"] == "done"
+    assert httpx.delete(f"{queen.url}/v1/jobs/{job_id}", timeout=10).json()["cancelled"] is False
+    stopped = httpx.delete(f"{queen.url}/v1/workers/{new_id}", timeout=30)
+    assert stopped.status_code == 200 and stopped.json()["state"] == "stopped"
+
+
+def test_worker_spawn_job_for_unknown_model_ends_in_error(queen: Queen) -> None:
+    job_id = httpx.post(f"{queen.url}/v1/jobs", json={"kind": "worker.spawn", "model": "nope"}).json()["job_id"]
+    with httpx.stream("GET", f"{queen.url}/v1/jobs/{job_id}/events", timeout=60) as resp:
+        events = [json.loads(line[5:]) for line in resp.iter_lines() if line.startswith("data:")]
+    assert events[-1]["type"] == "error" and "nope" in events[-1]["message"]
+    bad = httpx.post(f"{queen.url}/v1/jobs", json={"kind": "make.coffee"}, timeout=10)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "kind"

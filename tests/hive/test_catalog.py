@@ -49,3 +49,15 @@ async def test_catalog_survives_reopening_and_notices_missing_files(tmp_path: Pa
     assert await reopened.remove("mine")
     assert await reopened.get("mine") is None
     assert not await reopened.remove("mine")
+
+
+async def test_two_files_with_the_same_name_get_distinct_names(tmp_path: Path, tiny_model: Path) -> None:
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "model.gguf").write_bytes(tiny_model.read_bytes())
+    first = await catalog.add_file(tmp_path / "a" / "model.gguf")
+    second = await catalog.add_file(tmp_path / "b" / "model.gguf")
+    again = await catalog.add_file(tmp_path / "a" / "model.gguf")
+    assert (first.name, second.name, again.name) == ("model", "model-2", "model")
+    assert len(await catalog.list()) == 2

@@ -182,3 +182,9 @@ def test_help_is_helpful() -> None:
     version = subprocess.run([sys.executable, "-m", "rbee", "--version"], capture_output=True, text=True,
                              check=True)
     assert version.stdout.strip() == f"rbee {__version__}"
+
+
+def test_queen_refuses_to_listen_beyond_loopback_without_keys(idle_queen: Queen) -> None:
+    result = idle_queen.cli("queen", "start", "--foreground", "--host", "0.0.0.0")
+    assert result.returncode == 1
+    assert "refusing to listen on 0.0.0.0" in result.stderr and "API keys" in result.stderr
