@@ -109,9 +109,9 @@ async def measure(queen: str, model: str, args: argparse.Namespace) -> list[tupl
     med = {k: statistics.median(v) * 1000 for k, v in ttft.items()}
     p99 = {k: pct(v, 0.99) * 1000 for k, v in ttft.items()}
     rows.append(("TTFT median (ms)", f"{med['direct']:.2f}", f"{med['queen']:.2f}",
-                 f"+{med['queen'] - med['direct']:.2f} ms"))
+                 f"{med['queen'] - med['direct']:+.2f} ms"))
     rows.append(("TTFT p99 (ms)", f"{p99['direct']:.2f}", f"{p99['queen']:.2f}",
-                 f"+{p99['queen'] - p99['direct']:.2f} ms"))
+                 f"{p99['queen'] - p99['direct']:+.2f} ms"))
     for streams in (1, args.streams):
         d, q = rates[("direct", streams)], rates[("queen", streams)]
         rows.append((f"tokens/s, {streams} stream{'s' if streams > 1 else ''}", f"{d:.0f}", f"{q:.0f}",
