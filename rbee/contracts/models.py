@@ -8,13 +8,20 @@ from pydantic import BaseModel
 
 
 class ModelEntry(BaseModel):
-    """One model in a hive's catalog."""
+    """One model in a hive's catalog. `path` is the file llama-server loads (the first part of a
+    split model); `files` lists every file, with its sha256 when it was downloaded."""
 
     name: str
     path: str
+    files: list[str] = []
     size_bytes: int
     source: str = "local"
+    repo: str | None = None
+    revision: str | None = None
+    sha256: dict[str, str] = {}
     architecture: str | None = None
+    quantization: str | None = None
+    parameter_count: int | None = None
     context_length: int | None = None
     pooling: str | None = None
     added_at: float

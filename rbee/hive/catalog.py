@@ -1,7 +1,8 @@
-"""The hive's model catalog: one SQLite table of the models this machine holds.
+"""The hive's model catalog: the models this machine holds, in SQLite.
 
-Every call runs in a thread (sqlite3 blocks). A file deleted behind rbee's back is
-reported as `missing` and never served.
+Each row keeps a few columns to query by and the whole `ModelEntry` as JSON. Every call runs
+in a thread (sqlite3 blocks). A file deleted behind rbee's back marks its entry `missing`; such
+an entry is listed (so the user sees it) but never served.
 """
 
 from __future__ import annotations
@@ -13,22 +14,21 @@ import time
 from pathlib import Path
 
 from rbee.contracts.models import ModelEntry
-from rbee.hive.gguf_info import read_summary
+from rbee.hive.gguf_info import read_summary, split_parts
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS models (
+CREATE TABLE IF NOT EXISTS catalog (
     name TEXT PRIMARY KEY,
     path TEXT NOT NULL,
-    size_bytes INTEGER NOT NULL,
-    source TEXT NOT NULL,
-    architecture TEXT,
-    context_length INTEGER,
-    pooling TEXT,
     added_at REAL NOT NULL,
-    last_used_at REAL
+    last_used_at REAL,
+    entry TEXT NOT NULL
 )
 """
-_COLUMNS = "name, path, size_bytes, source, architecture, context_length, pooling, added_at, last_used_at"
+
+
+class CatalogError(RuntimeError):
+    """The catalog database cannot be read or written; the message says where and what to do."""
 
 
 def name_for_file(path: Path) -> str:
@@ -36,47 +36,62 @@ def name_for_file(path: Path) -> str:
     return re.sub(r"[^a-z0-9._-]+", "-", path.name.removesuffix(".gguf").lower()).strip("-") or "model"
 
 
-def _describe(path: Path, name: str | None, source: str) -> ModelEntry:
+def describe_file(path: Path, name: str | None = None, source: str = "local", **extra: object) -> ModelEntry:
+    """A catalog entry for a GGUF file (and its other parts, when split), from its header. Blocking."""
     path = path.expanduser().resolve()
     summary = read_summary(path)
-    return ModelEntry(
-        name=name or name_for_file(path),
-        path=str(path),
-        size_bytes=path.stat().st_size,
-        source=source,
-        architecture=summary.architecture,
-        context_length=summary.context_length,
-        pooling=summary.pooling,
-        added_at=time.time(),
-    )
+    files = split_parts(path)
+    return ModelEntry.model_validate({
+        "name": name or name_for_file(path),
+        "path": str(path),
+        "files": [str(f) for f in files],
+        "size_bytes": sum(f.stat().st_size for f in files),
+        "source": source,
+        "architecture": summary.architecture,
+        "quantization": summary.quantization,
+        "parameter_count": summary.parameter_count,
+        "context_length": summary.context_length,
+        "pooling": summary.pooling,
+        "added_at": time.time(),
+        **extra,
+    })
 
 
 class Catalog:
     def __init__(self, db_path: Path) -> None:
         db_path.parent.mkdir(parents=True, exist_ok=True)
-        self._db_path = db_path
+        self.db_path = db_path
         self._lock = asyncio.Lock()
-        with self._connect() as db:
-            db.execute(_SCHEMA)
+        try:
+            with self._connect() as db:
+                db.execute(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise CatalogError(
+                f"the model catalog {db_path} cannot be opened ({exc}). If it is damaged, move it aside "
+                "and add your models again (the model files themselves are untouched)."
+            ) from exc
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self._db_path, timeout=10)
+        db = sqlite3.connect(self.db_path, timeout=10)
         db.execute("PRAGMA journal_mode=WAL")
         return db
 
     @staticmethod
-    def _entry(row: tuple[object, ...]) -> ModelEntry:
-        keys = [c.strip() for c in _COLUMNS.split(",")]
-        entry = ModelEntry.model_validate(dict(zip(keys, row, strict=True)))
-        entry.missing = not Path(entry.path).is_file()
+    def _entry(row: tuple[str, float | None]) -> ModelEntry:
+        entry = ModelEntry.model_validate_json(row[0])
+        entry.last_used_at = row[1]
+        entry.missing = not all(Path(f).is_file() for f in (entry.files or [entry.path]))
         return entry
 
     async def add_file(self, path: Path, name: str | None = None, source: str = "local") -> ModelEntry:
         """Register a GGUF file under `name` (an explicit name is re-pointed at the new file), or under a
         name derived from the file's, made unique with a `-2`, `-3`... suffix."""
-        entry = await asyncio.to_thread(_describe, path, name, source)
+        entry = await asyncio.to_thread(describe_file, path, name, source)
+        return await self.add(entry, unique=name is None)
+
+    async def add(self, entry: ModelEntry, unique: bool = False) -> ModelEntry:
         async with self._lock:
-            if name is None:
+            if unique:
                 base, n = entry.name, 1
                 while (taken := await asyncio.to_thread(self._get, entry.name)) and taken.path != entry.path:
                     n += 1
@@ -87,12 +102,9 @@ class Catalog:
     def _upsert(self, e: ModelEntry) -> None:
         with self._connect() as db:
             db.execute(
-                f"INSERT INTO models ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?) "
-                "ON CONFLICT(name) DO UPDATE SET path=excluded.path, size_bytes=excluded.size_bytes, "
-                "source=excluded.source, architecture=excluded.architecture, "
-                "context_length=excluded.context_length, pooling=excluded.pooling",
-                (e.name, e.path, e.size_bytes, e.source, e.architecture, e.context_length, e.pooling,
-                 e.added_at, e.last_used_at),
+                "INSERT INTO catalog (name, path, added_at, last_used_at, entry) VALUES (?,?,?,?,?) "
+                "ON CONFLICT(name) DO UPDATE SET path=excluded.path, entry=excluded.entry",
+                (e.name, e.path, e.added_at, e.last_used_at, e.model_dump_json(exclude={"missing"})),
             )
 
     async def get(self, name: str) -> ModelEntry | None:
@@ -100,7 +112,7 @@ class Catalog:
 
     def _get(self, name: str) -> ModelEntry | None:
         with self._connect() as db:
-            row = db.execute(f"SELECT {_COLUMNS} FROM models WHERE name = ?", (name,)).fetchone()
+            row = db.execute("SELECT entry, last_used_at FROM catalog WHERE name = ?", (name,)).fetchone()
         return self._entry(row) if row else None
 
     async def find_path(self, path: Path) -> ModelEntry | None:
@@ -112,17 +124,17 @@ class Catalog:
 
     def _list(self) -> list[ModelEntry]:
         with self._connect() as db:
-            rows = db.execute(f"SELECT {_COLUMNS} FROM models ORDER BY name").fetchall()
+            rows = db.execute("SELECT entry, last_used_at FROM catalog ORDER BY name").fetchall()
         return [self._entry(row) for row in rows]
 
     async def touch(self, name: str) -> None:
         async with self._lock:
-            await asyncio.to_thread(self._execute, "UPDATE models SET last_used_at = ? WHERE name = ?",
+            await asyncio.to_thread(self._execute, "UPDATE catalog SET last_used_at = ? WHERE name = ?",
                                     (time.time(), name))
 
     async def remove(self, name: str) -> bool:
         async with self._lock:
-            return await asyncio.to_thread(self._execute, "DELETE FROM models WHERE name = ?", (name,)) > 0
+            return await asyncio.to_thread(self._execute, "DELETE FROM catalog WHERE name = ?", (name,)) > 0
 
     def _execute(self, sql: str, params: tuple[object, ...]) -> int:
         with self._connect() as db:

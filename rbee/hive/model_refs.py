@@ -1,0 +1,113 @@
+"""What a user may call a model, and what that name points at.
+
+    ./model.gguf, /abs/path.gguf, ~/m.gguf   a file on the hive
+    org/repo:QUANT                           a Hugging Face GGUF repo and a quantization (as llama-server's -hf)
+    org/repo                                 the same, Q4_K_M when the repo has it
+    org/repo/path/file.gguf                  one file of a repo (the first part, for a split model)
+    org/repo@revision...                     any of the two above, at a branch, tag or commit
+    alias                                    a short name from the built-in list or ~/.config/rbee/models.toml
+    name                                     anything else: a name in the hive's catalog
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from rbee.common import paths
+
+DEFAULT_QUANT = "Q4_K_M"
+
+BUILTIN_ALIASES: dict[str, str] = {
+    "llama-3-8b": "bartowski/Meta-Llama-3-8B-Instruct-GGUF:Q4_K_M",
+    "llama-3-70b": "bartowski/Meta-Llama-3-70B-Instruct-GGUF:Q4_K_M",
+    "mistral-7b": "bartowski/Mistral-7B-Instruct-v0.3-GGUF:Q4_K_M",
+    "qwen2.5-coder-7b": "Qwen/Qwen2.5-Coder-7B-Instruct-GGUF:Q4_K_M",
+    "smollm2-135m": "bartowski/SmolLM2-135M-Instruct-GGUF:Q4_K_M",
+}
+
+_REPO = r"(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)"
+_REV = r"(?:@(?P<rev>[\w./-]+?))?"
+_HF_QUANT = re.compile(rf"^(?:hf://)?{_REPO}{_REV}(?::(?P<quant>[\w.-]+))?$")
+_HF_FILE = re.compile(rf"^(?:hf://)?{_REPO}{_REV}/(?P<file>[^@:]+\.gguf)$")
+
+
+class BadModelRef(ValueError):
+    """A name that cannot be understood, or an alias file that cannot be read."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A parsed model name. Exactly one of `path`, `repo` or `catalog_name` is set."""
+
+    text: str
+    path: Path | None = None
+    repo: str | None = None
+    revision: str | None = None
+    quant: str | None = None
+    filename: str | None = None
+    catalog_name: str | None = None
+
+    @property
+    def is_hub(self) -> bool:
+        return self.repo is not None
+
+    def default_name(self) -> str:
+        """The catalog name a pulled model gets: the alias if one was used, else `repo:QUANT` or `repo/file`."""
+        return self.text
+
+
+def user_aliases_file() -> Path:
+    return paths.config_dir() / "models.toml"
+
+
+def load_aliases() -> dict[str, str]:
+    """Built-in aliases, extended or overridden by the `[aliases]` table of ~/.config/rbee/models.toml."""
+    aliases = dict(BUILTIN_ALIASES)
+    path = user_aliases_file()
+    if path.is_file():
+        try:
+            data = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, OSError) as exc:
+            raise BadModelRef(f"cannot read {path}: {exc}") from exc
+        table = data.get("aliases", {})
+        if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
+            raise BadModelRef(f"{path}: [aliases] must map names to strings like \"org/repo:Q4_K_M\"")
+        aliases.update(table)
+    return aliases
+
+
+def looks_like_path(text: str) -> bool:
+    return text.startswith(("/", "./", "../", "~")) or (text.endswith(".gguf") and text.count("/") < 2)
+
+
+def parse(text: str, aliases: dict[str, str] | None = None) -> ModelRef:
+    """Understand a model name (aliases are expanded once)."""
+    text = text.strip()
+    if not text:
+        raise BadModelRef("empty model name")
+    if looks_like_path(text):
+        return ModelRef(text=text, path=Path(text).expanduser())
+    aliases = load_aliases() if aliases is None else aliases
+    if text in aliases:
+        target = parse(aliases[text], aliases={})
+        if target.path is None and target.repo is None:
+            raise BadModelRef(f"alias {text!r} points at {aliases[text]!r}, which is not a repo or a file")
+        return ModelRef(text=text, path=target.path, repo=target.repo, revision=target.revision,
+                        quant=target.quant, filename=target.filename)
+    if match := _HF_FILE.match(text):
+        return ModelRef(text=text, repo=match["repo"], revision=match["rev"], filename=match["file"])
+    if "/" in text and (match := _HF_QUANT.match(text)):
+        return ModelRef(text=text, repo=match["repo"], revision=match["rev"], quant=match["quant"])
+    if "/" in text:
+        raise BadModelRef(f"{text!r} is neither a file path nor a Hugging Face name like org/repo:Q4_K_M")
+    return ModelRef(text=text, catalog_name=text)
+
+
+def quant_of(filename: str) -> str | None:
+    """The quantization named in a GGUF file name (`...-Q4_K_M.gguf` -> `Q4_K_M`)."""
+    match = re.search(r"(?:^|[-_.])((?:I?Q\d(?:_[A-Z0-9]+)*)|F16|BF16|F32)(?:-\d{5}-of-\d{5})?\.gguf$",
+                      Path(filename).name, re.IGNORECASE)
+    return match.group(1).upper() if match else None
