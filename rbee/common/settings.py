@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+from rbee.common import paths
 
 DEFAULT_QUEEN_HOST = "127.0.0.1"
 DEFAULT_QUEEN_PORT = 7833
@@ -32,6 +35,12 @@ def worker_threads() -> int | None:
 def worker_context() -> int:
     """Context tokens per slot."""
     return int(os.environ.get("RBEE_WORKER_CONTEXT", DEFAULT_CONTEXT))
+
+
+def models_dir() -> Path:
+    """Where pulled models are kept."""
+    override = os.environ.get("RBEE_MODELS_DIR")
+    return Path(override).expanduser() if override else paths.data_dir() / "models"
 
 
 def worker_slots() -> int:

@@ -5,7 +5,7 @@ Every side imports these; nothing here does I/O or imports the rest of rbee.
 
 from rbee.contracts.errors import ErrorBody, ErrorEnvelope
 from rbee.contracts.jobs import JobCreate, JobCreated, JobEvent, JobEventType, JobInfo, JobKind
-from rbee.contracts.models import ModelEntry, ModelList, ModelObject
+from rbee.contracts.models import MemoryNeed, ModelDetail, ModelEntry, ModelList, ModelObject
 from rbee.contracts.openai import (
     ChatCompletionRequest,
     ChatMessage,
@@ -41,6 +41,8 @@ __all__ = [
     "JobEventType",
     "JobInfo",
     "JobKind",
+    "MemoryNeed",
+    "ModelDetail",
     "ModelEntry",
     "ModelList",
     "ModelObject",

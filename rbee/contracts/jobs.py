@@ -15,6 +15,7 @@ from pydantic import BaseModel
 class JobKind(StrEnum):
     ENGINE_INSTALL = "engine.install"
     WORKER_SPAWN = "worker.spawn"
+    MODEL_PULL = "model.pull"
 
 
 class JobEventType(StrEnum):

@@ -43,3 +43,32 @@ class ModelObject(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelObject]
+
+
+class MemoryNeed(BaseModel):
+    """Estimated memory to serve a model with `slots` x `context_per_slot` tokens of context."""
+
+    context_per_slot: int
+    slots: int
+    weights: int
+    kv_cache: int
+    compute: int
+    overhead: int
+    total: int
+
+
+class ModelDetail(BaseModel):
+    """`rbee model info`: the catalog entry, what its header says, and what it needs to run."""
+
+    hive: str
+    entry: ModelEntry
+    block_count: int | None = None
+    embedding_length: int | None = None
+    head_count: int | None = None
+    head_count_kv: int | None = None
+    memory: MemoryNeed
+
+
+class PullRequest(BaseModel):
+    model: str
+    hive: str = "localhost"

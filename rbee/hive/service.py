@@ -9,17 +9,19 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import shutil
 from pathlib import Path
 
 from rbee.common import paths, settings
 from rbee.common.jobs import Emit, JobFailed
 from rbee.common.version import current as current_version
-from rbee.contracts.models import ModelEntry
+from rbee.contracts.models import MemoryNeed, ModelDetail, ModelEntry
 from rbee.contracts.status import EngineInfo, HiveInfo
 from rbee.contracts.workers import WorkerMode
-from rbee.hive import engine
-from rbee.hive.catalog import Catalog
-from rbee.hive.gguf_info import NotAGGUFError
+from rbee.hive import downloads, engine, model_refs
+from rbee.hive.catalog import Catalog, describe_file
+from rbee.hive.estimate import estimate
+from rbee.hive.gguf_info import NotAGGUFError, read_summary
 from rbee.hive.supervisor import Supervisor
 from rbee.hive.worker import WorkerProcess, WorkerSpec
 
@@ -45,6 +47,28 @@ class ModelUnavailable(LookupError):
     """A model name the hive cannot serve; the message says why and what to do."""
 
 
+class ModelInUse(RuntimeError):
+    """A model cannot be removed while requests are running on it."""
+
+
+def _move_all(sources: list[Path], targets: list[Path]) -> None:
+    for source, target in zip(sources, targets, strict=True):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source.replace(target)
+
+
+def _delete_files(files: list[Path], root: Path) -> None:
+    """Delete downloaded files, and the folders they leave empty, never outside `root`."""
+    root = root.resolve()
+    for f in files:
+        if f.resolve().is_relative_to(root):
+            f.unlink(missing_ok=True)
+            parent = f.resolve().parent
+            while parent != root and parent.is_relative_to(root) and not any(parent.iterdir()):
+                parent.rmdir()
+                parent = parent.parent
+
+
 class Hive:
     def __init__(self, alias: str = "localhost", state: Path | None = None) -> None:
         self.alias = alias
@@ -52,6 +76,7 @@ class Hive:
         self.catalog = Catalog(state / "hive" / "catalog.sqlite")
         self.supervisor = Supervisor(alias, state / "hive" / "workers")
         self._engine: EngineInfo | None = None
+        self._pulls: dict[str, asyncio.Lock] = {}
 
     async def start(self) -> None:
         demo = demo_model_file()
@@ -80,26 +105,122 @@ class Hive:
                  "unset RBEE_LLAMA_SERVER or remove it from PATH to use the build")
         return result
 
-    async def resolve(self, model: str) -> ModelEntry:
-        """A catalog name, or a path to a .gguf file on this machine (added to the catalog)."""
+    async def find(self, model: str) -> ModelEntry | None:
+        """The catalog entry a name means, without downloading anything: a catalog name, a file on
+        this machine (added to the catalog), or a hub name or alias that was pulled before."""
         entry = await self.catalog.get(model)
-        if entry is None and (model.endswith(".gguf") or "/" in model):
-            path = await asyncio.to_thread(lambda: Path(model).expanduser())
-            if await asyncio.to_thread(path.is_file):
-                entry = await self.catalog.find_path(path)
-                if entry is None:
-                    try:
-                        entry = await self.catalog.add_file(path)
-                    except NotAGGUFError as exc:
-                        raise ModelUnavailable(str(exc)) from exc
+        if entry is not None:
+            return entry
+        try:
+            ref = model_refs.parse(model)
+        except model_refs.BadModelRef as exc:
+            raise ModelUnavailable(str(exc)) from exc
+        if ref.path is not None:
+            if not await asyncio.to_thread(ref.path.is_file):
+                return None
+            entry = await self.catalog.find_path(ref.path)
+            if entry is None:
+                try:
+                    entry = await self.catalog.add_file(ref.path)
+                except NotAGGUFError as exc:
+                    raise ModelUnavailable(str(exc)) from exc
+            return entry
+        if ref.is_hub:
+            return await self.catalog.get(downloads.catalog_name_guess(ref))
+        return None
+
+    async def resolve(self, model: str) -> ModelEntry:
+        """The servable catalog entry for `model`; `ModelUnavailable` says why not and what to do."""
+        entry = await self.find(model)
         if entry is None:
-            raise ModelUnavailable(f"The model '{model}' does not exist on hive '{self.alias}'")
+            hint = f"; pull it first: rbee model pull {model}" if model_refs.parse(model).is_hub else ""
+            raise ModelUnavailable(f"The model '{model}' does not exist on hive '{self.alias}'{hint}")
         if entry.missing:
             raise ModelUnavailable(
                 f"The model '{model}' is in the catalog but its file {entry.path} is gone; "
                 "put the file back or add the model again"
             )
         return entry
+
+    async def pull(self, model: str, emit: Emit) -> ModelEntry:
+        """Make `model` available on this hive, downloading it from the hub when needed (a job body)."""
+        try:
+            ref = model_refs.parse(model)
+        except model_refs.BadModelRef as exc:
+            raise JobFailed(str(exc)) from exc
+        if not ref.is_hub:
+            entry = await self.find(model)
+            if entry is None:
+                aliases = ", ".join(sorted(model_refs.load_aliases()))
+                raise JobFailed(f"'{model}' is not in the catalog of hive '{self.alias}', and not a hub name: use "
+                                f"org/repo:QUANT, org/repo/file.gguf, a path, or an alias ({aliases})")
+            return entry
+        existing = await self.catalog.get(downloads.catalog_name_guess(ref))
+        if existing is not None and not existing.missing and ref.revision is None:
+            emit(message=f"{existing.name} is already on {self.alias}")
+            return existing
+        lock = self._pulls.setdefault(downloads.catalog_name_guess(ref), asyncio.Lock())
+        async with lock:
+            emit(message=f"looking up {ref.repo}")
+            plan = await asyncio.to_thread(downloads.plan, ref)
+            name = plan.catalog_name(ref)
+            existing = await self.catalog.get(name)
+            if existing is not None and not existing.missing and existing.revision == plan.commit:
+                emit(message=f"{name} is already on {self.alias}")
+                return existing
+            emit(message=f"{len(plan.files)} file(s), {plan.total_bytes / 1e9:.2f} GB, revision {plan.commit[:10]}")
+            return await self._download(ref, plan, name, emit)
+
+    async def _download(self, ref: model_refs.ModelRef, plan: downloads.PullPlan, name: str,
+                        emit: Emit) -> ModelEntry:
+        models = settings.models_dir()
+        staging = models / ".partial" / plan.repo.replace("/", "--") / plan.commit
+        final = models / plan.repo
+        await asyncio.to_thread(downloads.check_room, models, plan.total_bytes)
+        try:
+            fetched = await downloads.fetch(plan, staging, emit)
+            targets = [final / f.path for f in plan.files]
+            await asyncio.to_thread(_move_all, fetched, targets)
+            entry = await asyncio.to_thread(
+                describe_file, targets[0], name, "hf", repo=plan.repo, revision=plan.commit,
+                sha256={f.path: f.sha256 for f in plan.files if f.sha256},
+            )
+            await self.catalog.add(entry)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, staging, True)
+        emit(message=f"pulled {name} ({entry.size_bytes / 1e9:.2f} GB) into {final}")
+        return entry
+
+    async def remove(self, name: str) -> ModelEntry:
+        """Forget a model; delete its files when rbee downloaded them. Workers serving it are stopped."""
+        entry = await self.catalog.get(name)
+        if entry is None:
+            raise ModelUnavailable(f"The model '{name}' is not in the catalog of hive '{self.alias}'")
+        serving = [w for w in self.supervisor.workers() if w.spec.model.name == name]
+        busy = [w.id for w in serving if w.in_flight]
+        if busy:
+            raise ModelInUse(f"'{name}' is answering requests on {', '.join(busy)}; try again when they finish "
+                             "or stop those workers first")
+        for worker in serving:
+            await self.supervisor.stop(worker.id)
+        await self.catalog.remove(name)
+        if entry.source == "hf":
+            await asyncio.to_thread(_delete_files, [Path(f) for f in entry.files], settings.models_dir())
+        return entry
+
+    async def detail(self, name: str, context_per_slot: int | None = None, slots: int | None = None) -> ModelDetail:
+        entry = await self.resolve(name)
+        summary = await asyncio.to_thread(read_summary, Path(entry.path))
+        ctx = context_per_slot or settings.worker_context()
+        n = slots or settings.worker_slots()
+        need = estimate(summary, entry.size_bytes, ctx, n)
+        return ModelDetail(
+            hive=self.alias, entry=entry, block_count=summary.block_count,
+            embedding_length=summary.embedding_length, head_count=summary.head_count,
+            head_count_kv=summary.head_count_kv,
+            memory=MemoryNeed(context_per_slot=ctx, slots=n, weights=need.weights, kv_cache=need.kv_cache,
+                              compute=need.compute, overhead=need.overhead, total=need.total),
+        )
 
     async def spawn_worker(self, model: ModelEntry, mode: WorkerMode) -> WorkerProcess:
         info = await self.engine()

@@ -70,6 +70,10 @@ class QueenClient:
     def delete(self, path: str) -> Any:
         return self.request("DELETE", path)
 
+    def has_model(self, name: str) -> bool:
+        """Whether `GET /v1/models/{name}` knows it (a catalog name with its file present)."""
+        return self._http.get(f"/v1/models/{name}").status_code == 200
+
     def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
         """Yield the open response once; it is closed when the iterator is."""
         with self._http.stream(method, path, timeout=httpx.Timeout(10.0, read=None), **kwargs) as resp:

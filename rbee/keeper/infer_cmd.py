@@ -4,24 +4,32 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from rbee.hive import model_refs
 from rbee.hive.service import DEMO_MODEL
+from rbee.keeper.client import QueenClient
 from rbee.keeper.context import App
-from rbee.keeper.output import CLIError
+from rbee.keeper.model_cmd import pull_model
+from rbee.keeper.output import CLIError, Output
 from rbee.queen.openai_routes import HIVE_HEADER
 
 
-def _model_arg(model: str) -> str:
-    """A local file is sent as an absolute path; anything else is a catalog name."""
-    path = Path(model).expanduser()
-    if model.endswith(".gguf") or path.is_file():
-        if not path.is_file():
-            raise CLIError(f"no such model file: {path}")
-        return str(path.resolve())
+def _model_arg(client: QueenClient, out: Output, model: str, hive: str | None) -> str:
+    """What to put in the request's `model`: a local file as an absolute path, a hub name pulled
+    first (with progress) and named as the catalog names it, anything else unchanged."""
+    try:
+        ref = model_refs.parse(model)
+    except model_refs.BadModelRef as exc:
+        raise CLIError(str(exc)) from exc
+    if ref.path is not None:
+        if not ref.path.is_file():
+            raise CLIError(f"no such model file: {ref.path}")
+        return str(ref.path.resolve())
+    if ref.is_hub and not client.has_model(model):
+        return str(pull_model(client, out, model, hive or "localhost").get("name", model))
     return model
 
 
@@ -47,7 +55,7 @@ def infer(
     ctx = App()
     client = ctx.queen()
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    body: dict[str, Any] = {"model": _model_arg(model), "messages": messages}
+    body: dict[str, Any] = {"model": _model_arg(client, ctx.out, model, hive), "messages": messages}
     for key, value in (("max_tokens", max_tokens), ("temperature", temperature), ("top_p", top_p),
                        ("seed", seed)):
         if value is not None:

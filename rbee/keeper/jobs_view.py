@@ -5,12 +5,26 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterable
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from rbee.common.jobs import JobBody, JobRunner
 from rbee.contracts.jobs import JobEvent, JobEventType, JobKind
 from rbee.keeper.client import QueenClient
 from rbee.keeper.output import CLIError, Output
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def _transfer(event: JobEvent) -> str:
+    """`12.3 MB/s, ETA 0:42` from a byte-progress event."""
+    data = event.data or {}
+    speed, eta = data.get("speed"), data.get("eta")
+    parts = [f"{_gb(float(speed))}/s"] if speed else []
+    if eta is not None:
+        parts.append(f"ETA {int(eta) // 60}:{int(eta) % 60:02d}")
+    return ", ".join(parts)
 
 
 class JobView:
@@ -20,10 +34,10 @@ class JobView:
         self._verbose = verbose
         self._last: JobEvent | None = None
         self._progress = Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[amount]}"),
             TimeElapsedColumn(), TextColumn("[dim]{task.fields[detail]}"), console=out.err,
         )
-        self._task = self._progress.add_task(title, total=None, detail="")
+        self._task = self._progress.add_task(title, total=None, detail="", amount="")
 
     def __enter__(self) -> JobView:
         self._progress.start()
@@ -38,8 +52,12 @@ class JobView:
         if event.type is JobEventType.LOG:
             if self._verbose:
                 progress.console.print(f"[dim]{event.message}")
+        elif event.total and event.unit == "bytes":
+            progress.update(task, total=event.total, completed=event.current or 0,
+                            detail=_transfer(event), amount=f"{_gb(event.current or 0)}/{_gb(event.total)}")
         elif event.total:
-            progress.update(task, total=event.total, completed=event.current or 0, detail=event.message[-60:])
+            progress.update(task, total=event.total, completed=event.current or 0, detail=event.message[-60:],
+                            amount=f"{int(event.current or 0)}/{int(event.total)}")
         elif event.type is JobEventType.DONE:
             total = progress.tasks[0].total or 1
             progress.update(task, total=total, completed=total, detail="")

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from rbee import __version__
-from rbee.keeper import engine_cmd, infer_cmd, queen_cmd, status_cmd, worker_cmd
+from rbee.keeper import engine_cmd, infer_cmd, model_cmd, queen_cmd, status_cmd, worker_cmd
 from rbee.keeper.output import CLIError, Output
 
 app = typer.Typer(
@@ -21,6 +21,7 @@ app = typer.Typer(
 app.command("infer")(infer_cmd.infer)
 app.command("status")(status_cmd.status)
 app.add_typer(queen_cmd.app, name="queen")
+app.add_typer(model_cmd.app, name="model")
 app.add_typer(engine_cmd.app, name="engine")
 app.add_typer(worker_cmd.app, name="worker")
 

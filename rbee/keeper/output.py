@@ -32,6 +32,15 @@ class Output:
         raise typer.Exit(code)
 
 
+def human_bytes(n: float) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1024 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit in ("B", "KB") else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
 def table(title: str, *columns: str) -> Table:
     """A table whose cells wrap instead of being cut, so ids and paths stay whole when piped."""
     t = Table(title=title, title_justify="left")

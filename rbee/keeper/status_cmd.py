@@ -8,17 +8,8 @@ from typing import Annotated
 import typer
 
 from rbee.keeper.context import App
-from rbee.keeper.output import table
+from rbee.keeper.output import human_bytes, table
 from rbee.keeper.worker_cmd import workers_table
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit in ("B", "KB") else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
 
 
 def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
@@ -54,6 +45,6 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
     models = table("Models", "NAME", "SIZE", "ARCH", "LOADED", "PATH")
     for m in report["models"]:
         path = f"[red]missing: {m['path']}[/red]" if m["missing"] else m["path"]
-        models.add_row(m["name"], _size(m["size_bytes"]), m.get("architecture") or "?",
+        models.add_row(m["name"], human_bytes(m["size_bytes"]), m.get("architecture") or "?",
                        "yes" if m["name"] in loaded else "", path)
     ctx.out.out.print(models if report["models"] else "[dim]Models: none yet[/dim]")

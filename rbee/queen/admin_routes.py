@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from rbee.common import sse
-from rbee.common.jobs import Emit, Job, JobFailed
+from rbee.common.jobs import Emit, Job, JobBody, JobFailed
 from rbee.contracts.jobs import JobCreate, JobCreated, JobKind
 from rbee.contracts.status import StatusReport
 from rbee.contracts.workers import WorkerMode
@@ -54,28 +54,33 @@ async def stop_worker(request: Request) -> Response:
     raise NotFound(f"There is no worker '{worker_id}'; `rbee worker list` shows the running ones.")
 
 
+def _job_body(state: QueenState, spec: JobCreate) -> JobBody:
+    hive = state.scheduler.hives_for(spec.hive)[0]
+    if spec.kind is JobKind.ENGINE_INSTALL:
+        return lambda emit: hive.install_engine(emit, force=spec.force)
+    if not spec.model:
+        raise InvalidRequest(f"A {spec.kind} job needs a 'model'.", param="model")
+    model = spec.model
+
+    async def pull(emit: Emit) -> dict[str, object]:
+        entry = await hive.pull(model, emit)
+        return {"hive": hive.alias, **entry.model_dump(mode="json")}
+
+    async def spawn(emit: Emit) -> dict[str, object]:
+        emit(message=f"starting a worker for {model} on {hive.alias}")
+        try:
+            worker = await state.scheduler.spawn(model, WorkerMode.GENERATE, hive.alias)
+        except QueenError as exc:
+            raise JobFailed(exc.message) from exc
+        return worker.info().model_dump(mode="json")
+
+    return pull if spec.kind is JobKind.MODEL_PULL else spawn
+
+
 async def create_job(request: Request) -> Response:
     state = _state(request)
     _, spec = await read_json(request, JobCreate)
-    hive = state.scheduler.hives_for(spec.hive)[0]
-    if spec.kind is JobKind.ENGINE_INSTALL:
-        job = state.jobs.start(spec.kind, lambda emit: hive.install_engine(emit, force=spec.force))
-    elif spec.kind is JobKind.WORKER_SPAWN:
-        if not spec.model:
-            raise InvalidRequest("A worker.spawn job needs a 'model'.", param="model")
-        model = spec.model
-
-        async def spawn(emit: Emit) -> dict[str, object]:
-            emit(message=f"starting a worker for {model} on {spec.hive}")
-            try:
-                worker = await state.scheduler.spawn(model, WorkerMode.GENERATE, spec.hive)
-            except QueenError as exc:
-                raise JobFailed(exc.message) from exc
-            return worker.info().model_dump(mode="json")
-
-        job = state.jobs.start(spec.kind, spawn)
-    else:  # pragma: no cover - JobKind is exhaustive
-        raise InvalidRequest(f"unknown job kind {spec.kind}", param="kind")
+    job = state.jobs.start(spec.kind, _job_body(state, spec))
     return JSONResponse(JobCreated(job_id=job.id).model_dump(), status_code=201)
 
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 
-from rbee.queen import admin_routes, openai_routes
+from rbee.queen import admin_routes, catalog_routes, openai_routes
 from rbee.queen.errors import QueenError, handle_http_exception, handle_queen_error
 from rbee.queen.state import QueenState
 
@@ -25,7 +25,7 @@ def create_app(state: QueenState | None = None) -> Starlette:
             await queen.close()
 
     app = Starlette(
-        routes=[*openai_routes.routes, *admin_routes.routes],
+        routes=[*openai_routes.routes, *catalog_routes.routes, *admin_routes.routes],
         exception_handlers={QueenError: handle_queen_error, HTTPException: handle_http_exception},
         lifespan=lifespan,
     )

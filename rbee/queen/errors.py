@@ -5,6 +5,7 @@
     +-- ModelNotFound (404)         no hive has that model
     +-- HiveNotFound (404)          `-a ALIAS` names no hive
     +-- NotFound (404)              a job or worker id that does not exist
+    +-- Conflict (409)              the operation clashes with work in progress
     +-- WorkerUnavailable (503)     the world failed: a worker did not start, or died
     +-- UpstreamError (502)         a worker answered with something unusable
 """
@@ -66,6 +67,11 @@ class HiveNotFound(QueenError):
 class NotFound(QueenError):
     status = 404
     code = "not_found"
+
+
+class Conflict(QueenError):
+    status = 409
+    code = "conflict"
 
 
 class WorkerUnavailable(QueenError):

@@ -1,0 +1,267 @@
+"""Pulling GGUF models from the Hugging Face Hub (or a mirror: `HF_ENDPOINT`; gated repos: `HF_TOKEN`).
+
+    plan      which files a name means (repo + quant, or one file; every part of a split model),
+              with their sizes and sha256 from the hub's metadata
+    room      refuse before starting when the disk cannot hold it, saying how much and where
+    fetch     `huggingface_hub.hf_hub_download`, file by file, in a thread: it resumes from a
+              `.incomplete` file with a Range request when the connection is cut; progress
+              and cancellation go through its `tqdm_class` hook
+    verify    size and sha256 of every file; a mismatch deletes it
+    keep      move into the models folder, then (and only then) register in the catalog
+
+A cancelled pull leaves nothing behind; a failed one keeps its partial files so the next pull
+of the same revision resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rbee.common.jobs import Emit, JobFailed
+from rbee.hive.gguf_info import SPLIT_RE
+from rbee.hive.model_refs import DEFAULT_QUANT, ModelRef, quant_of
+
+PROGRESS_INTERVAL_S = 0.25
+# huggingface_hub writes (and reports progress) in chunks of this size; its default, 10 MiB,
+# makes a coarse progress bar and loses up to 10 MiB when a cut connection is resumed.
+CHUNK_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str
+    size: int
+    sha256: str | None
+
+
+@dataclass(frozen=True)
+class PullPlan:
+    repo: str
+    commit: str
+    files: list[RemoteFile]
+    quant: str | None
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def catalog_name(self, ref: ModelRef) -> str:
+        """The alias when one was used, else `org/repo:QUANT` (or `org/repo/file.gguf`)."""
+        if ref.filename:
+            return f"{self.repo}/{ref.filename}"
+        if ref.text.count("/") == 1 and not ref.text.startswith("hf://"):
+            return f"{self.repo}:{self.quant}"
+        return ref.text
+
+
+def catalog_name_guess(ref: ModelRef) -> str:
+    """The name a pulled `ref` would have, without asking the hub."""
+    if ref.filename:
+        return f"{ref.repo}/{ref.filename}"
+    if ref.text.count("/") == 1:
+        return f"{ref.repo}:{(ref.quant or DEFAULT_QUANT).upper()}"
+    return ref.text
+
+
+def _gguf_groups(files: list[RemoteFile]) -> dict[str, list[RemoteFile]]:
+    """GGUF files grouped into models: a single file, or all parts of a split one (keyed by first part)."""
+    groups: dict[str, list[RemoteFile]] = {}
+    for f in sorted(files, key=lambda f: f.path):
+        if not f.path.endswith(".gguf") or "mmproj" in f.path.lower():
+            continue
+        match = SPLIT_RE.search(f.path)
+        key = f.path[: match.start()] + f"-00001-of-{match.group(2)}.gguf" if match else f.path
+        groups.setdefault(key, []).append(f)
+    return groups
+
+
+def choose_files(ref: ModelRef, files: list[RemoteFile]) -> tuple[list[RemoteFile], str | None]:
+    """The files a reference means, and their quantization; `JobFailed` says what to choose instead."""
+    groups = _gguf_groups(files)
+    if not groups:
+        raise JobFailed(f"{ref.repo} has no .gguf files; rbee serves GGUF models only")
+    if ref.filename:
+        key = ref.filename
+        match = SPLIT_RE.search(key)
+        if match:
+            key = key[: match.start()] + f"-00001-of-{match.group(2)}.gguf"
+        if key not in groups:
+            raise JobFailed(f"{ref.repo} has no file {ref.filename}; its GGUF files: {', '.join(groups)}")
+        chosen = groups[key]
+        return chosen, quant_of(chosen[0].path)
+    by_quant: dict[str, list[RemoteFile]] = {}
+    for key, group in groups.items():
+        q = quant_of(key)
+        if q:
+            by_quant.setdefault(q, group)
+    wanted = (ref.quant or DEFAULT_QUANT).upper()
+    if wanted not in by_quant:
+        available = ", ".join(sorted(by_quant)) or "none recognised"
+        hint = f"name one: {ref.repo}:QUANT" if ref.quant is None else "choose another"
+        raise JobFailed(f"{ref.repo} has no {wanted} GGUF; available quantizations: {available} ({hint})")
+    group = by_quant[wanted]
+    match = SPLIT_RE.search(group[0].path)
+    if match and len(group) != int(match.group(2)):
+        raise JobFailed(f"{ref.repo}: the split model {group[0].path} is incomplete on the hub "
+                        f"({len(group)} of {int(match.group(2))} parts)")
+    return group, wanted
+
+
+def _hub_error(exc: Exception, ref: ModelRef) -> JobFailed:
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    if isinstance(exc, GatedRepoError):
+        return JobFailed(f"{ref.repo} is gated: accept its terms on the hub, then set HF_TOKEN to a token "
+                         "that has access")
+    if isinstance(exc, RepositoryNotFoundError):
+        return JobFailed(f"there is no model repo {ref.repo} on {constants.ENDPOINT} (if it is private, "
+                         "set HF_TOKEN)")
+    if isinstance(exc, RevisionNotFoundError):
+        return JobFailed(f"{ref.repo} has no revision {ref.revision!r}")
+    if isinstance(exc, EntryNotFoundError):
+        return JobFailed(f"{ref.repo} has no file {ref.filename or ''}")
+    if isinstance(exc, HfHubHTTPError):
+        return JobFailed(f"the hub answered an error for {ref.repo}: {exc}")
+    return JobFailed(f"cannot reach {constants.ENDPOINT} ({type(exc).__name__}: {exc}); check the network, "
+                     "or HF_ENDPOINT for a mirror")
+
+
+def plan(ref: ModelRef) -> PullPlan:
+    """Ask the hub what `ref` means (blocking)."""
+    from huggingface_hub import HfApi
+
+    assert ref.repo is not None
+    try:
+        info = HfApi().model_info(ref.repo, revision=ref.revision, files_metadata=True)
+    except Exception as exc:
+        raise _hub_error(exc, ref) from exc
+    files = [
+        RemoteFile(s.rfilename, int(s.lfs.size if s.lfs else s.size or 0), s.lfs.sha256 if s.lfs else None)
+        for s in info.siblings or []
+    ]
+    chosen, quant = choose_files(ref, files)
+    return PullPlan(repo=ref.repo, commit=str(info.sha), files=chosen, quant=quant)
+
+
+def check_room(folder: Path, needed: int) -> None:
+    """Refuse a download the disk under `folder` cannot hold."""
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise JobFailed(f"not enough disk space: the download needs {needed / 1e9:.2f} GB in {folder}, "
+                        f"only {free / 1e9:.2f} GB is free. Free some space or set RBEE_MODELS_DIR elsewhere.")
+
+
+class PullCancelled(Exception):
+    """Raised inside the download thread when the job was cancelled."""
+
+
+def _progress_class(on_bytes: Callable[[int], None], cancelled: threading.Event) -> type[Any]:
+    """A tqdm stand-in for `hf_hub_download` that reports bytes and aborts when cancelled."""
+    from tqdm.auto import tqdm
+
+    class Progress(tqdm):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+            self._done = int(kwargs.get("initial") or 0)
+            if self._done:
+                on_bytes(self._done)
+
+        def update(self, n: float | None = 1) -> bool | None:
+            if cancelled.is_set():
+                raise PullCancelled
+            self._done += int(n or 0)
+            on_bytes(int(n or 0))
+            return None
+
+    return Progress
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+async def fetch(pull: PullPlan, staging: Path, emit: Emit) -> list[Path]:
+    """Download every file of `pull` into `staging`, verified; cancellable."""
+    from huggingface_hub import constants, hf_hub_download
+
+    constants.DOWNLOAD_CHUNK_SIZE = CHUNK_BYTES
+    loop = asyncio.get_running_loop()
+    cancelled = threading.Event()
+    total = pull.total_bytes
+    state = {"done": 0, "last": 0.0, "started": time.monotonic()}
+
+    def report(message: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - state["last"] < PROGRESS_INTERVAL_S:
+            return
+        state["last"] = now
+        elapsed = max(now - state["started"], 1e-6)
+        speed = state["done"] / elapsed
+        eta = (total - state["done"]) / speed if speed > 0 else None
+        emit(message=message, current=state["done"], total=total, unit="bytes",
+             data={"speed": round(speed), "eta": round(eta, 1) if eta is not None else None})
+
+    paths: list[Path] = []
+    for remote in pull.files:
+        def on_bytes(n: int, name: str = remote.path) -> None:
+            def apply() -> None:
+                state["done"] += n
+                report(name)
+            loop.call_soon_threadsafe(apply)
+
+        progress = _progress_class(on_bytes, cancelled)
+        ref_for_errors = ModelRef(text=pull.repo, repo=pull.repo, filename=remote.path)
+        task = asyncio.ensure_future(asyncio.to_thread(
+            hf_hub_download, pull.repo, remote.path, revision=pull.commit, local_dir=staging, tqdm_class=progress,
+        ))
+        try:
+            path = Path(await asyncio.shield(task))
+        except asyncio.CancelledError:
+            cancelled.set()
+            await asyncio.gather(task, return_exceptions=True)  # the thread stops at its next chunk
+            raise
+        except PullCancelled:
+            raise asyncio.CancelledError from None
+        except JobFailed:
+            raise
+        except Exception as exc:
+            raise _hub_error(exc, ref_for_errors) from exc
+        report(remote.path, force=True)
+        emit(message=f"verifying {remote.path}")
+        await _verify(path, remote)
+        paths.append(path)
+    return paths
+
+
+async def _verify(path: Path, remote: RemoteFile) -> None:
+    size = (await asyncio.to_thread(path.stat)).st_size
+    if size != remote.size:
+        await asyncio.to_thread(path.unlink, True)
+        raise JobFailed(f"{remote.path}: got {size} bytes, the hub says {remote.size}; the file was deleted")
+    if remote.sha256:
+        actual = await asyncio.to_thread(sha256_of, path)
+        if actual != remote.sha256:
+            await asyncio.to_thread(path.unlink, True)
+            raise JobFailed(f"{remote.path}: sha256 {actual} does not match the hub's {remote.sha256}; "
+                            "the file was deleted")

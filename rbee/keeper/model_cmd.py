@@ -1,0 +1,110 @@
+"""`rbee model pull|ls|rm|info`: the models each hive holds."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from rbee.contracts.jobs import JobCreate, JobKind
+from rbee.keeper.client import QueenClient
+from rbee.keeper.context import App
+from rbee.keeper.jobs_view import follow
+from rbee.keeper.output import Output, human_bytes, table
+
+app = typer.Typer(help="Pull, list, inspect and remove models (GGUF files) on your hives.", no_args_is_help=True)
+
+HiveOption = Annotated[str | None, typer.Option("-a", "--hive", help="Only this hive (alias).")]
+
+
+def pull_model(client: QueenClient, out: Output, name: str, hive: str) -> dict[str, Any]:
+    """Run a `model.pull` job with a progress bar; the pulled catalog entry."""
+    job = client.post("/v1/jobs", json=JobCreate(kind=JobKind.MODEL_PULL, model=name, hive=hive)
+                      .model_dump(mode="json"))
+    done = follow(client, job["job_id"], out, f"pull {name}")
+    return done.data or {}
+
+
+@app.command()
+def pull(
+    name: Annotated[str, typer.Argument(help="org/repo:QUANT, org/repo/file.gguf, or an alias like llama-3-8b.")],
+    hive: Annotated[str, typer.Option("-a", "--hive", help="The hive to pull onto.")] = "localhost",
+) -> None:
+    """Download a GGUF model from Hugging Face (HF_TOKEN for gated repos, HF_ENDPOINT for a mirror)."""
+    ctx = App()
+    entry = pull_model(ctx.queen(), ctx.out, name, hive)
+    ctx.out.success(f"{entry.get('name')} is on {entry.get('hive')} ({human_bytes(entry.get('size_bytes', 0))})")
+
+
+@app.command("ls")
+def list_(hive: HiveOption = None, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+          ) -> None:
+    """The models in each hive's catalog (no network needed)."""
+    ctx = App()
+    query = f"?hive={hive}" if hive else ""
+    models = ctx.queen().get(f"/v1/catalog{query}")
+    if as_json:
+        ctx.out.json(models)
+        return
+    if not models:
+        ctx.out.info("no models yet: `rbee model pull org/repo:Q4_K_M`, or `rbee infer -m ./model.gguf`")
+        return
+    t = table("Models", "NAME", "HIVE", "SIZE", "QUANT", "PARAMS", "SOURCE", "STATE")
+    for m in models:
+        params = f"{m['parameter_count'] / 1e9:.2f} B" if m.get("parameter_count") else "?"
+        state = "[red]missing[/red]" if m["missing"] else "ok"
+        source = m.get("repo") or m["source"]
+        t.add_row(m["name"], m["hive"], human_bytes(m["size_bytes"]), m.get("quantization") or "?", params,
+                  source, state)
+    ctx.out.out.print(t)
+    for m in models:
+        if m["missing"]:
+            ctx.out.warn(f"{m['name']}: {m['path']} is gone; `rbee model rm {m['name']}` forgets it")
+
+
+@app.command("rm")
+def remove(name: Annotated[str, typer.Argument(help="The model's catalog name.")], hive: HiveOption = None) -> None:
+    """Remove a model from the catalog (and its files, when rbee downloaded them)."""
+    ctx = App()
+    query = f"?hive={hive}" if hive else ""
+    entry = ctx.queen().delete(f"/v1/catalog/{name}{query}")
+    what = "and deleted its files" if entry["source"] == "hf" else "(the file itself was left alone)"
+    ctx.out.success(f"removed {entry['name']} from {entry['hive']} {what}")
+
+
+@app.command()
+def info(
+    name: Annotated[str, typer.Argument(help="The model's catalog name or path.")],
+    hive: HiveOption = None,
+    ctx_size: Annotated[int | None, typer.Option("--ctx", min=1, help="Context tokens per slot.")] = None,
+    slots: Annotated[int | None, typer.Option("--slots", min=1, help="Parallel slots.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Architecture, parameters, quantization, context, size, and the memory it needs to run."""
+    ctx = App()
+    params = "&".join(f"{k}={v}" for k, v in (("hive", hive), ("ctx", ctx_size), ("slots", slots)) if v)
+    detail = ctx.queen().get(f"/v1/catalog/{name}" + (f"?{params}" if params else ""))
+    if as_json:
+        ctx.out.json(detail)
+        return
+    e, mem = detail["entry"], detail["memory"]
+    rows = [
+        ("name", e["name"]), ("hive", detail["hive"]), ("file", e["path"]),
+        ("parts", str(len(e["files"]))), ("source", e.get("repo") or e["source"]),
+        ("revision", e.get("revision") or "-"), ("architecture", e.get("architecture") or "?"),
+        ("parameters", f"{e['parameter_count']:,}" if e.get("parameter_count") else "?"),
+        ("quantization", e.get("quantization") or "?"),
+        ("trained context", f"{e['context_length']:,} tokens" if e.get("context_length") else "?"),
+        ("layers / embedding / heads / kv heads",
+         f"{detail.get('block_count')} / {detail.get('embedding_length')} / {detail.get('head_count')} / "
+         f"{detail.get('head_count_kv')}"),
+        ("file size", human_bytes(e["size_bytes"])),
+        (f"memory for {mem['slots']} x {mem['context_per_slot']} tokens",
+         f"{human_bytes(mem['total'])} = weights {human_bytes(mem['weights'])} + KV cache "
+         f"{human_bytes(mem['kv_cache'])} + compute {human_bytes(mem['compute'])} + overhead "
+         f"{human_bytes(mem['overhead'])}"),
+    ]
+    t = table(e["name"], "", "")
+    for key, value in rows:
+        t.add_row(key, value)
+    ctx.out.out.print(t)

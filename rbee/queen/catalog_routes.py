@@ -1,0 +1,66 @@
+"""The hives' model catalogs: list, inspect, remove (pulling is a job: `POST /v1/jobs`)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from rbee.hive.service import Hive, ModelInUse, ModelUnavailable
+from rbee.queen.errors import Conflict, InvalidRequest, ModelNotFound
+from rbee.queen.state import QueenState
+
+
+def _hives(request: Request) -> list[Hive]:
+    state: QueenState = request.app.state.queen
+    return state.scheduler.hives_for(request.query_params.get("hive"))
+
+
+def _int_param(request: Request, name: str) -> int | None:
+    value = request.query_params.get(name)
+    if value is None:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise InvalidRequest(f"'{name}' must be a positive integer", param=name)
+    return int(value)
+
+
+async def list_catalog(request: Request) -> Response:
+    data = []
+    for hive in _hives(request):
+        data += [{"hive": hive.alias, **e.model_dump(mode="json")} for e in await hive.catalog.list()]
+    return JSONResponse(data)
+
+
+async def model_detail(request: Request) -> Response:
+    name = request.path_params["name"]
+    ctx, slots = _int_param(request, "ctx"), _int_param(request, "slots")
+    reasons = []
+    for hive in _hives(request):
+        try:
+            detail = await hive.detail(name, ctx, slots)
+        except ModelUnavailable as exc:
+            reasons.append(str(exc))
+            continue
+        return JSONResponse(detail.model_dump(mode="json"))
+    raise ModelNotFound(reasons[0] if len(reasons) == 1 else f"No hive has the model '{name}'", param="model")
+
+
+async def remove_model(request: Request) -> Response:
+    name = request.path_params["name"]
+    for hive in _hives(request):
+        try:
+            entry = await hive.remove(name)
+        except ModelUnavailable:
+            continue
+        except ModelInUse as exc:
+            raise Conflict(str(exc)) from exc
+        return JSONResponse({"hive": hive.alias, **entry.model_dump(mode="json")})
+    raise ModelNotFound(f"No hive has the model '{name}' in its catalog; `rbee model ls` lists them.", param="model")
+
+
+routes = [
+    Route("/v1/catalog", list_catalog, methods=["GET"]),
+    Route("/v1/catalog/{name:path}", model_detail, methods=["GET"]),
+    Route("/v1/catalog/{name:path}", remove_model, methods=["DELETE"]),
+]
