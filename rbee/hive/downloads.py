@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import shutil
 import threading
 import time
@@ -32,7 +33,7 @@ from rbee.hive.model_refs import DEFAULT_QUANT, ModelRef, quant_of
 PROGRESS_INTERVAL_S = 0.25
 # huggingface_hub writes (and reports progress) in chunks of this size; its default, 10 MiB,
 # makes a coarse progress bar and loses up to 10 MiB when a cut connection is resumed.
-CHUNK_BYTES = 1024 * 1024
+CHUNK_BYTES = int(os.environ.get("RBEE_DOWNLOAD_CHUNK_BYTES", 1024 * 1024))
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,8 @@ def test_public_surface_is_pinned() -> None:
     assert sorted(contracts.__all__) == sorted(
         ["WORKER_TRANSITIONS", "ChatCompletionRequest", "ChatMessage", "CompletionRequest", "EmbeddingRequest",
          "EngineInfo", "ErrorBody", "ErrorEnvelope", "HiveInfo", "InvalidTransition", "JobCreate", "JobCreated",
-         "JobEvent", "JobEventType", "JobInfo", "JobKind", "MemoryNeed", "ModelDetail", "ModelEntry", "ModelList", "ModelObject",
+         "JobEvent", "JobEventType", "JobInfo", "JobKind", "MemoryNeed", "ModelDetail", "ModelEntry",
+         "ModelList", "ModelObject",
          "ModelRequest", "QueenHealth", "StatusReport", "StreamOptions", "WorkerInfo", "WorkerMode",
          "WorkerState", "check_transition"]
     )
