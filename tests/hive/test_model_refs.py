@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rbee.common.jobs import JobFailed
+from rbee.hive.downloads import RemoteFile, catalog_name_guess, choose_files
+from rbee.hive.model_refs import BUILTIN_ALIASES, BadModelRef, parse, quant_of
+
+ALIASES = {"llama-3-8b": "bartowski/Meta-Llama-3-8B-Instruct-GGUF:Q4_K_M", "local": "/models/x.gguf"}
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "repo", "quant", "filename", "revision"),
+    [
+        ("./m.gguf", Path("m.gguf"), None, None, None, None),
+        ("/abs/m.gguf", Path("/abs/m.gguf"), None, None, None, None),
+        ("m.gguf", Path("m.gguf"), None, None, None, None),
+        ("org/repo:Q4_K_M", None, "org/repo", "Q4_K_M", None, None),
+        ("org/repo", None, "org/repo", None, None, None),
+        ("org/repo/sub/f-Q8_0.gguf", None, "org/repo", None, "sub/f-Q8_0.gguf", None),
+        ("org/repo@v1.0:Q5_K_M", None, "org/repo", "Q5_K_M", None, "v1.0"),
+        ("llama-3-8b", None, "bartowski/Meta-Llama-3-8B-Instruct-GGUF", "Q4_K_M", None, None),
+        ("local", Path("/models/x.gguf"), None, None, None, None),
+    ],
+)
+def test_parse(text: str, path: Path | None, repo: str | None, quant: str | None, filename: str | None,
+               revision: str | None) -> None:
+    ref = parse(text, ALIASES)
+    assert (ref.path, ref.repo, ref.quant, ref.filename, ref.revision) == (path, repo, quant, filename, revision)
+
+
+def test_other_names_are_catalog_names_and_garbage_is_refused() -> None:
+    assert parse("tiny", ALIASES).catalog_name == "tiny"
+    with pytest.raises(BadModelRef):
+        parse("a b/c d", ALIASES)
+    with pytest.raises(BadModelRef):
+        parse("  ", ALIASES)
+
+
+def test_builtin_aliases_cover_the_promised_names() -> None:
+    for name in ("llama-3-8b", "llama-3-70b", "mistral-7b", "qwen2.5-coder-7b", "smollm2-135m"):
+        ref = parse(name, BUILTIN_ALIASES)
+        assert ref.repo and ref.quant
+
+
+@pytest.mark.parametrize(
+    ("filename", "quant"),
+    [("Meta-Llama-3-8B-Instruct-Q4_K_M.gguf", "Q4_K_M"), ("qwen-q4_k_m-00001-of-00002.gguf", "Q4_K_M"),
+     ("x.Q4_1.gguf", "Q4_1"), ("m-f16.gguf", "F16"), ("m-IQ2_XS.gguf", "IQ2_XS"), ("nothing.gguf", None)],
+)
+def test_quant_of(filename: str, quant: str | None) -> None:
+    assert quant_of(filename) == quant
+
+
+def _files(*names: str) -> list[RemoteFile]:
+    return [RemoteFile(n, 10, None) for n in names]
+
+
+def test_choose_files_by_quant_split_and_file() -> None:
+    files = _files("m-Q4_K_M.gguf", "m-Q8_0-00001-of-00002.gguf", "m-Q8_0-00002-of-00002.gguf", "mmproj-Q8_0.gguf",
+                   "README.md")
+    assert [f.path for f in choose_files(parse("o/r", {}), files)[0]] == ["m-Q4_K_M.gguf"]
+    chosen, quant = choose_files(parse("o/r:q8_0", {}), files)
+    assert [f.path for f in chosen] == ["m-Q8_0-00001-of-00002.gguf", "m-Q8_0-00002-of-00002.gguf"] and quant == "Q8_0"
+    by_file = choose_files(parse("o/r/m-Q8_0-00002-of-00002.gguf", {}), files)[0]
+    assert len(by_file) == 2
+    with pytest.raises(JobFailed, match="available quantizations: Q4_K_M, Q8_0"):
+        choose_files(parse("o/r:Q2_K", {}), files)
+    with pytest.raises(JobFailed, match="incomplete on the hub"):
+        choose_files(parse("o/r:Q8_0", {}), _files("m-Q8_0-00001-of-00003.gguf", "m-Q8_0-00002-of-00003.gguf"))
+    with pytest.raises(JobFailed, match=r"no \.gguf files"):
+        choose_files(parse("o/r", {}), _files("model.safetensors"))
+
+
+def test_catalog_name_guess() -> None:
+    assert catalog_name_guess(parse("o/r", {})) == "o/r:Q4_K_M"
+    assert catalog_name_guess(parse("o/r:q8_0", {})) == "o/r:Q8_0"
+    assert catalog_name_guess(parse("llama-3-8b", ALIASES)) == "llama-3-8b"
