@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections import deque
+import os
 from pathlib import Path
 
 
@@ -16,10 +16,13 @@ def setup(level: str = "INFO") -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def tail(path: Path, lines: int = 20) -> list[str]:
-    """The last `lines` non-empty lines of a text file ([] when it does not exist)."""
+def tail(path: Path, lines: int = 20, window: int = 64 * 1024) -> list[str]:
+    """The last `lines` non-empty lines of a text file, read from its end ([] when it does not exist)."""
     try:
-        with path.open("r", errors="replace") as fh:
-            return [line.rstrip("\n") for line in deque(fh, maxlen=lines * 4) if line.strip()][-lines:]
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - window))
+            text = fh.read().decode(errors="replace")
     except FileNotFoundError:
         return []
+    return [line for line in text.splitlines() if line.strip()][-lines:]

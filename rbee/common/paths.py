@@ -46,6 +46,14 @@ def engines_dir() -> Path:
     return Path(override) if override else data_dir() / "engines"
 
 
+def queen_pid_file() -> Path:
+    return state_dir() / "queen.pid"
+
+
+def queen_log_file() -> Path:
+    return state_dir() / "queen.log"
+
+
 def ensure(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path

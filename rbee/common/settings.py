@@ -9,13 +9,30 @@ from rbee.common import paths
 
 DEFAULT_QUEEN_HOST = "127.0.0.1"
 DEFAULT_QUEEN_PORT = 7833
-DEFAULT_HIVE_PORT = 7835
 DEFAULT_CONTEXT = 4096
 DEFAULT_SLOTS = 4
 
 
+class SettingsError(ValueError):
+    """An environment variable holds a value rbee cannot use; the message names it."""
+
+
+def env_int(name: str, default: int, minimum: int = 1, maximum: int | None = None) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a whole number") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bounds = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+        raise SettingsError(f"{name}={raw!r} must be {bounds}")
+    return value
+
+
 def queen_port() -> int:
-    return int(os.environ.get("RBEE_QUEEN_PORT", DEFAULT_QUEEN_PORT))
+    return env_int("RBEE_QUEEN_PORT", DEFAULT_QUEEN_PORT, 1, 65535)
 
 
 def queen_host() -> str:
@@ -28,13 +45,13 @@ def queen_url() -> str:
 
 def worker_threads() -> int | None:
     """Threads per worker (`-t`); None lets llama-server decide."""
-    value = os.environ.get("RBEE_WORKER_THREADS")
-    return int(value) if value else None
+    value = env_int("RBEE_WORKER_THREADS", 0, minimum=0)
+    return value or None
 
 
 def worker_context() -> int:
     """Context tokens per slot."""
-    return int(os.environ.get("RBEE_WORKER_CONTEXT", DEFAULT_CONTEXT))
+    return env_int("RBEE_WORKER_CONTEXT", DEFAULT_CONTEXT, minimum=16)
 
 
 def models_dir() -> Path:
@@ -44,4 +61,4 @@ def models_dir() -> Path:
 
 
 def worker_slots() -> int:
-    return int(os.environ.get("RBEE_WORKER_SLOTS", DEFAULT_SLOTS))
+    return env_int("RBEE_WORKER_SLOTS", DEFAULT_SLOTS, maximum=512)

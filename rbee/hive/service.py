@@ -79,6 +79,7 @@ class Hive:
         self._pulls: dict[str, asyncio.Lock] = {}
 
     async def start(self) -> None:
+        await self.supervisor.reap_orphans()
         demo = demo_model_file()
         if demo is not None:
             known = await self.catalog.get(DEMO_MODEL)

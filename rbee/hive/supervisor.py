@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 from rbee.contracts.workers import WorkerState
-from rbee.hive.worker import WorkerProcess, WorkerSpec
+from rbee.hive.worker import WorkerProcess, WorkerSpec, reap_orphans
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +19,13 @@ class Supervisor:
         self._log_dir = log_dir
         self._workers: dict[str, WorkerProcess] = {}
         self._ids = itertools.count(1)
+
+    async def reap_orphans(self) -> None:
+        """Kill the workers a previous run of this hive left behind (it was killed, not stopped)."""
+        if self._log_dir.is_dir():
+            killed = await asyncio.to_thread(reap_orphans, self._log_dir)
+            if killed:
+                log.warning("killed %d worker(s) left by a previous run: pids %s", len(killed), killed)
 
     def workers(self) -> list[WorkerProcess]:
         return list(self._workers.values())

@@ -9,15 +9,17 @@ A watcher notices a worker that dies later and marks it `error` with the same ev
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import secrets
 import signal
 import socket
+import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import httpx
 
@@ -28,11 +30,16 @@ from rbee.contracts.workers import WorkerInfo, WorkerMode, WorkerState, check_tr
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 300.0
+BINARY_NAME = "llama-server"
 STOP_GRACE_S = 5.0
 
 
 class WorkerStartError(RuntimeError):
     """The worker did not become healthy; the message carries the cause from its log."""
+
+
+class WorkerStartAborted(WorkerStartError):
+    """The worker was stopped while it was starting."""
 
 
 @dataclass(frozen=True)
@@ -85,8 +92,7 @@ def worker_env(api_key: str) -> dict[str, str]:
 class WorkerProcess:
     """A running (or starting, or dead) llama-server and its state."""
 
-    def __init__(self, worker_id: str, hive: str, spec: WorkerSpec, log_path: Path,
-                 on_exit: Callable[[WorkerProcess], None] | None = None) -> None:
+    def __init__(self, worker_id: str, hive: str, spec: WorkerSpec, log_path: Path) -> None:
         self.id = worker_id
         self.hive = hive
         self.spec = spec
@@ -100,7 +106,7 @@ class WorkerProcess:
         self.start_timeout_s = START_TIMEOUT_S
         self._proc: asyncio.subprocess.Process | None = None
         self._watcher: asyncio.Task[None] | None = None
-        self._on_exit = on_exit
+        self._stop_requested = False
         self._stop_lock = asyncio.Lock()
 
     @property
@@ -110,6 +116,11 @@ class WorkerProcess:
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
+
+    @property
+    def pid_path(self) -> Path:
+        """Where the pid is recorded, so a hive that died uncleanly can reap its workers."""
+        return self.log_path.with_suffix(".pid")
 
     def info(self) -> WorkerInfo:
         return WorkerInfo(
@@ -127,30 +138,41 @@ class WorkerProcess:
             self.error = error
 
     async def start(self) -> None:
-        """Start llama-server and wait until `/health` answers; raise `WorkerStartError` otherwise."""
+        """Start llama-server and wait until `/health` answers.
+
+        Raises `WorkerStartError` (with the cause from its log) when it cannot start, and
+        `WorkerStartAborted` when `stop()` was called meanwhile; either way no process is left.
+        """
         self._set(WorkerState.STARTING)
         self.port = free_port(self.spec.host)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         argv = build_argv(self.spec, self.port)
-        with self.log_path.open("ab") as log_file:
-            try:
-                self._proc = await asyncio.create_subprocess_exec(
-                    *argv, env=worker_env(self.api_key), stdin=asyncio.subprocess.DEVNULL, stdout=log_file,
-                    stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-                )
-            except OSError as exc:
-                self._fail(f"could not run {self.spec.engine}: {exc}")
-                raise WorkerStartError(self.error or "") from exc
+        log_file = await asyncio.to_thread(_open_log, self.log_path)
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *argv, env=worker_env(self.api_key), stdin=asyncio.subprocess.DEVNULL, stdout=log_file,
+                stderr=asyncio.subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
+            )
+        except OSError as exc:
+            self._fail(f"could not run {self.spec.engine}: {exc}")
+            raise WorkerStartError(self.error or "") from exc
+        finally:
+            log_file.close()
+        await asyncio.to_thread(self.pid_path.write_text, str(self._proc.pid))
+        if self._stop_requested:
+            await self._kill()
+            raise WorkerStartAborted(f"worker {self.id} was stopped while starting")
         self._watcher = asyncio.get_running_loop().create_task(self._watch(), name=f"watch-{self.id}")
         try:
             await asyncio.wait_for(self._wait_healthy(), self.start_timeout_s)
         except TimeoutError:
-            await self.stop()
-            self.state, self.error = WorkerState.ERROR, f"not healthy after {self.start_timeout_s:.0f} s"
-            raise WorkerStartError(self._with_log(self.error)) from None
+            self._fail(f"llama-server was not healthy after {self.start_timeout_s:g} s")
+            await self._kill()
+            raise WorkerStartError(await self._with_log(self.error or "")) from None
         except asyncio.CancelledError:
             await self.stop()
             raise
+        if self.state in (WorkerState.DRAINING, WorkerState.STOPPED):
+            raise WorkerStartAborted(f"worker {self.id} was stopped while starting")
         if self.state is not WorkerState.STARTING:
             raise WorkerStartError(self.error or f"worker is {self.state}")
         self._set(WorkerState.READY)
@@ -170,36 +192,69 @@ class WorkerProcess:
     async def _watch(self) -> None:
         assert self._proc is not None
         code = await self._proc.wait()
-        if self.state in (WorkerState.DRAINING, WorkerState.STOPPED):
+        if self.state in (WorkerState.DRAINING, WorkerState.STOPPED, WorkerState.ERROR):
             return
-        self._fail(self._with_log(f"llama-server exited with code {code}"))
-        if self._on_exit:
-            self._on_exit(self)
+        self._fail(await self._with_log(f"llama-server exited with code {code}"))
 
     def _fail(self, message: str) -> None:
         log.warning("worker %s failed: %s", self.id, message)
         if self.state not in (WorkerState.ERROR, WorkerState.STOPPED):
             self._set(WorkerState.ERROR, message)
 
-    def _with_log(self, message: str) -> str:
-        lines = tail(self.log_path, 8)
+    async def _with_log(self, message: str) -> str:
+        lines = await asyncio.to_thread(tail, self.log_path, 8)
         return message + (". Last lines of its log:\n" + "\n".join(lines) if lines else "")
 
     async def stop(self) -> None:
-        """SIGTERM the process group, wait, then SIGKILL; idempotent."""
+        """Stop serving: SIGTERM the process group, wait, then SIGKILL. Idempotent, and safe while starting."""
         async with self._stop_lock:
+            self._stop_requested = True
             if self.state in (WorkerState.READY, WorkerState.STARTING, WorkerState.UNREACHABLE):
                 self._set(WorkerState.DRAINING)
-            proc = self._proc
-            if proc is not None and proc.returncode is None:
-                _signal_group(proc.pid, signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(proc.wait(), STOP_GRACE_S)
-                except TimeoutError:
-                    _signal_group(proc.pid, signal.SIGKILL)
-                    await proc.wait()
+            await self._kill()
             if self.state in (WorkerState.DRAINING, WorkerState.PENDING):
                 self._set(WorkerState.STOPPED)
+
+    async def _kill(self) -> None:
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            _signal_group(proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_GRACE_S)
+            except TimeoutError:
+                _signal_group(proc.pid, signal.SIGKILL)
+                await proc.wait()
+        if proc is not None:
+            await asyncio.to_thread(self.pid_path.unlink, True)
+
+
+def _open_log(path: Path) -> BinaryIO:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.open("wb")
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux, get SIGTERM when the hive dies, however it dies."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def reap_orphans(folder: Path) -> list[int]:
+    """Kill llama-servers left running by a hive that died uncleanly (recorded in `*.pid`). Blocking."""
+    import psutil
+
+    killed = []
+    for pid_file in folder.glob("*.pid"):
+        try:
+            proc = psutil.Process(int(pid_file.read_text().strip()))
+            if any(Path(arg).name.startswith(BINARY_NAME) for arg in proc.cmdline()[:2]):
+                os.killpg(proc.pid, signal.SIGKILL)
+                killed.append(proc.pid)
+        except (ValueError, OSError, IndexError, psutil.Error):
+            pass
+        pid_file.unlink(missing_ok=True)
+    return killed
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 
+from rbee.common import paths
 from rbee.contracts.jobs import JobEvent
 from rbee.contracts.status import QueenHealth
 from rbee.keeper.output import CLIError
@@ -37,7 +39,7 @@ class QueenClient:
         """The queen's health, None when nothing listens; `NotAQueenError` when something else does."""
         try:
             resp = self._http.get("/health", timeout=timeout)
-        except httpx.ConnectError:
+        except (httpx.ConnectError, httpx.ConnectTimeout):
             return None
         except httpx.HTTPError as exc:
             raise NotAQueenError(f"{type(exc).__name__}") from exc
@@ -54,12 +56,23 @@ class QueenClient:
             raise CLIError(error_message(resp))
         return resp
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Turn transport failures into one-line messages (the queen gone, stalled, or garbled)."""
         try:
-            resp = self._http.request(method, path, **kwargs)
+            yield
         except httpx.ConnectError as exc:
             raise CLIError(f"cannot reach the queen at {self.base_url}: {exc}") from exc
-        return self._check(resp).json()
+        except httpx.TimeoutException as exc:
+            raise CLIError(f"the queen at {self.base_url} did not answer in time ({type(exc).__name__})") from exc
+        except (httpx.HTTPError, ValueError) as exc:
+            raise CLIError(f"the queen at {self.base_url} stopped answering ({type(exc).__name__}); "
+                           f"see {paths.queen_log_file()}") from exc
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        with self._errors():
+            resp = self._http.request(method, path, **kwargs)
+            return self._check(resp).json()
 
     def get(self, path: str) -> Any:
         return self.request("GET", path)
@@ -72,19 +85,20 @@ class QueenClient:
 
     def has_model(self, name: str) -> bool:
         """Whether `GET /v1/models/{name}` knows it (a catalog name with its file present)."""
-        return self._http.get(f"/v1/models/{name}").status_code == 200
+        with self._errors():
+            return self._http.get(f"/v1/models/{name}").status_code == 200
 
-    def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
-        """Yield the open response once; it is closed when the iterator is."""
-        with self._http.stream(method, path, timeout=httpx.Timeout(10.0, read=None), **kwargs) as resp:
+    def stream_lines(self, method: str, path: str, **kwargs: Any) -> Iterator[str]:
+        """The lines of a streamed response, as they arrive."""
+        with self._errors(), self._http.stream(method, path, timeout=httpx.Timeout(10.0, read=None),
+                                               **kwargs) as resp:
             self._check(resp)
-            yield resp
+            yield from resp.iter_lines()
 
     def job_events(self, job_id: str) -> Iterator[JobEvent]:
-        for resp in self.stream("GET", f"/v1/jobs/{job_id}/events"):
-            for line in resp.iter_lines():
-                if line.startswith("data:"):
-                    event = JobEvent.model_validate_json(line[5:])
-                    yield event
-                    if event.type.terminal:
-                        return
+        for line in self.stream_lines("GET", f"/v1/jobs/{job_id}/events"):
+            if line.startswith("data:"):
+                event = JobEvent.model_validate_json(line[5:])
+                yield event
+                if event.type.terminal:
+                    return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -18,7 +19,6 @@ from rbee.common.version import parse as parse_version
 from rbee.contracts.status import QueenHealth
 from rbee.keeper.client import NotAQueenError, QueenClient
 from rbee.keeper.output import CLIError, Output
-from rbee.queen.server import log_file, pid_file
 
 START_TIMEOUT_S = 30.0
 
@@ -43,7 +43,7 @@ def probe(client: QueenClient) -> QueenHealth | None:
 
 def start_detached(client: QueenClient, out: Output) -> QueenHealth:
     """Start `rbee queen start --foreground` in the background and wait until it answers."""
-    logfile = log_file()
+    logfile = paths.queen_log_file()
     paths.ensure(logfile.parent)
     port = _port(client.base_url)
     with logfile.open("ab") as log:
@@ -60,9 +60,13 @@ def start_detached(client: QueenClient, out: Output) -> QueenHealth:
                 out.success(f"queen started on {client.base_url} (pid {health.pid}, log {logfile})")
                 return health
             if proc.poll() is not None:
-                raise CLIError(f"the queen exited during start-up (code {proc.returncode}):\n"
-                               + "\n".join(tail(logfile, 10)))
+                # Another `rbee` may have started a queen at the same moment and won the port: give it
+                # a few seconds to answer before calling this a failure.
+                deadline = min(deadline, time.monotonic() + 5)
             time.sleep(0.1)
+    if proc.poll() is not None:
+        raise CLIError(f"the queen exited during start-up (code {proc.returncode}):\n"
+                       + "\n".join(tail(logfile, 10)))
     raise CLIError(f"the queen did not answer within {START_TIMEOUT_S:.0f} s; see {logfile}")
 
 
@@ -81,13 +85,6 @@ def ensure_queen(client: QueenClient, out: Output) -> QueenHealth:
     return start_detached(client, out)
 
 
-def _read_pid() -> int | None:
-    try:
-        return int(pid_file().read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-
-
 def _alive(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -103,9 +100,9 @@ def stop_queen(client: QueenClient, out: Output, quiet: bool = False) -> bool:
     try:
         client.post("/v1/admin/shutdown")
     except CLIError:
-        pid = _read_pid()
-        if pid is not None:
-            os.kill(pid, signal.SIGTERM)
+        if _is_local(client.base_url):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(health.pid, signal.SIGTERM)
     deadline = time.monotonic() + 20
     with out.err.status("stopping the queen (and its workers)…"):
         while time.monotonic() < deadline:

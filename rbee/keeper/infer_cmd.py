@@ -77,25 +77,26 @@ def _stream(ctx: App, body: dict[str, Any], headers: dict[str, str], model: str)
     status = ctx.out.err.status(f"waiting for {model} (it loads on first use)…")
     status.start()
     try:
-        for resp in ctx.client.stream("POST", "/v1/chat/completions", json=body, headers=headers):
-            for line in resp.iter_lines():
-                if not line.startswith("data:"):
-                    continue
-                payload = line[5:].strip()
-                if payload == "[DONE]":
-                    break
-                chunk = json.loads(payload)
-                if "error" in chunk:
-                    raise CLIError(str(chunk["error"].get("message", chunk["error"])))
-                usage = chunk.get("usage") or usage
-                for choice in chunk.get("choices", []):
-                    text = (choice.get("delta") or {}).get("content")
-                    if text:
-                        if first is None:
-                            first = time.monotonic()
-                            status.stop()
-                        ctx.out.out.file.write(text)
-                        ctx.out.out.file.flush()
+        for line in ctx.client.stream_lines("POST", "/v1/chat/completions", json=body, headers=headers):
+            if not line.startswith("data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == "[DONE]":
+                break
+            chunk = json.loads(payload)
+            if "error" in chunk:
+                raise CLIError(str(chunk["error"].get("message", chunk["error"])))
+            usage = chunk.get("usage") or usage
+            for choice in chunk.get("choices", []):
+                text = (choice.get("delta") or {}).get("content")
+                if text:
+                    if first is None:
+                        first = time.monotonic()
+                        status.stop()
+                    ctx.out.out.file.write(text)
+                    ctx.out.out.file.flush()
+    except ValueError as exc:
+        raise CLIError(f"the queen sent something that is not JSON mid-stream ({exc})") from exc
     finally:
         status.stop()
     ctx.out.out.file.write("\n")

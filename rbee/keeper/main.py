@@ -5,8 +5,10 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from rbee import __version__
+from rbee.common.settings import SettingsError
 from rbee.keeper import engine_cmd, infer_cmd, model_cmd, queen_cmd, status_cmd, worker_cmd
 from rbee.keeper.output import CLIError, Output
 
@@ -42,8 +44,11 @@ def main(
 def run() -> None:
     try:
         app()
+    except SettingsError as exc:
+        Output().err.print(f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False)
+        sys.exit(2)
     except CLIError as exc:
-        Output().err.print(f"[red]error:[/red] {exc.message}", markup=True, highlight=False)
+        Output().err.print(f"[red]error:[/red] {escape(exc.message)}", markup=True, highlight=False)
         sys.exit(exc.code)
     except KeyboardInterrupt:
         Output().err.print("\ninterrupted")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Any, NoReturn
+from typing import Any
 
-import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -16,20 +16,17 @@ class Output:
         self.err = Console(stderr=True, highlight=False)
 
     def info(self, message: str) -> None:
-        self.err.print(message)
+        self.err.print(escape(message))
 
     def success(self, message: str) -> None:
-        self.err.print(f"[green]✓[/green] {message}")
+        self.err.print(f"[green]✓[/green] {escape(message)}")
 
     def warn(self, message: str) -> None:
-        self.err.print(f"[yellow]![/yellow] {message}")
+        self.err.print(f"[yellow]![/yellow] {escape(message)}")
 
     def json(self, data: Any) -> None:
         self.out.print_json(json.dumps(data))
 
-    def abort(self, message: str, code: int = 1) -> NoReturn:
-        self.err.print(f"[red]error:[/red] {message}", markup=True)
-        raise typer.Exit(code)
 
 
 def human_bytes(n: float) -> str:

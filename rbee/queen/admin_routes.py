@@ -16,20 +16,15 @@ from rbee.contracts.status import StatusReport
 from rbee.contracts.workers import WorkerMode
 from rbee.queen.errors import InvalidRequest, NotFound, QueenError
 from rbee.queen.requests import read_json
-from rbee.queen.state import QueenState
-
-
-def _state(request: Request) -> QueenState:
-    state: QueenState = request.app.state.queen
-    return state
+from rbee.queen.state import QueenState, queen_state
 
 
 async def health(request: Request) -> Response:
-    return JSONResponse(_state(request).health().model_dump())
+    return JSONResponse(queen_state(request).health().model_dump())
 
 
 async def status(request: Request) -> Response:
-    state = _state(request)
+    state = queen_state(request)
     report = StatusReport(
         queen=state.health(),
         hives=[await hive.info() for hive in state.hives.values()],
@@ -40,14 +35,14 @@ async def status(request: Request) -> Response:
 
 
 async def list_workers(request: Request) -> Response:
-    state = _state(request)
+    state = queen_state(request)
     workers = [w.info().model_dump(mode="json") for h in state.hives.values() for w in h.supervisor.workers()]
     return JSONResponse(workers)
 
 
 async def stop_worker(request: Request) -> Response:
     worker_id = request.path_params["worker_id"]
-    for hive in _state(request).hives.values():
+    for hive in queen_state(request).hives.values():
         worker = await hive.supervisor.stop(worker_id)
         if worker is not None:
             return JSONResponse(worker.info().model_dump(mode="json"))
@@ -78,21 +73,21 @@ def _job_body(state: QueenState, spec: JobCreate) -> JobBody:
 
 
 async def create_job(request: Request) -> Response:
-    state = _state(request)
+    state = queen_state(request)
     _, spec = await read_json(request, JobCreate)
     job = state.jobs.start(spec.kind, _job_body(state, spec))
     return JSONResponse(JobCreated(job_id=job.id).model_dump(), status_code=201)
 
 
 def _job(request: Request) -> Job:
-    job = _state(request).jobs.get(request.path_params["job_id"])
+    job = queen_state(request).jobs.get(request.path_params["job_id"])
     if job is None:
         raise NotFound(f"There is no job '{request.path_params['job_id']}'.")
     return job
 
 
 async def list_jobs(request: Request) -> Response:
-    return JSONResponse([job.info().model_dump(mode="json") for job in _state(request).jobs.list()])
+    return JSONResponse([job.info().model_dump(mode="json") for job in queen_state(request).jobs.list()])
 
 
 async def get_job(request: Request) -> Response:
@@ -101,7 +96,8 @@ async def get_job(request: Request) -> Response:
 
 async def job_events(request: Request) -> Response:
     job = _job(request)
-    after = int(request.headers.get("last-event-id", "-1"))
+    last = request.headers.get("last-event-id", "")
+    after = int(last) if last.isdigit() else -1
 
     async def frames() -> AsyncIterator[bytes]:
         async for event in job.follow(after):
@@ -112,7 +108,7 @@ async def job_events(request: Request) -> Response:
 
 async def cancel_job(request: Request) -> Response:
     job = _job(request)
-    cancelled = _state(request).jobs.cancel(job.id)
+    cancelled = queen_state(request).jobs.cancel(job.id)
     return JSONResponse({"job_id": job.id, "cancelled": cancelled})
 
 

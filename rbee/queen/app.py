@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 
 from rbee.queen import admin_routes, catalog_routes, openai_routes
-from rbee.queen.errors import QueenError, handle_http_exception, handle_queen_error
+from rbee.queen.errors import QueenError, handle_http_exception, handle_queen_error, handle_unexpected
+from rbee.queen.guard import LocalOnlyGuard
 from rbee.queen.state import QueenState
 
 
-def create_app(state: QueenState | None = None) -> Starlette:
+def create_app(state: QueenState | None = None, on_shutdown: Callable[[], None] | None = None) -> Starlette:
     queen = state or QueenState.create()
 
     @contextlib.asynccontextmanager
@@ -23,10 +25,14 @@ def create_app(state: QueenState | None = None) -> Starlette:
             yield
         finally:
             await queen.close()
+            if on_shutdown:
+                on_shutdown()
 
     app = Starlette(
         routes=[*openai_routes.routes, *catalog_routes.routes, *admin_routes.routes],
-        exception_handlers={QueenError: handle_queen_error, HTTPException: handle_http_exception},
+        exception_handlers={QueenError: handle_queen_error, HTTPException: handle_http_exception,
+                            Exception: handle_unexpected},
+        middleware=[Middleware(LocalOnlyGuard)],
         lifespan=lifespan,
     )
     app.state.queen = queen

@@ -8,12 +8,11 @@ from starlette.routing import Route
 
 from rbee.hive.service import Hive, ModelInUse, ModelUnavailable
 from rbee.queen.errors import Conflict, InvalidRequest, ModelNotFound
-from rbee.queen.state import QueenState
+from rbee.queen.state import queen_state
 
 
 def _hives(request: Request) -> list[Hive]:
-    state: QueenState = request.app.state.queen
-    return state.scheduler.hives_for(request.query_params.get("hive"))
+    return queen_state(request).scheduler.hives_for(request.query_params.get("hive"))
 
 
 def _int_param(request: Request, name: str) -> int | None:

@@ -12,10 +12,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from rbee.contracts.errors import ErrorBody, ErrorEnvelope
+
+log = logging.getLogger(__name__)
 
 _TYPE_FOR_STATUS = {
     400: "invalid_request_error",
@@ -45,8 +49,7 @@ class QueenError(Exception):
         self.headers = headers or {}
 
     def envelope(self) -> ErrorEnvelope:
-        return ErrorEnvelope(error=ErrorBody(message=self.message, type=error_type_for_status(self.status),
-                                             param=self.param, code=self.code))
+        return envelope(self.status, self.message, param=self.param, code=self.code)
 
 
 class InvalidRequest(QueenError):
@@ -84,16 +87,27 @@ class UpstreamError(QueenError):
     code = "upstream_error"
 
 
+def envelope(status: int, message: str, *, param: str | None = None, code: str | None = None) -> ErrorEnvelope:
+    """The one place an OpenAI error body is made."""
+    return ErrorEnvelope(error=ErrorBody(message=message, type=error_type_for_status(status), param=param,
+                                         code=code))
+
+
 def error_response(status: int, message: str, *, param: str | None = None, code: str | None = None,
                    headers: dict[str, str] | None = None) -> Response:
-    body = ErrorEnvelope(error=ErrorBody(message=message, type=error_type_for_status(status), param=param,
-                                         code=code))
+    body = envelope(status, message, param=param, code=code)
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
 async def handle_queen_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, QueenError)
     return JSONResponse(exc.envelope().model_dump(), status_code=exc.status, headers=exc.headers)
+
+
+async def handle_unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, f"Internal error ({type(exc).__name__}); the queen's log has the details.",
+                          code="internal_error")
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> Response:

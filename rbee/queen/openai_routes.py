@@ -11,14 +11,9 @@ from rbee.contracts.openai import ChatCompletionRequest, CompletionRequest, Embe
 from rbee.contracts.workers import WorkerMode, WorkerState
 from rbee.queen.errors import ModelNotFound
 from rbee.queen.requests import read_json
-from rbee.queen.state import QueenState
+from rbee.queen.state import QueenState, queen_state
 
 HIVE_HEADER = "x-rbee-hive"
-
-
-def _state(request: Request) -> QueenState:
-    state: QueenState = request.app.state.queen
-    return state
 
 
 async def _models(state: QueenState) -> list[ModelObject]:
@@ -35,12 +30,12 @@ async def _models(state: QueenState) -> list[ModelObject]:
 
 
 async def list_models(request: Request) -> Response:
-    return JSONResponse(ModelList(data=await _models(_state(request))).model_dump())
+    return JSONResponse(ModelList(data=await _models(queen_state(request))).model_dump())
 
 
 async def get_model(request: Request) -> Response:
     model_id = request.path_params["model"]
-    for obj in await _models(_state(request)):
+    for obj in await _models(queen_state(request)):
         if obj.id == model_id:
             return JSONResponse(obj.model_dump())
     raise ModelNotFound(f"The model '{model_id}' does not exist. `GET /v1/models` lists the models rbee knows.",
@@ -48,7 +43,7 @@ async def get_model(request: Request) -> Response:
 
 
 async def _infer(request: Request, contract: type[ModelRequest], path: str, mode: WorkerMode) -> Response:
-    state = _state(request)
+    state = queen_state(request)
     body, parsed = await read_json(request, contract)
     lease = await state.scheduler.acquire(parsed.model, mode, request.headers.get(HIVE_HEADER))
     return await state.forwarder.forward(lease, path, body, stream=bool(getattr(parsed, "stream", False)))

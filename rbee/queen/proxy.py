@@ -17,15 +17,13 @@ import aiohttp
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from rbee.contracts.errors import ErrorBody, ErrorEnvelope
-from rbee.queen.errors import UpstreamError, WorkerUnavailable, error_response, error_type_for_status
+from rbee.queen.errors import UpstreamError, WorkerUnavailable, envelope, error_response
 from rbee.queen.scheduler import Lease
 
 log = logging.getLogger(__name__)
 
 def sse_error(message: str, status: int = 502, code: str = "worker_failed") -> bytes:
-    body = ErrorEnvelope(error=ErrorBody(message=message, type=error_type_for_status(status), code=code))
-    return b"data: " + body.model_dump_json().encode() + b"\n\n"
+    return b"data: " + envelope(status, message, code=code).model_dump_json().encode() + b"\n\n"
 
 
 class _ForwardedStream(StreamingResponse):
@@ -99,8 +97,10 @@ class Forwarder:
                 f"{worker.url}{path}", body,
                 {"Authorization": f"Bearer {worker.api_key}", "Content-Type": "application/json"},
             )
-        except (aiohttp.ClientError, OSError) as exc:
+        except BaseException as exc:
             lease.release()
+            if not isinstance(exc, aiohttp.ClientError | OSError):
+                raise
             raise WorkerUnavailable(f"Worker {worker.id} for '{worker.spec.model.name}' did not answer "
                                     f"({type(exc).__name__}); it is {worker.state}. Retry the request.") from exc
         headers = self._headers(lease)

@@ -7,12 +7,10 @@ import errno
 import logging
 import os
 import socket
-from collections.abc import Iterator
-from pathlib import Path
 
 import uvicorn
 
-from rbee.common import logs, paths
+from rbee.common import logs, paths, settings
 from rbee.queen.app import create_app
 
 log = logging.getLogger(__name__)
@@ -20,14 +18,6 @@ log = logging.getLogger(__name__)
 
 class PortInUseError(OSError):
     """Something else already listens on the queen's port."""
-
-
-def pid_file() -> Path:
-    return paths.state_dir() / "queen.pid"
-
-
-def log_file() -> Path:
-    return paths.state_dir() / "queen.log"
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -41,30 +31,36 @@ def check_port_free(host: str, port: int) -> None:
             raise
 
 
-@contextlib.contextmanager
-def _pid_file() -> Iterator[None]:
-    path = pid_file()
+def _write_pid_file() -> None:
+    path = paths.queen_pid_file()
     paths.ensure(path.parent)
-    path.write_text(str(os.getpid()))
-    try:
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            if path.read_text().strip() == str(os.getpid()):
-                path.unlink()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(str(os.getpid()))
+    tmp.replace(path)
+
+
+def _remove_pid_file() -> None:
+    # Called from the app's shutdown: uvicorn re-raises SIGTERM after a graceful exit, so code after
+    # server.run() (or a `finally` around it) never runs.
+    path = paths.queen_pid_file()
+    with contextlib.suppress(FileNotFoundError):
+        if path.read_text().strip() == str(os.getpid()):
+            path.unlink()
 
 
 def serve(host: str, port: int) -> None:
     """Run the queen until it is told to stop (SIGINT, SIGTERM or `POST /v1/admin/shutdown`)."""
     logs.setup(os.environ.get("RBEE_LOG_LEVEL", "INFO"))
+    for check in (settings.worker_slots, settings.worker_context, settings.worker_threads):
+        check()  # a bad RBEE_WORKER_* value stops the start with a clear message, not the first request
     check_port_free(host, port)
-    app = create_app()
+    app = create_app(on_shutdown=_remove_pid_file)
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", access_log=False,
         loop="auto", http="auto", timeout_graceful_shutdown=5,
     )
     server = uvicorn.Server(config)
     app.state.server = server
-    with _pid_file():
-        log.info("queen listening on http://%s:%d (pid %d)", host, port, os.getpid())
-        server.run()
+    _write_pid_file()
+    log.info("queen listening on http://%s:%d (pid %d)", host, port, os.getpid())
+    server.run()

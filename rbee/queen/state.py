@@ -6,12 +6,20 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from starlette.requests import Request
+
 from rbee.common.jobs import JobRunner
 from rbee.common.version import current as current_version
 from rbee.contracts.status import QueenHealth
 from rbee.hive.service import Hive
 from rbee.queen.proxy import Forwarder
 from rbee.queen.scheduler import Scheduler
+
+
+def queen_state(request: Request) -> QueenState:
+    """The state of the queen serving `request`."""
+    state: QueenState = request.app.state.queen
+    return state
 
 
 @dataclass

@@ -12,6 +12,7 @@ from pathlib import Path
 import gguf
 import httpx
 import numpy as np
+import psutil
 import pytest
 
 from tests.conftest import Queen
@@ -113,3 +114,25 @@ def test_unknown_job_is_404(queen: Queen, path: str) -> None:
     resp = httpx.get(f"{queen.url}{path}", timeout=10)
     assert resp.status_code == 404
     assert resp.json()["error"]["code"] == "not_found"
+
+
+def test_workers_die_with_a_killed_queen_and_none_survive_a_restart(
+    make_queen: Callable[..., Queen], tiny_model: Path
+) -> None:
+    queen = make_queen().start()
+    ok = httpx.post(f"{queen.url}/v1/chat/completions", timeout=60,
+                    json={"model": str(tiny_model), "messages": CHAT, "max_tokens": 2})
+    assert ok.status_code == 200
+    worker_pid = int(queen.workers()[0]["pid"])  # type: ignore[call-overload]
+    assert queen.proc is not None
+    os.killpg(queen.proc.pid, signal.SIGKILL)
+    queen.proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and psutil.pid_exists(worker_pid):
+        if psutil.Process(worker_pid).status() == psutil.STATUS_ZOMBIE:
+            break
+        time.sleep(0.05)
+    assert not psutil.pid_exists(worker_pid) or psutil.Process(worker_pid).status() == psutil.STATUS_ZOMBIE
+    queen.start()
+    assert queen.workers() == []
+    assert not (queen.home / "state" / "hive" / "workers" / "localhost-w1.pid").exists()

@@ -198,3 +198,24 @@ def test_worker_spawn_job_for_unknown_model_ends_in_error(queen: Queen) -> None:
     assert events[-1]["type"] == "error" and "nope" in events[-1]["message"]
     bad = httpx.post(f"{queen.url}/v1/jobs", json={"kind": "make.coffee"}, timeout=10)
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "kind"
+
+
+@pytest.mark.parametrize(
+    ("headers", "problem"),
+    [({"origin": "https://evil.example"}, "cross-origin"), ({"host": "evil.example:7833"}, "not this machine")],
+)
+def test_requests_a_browser_was_tricked_into_are_refused(queen: Queen, headers: dict[str, str],
+                                                         problem: str) -> None:
+    for method, path in (("POST", "/v1/chat/completions"), ("POST", "/v1/admin/shutdown"), ("GET", "/v1/models")):
+        resp = httpx.request(method, f"{queen.url}{path}", headers=headers, json={}, timeout=10)
+        assert resp.status_code == 403 and problem in resp.json()["error"]["message"]
+    same_machine = httpx.get(f"{queen.url}/v1/models", headers={"origin": f"http://localhost:{queen.port}"})
+    assert same_machine.status_code == 200
+
+
+def test_a_bad_last_event_id_is_ignored(queen: Queen, tiny: str) -> None:
+    job_id = httpx.post(f"{queen.url}/v1/jobs", json={"kind": "worker.spawn", "model": "nope"}).json()["job_id"]
+    with httpx.stream("GET", f"{queen.url}/v1/jobs/{job_id}/events", headers={"last-event-id": "abc"},
+                      timeout=30) as resp:
+        assert resp.status_code == 200
+        assert any(line.startswith("data:") for line in resp.iter_lines())
