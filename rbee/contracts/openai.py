@@ -11,6 +11,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+HIVE_HEADER = "x-rbee-hive"
+"""A request header that pins a request to one hive."""
+
 
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")

@@ -171,40 +171,52 @@ def _extract(archive: Path, dest: Path) -> Path:
     return dest / prefix
 
 
+def _publish(build: Path, staging: Path, final: Path, backend: str) -> None:
+    """Move a finished build into place as `final` (blocking)."""
+    (staging / "bin").mkdir(parents=True)
+    shutil.copy2(build / "bin" / BINARY, staging / "bin" / BINARY)
+    (staging / "build.json").write_text(json.dumps(
+        {"source": f"{SOURCE_PACKAGE}=={SOURCE_VERSION}", "backend": backend,
+         "flags": build_flags(backend), "built_at": time.time()}, indent=2))
+    if final.exists():
+        shutil.rmtree(final)
+    staging.rename(final)
+
+
 async def install(emit: Emit, *, backend: str | None = None, force: bool = False) -> dict[str, str]:
-    """Build `llama-server` from the pinned source into the engines folder (a job body)."""
+    """Build `llama-server` from the pinned source into the engines folder (a job body).
+
+    Nothing is built when a usable engine is already there (rbee's build, a configured path, or
+    one on PATH), unless `force`.
+    """
     backend = backend or default_backend()
     target = built_binary(backend)
-    if target.is_file() and not force:
-        emit(message=f"already built: {target}")
-        return {"path": str(target), "build": build_id(backend), "cached": "yes"}
+    found = locate()
+    if found is not None and not force and (found[1] != "built" or found[0] == target):
+        where = {"configured": "RBEE_LLAMA_SERVER", "path": "PATH", "built": "rbee's build"}[found[1]]
+        emit(message=f"using {found[0]} ({where}); --force builds rbee's own anyway")
+        return {"path": str(found[0]), "build": build_id(backend), "cached": "yes", "source": found[1]}
     for tool in ("cmake", "c++"):
         if not shutil.which(tool):
             raise JobFailed(f"`{tool}` was not found; install a C/C++ toolchain and CMake "
                             "(Debian/Ubuntu: apt install build-essential cmake; macOS: xcode-select --install "
                             "and brew install cmake)")
     archive = await _fetch_source(emit)
-    build_root = paths.ensure(paths.engines_dir())
+    build_root = await asyncio.to_thread(paths.ensure, paths.engines_dir())
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix=".build-", dir=build_root) as tmp:
+    tmp = Path(await asyncio.to_thread(tempfile.mkdtemp, ".build", ".build-", build_root))
+    try:
         emit(message="unpacking llama.cpp source")
-        source = await asyncio.to_thread(_extract, archive, Path(tmp) / "src")
-        build = Path(tmp) / "build"
+        source = await asyncio.to_thread(_extract, archive, tmp / "src")
+        build = tmp / "build"
         generator = ["-G", "Ninja"] if shutil.which("ninja") else []
         emit(message=f"configuring ({backend})")
         await _run(["cmake", "-S", str(source), "-B", str(build), *generator, *build_flags(backend)], emit)
         jobs = str(os.cpu_count() or 2)
         emit(message=f"compiling {BINARY} with {jobs} jobs (several minutes on a small machine)")
         await _run(["cmake", "--build", str(build), "--target", BINARY, "-j", jobs], emit, steps=True)
-        final = target.parent.parent
-        staging = Path(tmp) / "out"
-        (staging / "bin").mkdir(parents=True)
-        shutil.copy2(build / "bin" / BINARY, staging / "bin" / BINARY)
-        (staging / "build.json").write_text(json.dumps(
-            {"source": f"{SOURCE_PACKAGE}=={SOURCE_VERSION}", "backend": backend,
-             "flags": build_flags(backend), "built_at": time.time()}, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
+        await asyncio.to_thread(_publish, build, tmp / "out", target.parent.parent, backend)
+    finally:
+        await asyncio.to_thread(shutil.rmtree, tmp, True)
     emit(message=f"built {target} in {time.monotonic() - started:.0f} s")
-    return {"path": str(target), "build": build_id(backend), "cached": "no"}
+    return {"path": str(target), "build": build_id(backend), "cached": "no", "source": "built"}

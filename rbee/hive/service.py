@@ -15,7 +15,7 @@ from pathlib import Path
 from rbee.common import paths, settings
 from rbee.common.jobs import Emit, JobFailed
 from rbee.common.version import current as current_version
-from rbee.contracts.models import MemoryNeed, ModelDetail, ModelEntry
+from rbee.contracts.models import DEMO_MODEL, MemoryNeed, ModelDetail, ModelEntry
 from rbee.contracts.status import EngineInfo, HiveInfo
 from rbee.contracts.workers import WorkerMode
 from rbee.hive import downloads, engine, model_refs
@@ -27,7 +27,6 @@ from rbee.hive.worker import WorkerProcess, WorkerSpec
 
 log = logging.getLogger(__name__)
 
-DEMO_MODEL = "smollm2-135m"
 _DEMO_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -100,10 +99,7 @@ class Hive:
 
     async def install_engine(self, emit: Emit, force: bool = False) -> dict[str, str]:
         result = await engine.install(emit, force=force)
-        info = await self.engine(refresh=True)
-        if info.source != "built":
-            emit(message=f"note: the hive uses {info.path} ({info.source}) rather than the build; "
-                 "unset RBEE_LLAMA_SERVER or remove it from PATH to use the build")
+        await self.engine(refresh=True)
         return result
 
     async def find(self, model: str) -> ModelEntry | None:

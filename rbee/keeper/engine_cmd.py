@@ -38,8 +38,8 @@ def install(
                           .model_dump(mode="json"))
         done = follow(client, job["job_id"], ctx.out, title, verbose=verbose)
     data = done.data or {}
-    how = "was already built" if data.get("cached") == "yes" else "built"
-    ctx.out.success(f"llama-server {how}: {data.get('path')}")
+    how = {"configured": "is configured", "path": "is on PATH"}.get(str(data.get("source")), "was already built")
+    ctx.out.success(f"llama-server {'built' if data.get('cached') == 'no' else how}: {data.get('path')}")
 
 
 @app.command()

@@ -8,13 +8,13 @@ from typing import Annotated, Any
 
 import typer
 
+from rbee.contracts.models import DEMO_MODEL
+from rbee.contracts.openai import HIVE_HEADER
 from rbee.hive import model_refs
-from rbee.hive.service import DEMO_MODEL
 from rbee.keeper.client import QueenClient
 from rbee.keeper.context import App
 from rbee.keeper.model_cmd import pull_model
 from rbee.keeper.output import CLIError, Output
-from rbee.queen.openai_routes import HIVE_HEADER
 
 
 def _model_arg(client: QueenClient, out: Output, model: str, hive: str | None) -> str:

@@ -7,13 +7,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from rbee.contracts.models import ModelList, ModelObject
-from rbee.contracts.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ModelRequest
+from rbee.contracts.openai import (
+    HIVE_HEADER,
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    ModelRequest,
+)
 from rbee.contracts.workers import WorkerMode, WorkerState
 from rbee.queen.errors import ModelNotFound
 from rbee.queen.requests import read_json
 from rbee.queen.state import QueenState, queen_state
-
-HIVE_HEADER = "x-rbee-hive"
 
 
 async def _models(state: QueenState) -> list[ModelObject]:

@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from rbee.common.jobs import JobFailed
-from rbee.contracts.models import ModelEntry
+from rbee.contracts.models import DEMO_MODEL, ModelEntry
 from rbee.contracts.workers import WorkerMode, WorkerState
-from rbee.hive.service import DEMO_MODEL, Hive, ModelUnavailable
+from rbee.hive.service import Hive, ModelUnavailable
 from rbee.hive.worker import WorkerProcess, WorkerStartError
 from rbee.queen.errors import HiveNotFound, ModelNotFound, WorkerUnavailable
 

@@ -65,7 +65,7 @@ async def test_stop_before_the_process_exists_aborts_the_start(tmp_path: Path, l
 async def test_stop_while_waiting_for_health(tmp_path: Path, tiny_model: Path) -> None:
     worker = _worker(tmp_path, _engine(tmp_path, "exec sleep 60"), tiny_model)
     starting = asyncio.ensure_future(worker.start())
-    while worker.pid is None:
+    while worker.pid is None:  # noqa: ASYNC110 - polling the worker's own field is the point
         await asyncio.sleep(0.01)
     await worker.stop()
     with pytest.raises(WorkerStartAborted):

@@ -163,6 +163,10 @@ def test_engine_status_names_the_binary(idle_queen: Queen, llama_server: Path) -
 def test_engine_install_job_uses_the_cached_build(idle_queen: Queen, llama_server: Path, tmp_path: Path) -> None:
     from rbee.hive.engine import build_id
 
+    configured = idle_queen.cli("engine", "install", check=True)
+    assert f"llama-server is configured: {llama_server}" in configured.stderr.replace("\n", "")
+    idle_queen.cli("queen", "stop", check=True)
+
     engines = tmp_path / "engines"
     cached = engines / build_id("cpu") / "bin" / "llama-server"
     cached.parent.mkdir(parents=True)
