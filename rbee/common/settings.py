@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from rbee.common import paths
@@ -58,6 +59,39 @@ def models_dir() -> Path:
     """Where pulled models are kept."""
     override = os.environ.get("RBEE_MODELS_DIR")
     return Path(override).expanduser() if override else paths.data_dir() / "models"
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20,
+               "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """`"512MiB"`, `"2GB"`, `"1000000"` -> bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        raise SettingsError(f"{text!r} is not a size like 512MiB or 2GB")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def memory_budget() -> int | None:
+    """RBEE_MEMORY_BUDGET: how much memory the local hive may give workers (default: all of RAM)."""
+    raw = os.environ.get("RBEE_MEMORY_BUDGET")
+    if not raw:
+        return None
+    try:
+        return parse_size(raw)
+    except SettingsError as exc:
+        raise SettingsError(f"RBEE_MEMORY_BUDGET: {exc}") from None
+
+
+def keep_alive_default() -> str:
+    return os.environ.get("RBEE_KEEP_ALIVE") or "5m"
+
+
+def queue_limits() -> tuple[int, int, float]:
+    """(waiting requests per model, waiting requests in all, seconds a request may wait)."""
+    return (env_int("RBEE_QUEUE_PER_MODEL", 64), env_int("RBEE_QUEUE_MAX", 256),
+            float(env_int("RBEE_QUEUE_TIMEOUT_S", 300)))
 
 
 def worker_slots() -> int:

@@ -32,6 +32,7 @@ class ModelRequest(_Open):
     """Any request the queen routes by its `model` field."""
 
     model: str = Field(min_length=1)
+    keep_alive: str | int | float | None = None
 
 
 class _Sampling(ModelRequest):
@@ -43,7 +44,6 @@ class _Sampling(ModelRequest):
     seed: int | None = None
     n: int | None = Field(default=None, ge=1, le=1)
     stop: str | list[str] | None = None
-    keep_alive: str | int | float | None = None
 
 
 class ChatCompletionRequest(_Sampling):

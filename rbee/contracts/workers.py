@@ -68,3 +68,5 @@ class WorkerInfo(BaseModel):
     started_at: float
     in_flight: int = 0
     error: str | None = None
+    memory_bytes: int = 0
+    idle_unload_in_s: float | None = None

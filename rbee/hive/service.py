@@ -12,6 +12,8 @@ import logging
 import shutil
 from pathlib import Path
 
+import psutil
+
 from rbee.common import paths, settings
 from rbee.common.jobs import Emit, JobFailed
 from rbee.common.version import current as current_version
@@ -219,7 +221,16 @@ class Hive:
                               compute=need.compute, overhead=need.overhead, total=need.total),
         )
 
-    async def spawn_worker(self, model: ModelEntry, mode: WorkerMode) -> WorkerProcess:
+    def memory_total(self) -> int:
+        """What this hive may give its workers: RBEE_MEMORY_BUDGET, else the machine's RAM."""
+        return settings.memory_budget() or psutil.virtual_memory().total
+
+    async def need(self, model: ModelEntry) -> int:
+        """Estimated bytes a worker of `model` holds with this hive's context and slots."""
+        summary = await asyncio.to_thread(read_summary, Path(model.path))
+        return estimate(summary, model.size_bytes, settings.worker_context(), settings.worker_slots()).total
+
+    async def spawn_worker(self, model: ModelEntry, mode: WorkerMode, memory: int = 0) -> WorkerProcess:
         info = await self.engine()
         if info.path is None or info.problem:
             raise JobFailed(info.problem or "no engine")
@@ -228,6 +239,6 @@ class Hive:
             context_per_slot=settings.worker_context(), threads=settings.worker_threads(),
         )
         self.supervisor.forget_dead()
-        worker = await self.supervisor.spawn(spec)
+        worker = await self.supervisor.spawn(spec, memory)
         await self.catalog.touch(model.name)
         return worker

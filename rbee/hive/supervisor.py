@@ -33,10 +33,11 @@ class Supervisor:
     def get(self, worker_id: str) -> WorkerProcess | None:
         return self._workers.get(worker_id)
 
-    async def spawn(self, spec: WorkerSpec) -> WorkerProcess:
+    async def spawn(self, spec: WorkerSpec, memory: int = 0) -> WorkerProcess:
         """Start a worker and wait until it is ready (raises `WorkerStartError`)."""
         worker_id = f"{self._hive}-w{next(self._ids)}"
         worker = WorkerProcess(worker_id, self._hive, spec, self._log_dir / f"{worker_id}.log")
+        worker.memory = memory
         self._workers[worker_id] = worker
         await worker.start()
         return worker

@@ -103,6 +103,10 @@ class WorkerProcess:
         self.error: str | None = None
         self.started_at = time.time()
         self.in_flight = 0
+        self.memory = 0  # estimated bytes it holds (DESIGN.md decision 6)
+        self.last_used = time.monotonic()
+        self.expires_at: float | None = None  # monotonic; None: never unloaded for idleness
+        self.failed_at: float | None = None
         self.start_timeout_s = START_TIMEOUT_S
         self._proc: asyncio.subprocess.Process | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -127,7 +131,8 @@ class WorkerProcess:
             id=self.id, model=self.spec.model.name, hive=self.hive, mode=self.spec.mode, state=self.state,
             url=self.url, pid=self.pid, slots=self.spec.slots,
             context_size=self.spec.context_per_slot, started_at=self.started_at,
-            in_flight=self.in_flight, error=self.error,
+            in_flight=self.in_flight, error=self.error, memory_bytes=self.memory,
+            idle_unload_in_s=max(0.0, self.expires_at - time.monotonic()) if self.expires_at is not None else None,
         )
 
     def _set(self, state: WorkerState, error: str | None = None) -> None:
@@ -198,12 +203,18 @@ class WorkerProcess:
 
     def _fail(self, message: str) -> None:
         log.warning("worker %s failed: %s", self.id, message)
+        self.failed_at = time.monotonic()
         if self.state not in (WorkerState.ERROR, WorkerState.STOPPED):
             self._set(WorkerState.ERROR, message)
 
     async def _with_log(self, message: str) -> str:
         lines = await asyncio.to_thread(tail, self.log_path, 8)
         return message + (". Last lines of its log:\n" + "\n".join(lines) if lines else "")
+
+    def begin_drain(self) -> None:
+        """Take a ready worker out of rotation at once (it is about to be stopped)."""
+        if self.state in (WorkerState.READY, WorkerState.UNREACHABLE):
+            self._set(WorkerState.DRAINING)
 
     async def stop(self) -> None:
         """Stop serving: SIGTERM the process group, wait, then SIGKILL. Idempotent, and safe while starting."""

@@ -6,6 +6,8 @@
     +-- HiveNotFound (404)          `-a ALIAS` names no hive
     +-- NotFound (404)              a job or worker id that does not exist
     +-- Conflict (409)              the operation clashes with work in progress
+    +-- ModelTooLargeError (400)    no device could ever hold the model
+    +-- QueueFull (503)             too many requests waiting, or waiting too long (Retry-After)
     +-- WorkerUnavailable (503)     the world failed: a worker did not start, or died
     +-- UpstreamError (502)         a worker answered with something unusable
 """
@@ -75,6 +77,21 @@ class NotFound(QueenError):
 class Conflict(QueenError):
     status = 409
     code = "conflict"
+
+
+class ModelTooLargeError(QueenError):
+    status = 400
+    code = "model_too_large"
+
+
+class QueueFull(QueenError):
+    status = 503
+    code = "queue_full"
+
+
+class ClientGone(QueenError):
+    status = 499
+    code = "client_closed_request"
 
 
 class WorkerUnavailable(QueenError):

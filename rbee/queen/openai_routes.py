@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -15,9 +19,12 @@ from rbee.contracts.openai import (
     ModelRequest,
 )
 from rbee.contracts.workers import WorkerMode, WorkerState
-from rbee.queen.errors import ModelNotFound
+from rbee.queen.errors import ClientGone, ModelNotFound, WorkerUnavailable
 from rbee.queen.requests import read_json
+from rbee.queen.scheduler import Lease
 from rbee.queen.state import QueenState, queen_state
+
+log = logging.getLogger(__name__)
 
 
 async def _models(state: QueenState) -> list[ModelObject]:
@@ -46,11 +53,42 @@ async def get_model(request: Request) -> Response:
                         param="model")
 
 
+async def _client_gone(request: Request) -> None:
+    """Returns when the client disconnects (the body has been read, so nothing else arrives)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _acquire(request: Request, parsed: ModelRequest, mode: WorkerMode, exclude: frozenset[str]) -> Lease:
+    """Wait for a worker, but stop waiting (and leave the queue) when the client goes away."""
+    state = queen_state(request)
+    acquiring = asyncio.ensure_future(state.scheduler.acquire(
+        parsed.model, mode, request.headers.get(HIVE_HEADER), parsed.keep_alive, exclude))
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        await asyncio.wait({acquiring, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if not acquiring.done():
+        acquiring.cancel()
+        with contextlib.suppress(BaseException):
+            (await acquiring).release()
+        raise ClientGone("The client left while its request was queued.")
+    return acquiring.result()
+
+
 async def _infer(request: Request, contract: type[ModelRequest], path: str, mode: WorkerMode) -> Response:
     state = queen_state(request)
     body, parsed = await read_json(request, contract)
-    lease = await state.scheduler.acquire(parsed.model, mode, request.headers.get(HIVE_HEADER))
-    return await state.forwarder.forward(lease, path, body, stream=bool(getattr(parsed, "stream", False)))
+    stream = bool(getattr(parsed, "stream", False))
+    lease = await _acquire(request, parsed, mode, frozenset())
+    try:
+        return await state.forwarder.forward(lease, path, body, stream=stream)
+    except WorkerUnavailable:
+        # The worker failed before sending a byte: one more try on another (or a fresh) worker.
+        log.warning("worker %s failed before answering; retrying once elsewhere", lease.worker.id)
+        retry = await _acquire(request, parsed, mode, frozenset({lease.worker.id}))
+        return await state.forwarder.forward(retry, path, body, stream=stream)
 
 
 async def chat_completions(request: Request) -> Response:

@@ -1,27 +1,52 @@
-"""Which worker serves a request; start one when the model is not loaded.
+"""Which worker serves a request; load, queue, evict and unload as needed (DESIGN.md decision 5).
 
 For each request:
   (1) the hives to consider: the one pinned with `X-Rbee-Hive`, else all of them;
-  (2) the model must be known to one of them, else 404 naming the model and how to get it;
-  (3) a ready worker of that model and mode with the fewest requests in flight per slot wins;
-  (4) else one is started (one start per model at a time; concurrent requests wait on it).
+  (2) a ready worker of the model with a free slot, the least loaded one, serves it at once;
+  (3) else the model must be known to a hive (404 naming it and how to get it otherwise);
+  (4) a model with no worker is loaded: placement by memory (placement.py) picks the device and the
+      idle workers to evict, least recently used first; a model no device can hold is refused
+      with the numbers; a model whose workers keep dying waits out an exponential back-off;
+  (5) meanwhile the request waits in a bounded queue (503 with Retry-After when it is full, or
+      when the wait exceeds RBEE_QUEUE_TIMEOUT_S); workers of a model that has requests waiting
+      are not evicted for another model unless that one has waited longer than the grouping
+      cap, so A B A B is served as A A B B without starving anyone.
+Idle workers are unloaded when their keep_alive runs out (default 5 min; per request).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import math
+import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from rbee.common import settings
 from rbee.common.jobs import JobFailed
 from rbee.contracts.models import DEMO_MODEL, ModelEntry
 from rbee.contracts.workers import WorkerMode, WorkerState
 from rbee.hive.service import Hive, ModelUnavailable
 from rbee.hive.worker import WorkerProcess, WorkerStartError
-from rbee.queen.errors import HiveNotFound, ModelNotFound, WorkerUnavailable
+from rbee.queen import keep_alive as keep_alive_mod
+from rbee.queen.errors import (
+    HiveNotFound,
+    InvalidRequest,
+    ModelNotFound,
+    ModelTooLargeError,
+    QueueFull,
+    WorkerUnavailable,
+)
+from rbee.queen.placement import DeviceView, ModelTooLarge, WorkerView, place
 
 log = logging.getLogger(__name__)
+
+GROUPING_CAP_S = 30.0
+REAP_INTERVAL_S = 1.0
+_HOLDING = (WorkerState.STARTING, WorkerState.READY, WorkerState.DRAINING, WorkerState.UNREACHABLE)
 
 
 @dataclass
@@ -29,20 +54,63 @@ class Lease:
     """A worker reserved for one request; `release()` exactly once when the request ends."""
 
     worker: WorkerProcess
+    keep_alive: float
+    scheduler: Scheduler | None = None
     _released: bool = field(default=False, repr=False)
 
     def release(self) -> None:
-        if not self._released:
-            self._released = True
-            self.worker.in_flight -= 1
+        if self._released:
+            return
+        self._released = True
+        worker = self.worker
+        worker.in_flight -= 1
+        worker.last_used = now = time.monotonic()
+        worker.expires_at = None if self.keep_alive == keep_alive_mod.FOREVER else now + self.keep_alive
+        if self.scheduler is not None:
+            if self.keep_alive == 0 and worker.in_flight == 0:
+                self.scheduler.unload_soon(worker)
+            self.scheduler.notify()
 
 
 class Scheduler:
     def __init__(self, hives: Mapping[str, Hive]) -> None:
         self._hives = hives
-        self._starting: dict[tuple[str, str, WorkerMode], asyncio.Lock] = {}
+        self._tick = asyncio.Event()
+        self._loading: dict[tuple[str, str, WorkerMode], asyncio.Task[WorkerProcess]] = {}
+        self._waiting: Counter[str] = Counter()
+        self._background: set[asyncio.Task[None]] = set()
 
-    def hives_for(self, pinned: str | None) -> list[Hive]:  # (1)
+    # -- waking waiters ---------------------------------------------------------------------------
+    def notify(self) -> None:
+        """Something changed (a slot, a worker, memory): every waiting request looks again."""
+        self._tick.set()
+        self._tick = asyncio.Event()
+
+    def unload_soon(self, worker: WorkerProcess) -> None:
+        task = asyncio.get_running_loop().create_task(self._unload(worker, "keep_alive 0"))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _unload(self, worker: WorkerProcess, why: str) -> None:
+        for hive in self._hives.values():
+            if hive.supervisor.get(worker.id) is worker:
+                log.info("unloading %s (%s): %s", worker.spec.model.name, worker.id, why)
+                await hive.supervisor.stop(worker.id)
+        self.notify()
+
+    async def reap_idle(self) -> None:
+        """Unload idle workers whose keep_alive ran out (runs for the queen's lifetime)."""
+        while True:
+            await asyncio.sleep(REAP_INTERVAL_S)
+            now = time.monotonic()
+            for hive in self._hives.values():
+                for w in hive.supervisor.workers():
+                    if w.state is WorkerState.READY and w.in_flight == 0 and w.expires_at is not None \
+                            and w.expires_at <= now:
+                        await self._unload(w, "keep_alive expired")
+
+    # -- (1) and (3) ------------------------------------------------------------------------------
+    def hives_for(self, pinned: str | None) -> list[Hive]:
         if pinned is None:
             return list(self._hives.values())
         hive = self._hives.get(pinned)
@@ -51,7 +119,7 @@ class Scheduler:
                                param="hive")
         return [hive]
 
-    async def resolve(self, model: str, hives: list[Hive]) -> tuple[Hive, ModelEntry]:  # (2)
+    async def resolve(self, model: str, hives: list[Hive]) -> tuple[Hive, ModelEntry]:
         reasons: list[str] = []
         for hive in hives:
             try:
@@ -72,39 +140,126 @@ class Scheduler:
             if w.state is WorkerState.READY and w.spec.model.name == name and w.spec.mode is mode
         ]
 
-    @staticmethod
-    def _least_busy(workers: list[WorkerProcess]) -> WorkerProcess:  # (3)
-        return min(workers, key=lambda w: (w.in_flight / w.spec.slots, w.started_at))
-
-    async def acquire(self, model: str, mode: WorkerMode = WorkerMode.GENERATE,
-                      pinned: str | None = None) -> Lease:
-        """A worker for `model`, started first if none is ready."""
+    # -- (2) to (5) -------------------------------------------------------------------------------
+    async def acquire(self, model: str, mode: WorkerMode = WorkerMode.GENERATE, pinned: str | None = None,
+                      keep_alive: str | int | float | None = None, exclude: frozenset[str] = frozenset()) -> Lease:
+        """A worker with a free slot for `model`, loading it first if needed; waits in the queue."""
+        try:
+            hold = keep_alive_mod.parse(keep_alive if keep_alive is not None else settings.keep_alive_default())
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param="keep_alive") from exc
+        assert hold is not None
         hives = self.hives_for(pinned)
-        ready = self.ready_workers(model, mode, hives)
-        if not ready:
-            hive, entry = await self.resolve(model, hives)
-            ready = self.ready_workers(entry.name, mode, hives) or [await self._start(hive, entry, mode)]
-        worker = self._least_busy(ready)
-        worker.in_flight += 1
-        return Lease(worker)
+        per_model, overall, timeout = settings.queue_limits()
+        started = time.monotonic()
+        name, resolved, queued = model, None, False
+        try:
+            while True:
+                tick = self._tick
+                ready = [w for w in self.ready_workers(name, mode, hives) if w.id not in exclude]
+                free = [w for w in ready if w.in_flight < w.spec.slots]
+                if free:  # (2)
+                    worker = min(free, key=lambda w: (w.in_flight / w.spec.slots, w.started_at))
+                    worker.in_flight += 1
+                    worker.expires_at = None
+                    return Lease(worker, hold, self)
+                if resolved is None:  # (3)
+                    resolved = await self.resolve(model, hives)
+                    name = resolved[1].name
+                    continue
+                hive, entry = resolved
+                key = (hive.alias, entry.name, mode)
+                if not ready and key not in self._loading:  # (4)
+                    await self._start_loading(hive, entry, mode, started)
+                if not queued:  # (5)
+                    if self._waiting[name] >= per_model or self._waiting.total() >= overall:
+                        raise QueueFull(f"Too many requests are waiting for '{name}'; retry shortly.",
+                                        headers={"Retry-After": "2"})
+                    self._waiting[name] += 1
+                    queued = True
+                remaining = started + timeout - time.monotonic()
+                if remaining <= 0:
+                    raise QueueFull(f"Waited {timeout:.0f} s for a free slot on '{name}'; retry shortly.",
+                                    headers={"Retry-After": "5"})
+                loading = self._loading.get(key)
+                waits: set[asyncio.Future[object]] = {asyncio.ensure_future(tick.wait())}
+                if loading is not None:
+                    waits.add(loading)  # type: ignore[arg-type]
+                done, _ = await asyncio.wait(waits, timeout=min(remaining, 1.0),
+                                             return_when=asyncio.FIRST_COMPLETED)
+                for fut in waits:
+                    if fut is not loading:
+                        fut.cancel()
+                if loading is not None and loading in done and loading.exception() is not None:
+                    raise WorkerUnavailable(str(loading.exception())) from loading.exception()
+        finally:
+            if queued:
+                self._waiting[name] -= 1
 
-    async def _start(self, hive: Hive, entry: ModelEntry, mode: WorkerMode) -> WorkerProcess:  # (4)
-        lock = self._starting.setdefault((hive.alias, entry.name, mode), asyncio.Lock())
-        async with lock:
-            ready = self.ready_workers(entry.name, mode, [hive])
-            if ready:
-                return ready[0]
-            log.info("loading %s on %s (%s)", entry.name, hive.alias, mode)
+    async def _start_loading(self, hive: Hive, entry: ModelEntry, mode: WorkerMode, waiting_since: float) -> None:
+        """Decide where `entry` goes and start loading it there; returns at once if memory is not free yet."""
+        self._check_backoff(hive, entry, mode)
+        need = await hive.need(entry)
+        key = (hive.alias, entry.name, mode)
+        if key in self._loading:  # another request started it while we read the header
+            return
+        holding = [w for w in hive.supervisor.workers() if w.state in _HOLDING]
+        grouping = time.monotonic() - waiting_since < GROUPING_CAP_S
+        protect = frozenset(w.id for w in holding if grouping and self._waiting[w.spec.model.name] > 0)
+        try:
+            decision = place(
+                need, [DeviceView(hive.alias, "cpu", hive.memory_total(), has_model=True)],
+                [WorkerView(w.id, hive.alias, "cpu", w.memory, w.in_flight, w.last_used) for w in holding],
+                protect,
+            )
+        except ModelTooLarge as exc:
+            raise ModelTooLargeError(f"'{entry.name}' cannot be loaded anywhere: it {exc}. Use a smaller "
+                                     "quantization, or fewer slots or less context per slot.", param="model") from exc
+        if decision.device is None:
+            return  # (5) wait until memory is really free
+        evict = [w for w in holding if w.id in decision.evict]
+        for w in evict:
+            w.begin_drain()  # now, so no request leases it before the load task stops it
+        task = asyncio.get_running_loop().create_task(self._load(hive, entry, mode, need, evict))
+        self._loading[key] = task
+
+    async def _load(self, hive: Hive, entry: ModelEntry, mode: WorkerMode, need: int,
+                    evict: list[WorkerProcess]) -> WorkerProcess:
+        key = (hive.alias, entry.name, mode)
+        try:
+            for w in evict:
+                log.info("evicting %s (%s, idle) to make room for %s", w.spec.model.name, w.id, entry.name)
+            await asyncio.gather(*(hive.supervisor.stop(w.id) for w in evict))
+            log.info("loading %s on %s (%s, ~%.0f MiB)", entry.name, hive.alias, mode, need / 2**20)
             try:
-                return await hive.spawn_worker(entry, mode)
+                return await hive.spawn_worker(entry, mode, memory=need)
             except (WorkerStartError, JobFailed) as exc:
                 raise WorkerUnavailable(f"Could not start a worker for '{entry.name}' on hive "
                                         f"'{hive.alias}': {exc}") from exc
+        finally:
+            del self._loading[key]
+            self.notify()
+
+    @staticmethod
+    def _check_backoff(hive: Hive, entry: ModelEntry, mode: WorkerMode) -> None:
+        """A model whose last workers all failed waits 1, 2, 4... (at most 60) seconds before the next try."""
+        history = sorted((w for w in hive.supervisor.workers() if w.spec.model.name == entry.name
+                          and w.spec.mode is mode), key=lambda w: w.started_at, reverse=True)
+        streak = list(itertools.takewhile(lambda w: w.state is WorkerState.ERROR, history))
+        if len(streak) < 2 or streak[0].failed_at is None:
+            return
+        wait = min(2 ** (len(streak) - 2), 60) - (time.monotonic() - streak[0].failed_at)
+        if wait > 0:
+            raise WorkerUnavailable(
+                f"Workers for '{entry.name}' failed {len(streak)} times in a row; the next try is in "
+                f"{wait:.0f} s. Last error: {streak[0].error}", headers={"Retry-After": str(math.ceil(wait))})
 
     async def spawn(self, model: str, mode: WorkerMode, pinned: str | None) -> WorkerProcess:
         """Start one more worker for `model` (what `worker.spawn` jobs do)."""
         hive, entry = await self.resolve(model, self.hives_for(pinned))
         try:
-            return await hive.spawn_worker(entry, mode)
+            return await hive.spawn_worker(entry, mode, memory=await hive.need(entry))
         except (WorkerStartError, JobFailed) as exc:
             raise WorkerUnavailable(f"Could not start a worker for '{entry.name}': {exc}") from exc
+        finally:
+            self.notify()

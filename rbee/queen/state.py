@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ class QueenState:
     forwarder: Forwarder = field(default_factory=Forwarder)
     jobs: JobRunner = field(default_factory=JobRunner)
     started_at: float = field(default_factory=time.time)
+    _reaper: asyncio.Task[None] | None = None
 
     @classmethod
     def create(cls) -> QueenState:
@@ -42,8 +44,12 @@ class QueenState:
     async def start(self) -> None:
         for hive in self.hives.values():
             await hive.start()
+        self._reaper = asyncio.get_running_loop().create_task(self.scheduler.reap_idle(), name="reap-idle")
 
     async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            await asyncio.gather(self._reaper, return_exceptions=True)
         await self.jobs.close()
         for hive in self.hives.values():
             await hive.close()

@@ -1,0 +1,35 @@
+"""Ollama's `keep_alive`: how long a model stays loaded after its last request.
+
+`"5m"`, `"1h30m"`, `"90s"`, a number of seconds, `"-1"` or any negative: forever; `0`: unload as
+soon as the request ends. `None` in, `None` out: the caller falls back to its default.
+"""
+
+from __future__ import annotations
+
+import re
+
+FOREVER = float("inf")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+
+
+def parse(value: str | int | float | None) -> float | None:
+    """Seconds to keep a model loaded (`FOREVER` for negative values); `ValueError` for nonsense."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError("keep_alive must be a duration like '5m' or a number of seconds")
+    if isinstance(value, int | float):
+        return FOREVER if value < 0 else float(value)
+    text = value.strip()
+    try:
+        number = float(text)
+    except ValueError:
+        pass
+    else:
+        return FOREVER if number < 0 else number
+    if text.startswith("-"):
+        return FOREVER
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"keep_alive {value!r} is not a duration like '5m', '1h30m', '90s' or -1")
+    return sum(float(n) * _UNITS[u] for n, u in parts)
