@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import pytest
+
+from rbee.queen import keep_alive
+from rbee.queen.placement import DeviceView, ModelTooLarge, WorkerView, place
+
+GiB = 2**30
+
+
+def _dev(name: str, total: float, has_model: bool = False) -> DeviceView:
+    return DeviceView("h", name, int(total * GiB), has_model)
+
+
+def _w(wid: str, device: str, memory: float, in_flight: int = 0, last_used: float = 0.0) -> WorkerView:
+    return WorkerView(wid, "h", device, int(memory * GiB), in_flight, last_used)
+
+
+def test_best_fit_then_has_model() -> None:
+    devices = [_dev("big", 24), _dev("small", 8), _dev("tiny", 4)]
+    assert place(6 * GiB, devices, []).device == devices[1]
+    held = [_dev("a", 8), _dev("b", 8, has_model=True)]
+    assert place(6 * GiB, held, []).device == held[1]
+
+
+def test_too_large_names_the_numbers() -> None:
+    with pytest.raises(ModelTooLarge, match=r"needs 40.00 GiB but the largest device has 24.00 GiB"):
+        place(40 * GiB, [_dev("a", 24), _dev("b", 8)], [])
+
+
+def test_evicts_least_recently_used_idle_workers_only() -> None:
+    devices = [_dev("gpu", 24)]
+    workers = [_w("busy", "gpu", 10, in_flight=1, last_used=0), _w("old", "gpu", 6, last_used=1),
+               _w("new", "gpu", 6, last_used=5)]
+    decision = place(6 * GiB, devices, workers)
+    assert decision.device == devices[0] and decision.evict == ["old"]
+    assert place(10 * GiB, devices, workers).evict == ["old", "new"]
+    assert place(16 * GiB, devices, workers).device is None  # only by killing the busy one: wait instead
+    assert place(6 * GiB, devices, workers, protect=frozenset({"old"})).evict == ["new"]
+
+
+def test_prefers_the_device_needing_fewest_evictions() -> None:
+    devices = [_dev("a", 10), _dev("b", 10)]
+    workers = [_w("a1", "a", 3), _w("a2", "a", 3), _w("a3", "a", 3), _w("b1", "b", 8)]
+    decision = place(6 * GiB, devices, workers)
+    assert decision.device == devices[1] and decision.evict == ["b1"]
+    # same number of evictions: the tighter fit wins
+    assert place(3 * GiB, devices, workers).evict == ["a1"]
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("5m", 300), ("1h30m", 5400), ("90s", 90), ("500ms", 0.5), (0, 0), ("0", 0), (-1, keep_alive.FOREVER),
+     ("-1m", keep_alive.FOREVER), (12.5, 12.5), (None, None)],
+)
+def test_keep_alive_durations(value: str | float | None, seconds: float | None) -> None:
+    assert keep_alive.parse(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["soon", "5 minutes", "m5", True])
+def test_keep_alive_nonsense_is_refused(value: object) -> None:
+    with pytest.raises(ValueError, match="keep_alive"):
+        keep_alive.parse(value)  # type: ignore[arg-type]
