@@ -55,27 +55,36 @@ def place(need: int, devices: Iterable[DeviceView], workers: Iterable[WorkerView
     fitting = [d for d in devices if d.total >= need]  # (1)
     if not fitting:
         raise ModelTooLarge(need, max((d.total for d in devices), default=0))
-    by_device: dict[tuple[str, str], list[WorkerView]] = defaultdict(list)
-    for w in workers:
-        by_device[(w.hive, w.device)].append(w)
-
-    def used(d: DeviceView) -> int:
-        return sum(w.memory for w in by_device[(d.hive, d.device)])
-
-    def busy(d: DeviceView) -> int:
-        return sum(w.in_flight for w in by_device[(d.hive, d.device)])
-
-    free_now = [(d, d.total - used(d)) for d in fitting]
-    roomy = [(d, free) for d, free in free_now if free >= need]  # (2)
-    if roomy:
-        best = min(roomy, key=lambda pair: (pair[1] - need, not pair[0].has_model, busy(pair[0])))
-        return Placement(best[0])
+    used: dict[tuple[str, str], int] = defaultdict(int)
+    busy: dict[tuple[str, str], int] = defaultdict(int)
+    idle: dict[tuple[str, str], list[WorkerView]] = defaultdict(list)
+    idle_memory: dict[tuple[str, str], int] = defaultdict(int)
+    for w in workers:  # one pass: per-device totals
+        key = (w.hive, w.device)
+        used[key] += w.memory
+        busy[key] += w.in_flight
+        if w.in_flight == 0 and w.id not in protect:
+            idle[key].append(w)
+            idle_memory[key] += w.memory
+    best: tuple[int, bool, int] | None = None
+    chosen: DeviceView | None = None
+    for d in fitting:  # (2)
+        key = (d.hive, d.device)
+        left = d.total - used[key] - need
+        if left >= 0:
+            rank = (left, not d.has_model, busy[key])
+            if best is None or rank < best:
+                best, chosen = rank, d
+    if chosen is not None:
+        return Placement(chosen)
     options: list[tuple[int, bool, int, DeviceView, list[str]]] = []  # (3)
-    for d, free in free_now:
-        idle = sorted((w for w in by_device[(d.hive, d.device)] if w.in_flight == 0 and w.id not in protect),
-                      key=lambda w: w.last_used)
+    for d in fitting:
+        key = (d.hive, d.device)
+        free = d.total - used[key]
+        if free + idle_memory[key] < need:
+            continue  # even evicting every idle worker would not make room
         evict: list[str] = []
-        for w in idle:
+        for w in sorted(idle[key], key=lambda w: w.last_used):
             if free >= need:
                 break
             evict.append(w.id)
