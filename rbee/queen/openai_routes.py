@@ -81,7 +81,9 @@ async def _infer(request: Request, contract: type[ModelRequest], path: str, mode
     state = queen_state(request)
     body, parsed = await read_json(request, contract)
     stream = bool(getattr(parsed, "stream", False))
-    lease = await _acquire(request, parsed, mode, frozenset())
+    lease = state.scheduler.try_acquire(parsed.model, mode, request.headers.get(HIVE_HEADER), parsed.keep_alive)
+    if lease is None:
+        lease = await _acquire(request, parsed, mode, frozenset())
     try:
         return await state.forwarder.forward(lease, path, body, stream=stream)
     except WorkerUnavailable:

@@ -141,14 +141,31 @@ class Scheduler:
         ]
 
     # -- (2) to (5) -------------------------------------------------------------------------------
-    async def acquire(self, model: str, mode: WorkerMode = WorkerMode.GENERATE, pinned: str | None = None,
-                      keep_alive: str | int | float | None = None, exclude: frozenset[str] = frozenset()) -> Lease:
-        """A worker with a free slot for `model`, loading it first if needed; waits in the queue."""
+    @staticmethod
+    def _hold(keep_alive: str | int | float | None) -> float:
         try:
             hold = keep_alive_mod.parse(keep_alive if keep_alive is not None else settings.keep_alive_default())
         except ValueError as exc:
             raise InvalidRequest(str(exc), param="keep_alive") from exc
         assert hold is not None
+        return hold
+
+    def _lease(self, free: list[WorkerProcess], hold: float) -> Lease:
+        worker = min(free, key=lambda w: (w.in_flight / w.spec.slots, w.started_at))
+        worker.in_flight += 1
+        worker.expires_at = None
+        return Lease(worker, hold, self)
+
+    def try_acquire(self, model: str, mode: WorkerMode = WorkerMode.GENERATE, pinned: str | None = None,
+                    keep_alive: str | int | float | None = None) -> Lease | None:
+        """(2) without waiting: a lease on a ready worker with a free slot, or None (the hot path)."""
+        free = [w for w in self.ready_workers(model, mode, self.hives_for(pinned)) if w.in_flight < w.spec.slots]
+        return self._lease(free, self._hold(keep_alive)) if free else None
+
+    async def acquire(self, model: str, mode: WorkerMode = WorkerMode.GENERATE, pinned: str | None = None,
+                      keep_alive: str | int | float | None = None, exclude: frozenset[str] = frozenset()) -> Lease:
+        """A worker with a free slot for `model`, loading it first if needed; waits in the queue."""
+        hold = self._hold(keep_alive)
         hives = self.hives_for(pinned)
         per_model, overall, timeout = settings.queue_limits()
         started = time.monotonic()
@@ -159,10 +176,7 @@ class Scheduler:
                 ready = [w for w in self.ready_workers(name, mode, hives) if w.id not in exclude]
                 free = [w for w in ready if w.in_flight < w.spec.slots]
                 if free:  # (2)
-                    worker = min(free, key=lambda w: (w.in_flight / w.spec.slots, w.started_at))
-                    worker.in_flight += 1
-                    worker.expires_at = None
-                    return Lease(worker, hold, self)
+                    return self._lease(free, hold)
                 if resolved is None:  # (3)
                     resolved = await self.resolve(model, hives)
                     name = resolved[1].name
