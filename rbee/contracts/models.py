@@ -27,6 +27,8 @@ class ModelEntry(BaseModel):
     parameter_count: int | None = None
     context_length: int | None = None
     pooling: str | None = None
+    header: dict[str, int | str | None] = {}
+    """The GGUF header summary, read once when the model is added (reading it again takes seconds)."""
     added_at: float
     last_used_at: float | None = None
     missing: bool = False

@@ -8,6 +8,7 @@ an entry is listed (so the user sees it) but never served.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import sqlite3
 import time
@@ -52,6 +53,7 @@ def describe_file(path: Path, name: str | None = None, source: str = "local", **
         "parameter_count": summary.parameter_count,
         "context_length": summary.context_length,
         "pooling": summary.pooling,
+        "header": dataclasses.asdict(summary),
         "added_at": time.time(),
         **extra,
     })

@@ -7,6 +7,7 @@ object in an HTTP app.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib.util
 import logging
 import shutil
@@ -23,7 +24,7 @@ from rbee.contracts.workers import WorkerMode
 from rbee.hive import downloads, engine, model_refs
 from rbee.hive.catalog import Catalog, describe_file
 from rbee.hive.estimate import estimate
-from rbee.hive.gguf_info import NotAGGUFError, read_summary
+from rbee.hive.gguf_info import GGUFSummary, NotAGGUFError, read_summary
 from rbee.hive.supervisor import Supervisor
 from rbee.hive.worker import WorkerProcess, WorkerSpec
 
@@ -209,7 +210,7 @@ class Hive:
 
     async def detail(self, name: str, context_per_slot: int | None = None, slots: int | None = None) -> ModelDetail:
         entry = await self.resolve(name)
-        summary = await asyncio.to_thread(read_summary, Path(entry.path))
+        summary = await self.summary(entry)
         ctx = context_per_slot or settings.worker_context()
         n = slots or settings.worker_slots()
         need = estimate(summary, entry.size_bytes, ctx, n)
@@ -225,9 +226,18 @@ class Hive:
         """What this hive may give its workers: RBEE_MEMORY_BUDGET, else the machine's RAM."""
         return settings.memory_budget() or psutil.virtual_memory().total
 
+    async def summary(self, model: ModelEntry) -> GGUFSummary:
+        """The model's header summary: from the catalog, or read (once) for entries made before it was kept."""
+        if model.header:
+            return GGUFSummary(**model.header)  # type: ignore[arg-type]
+        summary = await asyncio.to_thread(read_summary, Path(model.path))
+        model.header = dataclasses.asdict(summary)
+        await self.catalog.add(model)
+        return summary
+
     async def need(self, model: ModelEntry) -> int:
         """Estimated bytes a worker of `model` holds with this hive's context and slots."""
-        summary = await asyncio.to_thread(read_summary, Path(model.path))
+        summary = await self.summary(model)
         return estimate(summary, model.size_bytes, settings.worker_context(), settings.worker_slots()).total
 
     async def spawn_worker(self, model: ModelEntry, mode: WorkerMode, memory: int = 0) -> WorkerProcess:

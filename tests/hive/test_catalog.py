@@ -35,6 +35,7 @@ async def test_catalog_survives_reopening_and_notices_missing_files(tmp_path: Pa
     db = tmp_path / "catalog.sqlite"
     entry = await Catalog(db).add_file(copy, "mine")
     assert entry.architecture == "llama" and entry.size_bytes == copy.stat().st_size
+    assert entry.header["block_count"] == 2 and entry.header["head_count_kv"] == 2  # kept: no re-reading
 
     reopened = Catalog(db)
     assert [e.name for e in await reopened.list()] == ["mine"]
