@@ -62,3 +62,27 @@ async def test_two_files_with_the_same_name_get_distinct_names(tmp_path: Path, t
     again = await catalog.add_file(tmp_path / "a" / "model.gguf")
     assert (first.name, second.name, again.name) == ("model", "model-2", "model")
     assert len(await catalog.list()) == 2
+
+
+def test_header_reader_agrees_with_ggufreader(tiny_model: Path, tmp_path: Path) -> None:
+    import gguf
+
+    from rbee.hive.service import demo_model_file
+
+    for path in [tiny_model, *([demo_model_file()] if demo_model_file() else [])]:
+        assert path is not None
+        reference = gguf.GGUFReader(str(path))
+        summary = read_summary(path)
+        arch = reference.get_field("general.architecture").contents()  # type: ignore[union-attr]
+        assert summary.architecture == arch
+        assert summary.block_count == reference.get_field(f"{arch}.block_count").contents()  # type: ignore[union-attr]
+        assert summary.vocab_size == len(reference.get_field("tokenizer.ggml.tokens").data)  # type: ignore[union-attr]
+        assert summary.parameter_count == sum(int(t.n_elements) for t in reference.tensors)
+    truncated = tmp_path / "cut.gguf"
+    truncated.write_bytes(tiny_model.read_bytes()[:5000])
+    with pytest.raises(NotAGGUFError, match="not a GGUF model file"):
+        read_summary(truncated)
+    empty = tmp_path / "empty.gguf"
+    empty.write_bytes(b"")
+    with pytest.raises(NotAGGUFError, match="not a GGUF model file"):
+        read_summary(empty)
