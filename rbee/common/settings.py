@@ -94,5 +94,10 @@ def queue_limits() -> tuple[int, int, float]:
             float(env_int("RBEE_QUEUE_TIMEOUT_S", 300)))
 
 
+def max_replicas() -> int:
+    """RBEE_MAX_REPLICAS: workers one model may get when all its slots are busy (default 1)."""
+    return env_int("RBEE_MAX_REPLICAS", 1, maximum=64)
+
+
 def worker_slots() -> int:
     return env_int("RBEE_WORKER_SLOTS", DEFAULT_SLOTS, maximum=512)

@@ -7,6 +7,8 @@ For each request:
   (4) a model with no worker is loaded: placement by memory (placement.py) picks the device and the
       idle workers to evict, least recently used first; a model no device can hold is refused
       with the numbers; a model whose workers keep dying waits out an exponential back-off;
+      when every replica of a model is saturated, one more starts if memory is free without
+      evicting anything (up to RBEE_MAX_REPLICAS);
   (5) meanwhile the request waits in a bounded queue (503 with Retry-After when it is full, or
       when the wait exceeds RBEE_QUEUE_TIMEOUT_S); workers of a model that has requests waiting
       are not evicted for another model unless that one has waited longer than the grouping
@@ -183,8 +185,9 @@ class Scheduler:
                     continue
                 hive, entry = resolved
                 key = (hive.alias, entry.name, mode)
-                if not ready and key not in self._loading:  # (4)
-                    await self._start_loading(hive, entry, mode, started)
+                if key not in self._loading and (not ready or len(ready) < settings.max_replicas()):  # (4)
+                    # no worker yet; or every replica is saturated: one more, but only into free memory
+                    await self._start_loading(hive, entry, mode, started, evict=not ready)
                 if not queued:  # (5)
                     if self._waiting[name] >= per_model or self._waiting.total() >= overall:
                         raise QueueFull(f"Too many requests are waiting for '{name}'; retry shortly.",
@@ -210,8 +213,10 @@ class Scheduler:
             if queued:
                 self._waiting[name] -= 1
 
-    async def _start_loading(self, hive: Hive, entry: ModelEntry, mode: WorkerMode, waiting_since: float) -> None:
-        """Decide where `entry` goes and start loading it there; returns at once if memory is not free yet."""
+    async def _start_loading(self, hive: Hive, entry: ModelEntry, mode: WorkerMode, waiting_since: float,
+                             evict: bool = True) -> None:
+        """Decide where `entry` goes and start loading it there; returns at once if memory is not free yet
+        (or, with `evict=False`, if it is not free without evicting anything)."""
         self._check_backoff(hive, entry, mode)
         need = await hive.need(entry)
         key = (hive.alias, entry.name, mode)
@@ -229,12 +234,12 @@ class Scheduler:
         except ModelTooLarge as exc:
             raise ModelTooLargeError(f"'{entry.name}' cannot be loaded anywhere: it {exc}. Use a smaller "
                                      "quantization, or fewer slots or less context per slot.", param="model") from exc
-        if decision.device is None:
+        if decision.device is None or (decision.evict and not evict):
             return  # (5) wait until memory is really free
-        evict = [w for w in holding if w.id in decision.evict]
-        for w in evict:
+        victims = [w for w in holding if w.id in decision.evict]
+        for w in victims:
             w.begin_drain()  # now, so no request leases it before the load task stops it
-        task = asyncio.get_running_loop().create_task(self._load(hive, entry, mode, need, evict))
+        task = asyncio.get_running_loop().create_task(self._load(hive, entry, mode, need, victims))
         self._loading[key] = task
 
     async def _load(self, hive: Hive, entry: ModelEntry, mode: WorkerMode, need: int,

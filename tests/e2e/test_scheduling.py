@@ -146,3 +146,22 @@ def test_a_model_that_keeps_failing_is_backed_off(make_queen: Callable[..., Quee
     assert third.status_code == 503 and "failed 2 times in a row" in third.json()["error"]["message"]
     assert int(third.headers["retry-after"]) >= 1
     assert len(queen.workers()) == 2  # the third request started nothing
+
+
+@needs_smollm2
+def test_a_saturated_model_gets_another_replica(make_queen: Callable[..., Queen]) -> None:
+    queen = make_queen(RBEE_WORKER_SLOTS="1", RBEE_MAX_REPLICAS="2").start()
+    assert chat(queen, DEMO_MODEL).status_code == 200
+    first = queen.workers()[0]["id"]
+    body = {"model": DEMO_MODEL, "messages": CHAT, "max_tokens": 100000, "stream": True, "ignore_eos": True}
+    with httpx.stream("POST", f"{queen.url}/v1/chat/completions", json=body, timeout=60) as busy:
+        busy_lines = busy.iter_lines()
+        next(busy_lines)
+        started = time.monotonic()
+        second = chat(queen, DEMO_MODEL)
+        assert second.status_code == 200 and time.monotonic() - started < 5  # not queued behind the stream
+        assert second.headers["x-rbee-worker"] != first
+        assert ready_models(queen) == [DEMO_MODEL, DEMO_MODEL]
+        third = chat(queen, DEMO_MODEL)  # the new replica is free again: no third worker
+        assert third.headers["x-rbee-worker"] == second.headers["x-rbee-worker"]
+    assert len(queen.workers()) == 2
