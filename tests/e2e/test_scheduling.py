@@ -165,3 +165,23 @@ def test_a_saturated_model_gets_another_replica(make_queen: Callable[..., Queen]
         third = chat(queen, DEMO_MODEL)  # the new replica is free again: no third worker
         assert third.headers["x-rbee-worker"] == second.headers["x-rbee-worker"]
     assert len(queen.workers()) == 2
+
+
+def test_per_model_settings_from_models_toml(make_queen: Callable[..., Queen], tiny_model: Path,
+                                             tiny_stop_model: Path) -> None:
+    queen = make_queen(RBEE_KEEP_ALIVE="1s")
+    (queen.home / "config").mkdir(parents=True)
+    (queen.home / "config" / "models.toml").write_text(
+        '[models."tiny"]\ncontext = 256\nslots = 3\nkeep_alive = "-1"\n\n[models."tiny-stop"]\nslots = 0\n')
+    queen.start()
+    assert chat(queen, tiny_model).status_code == 200  # added under "tiny" and loaded...
+    assert chat(queen, "tiny").status_code == 200  # ...then served with its own settings
+    time.sleep(2.5)
+    assert ready_models(queen) == ["tiny"]  # its keep_alive (-1) beats RBEE_KEEP_ALIVE (1s)
+    shape = next(w for w in queen.workers() if w["model"] == "tiny")
+    assert (shape["slots"], shape["context_size"]) == (3, 256)
+    info = httpx.get(f"{queen.url}/v1/catalog/tiny", timeout=10).json()
+    assert (info["memory"]["slots"], info["memory"]["context_per_slot"]) == (3, 256)
+    bad = chat(queen, tiny_stop_model)
+    assert bad.status_code == 503 and 'models."tiny-stop"' in bad.json()["error"]["message"]
+    assert "slots" in bad.json()["error"]["message"]
