@@ -245,10 +245,14 @@ def _open_log(path: Path) -> BinaryIO:
 
 
 def _die_with_parent() -> None:
-    """In the child, before exec: on Linux, get SIGTERM when the hive dies, however it dies."""
+    """In the child, before exec: on Linux, die with the hive, however it dies.
+
+    SIGKILL, not SIGTERM: with no hive left there is nobody to drain for, and llama-server answers a
+    repeated SIGTERM by calling exit() inside its signal handler, which can deadlock (seen here).
+    """
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def reap_orphans(folder: Path) -> list[int]:
