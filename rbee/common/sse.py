@@ -1,9 +1,8 @@
-"""Server-sent events: encode for streams we produce, decode for streams we read."""
+"""Server-sent events: encoding the streams the queen produces."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 
@@ -21,10 +20,3 @@ def encode(data: Any, event: str | None = None, event_id: str | int | None = Non
     if event:
         head += f"event: {event}\n"
     return f"{head}data: {payload}\n\n".encode()
-
-
-async def iter_data(lines: AsyncIterator[str]) -> AsyncIterator[str]:
-    """Yield the `data:` payloads of an SSE stream, line by line."""
-    async for line in lines:
-        if line.startswith("data:"):
-            yield line[5:].lstrip()

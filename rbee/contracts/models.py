@@ -84,7 +84,3 @@ class ModelSettings(BaseModel):
     keep_alive: str | int | float | None = None
     max_replicas: int | None = Field(default=None, ge=1, le=64)
 
-
-class PullRequest(BaseModel):
-    model: str
-    hive: str = "localhost"

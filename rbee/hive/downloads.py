@@ -55,21 +55,22 @@ class PullPlan:
         return sum(f.size for f in self.files)
 
     def catalog_name(self, ref: ModelRef) -> str:
-        """The alias when one was used, else `org/repo:QUANT` (or `org/repo/file.gguf`)."""
-        if ref.filename:
-            return f"{self.repo}/{ref.filename}"
-        if ref.text.count("/") == 1 and not ref.text.startswith("hf://"):
-            return f"{self.repo}:{self.quant}"
-        return ref.text
+        return catalog_name(ref, self.quant)
+
+
+def catalog_name(ref: ModelRef, quant: str | None) -> str:
+    """The name a pulled model gets: the alias when one was used, else `org/repo:QUANT` (or
+    `org/repo/file.gguf`)."""
+    if ref.filename:
+        return f"{ref.repo}/{ref.filename}"
+    if ref.text.count("/") == 1:
+        return f"{ref.repo}:{(quant or DEFAULT_QUANT).upper()}"
+    return ref.text
 
 
 def catalog_name_guess(ref: ModelRef) -> str:
     """The name a pulled `ref` would have, without asking the hub."""
-    if ref.filename:
-        return f"{ref.repo}/{ref.filename}"
-    if ref.text.count("/") == 1:
-        return f"{ref.repo}:{(ref.quant or DEFAULT_QUANT).upper()}"
-    return ref.text
+    return catalog_name(ref, ref.quant)
 
 
 def _gguf_groups(files: list[RemoteFile]) -> dict[str, list[RemoteFile]]:

@@ -58,10 +58,6 @@ class ModelRef:
     def is_hub(self) -> bool:
         return self.repo is not None
 
-    def default_name(self) -> str:
-        """The catalog name a pulled model gets: the alias if one was used, else `repo:QUANT` or `repo/file`."""
-        return self.text
-
 
 def user_aliases_file() -> Path:
     return paths.config_dir() / "models.toml"

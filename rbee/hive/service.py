@@ -253,9 +253,10 @@ class Hive:
         info = await self.engine()
         if info.path is None or info.problem:
             raise JobFailed(info.problem or "no engine")
+        context, slots = self.worker_shape(model.name)
         spec = WorkerSpec(
-            model=model, mode=mode, engine=Path(info.path), slots=self.worker_shape(model.name)[1],
-            context_per_slot=self.worker_shape(model.name)[0], threads=settings.worker_threads(),
+            model=model, mode=mode, engine=Path(info.path), slots=slots, context_per_slot=context,
+            threads=settings.worker_threads(),
         )
         self.supervisor.forget_dead()
         worker = await self.supervisor.spawn(spec, memory)
