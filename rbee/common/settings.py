@@ -101,3 +101,23 @@ def max_replicas() -> int:
 
 def worker_slots() -> int:
     return env_int("RBEE_WORKER_SLOTS", DEFAULT_SLOTS, maximum=512)
+
+
+def local_hive() -> bool:
+    """RBEE_LOCAL_HIVE=0: the queen's own machine runs no workers (only remote hives serve)."""
+    return os.environ.get("RBEE_LOCAL_HIVE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def heartbeat_s() -> float:
+    """How often hives report to the queen (RBEE_HEARTBEAT_MS, default 2000)."""
+    return env_int("RBEE_HEARTBEAT_MS", 2000, minimum=100) / 1000
+
+
+def hive_timeout_s() -> float:
+    """Silence after which the queen marks a hive unreachable (default: three missed heartbeats)."""
+    return env_int("RBEE_HIVE_TIMEOUT_MS", int(heartbeat_s() * 3000), minimum=100) / 1000
+
+
+def queen_network_host() -> str:
+    """Where a queen with enrolled hives listens so that they reach it (RBEE_QUEEN_NETWORK_HOST)."""
+    return os.environ.get("RBEE_QUEEN_NETWORK_HOST", "0.0.0.0")

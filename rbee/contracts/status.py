@@ -14,6 +14,7 @@ class QueenHealth(BaseModel):
     version: str
     pid: int
     started_at: float
+    listen_host: str | None = None  # where it listens; beyond loopback when hives are enrolled
 
 
 class EngineInfo(BaseModel):

@@ -18,6 +18,7 @@ import psutil
 from rbee.common import paths, settings
 from rbee.common.jobs import Emit, JobFailed
 from rbee.common.version import current as current_version
+from rbee.contracts.hives import DeviceInfo, HiveReport, HostedWorker
 from rbee.contracts.models import DEMO_MODEL, MemoryNeed, ModelDetail, ModelEntry
 from rbee.contracts.status import EngineInfo, HiveInfo
 from rbee.contracts.workers import WorkerMode
@@ -72,8 +73,9 @@ def _delete_files(files: list[Path], root: Path) -> None:
 
 
 class Hive:
-    def __init__(self, alias: str = "localhost", state: Path | None = None) -> None:
+    def __init__(self, alias: str = "localhost", state: Path | None = None, address: str = "127.0.0.1") -> None:
         self.alias = alias
+        self.address = address  # where its workers listen: loopback, or the LAN address of a remote hive
         state = state or paths.state_dir()
         self.catalog = Catalog(state / "hive" / "catalog.sqlite")
         self.supervisor = Supervisor(alias, state / "hive" / "workers")
@@ -97,7 +99,7 @@ class Hive:
         return self._engine
 
     async def info(self) -> HiveInfo:
-        return HiveInfo(alias=self.alias, state="ready", address="127.0.0.1",
+        return HiveInfo(alias=self.alias, state="ready", address=self.address,
                         version=current_version(), engine=await self.engine())
 
     async def install_engine(self, emit: Emit, force: bool = False) -> dict[str, str]:
@@ -227,6 +229,22 @@ class Hive:
         """What this hive may give its workers: RBEE_MEMORY_BUDGET, else the machine's RAM."""
         return settings.memory_budget() or psutil.virtual_memory().total
 
+    def devices(self) -> list[DeviceInfo]:
+        """What this hive computes on. CPU only for now; GPUs come with hardware detection."""
+        memory = psutil.virtual_memory()
+        return [DeviceInfo(id="cpu", name=f"CPU ({psutil.cpu_count() or 1} threads)",
+                           total_bytes=self.memory_total(), free_bytes=memory.available)]
+
+    async def report(self, port: int) -> HiveReport:
+        """Everything the queen needs to know about this hive (its registration and heartbeats)."""
+        return HiveReport(
+            alias=self.alias, version=current_version(), address=self.address, port=port,
+            engine=await self.engine(), devices=self.devices(), memory_total=self.memory_total(),
+            models=await self.catalog.list(),
+            workers=[HostedWorker(info=w.info(), api_key=w.api_key, entry=w.spec.model)
+                     for w in self.supervisor.workers()],
+        )
+
     def worker_shape(self, name: str) -> tuple[int, int]:
         """(context per slot, slots) for a model's workers: its models.toml settings, else the defaults."""
         try:
@@ -256,7 +274,7 @@ class Hive:
         context, slots = self.worker_shape(model.name)
         spec = WorkerSpec(
             model=model, mode=mode, engine=Path(info.path), slots=slots, context_per_slot=context,
-            threads=settings.worker_threads(),
+            threads=settings.worker_threads(), host=self.address,
         )
         self.supervisor.forget_dead()
         worker = await self.supervisor.spawn(spec, memory)

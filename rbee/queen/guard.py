@@ -1,13 +1,18 @@
-"""Refuse requests a browser was tricked into sending.
+"""Refuse requests the queen must not serve, before they reach any route.
 
-A queen on 127.0.0.1 without keys trusts the local machine, not every web page its user opens:
-a cross-origin page can POST to localhost, and a DNS-rebinding page can even read the answers.
-So a request whose `Origin` is not the local machine, or whose `Host` is not a loopback name,
-gets a 403 before it reaches any route.
+A queen without API keys trusts the local machine, not the network and not every web page its
+user opens:
+  - a peer on another machine may only call the hive routes (registration and heartbeats), which
+    check the hive's join token; everything else answers 403 (a queen with enrolled hives listens
+    on the network for them);
+  - a cross-origin page can POST to localhost, and a DNS-rebinding page can even read the answers,
+    so a request whose `Origin` is not the local machine, or whose `Host` is not a loopback name,
+    gets a 403 too.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -15,10 +20,35 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from rbee.queen.errors import error_response
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+HIVE_ONLY_PATHS = frozenset({"/v1/hives/register", "/v1/hives/heartbeat"})
 
 
 def _host_name(value: str) -> str:
     return (urlsplit(f"//{value}").hostname or "").lower()
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def _problem(scope: Scope) -> str | None:
+    if scope["path"] in HIVE_ONLY_PATHS:
+        return None  # the route checks the join token
+    client = scope.get("client")
+    if client is not None and not _is_loopback(client[0]):
+        return (f"{client[0]} is not this machine: over the network this queen answers its hives only. "
+                "Use the API from the queen's machine (or through an SSH tunnel).")
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in (b"host", b"origin")}
+    host = headers.get("host")
+    origin = headers.get("origin")
+    if host is not None and _host_name(host) not in LOOPBACK_NAMES:
+        return f"Host {host!r} is not this machine; the queen answers to localhost only"
+    if origin not in (None, "null") and (urlsplit(origin).hostname or "") not in LOOPBACK_NAMES:
+        return f"cross-origin requests from {origin} are refused"
+    return None
 
 
 class LocalOnlyGuard:
@@ -27,15 +57,7 @@ class LocalOnlyGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]
-                       if k in (b"host", b"origin")}
-            host = headers.get("host")
-            origin = headers.get("origin")
-            problem = None
-            if host is not None and _host_name(host) not in LOOPBACK_NAMES:
-                problem = f"Host {host!r} is not this machine; the queen answers to localhost only"
-            elif origin not in (None, "null") and (urlsplit(origin).hostname or "") not in LOOPBACK_NAMES:
-                problem = f"cross-origin requests from {origin} are refused"
+            problem = _problem(scope)
             if problem:
                 await error_response(403, problem, code="forbidden_origin")(scope, receive, send)
                 return

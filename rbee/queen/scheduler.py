@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 
 from rbee.common import settings
 from rbee.common.jobs import JobFailed
+from rbee.contracts.hives import HiveState
 from rbee.contracts.models import DEMO_MODEL, ModelEntry, ModelSettings
 from rbee.contracts.workers import WorkerMode, WorkerState
 from rbee.hive import model_refs
-from rbee.hive.service import Hive, ModelUnavailable
+from rbee.hive.service import ModelUnavailable
 from rbee.hive.worker import WorkerProcess, WorkerStartError
 from rbee.queen import keep_alive as keep_alive_mod
 from rbee.queen.errors import (
@@ -44,11 +45,13 @@ from rbee.queen.errors import (
     WorkerUnavailable,
 )
 from rbee.queen.placement import DeviceView, ModelTooLarge, WorkerView, place
+from rbee.queen.remote_hive import AnyHive, RemoteHive, RemoteWorker
 
 log = logging.getLogger(__name__)
 
 GROUPING_CAP_S = 30.0
 REAP_INTERVAL_S = 1.0
+AnyWorker = WorkerProcess | RemoteWorker
 _HOLDING = (WorkerState.STARTING, WorkerState.READY, WorkerState.DRAINING, WorkerState.UNREACHABLE)
 
 
@@ -56,7 +59,7 @@ _HOLDING = (WorkerState.STARTING, WorkerState.READY, WorkerState.DRAINING, Worke
 class Lease:
     """A worker reserved for one request; `release()` exactly once when the request ends."""
 
-    worker: WorkerProcess
+    worker: AnyWorker
     keep_alive: float
     scheduler: Scheduler | None = None
     _released: bool = field(default=False, repr=False)
@@ -76,10 +79,10 @@ class Lease:
 
 
 class Scheduler:
-    def __init__(self, hives: Mapping[str, Hive]) -> None:
+    def __init__(self, hives: Mapping[str, AnyHive]) -> None:
         self._hives = hives
         self._tick = asyncio.Event()
-        self._loading: dict[tuple[str, str, WorkerMode], asyncio.Task[WorkerProcess]] = {}
+        self._loading: dict[tuple[str, WorkerMode], asyncio.Task[AnyWorker]] = {}
         self._waiting: Counter[str] = Counter()
         self._background: set[asyncio.Task[None]] = set()
 
@@ -89,13 +92,13 @@ class Scheduler:
         self._tick.set()
         self._tick = asyncio.Event()
 
-    def unload_soon(self, worker: WorkerProcess) -> None:
+    def unload_soon(self, worker: AnyWorker) -> None:
         task = asyncio.get_running_loop().create_task(self._unload(worker, "keep_alive 0"))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _unload(self, worker: WorkerProcess, why: str) -> None:
-        for hive in self._hives.values():
+    async def _unload(self, worker: AnyWorker, why: str) -> None:
+        for hive in list(self._hives.values()):
             if hive.supervisor.get(worker.id) is worker:
                 log.info("unloading %s (%s): %s", worker.spec.model.name, worker.id, why)
                 await hive.supervisor.stop(worker.id)
@@ -106,29 +109,42 @@ class Scheduler:
         while True:
             await asyncio.sleep(REAP_INTERVAL_S)
             now = time.monotonic()
-            for hive in self._hives.values():
+            for hive in list(self._hives.values()):
                 for w in hive.supervisor.workers():
                     if w.state is WorkerState.READY and w.in_flight == 0 and w.expires_at is not None \
                             and w.expires_at <= now:
                         await self._unload(w, "keep_alive expired")
 
     # -- (1) and (3) ------------------------------------------------------------------------------
-    def hives_for(self, pinned: str | None) -> list[Hive]:
+    def hives_for(self, pinned: str | None) -> list[AnyHive]:
+        """The hives a request may use: the pinned one, else every reachable one."""
         if pinned is None:
-            return list(self._hives.values())
+            return [h for h in self._hives.values() if not isinstance(h, RemoteHive) or h.state is HiveState.READY]
         hive = self._hives.get(pinned)
         if hive is None:
-            raise HiveNotFound(f"There is no hive '{pinned}'. Known hives: {', '.join(sorted(self._hives))}",
-                               param="hive")
+            known = ", ".join(sorted(self._hives)) or "none (the queen has no hive yet: `rbee hive install ALIAS`)"
+            raise HiveNotFound(f"There is no hive '{pinned}'. Known hives: {known}", param="hive")
+        if isinstance(hive, RemoteHive) and hive.state is not HiveState.READY:
+            raise WorkerUnavailable(f"Hive '{pinned}' is {hive.state}: no heartbeat for "
+                                    f"{time.monotonic() - hive.last_seen:.0f} s. Check it with "
+                                    f"`rbee hive logs {pinned}`, or leave out the pin.", headers={"Retry-After": "5"})
         return [hive]
 
-    async def resolve(self, model: str, hives: list[Hive]) -> tuple[Hive, ModelEntry]:
+    async def resolve(self, model: str, hives: list[AnyHive]) -> list[tuple[AnyHive, ModelEntry]]:
+        """Every hive that can serve `model`, with its entry; `ModelNotFound` when none can."""
+        found: list[tuple[AnyHive, ModelEntry]] = []
         reasons: list[str] = []
         for hive in hives:
             try:
-                return hive, await hive.resolve(model)
+                found.append((hive, await hive.resolve(model)))
             except ModelUnavailable as exc:
                 reasons.append(str(exc))
+        if found:
+            return found
+        if not hives:
+            raise WorkerUnavailable("No hive is reachable: the queen runs no local hive (RBEE_LOCAL_HIVE=0) and "
+                                    "no remote hive is ready. `rbee hive list` shows them.",
+                                    headers={"Retry-After": "5"})
         hint = (
             "Pass a path to a .gguf file (`rbee infer -m ./model.gguf`) to add it to the catalog"
             if model != DEMO_MODEL
@@ -137,7 +153,7 @@ class Scheduler:
         detail = reasons[0] if len(reasons) == 1 else f"The model '{model}' does not exist on any hive"
         raise ModelNotFound(f"{detail}. {hint}; `rbee status` lists the models rbee knows.", param="model")
 
-    def ready_workers(self, name: str, mode: WorkerMode, hives: list[Hive]) -> list[WorkerProcess]:
+    def ready_workers(self, name: str, mode: WorkerMode, hives: list[AnyHive]) -> list[AnyWorker]:
         return [
             w for hive in hives for w in hive.supervisor.workers()
             if w.state is WorkerState.READY and w.spec.model.name == name and w.spec.mode is mode
@@ -165,7 +181,7 @@ class Scheduler:
                 return hold
         return keep_alive_mod.parse(settings.keep_alive_default()) or 0.0
 
-    def _lease(self, free: list[WorkerProcess], hold: float) -> Lease:
+    def _lease(self, free: list[AnyWorker], hold: float) -> Lease:
         worker = min(free, key=lambda w: (w.in_flight / w.spec.slots, w.started_at))
         worker.in_flight += 1
         worker.expires_at = None
@@ -194,14 +210,13 @@ class Scheduler:
                     return self._lease(free, hold)
                 if resolved is None:  # (3)
                     resolved = await self.resolve(model, hives)
-                    name = resolved[1].name
+                    name = resolved[0][1].name
                     continue
-                hive, entry = resolved
-                key = (hive.alias, entry.name, mode)
-                replicas = self._own(entry.name).max_replicas or settings.max_replicas()
+                key = (name, mode)
+                replicas = self._own(name).max_replicas or settings.max_replicas()
                 if key not in self._loading and (not ready or len(ready) < replicas):  # (4)
                     # no worker yet; or every replica is saturated: one more, but only into free memory
-                    await self._start_loading(hive, entry, mode, started, evict=not ready)
+                    await self._start_loading(resolved, mode, started, evict=not ready)
                 if not queued:  # (5)
                     if self._waiting[name] >= per_model or self._waiting.total() >= overall:
                         raise QueueFull(f"Too many requests are waiting for '{name}'; retry shortly.",
@@ -227,38 +242,50 @@ class Scheduler:
             if queued:
                 self._waiting[name] -= 1
 
-    async def _start_loading(self, hive: Hive, entry: ModelEntry, mode: WorkerMode, waiting_since: float,
-                             evict: bool = True) -> None:
-        """Decide where `entry` goes and start loading it there; returns at once if memory is not free yet
-        (or, with `evict=False`, if it is not free without evicting anything)."""
-        self._check_backoff(hive, entry, mode)
-        need = await hive.need(entry)
-        key = (hive.alias, entry.name, mode)
+    async def _start_loading(self, candidates: list[tuple[AnyHive, ModelEntry]], mode: WorkerMode,
+                             waiting_since: float, evict: bool = True) -> None:
+        """Decide which hive (and device) gets a worker of the model and start loading it there; returns at
+        once if memory is not free yet (or, with `evict=False`, if it is not free without evicting anything)."""
+        usable, backoff = [], None
+        for hive, entry in candidates:
+            try:
+                self._check_backoff(hive, entry, mode)
+                usable.append((hive, entry))
+            except WorkerUnavailable as exc:
+                backoff = backoff or exc
+        if not usable:
+            assert backoff is not None
+            raise backoff
+        needs = {hive.alias: await hive.need(entry) for hive, entry in usable}
+        name = usable[0][1].name
+        key = (name, mode)
         if key in self._loading:  # another request started it while we read the header
             return
-        holding = [w for w in hive.supervisor.workers() if w.state in _HOLDING]
+        holding = [w for hive, _ in usable for w in hive.supervisor.workers() if w.state in _HOLDING]
         grouping = time.monotonic() - waiting_since < GROUPING_CAP_S
         protect = frozenset(w.id for w in holding if grouping and self._waiting[w.spec.model.name] > 0)
         try:
             decision = place(
-                need, [DeviceView(hive.alias, "cpu", hive.memory_total(), has_model=True)],
-                [WorkerView(w.id, hive.alias, "cpu", w.memory, w.in_flight, w.last_used) for w in holding],
+                max(needs.values()),
+                [DeviceView(hive.alias, "cpu", hive.memory_total(), has_model=True) for hive, _ in usable],
+                [WorkerView(w.id, w.hive, "cpu", w.memory, w.in_flight, w.last_used) for w in holding],
                 protect,
             )
         except ModelTooLarge as exc:
-            raise ModelTooLargeError(f"'{entry.name}' cannot be loaded anywhere: it {exc}. Use a smaller "
+            raise ModelTooLargeError(f"'{name}' cannot be loaded anywhere: it {exc}. Use a smaller "
                                      "quantization, or fewer slots or less context per slot.", param="model") from exc
         if decision.device is None or (decision.evict and not evict):
             return  # (5) wait until memory is really free
+        hive, entry = next((h, e) for h, e in usable if h.alias == decision.device.hive)
         victims = [w for w in holding if w.id in decision.evict]
         for w in victims:
             w.begin_drain()  # now, so no request leases it before the load task stops it
-        task = asyncio.get_running_loop().create_task(self._load(hive, entry, mode, need, victims))
+        task = asyncio.get_running_loop().create_task(self._load(hive, entry, mode, needs[hive.alias], victims))
         self._loading[key] = task
 
-    async def _load(self, hive: Hive, entry: ModelEntry, mode: WorkerMode, need: int,
-                    evict: list[WorkerProcess]) -> WorkerProcess:
-        key = (hive.alias, entry.name, mode)
+    async def _load(self, hive: AnyHive, entry: ModelEntry, mode: WorkerMode, need: int,
+                    evict: list[AnyWorker]) -> AnyWorker:
+        key = (entry.name, mode)
         try:
             for w in evict:
                 log.info("evicting %s (%s, idle) to make room for %s", w.spec.model.name, w.id, entry.name)
@@ -274,7 +301,7 @@ class Scheduler:
             self.notify()
 
     @staticmethod
-    def _check_backoff(hive: Hive, entry: ModelEntry, mode: WorkerMode) -> None:
+    def _check_backoff(hive: AnyHive, entry: ModelEntry, mode: WorkerMode) -> None:
         """A model whose last workers all failed waits 1, 2, 4... (at most 60) seconds before the next try."""
         history = sorted((w for w in hive.supervisor.workers() if w.spec.model.name == entry.name
                           and w.spec.mode is mode), key=lambda w: w.started_at, reverse=True)
@@ -287,9 +314,9 @@ class Scheduler:
                 f"Workers for '{entry.name}' failed {len(streak)} times in a row; the next try is in "
                 f"{wait:.0f} s. Last error: {streak[0].error}", headers={"Retry-After": str(math.ceil(wait))})
 
-    async def spawn(self, model: str, mode: WorkerMode, pinned: str | None) -> WorkerProcess:
+    async def spawn(self, model: str, mode: WorkerMode, pinned: str | None) -> AnyWorker:
         """Start one more worker for `model` (what `worker.spawn` jobs do)."""
-        hive, entry = await self.resolve(model, self.hives_for(pinned))
+        hive, entry = (await self.resolve(model, self.hives_for(pinned)))[0]
         try:
             return await hive.spawn_worker(entry, mode, memory=await hive.need(entry))
         except (WorkerStartError, JobFailed) as exc:

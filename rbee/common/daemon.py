@@ -1,0 +1,44 @@
+"""What the queen and hive daemons share: the port check and their pid files."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+from pathlib import Path
+
+from rbee.common import paths
+
+
+class PortInUseError(OSError):
+    """Something else already listens on the daemon's port."""
+
+
+def check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUseError(exc.errno, f"port {port} on {host} is already in use") from exc
+            raise
+
+
+def write_pid_file(path: Path) -> None:
+    paths.ensure(path.parent)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(str(os.getpid()))
+    tmp.replace(path)
+
+
+def remove_pid_file(path: Path) -> None:
+    """Remove the pid file if it is still ours.
+
+    Called from the app's shutdown: uvicorn re-raises SIGTERM after a graceful exit, so code after
+    server.run() (or a `finally` around it) never runs.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        if path.read_text().strip() == str(os.getpid()):
+            path.unlink()

@@ -1,0 +1,100 @@
+"""Between a remote hive and the queen: enrolment, registration, heartbeats, control.
+
+    keeper -> queen   POST /v1/hives {alias}              -> HiveEnrolled (the join token, shown once)
+    hive   -> queen   POST /v1/hives/register  HiveReport -> HiveAck     (Bearer: join token)
+    hive   -> queen   POST /v1/hives/heartbeat HiveReport -> HiveAck     (every few seconds)
+    queen  -> hive    /v1/hive/...                                       (Bearer: the same token)
+
+A report carries the hive's running workers with their keys, so a restarted queen adopts them
+instead of starting them again.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+
+from rbee.contracts.models import ModelEntry
+from rbee.contracts.status import EngineInfo
+from rbee.contracts.workers import WorkerInfo, WorkerMode
+
+ALIAS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+
+
+class HiveState(StrEnum):
+    ENROLLED = "enrolled"  # a token exists; the hive has not registered yet
+    READY = "ready"
+    UNREACHABLE = "unreachable"  # heartbeats stopped; its workers are not used until it returns
+
+
+class DeviceInfo(BaseModel):
+    id: str  # "cpu", later "cuda0", "metal0"...
+    name: str
+    total_bytes: int
+    free_bytes: int | None = None
+
+
+class HostedWorker(BaseModel):
+    """A worker as its hive reports it: what the queen needs to route to it directly."""
+
+    info: WorkerInfo
+    api_key: str
+    entry: ModelEntry
+
+
+class HiveReport(BaseModel):
+    alias: str = Field(pattern=ALIAS_PATTERN)
+    version: str
+    address: str  # where the queen reaches this hive and its workers
+    port: int = Field(ge=1, le=65535)
+    engine: EngineInfo
+    devices: list[DeviceInfo]
+    memory_total: int  # what the hive may give its workers
+    models: list[ModelEntry] = []
+    workers: list[HostedWorker] = []
+
+
+class HiveAck(BaseModel):
+    accepted: bool = True
+    queen_version: str
+    heartbeat_s: float
+    message: str | None = None  # e.g. a version skew and the command that fixes it
+
+
+class HiveEnroll(BaseModel):
+    alias: str = Field(pattern=ALIAS_PATTERN)
+
+
+class HiveEnrolled(BaseModel):
+    alias: str
+    token: str
+
+
+class HiveStatus(BaseModel):
+    """One hive as the queen sees it (`rbee hive list`, `/v1/hives`)."""
+
+    alias: str
+    state: HiveState
+    address: str | None = None
+    port: int | None = None
+    version: str | None = None
+    devices: list[DeviceInfo] = []
+    workers: int = 0
+    last_seen_s: float | None = None  # seconds since the last heartbeat
+    problem: str | None = None
+
+
+class ResolveModel(BaseModel):
+    model: str
+
+
+class ResolvedModel(BaseModel):
+    entry: ModelEntry
+    need: int  # bytes a worker of it holds on that hive
+
+
+class SpawnWorker(BaseModel):
+    model: str
+    mode: WorkerMode = WorkerMode.GENERATE
+    memory: int = 0

@@ -1,0 +1,87 @@
+"""A remote hive's own settings: `~/.config/rbee/hive.toml`, written by `rbee hive install`.
+
+    alias = "gaming-pc"                      # its name in the queen's hives.conf
+    queen_url = "http://192.168.1.10:7833"   # where it registers and sends heartbeats
+    token = "..."                            # its join token (the file is private: mode 600)
+    address = "192.168.1.20"                 # where the queen reaches it and its workers
+    port = 7835
+    models_dir = "/data/models"              # optional
+    memory_budget = "24GiB"                  # optional
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pydantic import TypeAdapter, ValidationError
+
+from rbee.common import paths
+
+DEFAULT_PORT = 7835
+
+
+class HiveConfigError(ValueError):
+    """hive.toml is missing or wrong; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class HiveConfig:
+    alias: str
+    queen_url: str
+    token: str
+    address: str
+    port: int = DEFAULT_PORT
+    models_dir: str | None = None
+    memory_budget: str | None = None
+
+    def to_toml(self) -> str:
+        return "".join(f"{key} = {_toml_value(value)}\n" for key, value in asdict(self).items() if value is not None)
+
+    def apply_to_environment(self) -> None:
+        """The hive's settings reach the code that reads them (models dir, memory budget) as for a local hive."""
+        if self.models_dir:
+            os.environ["RBEE_MODELS_DIR"] = self.models_dir
+        if self.memory_budget:
+            os.environ["RBEE_MEMORY_BUDGET"] = self.memory_budget
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, int):
+        return str(value)
+    text = str(value)
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def config_file() -> Path:
+    return paths.config_dir() / "hive.toml"
+
+
+def load(path: Path | None = None) -> HiveConfig:
+    path = path or config_file()
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise HiveConfigError(f"{path} does not exist: this machine has no hive installed. "
+                              "Install one from the queen's machine with `rbee hive install ALIAS`.") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise HiveConfigError(f"{path} cannot be read: {exc}") from exc
+    try:
+        return TypeAdapter(HiveConfig).validate_python(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise HiveConfigError(f"{path}: '{'.'.join(map(str, first['loc']))}': {first['msg']}") from exc
+
+
+def save(config: HiveConfig, path: Path | None = None) -> Path:
+    """Write hive.toml readable by its owner only (it holds the join token)."""
+    path = path or config_file()
+    paths.ensure(path.parent)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(config.to_toml())
+    tmp.replace(path)
+    return path

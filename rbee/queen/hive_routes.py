@@ -1,0 +1,133 @@
+"""Hives on other machines: enrolment (keeper), registration and heartbeats (hives), the list.
+
+A hive proves who it is with the join token the queen gave it at enrolment; a wrong or revoked
+token is refused with 401 and logged here with the caller's address (the hive logs it too).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from rbee.common import settings
+from rbee.common.version import current as current_version
+from rbee.contracts.hives import HiveAck, HiveEnroll, HiveEnrolled, HiveReport, HiveState, HiveStatus
+from rbee.queen.errors import InvalidRequest, NotFound, QueenError
+from rbee.queen.remote_hive import RemoteHive
+from rbee.queen.requests import read_json
+from rbee.queen.state import queen_state
+
+log = logging.getLogger(__name__)
+
+LOCAL_ALIAS = "localhost"
+
+
+class InvalidToken(QueenError):
+    status = 401
+    code = "invalid_token"
+
+
+async def enrol(request: Request) -> Response:
+    _, asked = await read_json(request, HiveEnroll)
+    if asked.alias == LOCAL_ALIAS:
+        raise InvalidRequest("'localhost' is the queen's own hive; give the remote machine another alias.",
+                             param="alias")
+    token = await queen_state(request).db.enrol(asked.alias)
+    log.info("enrolled hive '%s' (a new join token; any previous one is revoked)", asked.alias)
+    return JSONResponse(HiveEnrolled(alias=asked.alias, token=token).model_dump(), status_code=201)
+
+
+async def list_hives(request: Request) -> Response:
+    state = queen_state(request)
+    seen: dict[str, HiveStatus] = {}
+    for hive in state.hives.values():
+        if isinstance(hive, RemoteHive):
+            seen[hive.alias] = hive.status()
+        else:
+            info = await hive.info()
+            seen[hive.alias] = HiveStatus(alias=hive.alias, state=HiveState.READY, address=info.address,
+                                          version=info.version, devices=hive.devices(),
+                                          workers=len(hive.supervisor.workers()), last_seen_s=0.0)
+    for enrolment in await state.db.list():
+        seen.setdefault(enrolment.alias, HiveStatus(alias=enrolment.alias, state=HiveState.ENROLLED))
+    return JSONResponse([s.model_dump(mode="json") for s in seen.values()])
+
+
+async def forget(request: Request) -> Response:
+    """Revoke a hive's token and stop using it (what `rbee hive uninstall` ends with)."""
+    state = queen_state(request)
+    alias = request.path_params["alias"]
+    revoked = await state.db.revoke(alias)
+    hive = state.hives.get(alias)
+    if isinstance(hive, RemoteHive):
+        del state.hives[alias]
+        await hive.close()
+    elif not revoked:
+        raise NotFound(f"There is no hive '{alias}'.")
+    log.info("hive '%s' removed; its token is revoked", alias)
+    state.scheduler.notify()
+    return JSONResponse({"alias": alias, "revoked": True})
+
+
+async def _authenticated_report(request: Request) -> tuple[HiveReport, str]:
+    """The hive's report and its token, once the token is checked against the one enrolled for that alias."""
+    _, report = await read_json(request, HiveReport)
+    token = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    client = request.client.host if request.client else "?"
+    if not token or not await queen_state(request).db.check(report.alias, token):
+        log.warning("refused hive '%s' from %s: %s", report.alias, client,
+                    "no join token" if not token else "unknown or revoked join token")
+        raise InvalidToken(f"The join token of hive '{report.alias}' is unknown or revoked. Re-run "
+                           f"`rbee hive install {report.alias}` on the queen's machine.")
+    return report, token
+
+
+def _ack(report: HiveReport) -> HiveAck:
+    queen = current_version()
+    message = None
+    if report.version != queen:
+        message = (f"hive '{report.alias}' runs rbee {report.version} and the queen {queen}: "
+                   f"run `rbee hive upgrade {report.alias}`")
+    return HiveAck(queen_version=queen, heartbeat_s=settings.heartbeat_s(), message=message)
+
+
+async def register(request: Request) -> Response:
+    state = queen_state(request)
+    report, token = await _authenticated_report(request)
+    ack = _ack(report)
+    hive = state.hives.get(report.alias)
+    if isinstance(hive, RemoteHive):
+        hive.heard_from(report, token)
+    else:
+        hive = RemoteHive(report, token)
+        state.hives[report.alias] = hive
+    hive.problem = ack.message
+    if ack.message:
+        log.warning("%s", ack.message)
+    log.info("hive '%s' registered from %s (v%s, %d worker(s) adopted)", report.alias, report.address,
+             report.version, len(hive.supervisor.workers()))
+    state.scheduler.notify()
+    return JSONResponse(ack.model_dump())
+
+
+async def heartbeat(request: Request) -> Response:
+    state = queen_state(request)
+    report, token = await _authenticated_report(request)
+    hive = state.hives.get(report.alias)
+    if not isinstance(hive, RemoteHive):
+        raise NotFound(f"hive '{report.alias}' is not registered; register first")
+    hive.heard_from(report, token)
+    state.scheduler.notify()
+    return JSONResponse(_ack(report).model_dump())
+
+
+routes = [
+    Route("/v1/hives", enrol, methods=["POST"]),
+    Route("/v1/hives", list_hives, methods=["GET"]),
+    Route("/v1/hives/register", register, methods=["POST"]),
+    Route("/v1/hives/heartbeat", heartbeat, methods=["POST"]),
+    Route("/v1/hives/{alias}", forget, methods=["DELETE"]),
+]

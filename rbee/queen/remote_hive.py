@@ -1,0 +1,301 @@
+"""A hive on another machine, as the queen sees it: the same surface as the embedded `Hive`.
+
+The scheduler and the routes use `alias`, `supervisor.workers()/get()/stop()`, `resolve()`,
+`need()`, `spawn_worker()`, `memory_total()`, `info()` and `catalog.list()` on either kind.
+Here they are calls to the hive's API (`rbee/hive/app.py`), and worker records the hive's
+heartbeats keep current. Requests go straight to the remote workers with their own keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import httpx
+
+from rbee.common.jobs import Emit, JobFailed
+from rbee.contracts.hives import (
+    HiveReport,
+    HiveState,
+    HiveStatus,
+    HostedWorker,
+    ResolvedModel,
+    ResolveModel,
+    SpawnWorker,
+)
+from rbee.contracts.models import ModelDetail, ModelEntry
+from rbee.contracts.status import HiveInfo
+from rbee.contracts.workers import WorkerInfo, WorkerMode, WorkerState
+from rbee.hive.service import Hive, ModelUnavailable
+from rbee.hive.worker import START_TIMEOUT_S, WorkerStartError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RemoteSpec:
+    model: ModelEntry
+    mode: WorkerMode
+    slots: int
+    context_per_slot: int
+
+
+class RemoteWorker:
+    """A worker on a remote hive; its state comes from the hive, its load counters live here."""
+
+    def __init__(self, hive: str, hosted: HostedWorker | None = None, *, worker_id: str = "",
+                 spec: RemoteSpec | None = None, memory: int = 0) -> None:
+        self.hive = hive
+        self.in_flight = 0
+        self.last_used = time.monotonic()
+        self.expires_at: float | None = None
+        self.failed_at: float | None = None
+        self.error: str | None = None
+        self.id = worker_id
+        self.state = WorkerState.STARTING
+        self.url: str | None = None
+        self.api_key = ""
+        self.started_at = time.time()
+        self.memory = memory
+        if spec is not None:
+            self.spec = spec
+        if hosted is not None:
+            self.update(hosted)
+
+    def update(self, hosted: HostedWorker) -> None:
+        info = hosted.info
+        self.id = info.id
+        self.spec = RemoteSpec(hosted.entry, info.mode, info.slots, info.context_size)
+        self.url, self.api_key, self.started_at = info.url, hosted.api_key, info.started_at
+        self.memory = info.memory_bytes
+        if self.state is not WorkerState.DRAINING or info.state in (WorkerState.STOPPED, WorkerState.ERROR):
+            self._set(info.state, info.error)
+
+    def _set(self, state: WorkerState, error: str | None = None) -> None:
+        if state is WorkerState.ERROR and self.state is not WorkerState.ERROR:
+            self.failed_at = time.monotonic()
+        self.state = state
+        if error:
+            self.error = error
+
+    def fail(self, message: str) -> None:
+        self._set(WorkerState.ERROR, message)
+
+    def begin_drain(self) -> None:
+        if self.state in (WorkerState.READY, WorkerState.UNREACHABLE):
+            self.state = WorkerState.DRAINING
+
+    def info(self) -> WorkerInfo:
+        return WorkerInfo(
+            id=self.id, model=self.spec.model.name, hive=self.hive, mode=self.spec.mode, state=self.state,
+            url=self.url, slots=self.spec.slots, context_size=self.spec.context_per_slot,
+            started_at=self.started_at, in_flight=self.in_flight, error=self.error, memory_bytes=self.memory,
+            idle_unload_in_s=max(0.0, self.expires_at - time.monotonic()) if self.expires_at is not None else None,
+        )
+
+
+class RemoteSupervisor:
+    def __init__(self, hive: RemoteHive) -> None:
+        self._hive = hive
+        self._workers: dict[str, RemoteWorker] = {}
+
+    def workers(self) -> list[RemoteWorker]:
+        return list(self._workers.values())
+
+    def get(self, worker_id: str) -> RemoteWorker | None:
+        return self._workers.get(worker_id)
+
+    def add(self, worker: RemoteWorker) -> None:
+        self._workers[worker.id] = worker
+
+    def discard(self, worker_id: str) -> None:
+        self._workers.pop(worker_id, None)
+
+    async def stop(self, worker_id: str) -> RemoteWorker | None:
+        worker = self._workers.pop(worker_id, None)
+        if worker is None:
+            return None
+        worker.begin_drain()
+        try:
+            await self._hive.call("DELETE", f"/v1/hive/workers/{worker_id}")
+        except HiveCallFailed as exc:
+            log.warning("could not stop %s on %s: %s", worker_id, self._hive.alias, exc)
+        worker.state = WorkerState.STOPPED
+        return worker
+
+    def forget_dead(self, keep: int = 20) -> None:
+        dead = [w for w in self._workers.values() if w.state in (WorkerState.STOPPED, WorkerState.ERROR)]
+        for worker in dead[: max(0, len(dead) - keep)]:
+            self._workers.pop(worker.id, None)
+
+    def reconcile(self, reported: list[HostedWorker]) -> None:
+        """Take the hive's word for which workers exist: adopt new ones, update known ones, drop gone ones."""
+        seen = set()
+        for hosted in reported:
+            seen.add(hosted.info.id)
+            known = self._workers.get(hosted.info.id)
+            if known is None:
+                if hosted.info.state in (WorkerState.STOPPED, WorkerState.ERROR):
+                    continue
+                log.info("adopting worker %s (%s) on %s", hosted.info.id, hosted.entry.name, self._hive.alias)
+                self._workers[hosted.info.id] = RemoteWorker(self._hive.alias, hosted)
+            else:
+                known.update(hosted)
+        for worker_id, worker in list(self._workers.items()):
+            if worker_id not in seen and worker.state not in (WorkerState.STARTING, WorkerState.ERROR):
+                self._workers.pop(worker_id)  # the hive forgot it (stopped, or the hive restarted)
+
+    def mark_unreachable(self) -> None:
+        for worker in self._workers.values():
+            if worker.state is WorkerState.READY:
+                worker.state = WorkerState.UNREACHABLE
+
+
+class HiveCallFailed(RuntimeError):
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Catalog:
+    def __init__(self) -> None:
+        self.models: list[ModelEntry] = []
+
+    async def list(self) -> list[ModelEntry]:
+        return list(self.models)
+
+
+class RemoteHive:
+    def __init__(self, report: HiveReport, token: str) -> None:
+        self.alias = report.alias
+        self.token = token
+        self.supervisor = RemoteSupervisor(self)
+        self.catalog = _Catalog()
+        self.report = report
+        self.state = HiveState.READY
+        self.last_seen = time.monotonic()
+        self.problem: str | None = None
+        self._needs: dict[str, int] = {}
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0),
+                                         headers={"Authorization": f"Bearer {token}"})
+        self.heard_from(report, token)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.report.address}:{self.report.port}"
+
+    def heard_from(self, report: HiveReport, token: str) -> None:
+        """A registration or heartbeat arrived: the hive is (again) ready, and its workers are as it says."""
+        if token != self.token:
+            self.token = token
+            self._client.headers["Authorization"] = f"Bearer {token}"
+        if self.state is HiveState.UNREACHABLE:
+            log.info("hive %s is back", self.alias)
+        self.report, self.state, self.last_seen = report, HiveState.READY, time.monotonic()
+        self.catalog.models = report.models
+        self.supervisor.reconcile(report.workers)
+
+    def check_alive(self, timeout_s: float) -> None:
+        silent = time.monotonic() - self.last_seen
+        if self.state is HiveState.READY and silent > timeout_s:
+            log.warning("hive %s is unreachable: no heartbeat for %.0f s", self.alias, silent)
+            self.state = HiveState.UNREACHABLE
+            self.supervisor.mark_unreachable()
+
+    async def call(self, method: str, path: str, body: str | None = None, wait_s: float | None = None) -> bytes:
+        try:
+            resp = await self._client.request(
+                method, f"{self.base_url}{path}", content=body,
+                headers={"Content-Type": "application/json"} if body is not None else None,
+                timeout=wait_s if wait_s is not None else httpx.USE_CLIENT_DEFAULT,
+            )
+        except httpx.HTTPError as exc:
+            raise HiveCallFailed(f"hive '{self.alias}' at {self.base_url} did not answer "
+                                 f"({type(exc).__name__})") from exc
+        if resp.status_code >= 400:
+            try:
+                message = str(resp.json()["error"]["message"])
+            except (ValueError, KeyError, TypeError):
+                message = f"HTTP {resp.status_code}"
+            raise HiveCallFailed(message, resp.status_code)
+        return resp.content
+
+    # -- what the scheduler and routes use --------------------------------------------------------
+    async def resolve(self, model: str) -> ModelEntry:
+        return (await self._resolved(model)).entry
+
+    async def _resolved(self, model: str) -> ResolvedModel:
+        try:
+            raw = await self.call("POST", "/v1/hive/resolve", ResolveModel(model=model).model_dump_json())
+        except HiveCallFailed as exc:
+            raise ModelUnavailable(str(exc)) from exc
+        resolved = ResolvedModel.model_validate_json(raw)
+        self._needs[resolved.entry.name] = resolved.need
+        return resolved
+
+    async def need(self, model: ModelEntry) -> int:
+        """What the hive estimated when it last resolved the model (it knows its own settings)."""
+        if model.name not in self._needs:
+            await self._resolved(model.name)
+        return self._needs[model.name]
+
+    def memory_total(self) -> int:
+        return self.report.memory_total
+
+    async def spawn_worker(self, model: ModelEntry, mode: WorkerMode, memory: int = 0) -> RemoteWorker:
+        placeholder = RemoteWorker(self.alias, worker_id=f"{self.alias}-starting-{time.monotonic_ns()}",
+                                   spec=RemoteSpec(model, mode, 0, 0), memory=memory)
+        self.supervisor.add(placeholder)  # counts its memory while it starts
+        body = SpawnWorker(model=model.name, mode=mode, memory=memory).model_dump_json()
+        try:
+            raw = await self.call("POST", "/v1/hive/workers", body, wait_s=START_TIMEOUT_S + 30)
+        except HiveCallFailed as exc:
+            placeholder.fail(str(exc))
+            raise WorkerStartError(str(exc)) from exc
+        self.supervisor.discard(placeholder.id)
+        hosted = HostedWorker.model_validate_json(raw)
+        worker = self.supervisor.get(hosted.info.id)  # a heartbeat may have brought it first
+        if worker is None:
+            worker = RemoteWorker(self.alias, hosted)
+            self.supervisor.add(worker)
+        else:
+            worker.update(hosted)
+        return worker
+
+    async def info(self) -> HiveInfo:
+        state = "ready" if self.state is HiveState.READY else str(self.state)
+        return HiveInfo(alias=self.alias, state=state, address=self.report.address,
+                        version=self.report.version, engine=self.report.engine)
+
+    def status(self) -> HiveStatus:
+        return HiveStatus(
+            alias=self.alias, state=self.state, address=self.report.address, port=self.report.port,
+            version=self.report.version, devices=self.report.devices,
+            workers=sum(1 for w in self.supervisor.workers() if w.state is WorkerState.READY),
+            last_seen_s=round(time.monotonic() - self.last_seen, 1), problem=self.problem,
+        )
+
+    async def detail(self, name: str, context_per_slot: int | None = None, slots: int | None = None) -> ModelDetail:
+        raise ModelUnavailable(f"model details are read on the local hive only; on '{self.alias}' run "
+                               f"`rbee model info {name}` on that machine")
+
+    async def remove(self, name: str) -> ModelEntry:
+        raise ModelUnavailable(f"models on the remote hive '{self.alias}' are removed on that machine "
+                               f"(`rbee model rm {name}` there)")
+
+    async def pull(self, model: str, emit: Emit) -> ModelEntry:
+        raise JobFailed(f"pulling onto the remote hive '{self.alias}' is not supported yet: run "
+                        f"`rbee model pull {model}` on that machine, or give a path that hive can read")
+
+    async def install_engine(self, emit: Emit, force: bool = False) -> dict[str, str]:
+        raise JobFailed(f"the engine of remote hive '{self.alias}' is installed by `rbee hive install {self.alias}`")
+
+    async def start(self) -> None:
+        """Nothing to start: the hive runs on its own machine."""
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+AnyHive = Hive | RemoteHive
