@@ -46,12 +46,39 @@ def engines_dir() -> Path:
     return Path(override) if override else data_dir() / "engines"
 
 
+def hives_conf_file() -> Path:
+    """The keeper's list of remote hives (ssh_config syntax); `RBEE_HIVES_CONF` overrides it."""
+    override = os.environ.get("RBEE_HIVES_CONF")
+    return Path(override).expanduser() if override else config_dir() / "hives.conf"
+
+
+def ssh_control_dir() -> Path:
+    """Where the keeper's SSH ControlMaster sockets live; `RBEE_SSH_CONTROL_DIR` overrides it.
+
+    Deliberately short and outside RBEE_HOME: a Unix socket path must fit in ~100 bytes.
+    """
+    override = os.environ.get("RBEE_SSH_CONTROL_DIR")
+    return Path(override) if override else Path(f"/tmp/rbee-ssh-{os.getuid()}")
+
+
 def queen_pid_file() -> Path:
     return state_dir() / "queen.pid"
 
 
 def queen_log_file() -> Path:
     return state_dir() / "queen.log"
+
+
+def queen_db_file() -> Path:
+    return state_dir() / "queen.sqlite"
+
+
+def hive_pid_file() -> Path:
+    return state_dir() / "hive.pid"
+
+
+def hive_log_file() -> Path:
+    return state_dir() / "hive.log"
 
 
 def ensure(path: Path) -> Path:

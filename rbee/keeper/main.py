@@ -9,7 +9,16 @@ from rich.markup import escape
 
 from rbee import __version__
 from rbee.common.settings import SettingsError
-from rbee.keeper import engine_cmd, infer_cmd, model_cmd, queen_cmd, status_cmd, worker_cmd
+from rbee.keeper import (
+    engine_cmd,
+    hive_agent_cmd,
+    hive_cmd,
+    infer_cmd,
+    model_cmd,
+    queen_cmd,
+    status_cmd,
+    worker_cmd,
+)
 from rbee.keeper.output import CLIError, Output
 
 app = typer.Typer(
@@ -26,6 +35,8 @@ app.add_typer(queen_cmd.app, name="queen")
 app.add_typer(model_cmd.app, name="model")
 app.add_typer(engine_cmd.app, name="engine")
 app.add_typer(worker_cmd.app, name="worker")
+app.add_typer(hive_cmd.app, name="hive")
+app.add_typer(hive_agent_cmd.app, name="hive-agent", hidden=True)
 
 
 def _version(value: bool) -> None:

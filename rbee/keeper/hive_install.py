@@ -1,0 +1,274 @@
+"""`rbee hive install ALIAS`: SSH in, hive up.
+
+    1. look at the machine: OS, architecture, a Python >= 3.11 with venv, its folders, the addresses
+       the SSH connection uses (the queen's address as the machine sees it, and its own)
+    2. rbee there: an isolated venv, installed from wheels shipped from here (no internet needed)
+    3. the engine: this machine's build copied when OS and architecture match, else built there
+    4. a join token from the queen, and the hive's config (private to its user)
+    5. the queen listening for hives (restarted once, the first time a hive is enrolled)
+    6. the hive started as a service, then registered with the queen
+
+Every step checks what is already there, so running it again repairs a half-done install.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from rbee import __version__
+from rbee.common import settings
+from rbee.hive import engine
+from rbee.hive.config import HiveConfig
+from rbee.keeper import wheelhouse
+from rbee.keeper.client import QueenClient
+from rbee.keeper.daemon import ensure_queen, stop_queen
+from rbee.keeper.hives_conf import HostConfig
+from rbee.keeper.output import CLIError, Output
+from rbee.keeper.ssh import SSH, RemoteCommandFailed
+
+MIN_PYTHON = (3, 11)
+REGISTER_TIMEOUT_S = 60.0
+
+_PROBE = r"""
+echo "os=$(uname -s)"; echo "arch=$(uname -m)"; echo "home=$HOME"
+echo "config=${XDG_CONFIG_HOME:-$HOME/.config}/rbee"; echo "data=${XDG_DATA_HOME:-$HOME/.local/share}/rbee"
+echo "cache=${XDG_CACHE_HOME:-$HOME/.cache}/rbee"; echo "conn=${SSH_CONNECTION:-}"
+for p in python3.13 python3.12 python3.11 python3; do
+  exe=$(command -v "$p" 2>/dev/null) || continue
+  v=$("$exe" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || continue
+  venv=no; "$exe" -c 'import venv, ensurepip' >/dev/null 2>&1 && venv=yes
+  echo "python=$exe $v $venv"
+done
+"""
+
+
+@dataclass(frozen=True)
+class Remote:
+    """What step 1 found on the machine."""
+
+    system: str
+    machine: str
+    home: str
+    config_dir: str
+    data_dir: str
+    cache_dir: str
+    queen_side_ip: str  # the keeper's address as the remote sees it
+    own_ip: str  # the remote's address on the SSH connection
+    python: str
+    python_version: str
+
+    @property
+    def venv(self) -> str:
+        return f"{self.data_dir}/venv"
+
+    @property
+    def rbee(self) -> str:
+        return f"{self.venv}/bin/rbee"
+
+
+def parse_probe(host: HostConfig, text: str) -> Remote:
+    """Read the probe's output; refuse a machine without a usable Python with what to install."""
+    values: dict[str, str] = {}
+    pythons: list[tuple[str, tuple[int, int], bool]] = []
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        if key == "python":
+            exe, version, venv = value.split()
+            major, minor = (int(x) for x in version.split("."))
+            pythons.append((exe, (major, minor), venv == "yes"))
+        elif key:
+            values[key] = value.strip()
+    recent = [p for p in pythons if p[1] >= MIN_PYTHON]
+    usable = [p for p in recent if p[2]]
+    if not usable:
+        found = ", ".join(f"{exe} ({v[0]}.{v[1]})" for exe, v, _ in pythons) or "no python3 at all"
+        if recent:
+            fix = ("its venv module is missing: install it (Debian/Ubuntu: `sudo apt install python3-venv`; "
+                   "Fedora: `sudo dnf install python3`)")
+        else:
+            fix = ("install Python 3.11 or newer (Debian/Ubuntu: `sudo apt install python3 python3-venv`; "
+                   "macOS: `brew install python`)")
+        raise CLIError(f"{host.alias} has no usable Python (found: {found}): {fix}, then run "
+                       f"`rbee hive install {host.alias}` again.")
+    exe, version, _ = usable[0]
+    conn = values.get("conn", "").split()
+    if len(conn) != 4:
+        raise CLIError(f"{host.alias}: the SSH server did not say which addresses the connection uses "
+                       "(SSH_CONNECTION is empty); give the queen's address with --queen-url.")
+    return Remote(values.get("os", "?"), values.get("arch", "?"), values["home"], values["config"],
+                  values["data"], values["cache"], conn[0], conn[2], exe, f"{version[0]}.{version[1]}")
+
+
+def _url_host(ip: str) -> str:
+    return f"[{ip}]" if ":" in ip else ip
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Installer:
+    def __init__(self, host: HostConfig, client: QueenClient, out: Output, queen_url: str | None = None) -> None:
+        self.host = host
+        self.client = client
+        self.out = out
+        self.queen_url = queen_url
+        self.ssh = SSH(host)
+        self._step = 0
+
+    def _say(self, message: str) -> None:
+        self._step += 1
+        self.out.info(f"[{self._step}/6] {message}")
+
+    async def _run(self, command: str, seconds: float | None = None) -> str:
+        try:
+            return (await self.ssh.run(command, timeout=seconds)).stdout
+        except RemoteCommandFailed as exc:
+            detail = (exc.stderr or exc.stdout).strip()[-1500:]
+            raise CLIError(f"{self.host.alias}: `{command[:80]}` failed:\n{detail}") from exc
+
+    async def probe(self) -> Remote:
+        return parse_probe(self.host, await self._run(_PROBE))
+
+    async def install(self, force: bool = False) -> None:
+        alias = self.host.alias
+        self._say(f"connecting to {alias} ({self.host.destination()})")
+        remote = await self.probe()
+        self.out.success(f"{alias}: {remote.system} {remote.machine}, Python {remote.python_version} "
+                         f"({remote.python}), address {remote.own_ip}")
+        self._say(f"installing rbee {__version__} in {remote.venv}")
+        await self.install_rbee(remote, force)
+        self._say("putting the engine (llama-server) there")
+        await self.install_engine(remote)
+        self._say("enrolling the hive with the queen")
+        await self.write_config(remote)
+        self._say("starting the hive")
+        await self.start(remote)
+        self._say("waiting for the hive to register with the queen")
+        await self.wait_registered(remote)
+
+    async def install_rbee(self, remote: Remote, force: bool) -> None:
+        target = wheelhouse.Target(remote.python_version, remote.system, remote.machine)
+        try:
+            folder = await asyncio.to_thread(wheelhouse.gather, target)
+        except wheelhouse.WheelhouseError as exc:
+            raise CLIError(str(exc)) from exc
+        ours = folder / f"rbee-{__version__}-py3-none-any.whl"
+        stamp = f"{remote.venv}/.rbee-wheel-sha256"
+        digest = await asyncio.to_thread(_sha256, ours)
+        there = (await self.ssh.run(f"cat {shlex.quote(stamp)} 2>/dev/null", check=False)).stdout.strip()
+        if there == digest and not force:
+            self.out.success(f"rbee {__version__} is already installed on {self.host.alias}")
+            return
+        wheels_dir = f"{remote.cache_dir}/wheels"
+        listing = await self._run(f"mkdir -p {shlex.quote(wheels_dir)} && ls -1 {shlex.quote(wheels_dir)}")
+        present = set(listing.split())
+        to_ship = [w for w in sorted(folder.glob("*.whl")) if w.name not in present or w == ours]
+        with self.out.err.status(f"copying {len(to_ship)} wheel(s) to {self.host.alias}…"):
+            for wheel in to_ship:
+                await self.ssh.put(wheel, f"{wheels_dir}/{wheel.name}")
+        venv, py = shlex.quote(remote.venv), shlex.quote(remote.python)
+        pip = f"{venv}/bin/python -m pip install --quiet --disable-pip-version-check --no-index " \
+              f"--find-links {shlex.quote(wheels_dir)}"
+        with self.out.err.status(f"installing rbee and its dependencies on {self.host.alias}…"):
+            await self._run(f"test -x {venv}/bin/python || {py} -m venv {venv}")
+            await self._run(f"{pip} 'rbee=={__version__}' && {pip} --force-reinstall --no-deps "
+                            f"{shlex.quote(f'{wheels_dir}/{ours.name}')}", seconds=900)
+            await self.ssh.put_text(digest + "\n", stamp, mode="0644")
+        self.out.success(f"rbee {__version__} installed on {self.host.alias}")
+
+    async def install_engine(self, remote: Remote) -> None:
+        here = wheelhouse.Target.here()
+        same_platform = (remote.system, remote.machine) == (here.system, here.machine)
+        backend = self.host.backend or engine.default_backend()
+        local = engine.built_binary(backend)
+        remote_binary = f"{remote.data_dir}/engines/{engine.build_id(backend)}/bin/{engine.BINARY}"
+        if same_platform and local.is_file():
+            digest = await asyncio.to_thread(_sha256, local)
+            there = (await self.ssh.run(f"sha256sum {shlex.quote(remote_binary)} 2>/dev/null", check=False)).stdout
+            if there.split()[:1] == [digest]:
+                self.out.success(f"the engine is already on {self.host.alias}")
+                return
+            with self.out.err.status(f"copying llama-server ({local.stat().st_size / 1e6:.0f} MB) to "
+                                     f"{self.host.alias}…"):
+                await self.ssh.put(local, remote_binary, mode="0755")
+            self.out.success(f"engine copied to {self.host.alias}: {remote_binary}")
+            return
+        why = "no local build to copy" if same_platform else f"{remote.system} {remote.machine} differs from here"
+        self.out.info(f"building the engine on {self.host.alias} ({why}); this takes minutes…")
+        command = f"{shlex.quote(remote.rbee)} engine install --backend {shlex.quote(backend)}"
+        rc = await self.ssh.stream(command, lambda line: self.out.err.print(f"  [dim]{line}[/dim]", markup=True,
+                                                                            highlight=False))
+        if rc != 0:
+            raise CLIError(f"building the engine on {self.host.alias} failed (exit {rc}); the lines above say why. "
+                           "Install a C/C++ toolchain and CMake there, or put llama-server on its PATH.")
+
+    def queen_url_for(self, remote: Remote) -> str:
+        if self.queen_url:
+            return self.queen_url
+        port = urlsplit(self.client.base_url).port or settings.DEFAULT_QUEEN_PORT
+        return f"http://{_url_host(remote.queen_side_ip)}:{port}"
+
+    async def write_config(self, remote: Remote) -> None:
+        enrolled = await asyncio.to_thread(self.client.post, "/v1/hives", {"alias": self.host.alias})
+        config = HiveConfig(alias=self.host.alias, queen_url=self.queen_url_for(remote), token=enrolled["token"],
+                            address=remote.own_ip, port=self.host.hive_port, models_dir=self.host.models_dir)
+        await self.ssh.put_text(config.to_toml(), f"{remote.config_dir}/hive.toml", mode="0600")
+        self.out.success(f"{self.host.alias} enrolled; it reports to {config.queen_url}")
+        health = await asyncio.to_thread(self.client.health)
+        if health is not None and health.listen_host in (None, "127.0.0.1", "localhost", "::1"):
+            self.out.info("restarting the queen so that hives can reach it: it now listens on "
+                          f"{settings.queen_network_host()}, where it answers only hives with a join token")
+            await asyncio.to_thread(stop_queen, self.client, self.out, True)
+            await asyncio.to_thread(ensure_queen, self.client, self.out)
+
+    async def start(self, remote: Remote) -> None:
+        out = await self._run(f"{shlex.quote(remote.rbee)} hive-agent restart 2>&1")
+        self.out.success(out.strip().splitlines()[-1].lstrip("✓ ") if out.strip() else "hive started")
+
+    async def wait_registered(self, remote: Remote) -> None:
+        deadline = time.monotonic() + REGISTER_TIMEOUT_S
+        with self.out.err.status(f"waiting for {self.host.alias} to register…"):
+            while time.monotonic() < deadline:
+                hives = await asyncio.to_thread(self.client.get, "/v1/hives")
+                mine = next((h for h in hives if h["alias"] == self.host.alias), None)
+                if mine is not None and mine["state"] == "ready":
+                    self.out.success(f"hive {self.host.alias} is ready at {mine['address']}:{mine['port']} "
+                                     f"(rbee {mine['version']})")
+                    if mine.get("problem"):
+                        self.out.warn(mine["problem"])
+                    return
+                await asyncio.sleep(0.5)
+        logs = (await self.ssh.run(f"{shlex.quote(remote.rbee)} hive-agent logs -n 15", check=False)).stdout
+        raise CLIError(f"{self.host.alias} did not register with the queen within {REGISTER_TIMEOUT_S:.0f} s. "
+                       f"Can it reach {self.queen_url_for(remote)}? The end of its log:\n{logs.strip()}")
+
+    async def agent(self, command: str) -> str:
+        """Run `rbee hive-agent COMMAND` on the machine (start, stop, restart, logs, uninstall)."""
+        remote = await self.probe()
+        return await self._run(f"test -x {shlex.quote(remote.rbee)} || {{ echo 'rbee is not installed on this "
+                               f"machine' >&2; exit 3; }}; {shlex.quote(remote.rbee)} hive-agent {command} 2>&1")
+
+    async def follow_logs(self, lines: int) -> int:
+        remote = await self.probe()
+        return await self.ssh.stream(f"{shlex.quote(remote.rbee)} hive-agent logs -f -n {lines}",
+                                     lambda line: print(line, flush=True))
+
+    async def uninstall(self) -> None:
+        remote = await self.probe()
+        await self.ssh.run(f"{shlex.quote(remote.rbee)} hive-agent uninstall", check=False)
+        await self._run(f"rm -rf {shlex.quote(remote.venv)} {shlex.quote(remote.cache_dir + '/wheels')}")
+
+    async def close(self) -> None:
+        await self.ssh.close()
+
