@@ -43,11 +43,22 @@ def manager() -> str:
     """'systemd', 'launchd' or 'process'."""
     if sys.platform == "darwin" and shutil.which("launchctl"):
         return "launchd"
-    if shutil.which("systemctl"):
+    if shutil.which("systemctl") and shutil.which("loginctl"):
         probe = subprocess.run(["systemctl", "--user", "show-environment"], capture_output=True, check=False)
-        if probe.returncode == 0:
+        if probe.returncode == 0 and _lingering():
             return "systemd"
     return "process"
+
+
+def _lingering() -> bool:
+    """Whether this user's systemd manager outlives their sessions (else the hive would stop when the
+    installer's SSH session ends): enable it when allowed, else use a detached process."""
+    user = os.environ.get("USER") or ""
+    shown = subprocess.run(["loginctl", "show-user", user, "-p", "Linger"], capture_output=True, text=True,
+                           check=False)
+    if shown.stdout.strip() == "Linger=yes":
+        return True
+    return subprocess.run(["loginctl", "enable-linger", user], capture_output=True, check=False).returncode == 0
 
 
 def _unit_file() -> Path:

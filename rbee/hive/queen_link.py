@@ -35,7 +35,8 @@ class QueenLink:
         report = await self._hive.report(self._config.port)
         resp = await client.post(f"{self._config.queen_url}{path}", content=report.model_dump_json(),
                                  headers={"Authorization": f"Bearer {self._config.token}",
-                                          "Content-Type": "application/json"})
+                                          "Content-Type": "application/json",
+                                          "X-Rbee-Hive-Alias": self._config.alias})  # names it in refusals
         if resp.status_code in (401, 403):
             raise _Refused(_message(resp))
         if resp.status_code == 404 and path.endswith("heartbeat"):

@@ -100,7 +100,10 @@ def upgrade(
     """Install this rbee's version on a hive (or all of them) and restart it."""
     if (alias is None) == (not all_):
         raise CLIError("name one hive, or give --all")
-    aliases = [a for a in hives_conf.load() if a != LOCALHOST] if all_ else [alias or ""]
+    try:
+        aliases = [a for a in hives_conf.load() if a != LOCALHOST] if all_ else [alias or ""]
+    except hives_conf.HivesConfError as exc:
+        raise CLIError(str(exc)) from exc
     for name in aliases:
         _with_installer(name, lambda i: i.install(force=True))
 

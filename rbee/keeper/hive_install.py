@@ -79,8 +79,11 @@ def parse_probe(host: HostConfig, text: str) -> Remote:
     for line in text.splitlines():
         key, _, value = line.partition("=")
         if key == "python":
-            exe, version, venv = value.split()
-            major, minor = (int(x) for x in version.split("."))
+            try:
+                exe, version, venv = value.rsplit(None, 2)
+                major, minor = (int(x) for x in version.split("."))
+            except ValueError:
+                continue  # an answer we cannot read is a Python we do not use
             pythons.append((exe, (major, minor), venv == "yes"))
         elif key:
             values[key] = value.strip()
@@ -101,12 +104,11 @@ def parse_probe(host: HostConfig, text: str) -> Remote:
     if len(conn) != 4:
         raise CLIError(f"{host.alias}: the SSH server did not say which addresses the connection uses "
                        "(SSH_CONNECTION is empty); give the queen's address with --queen-url.")
+    if ":" in conn[0]:
+        raise CLIError(f"{host.alias} is reached over IPv6 ({conn[2]}); rbee's hives use IPv4 for now. Give its "
+                       "IPv4 address as HostName in hives.conf.")
     return Remote(values.get("os", "?"), values.get("arch", "?"), values["home"], values["config"],
                   values["data"], values["cache"], conn[0], conn[2], exe, f"{version[0]}.{version[1]}")
-
-
-def _url_host(ip: str) -> str:
-    return f"[{ip}]" if ":" in ip else ip
 
 
 def _sha256(path: Path) -> str:
@@ -190,34 +192,39 @@ class Installer:
     async def install_engine(self, remote: Remote) -> None:
         here = wheelhouse.Target.here()
         same_platform = (remote.system, remote.machine) == (here.system, here.machine)
-        backend = self.host.backend or engine.default_backend()
-        local = engine.built_binary(backend)
-        remote_binary = f"{remote.data_dir}/engines/{engine.build_id(backend)}/bin/{engine.BINARY}"
+        local = engine.built_binary()
+        remote_binary = f"{remote.data_dir}/engines/{engine.build_id(engine.default_backend())}/bin/{engine.BINARY}"
         if same_platform and local.is_file():
             digest = await asyncio.to_thread(_sha256, local)
             there = (await self.ssh.run(f"sha256sum {shlex.quote(remote_binary)} 2>/dev/null", check=False)).stdout
-            if there.split()[:1] == [digest]:
-                self.out.success(f"the engine is already on {self.host.alias}")
+            copy = there.split()[:1] != [digest]
+            if copy:
+                with self.out.err.status(f"copying llama-server ({local.stat().st_size / 1e6:.0f} MB) to "
+                                         f"{self.host.alias}…"):
+                    await self.ssh.put(local, remote_binary, mode="0755")
+            runs = await self.ssh.run(f"{shlex.quote(remote_binary)} --version", check=False)
+            if runs.rc == 0:
+                self.out.success(f"engine copied to {self.host.alias}: {remote_binary}" if copy
+                                 else f"the engine is already on {self.host.alias}")
                 return
-            with self.out.err.status(f"copying llama-server ({local.stat().st_size / 1e6:.0f} MB) to "
-                                     f"{self.host.alias}…"):
-                await self.ssh.put(local, remote_binary, mode="0755")
-            self.out.success(f"engine copied to {self.host.alias}: {remote_binary}")
-            return
-        why = "no local build to copy" if same_platform else f"{remote.system} {remote.machine} differs from here"
+            await self.ssh.run(f"rm -f {shlex.quote(remote_binary)}", check=False)
+            why = f"the copied build does not run there ({(runs.stderr or runs.stdout).strip()[-200:]})"
+        else:
+            why = "no local build to copy" if same_platform else f"{remote.system} {remote.machine} differs from here"
         self.out.info(f"building the engine on {self.host.alias} ({why}); this takes minutes…")
-        command = f"{shlex.quote(remote.rbee)} engine install --backend {shlex.quote(backend)}"
+        command = f"{shlex.quote(remote.rbee)} engine install --local --verbose"
         rc = await self.ssh.stream(command, lambda line: self.out.err.print(f"  [dim]{line}[/dim]", markup=True,
                                                                             highlight=False))
         if rc != 0:
             raise CLIError(f"building the engine on {self.host.alias} failed (exit {rc}); the lines above say why. "
-                           "Install a C/C++ toolchain and CMake there, or put llama-server on its PATH.")
+                           "It needs a C/C++ toolchain, CMake and the package index there; or put llama-server "
+                           "on its PATH.")
 
     def queen_url_for(self, remote: Remote) -> str:
         if self.queen_url:
             return self.queen_url
         port = urlsplit(self.client.base_url).port or settings.DEFAULT_QUEEN_PORT
-        return f"http://{_url_host(remote.queen_side_ip)}:{port}"
+        return f"http://{remote.queen_side_ip}:{port}"
 
     async def write_config(self, remote: Remote) -> None:
         enrolled = await asyncio.to_thread(self.client.post, "/v1/hives", {"alias": self.host.alias})

@@ -34,10 +34,13 @@ def start(
                        "and this version has none yet. Listen on 127.0.0.1 (the default) and reach it through "
                        "an SSH tunnel meanwhile.")
     if foreground:
+        from rbee.queen.db import QueenDBError
         from rbee.queen.server import PortInUseError, serve
 
         try:
             serve(host, port)
+        except QueenDBError as exc:
+            raise CLIError(str(exc)) from exc
         except PortInUseError as exc:
             raise CLIError(f"{exc.strerror}: another program is listening there. Stop it, or start the "
                            f"queen on another port with --port (and RBEE_QUEEN_PORT for the CLI).") from exc

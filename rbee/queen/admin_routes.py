@@ -27,9 +27,9 @@ async def status(request: Request) -> Response:
     state = queen_state(request)
     report = StatusReport(
         queen=state.health(),
-        hives=[await hive.info() for hive in state.hives.values()],
-        workers=[w.info() for hive in state.hives.values() for w in hive.supervisor.workers()],
-        models=[m for hive in state.hives.values() for m in await hive.catalog.list()],
+        hives=[await hive.info() for hive in list(state.hives.values())],
+        workers=[w.info() for hive in list(state.hives.values()) for w in hive.supervisor.workers()],
+        models=[m for hive in list(state.hives.values()) for m in await hive.catalog.list()],
     )
     return JSONResponse(report.model_dump(mode="json"))
 
@@ -50,7 +50,10 @@ async def stop_worker(request: Request) -> Response:
 
 
 def _job_body(state: QueenState, spec: JobCreate) -> JobBody:
-    hive = state.scheduler.hives_for(spec.hive)[0]
+    hives = state.scheduler.hives_for(spec.hive)
+    if not hives:
+        raise NotFound("No hive is ready to run this job; `rbee hive list` shows them.")
+    hive = hives[0]
     if spec.kind is JobKind.ENGINE_INSTALL:
         return lambda emit: hive.install_engine(emit, force=spec.force)
     if not spec.model:

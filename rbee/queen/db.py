@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import secrets
 import sqlite3
 import time
@@ -64,13 +63,14 @@ class QueenDB:
         """A new join token for `alias`; any previous token of that hive stops working."""
         return await asyncio.to_thread(self._enrol, alias)
 
-    def _check(self, alias: str, token: str) -> bool:
+    def _alias_for(self, token: str) -> str | None:
         with self._connect() as db:
-            row = db.execute("SELECT token_sha256 FROM hives WHERE alias = ?", (alias,)).fetchone()
-        return row is not None and hmac.compare_digest(row[0], _digest(token))
+            row = db.execute("SELECT alias FROM hives WHERE token_sha256 = ?", (_digest(token),)).fetchone()
+        return None if row is None else str(row[0])
 
-    async def check(self, alias: str, token: str) -> bool:
-        return await asyncio.to_thread(self._check, alias, token)
+    async def alias_for(self, token: str) -> str | None:
+        """The hive a join token belongs to; None for a wrong or revoked one."""
+        return await asyncio.to_thread(self._alias_for, token)
 
     def _revoke(self, alias: str) -> bool:
         with self._connect() as db:

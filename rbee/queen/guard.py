@@ -21,6 +21,7 @@ from rbee.queen.errors import error_response
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 HIVE_ONLY_PATHS = frozenset({"/v1/hives/register", "/v1/hives/heartbeat"})
+MAX_HIVE_REPORT_BYTES = 4 * 2**20  # a report lists models and workers: kilobytes, even for a big hive
 
 
 def _host_name(value: str) -> str:
@@ -34,20 +35,25 @@ def _is_loopback(address: str) -> bool:
         return False
 
 
-def _problem(scope: Scope) -> str | None:
-    if scope["path"] in HIVE_ONLY_PATHS:
-        return None  # the route checks the join token
+def _problem(scope: Scope) -> tuple[int, str] | None:
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]
+               if k in (b"host", b"origin", b"content-length")}
     client = scope.get("client")
-    if client is not None and not _is_loopback(client[0]):
-        return (f"{client[0]} is not this machine: over the network this queen answers its hives only. "
-                "Use the API from the queen's machine (or through an SSH tunnel).")
-    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in (b"host", b"origin")}
+    remote = client is not None and not _is_loopback(client[0])
+    if scope["path"] in HIVE_ONLY_PATHS:  # the route checks the join token, after reading the body: bound it first
+        length = headers.get("content-length", "")
+        if remote and not (length.isdigit() and int(length) <= MAX_HIVE_REPORT_BYTES):
+            return 413, f"a hive report must state its length and be at most {MAX_HIVE_REPORT_BYTES} bytes"
+        return None
+    if remote:
+        return 403, (f"{client[0]} is not this machine: over the network this queen answers its hives only. "
+                     "Use the API from the queen's machine (or through an SSH tunnel).")
     host = headers.get("host")
     origin = headers.get("origin")
     if host is not None and _host_name(host) not in LOOPBACK_NAMES:
-        return f"Host {host!r} is not this machine; the queen answers to localhost only"
+        return 403, f"Host {host!r} is not this machine; the queen answers to localhost only"
     if origin not in (None, "null") and (urlsplit(origin).hostname or "") not in LOOPBACK_NAMES:
-        return f"cross-origin requests from {origin} are refused"
+        return 403, f"cross-origin requests from {origin} are refused"
     return None
 
 
@@ -59,6 +65,8 @@ class LocalOnlyGuard:
         if scope["type"] == "http":
             problem = _problem(scope)
             if problem:
-                await error_response(403, problem, code="forbidden_origin")(scope, receive, send)
+                status, message = problem
+                code = "forbidden_origin" if status == 403 else "request_too_large"
+                await error_response(status, message, code=code)(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -43,7 +43,7 @@ async def enrol(request: Request) -> Response:
 async def list_hives(request: Request) -> Response:
     state = queen_state(request)
     seen: dict[str, HiveStatus] = {}
-    for hive in state.hives.values():
+    for hive in list(state.hives.values()):
         if isinstance(hive, RemoteHive):
             seen[hive.alias] = hive.status()
         else:
@@ -73,15 +73,21 @@ async def forget(request: Request) -> Response:
 
 
 async def _authenticated_report(request: Request) -> tuple[HiveReport, str]:
-    """The hive's report and its token, once the token is checked against the one enrolled for that alias."""
-    _, report = await read_json(request, HiveReport)
+    """The hive's report and its token; the token is checked before the body is read."""
     token = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
     client = request.client.host if request.client else "?"
-    if not token or not await queen_state(request).db.check(report.alias, token):
-        log.warning("refused hive '%s' from %s: %s", report.alias, client,
+    alias = await queen_state(request).db.alias_for(token) if token else None
+    if alias is None:
+        claimed = request.headers.get("x-rbee-hive-alias", "?")
+        log.warning("refused hive '%s' from %s: %s", claimed, client,
                     "no join token" if not token else "unknown or revoked join token")
-        raise InvalidToken(f"The join token of hive '{report.alias}' is unknown or revoked. Re-run "
-                           f"`rbee hive install {report.alias}` on the queen's machine.")
+        raise InvalidToken(f"The join token of hive '{claimed}' is unknown or revoked. Re-run "
+                           f"`rbee hive install {claimed}` on the queen's machine.")
+    _, report = await read_json(request, HiveReport)
+    if report.alias != alias:
+        log.warning("refused a report from %s: it says it is '%s' but its token is '%s''s", client, report.alias,
+                    alias)
+        raise InvalidToken(f"This join token belongs to hive '{alias}', not '{report.alias}'.")
     return report, token
 
 

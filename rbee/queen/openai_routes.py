@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 async def _models(state: QueenState) -> list[ModelObject]:
     found: dict[str, ModelObject] = {}
-    for hive in state.hives.values():
+    for hive in list(state.hives.values()):
         loaded = {w.spec.model.name for w in hive.supervisor.workers() if w.state is WorkerState.READY}
         for entry in await hive.catalog.list():
             if entry.missing:

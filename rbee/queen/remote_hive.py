@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from rbee.common import settings
 from rbee.common.jobs import Emit, JobFailed
 from rbee.contracts.hives import (
     HiveReport,
@@ -29,6 +30,7 @@ from rbee.contracts.status import HiveInfo
 from rbee.contracts.workers import WorkerInfo, WorkerMode, WorkerState
 from rbee.hive.service import Hive, ModelUnavailable
 from rbee.hive.worker import START_TIMEOUT_S, WorkerStartError
+from rbee.queen import keep_alive
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +43,16 @@ class RemoteSpec:
     context_per_slot: int
 
 
+_EARLIER = (WorkerState.PENDING, WorkerState.DOWNLOADING, WorkerState.STARTING)
+
+
 class RemoteWorker:
     """A worker on a remote hive; its state comes from the hive, its load counters live here."""
 
     def __init__(self, hive: str, hosted: HostedWorker | None = None, *, worker_id: str = "",
-                 spec: RemoteSpec | None = None, memory: int = 0) -> None:
+                 spec: RemoteSpec | None = None, memory: int = 0, placeholder: bool = False) -> None:
         self.hive = hive
+        self.placeholder = placeholder  # stands for a worker the hive is starting, until it answers
         self.in_flight = 0
         self.last_used = time.monotonic()
         self.expires_at: float | None = None
@@ -69,7 +75,11 @@ class RemoteWorker:
         self.spec = RemoteSpec(hosted.entry, info.mode, info.slots, info.context_size)
         self.url, self.api_key, self.started_at = info.url, hosted.api_key, info.started_at
         self.memory = info.memory_bytes
-        if self.state is not WorkerState.DRAINING or info.state in (WorkerState.STOPPED, WorkerState.ERROR):
+        if info.state in (WorkerState.STOPPED, WorkerState.ERROR):
+            self._set(info.state, info.error)
+        elif self.state is WorkerState.DRAINING or (self.state is WorkerState.READY and info.state in _EARLIER):
+            pass  # a heartbeat built before the change the queen already knows of: never go backwards
+        else:
             self._set(info.state, info.error)
 
     def _set(self, state: WorkerState, error: str | None = None) -> None:
@@ -99,6 +109,7 @@ class RemoteSupervisor:
     def __init__(self, hive: RemoteHive) -> None:
         self._hive = hive
         self._workers: dict[str, RemoteWorker] = {}
+        self._stopped: set[str] = set()  # stopped here: a heartbeat sent before the hive heard of it must not revive it
 
     def workers(self) -> list[RemoteWorker]:
         return list(self._workers.values())
@@ -117,10 +128,12 @@ class RemoteSupervisor:
         if worker is None:
             return None
         worker.begin_drain()
-        try:
-            await self._hive.call("DELETE", f"/v1/hive/workers/{worker_id}")
-        except HiveCallFailed as exc:
-            log.warning("could not stop %s on %s: %s", worker_id, self._hive.alias, exc)
+        if not worker.placeholder:
+            try:
+                await self._hive.call("DELETE", f"/v1/hive/workers/{worker_id}")
+                self._stopped.add(worker_id)
+            except HiveCallFailed as exc:  # it will be listed (and adopted) again if it still runs there
+                log.warning("could not stop %s on %s: %s", worker_id, self._hive.alias, exc)
         worker.state = WorkerState.STOPPED
         return worker
 
@@ -136,14 +149,18 @@ class RemoteSupervisor:
             seen.add(hosted.info.id)
             known = self._workers.get(hosted.info.id)
             if known is None:
-                if hosted.info.state in (WorkerState.STOPPED, WorkerState.ERROR):
+                if hosted.info.state in (WorkerState.STOPPED, WorkerState.ERROR) or hosted.info.id in self._stopped:
                     continue
                 log.info("adopting worker %s (%s) on %s", hosted.info.id, hosted.entry.name, self._hive.alias)
-                self._workers[hosted.info.id] = RemoteWorker(self._hive.alias, hosted)
+                adopted = RemoteWorker(self._hive.alias, hosted)
+                hold = keep_alive.parse(settings.keep_alive_default()) or 0.0
+                adopted.expires_at = None if hold == keep_alive.FOREVER else time.monotonic() + hold
+                self._workers[hosted.info.id] = adopted
             else:
                 known.update(hosted)
+        self._stopped &= seen  # the hive no longer lists them: forget them
         for worker_id, worker in list(self._workers.items()):
-            if worker_id not in seen and worker.state not in (WorkerState.STARTING, WorkerState.ERROR):
+            if worker_id not in seen and not worker.placeholder and worker.state is not WorkerState.ERROR:
                 self._workers.pop(worker_id)  # the hive forgot it (stopped, or the hive restarted)
 
     def mark_unreachable(self) -> None:
@@ -183,7 +200,8 @@ class RemoteHive:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.report.address}:{self.report.port}"
+        host = f"[{self.report.address}]" if ":" in self.report.address else self.report.address
+        return f"http://{host}:{self.report.port}"
 
     def heard_from(self, report: HiveReport, token: str) -> None:
         """A registration or heartbeat arrived: the hive is (again) ready, and its workers are as it says."""
@@ -244,16 +262,19 @@ class RemoteHive:
         return self.report.memory_total
 
     async def spawn_worker(self, model: ModelEntry, mode: WorkerMode, memory: int = 0) -> RemoteWorker:
+        self.supervisor.forget_dead()
         placeholder = RemoteWorker(self.alias, worker_id=f"{self.alias}-starting-{time.monotonic_ns()}",
-                                   spec=RemoteSpec(model, mode, 0, 0), memory=memory)
+                                   spec=RemoteSpec(model, mode, 0, 0), memory=memory, placeholder=True)
         self.supervisor.add(placeholder)  # counts its memory while it starts
         body = SpawnWorker(model=model.name, mode=mode, memory=memory).model_dump_json()
         try:
             raw = await self.call("POST", "/v1/hive/workers", body, wait_s=START_TIMEOUT_S + 30)
         except HiveCallFailed as exc:
-            placeholder.fail(str(exc))
+            placeholder.fail(str(exc))  # kept as the record of a failure, for the back-off
             raise WorkerStartError(str(exc)) from exc
-        self.supervisor.discard(placeholder.id)
+        finally:
+            if placeholder.state is not WorkerState.ERROR:
+                self.supervisor.discard(placeholder.id)
         hosted = HostedWorker.model_validate_json(raw)
         worker = self.supervisor.get(hosted.info.id)  # a heartbeat may have brought it first
         if worker is None:

@@ -263,11 +263,14 @@ class Scheduler:
             return
         holding = [w for hive, _ in usable for w in hive.supervisor.workers() if w.state in _HOLDING]
         grouping = time.monotonic() - waiting_since < GROUPING_CAP_S
-        protect = frozenset(w.id for w in holding if grouping and self._waiting[w.spec.model.name] > 0)
+        protect = frozenset(w.id for w in holding if w.state is not WorkerState.READY
+                            or (grouping and self._waiting[w.spec.model.name] > 0))
+        need = max(needs.values())
         try:
             decision = place(
-                max(needs.values()),
-                [DeviceView(hive.alias, "cpu", hive.memory_total(), has_model=True) for hive, _ in usable],
+                need,  # a hive that needs less (its own slots and context) gets the difference as extra room
+                [DeviceView(hive.alias, "cpu", hive.memory_total() + need - needs[hive.alias], has_model=True)
+                 for hive, _ in usable],
                 [WorkerView(w.id, w.hive, "cpu", w.memory, w.in_flight, w.last_used) for w in holding],
                 protect,
             )

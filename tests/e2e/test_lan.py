@@ -12,14 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.lan import Lan, lan_hosts, lan_unavailable
+from tests.fixtures.lan import Lan, lan_hosts
 
 
 @pytest.fixture(scope="module")
 def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lan]:
-    reason = lan_unavailable()
-    if reason is not None:
-        pytest.skip(reason)
     with lan_hosts(2, tmp_path_factory.mktemp("lan")) as lan:
         yield lan
 

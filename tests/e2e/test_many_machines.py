@@ -5,6 +5,7 @@ and OpenSSH sshd (tests/fixtures/lan.py). The keeper installs a hive on each ove
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import tempfile
@@ -16,7 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import Queen, free_port, queen_env
-from tests.fixtures.lan import Lan, lan_hosts, lan_unavailable
+from tests.fixtures.lan import Lan, lan_hosts
 from tests.fixtures.tiny_gguf import write_tiny_model
 
 HEARTBEAT_MS = 300
@@ -25,9 +26,6 @@ TIMEOUT_MS = 1500
 
 @pytest.fixture(scope="module")
 def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lan]:
-    reason = lan_unavailable()
-    if reason is not None:
-        pytest.skip(reason)
     with lan_hosts(3, tmp_path_factory.mktemp("lan")) as lan:
         yield lan
 
@@ -235,6 +233,13 @@ def test_version_skew_is_reported_with_the_fix(installed: Queen) -> None:
     assert "skewed" not in hives(installed)
 
 
+def test_upgrade_reinstalls_and_the_hive_rejoins(installed: Queen, lan: Lan) -> None:
+    result = installed.cli("hive", "upgrade", "h1", timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "rbee 0.1.0 installed on h1" in result.stderr and "hive h1 is ready" in result.stderr
+    assert installed.cli("hive", "upgrade").returncode == 1  # neither an alias nor --all
+
+
 def test_logs_then_uninstall_removes_the_hive_and_revokes_its_token(installed: Queen, lan: Lan) -> None:
     logs = installed.cli("hive", "logs", "h3", "-n", "200", timeout=120)
     assert logs.returncode == 0, logs.stderr
@@ -245,3 +250,25 @@ def test_logs_then_uninstall_removes_the_hive_and_revokes_its_token(installed: Q
     assert lan.run("h3", "test", "-e", ".local/share/rbee/venv").returncode != 0
     assert lan.run("h3", "test", "-e", ".config/rbee/hive.toml").returncode != 0
     assert chat(installed, "lan-tiny", hive="h3").json()["error"]["code"] == "hive_not_found"
+
+
+def test_from_the_network_the_queen_answers_only_hives_with_a_token(installed: Queen, lan: Lan) -> None:
+    port = installed.port
+    script = f"""
+import json, socket, urllib.request, urllib.error
+def huge(path):  # says it will send 10 MB, sends nothing: the answer must come before the body
+    with socket.create_connection(("10.231.0.1", {port}), timeout=10) as s:
+        s.sendall(f"POST {{path}} HTTP/1.1\\r\\nHost: q\\r\\nContent-Length: 10000000\\r\\n\\r\\n".encode())
+        return int(s.recv(100).split()[1])
+def ask(path, data=None, headers={{}}):
+    req = urllib.request.Request("http://10.231.0.1:{port}" + path, data=data, headers=headers)
+    try:
+        return urllib.request.urlopen(req, timeout=10).status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+print(json.dumps([ask("/v1/status"), ask("/v1/models"), huge("/v1/hives/register"),
+                  ask("/v1/hives/heartbeat", b"{{}}", {{"Content-Type": "application/json"}})]))
+"""
+    result = lan.run("h1", "/usr/bin/python3", "-c", script)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [403, 403, 413, 401]

@@ -1,0 +1,90 @@
+"""The queen's record of a remote hive follows its heartbeats: adopt, update, drop, unreachable, back."""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from rbee.contracts.hives import HiveReport, HiveState, HostedWorker
+from rbee.contracts.models import ModelEntry
+from rbee.contracts.status import EngineInfo
+from rbee.contracts.workers import WorkerInfo, WorkerState
+from rbee.queen.remote_hive import RemoteHive
+
+ENTRY = ModelEntry.model_validate({"name": "tiny", "path": "/m/tiny.gguf", "size_bytes": 1, "source": "local",
+                                   "added_at": 0.0})
+
+
+def hosted(worker_id: str, state: WorkerState = WorkerState.READY) -> HostedWorker:
+    info = WorkerInfo(id=worker_id, model="tiny", hive="h1", state=state, url="http://10.0.0.5:4000", slots=2,
+                      context_size=512, started_at=1.0, memory_bytes=123)
+    return HostedWorker(info=info, api_key="k", entry=ENTRY)
+
+
+def report(*workers: HostedWorker) -> HiveReport:
+    # nothing listens on 127.0.0.1:1, so the queen's calls to this hive fail at once
+    return HiveReport(alias="h1", version="0.1.0", address="127.0.0.1", port=1, engine=EngineInfo(path="/e"),
+                      devices=[], memory_total=10**9, workers=list(workers))
+
+
+async def test_heartbeats_adopt_update_and_drop_workers() -> None:
+    hive = RemoteHive(report(hosted("h1-w1")), "token")
+    adopted = hive.supervisor.get("h1-w1")
+    assert adopted is not None and adopted.state is WorkerState.READY and adopted.memory == 123
+    assert adopted.expires_at is not None and adopted.expires_at > time.monotonic()  # unloaded when idle, too
+    hive.heard_from(report(hosted("h1-w1", WorkerState.ERROR)), "token")
+    assert adopted.state is WorkerState.ERROR and adopted.failed_at is not None
+    hive.heard_from(report(hosted("h1-w2")), "token")
+    assert hive.supervisor.get("h1-w2") is not None
+    assert hive.supervisor.get("h1-w1") is adopted  # failed workers stay listed for back-off
+    hive.heard_from(report(), "token")
+    assert hive.supervisor.get("h1-w2") is None
+    await hive.close()
+
+
+async def test_silence_marks_the_hive_and_its_workers_unreachable_until_it_reports_again() -> None:
+    hive = RemoteHive(report(hosted("h1-w1")), "token")
+    hive.last_seen -= 10
+    hive.check_alive(timeout_s=5)
+    worker = hive.supervisor.get("h1-w1")
+    assert hive.state is HiveState.UNREACHABLE and worker is not None and worker.state is WorkerState.UNREACHABLE
+    hive.heard_from(report(hosted("h1-w1")), "token")
+    assert hive.state is HiveState.READY and worker.state is WorkerState.READY
+    await hive.close()
+
+
+class _Hive(BaseHTTPRequestHandler):
+    """Answers the queen's DELETE /v1/hive/workers/ID as a hive does."""
+
+    def do_DELETE(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+async def test_a_worker_stopped_by_the_queen_is_not_revived_by_a_stale_heartbeat() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hive)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        hive = RemoteHive(report(hosted("h1-w1")).model_copy(update={"port": server.server_address[1]}), "token")
+        stopped = await hive.supervisor.stop("h1-w1")
+        assert stopped is not None and stopped.state is WorkerState.STOPPED
+        stale = report(hosted("h1-w1")).model_copy(update={"port": server.server_address[1]})
+        hive.heard_from(stale, "token")  # built before the hive stopped it
+        assert hive.supervisor.get("h1-w1") is None
+        await hive.close()
+    finally:
+        server.shutdown()
+
+
+async def test_a_worker_the_hive_could_not_stop_is_adopted_again() -> None:
+    hive = RemoteHive(report(hosted("h1-w1")), "token")
+    await hive.supervisor.stop("h1-w1")  # nothing answers on 127.0.0.1:1: the worker may still run there
+    hive.heard_from(report(hosted("h1-w1")), "token")
+    assert hive.supervisor.get("h1-w1") is not None
+    await hive.close()
