@@ -62,14 +62,15 @@ def list_(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] =
     known = ctx.client.get("/v1/hives") if ctx.running_queen() is not None else []
     rows = {h["alias"]: h for h in known}
     for alias, host in configured.items():
-        rows.setdefault(alias, {"alias": alias, "state": "not installed", "address": host.destination(),
+        state = "queen not running" if alias == LOCALHOST else "not installed"  # localhost lives in the queen
+        rows.setdefault(alias, {"alias": alias, "state": state, "address": host.destination(),
                                 "port": host.hive_port, "version": None, "devices": [], "workers": 0})
     if as_json:
         ctx.out.json(list(rows.values()))
         return
     t = table("Hives", "ALIAS", "STATE", "ADDRESS", "DEVICES", "WORKERS", "VERSION", "LAST SEEN")
     for h in rows.values():
-        style = STATE_STYLE.get(str(h["state"]), "dim" if h["state"] in ("not installed", "enrolled") else "")
+        style = STATE_STYLE.get(str(h["state"]), "" if h["state"] == "ready" else "dim")
         devices = ", ".join(f"{d['id']} {human_bytes(d['total_bytes'])}" for d in h.get("devices") or []) or "-"
         address = f"{h['address']}:{h['port']}" if h.get("address") and h.get("port") else h.get("address") or "-"
         seen = h.get("last_seen_s")

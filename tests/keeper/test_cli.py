@@ -192,3 +192,24 @@ def test_queen_refuses_to_listen_beyond_loopback_without_keys(idle_queen: Queen)
     result = idle_queen.cli("queen", "start", "--foreground", "--host", "0.0.0.0")
     assert result.returncode == 1
     assert "refusing to listen on 0.0.0.0" in result.stderr and "API keys" in result.stderr
+
+
+def test_hive_list_without_a_queen_shows_the_configured_machines(make_queen: Callable[..., Queen],
+                                                                  tmp_path: Path) -> None:
+    conf = tmp_path / "hives.conf"
+    conf.write_text("Host gaming-pc\n    HostName 192.0.2.7\n    HivePort 7900\n")
+    queen = make_queen(RBEE_HIVES_CONF=str(conf))
+    result = queen.cli("hive", "list", "--json", check=True)
+    rows = {row["alias"]: row for row in json.loads(result.stdout)}
+    assert rows["gaming-pc"]["state"] == "not installed" and rows["gaming-pc"]["address"] == "192.0.2.7"
+    assert rows["gaming-pc"]["port"] == 7900
+    assert rows["localhost"]["state"] == "queen not running"
+    assert _queen_not_started(queen)
+
+
+def _queen_not_started(queen: Queen) -> bool:
+    try:
+        httpx.get(f"{queen.url}/health", timeout=1)
+    except httpx.TransportError:
+        return True
+    return False
