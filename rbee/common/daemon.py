@@ -1,9 +1,10 @@
-"""What the queen and hive daemons share: the port check and their pid files."""
+"""What the queen and hive daemons share: the port check, loopback test and their pid files."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import os
 import socket
 from pathlib import Path
@@ -13,6 +14,16 @@ from rbee.common import paths
 
 class PortInUseError(OSError):
     """Something else already listens on the daemon's port."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address) can only be reached from this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def check_port_free(host: str, port: int) -> None:

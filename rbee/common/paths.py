@@ -73,6 +73,11 @@ def queen_db_file() -> Path:
     return state_dir() / "queen.sqlite"
 
 
+def admin_token_file() -> Path:
+    """The queen's admin token (mode 600): whoever can read it may manage the queen; `rbee` sends it."""
+    return config_dir() / "admin.token"
+
+
 def hive_pid_file() -> Path:
     return state_dir() / "hive.pid"
 

@@ -121,3 +121,18 @@ def hive_timeout_s() -> float:
 def queen_network_host() -> str:
     """Where a queen with enrolled hives listens so that they reach it (RBEE_QUEEN_NETWORK_HOST)."""
     return os.environ.get("RBEE_QUEEN_NETWORK_HOST", "0.0.0.0")
+
+
+def max_body_bytes() -> int:
+    """The largest request body the queen reads (RBEE_MAX_BODY_MB, default 32)."""
+    return env_int("RBEE_MAX_BODY_MB", 32, maximum=4096) * 2**20
+
+
+def audit_retention_s() -> float:
+    """How long the audit log keeps an entry (RBEE_AUDIT_RETENTION_DAYS, default 365)."""
+    return env_int("RBEE_AUDIT_RETENTION_DAYS", 365, maximum=100_000) * 86400.0
+
+
+def usage_flush_s() -> float:
+    """How often usage counters are written to the queen's database (RBEE_USAGE_FLUSH_MS, default 2000)."""
+    return env_int("RBEE_USAGE_FLUSH_MS", 2000, minimum=50) / 1000

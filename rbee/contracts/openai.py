@@ -14,6 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 HIVE_HEADER = "x-rbee-hive"
 """A request header that pins a request to one hive."""
 
+MAX_TOKENS = 2**20
+"""More than any context window a GGUF model has today: a bound that catches nonsense, not a policy."""
+
 
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -31,14 +34,14 @@ class ChatMessage(_Open):
 class ModelRequest(_Open):
     """Any request the queen routes by its `model` field."""
 
-    model: str = Field(min_length=1)
+    model: str = Field(min_length=1, max_length=512, pattern=r"^[^\x00-\x1f\x7f]+$")
     keep_alive: str | int | float | None = None
 
 
 class _Sampling(ModelRequest):
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
     seed: int | None = None
@@ -48,7 +51,7 @@ class _Sampling(ModelRequest):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
 
 
 class CompletionRequest(_Sampling):

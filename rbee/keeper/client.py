@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import os
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import httpx
@@ -27,10 +28,24 @@ def error_message(resp: httpx.Response) -> str:
         return resp.text[:500] or f"HTTP {resp.status_code}"
 
 
+class QueenCredential(httpx.Auth):
+    """`Authorization: Bearer` with RBEE_API_KEY, or else the queen's admin token when this user can read
+    it (the queen writes it on its first start, so it is looked up on every request)."""
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        token = os.environ.get("RBEE_API_KEY", "").strip()
+        if not token:
+            with contextlib.suppress(OSError):
+                token = paths.admin_token_file().read_text().strip()
+        if token:
+            request.headers["Authorization"] = f"Bearer {token}"
+        yield request
+
+
 class QueenClient:
     def __init__(self, base_url: str, timeout: float | None = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, auth=QueenCredential())
 
     def close(self) -> None:
         self._http.close()

@@ -41,14 +41,18 @@ def probe(client: QueenClient) -> QueenHealth | None:
         ) from exc
 
 
-def start_detached(client: QueenClient, out: Output) -> QueenHealth:
+def start_detached(client: QueenClient, out: Output, host: str | None = None,
+                   insecure_no_auth: bool = False) -> QueenHealth:
     """Start `rbee queen start --foreground` in the background and wait until it answers."""
     logfile = paths.queen_log_file()
     paths.ensure(logfile.parent)
     port = _port(client.base_url)
+    argv = [sys.executable, "-m", "rbee", "queen", "start", "--foreground", "--port", str(port)]
+    argv += ["--host", host] if host else []
+    argv += ["--insecure-no-auth"] if insecure_no_auth else []
     with logfile.open("ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "rbee", "queen", "start", "--foreground", "--port", str(port)],
+            argv,
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             close_fds=True,
         )
@@ -70,7 +74,8 @@ def start_detached(client: QueenClient, out: Output) -> QueenHealth:
     raise CLIError(f"the queen did not answer within {START_TIMEOUT_S:.0f} s; see {logfile}")
 
 
-def ensure_queen(client: QueenClient, out: Output) -> QueenHealth:
+def ensure_queen(client: QueenClient, out: Output, host: str | None = None,
+                 insecure_no_auth: bool = False) -> QueenHealth:
     """A healthy queen of this CLI's version, started (or restarted) in the background if needed."""
     health = probe(client)
     if health is not None:
@@ -82,7 +87,7 @@ def ensure_queen(client: QueenClient, out: Output) -> QueenHealth:
             return health
     if not _is_local(client.base_url):
         raise CLIError(f"no queen answers at {client.base_url}; start it there with `rbee queen start`")
-    return start_detached(client, out)
+    return start_detached(client, out, host, insecure_no_auth)
 
 
 def _alive(pid: int) -> bool:

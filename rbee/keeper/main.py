@@ -14,6 +14,7 @@ from rbee.keeper import (
     hive_agent_cmd,
     hive_cmd,
     infer_cmd,
+    key_cmd,
     model_cmd,
     queen_cmd,
     status_cmd,
@@ -36,6 +37,8 @@ app.add_typer(model_cmd.app, name="model")
 app.add_typer(engine_cmd.app, name="engine")
 app.add_typer(worker_cmd.app, name="worker")
 app.add_typer(hive_cmd.app, name="hive")
+app.add_typer(key_cmd.app, name="key")
+app.command("audit")(key_cmd.audit)
 app.add_typer(hive_agent_cmd.app, name="hive-agent", hidden=True)
 
 

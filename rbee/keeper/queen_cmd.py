@@ -13,8 +13,6 @@ from rbee.keeper.context import App
 from rbee.keeper.daemon import ensure_queen, stop_queen
 from rbee.keeper.output import CLIError
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
 app = typer.Typer(help="Start, stop and inspect the queen (the API on port 7833).", no_args_is_help=True)
 
 
@@ -24,33 +22,35 @@ def start(
     = False,
     port: Annotated[int | None, typer.Option(help="Port to listen on (default 7833, or RBEE_QUEEN_PORT).")]
     = None,
-    host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1).")] = None,
+    host: Annotated[str | None, typer.Option(
+        help="Address to listen on (default 127.0.0.1). Beyond loopback the queen needs API keys (`rbee key create`)."
+    )] = None,
+    insecure_no_auth: Annotated[bool, typer.Option(
+        "--insecure-no-auth", help="Listen beyond loopback without requiring keys: anyone who reaches the port "
+        "may use and manage the queen. Only for a network you trust completely.")] = False,
 ) -> None:
     """Start the queen: in the background, or in this terminal with --foreground."""
     port = port or settings.queen_port()
     host = host or settings.queen_host()
-    if host not in LOOPBACK:
-        raise CLIError(f"refusing to listen on {host}: a queen reachable from the network must require API keys, "
-                       "and this version has none yet. Listen on 127.0.0.1 (the default) and reach it through "
-                       "an SSH tunnel meanwhile.")
     if foreground:
         from rbee.queen.db import QueenDBError
-        from rbee.queen.server import PortInUseError, serve
+        from rbee.queen.server import PortInUseError, StartRefused, serve
 
         try:
-            serve(host, port)
-        except QueenDBError as exc:
+            serve(host, port, insecure_no_auth=insecure_no_auth)
+        except (QueenDBError, StartRefused) as exc:
             raise CLIError(str(exc)) from exc
         except PortInUseError as exc:
             raise CLIError(f"{exc.strerror}: another program is listening there. Stop it, or start the "
                            f"queen on another port with --port (and RBEE_QUEEN_PORT for the CLI).") from exc
         return
-    ctx = App(queen_url=f"http://{host}:{port}")
+    ctx = App(queen_url=f"http://127.0.0.1:{port}")  # a queen on any address also answers on loopback
     health = ctx.running_queen()
     if health is not None and parse_version(health.version) >= parse_version(current_version()):
-        ctx.out.success(f"queen already running on {ctx.queen_url} (pid {health.pid}, v{health.version})")
+        ctx.out.success(f"queen already running on port {port} (pid {health.pid}, v{health.version}, listening "
+                        f"on {health.listen_host}); `rbee queen stop` first to start it differently")
         return
-    ensure_queen(ctx.client, ctx.out)
+    ensure_queen(ctx.client, ctx.out, host=host, insecure_no_auth=insecure_no_auth)
 
 
 @app.command()

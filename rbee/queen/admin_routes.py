@@ -15,6 +15,7 @@ from rbee.contracts.jobs import JobCreate, JobCreated, JobKind
 from rbee.contracts.status import StatusReport
 from rbee.contracts.workers import WorkerMode
 from rbee.queen.errors import InvalidRequest, NotFound, QueenError
+from rbee.queen.guard import principal_of
 from rbee.queen.requests import read_json
 from rbee.queen.state import QueenState, queen_state
 
@@ -45,6 +46,8 @@ async def stop_worker(request: Request) -> Response:
     for hive in queen_state(request).hives.values():
         worker = await hive.supervisor.stop(worker_id)
         if worker is not None:
+            await queen_state(request).audit(principal_of(request.scope), request, "worker.stop", worker_id,
+                                             f"{worker.spec.model.name} on {hive.alias}")
             return JSONResponse(worker.info().model_dump(mode="json"))
     raise NotFound(f"There is no worker '{worker_id}'; `rbee worker list` shows the running ones.")
 
@@ -79,6 +82,8 @@ async def create_job(request: Request) -> Response:
     state = queen_state(request)
     _, spec = await read_json(request, JobCreate)
     job = state.jobs.start(spec.kind, _job_body(state, spec))
+    await state.audit(principal_of(request.scope), request, str(spec.kind), spec.model or spec.hive or "-",
+                      f"job {job.id}")
     return JSONResponse(JobCreated(job_id=job.id).model_dump(), status_code=201)
 
 
@@ -119,6 +124,7 @@ async def shutdown(request: Request) -> Response:
     server = getattr(request.app.state, "server", None)
     if server is None:
         raise NotFound("This queen is not running under rbee's server and cannot stop itself.")
+    await queen_state(request).audit(principal_of(request.scope), request, "queen.shutdown", "queen")
     asyncio.get_running_loop().call_later(0.05, setattr, server, "should_exit", True)
     return JSONResponse({"stopping": True}, status_code=202)
 

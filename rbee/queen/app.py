@@ -9,13 +9,14 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
-from rbee.queen import admin_routes, catalog_routes, hive_routes, openai_routes
+from rbee.queen import admin_routes, catalog_routes, hive_routes, key_routes, openai_routes
 from rbee.queen.errors import QueenError, handle_http_exception, handle_queen_error, handle_unexpected
-from rbee.queen.guard import LocalOnlyGuard
+from rbee.queen.guard import Access, Guard
 from rbee.queen.state import QueenState
 
 
-def create_app(state: QueenState | None = None, on_shutdown: Callable[[], None] | None = None) -> Starlette:
+def create_app(state: QueenState | None = None, on_shutdown: Callable[[], None] | None = None,
+               access: Access | None = None) -> Starlette:
     queen = state or QueenState.create()
 
     @contextlib.asynccontextmanager
@@ -29,10 +30,11 @@ def create_app(state: QueenState | None = None, on_shutdown: Callable[[], None] 
                 on_shutdown()
 
     app = Starlette(
-        routes=[*openai_routes.routes, *catalog_routes.routes, *hive_routes.routes, *admin_routes.routes],
+        routes=[*openai_routes.routes, *catalog_routes.routes, *hive_routes.routes, *key_routes.routes,
+                *admin_routes.routes],
         exception_handlers={QueenError: handle_queen_error, HTTPException: handle_http_exception,
                             Exception: handle_unexpected},
-        middleware=[Middleware(LocalOnlyGuard)],
+        middleware=[Middleware(Guard, access=access)],
         lifespan=lifespan,
     )
     app.state.queen = queen

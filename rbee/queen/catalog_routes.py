@@ -8,6 +8,7 @@ from starlette.routing import Route
 
 from rbee.hive.service import Hive, ModelInUse, ModelUnavailable
 from rbee.queen.errors import Conflict, InvalidRequest, ModelNotFound
+from rbee.queen.guard import principal_of
 from rbee.queen.state import queen_state
 
 
@@ -54,6 +55,7 @@ async def remove_model(request: Request) -> Response:
             continue
         except ModelInUse as exc:
             raise Conflict(str(exc)) from exc
+        await queen_state(request).audit(principal_of(request.scope), request, "model.remove", name, hive.alias)
         return JSONResponse({"hive": hive.alias, **entry.model_dump(mode="json")})
     raise ModelNotFound(f"No hive has the model '{name}' in its catalog; `rbee model ls` lists them.", param="model")
 

@@ -9,6 +9,7 @@
     +-- ModelTooLargeError (400)    no device could ever hold the model
     +-- QueueFull (503)             too many requests waiting, or waiting too long (Retry-After)
     +-- WorkerUnavailable (503)     the world failed: a worker did not start, or died
+    +-- DeadlineExceeded (504)      the deadline the client set (X-Rbee-Timeout) passed
     +-- UpstreamError (502)         a worker answered with something unusable
 """
 
@@ -83,6 +84,11 @@ class ClientGone(QueenError):
 class WorkerUnavailable(QueenError):
     status = 503
     code = "worker_unavailable"
+
+
+class DeadlineExceeded(QueenError):
+    status = 504
+    code = "deadline_exceeded"
 
 
 class UpstreamError(QueenError):

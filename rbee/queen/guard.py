@@ -1,72 +1,151 @@
-"""Refuse requests the queen must not serve, before they reach any route.
+"""Decide who may call what, before any route runs: the one place the queen's access rules live.
 
-A queen without API keys trusts the local machine, not the network and not every web page its
-user opens:
-  - a peer on another machine may only call the hive routes (registration and heartbeats), which
-    check the hive's join token; everything else answers 403 (a queen with enrolled hives listens
-    on the network for them);
-  - a cross-origin page can POST to localhost, and a DNS-rebinding page can even read the answers,
-    so a request whose `Origin` is not the local machine, or whose `Host` is not a loopback name,
-    gets a 403 too.
+  - `/health` answers everyone (it says only that this is a queen, and its version).
+  - Hive registration and heartbeats check the hive's join token in their route; here their body
+    must state its length and stay small.
+  - A bearer token that is the admin token or a live API key identifies the caller. An API key may
+    call the OpenAI routes only; the rest (keys, hives, jobs, shutdown) needs the admin token.
+  - Without a credential: refused (401) once the queen has API keys. While it has none, a caller on
+    this machine is trusted, but a peer on the network is not (403), and neither is a web page the
+    user happens to open: a request whose `Origin` is not this machine, or whose `Host` is not a
+    loopback name (DNS rebinding), gets a 403. `--insecure-no-auth` lifts all of this.
+  - Every body is capped at RBEE_MAX_BODY_MB (413).
 """
 
 from __future__ import annotations
 
-import ipaddress
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from rbee.queen.errors import error_response
+from rbee.common import settings
+from rbee.common.daemon import is_loopback
+from rbee.queen.auth import ANONYMOUS, LOCAL, Forbidden, Principal, Unauthorized
+from rbee.queen.errors import QueenError, error_response
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 HIVE_ONLY_PATHS = frozenset({"/v1/hives/register", "/v1/hives/heartbeat"})
+CLIENT_PATHS = frozenset({"/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+OPEN_PATHS = frozenset({"/health", "/openapi.json"})
 MAX_HIVE_REPORT_BYTES = 4 * 2**20  # a report lists models and workers: kilobytes, even for a big hive
+
+
+class RequestTooLarge(QueenError):
+    status = 413
+    code = "request_too_large"
+
+
+@dataclass(frozen=True)
+class Access:
+    """How the queen was started, as far as access goes."""
+
+    insecure_no_auth: bool = False
+
+
+def principal_of(scope: Scope) -> Principal:
+    """The caller, as the guard identified it."""
+    principal: Principal = scope["state"]["principal"]
+    return principal
 
 
 def _host_name(value: str) -> str:
     return (urlsplit(f"//{value}").hostname or "").lower()
 
 
-def _is_loopback(address: str) -> bool:
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
+def _is_client_path(path: str) -> bool:
+    return path in CLIENT_PATHS or path.startswith("/v1/models/")
 
 
-def _problem(scope: Scope) -> tuple[int, str] | None:
-    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]
-               if k in (b"host", b"origin", b"content-length")}
+def _bearer(value: str) -> str:
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def _identify(scope: Scope, headers: dict[str, str], access: Access) -> Principal:
+    """The caller, or the QueenError that refuses it."""
+    keyring = scope["app"].state.queen.keyring
+    path = scope["path"]
     client = scope.get("client")
-    remote = client is not None and not _is_loopback(client[0])
-    if scope["path"] in HIVE_ONLY_PATHS:  # the route checks the join token, after reading the body: bound it first
-        length = headers.get("content-length", "")
-        if remote and not (length.isdigit() and int(length) <= MAX_HIVE_REPORT_BYTES):
-            return 413, f"a hive report must state its length and be at most {MAX_HIVE_REPORT_BYTES} bytes"
-        return None
+    remote = client is not None and not is_loopback(client[0])
+    token = _bearer(headers.get("authorization", ""))
+    who = keyring.identify(token) if token else None
+    if who is not None:
+        if not who.is_admin and not _is_client_path(path):
+            raise Forbidden(f"An API key may call the OpenAI routes only ({path} is not one); managing the queen "
+                            "needs its admin token, which `rbee` on the queen's machine sends for you.")
+        return who
+    if access.insecure_no_auth:
+        return ANONYMOUS
+    if keyring.has_keys():
+        raise Unauthorized("This queen requires an API key: send `Authorization: Bearer <key>` "
+                           "(`rbee key create --name NAME` on the queen's machine makes one)."
+                           if not token else "The API key is not valid.")
     if remote:
-        return 403, (f"{client[0]} is not this machine: over the network this queen answers its hives only. "
-                     "Use the API from the queen's machine (or through an SSH tunnel).")
+        raise Forbidden(f"{client[0]} is not this machine: over the network this queen answers its hives only. "
+                        "To serve the network, create an API key (`rbee key create`) and start the queen with "
+                        "--host; or use it through an SSH tunnel.", code="forbidden_origin")
     host = headers.get("host")
     origin = headers.get("origin")
     if host is not None and _host_name(host) not in LOOPBACK_NAMES:
-        return 403, f"Host {host!r} is not this machine; the queen answers to localhost only"
+        raise Forbidden(f"Host {host!r} is not this machine; the queen answers to localhost only",
+                        code="forbidden_origin")
     if origin not in (None, "null") and (urlsplit(origin).hostname or "") not in LOOPBACK_NAMES:
-        return 403, f"cross-origin requests from {origin} are refused"
-    return None
+        raise Forbidden(f"cross-origin requests from {origin} are refused", code="forbidden_origin")
+    return LOCAL
 
 
-class LocalOnlyGuard:
-    def __init__(self, app: ASGIApp) -> None:
+def _bounded(receive: Receive, limit: int) -> Receive:
+    """`receive`, raising 413 once the body passes `limit` bytes (for bodies sent without a length)."""
+    seen = 0
+
+    async def bounded() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise RequestTooLarge(f"The request body is larger than {limit} bytes (RBEE_MAX_BODY_MB).")
+        return message
+
+    return bounded
+
+
+class Guard:
+    def __init__(self, app: ASGIApp, access: Access | None = None) -> None:
         self.app = app
+        self.access = access or Access()
+        self.max_body = settings.max_body_bytes()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            problem = _problem(scope)
-            if problem:
-                status, message = problem
-                code = "forbidden_origin" if status == 403 else "request_too_large"
-                await error_response(status, message, code=code)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]
+                   if k in (b"host", b"origin", b"content-length", b"authorization")}
+        length = headers.get("content-length", "")
+        path = scope["path"]
+        try:
+            if path in HIVE_ONLY_PATHS:  # the route checks the join token, after reading the body: bound it
+                client = scope.get("client")
+                if client is not None and not is_loopback(client[0]) and not (
+                        length.isdigit() and int(length) <= MAX_HIVE_REPORT_BYTES):
+                    raise RequestTooLarge(f"a hive report must state its length and be at most "
+                                          f"{MAX_HIVE_REPORT_BYTES} bytes")
+                principal = ANONYMOUS
+            elif path in OPEN_PATHS:
+                principal = ANONYMOUS
+            else:
+                principal = _identify(scope, headers, self.access)
+            if length.isdigit() and int(length) > self.max_body:
+                raise RequestTooLarge(f"The request body ({length} bytes) is larger than {self.max_body} bytes "
+                                      "(RBEE_MAX_BODY_MB).")
+        except QueenError as exc:
+            headers_out = dict(exc.headers)
+            if exc.status == 401:
+                headers_out["WWW-Authenticate"] = "Bearer"
+            await error_response(exc.status, exc.message, param=exc.param, code=exc.code,
+                                 headers=headers_out)(scope, receive, send)
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, _bounded(receive, self.max_body), send)

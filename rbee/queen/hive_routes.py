@@ -16,6 +16,7 @@ from rbee.common import settings
 from rbee.common.version import current as current_version
 from rbee.contracts.hives import HiveAck, HiveEnroll, HiveEnrolled, HiveReport, HiveState, HiveStatus
 from rbee.queen.errors import InvalidRequest, NotFound, QueenError
+from rbee.queen.guard import principal_of
 from rbee.queen.remote_hive import RemoteHive
 from rbee.queen.requests import read_json
 from rbee.queen.state import queen_state
@@ -35,7 +36,9 @@ async def enrol(request: Request) -> Response:
     if asked.alias == LOCAL_ALIAS:
         raise InvalidRequest("'localhost' is the queen's own hive; give the remote machine another alias.",
                              param="alias")
-    token = await queen_state(request).db.enrol(asked.alias)
+    state = queen_state(request)
+    token = await state.db.enrol(asked.alias)
+    await state.audit(principal_of(request.scope), request, "hive.enrol", asked.alias)
     log.info("enrolled hive '%s' (a new join token; any previous one is revoked)", asked.alias)
     return JSONResponse(HiveEnrolled(alias=asked.alias, token=token).model_dump(), status_code=201)
 
@@ -67,6 +70,7 @@ async def forget(request: Request) -> Response:
         await hive.close()
     elif not revoked:
         raise NotFound(f"There is no hive '{alias}'.")
+    await state.audit(principal_of(request.scope), request, "hive.remove", alias)
     log.info("hive '%s' removed; its token is revoked", alias)
     state.scheduler.notify()
     return JSONResponse({"alias": alias, "revoked": True})

@@ -19,20 +19,35 @@ from rbee.contracts.openai import (
     ModelRequest,
 )
 from rbee.contracts.workers import WorkerMode, WorkerState
-from rbee.queen.errors import ClientGone, ModelNotFound, WorkerUnavailable
+from rbee.queen.auth import Principal
+from rbee.queen.errors import (
+    ClientGone,
+    DeadlineExceeded,
+    InvalidRequest,
+    ModelNotFound,
+    QueenError,
+    WorkerUnavailable,
+)
+from rbee.queen.guard import principal_of
+from rbee.queen.proxy import OnEnd
 from rbee.queen.requests import read_json
 from rbee.queen.scheduler import Lease
 from rbee.queen.state import QueenState, queen_state
+from rbee.queen.usage import tokens_in
 
 log = logging.getLogger(__name__)
 
+TIMEOUT_HEADER = "x-rbee-timeout"
+MAX_TIMEOUT_S = 86400.0
 
-async def _models(state: QueenState) -> list[ModelObject]:
+
+async def _models(state: QueenState, who: Principal) -> list[ModelObject]:
+    allowed = who.key.models if who.key else None
     found: dict[str, ModelObject] = {}
     for hive in list(state.hives.values()):
         loaded = {w.spec.model.name for w in hive.supervisor.workers() if w.state is WorkerState.READY}
         for entry in await hive.catalog.list():
-            if entry.missing:
+            if entry.missing or (allowed is not None and entry.name not in allowed):
                 continue
             obj = found.setdefault(entry.name, ModelObject(id=entry.name, created=int(entry.added_at)))
             obj.hives.append(hive.alias)
@@ -41,12 +56,12 @@ async def _models(state: QueenState) -> list[ModelObject]:
 
 
 async def list_models(request: Request) -> Response:
-    return JSONResponse(ModelList(data=await _models(queen_state(request))).model_dump())
+    return JSONResponse(ModelList(data=await _models(queen_state(request), principal_of(request.scope))).model_dump())
 
 
 async def get_model(request: Request) -> Response:
     model_id = request.path_params["model"]
-    for obj in await _models(queen_state(request)):
+    for obj in await _models(queen_state(request), principal_of(request.scope)):
         if obj.id == model_id:
             return JSONResponse(obj.model_dump())
     raise ModelNotFound(f"The model '{model_id}' does not exist. `GET /v1/models` lists the models rbee knows.",
@@ -59,38 +74,74 @@ async def _client_gone(request: Request) -> None:
         pass
 
 
-async def _acquire(request: Request, parsed: ModelRequest, mode: WorkerMode, exclude: frozenset[str]) -> Lease:
-    """Wait for a worker, but stop waiting (and leave the queue) when the client goes away."""
+def _deadline(request: Request) -> float | None:
+    """Event-loop time by which the request must be done, from the client's X-Rbee-Timeout (seconds)."""
+    raw = request.headers.get(TIMEOUT_HEADER)
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= MAX_TIMEOUT_S:
+        raise InvalidRequest(f"The {TIMEOUT_HEADER} header must be a number of seconds between 0 and "
+                             f"{MAX_TIMEOUT_S:.0f}, not {raw!r}.", param=TIMEOUT_HEADER)
+    return asyncio.get_running_loop().time() + seconds
+
+
+async def _acquire(request: Request, parsed: ModelRequest, mode: WorkerMode, exclude: frozenset[str],
+                   deadline: float | None) -> Lease:
+    """Wait for a worker, but stop waiting (and leave the queue) when the client goes away or its deadline passes."""
     state = queen_state(request)
     acquiring = asyncio.ensure_future(state.scheduler.acquire(
         parsed.model, mode, request.headers.get(HIVE_HEADER), parsed.keep_alive, exclude))
     gone = asyncio.ensure_future(_client_gone(request))
+    timeout = None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
     try:
-        await asyncio.wait({acquiring, gone}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({acquiring, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
         gone.cancel()
     if not acquiring.done():
         acquiring.cancel()
         with contextlib.suppress(BaseException):
             (await acquiring).release()
-        raise ClientGone("The client left while its request was queued.")
+        if gone.done() and not gone.cancelled():
+            raise ClientGone("The client left while its request was queued.")
+        raise DeadlineExceeded("The request's deadline (X-Rbee-Timeout) passed while it waited for a worker.")
     return acquiring.result()
+
+
+def _metering(state: QueenState, who: Principal, model: str, stream: bool) -> OnEnd:
+    """What to do when a forwarded request ends: count it, and its tokens, for whoever sent it."""
+    def ended(status: int, content: bytes) -> None:
+        prompt, completion = tokens_in(content, stream) if status < 400 else (0, 0)
+        state.usage.record(who.usage_name, model, prompt=prompt, completion=completion, error=status >= 400)
+        state.keyring.spent(who, prompt + completion)
+    return ended
 
 
 async def _infer(request: Request, contract: type[ModelRequest], path: str, mode: WorkerMode) -> Response:
     state = queen_state(request)
+    who = principal_of(request.scope)
+    deadline = _deadline(request)
     body, parsed = await read_json(request, contract)
     stream = bool(getattr(parsed, "stream", False))
-    lease = state.scheduler.try_acquire(parsed.model, mode, request.headers.get(HIVE_HEADER), parsed.keep_alive)
-    if lease is None:
-        lease = await _acquire(request, parsed, mode, frozenset())
+    state.keyring.admit(who, parsed.model)
+    ended = _metering(state, who, parsed.model, stream)
     try:
-        return await state.forwarder.forward(lease, path, body, stream=stream)
-    except WorkerUnavailable:
-        # The worker failed before sending a byte: one more try on another (or a fresh) worker.
-        log.warning("worker %s failed before answering; retrying once elsewhere", lease.worker.id)
-        retry = await _acquire(request, parsed, mode, frozenset({lease.worker.id}))
-        return await state.forwarder.forward(retry, path, body, stream=stream)
+        lease = state.scheduler.try_acquire(parsed.model, mode, request.headers.get(HIVE_HEADER), parsed.keep_alive)
+        if lease is None:
+            lease = await _acquire(request, parsed, mode, frozenset(), deadline)
+        try:
+            return await state.forwarder.forward(lease, path, body, stream=stream, deadline=deadline, on_end=ended)
+        except WorkerUnavailable:
+            # The worker failed before sending a byte: one more try on another (or a fresh) worker.
+            log.warning("worker %s failed before answering; retrying once elsewhere", lease.worker.id)
+            retry = await _acquire(request, parsed, mode, frozenset({lease.worker.id}), deadline)
+            return await state.forwarder.forward(retry, path, body, stream=stream, deadline=deadline, on_end=ended)
+    except QueenError as exc:
+        ended(exc.status, b"")
+        raise
 
 
 async def chat_completions(request: Request) -> Response:

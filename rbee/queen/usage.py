@@ -1,0 +1,99 @@
+"""Counting requests and tokens per API key and model.
+
+Tokens are read from what the worker already sends: the `usage` object of a JSON answer, or the
+last event of a stream (llama-server ends every stream with `timings`, and with `usage` when the
+client asked for it). Counters collect in memory and are written to SQLite every few seconds, in
+one transaction; a write that fails (a locked database) is kept and retried, never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Iterable
+
+from rbee.common import settings
+from rbee.queen.db import QueenDB, UsageDelta
+from rbee.queen.errors import QueenError
+
+log = logging.getLogger(__name__)
+
+
+def _tokens_of(event: object) -> tuple[int, int] | None:
+    if not isinstance(event, dict):
+        return None
+    usage = event.get("usage")
+    if isinstance(usage, dict):
+        return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    timings = event.get("timings")
+    if isinstance(timings, dict):
+        prompt = int(timings.get("prompt_n", 0)) + int(timings.get("cache_n", 0))
+        return prompt, int(timings.get("predicted_n", 0))
+    return None
+
+
+def tokens_in(content: bytes, stream: bool) -> tuple[int, int]:
+    """(prompt, completion) tokens reported in a JSON answer or in the tail of an SSE stream."""
+    if not stream:
+        try:
+            return _tokens_of(json.loads(content)) or (0, 0)
+        except ValueError:
+            return 0, 0
+    for event in reversed(content.split(b"\n\n")):
+        data = event.strip()
+        if not data.startswith(b"data: {"):
+            continue
+        try:
+            found = _tokens_of(json.loads(data[6:]))
+        except ValueError:
+            continue
+        if found is not None:
+            return found
+    return 0, 0
+
+
+class UsageMeter:
+    def __init__(self, db: QueenDB) -> None:
+        self._db = db
+        self._pending: dict[tuple[str, str], list[int]] = {}
+        self._last_used: dict[str, float] = {}
+
+    def record(self, name: str, model: str, *, prompt: int = 0, completion: int = 0, error: bool = False) -> None:
+        counters = self._pending.setdefault((name, model), [0, 0, 0, 0])
+        counters[0] += 1
+        counters[1] += int(error)
+        counters[2] += prompt
+        counters[3] += completion
+        self._last_used[name] = time.time()
+
+    def _merge(self, deltas: Iterable[UsageDelta], last_used: dict[str, float]) -> None:
+        for d in deltas:
+            counters = self._pending.setdefault((d.name, d.model), [0, 0, 0, 0])
+            for i, value in enumerate((d.requests, d.errors, d.prompt_tokens, d.completion_tokens)):
+                counters[i] += value
+        for name, at in last_used.items():
+            self._last_used[name] = max(at, self._last_used.get(name, 0.0))
+
+    async def flush(self) -> None:
+        """Write what was counted since the last flush; on failure keep it for the next one."""
+        if not self._pending:
+            return
+        deltas = [UsageDelta(name, model, *counters) for (name, model), counters in self._pending.items()]
+        last_used = {name: at for name, at in self._last_used.items() if not name.startswith("(")}
+        self._pending, self._last_used = {}, {}
+        try:
+            await self._db.record_usage(deltas, last_used)
+        except BaseException as exc:
+            self._merge(deltas, last_used)
+            if isinstance(exc, QueenError):
+                log.warning("usage not written yet, will retry: %s", exc.message)
+                return
+            raise
+
+    async def run(self) -> None:
+        """Flush every RBEE_USAGE_FLUSH_MS for the queen's lifetime (the queen flushes once more on close)."""
+        while True:
+            await asyncio.sleep(settings.usage_flush_s())
+            await self.flush()
