@@ -12,18 +12,12 @@ KEY_PREFIX = "rbee-"
 
 
 class KeyCreate(BaseModel):
-    name: str = Field(description="a unique name: who or what uses the key")
+    name: str = Field(pattern=KEY_NAME.pattern, description="a unique name: who or what uses the key "
+                      "(1-64 letters, digits, '.', '_', '@' or '-', starting with a letter or digit)")
     expires_at: float | None = Field(default=None, description="Unix time after which the key stops working")
     models: list[str] | None = Field(default=None, description="the only models this key may use (all if unset)")
     rpm: int | None = Field(default=None, ge=1, le=10**9, description="requests per minute")
     tpm: int | None = Field(default=None, ge=1, le=10**12, description="tokens (prompt + completion) per minute")
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not KEY_NAME.match(value):
-            raise ValueError("use 1-64 letters, digits, '.', '_', '@' or '-', starting with a letter or digit")
-        return value
 
     @field_validator("models")
     @classmethod

@@ -7,7 +7,7 @@ would otherwise fail deep inside the engine with a less helpful message.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,8 +18,14 @@ MAX_TOKENS = 2**20
 """More than any context window a GGUF model has today: a bound that catches nonsense, not a policy."""
 
 
+TokenId = Annotated[int, Field(strict=True, ge=0, lt=2**31)]
+"""A token id as the engine reads it (larger numbers overflow its JSON parser)."""
+
+
 class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # strict: the worker reads the client's own bytes, so what pydantic would coerce (5.0 for an int,
+    # "1" for a number) must be refused here, or the engine fails on it later with a 500.
+    model_config = ConfigDict(extra="allow", strict=True)
 
 
 class StreamOptions(_Open):
@@ -55,9 +61,9 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
 
 
 class EmbeddingRequest(ModelRequest):
-    input: str | list[str] | list[int] | list[list[int]]
+    input: str | list[str] | list[TokenId] | list[list[TokenId]]
     encoding_format: Literal["float", "base64"] | None = None

@@ -115,7 +115,10 @@ def parse(text: str, aliases: dict[str, str] | None = None) -> ModelRef:
     if not text:
         raise BadModelRef("empty model name")
     if looks_like_path(text):
-        return ModelRef(text=text, path=Path(text).expanduser())
+        try:
+            return ModelRef(text=text, path=Path(text).expanduser())
+        except RuntimeError as exc:  # ~name of a user this machine does not have
+            raise BadModelRef(f"{text!r}: {exc}") from exc
     aliases = load_aliases() if aliases is None else aliases
     if text in aliases:
         target = parse(aliases[text], aliases={})

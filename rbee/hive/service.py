@@ -118,7 +118,7 @@ class Hive:
         except model_refs.BadModelRef as exc:
             raise ModelUnavailable(str(exc)) from exc
         if ref.path is not None:
-            if not await asyncio.to_thread(ref.path.is_file):
+            if not await asyncio.to_thread(_is_file, ref.path):
                 return None
             entry = await self.catalog.find_path(ref.path)
             if entry is None:
@@ -280,3 +280,11 @@ class Hive:
         worker = await self.supervisor.spawn(spec, memory)
         await self.catalog.touch(model.name)
         return worker
+
+
+def _is_file(path: Path) -> bool:
+    """Path.is_file, but False (not an exception) for names no file can have: too long, a NUL byte."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False

@@ -14,6 +14,7 @@ from rbee.common.jobs import Emit, Job, JobBody, JobFailed
 from rbee.contracts.jobs import JobCreate, JobCreated, JobKind
 from rbee.contracts.status import StatusReport
 from rbee.contracts.workers import WorkerMode
+from rbee.queen import openapi
 from rbee.queen.errors import InvalidRequest, NotFound, QueenError
 from rbee.queen.guard import principal_of
 from rbee.queen.requests import read_json
@@ -21,7 +22,13 @@ from rbee.queen.state import QueenState, queen_state
 
 
 async def health(request: Request) -> Response:
+    """Whether this is a running queen, and its version."""
     return JSONResponse(queen_state(request).health().model_dump())
+
+
+async def openapi_spec(request: Request) -> Response:
+    """This API's OpenAPI 3.1 description."""
+    return JSONResponse(openapi.build(request.app.routes))
 
 
 async def status(request: Request) -> Response:
@@ -131,6 +138,7 @@ async def shutdown(request: Request) -> Response:
 
 routes = [
     Route("/health", health, methods=["GET"]),
+    Route("/openapi.json", openapi_spec, methods=["GET"]),
     Route("/v1/status", status, methods=["GET"]),
     Route("/v1/workers", list_workers, methods=["GET"]),
     Route("/v1/workers/{worker_id}", stop_worker, methods=["DELETE"]),

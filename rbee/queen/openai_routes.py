@@ -38,7 +38,7 @@ from rbee.queen.usage import tokens_in
 log = logging.getLogger(__name__)
 
 TIMEOUT_HEADER = "x-rbee-timeout"
-MAX_TIMEOUT_S = 86400.0
+MIN_TIMEOUT_S, MAX_TIMEOUT_S = 0.1, 86400.0
 
 
 async def _models(state: QueenState, who: Principal) -> list[ModelObject]:
@@ -83,8 +83,8 @@ def _deadline(request: Request) -> float | None:
         seconds = float(raw)
     except ValueError:
         seconds = -1.0
-    if not 0 < seconds <= MAX_TIMEOUT_S:
-        raise InvalidRequest(f"The {TIMEOUT_HEADER} header must be a number of seconds between 0 and "
+    if not MIN_TIMEOUT_S <= seconds <= MAX_TIMEOUT_S:
+        raise InvalidRequest(f"The {TIMEOUT_HEADER} header must be a number of seconds from {MIN_TIMEOUT_S} to "
                              f"{MAX_TIMEOUT_S:.0f}, not {raw!r}.", param=TIMEOUT_HEADER)
     return asyncio.get_running_loop().time() + seconds
 

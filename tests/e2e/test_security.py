@@ -263,3 +263,10 @@ def test_bodies_over_the_limit_are_413_with_or_without_a_length(make_queen: Call
                           headers={"content-type": "application/json"})
     assert streamed.status_code == 413
     assert httpx.get(f"{queen.url}/health").status_code == 200
+
+
+@pytest.mark.parametrize("name", ["~no-such-user-here/m.gguf", "/" + "x" * 300 + ".gguf", "./%00.gguf"])
+def test_names_no_file_can_have_are_404_not_500(queen: Queen, name: str) -> None:
+    # Found by fuzzing: a path with an unknown ~user, a name too long for the file system, a NUL byte.
+    resp = httpx.get(f"{queen.url}/v1/catalog/{name}")
+    assert resp.status_code == 404, resp.text

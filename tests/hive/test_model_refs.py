@@ -78,3 +78,9 @@ def test_catalog_name_guess() -> None:
     assert catalog_name_guess(parse("o/r", {})) == "o/r:Q4_K_M"
     assert catalog_name_guess(parse("o/r:q8_0", {})) == "o/r:Q8_0"
     assert catalog_name_guess(parse("llama-3-8b", ALIASES)) == "llama-3-8b"
+
+
+def test_a_home_folder_of_a_user_that_does_not_exist_is_a_bad_name_not_a_crash() -> None:
+    # Found by fuzzing the queen's API: Path.expanduser raised RuntimeError, a 500.
+    with pytest.raises(BadModelRef, match="no-such-user-here"):
+        parse("~no-such-user-here/model.gguf", {})

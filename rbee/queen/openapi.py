@@ -1,0 +1,95 @@
+"""The queen's OpenAPI 3.1 description, built from its routes and the contracts they read.
+
+Paths and methods come from the app's own routing table, so the spec cannot forget a route; the
+request bodies are the pydantic contracts the routes validate with. Served at `/openapi.json`
+(open to everyone: it describes, it grants nothing), and fuzzed in CI with schemathesis.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel
+from starlette.routing import BaseRoute, Route
+
+from rbee import __version__
+from rbee.contracts.hives import HiveEnroll, HiveReport
+from rbee.contracts.jobs import JobCreate
+from rbee.contracts.keys import KeyCreate
+from rbee.contracts.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+
+BODIES: dict[tuple[str, str], type[BaseModel]] = {
+    ("POST", "/v1/chat/completions"): ChatCompletionRequest,
+    ("POST", "/v1/completions"): CompletionRequest,
+    ("POST", "/v1/embeddings"): EmbeddingRequest,
+    ("POST", "/v1/jobs"): JobCreate,
+    ("POST", "/v1/hives"): HiveEnroll,
+    ("POST", "/v1/hives/register"): HiveReport,
+    ("POST", "/v1/hives/heartbeat"): HiveReport,
+    ("POST", "/v1/keys"): KeyCreate,
+}
+QUERIES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
+    ("GET", "/v1/catalog"): {"hive": {"type": "string"}},
+    ("GET", "/v1/catalog/{name}"): {"hive": {"type": "string"}, "ctx": {"type": "integer", "minimum": 1},
+                                    "slots": {"type": "integer", "minimum": 1}},
+    ("DELETE", "/v1/catalog/{name}"): {"hive": {"type": "string"}},
+    ("GET", "/v1/usage"): {"key": {"type": "string"}},
+    ("GET", "/v1/audit"): {"limit": {"type": "number", "minimum": 0}, "since": {"type": "number", "minimum": 0},
+                           "action": {"type": "string"}},
+}
+HEADERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
+    (method, path): {
+        "x-rbee-hive": {"type": "string", "description": "serve the request on this hive only"},
+        "x-rbee-timeout": {"type": "number", "minimum": 0.1, "maximum": 86400,
+                           "description": "seconds until the request is abandoned (504 or an error event)"},
+    } for method, path in BODIES if path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+}
+OPEN = {"/health", "/openapi.json"}
+_CONVERTER = re.compile(r"\{(\w+)(?::\w+)?\}")
+_ERROR = {"description": "an OpenAI-shaped error: {\"error\": {\"message\", \"type\", \"param\", \"code\"}}"}
+
+
+def _operation(method: str, path: str, route: Route, schemas: dict[str, Any]) -> dict[str, Any]:
+    doc = (route.endpoint.__doc__ or route.name.replace("_", " ")).strip().splitlines()[0]
+    op: dict[str, Any] = {"operationId": f"{route.name}_{method.lower()}", "summary": doc,
+                          "responses": {"200": {"description": "OK"}, "default": _ERROR}}
+    params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+              for name in _CONVERTER.findall(path)]
+    params += [{"name": n, "in": "query", "required": False, "schema": s}
+               for n, s in QUERIES.get((method, path), {}).items()]
+    params += [{"name": n, "in": "header", "required": False, "schema": s}
+               for n, s in HEADERS.get((method, path), {}).items()]
+    if params:
+        op["parameters"] = params
+    model = BODIES.get((method, path))
+    if model is not None:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+        op["requestBody"] = {"required": True, "content": {
+            "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
+    if path in OPEN:
+        op["security"] = []
+    return op
+
+
+def build(routes: list[BaseRoute]) -> dict[str, Any]:
+    """The OpenAPI document for `routes` (a Starlette app's routing table)."""
+    paths: dict[str, dict[str, Any]] = {}
+    schemas: dict[str, Any] = {}
+    for route in routes:
+        if not isinstance(route, Route):
+            continue
+        path = _CONVERTER.sub(lambda m: "{" + m.group(1) + "}", route.path)
+        for method in sorted((route.methods or set()) - {"HEAD"}):
+            paths.setdefault(path, {})[method.lower()] = _operation(method, path, route, schemas)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "rbee queen", "version": __version__,
+                 "description": "OpenAI-compatible inference across your machines, and rbee's own API."},
+        "paths": paths,
+        "components": {"schemas": schemas,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"bearer": []}],
+    }
