@@ -31,6 +31,9 @@ the run, so --queue below --clients exercises back-pressure. Everything else tha
              [DONE] without finish_reason or usage, a lease still in flight after the load, or a queen that died
     exit 0   otherwise
 
+Latency percentiles are over the ok requests: TTFT up to the first chunk with content, total up to the end of
+the stream, both from the moment the request is sent (so they include any wait in the queen's queue).
+
 Queen memory (RSS of the queen process alone) is sampled before the load, every second during it, and
 --settle seconds after it (it should come back to about where it was); the workers (the queen's child
 processes) are reported separately, as are the queen's open file descriptors (a leaked connection shows there).

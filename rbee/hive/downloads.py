@@ -16,6 +16,7 @@ of the same revision resumes.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 import shutil
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rbee.common import settings
 from rbee.common.jobs import Emit, JobFailed
 from rbee.hive.gguf_info import SPLIT_RE
 from rbee.hive.model_refs import DEFAULT_QUANT, ModelRef, quant_of
@@ -139,6 +141,9 @@ def _hub_error(exc: Exception, ref: ModelRef) -> JobFailed:
         return JobFailed(f"{ref.repo} has no file {ref.filename or ''}")
     if isinstance(exc, HfHubHTTPError):
         return JobFailed(f"the hub answered an error for {ref.repo}: {exc}")
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return JobFailed(f"the disk under {settings.models_dir()} filled up while downloading {ref.repo}; the "
+                         "partial download was deleted and nothing else changed. Free some space and pull again.")
     return JobFailed(f"cannot reach {constants.ENDPOINT} ({type(exc).__name__}: {exc}); check the network, "
                      "or HF_ENDPOINT for a mirror")
 

@@ -183,10 +183,15 @@ class Hive:
             fetched = await downloads.fetch(plan, staging, emit)
             targets = [final / f.path for f in plan.files]
             await asyncio.to_thread(_move_all, fetched, targets)
-            entry = await asyncio.to_thread(
-                describe_file, targets[0], name, "hf", repo=plan.repo, revision=plan.commit,
-                sha256={f.path: f.sha256 for f in plan.files if f.sha256},
-            )
+            try:
+                entry = await asyncio.to_thread(
+                    describe_file, targets[0], name, "hf", repo=plan.repo, revision=plan.commit,
+                    sha256={f.path: f.sha256 for f in plan.files if f.sha256},
+                )
+            except NotAGGUFError as exc:  # the hub served something else under a .gguf name: keep nothing
+                for target in targets:
+                    await asyncio.to_thread(target.unlink, True)
+                raise JobFailed(f"{exc}; the downloaded file was deleted") from exc
             await self.catalog.add(entry)
         finally:
             await asyncio.to_thread(shutil.rmtree, staging, True)

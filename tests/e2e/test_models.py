@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -237,3 +239,60 @@ def test_gated_repo_needs_a_token(make_queen: Callable[..., Queen], hub: FakeHub
     queen.env["HF_TOKEN"] = TOKEN
     queen.start()
     queen.cli("model", "pull", "rbee-test/gated-GGUF:Q4_K_M", check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MiB file system of its own (tmpfs), so a download can fill it up."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_disk_that_fills_up_during_a_download_fails_clearly_and_keeps_nothing(
+    make_queen: Callable[..., Queen], hub: FakeHub, small_disk: Path, models: dict[str, bytes]
+) -> None:
+    model = models["q8"]
+    payload = model + b"\0" * (2 * 2**20 - len(model))  # fits the empty disk: the check before downloading passes
+    hub.add_repo("rbee-test/filler-GGUF", {"m-Q4_K_M.gguf": payload})
+    hub.slow("rbee-test/filler-GGUF", "m-Q4_K_M.gguf", bytes_per_second=400_000)
+    queen = make_queen(RBEE_MODELS_DIR=str(small_disk))
+    queen.env.update(hub_env(hub, queen.home))
+    queen.start()
+    job_id = httpx.post(f"{queen.url}/v1/jobs", json={"kind": "model.pull", "model": "rbee-test/filler-GGUF"},
+                        timeout=10).json()["job_id"]
+    events = []
+    with httpx.stream("GET", f"{queen.url}/v1/jobs/{job_id}/events", timeout=60) as resp:
+        for line in resp.iter_lines():
+            if line.startswith("data:"):
+                events.append(json.loads(line[5:]))
+                if events[-1].get("unit") == "bytes" and not (small_disk / "filler").exists():
+                    with (small_disk / "filler").open("wb") as f:  # something else takes the space meanwhile
+                        with contextlib.suppress(OSError):
+                            while True:
+                                f.write(b"\0" * 65536)
+                                f.flush()
+    failed = events[-1]
+    assert failed["type"] == "error", failed
+    assert "filled up" in failed["message"] and str(small_disk) in failed["message"]
+    (small_disk / "filler").unlink()
+    assert files_under(small_disk) == []  # the partial download is gone
+    assert "rbee-test/filler-GGUF:Q4_K_M" not in catalog(queen)
+    hub.slow("rbee-test/filler-GGUF", "m-Q4_K_M.gguf", bytes_per_second=10**9)
+    again = queen.cli("model", "pull", "rbee-test/filler-GGUF")
+    assert again.returncode == 0, again.stderr
+    assert (small_disk / "rbee-test/filler-GGUF/m-Q4_K_M.gguf").read_bytes() == payload
+
+
+def test_a_file_that_is_not_gguf_is_not_kept(queen: Queen, hub: FakeHub) -> None:
+    hub.add_repo("rbee-test/fake-GGUF", {"m-Q4_K_M.gguf": b"this is not a model" * 1000})
+    result = queen.cli("model", "pull", "rbee-test/fake-GGUF")
+    assert result.returncode == 1 and "not a GGUF model file" in result.stderr and "deleted" in result.stderr
+    assert files_under(models_dir(queen) / "rbee-test/fake-GGUF") == []
