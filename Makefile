@@ -32,6 +32,7 @@ test: engine lint
 
 bench: engine
 	$(BIN)/python benchmarks/proxy_overhead.py
+	$(BIN)/python benchmarks/load.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -8,10 +8,12 @@ an entry is listed (so the user sees it) but never served.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import re
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from rbee.contracts.models import ModelEntry
@@ -66,6 +68,7 @@ class Catalog:
         self._lock = asyncio.Lock()
         try:
             with self._connect() as db:
+                db.execute("PRAGMA journal_mode=WAL")  # kept by the file: set once
                 db.execute(_SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise CatalogError(
@@ -73,10 +76,16 @@ class Catalog:
                 "and add your models again (the model files themselves are untouched)."
             ) from exc
 
-    def _connect(self) -> sqlite3.Connection:
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """One transaction on a connection that is closed right after (not whenever the GC gets to it:
+        under load, open connections to the catalog piled up by the dozen)."""
         db = sqlite3.connect(self.db_path, timeout=10)
-        db.execute("PRAGMA journal_mode=WAL")
-        return db
+        try:
+            with db:
+                yield db
+        finally:
+            db.close()
 
     @staticmethod
     def _entry(row: tuple[str, float | None]) -> ModelEntry:

@@ -134,9 +134,10 @@ async def _infer(request: Request, contract: type[ModelRequest], path: str, mode
             lease = await _acquire(request, parsed, mode, frozenset(), deadline)
         try:
             return await state.forwarder.forward(lease, path, body, stream=stream, deadline=deadline, on_end=ended)
-        except WorkerUnavailable:
+        except WorkerUnavailable as exc:
             # The worker failed before sending a byte: one more try on another (or a fresh) worker.
-            log.warning("worker %s failed before answering; retrying once elsewhere", lease.worker.id)
+            log.warning("worker %s failed before answering (%r); retrying once elsewhere", lease.worker.id,
+                        exc.__cause__)
             retry = await _acquire(request, parsed, mode, frozenset({lease.worker.id}), deadline)
             return await state.forwarder.forward(retry, path, body, stream=stream, deadline=deadline, on_end=ended)
     except QueenError as exc:

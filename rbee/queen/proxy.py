@@ -131,11 +131,15 @@ class Forwarder:
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
             return await self._client().post(url, data=body, headers=headers)
 
-    async def _open(self, lease: Lease, path: str, body: bytes) -> aiohttp.ClientResponse:
+    async def _open(self, lease: Lease, path: str, body: bytes, stream: bool) -> aiohttp.ClientResponse:
         worker = lease.worker
+        headers = {"Authorization": f"Bearer {worker.api_key}", "Content-Type": "application/json"}
+        if stream:
+            # llama-server closes the connection after every streamed answer while still saying keep-alive;
+            # pooled, that socket would be handed to the next request dead ("Can not write request body").
+            headers["Connection"] = "close"
         try:
-            return await self._send(f"{worker.url}{path}", body,
-                                    {"Authorization": f"Bearer {worker.api_key}", "Content-Type": "application/json"})
+            return await self._send(f"{worker.url}{path}", body, headers)
         except (aiohttp.ClientError, OSError) as exc:
             raise WorkerUnavailable(f"Worker {worker.id} for '{worker.spec.model.name}' did not answer "
                                     f"({type(exc).__name__}); it is {worker.state}. Retry the request.") from exc
@@ -163,7 +167,7 @@ class Forwarder:
         """
         try:
             async with asyncio.timeout_at(deadline):  # a non-streamed answer arrives whole: bound the wait
-                upstream = await self._open(lease, path, body)
+                upstream = await self._open(lease, path, body, stream)
                 if not (stream and upstream.status == 200):
                     content = await self._read(lease, upstream)
         except BaseException as exc:

@@ -23,7 +23,7 @@ import itertools
 import logging
 import math
 import time
-from collections import Counter
+from collections import Counter, defaultdict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -75,7 +75,7 @@ class Lease:
         if self.scheduler is not None:
             if self.keep_alive == 0 and worker.in_flight == 0:
                 self.scheduler.unload_soon(worker)
-            self.scheduler.notify()
+            self.scheduler.slot_freed(worker)
 
 
 class Scheduler:
@@ -84,6 +84,7 @@ class Scheduler:
         self._tick = asyncio.Event()
         self._loading: dict[tuple[str, WorkerMode], asyncio.Task[AnyWorker]] = {}
         self._waiting: Counter[str] = Counter()
+        self._queues: dict[tuple[str, WorkerMode], deque[asyncio.Event]] = defaultdict(deque)
         self._background: set[asyncio.Task[None]] = set()
 
     # -- waking waiters ---------------------------------------------------------------------------
@@ -91,6 +92,20 @@ class Scheduler:
         """Something changed (a slot, a worker, memory): every waiting request looks again."""
         self._tick.set()
         self._tick = asyncio.Event()
+
+    def slot_freed(self, worker: AnyWorker) -> None:
+        """A slot of `worker` is free: wake the longest-waiting request for its model, not all of them
+        (a stampede of hundreds of waiters per finished request costs more CPU than the requests)."""
+        woke = self._wake_next((worker.spec.model.name, worker.spec.mode))
+        if not woke or worker.in_flight == 0:  # an idle worker may be evicted for another model's waiters
+            self.notify()
+
+    def _wake_next(self, key: tuple[str, WorkerMode]) -> bool:
+        for wake in self._queues.get(key, ()):
+            if not wake.is_set():
+                wake.set()
+                return True
+        return False
 
     def unload_soon(self, worker: AnyWorker) -> None:
         task = asyncio.get_running_loop().create_task(self._unload(worker, "keep_alive 0"))
@@ -190,6 +205,8 @@ class Scheduler:
     def try_acquire(self, model: str, mode: WorkerMode = WorkerMode.GENERATE, pinned: str | None = None,
                     keep_alive: str | int | float | None = None) -> Lease | None:
         """(2) without waiting: a lease on a ready worker with a free slot, or None (the hot path)."""
+        if self._queues.get((model, mode)):
+            return None  # others are waiting for this model: queue behind them
         free = [w for w in self.ready_workers(model, mode, self.hives_for(pinned)) if w.in_flight < w.spec.slots]
         return self._lease(free, self._hold(keep_alive, model)) if free else None
 
@@ -201,12 +218,15 @@ class Scheduler:
         per_model, overall, timeout = settings.queue_limits()
         started = time.monotonic()
         name, resolved, queued = model, None, False
+        place_in_line: asyncio.Event | None = None  # set when it is this request's turn to look again
         try:
             while True:
                 tick = self._tick
+                if place_in_line is not None:
+                    place_in_line.clear()
                 ready = [w for w in self.ready_workers(name, mode, hives) if w.id not in exclude]
                 free = [w for w in ready if w.in_flight < w.spec.slots]
-                if free:  # (2)
+                if free and (place_in_line is not None or not self._queues.get((name, mode))):  # (2), in turn
                     return self._lease(free, hold)
                 if resolved is None:  # (3)
                     resolved = await self.resolve(model, hives)
@@ -223,12 +243,16 @@ class Scheduler:
                                         headers={"Retry-After": "2"})
                     self._waiting[name] += 1
                     queued = True
+                    place_in_line = asyncio.Event()
+                    self._queues[key].append(place_in_line)
                 remaining = started + timeout - time.monotonic()
                 if remaining <= 0:
                     raise QueueFull(f"Waited {timeout:.0f} s for a free slot on '{name}'; retry shortly.",
                                     headers={"Retry-After": "5"})
                 loading = self._loading.get(key)
                 waits: set[asyncio.Future[object]] = {asyncio.ensure_future(tick.wait())}
+                if place_in_line is not None:
+                    waits.add(asyncio.ensure_future(place_in_line.wait()))
                 if loading is not None:
                     waits.add(loading)  # type: ignore[arg-type]
                 done, _ = await asyncio.wait(waits, timeout=min(remaining, 1.0),
@@ -241,6 +265,13 @@ class Scheduler:
         finally:
             if queued:
                 self._waiting[name] -= 1
+            if place_in_line is not None:
+                line = self._queues[(name, mode)]
+                line.remove(place_in_line)
+                if not line:
+                    del self._queues[(name, mode)]
+                elif place_in_line.is_set():  # woken but leaving without the slot: the next one gets it
+                    self._wake_next((name, mode))
 
     async def _start_loading(self, candidates: list[tuple[AnyHive, ModelEntry]], mode: WorkerMode,
                              waiting_since: float, evict: bool = True) -> None:

@@ -291,7 +291,10 @@ def test_a_disk_that_fills_up_during_a_download_fails_clearly_and_keeps_nothing(
     assert (small_disk / "rbee-test/filler-GGUF/m-Q4_K_M.gguf").read_bytes() == payload
 
 
-def test_a_file_that_is_not_gguf_is_not_kept(queen: Queen, hub: FakeHub) -> None:
+def test_a_file_that_is_not_gguf_is_not_kept(make_queen: Callable[..., Queen], hub: FakeHub) -> None:
+    queen = make_queen()
+    queen.env.update(hub_env(hub, queen.home))
+    queen.start()
     hub.add_repo("rbee-test/fake-GGUF", {"m-Q4_K_M.gguf": b"this is not a model" * 1000})
     result = queen.cli("model", "pull", "rbee-test/fake-GGUF")
     assert result.returncode == 1 and "not a GGUF model file" in result.stderr and "deleted" in result.stderr
