@@ -78,6 +78,11 @@ def admin_token_file() -> Path:
     return config_dir() / "admin.token"
 
 
+def tls_dir() -> Path:
+    """The cluster CA and this machine's certificates (see rbee/common/tls.py)."""
+    return config_dir() / "tls"
+
+
 def hive_pid_file() -> Path:
     return state_dir() / "hive.pid"
 

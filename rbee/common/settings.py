@@ -40,8 +40,14 @@ def queen_host() -> str:
     return os.environ.get("RBEE_QUEEN_HOST", DEFAULT_QUEEN_HOST)
 
 
+def queen_tls() -> bool:
+    """Whether the queen speaks HTTPS: RBEE_TLS_CERT is set, or `rbee tls init` made its certificate."""
+    return bool(os.environ.get("RBEE_TLS_CERT")) or (paths.tls_dir() / "queen.pem").is_file()
+
+
 def queen_url() -> str:
-    return os.environ.get("RBEE_QUEEN_URL") or f"http://{queen_host()}:{queen_port()}"
+    scheme = "https" if queen_tls() else "http"
+    return os.environ.get("RBEE_QUEEN_URL") or f"{scheme}://{queen_host()}:{queen_port()}"
 
 
 def worker_threads() -> int | None:

@@ -48,6 +48,7 @@ class HiveReport(BaseModel):
     version: str
     address: str  # where the queen reaches this hive and its workers
     port: int = Field(ge=1, le=65535)
+    tls: bool = False  # its API and its workers speak HTTPS, with a certificate from the cluster CA
     engine: EngineInfo
     devices: list[DeviceInfo]
     memory_total: int  # what the hive may give its workers

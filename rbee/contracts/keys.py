@@ -14,7 +14,8 @@ KEY_PREFIX = "rbee-"
 class KeyCreate(BaseModel):
     name: str = Field(pattern=KEY_NAME.pattern, description="a unique name: who or what uses the key "
                       "(1-64 letters, digits, '.', '_', '@' or '-', starting with a letter or digit)")
-    expires_at: float | None = Field(default=None, description="Unix time after which the key stops working")
+    expires_at: float | None = Field(default=None, allow_inf_nan=False,
+                                     description="Unix time after which the key stops working")
     models: list[str] | None = Field(default=None, description="the only models this key may use (all if unset)")
     rpm: int | None = Field(default=None, ge=1, le=10**9, description="requests per minute")
     tpm: int | None = Field(default=None, ge=1, le=10**12, description="tokens (prompt + completion) per minute")

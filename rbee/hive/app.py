@@ -115,7 +115,7 @@ async def stop(request: Request) -> Response:
 
 def create_app(config: HiveConfig, hive: Hive | None = None,
                on_shutdown: Callable[[], None] | None = None) -> Starlette:
-    hive = hive or Hive(config.alias, address=config.address)
+    hive = hive or Hive(config.alias, address=config.address, tls=config.tls_files())
     link = QueenLink(hive, config)
 
     @contextlib.asynccontextmanager

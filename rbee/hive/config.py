@@ -7,6 +7,7 @@
     port = 7835
     models_dir = "/data/models"              # optional
     memory_budget = "24GiB"                  # optional
+    tls = true                               # optional: HTTPS with ~/.config/rbee/tls/{hive.pem,hive.key,ca.pem}
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from pydantic import TypeAdapter, ValidationError
 
 from rbee.common import paths
+from rbee.common.tls import TLSFiles
 
 DEFAULT_PORT = 7835
 
@@ -36,6 +38,11 @@ class HiveConfig:
     port: int = DEFAULT_PORT
     models_dir: str | None = None
     memory_budget: str | None = None
+    tls: bool = False
+
+    def tls_files(self) -> TLSFiles | None:
+        folder = paths.tls_dir()
+        return TLSFiles(folder / "hive.pem", folder / "hive.key", folder / "ca.pem") if self.tls else None
 
     def to_toml(self) -> str:
         return "".join(f"{key} = {_toml_value(value)}\n" for key, value in asdict(self).items() if value is not None)
@@ -49,6 +56,8 @@ class HiveConfig:
 
 
 def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
     text = str(value)

@@ -162,7 +162,17 @@ def plan(ref: ModelRef) -> PullPlan:
         for s in info.siblings or []
     ]
     chosen, quant = choose_files(ref, files)
+    for remote in chosen:
+        if not stays_inside(remote.path):  # a hostile hub or mirror must not write outside the models folder
+            raise JobFailed(f"{ref.repo} lists a file named {remote.path!r}, which would land outside the models "
+                            "folder; refused")
     return PullPlan(repo=ref.repo, commit=str(info.sha), files=chosen, quant=quant)
+
+
+def stays_inside(relative: str) -> bool:
+    """Whether a path from the hub stays inside the folder it is joined to (no '..', not absolute)."""
+    parts = relative.replace("\\", "/").split("/")
+    return bool(relative) and not relative.startswith("/") and all(p not in ("", ".", "..") for p in parts)
 
 
 def check_room(folder: Path, needed: int) -> None:

@@ -126,13 +126,18 @@ def parse(text: str, aliases: dict[str, str] | None = None) -> ModelRef:
             raise BadModelRef(f"alias {text!r} points at {aliases[text]!r}, which is not a repo or a file")
         return ModelRef(text=text, path=target.path, repo=target.repo, revision=target.revision,
                         quant=target.quant, filename=target.filename)
-    if match := _HF_FILE.match(text):
+    if (match := _HF_FILE.match(text)) and _plain_repo(match["repo"]) and ".." not in match["file"].split("/"):
         return ModelRef(text=text, repo=match["repo"], revision=match["rev"], filename=match["file"])
-    if "/" in text and (match := _HF_QUANT.match(text)):
+    if "/" in text and (match := _HF_QUANT.match(text)) and _plain_repo(match["repo"]):
         return ModelRef(text=text, repo=match["repo"], revision=match["rev"], quant=match["quant"])
     if "/" in text:
         raise BadModelRef(f"{text!r} is neither a file path nor a Hugging Face name like org/repo:Q4_K_M")
     return ModelRef(text=text, catalog_name=text)
+
+
+def _plain_repo(repo: str) -> bool:
+    """org/name, neither of them '.' or '..' (the repo becomes a folder under the models folder)."""
+    return all(part not in (".", "..") for part in repo.split("/"))
 
 
 def quant_of(filename: str) -> str | None:

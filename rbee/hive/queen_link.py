@@ -37,7 +37,7 @@ class QueenLink:
                                  headers={"Authorization": f"Bearer {self._config.token}",
                                           "Content-Type": "application/json",
                                           "X-Rbee-Hive-Alias": self._config.alias})  # names it in refusals
-        if resp.status_code in (401, 403):
+        if resp.status_code in (400, 401, 403):
             raise _Refused(_message(resp))
         if resp.status_code == 404 and path.endswith("heartbeat"):
             raise _Unknown()
@@ -47,7 +47,8 @@ class QueenLink:
     async def run(self) -> None:
         """Runs for the hive's lifetime."""
         backoff = 1.0
-        async with httpx.AsyncClient(timeout=10.0) as client:
+        files = self._config.tls_files()
+        async with httpx.AsyncClient(timeout=10.0, verify=files.client_context() if files else True) as client:
             while True:
                 try:
                     path = "/v1/hives/heartbeat" if self.registered else "/v1/hives/register"

@@ -26,8 +26,13 @@ def serve(config: HiveConfig) -> None:
     pid_file = paths.hive_pid_file()
     app = create_app(config, on_shutdown=functools.partial(remove_pid_file, pid_file))
 
-    server = uvicorn.Server(uvicorn.Config(app, host=LISTEN_HOST, port=config.port, log_level="warning",
-                                          access_log=False, timeout_graceful_shutdown=5))
+    files = config.tls_files()
+    if files is not None:
+        files.server_context()  # a missing or broken certificate stops the start with the file's name
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=LISTEN_HOST, port=config.port, log_level="warning", access_log=False, timeout_graceful_shutdown=5,
+        ssl_certfile=files.cert if files else None, ssl_keyfile=files.key if files else None,
+    ))
     write_pid_file(pid_file)
     log.info("hive '%s' listening on port %d, workers on %s, queen at %s (pid %d)", config.alias, config.port,
              config.address, config.queen_url, os.getpid())

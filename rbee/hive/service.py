@@ -17,6 +17,7 @@ import psutil
 
 from rbee.common import paths, settings
 from rbee.common.jobs import Emit, JobFailed
+from rbee.common.tls import TLSFiles
 from rbee.common.version import current as current_version
 from rbee.contracts.hives import DeviceInfo, HiveReport, HostedWorker
 from rbee.contracts.models import DEMO_MODEL, MemoryNeed, ModelDetail, ModelEntry
@@ -73,9 +74,11 @@ def _delete_files(files: list[Path], root: Path) -> None:
 
 
 class Hive:
-    def __init__(self, alias: str = "localhost", state: Path | None = None, address: str = "127.0.0.1") -> None:
+    def __init__(self, alias: str = "localhost", state: Path | None = None, address: str = "127.0.0.1",
+                 tls: TLSFiles | None = None) -> None:
         self.alias = alias
         self.address = address  # where its workers listen: loopback, or the LAN address of a remote hive
+        self.tls = tls  # a remote hive with TLS: its workers speak HTTPS with its certificate
         state = state or paths.state_dir()
         self.catalog = Catalog(state / "hive" / "catalog.sqlite")
         self.supervisor = Supervisor(alias, state / "hive" / "workers")
@@ -243,7 +246,7 @@ class Hive:
     async def report(self, port: int) -> HiveReport:
         """Everything the queen needs to know about this hive (its registration and heartbeats)."""
         return HiveReport(
-            alias=self.alias, version=current_version(), address=self.address, port=port,
+            alias=self.alias, version=current_version(), address=self.address, port=port, tls=self.tls is not None,
             engine=await self.engine(), devices=self.devices(), memory_total=self.memory_total(),
             models=await self.catalog.list(),
             workers=[HostedWorker(info=w.info(), api_key=w.api_key, entry=w.spec.model)
@@ -279,7 +282,7 @@ class Hive:
         context, slots = self.worker_shape(model.name)
         spec = WorkerSpec(
             model=model, mode=mode, engine=Path(info.path), slots=slots, context_per_slot=context,
-            threads=settings.worker_threads(), host=self.address,
+            threads=settings.worker_threads(), host=self.address, tls=self.tls,
         )
         self.supervisor.forget_dead()
         worker = await self.supervisor.spawn(spec, memory)

@@ -24,6 +24,7 @@ from typing import BinaryIO
 import httpx
 
 from rbee.common.logs import tail
+from rbee.common.tls import TLSFiles
 from rbee.contracts.models import ModelEntry
 from rbee.contracts.workers import WorkerInfo, WorkerMode, WorkerState, check_transition
 
@@ -53,6 +54,7 @@ class WorkerSpec:
     context_per_slot: int
     threads: int | None = None
     host: str = "127.0.0.1"
+    tls: TLSFiles | None = None  # HTTPS with the hive's certificate (workers on a TLS hive, reached over the LAN)
 
 
 def free_port(host: str) -> int:
@@ -82,6 +84,8 @@ def build_argv(spec: WorkerSpec, port: int) -> list[str]:
         argv += ["--threads", str(spec.threads), "--threads-batch", str(spec.threads)]
     if spec.mode is WorkerMode.EMBED:
         argv += ["--embeddings", "--pooling", "mean"]
+    if spec.tls is not None:
+        argv += ["--ssl-cert-file", str(spec.tls.cert), "--ssl-key-file", str(spec.tls.key)]
     return argv
 
 
@@ -115,7 +119,8 @@ class WorkerProcess:
 
     @property
     def url(self) -> str | None:
-        return f"http://{self.spec.host}:{self.port}" if self.port else None
+        scheme = "https" if self.spec.tls else "http"
+        return f"{scheme}://{self.spec.host}:{self.port}" if self.port else None
 
     @property
     def pid(self) -> int | None:
@@ -184,7 +189,8 @@ class WorkerProcess:
 
     async def _wait_healthy(self) -> None:
         assert self.url is not None
-        async with httpx.AsyncClient(timeout=2.0) as client:
+        verify = self.spec.tls.client_context() if self.spec.tls else True
+        async with httpx.AsyncClient(timeout=2.0, verify=verify) as client:
             while self.state is WorkerState.STARTING:
                 try:
                     resp = await client.get(f"{self.url}/health")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import ssl
 from collections.abc import Generator, Iterator
 from typing import Any
 
 import httpx
 
-from rbee.common import paths
+from rbee.common import paths, tls
 from rbee.contracts.jobs import JobEvent
 from rbee.contracts.status import QueenHealth
 from rbee.keeper.output import CLIError
@@ -42,10 +43,18 @@ class QueenCredential(httpx.Auth):
         yield request
 
 
+def _verify(base_url: str) -> ssl.SSLContext | bool:
+    """For an https queen: the cluster CA (RBEE_TLS_CA, else `rbee tls init`'s) when there is one."""
+    if not base_url.startswith("https:"):
+        return True
+    return tls.cluster_client_context() or True
+
+
 class QueenClient:
     def __init__(self, base_url: str, timeout: float | None = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, auth=QueenCredential())
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, auth=QueenCredential(),
+                                  verify=_verify(self.base_url))
 
     def close(self) -> None:
         self._http.close()
@@ -54,7 +63,11 @@ class QueenClient:
         """The queen's health, None when nothing listens; `NotAQueenError` when something else does."""
         try:
             resp = self._http.get("/health", timeout=timeout)
-        except (httpx.ConnectError, httpx.ConnectTimeout):
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            if "SSL" in str(exc) or "certificate" in str(exc).lower():
+                raise CLIError(f"the queen at {self.base_url} failed the TLS check ({exc}). Its certificate must "
+                               f"come from the cluster CA ({paths.tls_dir() / 'ca.pem'}, or RBEE_TLS_CA); "
+                               "a queen without TLS needs an http:// URL (RBEE_QUEEN_URL).") from exc
             return None
         except httpx.HTTPError as exc:
             raise NotAQueenError(f"{type(exc).__name__}") from exc

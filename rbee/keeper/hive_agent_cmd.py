@@ -15,6 +15,7 @@ from rbee import __version__
 from rbee.common import paths
 from rbee.common.daemon import PortInUseError
 from rbee.common.logs import tail
+from rbee.common.tls import TLSError
 from rbee.hive import background
 from rbee.hive import config as hive_config
 from rbee.keeper.output import CLIError, Output
@@ -37,6 +38,8 @@ def run() -> None:
     config = _config()
     try:
         serve(config)
+    except TLSError as exc:
+        raise CLIError(f"{exc}; re-run `rbee hive install {config.alias}` on the queen's machine") from exc
     except PortInUseError as exc:
         raise CLIError(f"the hive's port {config.port} is taken by another program on this machine. Stop it, or "
                        f"set another `HivePort` for '{config.alias}' in hives.conf and re-run "

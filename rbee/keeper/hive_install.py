@@ -22,7 +22,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from rbee import __version__
-from rbee.common import settings
+from rbee.common import paths, settings, tls
 from rbee.hive import engine
 from rbee.hive.config import HiveConfig
 from rbee.keeper import wheelhouse
@@ -224,16 +224,46 @@ class Installer:
         if self.queen_url:
             return self.queen_url
         port = urlsplit(self.client.base_url).port or settings.DEFAULT_QUEEN_PORT
-        return f"http://{remote.queen_side_ip}:{port}"
+        return f"{'https' if settings.queen_tls() else 'http'}://{remote.queen_side_ip}:{port}"
+
+    async def ship_certificates(self, remote: Remote) -> bool:
+        """With TLS on (`rbee tls init`), give the hive a certificate for the address the queen reaches it at,
+        and make sure the queen's own certificate names the address the hive reaches it at. True when the
+        queen's certificate had to be reissued (it then needs a restart)."""
+        if not settings.queen_tls():
+            return False
+        names = [remote.own_ip, self.host.alias] + ([self.host.hostname] if self.host.hostname else [])
+        try:
+            cert, key = await asyncio.to_thread(tls.issue, f"rbee hive {self.host.alias}", names)
+            ca = await asyncio.to_thread(tls.cluster_ca().read_bytes)
+            queen_cert = paths.tls_dir() / "queen.pem"
+            reissue = queen_cert.is_file() and remote.queen_side_ip not in tls.names_in(queen_cert)
+            if reissue:
+                await asyncio.to_thread(tls.issue_queen_cert, [remote.queen_side_ip])
+        except (tls.TLSError, OSError) as exc:
+            raise CLIError(f"cannot make a certificate for {self.host.alias}: {exc}") from exc
+        folder = f"{remote.config_dir}/tls"
+        await self.ssh.put_text(ca.decode(), f"{folder}/ca.pem", mode="0644")
+        await self.ssh.put_text(cert.decode(), f"{folder}/hive.pem", mode="0644")
+        await self.ssh.put_text(key.decode(), f"{folder}/hive.key", mode="0600")
+        named = ", ".join(dict.fromkeys(names))
+        self.out.success(f"{self.host.alias} has a certificate from the cluster CA for {named}")
+        return reissue
 
     async def write_config(self, remote: Remote) -> None:
+        reissued = await self.ship_certificates(remote)
         enrolled = await asyncio.to_thread(self.client.post, "/v1/hives", {"alias": self.host.alias})
         config = HiveConfig(alias=self.host.alias, queen_url=self.queen_url_for(remote), token=enrolled["token"],
-                            address=remote.own_ip, port=self.host.hive_port, models_dir=self.host.models_dir)
+                            address=remote.own_ip, port=self.host.hive_port, models_dir=self.host.models_dir,
+                            tls=settings.queen_tls())
         await self.ssh.put_text(config.to_toml(), f"{remote.config_dir}/hive.toml", mode="0600")
         self.out.success(f"{self.host.alias} enrolled; it reports to {config.queen_url}")
         health = await asyncio.to_thread(self.client.health)
-        if health is not None and health.listen_host in (None, "127.0.0.1", "localhost", "::1"):
+        if reissued and health is not None:
+            self.out.info(f"restarting the queen: its certificate now also names {remote.queen_side_ip}")
+            await asyncio.to_thread(stop_queen, self.client, self.out, True)
+            await asyncio.to_thread(ensure_queen, self.client, self.out)
+        elif health is not None and health.listen_host in (None, "127.0.0.1", "localhost", "::1"):
             self.out.info("restarting the queen so that hives can reach it: it now listens on "
                           f"{settings.queen_network_host()}, where it answers only hives with a join token")
             await asyncio.to_thread(stop_queen, self.client, self.out, True)

@@ -18,6 +18,7 @@ from rbee.keeper import (
     model_cmd,
     queen_cmd,
     status_cmd,
+    tls_cmd,
     worker_cmd,
 )
 from rbee.keeper.output import CLIError, Output
@@ -39,6 +40,7 @@ app.add_typer(worker_cmd.app, name="worker")
 app.add_typer(hive_cmd.app, name="hive")
 app.add_typer(key_cmd.app, name="key")
 app.command("audit")(key_cmd.audit)
+app.add_typer(tls_cmd.app, name="tls")
 app.add_typer(hive_agent_cmd.app, name="hive-agent", hidden=True)
 
 

@@ -44,7 +44,8 @@ def start(
             raise CLIError(f"{exc.strerror}: another program is listening there. Stop it, or start the "
                            f"queen on another port with --port (and RBEE_QUEEN_PORT for the CLI).") from exc
         return
-    ctx = App(queen_url=f"http://127.0.0.1:{port}")  # a queen on any address also answers on loopback
+    scheme = "https" if settings.queen_tls() else "http"
+    ctx = App(queen_url=f"{scheme}://127.0.0.1:{port}")  # a queen on any address also answers on loopback
     health = ctx.running_queen()
     if health is not None and parse_version(health.version) >= parse_version(current_version()):
         ctx.out.success(f"queen already running on port {port} (pid {health.pid}, v{health.version}, listening "

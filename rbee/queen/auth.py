@@ -72,7 +72,8 @@ def read_or_create_admin_token(path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     token = "rbee-admin-" + secrets.token_urlsafe(32)
     tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp.unlink(missing_ok=True)  # O_EXCL below: a leftover file's looser mode is never kept
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
     os.replace(tmp, path)
@@ -146,7 +147,7 @@ class Keyring:
         key = who.key
         if key is None:
             return
-        if looks_like_path(model):
+        if looks_like_path(model.strip()):  # stripped as the model name parser strips it
             raise Forbidden(f"An API key may use models by name only, not by file path ({model!r}); "
                             "`GET /v1/models` lists them.", param="model", code="model_not_allowed")
         if key.models is not None and model not in key.models:

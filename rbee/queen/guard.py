@@ -50,7 +50,10 @@ def principal_of(scope: Scope) -> Principal:
 
 
 def _host_name(value: str) -> str:
-    return (urlsplit(f"//{value}").hostname or "").lower()
+    try:
+        return (urlsplit(f"//{value}").hostname or "").lower()
+    except ValueError:  # e.g. "[::1" : not a name this machine answers to
+        return ""
 
 
 def _is_client_path(path: str) -> bool:
@@ -90,7 +93,8 @@ def _identify(scope: Scope, headers: dict[str, str], access: Access) -> Principa
     if host is not None and _host_name(host) not in LOOPBACK_NAMES:
         raise Forbidden(f"Host {host!r} is not this machine; the queen answers to localhost only",
                         code="forbidden_origin")
-    if origin not in (None, "null") and (urlsplit(origin).hostname or "") not in LOOPBACK_NAMES:
+    # Any Origin that is not this machine, "null" included (sandboxed frames, file:// pages), is a web page.
+    if origin is not None and _host_name(urlsplit(origin).netloc if "//" in origin else origin) not in LOOPBACK_NAMES:
         raise Forbidden(f"cross-origin requests from {origin} are refused", code="forbidden_origin")
     return LOCAL
 

@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from rbee.common import settings
+from rbee.common.daemon import is_loopback
 from rbee.common.version import current as current_version
 from rbee.contracts.hives import HiveAck, HiveEnroll, HiveEnrolled, HiveReport, HiveState, HiveStatus
 from rbee.queen.errors import InvalidRequest, NotFound, QueenError
@@ -88,11 +89,26 @@ async def _authenticated_report(request: Request) -> tuple[HiveReport, str]:
         raise InvalidToken(f"The join token of hive '{claimed}' is unknown or revoked. Re-run "
                            f"`rbee hive install {claimed}` on the queen's machine.")
     _, report = await read_json(request, HiveReport)
+    _check_addresses(report, tls_required=queen_state(request).hive_tls is not None)
     if report.alias != alias:
         log.warning("refused a report from %s: it says it is '%s' but its token is '%s''s", client, report.alias,
                     alias)
         raise InvalidToken(f"This join token belongs to hive '{alias}', not '{report.alias}'.")
     return report, token
+
+
+def _check_addresses(report: HiveReport, tls_required: bool) -> None:
+    """A hive may not downgrade the queen to plain HTTP once the cluster has a CA, nor point it at workers
+    anywhere but on its own address (the queen would send them prompts and keys)."""
+    if tls_required and not report.tls and not is_loopback(report.address):
+        raise InvalidRequest(f"This queen uses TLS and hive '{report.alias}' does not: re-run "
+                             f"`rbee hive install {report.alias}` on the queen's machine to give it a certificate.",
+                             param="tls")
+    prefix = f"{'https' if report.tls else 'http'}://{report.address}:"
+    for worker in report.workers:
+        if worker.info.url is not None and not worker.info.url.startswith(prefix):
+            raise InvalidRequest(f"hive '{report.alias}' reports worker {worker.info.id} at {worker.info.url}, "
+                                 f"not on its own address ({prefix}...)", param="workers")
 
 
 def _ack(report: HiveReport) -> HiveAck:
@@ -112,7 +128,7 @@ async def register(request: Request) -> Response:
     if isinstance(hive, RemoteHive):
         hive.heard_from(report, token)
     else:
-        hive = RemoteHive(report, token)
+        hive = RemoteHive(report, token, state.hive_tls)
         state.hives[report.alias] = hive
     hive.problem = ack.message
     if ack.message:

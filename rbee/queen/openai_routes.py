@@ -99,6 +99,10 @@ async def _acquire(request: Request, parsed: ModelRequest, mode: WorkerMode, exc
     timeout = None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
     try:
         await asyncio.wait({acquiring, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # this request was cancelled: its place in the queue (or its lease) goes too
+        acquiring.cancel()
+        acquiring.add_done_callback(lambda t: t.cancelled() or t.exception() or t.result().release())
+        raise
     finally:
         gone.cancel()
     if not acquiring.done():
@@ -113,8 +117,10 @@ async def _acquire(request: Request, parsed: ModelRequest, mode: WorkerMode, exc
 
 def _metering(state: QueenState, who: Principal, model: str, stream: bool) -> OnEnd:
     """What to do when a forwarded request ends: count it, and its tokens, for whoever sent it."""
-    def ended(status: int, content: bytes) -> None:
-        prompt, completion = tokens_in(content, stream) if status < 400 else (0, 0)
+    def ended(status: int, content: bytes, events: int) -> None:
+        prompt, completion = tokens_in(content, stream)
+        if stream and not completion:  # cut short, before the closing event that reports the counts
+            completion = events
         state.usage.record(who.usage_name, model, prompt=prompt, completion=completion, error=status >= 400)
         state.keyring.spent(who, prompt + completion)
     return ended
@@ -141,7 +147,7 @@ async def _infer(request: Request, contract: type[ModelRequest], path: str, mode
             retry = await _acquire(request, parsed, mode, frozenset({lease.worker.id}), deadline)
             return await state.forwarder.forward(retry, path, body, stream=stream, deadline=deadline, on_end=ended)
     except QueenError as exc:
-        ended(exc.status, b"")
+        ended(exc.status, b"", 0)
         raise
 
 

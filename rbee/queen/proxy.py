@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 
@@ -28,9 +29,10 @@ def sse_error(message: str, status: int = 502, code: str = "worker_failed") -> b
     return b"data: " + envelope(status, message, code=code).model_dump_json().encode() + b"\n\n"
 
 
-OnEnd = Callable[[int, bytes], None]
-"""Told how a forwarded request ended: its status (502 for a stream that broke) and its last bytes
-(the whole body, or the tail of a stream: enough to find the `usage` or `timings` it ends with)."""
+OnEnd = Callable[[int, bytes, int], None]
+"""Told, once, how a forwarded request ended: its status (502 for a stream that broke, was cut or was left
+by its client), its last bytes (the whole body, or the tail of a stream: enough to find the `usage` or
+`timings` it ends with) and, for a stream, how many events it carried (about one per generated token)."""
 
 DEADLINE = (504, "deadline_exceeded", "The request's deadline (X-Rbee-Timeout) passed; generation was stopped.")
 SHUTDOWN = (503, "queen_shutting_down", "The queen is shutting down; retry the request in a moment.")
@@ -47,6 +49,9 @@ class _ForwardedStream(StreamingResponse):
         self._on_end = on_end
         self._in_flight = in_flight
         self.cut_reason: tuple[int, str, str] | None = None
+        self._tail: deque[bytes] = deque(maxlen=4)
+        self._events = 0
+        self._failed = False
         loop = asyncio.get_running_loop()
         self._timer = None if deadline is None else loop.call_at(deadline, self.cut, DEADLINE)
         in_flight.add(self)
@@ -58,25 +63,29 @@ class _ForwardedStream(StreamingResponse):
             self.cut_reason = reason
             self._upstream.close()
 
+    def _ended(self) -> None:
+        """Report the end once, however the stream ended (finished, broken, cut, or its client gone)."""
+        on_end, self._on_end = self._on_end, None
+        if on_end is not None:
+            on_end(502 if self._failed else 200, b"".join(self._tail), self._events)
+
     async def _chunks(self) -> AsyncIterator[bytes]:
-        tail: deque[bytes] = deque(maxlen=4)
-        failed = False
+        self._failed = True  # until the worker's stream ends normally
         try:
             async for chunk in self._upstream.content.iter_any():
-                tail.append(chunk)
+                self._tail.append(chunk)
+                self._events += chunk.count(b"data: ")
                 yield chunk
+            self._failed = self.cut_reason is not None
         except (aiohttp.ClientError, OSError) as exc:
-            failed = True
             if self.cut_reason is None:
                 log.warning("worker %s broke mid-stream: %r", self._lease.worker.id, exc)
                 yield sse_error(f"The worker serving '{self._lease.worker.spec.model.name}' stopped mid-stream "
                                 f"({self._lease.worker.state}); retry the request.")
         if self.cut_reason is not None:
-            failed = True
             status, code, message = self.cut_reason
             yield sse_error(message, status, code)
-        if self._on_end is not None:
-            self._on_end(502 if failed else 200, b"".join(tail))
+        self._ended()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -92,15 +101,18 @@ class _ForwardedStream(StreamingResponse):
             self._in_flight.discard(self)
             if self._timer is not None:
                 self._timer.cancel()
+            self._ended()
 
 
 class Forwarder:
     """Sends requests to workers over a pool of kept-alive connections (aiohttp: its C parser
     keeps the added latency per request well under a millisecond)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self._session: aiohttp.ClientSession | None = None
         self._streams: set[_ForwardedStream] = set()
+        self._tls: ssl.SSLContext | bool = tls or True  # workers on TLS hives: certificates from the cluster CA
+        self._closing = False
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -114,7 +126,9 @@ class Forwarder:
         return self._session
 
     def end_streams(self) -> int:
-        """End every stream in flight with an error event (the queen is stopping); how many there were."""
+        """End every stream in flight with an error event (the queen is stopping), and every stream that
+        starts from now on at once; how many were in flight."""
+        self._closing = True
         streams = list(self._streams)
         for stream in streams:
             stream.cut(SHUTDOWN)
@@ -127,9 +141,11 @@ class Forwarder:
     async def _send(self, url: str, body: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
         """POST, retrying once when a pooled keep-alive connection turns out to be closed already."""
         try:
-            return await self._client().post(url, data=body, headers=headers)
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-            return await self._client().post(url, data=body, headers=headers)
+            return await self._client().post(url, data=body, headers=headers, ssl=self._tls)
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            if isinstance(exc, aiohttp.ClientSSLError):
+                raise
+            return await self._client().post(url, data=body, headers=headers, ssl=self._tls)
 
     async def _open(self, lease: Lease, path: str, body: bytes, stream: bool) -> aiohttp.ClientResponse:
         worker = lease.worker
@@ -180,10 +196,13 @@ class Forwarder:
             headers["content-type"] = upstream.headers["Content-Type"]
         if stream and upstream.status == 200:
             headers.update({"cache-control": "no-cache", "x-accel-buffering": "no"})
-            return _ForwardedStream(upstream, lease, headers, on_end, deadline, self._streams)
+            stream = _ForwardedStream(upstream, lease, headers, on_end, deadline, self._streams)
+            if self._closing:  # a queued request that got its slot while the queen stops
+                stream.cut(SHUTDOWN)
+            return stream
         lease.release()
         if on_end is not None:
-            on_end(upstream.status, content)
+            on_end(upstream.status, content, 0)
         if upstream.status >= 400:
             return _normalise_error(upstream.status, content, headers)
         return Response(content, status_code=upstream.status, headers=headers)

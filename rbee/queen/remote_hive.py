@@ -9,6 +9,7 @@ heartbeats keep current. Requests go straight to the remote workers with their o
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from dataclasses import dataclass
 
@@ -184,7 +185,7 @@ class _Catalog:
 
 
 class RemoteHive:
-    def __init__(self, report: HiveReport, token: str) -> None:
+    def __init__(self, report: HiveReport, token: str, tls: ssl.SSLContext | None = None) -> None:
         self.alias = report.alias
         self.token = token
         self.supervisor = RemoteSupervisor(self)
@@ -194,14 +195,14 @@ class RemoteHive:
         self.last_seen = time.monotonic()
         self.problem: str | None = None
         self._needs: dict[str, int] = {}
-        self._client = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0),
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0), verify=tls or True,
                                          headers={"Authorization": f"Bearer {token}"})
         self.heard_from(report, token)
 
     @property
     def base_url(self) -> str:
         host = f"[{self.report.address}]" if ":" in self.report.address else self.report.address
-        return f"http://{host}:{self.report.port}"
+        return f"{'https' if self.report.tls else 'http'}://{host}:{self.report.port}"
 
     def heard_from(self, report: HiveReport, token: str) -> None:
         """A registration or heartbeat arrived: the hive is (again) ready, and its workers are as it says."""

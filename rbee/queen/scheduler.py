@@ -100,8 +100,12 @@ class Scheduler:
         if not woke or worker.in_flight == 0:  # an idle worker may be evicted for another model's waiters
             self.notify()
 
-    def _wake_next(self, key: tuple[str, WorkerMode]) -> bool:
-        for wake in self._queues.get(key, ()):
+    def _wake_next(self, key: tuple[str, WorkerMode], after: asyncio.Event | None = None) -> bool:
+        """Wake the first waiter for `key` not woken yet (only those behind `after`, when given)."""
+        line = list(self._queues.get(key, ()))
+        if after is not None:
+            line = line[line.index(after) + 1:] if after in line else []
+        for wake in line:
             if not wake.is_set():
                 wake.set()
                 return True
@@ -131,10 +135,13 @@ class Scheduler:
                         await self._unload(w, "keep_alive expired")
 
     # -- (1) and (3) ------------------------------------------------------------------------------
+    def _reachable(self) -> list[AnyHive]:
+        return [h for h in self._hives.values() if not isinstance(h, RemoteHive) or h.state is HiveState.READY]
+
     def hives_for(self, pinned: str | None) -> list[AnyHive]:
         """The hives a request may use: the pinned one, else every reachable one."""
         if pinned is None:
-            return [h for h in self._hives.values() if not isinstance(h, RemoteHive) or h.state is HiveState.READY]
+            return self._reachable()
         hive = self._hives.get(pinned)
         if hive is None:
             known = ", ".join(sorted(self._hives)) or "none (the queen has no hive yet: `rbee hive install ALIAS`)"
@@ -222,12 +229,17 @@ class Scheduler:
         try:
             while True:
                 tick = self._tick
+                woken = place_in_line is not None and place_in_line.is_set()
                 if place_in_line is not None:
                     place_in_line.clear()
                 ready = [w for w in self.ready_workers(name, mode, hives) if w.id not in exclude]
                 free = [w for w in ready if w.in_flight < w.spec.slots]
                 if free and (place_in_line is not None or not self._queues.get((name, mode))):  # (2), in turn
                     return self._lease(free, hold)
+                if woken and any(w.in_flight < w.spec.slots for w in self.ready_workers(name, mode, self._reachable())):
+                    # a free slot this request cannot use (it is pinned elsewhere, or a retry avoiding that
+                    # worker): the turn goes to the next in line
+                    self._wake_next((name, mode), after=place_in_line)
                 if resolved is None:  # (3)
                     resolved = await self.resolve(model, hives)
                     name = resolved[0][1].name

@@ -9,7 +9,7 @@ import socket
 
 import uvicorn
 
-from rbee.common import logs, paths, settings
+from rbee.common import logs, paths, settings, tls
 from rbee.common.daemon import PortInUseError, check_port_free, is_loopback, remove_pid_file, write_pid_file
 from rbee.queen.app import create_app
 from rbee.queen.guard import Access
@@ -61,6 +61,12 @@ def serve(host: str, port: int, insecure_no_auth: bool = False) -> None:
                                "(--insecure-no-auth skips this check, for a network you trust completely.)")
     elif state.db.enrolments():
         host = settings.queen_network_host()  # so its hives reach it; the guard limits what they may call
+    try:
+        files = tls.queen_files()
+        if files is not None:
+            files.server_context()  # a missing or broken certificate stops the start with the file's name
+    except tls.TLSError as exc:
+        raise StartRefused(str(exc)) from exc
     check_port_free(host, port)
     app = create_app(state, on_shutdown=functools.partial(remove_pid_file, paths.queen_pid_file()),
                      access=Access(insecure_no_auth=insecure_no_auth))
@@ -68,9 +74,10 @@ def serve(host: str, port: int, insecure_no_auth: bool = False) -> None:
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", access_log=False,
         loop="auto", http="auto", timeout_graceful_shutdown=5,
+        ssl_certfile=files.cert if files else None, ssl_keyfile=files.key if files else None,
     )
     server = _Server(config, state)
     app.state.server = server
     write_pid_file(paths.queen_pid_file())
-    log.info("queen listening on http://%s:%d (pid %d)", host, port, os.getpid())
+    log.info("queen listening on %s://%s:%d (pid %d)", "https" if files else "http", host, port, os.getpid())
     server.run()

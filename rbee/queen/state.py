@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import ssl
 import time
 from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
-from rbee.common import paths, settings
+from rbee.common import paths, settings, tls
 from rbee.common.jobs import JobRunner
 from rbee.common.version import current as current_version
 from rbee.contracts.status import QueenHealth
@@ -37,6 +38,7 @@ class QueenState:
     db: QueenDB
     keyring: Keyring
     usage: UsageMeter
+    hive_tls: ssl.SSLContext | None = None  # the cluster CA, to check TLS hives and their workers
     forwarder: Forwarder = field(default_factory=Forwarder)
     jobs: JobRunner = field(default_factory=JobRunner)
     started_at: float = field(default_factory=time.time)
@@ -50,7 +52,9 @@ class QueenState:
             hives["localhost"] = Hive("localhost")
         db = QueenDB(paths.queen_db_file())
         keyring = Keyring(db, read_or_create_admin_token(paths.admin_token_file()))
-        return cls(hives=hives, scheduler=Scheduler(hives), db=db, keyring=keyring, usage=UsageMeter(db))
+        client_tls = tls.cluster_client_context()
+        return cls(hives=hives, scheduler=Scheduler(hives), db=db, keyring=keyring, usage=UsageMeter(db),
+                   hive_tls=client_tls, forwarder=Forwarder(client_tls))
 
     def health(self) -> QueenHealth:
         return QueenHealth(version=current_version(), pid=os.getpid(), started_at=self.started_at,

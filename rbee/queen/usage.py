@@ -21,16 +21,22 @@ from rbee.queen.errors import QueenError
 log = logging.getLogger(__name__)
 
 
+MAX_COUNT = 10**9  # per request: more is not a token count but a worker gone wrong
+
+
+def _count(value: object) -> int:
+    return min(value, MAX_COUNT) if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
 def _tokens_of(event: object) -> tuple[int, int] | None:
     if not isinstance(event, dict):
         return None
     usage = event.get("usage")
     if isinstance(usage, dict):
-        return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        return _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
     timings = event.get("timings")
     if isinstance(timings, dict):
-        prompt = int(timings.get("prompt_n", 0)) + int(timings.get("cache_n", 0))
-        return prompt, int(timings.get("predicted_n", 0))
+        return _count(timings.get("prompt_n")) + _count(timings.get("cache_n")), _count(timings.get("predicted_n"))
     return None
 
 

@@ -270,3 +270,26 @@ def test_names_no_file_can_have_are_404_not_500(queen: Queen, name: str) -> None
     # Found by fuzzing: a path with an unknown ~user, a name too long for the file system, a NUL byte.
     resp = httpx.get(f"{queen.url}/v1/catalog/{name}")
     assert resp.status_code == 404, resp.text
+
+
+@pytest.mark.parametrize("headers", [{"Origin": "null"}, {"Origin": "https://evil.example"}, {"Host": "[::1"},
+                                     {"Host": "evil.example"}])
+def test_web_pages_cannot_use_a_keyless_queen(queen: Queen, headers: dict[str, str]) -> None:
+    # A sandboxed iframe or a file:// page sends `Origin: null`; a text/plain POST needs no CORS preflight.
+    resp = httpx.post(f"{queen.url}/v1/admin/shutdown", headers={"content-type": "text/plain", **headers})
+    assert resp.status_code == 403 and resp.json()["error"]["code"] == "forbidden_origin"
+    assert httpx.get(f"{queen.url}/health").status_code == 200
+
+
+def test_a_key_cannot_reach_a_file_by_padding_its_path(keyed: Queen, tiny_stop_model: Path) -> None:
+    secret = _create_key(keyed, "--name", "padder")
+    for name in (f" {tiny_stop_model}", f"\u3000{tiny_stop_model}", f"{tiny_stop_model} "):
+        refused = _chat(keyed, secret, model=name)
+        assert refused.status_code == 403 and "file path" in refused.json()["error"]["message"], name
+
+
+def test_an_expiry_that_is_not_a_time_is_refused(queen: Queen) -> None:
+    for value in ("NaN", "Infinity"):
+        body = '{"name": "odd-' + value.lower() + '", "expires_at": ' + value + "}"
+        resp = httpx.post(f"{queen.url}/v1/keys", content=body, headers={"content-type": "application/json"})
+        assert resp.status_code == 400 and resp.json()["error"]["param"] == "expires_at"

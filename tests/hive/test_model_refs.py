@@ -84,3 +84,21 @@ def test_a_home_folder_of_a_user_that_does_not_exist_is_a_bad_name_not_a_crash()
     # Found by fuzzing the queen's API: Path.expanduser raised RuntimeError, a 500.
     with pytest.raises(BadModelRef, match="no-such-user-here"):
         parse("~no-such-user-here/model.gguf", {})
+
+
+@pytest.mark.parametrize("name", ["a/..", "../b", "a/../x.gguf", "org/repo/../../etc/x.gguf"])
+def test_names_that_would_climb_out_of_the_models_folder_are_refused(name: str) -> None:
+    ref = None
+    try:
+        ref = parse(name, {})
+    except BadModelRef:
+        return
+    assert ref.repo is None  # understood as something else (a path the user gave), never as a hub repo
+
+
+def test_hub_file_names_must_stay_inside_the_models_folder() -> None:
+    from rbee.hive.downloads import stays_inside
+
+    assert stays_inside("m-Q4_K_M.gguf") and stays_inside("sub/dir/m.gguf")
+    for bad in ("../m.gguf", "/etc/m.gguf", "a/../../m.gguf", "", "a//m.gguf", "..\\\\m.gguf"):
+        assert not stays_inside(bad), bad

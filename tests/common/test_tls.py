@@ -1,0 +1,92 @@
+"""The cluster CA and its certificates: real TLS handshakes on loopback."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import stat
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rbee.common import tls
+
+
+def _make_ca(folder: Path) -> Path:
+    assert tls.ensure_ca(folder)
+    assert not tls.ensure_ca(folder)  # kept, not remade
+    return folder
+
+
+def _leaf(ca: Path, names: list[str], out: Path) -> tls.TLSFiles:
+    cert, key = tls.issue("test", names, ca)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "leaf.pem").write_bytes(cert)
+    (out / "leaf.key").write_bytes(key)
+    return tls.TLSFiles(out / "leaf.pem", out / "leaf.key", ca / "ca.pem")
+
+
+def _serve_once(files: tls.TLSFiles) -> Iterator[int]:
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    ctx = files.server_context()
+
+    def accept() -> None:
+        conn, _ = server.accept()
+        try:
+            with ctx.wrap_socket(conn, server_side=True) as tls_conn:
+                tls_conn.sendall(b"hello")
+        except (ssl.SSLError, OSError):
+            pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield port
+    server.close()
+    thread.join(5)
+
+
+def _handshake(port: int, ctx: ssl.SSLContext, name: str = "127.0.0.1") -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+            ctx.wrap_socket(raw, server_hostname=name) as conn:
+        return conn.recv(5)
+
+
+def test_the_ca_key_is_private_and_certificates_name_their_hosts(tmp_path: Path) -> None:
+    ca = _make_ca(tmp_path / "ca")
+    assert stat.S_IMODE((ca / "ca.key").stat().st_mode) == 0o600
+    files = _leaf(ca, ["127.0.0.1", "gpu-box", "10.0.0.7"], tmp_path / "leaf")
+    assert tls.names_in(files.cert) == {"127.0.0.1", "gpu-box", "10.0.0.7"}
+
+
+def test_a_certificate_from_the_cluster_ca_is_accepted(tmp_path: Path) -> None:
+    ca = _make_ca(tmp_path / "ca")
+    files = _leaf(ca, ["127.0.0.1"], tmp_path / "leaf")
+    for port in _serve_once(files):
+        assert _handshake(port, tls.client_context(ca / "ca.pem")) == b"hello"
+
+
+def test_another_ca_is_refused_even_with_the_right_name(tmp_path: Path) -> None:
+    ours = _make_ca(tmp_path / "ours")
+    theirs = _make_ca(tmp_path / "theirs")
+    impostor = _leaf(theirs, ["127.0.0.1"], tmp_path / "impostor")
+    for port in _serve_once(impostor):
+        with pytest.raises(ssl.SSLCertVerificationError):
+            _handshake(port, tls.client_context(ours / "ca.pem"))
+
+
+def test_a_certificate_for_another_host_is_refused(tmp_path: Path) -> None:
+    ca = _make_ca(tmp_path / "ca")
+    files = _leaf(ca, ["10.9.9.9"], tmp_path / "leaf")
+    for port in _serve_once(files):
+        with pytest.raises(ssl.SSLCertVerificationError):
+            _handshake(port, tls.client_context(ca / "ca.pem"))
+
+
+def test_missing_files_are_named(tmp_path: Path) -> None:
+    with pytest.raises(tls.TLSError, match=r"nope\.pem"):
+        tls.TLSFiles(tmp_path / "nope.pem", tmp_path / "nope.key", tmp_path / "ca.pem").server_context()
+    with pytest.raises(tls.TLSError, match="cannot be read"):
+        tls.issue("x", ["a"], tmp_path / "no-ca-here")

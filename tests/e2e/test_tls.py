@@ -1,0 +1,132 @@
+"""TLS between machines, for real: `rbee tls init`, then a hive installed over SSH in a network namespace
+(tests/fixtures/lan.py) gets its certificate; the queen, the hive's API and its workers speak HTTPS, and
+each side accepts only certificates from the cluster CA.
+"""
+
+from __future__ import annotations
+
+import shutil
+import ssl
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from rbee.common import tls
+from tests.conftest import Queen, free_port, queen_env
+from tests.fixtures.lan import Lan, lan_hosts
+from tests.fixtures.tiny_gguf import write_tiny_model
+
+
+@pytest.fixture(scope="module")
+def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lan]:
+    with lan_hosts(1, tmp_path_factory.mktemp("lan")) as lan:
+        yield lan
+
+
+@pytest.fixture(scope="module")
+def model_path() -> Iterator[str]:
+    folder = Path(tempfile.mkdtemp(prefix="rbee-tls-models-", dir="/var/tmp"))
+    folder.chmod(0o755)
+    path = write_tiny_model(folder / "tls-tiny.gguf", name="tls-tiny")
+    path.chmod(0o644)
+    yield str(path)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def keeper(lan: Lan, tmp_path_factory: pytest.TempPathFactory, llama_server: Path) -> Iterator[Queen]:
+    home = tmp_path_factory.mktemp("tls-keeper")
+    port = free_port()
+    env = queen_env(home, port, llama_server)
+    env.pop("RBEE_LLAMA_SERVER")  # the installer ships the build rbee made, found through RBEE_ENGINES_DIR
+    env.update(RBEE_ENGINES_DIR=str(llama_server.parents[2]), RBEE_LOCAL_HIVE="0",
+               RBEE_HIVES_CONF=str(lan.write_hives_conf(home / "hives.conf")),
+               RBEE_HEARTBEAT_MS="300", RBEE_HIVE_TIMEOUT_MS="1500")
+    queen = Queen(home, port, env)
+    yield queen
+    queen.cli("queen", "stop", timeout=60)
+
+
+@pytest.fixture(scope="module")
+def ca(keeper: Queen) -> Path:
+    made = keeper.cli("tls", "init", check=True)
+    assert "made the cluster CA" in made.stderr
+    return keeper.home / "config" / "tls" / "ca.pem"
+
+
+@pytest.fixture(scope="module")
+def installed(keeper: Queen, ca: Path) -> Queen:
+    result = keeper.cli("hive", "install", "h1", timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "certificate from the cluster CA" in result.stderr
+    return keeper
+
+
+def pinned(ca: Path) -> ssl.SSLContext:
+    return tls.client_context(ca)
+
+
+def test_the_queen_speaks_https_with_a_certificate_from_the_cluster_ca(installed: Queen, ca: Path) -> None:
+    url = f"https://127.0.0.1:{installed.port}"
+    assert httpx.get(f"{url}/health", verify=pinned(ca)).json()["service"] == "rbee-queen"
+    with pytest.raises(httpx.ConnectError):  # not a public CA: the system's roots do not vouch for it
+        httpx.get(f"{url}/health")
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{installed.port}/health", timeout=5)
+    status = installed.cli("status", check=True)  # the CLI finds the CA by itself
+    assert "h1" in status.stdout
+
+
+def test_requests_reach_a_worker_over_https_and_plain_http_is_refused_everywhere(
+    installed: Queen, ca: Path, model_path: str, lan: Lan
+) -> None:
+    url = f"https://127.0.0.1:{installed.port}"
+    reply = httpx.post(f"{url}/v1/chat/completions", verify=pinned(ca), timeout=60,
+                       headers={"x-rbee-hive": "h1"},
+                       json={"model": model_path, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+    assert reply.status_code == 200, reply.text
+    workers = httpx.get(f"{url}/v1/workers", verify=pinned(ca)).json()
+    worker_url = next(str(w["url"]) for w in workers if w["hive"] == "h1")
+    host = lan.hosts[0].address
+    assert worker_url.startswith(f"https://{host}:")
+    # The worker and the hive's API take TLS only, with a certificate the cluster CA signed for that address.
+    assert httpx.post(f"{worker_url}/v1/chat/completions", json={}, verify=pinned(ca)).status_code == 401
+    for target in (worker_url, f"http://{host}:7835"):
+        plain = target.replace("https://", "http://")
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{plain}/health", timeout=5)
+    assert httpx.get(f"https://{host}:7835/v1/hive/report", verify=pinned(ca)).status_code == 401
+
+
+def test_a_hive_that_does_not_trust_the_queens_certificate_cannot_join(installed: Queen, lan: Lan) -> None:
+    # Swap the hive's CA for another one: its heartbeats fail the TLS check and the queen marks it unreachable.
+    other = Path(tempfile.mkdtemp(prefix="rbee-other-ca-"))
+    try:
+        tls.ensure_ca(other)
+        rogue = (other / "ca.pem").read_text()
+    finally:
+        shutil.rmtree(other, ignore_errors=True)
+    ca_there = ".config/rbee/tls/ca.pem"
+    original = lan.run("h1", "cat", ca_there).stdout
+    lan.run("h1", "sh", "-c", f"cat > {ca_there}", input=rogue)
+    try:
+        assert lan.run("h1", ".local/share/rbee/venv/bin/rbee", "hive-agent", "restart").returncode == 0
+        url = f"https://127.0.0.1:{installed.port}"
+        ca_here = installed.home / "config" / "tls" / "ca.pem"
+        state = None
+        for _ in range(300):
+            state = next(h for h in httpx.get(f"{url}/v1/hives", verify=pinned(ca_here)).json()
+                         if h["alias"] == "h1")["state"]
+            if state == "unreachable":
+                break
+            time.sleep(0.1)
+        assert state == "unreachable"
+        log = lan.run("h1", ".local/share/rbee/venv/bin/rbee", "hive-agent", "logs", "-n", "40").stdout
+        assert "CERTIFICATE_VERIFY_FAILED" in log or "certificate verify failed" in log
+    finally:
+        lan.run("h1", "sh", "-c", f"cat > {ca_there}", input=original)
+        lan.run("h1", ".local/share/rbee/venv/bin/rbee", "hive-agent", "restart")
