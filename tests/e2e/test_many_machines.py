@@ -6,9 +6,7 @@ and OpenSSH sshd (tests/fixtures/lan.py). The keeper installs a hive on each ove
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import Queen, free_port, queen_env
-from tests.fixtures.lan import Lan, lan_hosts
+from tests.fixtures.lan import Lan, keeper_env, lan_hosts, model_every_host_reads
 from tests.fixtures.tiny_gguf import write_tiny_model
 
 HEARTBEAT_MS = 300
@@ -32,13 +30,8 @@ def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lan]:
 
 @pytest.fixture(scope="module")
 def shared_model() -> Iterator[str]:
-    """The tiny model at a path every host's user can read (the namespaces share one filesystem)."""
-    folder = Path(tempfile.mkdtemp(prefix="rbee-lan-models-", dir="/var/tmp"))
-    folder.chmod(0o755)
-    path = write_tiny_model(folder / "lan-tiny.gguf", name="lan-tiny")
-    path.chmod(0o644)
-    yield str(path)
-    shutil.rmtree(folder, ignore_errors=True)
+    with model_every_host_reads(lambda path: write_tiny_model(path, name="lan-tiny"), "lan-tiny") as path:
+        yield path
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +39,8 @@ def keeper(lan: Lan, tmp_path_factory: pytest.TempPathFactory, llama_server: Pat
     """The keeper's environment (and its queen, which `rbee hive install` starts and restarts)."""
     home = tmp_path_factory.mktemp("keeper")
     port = free_port()
-    env = queen_env(home, port, llama_server)
-    env.pop("RBEE_LLAMA_SERVER")  # the installer ships the build rbee made, found through RBEE_ENGINES_DIR
-    env.update(RBEE_ENGINES_DIR=str(llama_server.parents[2]), RBEE_LOCAL_HIVE="0",
-               RBEE_HIVES_CONF=str(lan.write_hives_conf(home / "hives.conf")),
-               RBEE_HEARTBEAT_MS=str(HEARTBEAT_MS), RBEE_HIVE_TIMEOUT_MS=str(TIMEOUT_MS))
-    queen = Queen(home, port, env)
+    queen = Queen(home, port, keeper_env(lan, home, queen_env(home, port, llama_server), llama_server,
+                                         HEARTBEAT_MS, TIMEOUT_MS))
     yield queen
     queen.cli("queen", "stop", timeout=60)
 

@@ -17,7 +17,7 @@ import pytest
 
 from rbee.common import tls
 from tests.conftest import Queen, free_port, queen_env
-from tests.fixtures.lan import Lan, lan_hosts
+from tests.fixtures.lan import Lan, keeper_env, lan_hosts, model_every_host_reads
 from tests.fixtures.tiny_gguf import write_tiny_model
 
 
@@ -29,24 +29,15 @@ def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lan]:
 
 @pytest.fixture(scope="module")
 def model_path() -> Iterator[str]:
-    folder = Path(tempfile.mkdtemp(prefix="rbee-tls-models-", dir="/var/tmp"))
-    folder.chmod(0o755)
-    path = write_tiny_model(folder / "tls-tiny.gguf", name="tls-tiny")
-    path.chmod(0o644)
-    yield str(path)
-    shutil.rmtree(folder, ignore_errors=True)
+    with model_every_host_reads(lambda path: write_tiny_model(path, name="tls-tiny"), "tls-tiny") as path:
+        yield path
 
 
 @pytest.fixture(scope="module")
 def keeper(lan: Lan, tmp_path_factory: pytest.TempPathFactory, llama_server: Path) -> Iterator[Queen]:
     home = tmp_path_factory.mktemp("tls-keeper")
     port = free_port()
-    env = queen_env(home, port, llama_server)
-    env.pop("RBEE_LLAMA_SERVER")  # the installer ships the build rbee made, found through RBEE_ENGINES_DIR
-    env.update(RBEE_ENGINES_DIR=str(llama_server.parents[2]), RBEE_LOCAL_HIVE="0",
-               RBEE_HIVES_CONF=str(lan.write_hives_conf(home / "hives.conf")),
-               RBEE_HEARTBEAT_MS="300", RBEE_HIVE_TIMEOUT_MS="1500")
-    queen = Queen(home, port, env)
+    queen = Queen(home, port, keeper_env(lan, home, queen_env(home, port, llama_server), llama_server))
     yield queen
     queen.cli("queen", "stop", timeout=60)
 
