@@ -8,6 +8,7 @@ log files, databases) in ~/.local/state/rbee, cache (downloaded sources) in ~/.c
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 
@@ -81,6 +82,18 @@ def admin_token_file() -> Path:
 def tls_dir() -> Path:
     """The cluster CA and this machine's certificates (see rbee/common/tls.py)."""
     return config_dir() / "tls"
+
+
+def worker_log_dir() -> Path:
+    """Where a hive keeps its workers' logs and pid files."""
+    return state_dir() / "hive" / "workers"
+
+
+def worker_log(worker_id: str) -> Path:
+    """A worker's log; `ValueError` for an id that is not one (it must not reach another folder)."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", worker_id) or ".." in worker_id:
+        raise ValueError(f"{worker_id!r} is not a worker id")
+    return worker_log_dir() / f"{worker_id}.log"
 
 
 def hive_pid_file() -> Path:

@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -22,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rbee.common.error_responses import error_response
 from rbee.common.jobs import JobFailed
+from rbee.common.metrics import ColonyCollector, engine_metrics
 from rbee.contracts.hives import HostedWorker, ResolvedModel, ResolveModel, SpawnWorker
 from rbee.hive.config import HiveConfig
 from rbee.hive.queen_link import QueenLink
@@ -106,6 +108,15 @@ async def spawn(request: Request) -> Response:
     return JSONResponse(hosted.model_dump(mode="json"), status_code=201)
 
 
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics of this hive: its workers, its memory, and its workers' own."""
+    hive = _hive(request)
+    registry = CollectorRegistry()
+    registry.register(ColonyCollector([hive]))
+    engines = await engine_metrics(hive.supervisor.workers(), hive.tls.client_context() if hive.tls else None)
+    return Response(generate_latest(registry) + engines.encode(), media_type=CONTENT_TYPE_LATEST)
+
+
 async def stop(request: Request) -> Response:
     worker = await _hive(request).supervisor.stop(request.path_params["worker_id"])
     if worker is None:
@@ -137,6 +148,7 @@ def create_app(config: HiveConfig, hive: Hive | None = None,
             Route("/v1/hive/resolve", resolve, methods=["POST"]),
             Route("/v1/hive/workers", spawn, methods=["POST"]),
             Route("/v1/hive/workers/{worker_id}", stop, methods=["DELETE"]),
+            Route("/metrics", metrics, methods=["GET"]),
         ],
         exception_handlers={_Refusal: _refused},
         lifespan=lifespan,

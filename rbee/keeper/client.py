@@ -105,6 +105,11 @@ class QueenClient:
     def get(self, path: str) -> Any:
         return self.request("GET", path)
 
+    def get_text(self, path: str) -> str:
+        """A text answer (e.g. /metrics), with the same errors as `request`."""
+        with self._errors():
+            return self._check(self._http.get(path)).text
+
     def post(self, path: str, json: Any = None) -> Any:
         return self.request("POST", path, json=json)
 

@@ -6,7 +6,6 @@ Hidden from `rbee --help`: users manage hives from the queen's machine with `rbe
 from __future__ import annotations
 
 import json
-import time
 from typing import Annotated
 
 import typer
@@ -14,7 +13,7 @@ import typer
 from rbee import __version__
 from rbee.common import paths
 from rbee.common.daemon import PortInUseError
-from rbee.common.logs import tail
+from rbee.common.logs import show as show_log
 from rbee.common.tls import TLSError
 from rbee.hive import background
 from rbee.hive import config as hive_config
@@ -86,24 +85,14 @@ def status() -> None:
 def logs(
     lines: Annotated[int, typer.Option("--lines", "-n", help="How many lines from the end.")] = 50,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    worker: Annotated[str | None, typer.Option(help="A worker's log instead of the hive's.")] = None,
 ) -> None:
-    """The end of the hive's log."""
-    log = paths.hive_log_file()
-    for line in tail(log, lines):
-        print(line, flush=True)
-    if not follow:
-        return
-    offset = log.stat().st_size if log.exists() else 0
-    while True:
-        time.sleep(0.5)
-        if not log.exists():
-            continue
-        with log.open("rb") as f:
-            f.seek(offset)
-            chunk = f.read()
-        offset += len(chunk)
-        if chunk:
-            print(chunk.decode(errors="replace"), end="", flush=True)
+    """The end of the hive's log (or of one of its workers')."""
+    try:
+        path = paths.worker_log(worker) if worker else paths.hive_log_file()
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+    show_log(path, lines, follow)
 
 
 @app.command()

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from rbee.common import paths
 from rbee.keeper import hives_conf
 from rbee.keeper.context import App
 from rbee.keeper.hive_install import Installer
@@ -153,13 +154,23 @@ def logs(
     alias: AliasArg,
     lines: Annotated[int, typer.Option("--lines", "-n", help="How many lines from the end.")] = 50,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    worker: Annotated[str | None, typer.Option(help="A worker's log instead of the hive's.")] = None,
 ) -> None:
-    """The end of the hive's log on that machine."""
+    """The end of the hive's log on that machine (or of one of its workers')."""
+    if worker is not None:
+        try:
+            paths.worker_log(worker)  # refuses what is not a worker id before it reaches a remote shell
+        except ValueError as exc:
+            raise CLIError(str(exc)) from exc
     if not follow:
-        _agent(alias, f"logs -n {int(lines)}")
+        async def show(installer: Installer) -> None:
+            output = await installer.agent(f"logs -n {int(lines)}" + (f" --worker {worker}" if worker else ""))
+            print(output, end="" if output.endswith("\n") else "\n", flush=True)  # a log is the result: stdout
+
+        _with_installer(alias, show, queen=False)
         return
 
     async def work(installer: Installer) -> None:
-        await installer.follow_logs(int(lines))
+        await installer.follow_logs(int(lines), worker)
 
     _with_installer(alias, work, queen=False)

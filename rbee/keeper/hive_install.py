@@ -296,9 +296,10 @@ class Installer:
         return await self._run(f"test -x {shlex.quote(remote.rbee)} || {{ echo 'rbee is not installed on this "
                                f"machine' >&2; exit 3; }}; {shlex.quote(remote.rbee)} hive-agent {command} 2>&1")
 
-    async def follow_logs(self, lines: int) -> int:
+    async def follow_logs(self, lines: int, worker: str | None = None) -> int:
         remote = await self.probe()
-        return await self.ssh.stream(f"{shlex.quote(remote.rbee)} hive-agent logs -f -n {lines}",
+        which = f" --worker {shlex.quote(worker)}" if worker else ""
+        return await self.ssh.stream(f"{shlex.quote(remote.rbee)} hive-agent logs -f -n {lines}{which}",
                                      lambda line: print(line, flush=True))
 
     async def uninstall(self) -> None:

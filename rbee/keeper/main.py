@@ -15,6 +15,7 @@ from rbee.keeper import (
     hive_cmd,
     infer_cmd,
     key_cmd,
+    logs_cmd,
     model_cmd,
     queen_cmd,
     status_cmd,
@@ -41,6 +42,7 @@ app.add_typer(hive_cmd.app, name="hive")
 app.add_typer(key_cmd.app, name="key")
 app.command("audit")(key_cmd.audit)
 app.add_typer(tls_cmd.app, name="tls")
+app.add_typer(logs_cmd.app, name="logs")
 app.add_typer(hive_agent_cmd.app, name="hive-agent", hidden=True)
 
 

@@ -8,13 +8,25 @@ from typing import Annotated
 import typer
 
 from rbee.keeper.context import App
-from rbee.keeper.output import human_bytes, table
+from rbee.keeper.output import CLIError, human_bytes, table
+from rbee.keeper.watch import watch as watch_colony
 from rbee.keeper.worker_cmd import workers_table
 
 
-def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="A live view: hives, memory, workers, queue, "
+                                        "tokens/s, redrawn until Ctrl-C.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between redraws with --watch.", min=0.2)] = 1.0,
+    count: Annotated[int | None, typer.Option(help="With --watch: stop after this many redraws.", min=1)] = None,
+) -> None:
     """Show the queen, its hives, the workers with their state, and the known models."""
     ctx = App()
+    if watch:
+        if ctx.running_queen() is None:
+            raise CLIError(f"no queen is running at {ctx.queen_url}; `rbee queen start` starts one")
+        watch_colony(ctx.client, ctx.out, interval, count)
+        return
     if ctx.running_queen() is None:
         if as_json:
             ctx.out.json({"queen": None})

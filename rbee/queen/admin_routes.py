@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from rbee.common import sse
 from rbee.common.jobs import Emit, Job, JobBody, JobFailed
+from rbee.common.metrics import engine_metrics
 from rbee.contracts.jobs import JobCreate, JobCreated, JobKind
 from rbee.contracts.status import StatusReport
 from rbee.contracts.workers import WorkerMode
@@ -24,6 +26,14 @@ from rbee.queen.state import QueenState, queen_state
 async def health(request: Request) -> Response:
     """Whether this is a running queen, and its version."""
     return JSONResponse(queen_state(request).health().model_dump())
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics: the queen's counters, its hives and workers, and every ready worker's own."""
+    state = queen_state(request)
+    workers = [w for hive in list(state.hives.values()) for w in hive.supervisor.workers()]
+    engines = await engine_metrics(workers, state.hive_tls)
+    return Response(state.metrics.exposition() + engines.encode(), media_type=CONTENT_TYPE_LATEST)
 
 
 async def openapi_spec(request: Request) -> Response:
@@ -139,6 +149,7 @@ async def shutdown(request: Request) -> Response:
 routes = [
     Route("/health", health, methods=["GET"]),
     Route("/openapi.json", openapi_spec, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
     Route("/v1/status", status, methods=["GET"]),
     Route("/v1/workers", list_workers, methods=["GET"]),
     Route("/v1/workers/{worker_id}", stop_worker, methods=["DELETE"]),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
+import uuid
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -29,7 +31,7 @@ from rbee.queen.errors import (
     WorkerUnavailable,
 )
 from rbee.queen.guard import principal_of
-from rbee.queen.proxy import OnEnd
+from rbee.queen.proxy import OnEnd, Outcome
 from rbee.queen.requests import read_json
 from rbee.queen.scheduler import Lease
 from rbee.queen.state import QueenState, queen_state
@@ -38,6 +40,7 @@ from rbee.queen.usage import tokens_in
 log = logging.getLogger(__name__)
 
 TIMEOUT_HEADER = "x-rbee-timeout"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 MIN_TIMEOUT_S, MAX_TIMEOUT_S = 0.1, 86400.0
 
 
@@ -115,14 +118,25 @@ async def _acquire(request: Request, parsed: ModelRequest, mode: WorkerMode, exc
     return acquiring.result()
 
 
-def _metering(state: QueenState, who: Principal, model: str, stream: bool) -> OnEnd:
+def _request_id(request: Request) -> str:
+    """The client's X-Request-Id when it is a sane one, else a new one; it goes to the worker and comes back."""
+    given = request.headers.get("x-request-id", "")
+    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+
+def _metering(state: QueenState, who: Principal, model: str, stream: bool, request_id: str, path: str) -> OnEnd:
     """What to do when a forwarded request ends: count it, and its tokens, for whoever sent it."""
-    def ended(status: int, content: bytes, events: int) -> None:
-        prompt, completion = tokens_in(content, stream)
+    def ended(outcome: Outcome) -> None:
+        prompt, completion = tokens_in(outcome.tail, stream)
         if stream and not completion:  # cut short, before the closing event that reports the counts
-            completion = events
+            completion = outcome.events
+        state.metrics.served(outcome, prompt, completion)
+        status = outcome.status
         state.usage.record(who.usage_name, model, prompt=prompt, completion=completion, error=status >= 400)
         state.keyring.spent(who, prompt + completion)
+        log.debug("request %s %s model=%s hive=%s worker=%s status=%d ttft=%.3fs took=%.3fs tokens=%d+%d by %s",
+                  request_id, path, outcome.model, outcome.hive, outcome.worker, status, outcome.ttft_s,
+                  outcome.duration_s, prompt, completion, who.actor)
     return ended
 
 
@@ -133,21 +147,29 @@ async def _infer(request: Request, contract: type[ModelRequest], path: str, mode
     body, parsed = await read_json(request, contract)
     stream = bool(getattr(parsed, "stream", False))
     state.keyring.admit(who, parsed.model)
-    ended = _metering(state, who, parsed.model, stream)
+    request_id = _request_id(request)
+    ended = _metering(state, who, parsed.model, stream, request_id, path)
     try:
         lease = state.scheduler.try_acquire(parsed.model, mode, request.headers.get(HIVE_HEADER), parsed.keep_alive)
         if lease is None:
             lease = await _acquire(request, parsed, mode, frozenset(), deadline)
         try:
-            return await state.forwarder.forward(lease, path, body, stream=stream, deadline=deadline, on_end=ended)
+            return await state.forwarder.forward(lease, path, body, stream=stream, deadline=deadline, on_end=ended,
+                                                 request_id=request_id)
         except WorkerUnavailable as exc:
             # The worker failed before sending a byte: one more try on another (or a fresh) worker.
             log.warning("worker %s failed before answering (%r); retrying once elsewhere", lease.worker.id,
                         exc.__cause__)
             retry = await _acquire(request, parsed, mode, frozenset({lease.worker.id}), deadline)
-            return await state.forwarder.forward(retry, path, body, stream=stream, deadline=deadline, on_end=ended)
+            return await state.forwarder.forward(retry, path, body, stream=stream, deadline=deadline, on_end=ended,
+                                                 request_id=request_id)
     except QueenError as exc:
-        ended(exc.status, b"", 0)
+        # labels and usage rows are kept: a name no hive knows must not make a new one for every typo
+        label = parsed.model if state.scheduler.is_known(parsed.model) else "(unknown)"
+        state.usage.record(who.usage_name, label, error=True)
+        state.metrics.refused(label, exc.status)
+        exc.headers.setdefault("x-request-id", request_id)
+        log.debug("request %s %s model=%s refused %d: %s", request_id, path, parsed.model, exc.status, exc.message)
         raise
 
 

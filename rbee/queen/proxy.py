@@ -13,8 +13,10 @@ import asyncio
 import json
 import logging
 import ssl
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import aiohttp
 from starlette.responses import Response, StreamingResponse
@@ -29,10 +31,21 @@ def sse_error(message: str, status: int = 502, code: str = "worker_failed") -> b
     return b"data: " + envelope(status, message, code=code).model_dump_json().encode() + b"\n\n"
 
 
-OnEnd = Callable[[int, bytes, int], None]
-"""Told, once, how a forwarded request ended: its status (502 for a stream that broke, was cut or was left
-by its client), its last bytes (the whole body, or the tail of a stream: enough to find the `usage` or
-`timings` it ends with) and, for a stream, how many events it carried (about one per generated token)."""
+@dataclass(frozen=True)
+class Outcome:
+    """How a forwarded request ended, told once to whoever counts (usage, limits, metrics, the log)."""
+
+    status: int  # 502 for a stream that broke, was cut, or was left by its client
+    tail: bytes  # the whole body, or the tail of a stream: where its `usage` or `timings` are
+    model: str  # the catalog name the worker serves
+    hive: str
+    worker: str
+    ttft_s: float  # until the first byte of the answer (for a whole answer: all of it)
+    duration_s: float
+    events: int = 0  # SSE events of a stream: about one per generated token
+
+
+OnEnd = Callable[[Outcome], None]
 
 DEADLINE = (504, "deadline_exceeded", "The request's deadline (X-Rbee-Timeout) passed; generation was stopped.")
 SHUTDOWN = (503, "queen_shutting_down", "The queen is shutting down; retry the request in a moment.")
@@ -43,8 +56,11 @@ class _ForwardedStream(StreamingResponse):
     even when the client disconnects before the body starts."""
 
     def __init__(self, upstream: aiohttp.ClientResponse, lease: Lease, headers: dict[str, str],
-                 on_end: OnEnd | None, deadline: float | None, in_flight: set[_ForwardedStream]) -> None:
+                 on_end: OnEnd | None, deadline: float | None, in_flight: set[_ForwardedStream],
+                 started: float) -> None:
         self._upstream = upstream
+        self._started = started
+        self._first: float | None = None
         self._lease = lease
         self._on_end = on_end
         self._in_flight = in_flight
@@ -67,12 +83,18 @@ class _ForwardedStream(StreamingResponse):
         """Report the end once, however the stream ended (finished, broken, cut, or its client gone)."""
         on_end, self._on_end = self._on_end, None
         if on_end is not None:
-            on_end(502 if self._failed else 200, b"".join(self._tail), self._events)
+            now = time.monotonic()
+            on_end(Outcome(502 if self._failed else 200, b"".join(self._tail), self._lease.worker.spec.model.name,
+                           self._lease.worker.hive,
+                           self._lease.worker.id, (self._first or now) - self._started, now - self._started,
+                           self._events))
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         self._failed = True  # until the worker's stream ends normally
         try:
             async for chunk in self._upstream.content.iter_any():
+                if self._first is None:
+                    self._first = time.monotonic()
                 self._tail.append(chunk)
                 self._events += chunk.count(b"data: ")
                 yield chunk
@@ -147,9 +169,12 @@ class Forwarder:
                 raise
             return await self._client().post(url, data=body, headers=headers, ssl=self._tls)
 
-    async def _open(self, lease: Lease, path: str, body: bytes, stream: bool) -> aiohttp.ClientResponse:
+    async def _open(self, lease: Lease, path: str, body: bytes, stream: bool,
+                    request_id: str | None) -> aiohttp.ClientResponse:
         worker = lease.worker
         headers = {"Authorization": f"Bearer {worker.api_key}", "Content-Type": "application/json"}
+        if request_id:
+            headers["X-Request-Id"] = request_id
         if stream:
             # llama-server closes the connection after every streamed answer while still saying keep-alive;
             # pooled, that socket would be handed to the next request dead ("Can not write request body").
@@ -171,19 +196,23 @@ class Forwarder:
         upstream.release()
         return content
 
-    def _headers(self, lease: Lease) -> dict[str, str]:
-        return {"x-rbee-worker": lease.worker.id, "x-rbee-hive": lease.worker.hive}
+    def _headers(self, lease: Lease, request_id: str | None) -> dict[str, str]:
+        headers = {"x-rbee-worker": lease.worker.id, "x-rbee-hive": lease.worker.hive}
+        if request_id:
+            headers["x-request-id"] = request_id
+        return headers
 
-    async def forward(self, lease: Lease, path: str, body: bytes, stream: bool, *,
-                      deadline: float | None = None, on_end: OnEnd | None = None) -> Response:
+    async def forward(self, lease: Lease, path: str, body: bytes, stream: bool, *, deadline: float | None = None,
+                      on_end: OnEnd | None = None, request_id: str | None = None) -> Response:
         """POST `body` unchanged to the worker's `path`; the lease is released when the response ends.
 
         `deadline` (event-loop time) bounds the whole exchange: past it the worker's connection is
         closed, which stops its generation, and the client gets a 504 (or, mid-stream, an error event).
         """
+        started = time.monotonic()
         try:
             async with asyncio.timeout_at(deadline):  # a non-streamed answer arrives whole: bound the wait
-                upstream = await self._open(lease, path, body, stream)
+                upstream = await self._open(lease, path, body, stream, request_id)
                 if not (stream and upstream.status == 200):
                     content = await self._read(lease, upstream)
         except BaseException as exc:
@@ -191,18 +220,20 @@ class Forwarder:
             if isinstance(exc, TimeoutError):
                 raise DeadlineExceeded(DEADLINE[2]) from exc
             raise
-        headers = self._headers(lease)
+        headers = self._headers(lease, request_id)
         if "Content-Type" in upstream.headers:
             headers["content-type"] = upstream.headers["Content-Type"]
         if stream and upstream.status == 200:
             headers.update({"cache-control": "no-cache", "x-accel-buffering": "no"})
-            stream = _ForwardedStream(upstream, lease, headers, on_end, deadline, self._streams)
+            stream = _ForwardedStream(upstream, lease, headers, on_end, deadline, self._streams, started)
             if self._closing:  # a queued request that got its slot while the queen stops
                 stream.cut(SHUTDOWN)
             return stream
         lease.release()
         if on_end is not None:
-            on_end(upstream.status, content, 0)
+            took = time.monotonic() - started
+            on_end(Outcome(upstream.status, content, lease.worker.spec.model.name, lease.worker.hive,
+                           lease.worker.id, took, took))
         if upstream.status >= 400:
             return _normalise_error(upstream.status, content, headers)
         return Response(content, status_code=upstream.status, headers=headers)

@@ -93,6 +93,14 @@ class Scheduler:
         self._tick.set()
         self._tick = asyncio.Event()
 
+    def is_known(self, model: str) -> bool:
+        """Whether some worker, in any state, serves `model` under that name (a bounded set of names)."""
+        return any(w.spec.model.name == model for h in list(self._hives.values()) for w in h.supervisor.workers())
+
+    def waiting(self) -> dict[str, int]:
+        """Requests waiting for a worker, per model."""
+        return {name: n for name, n in self._waiting.items() if n > 0}
+
     def slot_freed(self, worker: AnyWorker) -> None:
         """A slot of `worker` is free: wake the longest-waiting request for its model, not all of them
         (a stampede of hundreds of waiters per finished request costs more CPU than the requests)."""

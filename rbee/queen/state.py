@@ -13,12 +13,14 @@ from starlette.requests import Request
 
 from rbee.common import paths, settings, tls
 from rbee.common.jobs import JobRunner
+from rbee.common.metrics import ColonyCollector
 from rbee.common.version import current as current_version
 from rbee.contracts.status import QueenHealth
 from rbee.hive.service import Hive
 from rbee.queen.auth import Keyring, Principal, read_or_create_admin_token
 from rbee.queen.db import QueenDB
 from rbee.queen.errors import QueenError
+from rbee.queen.metrics import QueenMetrics
 from rbee.queen.proxy import Forwarder
 from rbee.queen.remote_hive import AnyHive, RemoteHive
 from rbee.queen.scheduler import Scheduler
@@ -40,6 +42,7 @@ class QueenState:
     usage: UsageMeter
     hive_tls: ssl.SSLContext | None = None  # the cluster CA, to check TLS hives and their workers
     forwarder: Forwarder = field(default_factory=Forwarder)
+    metrics: QueenMetrics = field(init=False)
     jobs: JobRunner = field(default_factory=JobRunner)
     started_at: float = field(default_factory=time.time)
     listen_host: str | None = None
@@ -55,6 +58,9 @@ class QueenState:
         client_tls = tls.cluster_client_context()
         return cls(hives=hives, scheduler=Scheduler(hives), db=db, keyring=keyring, usage=UsageMeter(db),
                    hive_tls=client_tls, forwarder=Forwarder(client_tls))
+
+    def __post_init__(self) -> None:
+        self.metrics = QueenMetrics(ColonyCollector(lambda: self.hives, self.scheduler.waiting))
 
     def health(self) -> QueenHealth:
         return QueenHealth(version=current_version(), pid=os.getpid(), started_at=self.started_at,

@@ -91,6 +91,18 @@ def test_requests_reach_a_worker_over_https_and_plain_http_is_refused_everywhere
         with pytest.raises(httpx.TransportError):
             httpx.get(f"{plain}/health", timeout=5)
     assert httpx.get(f"https://{host}:7835/v1/hive/report", verify=pinned(ca)).status_code == 401
+    # Metrics: the hive's own (with its join token), and the queen's, which scrapes the remote worker over HTTPS.
+    token = next(line.split('"')[1] for line in lan.run("h1", "cat", ".config/rbee/hive.toml").stdout.splitlines()
+                 if line.startswith("token"))
+    hive_metrics = httpx.get(f"https://{host}:7835/metrics", verify=pinned(ca),
+                             headers={"Authorization": f"Bearer {token}"}).text
+    assert 'rbee_workers{hive="h1",model="tls-tiny",state="ready"} 1.0' in hive_metrics
+    assert "llamacpp:tokens_predicted_total{" in hive_metrics
+    remote_id = next(str(w["id"]) for w in workers if w["hive"] == "h1")
+    remote_log = installed.cli("logs", "worker", remote_id, "-n", "20", timeout=60)  # read over SSH
+    assert remote_log.returncode == 0 and "llama" in remote_log.stdout.lower(), remote_log.stderr
+    queen_metrics = httpx.get(f"{url}/metrics", verify=pinned(ca)).text
+    assert 'hive="h1"' in queen_metrics and "llamacpp:prompt_tokens_total{" in queen_metrics
 
 
 def test_a_hive_that_does_not_trust_the_queens_certificate_cannot_join(installed: Queen, lan: Lan) -> None:

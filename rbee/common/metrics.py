@@ -1,0 +1,132 @@
+"""Prometheus metrics both daemons serve: hives, devices and workers read off their state at scrape
+time, and the engines' own counters (each worker's `/metrics`, relabelled with worker, model and hive)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Protocol
+
+import httpx
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from rbee.contracts.workers import WorkerState
+
+ENGINE_SCRAPE_TIMEOUT_S = 2.0
+_SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(\{[^}]*\})?\s+(.+)$")
+
+
+class _Worker(Protocol):
+    id: str
+    hive: str
+    state: WorkerState
+    api_key: str
+    memory: int
+
+    @property
+    def url(self) -> str | None: ...
+
+    @property
+    def spec(self) -> Any: ...
+
+
+class _Hive(Protocol):
+    alias: str
+
+    @property
+    def supervisor(self) -> Any: ...
+
+    def memory_total(self) -> int: ...
+
+
+class ColonyCollector(Collector):
+    """Gauges read when scraped: workers by state, memory per hive, and requests waiting per model."""
+
+    def __init__(self, hives: Any, waiting: Any = None) -> None:
+        self._hives = hives  # a mapping or a callable giving the hives now
+        self._waiting = waiting  # a callable giving {model: requests waiting}, or None
+
+    def _current(self) -> list[_Hive]:
+        hives = self._hives() if callable(self._hives) else self._hives
+        return list(hives.values()) if isinstance(hives, dict) else list(hives)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        workers = GaugeMetricFamily("rbee_workers", "Workers by hive, model and state",
+                                    labels=["hive", "model", "state"])
+        memory = GaugeMetricFamily("rbee_hive_memory_bytes", "Memory a hive may give workers (total) and what "
+                                   "its workers hold (used), per device", labels=["hive", "device", "kind"])
+        counts: dict[tuple[str, str, str], int] = {}
+        models: set[str] = set()
+        for hive in self._current():
+            used = 0
+            for w in hive.supervisor.workers():
+                models.add(w.spec.model.name)
+                key = (hive.alias, w.spec.model.name, str(w.state))
+                counts[key] = counts.get(key, 0) + 1
+                if w.state not in (WorkerState.STOPPED, WorkerState.ERROR):
+                    used += w.memory
+            memory.add_metric([hive.alias, "cpu", "total"], hive.memory_total())
+            memory.add_metric([hive.alias, "cpu", "used"], used)
+        for labels, n in sorted(counts.items()):
+            workers.add_metric(list(labels), n)
+        yield workers
+        yield memory
+        if self._waiting is not None:
+            queue = GaugeMetricFamily("rbee_queue_depth", "Requests waiting for a worker, per model", labels=["model"])
+            waiting = {model: 0 for model in models} | self._waiting()  # 0 for loaded models: series stay
+            for model, n in sorted(waiting.items()):
+                queue.add_metric([model], n)
+            yield queue
+
+
+def _merge(scrapes: Iterable[tuple[dict[str, str], str]]) -> str:
+    """Several workers' exposition texts as one: each family's HELP and TYPE once, then all its samples
+    (the text format wants a family's samples together), each with the worker's labels added."""
+    headers: dict[str, list[str]] = {}
+    samples: dict[str, list[str]] = {}
+    for labels, text in scrapes:
+        extra = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+        for line in text.splitlines():
+            parts = line.split(maxsplit=3)
+            if line.startswith("#"):
+                if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
+                    family = headers.setdefault(parts[2], [])
+                    if not any(h.split(maxsplit=2)[1] == parts[1] for h in family):
+                        family.append(line)
+                continue
+            match = _SAMPLE.match(line)
+            if match is None:
+                continue
+            name, existing, value = match.groups()
+            inner = existing[1:-1] + "," + extra if existing and existing != "{}" else extra
+            samples.setdefault(name, []).append(f"{name}{{{inner}}} {value}")
+    lines: list[str] = []
+    for name, rows in samples.items():
+        lines += headers.get(name, []) + rows
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+async def engine_metrics(workers: Sequence[_Worker], tls: ssl.SSLContext | None = None) -> str:
+    """The ready workers' own /metrics, each sample labelled with its worker, model and hive; a worker
+    that does not answer in time is left out of this scrape."""
+    ready = [w for w in workers if w.state is WorkerState.READY and w.url]
+    if not ready:
+        return ""
+    async with httpx.AsyncClient(timeout=ENGINE_SCRAPE_TIMEOUT_S, verify=tls or True) as client:
+        async def one(w: _Worker) -> str:
+            try:
+                resp = await client.get(f"{w.url}/metrics", headers={"Authorization": f"Bearer {w.api_key}"})
+            except httpx.HTTPError:
+                return ""
+            return resp.text if resp.status_code == 200 else ""
+
+        texts = await asyncio.gather(*(one(w) for w in ready))
+    return _merge(({"worker": w.id, "model": w.spec.model.name, "hive": w.hive}, text)
+                  for w, text in zip(ready, texts, strict=True))

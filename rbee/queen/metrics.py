@@ -1,0 +1,47 @@
+"""What the queen counts as requests pass (Prometheus): requests, tokens, time to first token, speed."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+from rbee.common.metrics import ColonyCollector
+from rbee.queen.proxy import Outcome
+
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+SPEED_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+NO_HIVE = "-"  # a request refused before any worker was chosen
+
+
+class QueenMetrics:
+    def __init__(self, colony: ColonyCollector) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(colony)
+        self.requests = Counter("rbee_requests", "Inference requests by model, hive and HTTP status",
+                                ["model", "hive", "status"], registry=self.registry)
+        self.tokens = Counter("rbee_tokens", "Tokens by model, hive and kind (prompt, completion)",
+                              ["model", "hive", "kind"], registry=self.registry)
+        self.ttft = Histogram("rbee_time_to_first_token_seconds", "From forwarding a request to its first byte",
+                              ["model", "hive"], buckets=TTFT_BUCKETS, registry=self.registry)
+        self.speed = Histogram("rbee_generation_tokens_per_second", "Completion tokens per second of each answer",
+                               ["model", "hive"], buckets=SPEED_BUCKETS, registry=self.registry)
+
+    def served(self, outcome: Outcome, prompt: int, completion: int) -> None:
+        model, hive = outcome.model, outcome.hive
+        self.requests.labels(model, hive, str(outcome.status)).inc()
+        self.tokens.labels(model, hive, "prompt").inc(prompt)
+        self.tokens.labels(model, hive, "completion").inc(completion)
+        if outcome.status >= 400:
+            return
+        self.ttft.labels(model, hive).observe(outcome.ttft_s)
+        generating = outcome.duration_s - outcome.ttft_s
+        if completion > 1 and generating > 0:  # a stream: tokens after the first, over the time they took
+            self.speed.labels(model, hive).observe((completion - 1) / generating)
+        elif completion > 0 and outcome.duration_s > 0:
+            self.speed.labels(model, hive).observe(completion / outcome.duration_s)
+
+    def refused(self, model: str, status: int) -> None:
+        """A request answered before any worker: `model` must be a known name (labels are kept forever)."""
+        self.requests.labels(model, NO_HIVE, str(status)).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
