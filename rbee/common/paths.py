@@ -104,6 +104,17 @@ def hive_log_file() -> Path:
     return state_dir() / "hive.log"
 
 
+def write_private(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically, readable by its owner only (secrets: tokens, keys, hive.toml)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)  # O_EXCL below: a leftover file's looser mode is never kept
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
 def ensure(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path

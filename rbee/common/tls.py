@@ -92,16 +92,6 @@ def queen_files() -> TLSFiles | None:
     return None
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.unlink(missing_ok=True)  # O_EXCL below: a leftover file's looser mode is never kept
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
@@ -136,7 +126,7 @@ def ensure_ca(folder: Path | None = None) -> bool:
                                      key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
         .sign(key, hashes.SHA256())
     )
-    _write_private(folder / "ca.key", _key_pem(key))
+    paths.write_private(folder / "ca.key", _key_pem(key))
     (folder / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return True
 
@@ -191,6 +181,6 @@ def issue_queen_cert(extra: list[str] | None = None, folder: Path | None = None)
     """(Re)issue the queen's certificate for this machine's names plus `extra`; returns its path."""
     folder = folder or paths.tls_dir()
     cert, key = issue("rbee queen", local_names() + (extra or []), folder)
-    _write_private(folder / "queen.key", key)
+    paths.write_private(folder / "queen.key", key)
     (folder / "queen.pem").write_bytes(cert)
     return folder / "queen.pem"

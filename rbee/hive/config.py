@@ -87,10 +87,5 @@ def load(path: Path | None = None) -> HiveConfig:
 def save(config: HiveConfig, path: Path | None = None) -> Path:
     """Write hive.toml readable by its owner only (it holds the join token)."""
     path = path or config_file()
-    paths.ensure(path.parent)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(config.to_toml())
-    tmp.replace(path)
+    paths.write_private(path, config.to_toml().encode())
     return path

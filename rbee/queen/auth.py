@@ -14,13 +14,13 @@ from __future__ import annotations
 import contextlib
 import hmac
 import math
-import os
 import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rbee.common import paths
 from rbee.contracts.keys import KeyCreate, KeyCreated, KeyInfo
 from rbee.hive.model_refs import looks_like_path
 from rbee.queen.db import QueenDB, StoredKey, digest
@@ -69,14 +69,8 @@ def read_or_create_admin_token(path: Path) -> str:
         token = path.read_text().strip()
         if token:
             return token
-    path.parent.mkdir(parents=True, exist_ok=True)
     token = "rbee-admin-" + secrets.token_urlsafe(32)
-    tmp = path.with_suffix(".tmp")
-    tmp.unlink(missing_ok=True)  # O_EXCL below: a leftover file's looser mode is never kept
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    os.replace(tmp, path)
+    paths.write_private(path, (token + "\n").encode())
     return token
 
 

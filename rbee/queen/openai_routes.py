@@ -124,7 +124,7 @@ def _request_id(request: Request) -> str:
     return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
-def _metering(state: QueenState, who: Principal, model: str, stream: bool, request_id: str, path: str) -> OnEnd:
+def _metering(state: QueenState, who: Principal, stream: bool, request_id: str, path: str) -> OnEnd:
     """What to do when a forwarded request ends: count it, and its tokens, for whoever sent it."""
     def ended(outcome: Outcome) -> None:
         prompt, completion = tokens_in(outcome.tail, stream)
@@ -132,7 +132,7 @@ def _metering(state: QueenState, who: Principal, model: str, stream: bool, reque
             completion = outcome.events
         state.metrics.served(outcome, prompt, completion)
         status = outcome.status
-        state.usage.record(who.usage_name, model, prompt=prompt, completion=completion, error=status >= 400)
+        state.usage.record(who.usage_name, outcome.model, prompt=prompt, completion=completion, error=status >= 400)
         state.keyring.spent(who, prompt + completion)
         log.debug("request %s %s model=%s hive=%s worker=%s status=%d ttft=%.3fs took=%.3fs tokens=%d+%d by %s",
                   request_id, path, outcome.model, outcome.hive, outcome.worker, status, outcome.ttft_s,
@@ -148,7 +148,7 @@ async def _infer(request: Request, contract: type[ModelRequest], path: str, mode
     stream = bool(getattr(parsed, "stream", False))
     state.keyring.admit(who, parsed.model)
     request_id = _request_id(request)
-    ended = _metering(state, who, parsed.model, stream, request_id, path)
+    ended = _metering(state, who, stream, request_id, path)
     try:
         lease = state.scheduler.try_acquire(parsed.model, mode, request.headers.get(HIVE_HEADER), parsed.keep_alive)
         if lease is None:
