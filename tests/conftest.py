@@ -21,6 +21,7 @@ from rbee.hive import engine
 from tests.fixtures.tiny_gguf import write_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
+pytest_plugins = ["tests.fixtures.browser"]
 
 
 def free_port() -> int:

@@ -40,9 +40,10 @@ class JobFailed(Exception):
 
 
 class Job:
-    def __init__(self, kind: JobKind) -> None:
+    def __init__(self, kind: JobKind, subject: str | None = None) -> None:
         self.id = f"job-{uuid.uuid4().hex[:12]}"
         self.kind = kind
+        self.subject = subject
         self.created_at = time.time()
         self.events: list[JobEvent] = []
         self.task: asyncio.Task[None] | None = None
@@ -57,7 +58,8 @@ class Job:
         return bool(self.events) and self.events[-1].type.terminal
 
     def info(self) -> JobInfo:
-        return JobInfo(job_id=self.id, kind=self.kind, state=self.state, created_at=self.created_at)
+        return JobInfo(job_id=self.id, kind=self.kind, state=self.state, created_at=self.created_at,
+                       subject=self.subject, last=self.events[-1] if self.events else None)
 
     def emit(
         self,
@@ -118,8 +120,8 @@ class JobRunner:
         self._jobs: dict[str, Job] = {}
         self._keep_finished = keep_finished
 
-    def start(self, kind: JobKind, body: JobBody) -> Job:
-        job = Job(kind)
+    def start(self, kind: JobKind, body: JobBody, subject: str | None = None) -> Job:
+        job = Job(kind, subject)
         self._jobs[job.id] = job
         self._prune()
         job.emit(JobEventType.STARTED, f"{kind} started")

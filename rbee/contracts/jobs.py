@@ -58,3 +58,5 @@ class JobInfo(BaseModel):
     kind: JobKind
     state: JobEventType
     created_at: float
+    subject: str | None = None  # what it works on: the model, or the hive
+    last: JobEvent | None = None  # its latest event: the message to show, and how far it has come

@@ -32,8 +32,19 @@ class HiveInfo(BaseModel):
     engine: EngineInfo
 
 
+class Traffic(BaseModel):
+    """Totals since the queen started (rates are their differences over time), and what waits now."""
+
+    requests: int = 0
+    errors: int = 0  # answered with an HTTP status of 400 or more
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    waiting: dict[str, int] = {}  # requests waiting for a worker, per model
+
+
 class StatusReport(BaseModel):
     queen: QueenHealth
     hives: list[HiveInfo]
     workers: list[WorkerInfo]
     models: list[ModelEntry]
+    traffic: Traffic = Traffic()

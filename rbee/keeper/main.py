@@ -10,6 +10,7 @@ from rich.markup import escape
 from rbee import __version__
 from rbee.common.settings import SettingsError
 from rbee.keeper import (
+    dashboard_cmd,
     engine_cmd,
     hive_agent_cmd,
     hive_cmd,
@@ -34,6 +35,7 @@ app = typer.Typer(
 )
 app.command("infer")(infer_cmd.infer)
 app.command("status")(status_cmd.status)
+app.command("dashboard")(dashboard_cmd.dashboard)
 app.add_typer(queen_cmd.app, name="queen")
 app.add_typer(model_cmd.app, name="model")
 app.add_typer(engine_cmd.app, name="engine")

@@ -48,6 +48,7 @@ async def status(request: Request) -> Response:
         hives=[await hive.info() for hive in list(state.hives.values())],
         workers=[w.info() for hive in list(state.hives.values()) for w in hive.supervisor.workers()],
         models=[m for hive in list(state.hives.values()) for m in await hive.catalog.list()],
+        traffic=state.metrics.traffic.model_copy(update={"waiting": state.scheduler.waiting()}),
     )
     return JSONResponse(report.model_dump(mode="json"))
 
@@ -98,9 +99,8 @@ def _job_body(state: QueenState, spec: JobCreate) -> JobBody:
 async def create_job(request: Request) -> Response:
     state = queen_state(request)
     _, spec = await read_json(request, JobCreate)
-    job = state.jobs.start(spec.kind, _job_body(state, spec))
-    await state.audit(principal_of(request.scope), request, str(spec.kind), spec.model or spec.hive or "-",
-                      f"job {job.id}")
+    job = state.jobs.start(spec.kind, _job_body(state, spec), subject=spec.model or spec.hive)
+    await state.audit(principal_of(request.scope), request, str(spec.kind), job.subject or "-", f"job {job.id}")
     return JSONResponse(JobCreated(job_id=job.id).model_dump(), status_code=201)
 
 

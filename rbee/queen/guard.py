@@ -1,6 +1,7 @@
 """Decide who may call what, before any route runs: the one place the queen's access rules live.
 
-  - `/health` answers everyone (it says only that this is a queen, and its version).
+  - `/health` answers everyone (it says only that this is a queen, and its version), and so do the
+    dashboard's page and files (`/`, `/ui/...`): they hold no data; what they show comes from the API.
   - Hive registration and heartbeats check the hive's join token in their route; here their body
     must state its length and stay small.
   - A bearer token that is the admin token or a live API key identifies the caller. An API key may
@@ -27,7 +28,7 @@ from rbee.queen.errors import QueenError, error_response
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 HIVE_ONLY_PATHS = frozenset({"/v1/hives/register", "/v1/hives/heartbeat"})
 CLIENT_PATHS = frozenset({"/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
-OPEN_PATHS = frozenset({"/health", "/openapi.json"})
+OPEN_PATHS = frozenset({"/health", "/openapi.json", "/"})  # and the dashboard's files, /ui/...
 MAX_HIVE_REPORT_BYTES = 4 * 2**20  # a report lists models and workers: kilobytes, even for a big hive
 
 
@@ -137,7 +138,7 @@ class Guard:
                     raise RequestTooLarge(f"a hive report must state its length and be at most "
                                           f"{MAX_HIVE_REPORT_BYTES} bytes")
                 principal = ANONYMOUS
-            elif path in OPEN_PATHS:
+            elif path in OPEN_PATHS or path.startswith("/ui/"):
                 principal = ANONYMOUS
             else:
                 principal = _identify(scope, headers, self.access)

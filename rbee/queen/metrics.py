@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from rbee.common.metrics import ColonyCollector
+from rbee.contracts.status import Traffic
 from rbee.queen.proxy import Outcome
 
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -22,12 +23,14 @@ class QueenMetrics:
                               ["model", "hive", "kind"], registry=self.registry)
         self.ttft = Histogram("rbee_time_to_first_token_seconds", "From forwarding a request to its first byte",
                               ["model", "hive"], buckets=TTFT_BUCKETS, registry=self.registry)
+        self.traffic = Traffic()  # the same counts, summed, for /v1/status and the dashboard
         self.speed = Histogram("rbee_generation_tokens_per_second", "Completion tokens per second of each answer",
                                ["model", "hive"], buckets=SPEED_BUCKETS, registry=self.registry)
 
     def served(self, outcome: Outcome, prompt: int, completion: int) -> None:
         model, hive = outcome.model, outcome.hive
         self.requests.labels(model, hive, str(outcome.status)).inc()
+        self._count(outcome.status, prompt, completion)
         self.tokens.labels(model, hive, "prompt").inc(prompt)
         self.tokens.labels(model, hive, "completion").inc(completion)
         if outcome.status >= 400:
@@ -42,6 +45,14 @@ class QueenMetrics:
     def refused(self, model: str, status: int) -> None:
         """A request answered before any worker: `model` must be a known name (labels are kept forever)."""
         self.requests.labels(model, NO_HIVE, str(status)).inc()
+        self._count(status)
+
+    def _count(self, status: int, prompt: int = 0, completion: int = 0) -> None:
+        t = self.traffic
+        t.requests += 1
+        t.errors += int(status >= 400)
+        t.prompt_tokens += prompt
+        t.completion_tokens += completion
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

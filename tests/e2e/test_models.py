@@ -47,16 +47,11 @@ def hub(models: dict[str, bytes]) -> Iterator[FakeHub]:
         yield hub
 
 
-def hub_env(hub: FakeHub, home: Path) -> dict[str, str]:
-    return {"HF_ENDPOINT": hub.url, "HF_HOME": str(home / "hf"), "HF_HUB_DISABLE_TELEMETRY": "1",
-            "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": "", "RBEE_DOWNLOAD_CHUNK_BYTES": str(64 * 1024)}
-
-
 @pytest.fixture(scope="module")
 def queen(tmp_path_factory: pytest.TempPathFactory, llama_server: Path, hub: FakeHub) -> Iterator[Queen]:
     home = tmp_path_factory.mktemp("modelqueen")
     port = free_port()
-    q = Queen(home, port, {**queen_env(home, port, llama_server), **hub_env(hub, home)}).start()
+    q = Queen(home, port, {**queen_env(home, port, llama_server), **hub.env(home)}).start()
     yield q
     assert not q.stop(), "workers outlived their queen"
 
@@ -231,7 +226,7 @@ def test_catalog_survives_a_queen_restart_without_network(queen: Queen, hub: Fak
 
 def test_gated_repo_needs_a_token(make_queen: Callable[..., Queen], hub: FakeHub) -> None:
     queen = make_queen()
-    queen.env.update(hub_env(hub, queen.home))
+    queen.env.update(hub.env(queen.home))
     queen.start()
     refused = queen.cli("model", "pull", "rbee-test/gated-GGUF:Q4_K_M")
     assert refused.returncode == 1 and "gated" in refused.stderr and "HF_TOKEN" in refused.stderr
@@ -264,7 +259,7 @@ def test_a_disk_that_fills_up_during_a_download_fails_clearly_and_keeps_nothing(
     hub.add_repo("rbee-test/filler-GGUF", {"m-Q4_K_M.gguf": payload})
     hub.slow("rbee-test/filler-GGUF", "m-Q4_K_M.gguf", bytes_per_second=400_000)
     queen = make_queen(RBEE_MODELS_DIR=str(small_disk))
-    queen.env.update(hub_env(hub, queen.home))
+    queen.env.update(hub.env(queen.home))
     queen.start()
     job_id = httpx.post(f"{queen.url}/v1/jobs", json={"kind": "model.pull", "model": "rbee-test/filler-GGUF"},
                         timeout=10).json()["job_id"]
@@ -293,7 +288,7 @@ def test_a_disk_that_fills_up_during_a_download_fails_clearly_and_keeps_nothing(
 
 def test_a_file_that_is_not_gguf_is_not_kept(make_queen: Callable[..., Queen], hub: FakeHub) -> None:
     queen = make_queen()
-    queen.env.update(hub_env(hub, queen.home))
+    queen.env.update(hub.env(queen.home))
     queen.start()
     hub.add_repo("rbee-test/fake-GGUF", {"m-Q4_K_M.gguf": b"this is not a model" * 1000})
     result = queen.cli("model", "pull", "rbee-test/fake-GGUF")
