@@ -15,11 +15,9 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
-from rbee.contracts.models import ModelEntry
+from rbee.contracts.models import ALIAS_PATTERN, ModelEntry
 from rbee.contracts.status import EngineInfo
 from rbee.contracts.workers import WorkerInfo, WorkerMode
-
-ALIAS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 
 
 class HiveState(StrEnum):
@@ -86,7 +84,14 @@ class HiveStatus(BaseModel):
     problem: str | None = None
 
 
-class ResolveModel(BaseModel):
+class WorkerShape(BaseModel):
+    """The queen's settings for the model's workers (its models.toml); unset: the hive's own, else defaults."""
+
+    context: int | None = Field(default=None, ge=16, le=2**20)
+    slots: int | None = Field(default=None, ge=1, le=512)
+
+
+class ResolveModel(WorkerShape):
     model: str
 
 
@@ -95,7 +100,7 @@ class ResolvedModel(BaseModel):
     need: int  # bytes a worker of it holds on that hive
 
 
-class SpawnWorker(BaseModel):
+class SpawnWorker(WorkerShape):
     model: str
     mode: WorkerMode = WorkerMode.GENERATE
     memory: int = 0

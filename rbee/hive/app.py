@@ -88,7 +88,7 @@ async def resolve(request: Request) -> Response:
     asked = await _parse(request, ResolveModel)
     try:
         entry = await hive.resolve(asked.model)
-        need = await hive.need(entry)
+        need = await hive.need(entry, asked)
     except (ModelUnavailable, JobFailed) as exc:
         raise _Refusal(404, str(exc), "model_not_found") from exc
     return JSONResponse(ResolvedModel(entry=entry, need=need).model_dump(mode="json"))
@@ -99,7 +99,7 @@ async def spawn(request: Request) -> Response:
     asked = await _parse(request, SpawnWorker)
     try:
         entry = await hive.resolve(asked.model)
-        worker = await hive.spawn_worker(entry, asked.mode, memory=asked.memory)
+        worker = await hive.spawn_worker(entry, asked.mode, memory=asked.memory, shape=asked)
     except ModelUnavailable as exc:
         raise _Refusal(404, str(exc), "model_not_found") from exc
     except (WorkerStartError, JobFailed) as exc:

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tomlkit
 from pydantic import ValidationError
+from tomlkit.exceptions import TOMLKitError
 
 from rbee.common import paths
 from rbee.contracts.models import ModelSettings
@@ -103,6 +105,37 @@ def model_settings(name: str) -> ModelSettings:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise BadModelRef(f"{user_aliases_file()}: [models.\"{name}\"] {where}: {first['msg']}") from exc
+
+
+def all_model_settings() -> dict[str, ModelSettings]:
+    """Every `[models."NAME"]` table of ~/.config/rbee/models.toml."""
+    tables = _models_toml().get("models", {})
+    if not isinstance(tables, dict):
+        raise BadModelRef(f"{user_aliases_file()}: [models] must hold one table per model name")
+    return {name: model_settings(name) for name in tables}
+
+
+def save_model_settings(name: str, own: ModelSettings) -> None:
+    """Write (or, when all unset, remove) `[models."NAME"]` in ~/.config/rbee/models.toml, keeping the rest of
+    the file, comments included. Blocking: call it from a thread."""
+    global _cache
+    path = user_aliases_file()
+    try:
+        doc = tomlkit.parse(path.read_text()) if path.exists() else tomlkit.document()
+    except (TOMLKitError, OSError) as exc:
+        raise BadModelRef(f"cannot read {path}: {exc}") from exc
+    models = doc.get("models")
+    if models is None:
+        models = tomlkit.table(is_super_table=True)
+        doc["models"] = models
+    if own.is_empty():
+        models.pop(name, None)
+    else:
+        table = tomlkit.table()
+        table.update(own.model_dump(exclude_none=True))
+        models[name] = table
+    paths.write_private(path, tomlkit.dumps(doc).encode())
+    _cache = None
 
 
 def looks_like_path(text: str) -> bool:

@@ -19,7 +19,7 @@ from rbee.common import paths, settings
 from rbee.common.jobs import Emit, JobFailed
 from rbee.common.tls import TLSFiles
 from rbee.common.version import current as current_version
-from rbee.contracts.hives import DeviceInfo, HiveReport, HostedWorker
+from rbee.contracts.hives import DeviceInfo, HiveReport, HostedWorker, WorkerShape
 from rbee.contracts.models import DEMO_MODEL, MemoryNeed, ModelDetail, ModelEntry
 from rbee.contracts.status import EngineInfo, HiveInfo
 from rbee.contracts.workers import WorkerMode
@@ -253,13 +253,16 @@ class Hive:
                      for w in self.supervisor.workers()],
         )
 
-    def worker_shape(self, name: str) -> tuple[int, int]:
-        """(context per slot, slots) for a model's workers: its models.toml settings, else the defaults."""
+    def worker_shape(self, name: str, given: WorkerShape | None = None) -> tuple[int, int]:
+        """(context per slot, slots) for a model's workers: what the queen gives (its own models.toml), else
+        this machine's models.toml settings, else the defaults."""
         try:
             own = model_refs.model_settings(name)
         except model_refs.BadModelRef as exc:
             raise JobFailed(str(exc)) from exc
-        return own.context or settings.worker_context(), own.slots or settings.worker_slots()
+        given = given or WorkerShape()
+        return (given.context or own.context or settings.worker_context(),
+                given.slots or own.slots or settings.worker_slots())
 
     async def summary(self, model: ModelEntry) -> GGUFSummary:
         """The model's header summary: from the catalog, or read (once) for entries made before it was kept."""
@@ -270,16 +273,17 @@ class Hive:
         await self.catalog.add(model)
         return summary
 
-    async def need(self, model: ModelEntry) -> int:
-        """Estimated bytes a worker of `model` holds with this hive's context and slots."""
+    async def need(self, model: ModelEntry, shape: WorkerShape | None = None) -> int:
+        """Estimated bytes a worker of `model` holds with its context and slots (see `worker_shape`)."""
         summary = await self.summary(model)
-        return estimate(summary, model.size_bytes, *self.worker_shape(model.name)).total
+        return estimate(summary, model.size_bytes, *self.worker_shape(model.name, shape)).total
 
-    async def spawn_worker(self, model: ModelEntry, mode: WorkerMode, memory: int = 0) -> WorkerProcess:
+    async def spawn_worker(self, model: ModelEntry, mode: WorkerMode, memory: int = 0,
+                           shape: WorkerShape | None = None) -> WorkerProcess:
         info = await self.engine()
         if info.path is None or info.problem:
             raise JobFailed(info.problem or "no engine")
-        context, slots = self.worker_shape(model.name)
+        context, slots = self.worker_shape(model.name, shape)
         spec = WorkerSpec(
             model=model, mode=mode, engine=Path(info.path), slots=slots, context_per_slot=context,
             threads=settings.worker_threads(), host=self.address, tls=self.tls,

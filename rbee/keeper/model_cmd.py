@@ -1,8 +1,9 @@
-"""`rbee model pull|ls|rm|info`: the models each hive holds."""
+"""`rbee model pull|ls|rm|info|set|settings`: the models each hive holds, and their own settings."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import typer
 
@@ -10,7 +11,7 @@ from rbee.contracts.jobs import JobCreate, JobKind
 from rbee.keeper.client import QueenClient
 from rbee.keeper.context import App
 from rbee.keeper.jobs_view import follow
-from rbee.keeper.output import Output, human_bytes, table
+from rbee.keeper.output import CLIError, Output, human_bytes, table
 
 app = typer.Typer(help="Pull, list, inspect and remove models (GGUF files) on your hives.", no_args_is_help=True)
 
@@ -107,4 +108,60 @@ def info(
     t = table(e["name"], "", "")
     for key, value in rows:
         t.add_row(key, value)
+    ctx.out.out.print(t)
+
+
+SETTINGS = ("context", "slots", "keep_alive", "hive", "device", "min_replicas", "max_replicas")
+
+
+@app.command("set")
+def set_(
+    name: Annotated[str, typer.Argument(help="The model's name, as requests give it.")],
+    context: Annotated[int | None, typer.Option("--ctx", min=16, help="Context tokens per slot.")] = None,
+    slots: Annotated[int | None, typer.Option("--slots", min=1, help="Requests one worker serves at once.")] = None,
+    keep_alive: Annotated[str | None, typer.Option("--keep-alive", help="How long an idle worker stays loaded: "
+                                                   "5m, 1h, 300 (seconds), -1 (forever), 0.")] = None,
+    on_hive: Annotated[str | None, typer.Option("--on-hive", help="Run its workers on this hive only.")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="Run its workers on this device only "
+                                               "(cpu, cuda0, ...).")] = None,
+    min_replicas: Annotated[int | None, typer.Option("--min-replicas", min=0, help="Workers kept loaded, "
+                                                     "idle or not.")] = None,
+    max_replicas: Annotated[int | None, typer.Option("--max-replicas", min=1, help="The most workers it gets "
+                                                     "under load.")] = None,
+    unset: Annotated[list[str] | None, typer.Option("--unset", help=f"Forget a setting ({', '.join(SETTINGS)}); "
+                                                    "repeatable.")] = None,
+    reset: Annotated[bool, typer.Option("--reset", help="Forget all of its settings.")] = False,
+) -> None:
+    """Set a model's own settings (kept in ~/.config/rbee/models.toml; they apply to the next worker it gets)."""
+    ctx = App()
+    client = ctx.queen()
+    unknown = sorted(set(unset or ()) - set(SETTINGS))
+    if unknown:
+        raise CLIError(f"--unset takes {', '.join(SETTINGS)}; not {', '.join(unknown)}")
+    own: dict[str, Any] = {} if reset else client.get(f"/v1/settings/models/{quote(name, safe='')}")
+    given = {"context": context, "slots": slots, "keep_alive": keep_alive, "hive": on_hive, "device": device,
+             "min_replicas": min_replicas, "max_replicas": max_replicas}
+    own.update({k: v for k, v in given.items() if v is not None})
+    for key in unset or ():
+        own.pop(key, None)
+    saved = client.request("PUT", f"/v1/settings/models/{quote(name, safe='')}", json=own)
+    ctx.out.success(f"{name}: " + (", ".join(f"{k}={v}" for k, v in saved.items()) or "no settings of its own"))
+
+
+@app.command()
+def settings(
+    name: Annotated[str | None, typer.Argument(help="One model (all that have settings if left out).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show models' own settings (context, slots, keep_alive, pinned hive or device, replicas)."""
+    ctx = App()
+    client = ctx.queen()
+    found = {name: client.get(f"/v1/settings/models/{quote(name, safe='')}")} if name else \
+        client.get("/v1/settings/models")
+    if as_json:
+        ctx.out.json(found)
+        return
+    t = table("Model settings (unset: the defaults)", "MODEL", *(s.upper() for s in SETTINGS))
+    for model, own in found.items():
+        t.add_row(model, *(str(own.get(s, "")) for s in SETTINGS))
     ctx.out.out.print(t)

@@ -49,6 +49,7 @@ async def status(request: Request) -> Response:
         workers=[w.info() for hive in list(state.hives.values()) for w in hive.supervisor.workers()],
         models=[m for hive in list(state.hives.values()) for m in await hive.catalog.list()],
         traffic=state.metrics.traffic.model_copy(update={"waiting": state.scheduler.waiting()}),
+        policy=state.scheduler.policy.status(),
     )
     return JSONResponse(report.model_dump(mode="json"))
 

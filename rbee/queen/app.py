@@ -9,7 +9,15 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
-from rbee.queen import admin_routes, catalog_routes, hive_routes, key_routes, openai_routes, web_routes
+from rbee.queen import (
+    admin_routes,
+    catalog_routes,
+    hive_routes,
+    key_routes,
+    openai_routes,
+    settings_routes,
+    web_routes,
+)
 from rbee.queen.errors import QueenError, handle_http_exception, handle_queen_error, handle_unexpected
 from rbee.queen.guard import Access, Guard
 from rbee.queen.state import QueenState
@@ -31,7 +39,7 @@ def create_app(state: QueenState | None = None, on_shutdown: Callable[[], None] 
 
     app = Starlette(
         routes=[*openai_routes.routes, *catalog_routes.routes, *hive_routes.routes, *key_routes.routes,
-                *admin_routes.routes, *web_routes.routes],
+                *settings_routes.routes, *admin_routes.routes, *web_routes.routes],
         exception_handlers={QueenError: handle_queen_error, HTTPException: handle_http_exception,
                             Exception: handle_unexpected},
         middleware=[Middleware(Guard, access=access)],

@@ -31,6 +31,7 @@ from rbee.queen.errors import (
     WorkerUnavailable,
 )
 from rbee.queen.guard import principal_of
+from rbee.queen.policy import PolicyRequest
 from rbee.queen.proxy import OnEnd, Outcome
 from rbee.queen.requests import read_json
 from rbee.queen.scheduler import Lease
@@ -93,11 +94,11 @@ def _deadline(request: Request) -> float | None:
 
 
 async def _acquire(request: Request, parsed: ModelRequest, mode: WorkerMode, exclude: frozenset[str],
-                   deadline: float | None) -> Lease:
+                   deadline: float | None, asked: PolicyRequest) -> Lease:
     """Wait for a worker, but stop waiting (and leave the queue) when the client goes away or its deadline passes."""
     state = queen_state(request)
     acquiring = asyncio.ensure_future(state.scheduler.acquire(
-        parsed.model, mode, request.headers.get(HIVE_HEADER), parsed.keep_alive, exclude))
+        parsed.model, mode, request.headers.get(HIVE_HEADER), parsed.keep_alive, exclude, asked))
     gone = asyncio.ensure_future(_client_gone(request))
     timeout = None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
     try:
@@ -149,10 +150,12 @@ async def _infer(request: Request, contract: type[ModelRequest], path: str, mode
     state.keyring.admit(who, parsed.model)
     request_id = _request_id(request)
     ended = _metering(state, who, stream, request_id, path)
+    pinned = request.headers.get(HIVE_HEADER)
+    asked = PolicyRequest(parsed.model, str(mode), len(body) // 4, getattr(parsed, "max_tokens", None), pinned)
     try:
-        lease = state.scheduler.try_acquire(parsed.model, mode, request.headers.get(HIVE_HEADER), parsed.keep_alive)
+        lease = state.scheduler.try_acquire(parsed.model, mode, pinned, parsed.keep_alive, asked)
         if lease is None:
-            lease = await _acquire(request, parsed, mode, frozenset(), deadline)
+            lease = await _acquire(request, parsed, mode, frozenset(), deadline, asked)
         try:
             return await state.forwarder.forward(lease, path, body, stream=stream, deadline=deadline, on_end=ended,
                                                  request_id=request_id)
@@ -160,7 +163,7 @@ async def _infer(request: Request, contract: type[ModelRequest], path: str, mode
             # The worker failed before sending a byte: one more try on another (or a fresh) worker.
             log.warning("worker %s failed before answering (%r); retrying once elsewhere", lease.worker.id,
                         exc.__cause__)
-            retry = await _acquire(request, parsed, mode, frozenset({lease.worker.id}), deadline)
+            retry = await _acquire(request, parsed, mode, frozenset({lease.worker.id}), deadline, asked)
             return await state.forwarder.forward(retry, path, body, stream=stream, deadline=deadline, on_end=ended,
                                                  request_id=request_id)
     except QueenError as exc:

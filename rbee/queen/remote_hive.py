@@ -25,10 +25,12 @@ from rbee.contracts.hives import (
     ResolvedModel,
     ResolveModel,
     SpawnWorker,
+    WorkerShape,
 )
 from rbee.contracts.models import ModelDetail, ModelEntry
 from rbee.contracts.status import HiveInfo
 from rbee.contracts.workers import WorkerInfo, WorkerMode, WorkerState
+from rbee.hive import model_refs
 from rbee.hive.service import Hive, ModelUnavailable
 from rbee.hive.worker import START_TIMEOUT_S, WorkerStartError
 from rbee.queen import keep_alive
@@ -46,6 +48,15 @@ class RemoteSpec:
 
 _EARLIER = (WorkerState.PENDING, WorkerState.DOWNLOADING, WorkerState.STARTING)
 
+
+
+def _shape(model: str) -> WorkerShape:
+    """The queen's own settings for a model's workers (its models.toml), sent to remote hives."""
+    try:
+        own = model_refs.model_settings(model)
+    except model_refs.BadModelRef:
+        return WorkerShape()  # the scheduler reports a broken file with the request
+    return WorkerShape(context=own.context, slots=own.slots)
 
 class RemoteWorker:
     """A worker on a remote hive; its state comes from the hive, its load counters live here."""
@@ -194,7 +205,7 @@ class RemoteHive:
         self.state = HiveState.READY
         self.last_seen = time.monotonic()
         self.problem: str | None = None
-        self._needs: dict[str, int] = {}
+        self._needs: dict[tuple[str, int | None, int | None], int] = {}  # (model, context, slots) -> bytes
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0), verify=tls or True,
                                          headers={"Authorization": f"Bearer {token}"})
         self.heard_from(report, token)
@@ -245,19 +256,23 @@ class RemoteHive:
         return (await self._resolved(model)).entry
 
     async def _resolved(self, model: str) -> ResolvedModel:
+        shape = _shape(model)
         try:
-            raw = await self.call("POST", "/v1/hive/resolve", ResolveModel(model=model).model_dump_json())
+            raw = await self.call("POST", "/v1/hive/resolve",
+                                  ResolveModel(model=model, **shape.model_dump()).model_dump_json())
         except HiveCallFailed as exc:
             raise ModelUnavailable(str(exc)) from exc
         resolved = ResolvedModel.model_validate_json(raw)
-        self._needs[resolved.entry.name] = resolved.need
+        self._needs[(resolved.entry.name, shape.context, shape.slots)] = resolved.need
         return resolved
 
     async def need(self, model: ModelEntry) -> int:
-        """What the hive estimated when it last resolved the model (it knows its own settings)."""
-        if model.name not in self._needs:
+        """What the hive estimated for the model with the queen's settings for it (else the hive's own)."""
+        shape = _shape(model.name)
+        key = (model.name, shape.context, shape.slots)
+        if key not in self._needs:
             await self._resolved(model.name)
-        return self._needs[model.name]
+        return self._needs[key]
 
     def memory_total(self) -> int:
         return self.report.memory_total
@@ -267,7 +282,8 @@ class RemoteHive:
         placeholder = RemoteWorker(self.alias, worker_id=f"{self.alias}-starting-{time.monotonic_ns()}",
                                    spec=RemoteSpec(model, mode, 0, 0), memory=memory, placeholder=True)
         self.supervisor.add(placeholder)  # counts its memory while it starts
-        body = SpawnWorker(model=model.name, mode=mode, memory=memory).model_dump_json()
+        body = SpawnWorker(model=model.name, mode=mode, memory=memory,
+                           **_shape(model.name).model_dump()).model_dump_json()
         try:
             raw = await self.call("POST", "/v1/hive/workers", body, wait_s=START_TIMEOUT_S + 30)
         except HiveCallFailed as exc:

@@ -26,7 +26,8 @@ def parse_body(body: bytes, model: type[M]) -> M:
     except ValidationError as exc:
         first = exc.errors()[0]
         param = ".".join(str(part) for part in first["loc"]) or None
-        raise InvalidRequest(f"Invalid value for '{param}': {first['msg']}", param=param,
+        message = f"Invalid value for '{param}': {first['msg']}" if param else f"Invalid request: {first['msg']}"
+        raise InvalidRequest(message, param=param,
                              code="invalid_value" if first["type"] != "missing" else "missing_field") from exc
 
 

@@ -9,6 +9,9 @@ For each request:
       with the numbers; a model whose workers keep dying waits out an exponential back-off;
       when every replica of a model is saturated, one more starts if memory is free without
       evicting anything (up to RBEE_MAX_REPLICAS);
+      a model's settings (models.toml) may pin it to a hive or a device, and keep some workers
+      loaded (min_replicas: started when missing, never unloaded or evicted);
+      a user policy (policy.py, RBEE_POLICY) may filter and rank the workers and devices;
   (5) meanwhile the request waits in a bounded queue (503 with Retry-After when it is full, or
       when the wait exceeds RBEE_QUEUE_TIMEOUT_S); workers of a model that has requests waiting
       are not evicted for another model unless that one has waited longer than the grouping
@@ -19,6 +22,7 @@ Idle workers are unloaded when their keep_alive runs out (default 5 min; per req
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import math
@@ -41,10 +45,12 @@ from rbee.queen.errors import (
     InvalidRequest,
     ModelNotFound,
     ModelTooLargeError,
+    QueenError,
     QueueFull,
     WorkerUnavailable,
 )
-from rbee.queen.placement import DeviceView, ModelTooLarge, WorkerView, place
+from rbee.queen.placement import DeviceView, ModelTooLarge, Placement, WorkerView, place
+from rbee.queen.policy import Candidate, Policy, PolicyRequest
 from rbee.queen.remote_hive import AnyHive, RemoteHive, RemoteWorker
 
 log = logging.getLogger(__name__)
@@ -79,13 +85,15 @@ class Lease:
 
 
 class Scheduler:
-    def __init__(self, hives: Mapping[str, AnyHive]) -> None:
+    def __init__(self, hives: Mapping[str, AnyHive], policy: Policy | None = None) -> None:
         self._hives = hives
+        self.policy = policy or Policy(None)
         self._tick = asyncio.Event()
         self._loading: dict[tuple[str, WorkerMode], asyncio.Task[AnyWorker]] = {}
         self._waiting: Counter[str] = Counter()
         self._queues: dict[tuple[str, WorkerMode], deque[asyncio.Event]] = defaultdict(deque)
         self._background: set[asyncio.Task[None]] = set()
+        self._warned: set[str] = set()
 
     # -- waking waiters ---------------------------------------------------------------------------
     def notify(self) -> None:
@@ -120,6 +128,8 @@ class Scheduler:
         return False
 
     def unload_soon(self, worker: AnyWorker) -> None:
+        if self._kept(worker):
+            return
         task = asyncio.get_running_loop().create_task(self._unload(worker, "keep_alive 0"))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -132,15 +142,61 @@ class Scheduler:
         self.notify()
 
     async def reap_idle(self) -> None:
-        """Unload idle workers whose keep_alive ran out (runs for the queen's lifetime)."""
+        """Every second, for the queen's lifetime: unload idle workers whose keep_alive ran out, start the
+        workers `min_replicas` asks for, and reload the user policy if its file changed."""
         while True:
             await asyncio.sleep(REAP_INTERVAL_S)
+            await asyncio.to_thread(self.policy.reload_if_changed)
             now = time.monotonic()
             for hive in list(self._hives.values()):
                 for w in hive.supervisor.workers():
                     if w.state is WorkerState.READY and w.in_flight == 0 and w.expires_at is not None \
-                            and w.expires_at <= now:
+                            and w.expires_at <= now and not self._kept(w):
                         await self._unload(w, "keep_alive expired")
+            await self.keep_min_replicas()
+
+    def _minimum(self, name: str) -> int:
+        try:
+            return model_refs.model_settings(name).min_replicas or 0
+        except model_refs.BadModelRef:
+            return 0
+
+    def _kept(self, worker: AnyWorker) -> bool:
+        """Whether `worker` is one of the `min_replicas` its model keeps loaded."""
+        name = worker.spec.model.name
+        minimum = self._minimum(name)
+        if not minimum or worker.spec.mode is not WorkerMode.GENERATE:
+            return False
+        ready = sorted((w for h in self._hives.values() for w in h.supervisor.workers()
+                        if w.spec.model.name == name and w.spec.mode is WorkerMode.GENERATE
+                        and w.state is WorkerState.READY), key=lambda w: w.started_at)
+        return worker in ready[:minimum]
+
+    async def keep_min_replicas(self) -> None:
+        """Start a worker for each model with fewer loaded than its `min_replicas` (one load at a time per
+        model, into free memory only: nothing is evicted for it)."""
+        try:
+            wanted = model_refs.all_model_settings()
+        except model_refs.BadModelRef as exc:
+            self._warn_once(str(exc))
+            return
+        for name, own in wanted.items():
+            if not own.min_replicas or (name, WorkerMode.GENERATE) in self._loading:
+                continue
+            try:
+                hives = self.hives_for(own.hive)
+                holding = [w for h in hives for w in h.supervisor.workers() if w.state in _HOLDING
+                           and w.spec.model.name == name and w.spec.mode is WorkerMode.GENERATE]
+                if len(holding) < own.min_replicas:
+                    await self._start_loading(await self.resolve(name, hives), WorkerMode.GENERATE,
+                                              time.monotonic(), evict=False)
+            except QueenError as exc:
+                self._warn_once(f"min_replicas of '{name}': {exc.message}")
+
+    def _warn_once(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            log.warning("%s", message)
 
     # -- (1) and (3) ------------------------------------------------------------------------------
     def _reachable(self) -> list[AnyHive]:
@@ -211,25 +267,51 @@ class Scheduler:
                 return hold
         return keep_alive_mod.parse(settings.keep_alive_default()) or 0.0
 
+    def _allowed(self, workers: list[AnyWorker], request: PolicyRequest | None) -> list[AnyWorker]:
+        """`workers` as the user policy filters and orders them (unchanged without one)."""
+        if not self.policy.active or not workers:
+            return workers
+        by_candidate = {Candidate(w.hive, "cpu", self._device_name(w.hive), self._memory_total(w.hive), w.id,
+                                  w.in_flight, w.spec.slots): w for w in workers}
+        return [by_candidate[c] for c in self.policy.rank(request, list(by_candidate))]
+
+    def _device_name(self, alias: str) -> str:
+        hive = self._hives.get(alias)
+        devices = (hive.report.devices if isinstance(hive, RemoteHive) else hive.devices()) if hive else []
+        return devices[0].name if devices else "cpu"
+
+    def _memory_total(self, alias: str) -> int:
+        hive = self._hives.get(alias)
+        return hive.memory_total() if hive else 0
+
     def _lease(self, free: list[AnyWorker], hold: float) -> Lease:
-        worker = min(free, key=lambda w: (w.in_flight / w.spec.slots, w.started_at))
+        """The least busy of `free` (the first: they are in the user policy's order when there is one)."""
+        worker = free[0] if self.policy.active else min(free, key=lambda w: (w.in_flight / w.spec.slots,
+                                                                             w.started_at))
         worker.in_flight += 1
         worker.expires_at = None
         return Lease(worker, hold, self)
 
+    def _pin(self, pinned: str | None, model: str) -> str | None:
+        """The hive the request pins, else the one the model's settings pin, else None."""
+        return pinned or self._own(model).hive
+
     def try_acquire(self, model: str, mode: WorkerMode = WorkerMode.GENERATE, pinned: str | None = None,
-                    keep_alive: str | int | float | None = None) -> Lease | None:
+                    keep_alive: str | int | float | None = None, request: PolicyRequest | None = None
+                    ) -> Lease | None:
         """(2) without waiting: a lease on a ready worker with a free slot, or None (the hot path)."""
         if self._queues.get((model, mode)):
             return None  # others are waiting for this model: queue behind them
-        free = [w for w in self.ready_workers(model, mode, self.hives_for(pinned)) if w.in_flight < w.spec.slots]
+        ready = self._allowed(self.ready_workers(model, mode, self.hives_for(self._pin(pinned, model))), request)
+        free = [w for w in ready if w.in_flight < w.spec.slots]
         return self._lease(free, self._hold(keep_alive, model)) if free else None
 
     async def acquire(self, model: str, mode: WorkerMode = WorkerMode.GENERATE, pinned: str | None = None,
-                      keep_alive: str | int | float | None = None, exclude: frozenset[str] = frozenset()) -> Lease:
+                      keep_alive: str | int | float | None = None, exclude: frozenset[str] = frozenset(),
+                      request: PolicyRequest | None = None) -> Lease:
         """A worker with a free slot for `model`, loading it first if needed; waits in the queue."""
         hold = self._hold(keep_alive, model)
-        hives = self.hives_for(pinned)
+        hives = self.hives_for(self._pin(pinned, model))
         per_model, overall, timeout = settings.queue_limits()
         started = time.monotonic()
         name, resolved, queued = model, None, False
@@ -240,7 +322,8 @@ class Scheduler:
                 woken = place_in_line is not None and place_in_line.is_set()
                 if place_in_line is not None:
                     place_in_line.clear()
-                ready = [w for w in self.ready_workers(name, mode, hives) if w.id not in exclude]
+                ready = self._allowed([w for w in self.ready_workers(name, mode, hives) if w.id not in exclude],
+                                      request)
                 free = [w for w in ready if w.in_flight < w.spec.slots]
                 if free and (place_in_line is not None or not self._queues.get((name, mode))):  # (2), in turn
                     return self._lease(free, hold)
@@ -256,7 +339,7 @@ class Scheduler:
                 replicas = self._own(name).max_replicas or settings.max_replicas()
                 if key not in self._loading and (not ready or len(ready) < replicas):  # (4)
                     # no worker yet; or every replica is saturated: one more, but only into free memory
-                    await self._start_loading(resolved, mode, started, evict=not ready)
+                    await self._start_loading(resolved, mode, started, evict=not ready, request=request)
                 if not queued:  # (5)
                     if self._waiting[name] >= per_model or self._waiting.total() >= overall:
                         raise QueueFull(f"Too many requests are waiting for '{name}'; retry shortly.",
@@ -294,7 +377,7 @@ class Scheduler:
                     self._wake_next((name, mode))
 
     async def _start_loading(self, candidates: list[tuple[AnyHive, ModelEntry]], mode: WorkerMode,
-                             waiting_since: float, evict: bool = True) -> None:
+                             waiting_since: float, evict: bool = True, request: PolicyRequest | None = None) -> None:
         """Decide which hive (and device) gets a worker of the model and start loading it there; returns at
         once if memory is not free yet (or, with `evict=False`, if it is not free without evicting anything)."""
         usable, backoff = [], None
@@ -314,17 +397,23 @@ class Scheduler:
             return
         holding = [w for hive, _ in usable for w in hive.supervisor.workers() if w.state in _HOLDING]
         grouping = time.monotonic() - waiting_since < GROUPING_CAP_S
-        protect = frozenset(w.id for w in holding if w.state is not WorkerState.READY
+        protect = frozenset(w.id for w in holding if w.state is not WorkerState.READY or self._kept(w)
                             or (grouping and self._waiting[w.spec.model.name] > 0))
         need = max(needs.values())
+        # a hive that needs less (its own slots and context) gets the difference as extra room
+        devices = [DeviceView(hive.alias, "cpu", hive.memory_total() + need - needs[hive.alias], has_model=True)
+                   for hive, _ in usable]
+        pinned_device = self._own(name).device
+        if pinned_device is not None:
+            on_it = [d for d in devices if d.device == pinned_device]
+            if not on_it:
+                raise WorkerUnavailable(
+                    f"'{name}' is pinned to device '{pinned_device}' (its settings in models.toml), which no hive "
+                    f"it may use has; devices: {', '.join(f'{d.hive}:{d.device}' for d in devices)}")
+            devices = on_it
+        workers = [WorkerView(w.id, w.hive, "cpu", w.memory, w.in_flight, w.last_used) for w in holding]
         try:
-            decision = place(
-                need,  # a hive that needs less (its own slots and context) gets the difference as extra room
-                [DeviceView(hive.alias, "cpu", hive.memory_total() + need - needs[hive.alias], has_model=True)
-                 for hive, _ in usable],
-                [WorkerView(w.id, w.hive, "cpu", w.memory, w.in_flight, w.last_used) for w in holding],
-                protect,
-            )
+            decision = self._place(name, need, devices, workers, protect, request)
         except ModelTooLarge as exc:
             raise ModelTooLargeError(f"'{name}' cannot be loaded anywhere: it {exc}. Use a smaller "
                                      "quantization, or fewer slots or less context per slot.", param="model") from exc
@@ -337,6 +426,24 @@ class Scheduler:
         task = asyncio.get_running_loop().create_task(self._load(hive, entry, mode, needs[hive.alias], victims))
         self._loading[key] = task
 
+    def _place(self, name: str, need: int, devices: list[DeviceView], workers: list[WorkerView],
+               protect: frozenset[str], request: PolicyRequest | None) -> Placement:
+        """placement.place, over the devices the user policy allows: the first of them in its order that has
+        room now, else the built-in choice among them (with evictions)."""
+        if not self.policy.active:
+            return place(need, devices, workers, protect)
+        by_candidate = {Candidate(d.hive, d.device, self._device_name(d.hive), d.total): d for d in devices}
+        allowed = [by_candidate[c] for c in self.policy.rank(request, list(by_candidate))]
+        if not allowed:
+            self._warn_once(f"the policy left out every device for '{name}'; the built-in choice is used")
+            return place(need, devices, workers, protect)
+        for device in allowed:
+            with contextlib.suppress(ModelTooLarge):
+                decision = place(need, [device], workers, protect)
+                if decision.device is not None and not decision.evict:
+                    return decision
+        return place(need, allowed, workers, protect)
+
     async def _load(self, hive: AnyHive, entry: ModelEntry, mode: WorkerMode, need: int,
                     evict: list[AnyWorker]) -> AnyWorker:
         key = (entry.name, mode)
@@ -346,10 +453,14 @@ class Scheduler:
             await asyncio.gather(*(hive.supervisor.stop(w.id) for w in evict))
             log.info("loading %s on %s (%s, ~%.0f MiB)", entry.name, hive.alias, mode, need / 2**20)
             try:
-                return await hive.spawn_worker(entry, mode, memory=need)
+                worker = await hive.spawn_worker(entry, mode, memory=need)
             except (WorkerStartError, JobFailed) as exc:
                 raise WorkerUnavailable(f"Could not start a worker for '{entry.name}' on hive "
                                         f"'{hive.alias}': {exc}") from exc
+            # its keep_alive runs from now, in case no request comes (one started for min_replicas)
+            hold = self._hold(None, entry.name)
+            worker.expires_at = None if hold == keep_alive_mod.FOREVER else time.monotonic() + hold
+            return worker
         finally:
             del self._loading[key]
             self.notify()

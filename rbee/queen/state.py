@@ -21,6 +21,7 @@ from rbee.queen.auth import Keyring, Principal, read_or_create_admin_token
 from rbee.queen.db import QueenDB
 from rbee.queen.errors import QueenError
 from rbee.queen.metrics import QueenMetrics
+from rbee.queen.policy import Policy
 from rbee.queen.proxy import Forwarder
 from rbee.queen.remote_hive import AnyHive, RemoteHive
 from rbee.queen.scheduler import Scheduler
@@ -56,8 +57,8 @@ class QueenState:
         db = QueenDB(paths.queen_db_file())
         keyring = Keyring(db, read_or_create_admin_token(paths.admin_token_file()))
         client_tls = tls.cluster_client_context()
-        return cls(hives=hives, scheduler=Scheduler(hives), db=db, keyring=keyring, usage=UsageMeter(db),
-                   hive_tls=client_tls, forwarder=Forwarder(client_tls))
+        return cls(hives=hives, scheduler=Scheduler(hives, Policy.from_env()), db=db, keyring=keyring,
+                   usage=UsageMeter(db), hive_tls=client_tls, forwarder=Forwarder(client_tls))
 
     def __post_init__(self) -> None:
         self.metrics = QueenMetrics(ColonyCollector(lambda: self.hives, self.scheduler.waiting))
@@ -67,6 +68,7 @@ class QueenState:
                            listen_host=self.listen_host)
 
     async def start(self) -> None:
+        await asyncio.to_thread(self.scheduler.policy.reload_if_changed)
         for hive in self.hives.values():
             await hive.start()
         loop = asyncio.get_running_loop()

@@ -76,12 +76,16 @@ def test_requests_reach_a_worker_over_https_and_plain_http_is_refused_everywhere
     installed: Queen, ca: Path, model_path: str, lan: Lan
 ) -> None:
     url = f"https://127.0.0.1:{installed.port}"
+    # The queen's settings for the model reach the remote hive that starts its worker.
+    shape = httpx.put(f"{url}/v1/settings/models/tls-tiny", json={"slots": 3, "context": 128}, verify=pinned(ca))
+    assert shape.status_code == 200, shape.text
     reply = httpx.post(f"{url}/v1/chat/completions", verify=pinned(ca), timeout=60,
                        headers={"x-rbee-hive": "h1"},
                        json={"model": model_path, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
     assert reply.status_code == 200, reply.text
     workers = httpx.get(f"{url}/v1/workers", verify=pinned(ca)).json()
     worker_url = next(str(w["url"]) for w in workers if w["hive"] == "h1")
+    assert [(w["slots"], w["context_size"]) for w in workers if w["hive"] == "h1"] == [(3, 128)]
     host = lan.hosts[0].address
     assert worker_url.startswith(f"https://{host}:")
     # The worker and the hive's API take TLS only, with a certificate the cluster CA signed for that address.
