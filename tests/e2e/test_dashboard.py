@@ -159,11 +159,21 @@ def test_playground_streams_a_reply_from_a_real_worker(queen: Queen, new_tab: Ne
     assert tab.errors() == []
 
 
-def test_playground_shows_an_unknown_model_error(queen: Queen, new_tab: NewTab) -> None:
+def test_playground_with_the_tiny_model_and_an_unknown_one(queen: Queen, tiny_model: Path, new_tab: NewTab) -> None:
+    assert httpx.post(f"{queen.url}/v1/chat/completions", timeout=60,  # puts "tiny" in the catalog
+                      json={"model": str(tiny_model), "messages": CHAT, "max_tokens": 1}).status_code == 200
     tab = new_tab()
     page = tab.page
     page.goto(f"{queen.url}/#playground")
-    expect(page.locator("#chat-model option").first).to_be_attached()
+    expect(page.locator("#chat-model option[value=tiny]")).to_be_attached()
+    page.select_option("#chat-model", "tiny")
+    page.fill("#chat-max", "30")
+    page.fill("#chat-input", "hello")
+    with page.expect_response(lambda r: r.url.endswith("/v1/chat/completions")) as answered:
+        page.click("#chat-send")
+    assert answered.value.headers["content-type"].startswith("text/event-stream")
+    expect(page.locator("#chat-stats")).to_contain_text(re.compile(r"\b30 tokens"), timeout=30_000)
+    assert (page.locator("#chat-log .msg.assistant").last.text_content() or "").strip()
     page.evaluate("""() => {  // a model that was removed after the list was loaded
         const option = document.createElement('option');
         option.value = option.textContent = 'gone-model';
@@ -173,7 +183,7 @@ def test_playground_shows_an_unknown_model_error(queen: Queen, new_tab: NewTab) 
     page.fill("#chat-input", "hello?")
     page.click("#chat-send")
     expect(page.locator("#chat-error")).to_contain_text("gone-model")
-    expect(page.locator("#chat-log .msg.assistant")).to_have_count(0)
+    expect(page.locator("#chat-log .msg.assistant")).to_have_count(1)  # the failed reply is not left behind
     expect(page.locator("#chat-send")).to_be_visible()
     assert tab.errors(allow="status of 404") == []
 

@@ -234,6 +234,11 @@ function renderOverview() {
   const up = Date.now() / 1000 - status.queen.started_at;
   $("#queen-info").textContent = `v${status.queen.version} · up ${Math.floor(up / 3600)}h${String(Math.floor(up % 3600 / 60)).padStart(2, "0")}m`;
 
+  const policy = status.policy;
+  $("#policy").hidden = !policy.path;
+  $("#policy").textContent = !policy.path ? "" : policy.error ? `Policy ${policy.path}: ${policy.error}`
+    : `Policy ${policy.path} is in use.`;
+  $("#policy").classList.toggle("error", Boolean(policy.error));
   $("#hives").replaceChildren(...view.hives.map(renderHive));
   if (!view.hives.length) $("#hives").append(h("p", { class: "hint" }, "No hives."));
 
