@@ -25,6 +25,7 @@ class _Worker(Protocol):
     state: WorkerState
     api_key: str
     memory: int
+    device: str
 
     @property
     def url(self) -> str | None: ...
@@ -41,6 +42,8 @@ class _Hive(Protocol):
 
     def memory_total(self) -> int: ...
 
+    def devices(self) -> list[Any]: ...
+
 
 class ColonyCollector(Collector):
     """Gauges read when scraped: workers by state, memory per hive, and requests waiting per model."""
@@ -56,20 +59,25 @@ class ColonyCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         workers = GaugeMetricFamily("rbee_workers", "Workers by hive, model and state",
                                     labels=["hive", "model", "state"])
-        memory = GaugeMetricFamily("rbee_hive_memory_bytes", "Memory a hive may give workers (total) and what "
-                                   "its workers hold (used), per device", labels=["hive", "device", "kind"])
+        memory = GaugeMetricFamily("rbee_hive_memory_bytes", "Memory a hive may give workers (total), what "
+                                   "its workers hold (used) and what the device reports free now (free), per "
+                                   "device", labels=["hive", "device", "kind"])
         counts: dict[tuple[str, str, str], int] = {}
         models: set[str] = set()
         for hive in self._current():
-            used = 0
+            used: dict[str, int] = {}
             for w in hive.supervisor.workers():
                 models.add(w.spec.model.name)
                 key = (hive.alias, w.spec.model.name, str(w.state))
                 counts[key] = counts.get(key, 0) + 1
                 if w.state not in (WorkerState.STOPPED, WorkerState.ERROR):
-                    used += w.memory
-            memory.add_metric([hive.alias, "cpu", "total"], hive.memory_total())
-            memory.add_metric([hive.alias, "cpu", "used"], used)
+                    used[w.device] = used.get(w.device, 0) + w.memory
+            for device in hive.devices():
+                total = hive.memory_total() if device.id == "cpu" else device.total_bytes
+                memory.add_metric([hive.alias, device.id, "total"], total)
+                memory.add_metric([hive.alias, device.id, "used"], used.get(device.id, 0))
+                if device.free_bytes is not None:
+                    memory.add_metric([hive.alias, device.id, "free"], device.free_bytes)
         for labels, n in sorted(counts.items()):
             workers.add_metric(list(labels), n)
         yield workers

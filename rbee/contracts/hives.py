@@ -27,10 +27,17 @@ class HiveState(StrEnum):
 
 
 class DeviceInfo(BaseModel):
-    id: str  # "cpu", later "cuda0", "metal0"...
-    name: str
+    """A device a hive's workers can run on (see rbee/hive/devices.py)."""
+
+    id: str  # "cpu", "cuda0", "metal", "vulkan1", "rocm0": the engine's name, lower-cased
+    name: str  # "NVIDIA GeForce RTX 4090", "CPU (16 threads)"
+    backend: str = "cpu"  # which engine build drives it: cpu, cuda, metal, vulkan, rocm
+    engine_name: str | None = None  # what llama-server's --device takes ("CUDA0"); None for the CPU
     total_bytes: int
-    free_bytes: int | None = None
+    free_bytes: int | None = None  # live, where a tool reports it
+    utilization: float | None = None  # percent
+    temperature_c: float | None = None
+    failed: str | None = None  # why it cannot take workers now (its driver stopped answering)
 
 
 class HostedWorker(BaseModel):
@@ -102,5 +109,6 @@ class ResolvedModel(BaseModel):
 
 class SpawnWorker(WorkerShape):
     model: str
+    device: str | None = Field(default=None, max_length=64)  # the hive's id of it; None: the hive picks
     mode: WorkerMode = WorkerMode.GENERATE
     memory: int = 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class JobKind(StrEnum):
@@ -36,6 +36,8 @@ class JobCreate(BaseModel):
     hive: str = "localhost"
     model: str | None = None
     force: bool = False
+    device: str | None = Field(default=None, max_length=64)  # worker.spawn: the hive's id of the device
+    backend: str | None = Field(default=None, max_length=16)  # engine.install: cpu, cuda, metal, vulkan, rocm
 
 
 class JobCreated(BaseModel):

@@ -69,4 +69,5 @@ class WorkerInfo(BaseModel):
     in_flight: int = 0
     error: str | None = None
     memory_bytes: int = 0
+    device: str = "cpu"  # the hive's id of the device it runs on
     idle_unload_in_s: float | None = None

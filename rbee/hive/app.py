@@ -99,7 +99,7 @@ async def spawn(request: Request) -> Response:
     asked = await _parse(request, SpawnWorker)
     try:
         entry = await hive.resolve(asked.model)
-        worker = await hive.spawn_worker(entry, asked.mode, memory=asked.memory, shape=asked)
+        worker = await hive.spawn_worker(entry, asked.mode, memory=asked.memory, shape=asked, device=asked.device)
     except ModelUnavailable as exc:
         raise _Refusal(404, str(exc), "model_not_found") from exc
     except (WorkerStartError, JobFailed) as exc:

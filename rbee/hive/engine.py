@@ -52,14 +52,81 @@ BACKEND_FLAGS: dict[str, tuple[str, ...]] = {
 }
 
 
+def _nvcc() -> str | None:
+    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or "/usr/local/cuda"
+    return shutil.which("nvcc") or shutil.which("nvcc", path=str(Path(cuda_home) / "bin"))
+
+
+def _vulkan_ready() -> bool:
+    headers = any(Path(p, "vulkan", "vulkan.h").is_file() for p in ("/usr/include", "/usr/local/include",
+                                                                    os.environ.get("VULKAN_SDK", "/nonexistent")
+                                                                    + "/include"))
+    return headers and shutil.which("glslc") is not None
+
+
+def missing_for(backend: str) -> str | None:
+    """What this machine lacks to build `backend`, in words that say how to get it; None when nothing."""
+    if backend not in BACKEND_FLAGS:
+        return f"unknown backend {backend!r}; choose one of: {', '.join(BACKEND_FLAGS)}"
+    if backend == "cuda" and _nvcc() is None:
+        return ("the CUDA backend needs the CUDA toolkit's compiler, nvcc, which is not on PATH nor in "
+                "$CUDA_HOME/bin or /usr/local/cuda/bin (install the CUDA toolkit: NVIDIA's installer, or "
+                "Debian/Ubuntu's nvidia-cuda-toolkit)")
+    if backend == "rocm" and shutil.which("hipcc") is None and not Path("/opt/rocm/bin/hipcc").is_file():
+        return "the ROCm backend needs hipcc (AMD's ROCm/HIP SDK), which is not on PATH nor in /opt/rocm/bin"
+    if backend == "vulkan" and not _vulkan_ready():
+        return ("the Vulkan backend needs the Vulkan headers and the glslc shader compiler "
+                "(Debian/Ubuntu: apt install libvulkan-dev glslc; elsewhere: the LunarG Vulkan SDK)")
+    if backend == "metal" and not (sys.platform == "darwin" and platform.machine() == "arm64"):
+        return "the Metal backend builds on Apple Silicon Macs only"
+    return None
+
+
+def detect_backend() -> str:
+    """The best backend for this machine: CUDA, ROCm or Vulkan when both its GPU and its toolkit are here,
+    Metal on Apple Silicon, else the CPU."""
+    if sys.platform == "darwin" and platform.machine() == "arm64":
+        return "metal"
+    for backend in ("cuda", "rocm", "vulkan"):
+        if _gpu_for(backend) and missing_for(backend) is None:
+            return backend
+    return "cpu"
+
+
 def default_backend() -> str:
-    return "metal" if sys.platform == "darwin" and platform.machine() == "arm64" else "cpu"
+    """The backend of the engine this machine uses: RBEE_ENGINE_BACKEND, else the best of those rbee built
+    here, else the best it could build."""
+    chosen = os.environ.get("RBEE_ENGINE_BACKEND")
+    if chosen:
+        return chosen
+    for backend in ("cuda", "rocm", "metal", "vulkan", "cpu"):
+        if (paths.engines_dir() / build_id(backend) / "bin" / BINARY).is_file():
+            return backend
+    return detect_backend()
 
 
 def build_flags(backend: str) -> tuple[str, ...]:
     if backend not in BACKEND_FLAGS:
         raise JobFailed(f"unknown backend {backend!r}; choose one of: {', '.join(BACKEND_FLAGS)}")
-    return COMMON_FLAGS + BACKEND_FLAGS[backend]
+    extra: tuple[str, ...] = ()
+    if backend == "cuda" and _nvidia_driver():
+        extra = ("-DCMAKE_CUDA_ARCHITECTURES=native",)  # this machine's GPUs only: minutes, not an hour
+    return COMMON_FLAGS + BACKEND_FLAGS[backend] + extra
+
+
+def _nvidia_driver() -> bool:
+    return Path("/proc/driver/nvidia/version").is_file() or shutil.which("nvidia-smi") is not None
+
+
+def _gpu_for(backend: str) -> bool:
+    """Whether this machine has a GPU that `backend` could drive (a toolkit alone is not a reason to build)."""
+    if backend == "cuda":
+        return _nvidia_driver()
+    if backend == "rocm":
+        return Path("/dev/kfd").exists()
+    if backend == "vulkan":
+        return Path("/dev/dri").is_dir()
+    return False
 
 
 def build_id(backend: str) -> str:
@@ -189,7 +256,10 @@ async def install(emit: Emit, *, backend: str | None = None, force: bool = False
     Nothing is built when a usable engine is already there (rbee's build, a configured path, or
     one on PATH), unless `force`.
     """
-    backend = backend or default_backend()
+    backend = backend or detect_backend()
+    missing = missing_for(backend)
+    if missing is not None:
+        raise JobFailed(f"cannot build llama-server for {backend}: {missing}")
     target = built_binary(backend)
     found = locate()
     if found is not None and not force and (found[1] != "built" or found[0] == target):

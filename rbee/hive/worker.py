@@ -55,6 +55,8 @@ class WorkerSpec:
     threads: int | None = None
     host: str = "127.0.0.1"
     tls: TLSFiles | None = None  # HTTPS with the hive's certificate (workers on a TLS hive, reached over the LAN)
+    device: str = "cpu"  # the hive's id of the device it runs on
+    engine_device: str | None = None  # what llama-server's --device calls it ("CUDA0"); None: the CPU only
 
 
 def free_port(host: str) -> int:
@@ -80,6 +82,9 @@ def build_argv(spec: WorkerSpec, port: int) -> list[str]:
         "--metrics",
         "--no-webui",
     ]
+    # One device per worker: every layer on the GPU the scheduler chose, or none off the CPU.
+    argv += ["--device", spec.engine_device, "--n-gpu-layers", "999"] if spec.engine_device else \
+        ["--device", "none", "--n-gpu-layers", "0"]
     if spec.threads:
         argv += ["--threads", str(spec.threads), "--threads-batch", str(spec.threads)]
     if spec.mode is WorkerMode.EMBED:
@@ -123,6 +128,10 @@ class WorkerProcess:
         return f"{scheme}://{self.spec.host}:{self.port}" if self.port else None
 
     @property
+    def device(self) -> str:
+        return self.spec.device
+
+    @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
@@ -136,7 +145,7 @@ class WorkerProcess:
             id=self.id, model=self.spec.model.name, hive=self.hive, mode=self.spec.mode, state=self.state,
             url=self.url, pid=self.pid, slots=self.spec.slots,
             context_size=self.spec.context_per_slot, started_at=self.started_at,
-            in_flight=self.in_flight, error=self.error, memory_bytes=self.memory,
+            in_flight=self.in_flight, error=self.error, memory_bytes=self.memory, device=self.spec.device,
             idle_unload_in_s=max(0.0, self.expires_at - time.monotonic()) if self.expires_at is not None else None,
         )
 

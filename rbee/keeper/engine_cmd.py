@@ -23,19 +23,25 @@ def install(
     hive: Annotated[str, typer.Option("-a", "--hive", help="The hive to install on.")] = "localhost",
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Show the compiler's output.")] = False,
     local: Annotated[bool, typer.Option("--local", help="Build in this process, without the queen.")] = False,
+    backend: Annotated[str | None, typer.Option("--backend", help="cpu, cuda, metal, vulkan or rocm (default: "
+                                                "the GPU this machine has, when its toolkit is installed)")]
+    = None,
 ) -> None:
-    """Build llama-server from the pinned llama.cpp source (cached: a machine builds once)."""
+    """Build llama-server from the pinned llama.cpp source (cached per backend: a machine builds each once;
+    several builds coexist, and workers use the best one)."""
     ctx = App()
+    if backend is not None and backend not in engine.BACKEND_FLAGS:
+        raise CLIError(f"--backend takes one of: {', '.join(engine.BACKEND_FLAGS)}; not {backend!r}")
     title = f"engine install on {hive}"
     if local:
         if hive != "localhost":
             raise CLIError("--local builds on this machine only; drop -a/--hive")
-        done = run_here(JobKind.ENGINE_INSTALL, lambda emit: engine.install(emit, force=force), ctx.out, title,
-                        verbose)
+        done = run_here(JobKind.ENGINE_INSTALL, lambda emit: engine.install(emit, force=force, backend=backend),
+                        ctx.out, title, verbose)
     else:
         client = ctx.queen()
-        job = client.post("/v1/jobs", json=JobCreate(kind=JobKind.ENGINE_INSTALL, hive=hive, force=force)
-                          .model_dump(mode="json"))
+        job = client.post("/v1/jobs", json=JobCreate(kind=JobKind.ENGINE_INSTALL, hive=hive, force=force,
+                                                     backend=backend).model_dump(mode="json"))
         done = follow(client, job["job_id"], ctx.out, title, verbose=verbose)
     data = done.data or {}
     how = {"configured": "is configured", "path": "is on PATH"}.get(str(data.get("source")), "was already built")

@@ -14,6 +14,7 @@ from rbee.keeper.context import App
 from rbee.keeper.hive_install import Installer
 from rbee.keeper.output import CLIError, human_bytes, table
 from rbee.keeper.ssh import SSHError
+from rbee.keeper.watch import devices_table
 from rbee.keeper.worker_cmd import STATE_STYLE
 
 app = typer.Typer(help="Hives on your other machines: install over SSH, start, stop, list.", no_args_is_help=True)
@@ -81,6 +82,24 @@ def list_(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] =
     for h in rows.values():
         if h.get("problem"):
             ctx.out.warn(f"{h['alias']}: {h['problem']}")
+
+
+@app.command()
+def status(alias: AliasArg, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """One hive: its devices with memory bars and live figures, and the workers on each."""
+    ctx = App()
+    if ctx.running_queen() is None:
+        raise CLIError(f"no queen is running at {ctx.queen_url}; `rbee queen start` starts one")
+    hive = next((h for h in ctx.client.get("/v1/hives") if h["alias"] == alias), None)
+    if hive is None:
+        raise CLIError(f"the queen knows no hive '{alias}'; `rbee hive list` shows them")
+    workers = [w for w in ctx.client.get("/v1/workers") if w["hive"] == alias]
+    if as_json:
+        ctx.out.json({**hive, "worker_list": workers})
+        return
+    ctx.out.out.print(devices_table([hive], workers))
+    if hive.get("problem"):
+        ctx.out.warn(f"{alias}: {hive['problem']}")
 
 
 @app.command()

@@ -9,6 +9,7 @@ import typer
 
 from rbee.keeper.context import App
 from rbee.keeper.output import CLIError, human_bytes, table
+from rbee.keeper.watch import devices_table
 from rbee.keeper.watch import watch as watch_colony
 from rbee.keeper.worker_cmd import workers_table
 
@@ -49,6 +50,7 @@ def status(
             f"{engine.get('version') or '?'} ({engine['source']})"
         hives.add_row(h["alias"], f"[green]{h['state']}[/green]", h["address"], h["version"], engine_text)
     ctx.out.out.print(hives)
+    ctx.out.out.print(devices_table(ctx.client.get("/v1/hives"), report["workers"]))
     if report["workers"]:
         ctx.out.out.print(workers_table(report["workers"]))
     else:

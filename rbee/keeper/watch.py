@@ -1,4 +1,5 @@
-"""`rbee status --watch`: a live view of the colony, redrawn from the queen's /v1/status and /metrics."""
+"""`rbee status --watch`: a live view of the colony, redrawn from the queen's /v1/status, /v1/hives and
+/metrics."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Group, RenderableType
 from rich.live import Live
+from rich.table import Table
 from rich.text import Text
 
 from rbee.keeper.client import QueenClient
@@ -42,7 +44,33 @@ def bar(used: float, total: float, width: int = BAR_WIDTH) -> Text:
     return text
 
 
-def render(status: dict[str, Any], samples: Samples, rates: dict[str, float]) -> RenderableType:
+def devices_table(hives: list[dict[str, Any]], workers: list[dict[str, Any]]) -> Table:
+    """Hives and their devices: memory held by workers (bars) and which workers run on each."""
+    t = table("Hives and devices", "HIVE", "STATE", "DEVICE", "MEMORY (workers / total)", "LIVE", "WORKERS")
+    for h in hives:
+        devices = h.get("devices") or [{"id": "-", "name": "(not registered)", "total_bytes": 0}]
+        for i, d in enumerate(devices):
+            on = [w for w in workers if w["hive"] == h["alias"] and (w.get("device") or "cpu") == d["id"]
+                  and w["state"] not in ("stopped", "error")]
+            used = sum(int(w.get("memory_bytes") or 0) for w in on)
+            live = []
+            if d.get("free_bytes") is not None:
+                live.append(f"{human_bytes(d['free_bytes'])} free")
+            if d.get("utilization") is not None:
+                live.append(f"{d['utilization']:.0f}% busy")
+            if d.get("temperature_c") is not None:
+                live.append(f"{d['temperature_c']:.0f}°C")
+            name = Text(f"{d['id']}: {d['name']}")
+            if d.get("failed"):
+                name.append(f" FAILED: {d['failed']}", style="red")
+            t.add_row(h["alias"] if i == 0 else "", h["state"] if i == 0 else "", name,
+                      bar(used, int(d["total_bytes"])), ", ".join(live),
+                      ", ".join(f"{w['id']} ({w['model']})" for w in on) or "-")
+    return t
+
+
+def render(status: dict[str, Any], samples: Samples, rates: dict[str, float],
+           hives: list[dict[str, Any]] | None = None) -> RenderableType:
     queen = status["queen"]
     uptime = int(time.time() - queen["started_at"])
     head = Text.from_markup(
@@ -50,15 +78,9 @@ def render(status: dict[str, Any], samples: Samples, rates: dict[str, float]) ->
         f"[bold]{rates.get('tokens', 0.0):.1f}[/bold] tokens/s  "
         f"[bold]{rates.get('requests', 0.0):.2f}[/bold] requests/s  "
         f"waiting: [bold]{int(_sum(samples, 'rbee_queue_depth'))}[/bold]")
-    hives = table("Hives and devices", "HIVE", "STATE", "DEVICE", "MEMORY (workers / total)", "WORKERS")
-    for h in status["hives"]:
-        alias = h["alias"]
-        total = _sum(samples, "rbee_hive_memory_bytes", hive=alias, kind="total")
-        used = _sum(samples, "rbee_hive_memory_bytes", hive=alias, kind="used")
-        ready = int(_sum(samples, "rbee_workers", hive=alias, state="ready"))
-        hives.add_row(alias, h["state"], "cpu", bar(used, total), str(ready))
+    devices = devices_table(hives if hives is not None else status["hives"], status["workers"])
     queued = [(labels["model"], v) for labels, v in samples.get("rbee_queue_depth", []) if v > 0]
-    parts: list[RenderableType] = [head, hives]
+    parts: list[RenderableType] = [head, devices]
     parts.append(workers_table(status["workers"]) if status["workers"] else Text("Workers: none loaded", style="dim"))
     if queued:
         parts.append(Text("Waiting: " + ", ".join(f"{m} {int(n)}" for m, n in queued)))
@@ -72,6 +94,7 @@ def watch(client: QueenClient, out: Output, interval: float, count: int | None) 
     with Live(console=out.out, refresh_per_second=4, auto_refresh=False) as live:
         while count is None or drawn < count:
             status = client.get("/v1/status")
+            hives = client.get("/v1/hives")
             samples = _metrics(client)
             now = time.monotonic()
             tokens = _sum(samples, "rbee_tokens_total", kind="completion")
@@ -81,7 +104,7 @@ def watch(client: QueenClient, out: Output, interval: float, count: int | None) 
                 rates = {"tokens": (tokens - previous[1]) / (now - previous[0]),
                          "requests": (requests - previous[2]) / (now - previous[0])}
             previous = (now, tokens, requests)
-            live.update(render(status, samples, rates), refresh=True)
+            live.update(render(status, samples, rates, hives), refresh=True)
             drawn += 1
             if count is None or drawn < count:
                 time.sleep(interval)

@@ -1,4 +1,4 @@
-"""`rbee worker list|stop`."""
+"""`rbee worker list|start|stop`."""
 
 from __future__ import annotations
 
@@ -7,20 +7,22 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from rbee.contracts.jobs import JobCreate, JobKind
 from rbee.keeper.context import App
+from rbee.keeper.jobs_view import follow
 from rbee.keeper.output import CLIError, table
 
-app = typer.Typer(help="List and stop workers (one loaded model each).", no_args_is_help=True)
+app = typer.Typer(help="List, start and stop workers (one loaded model each).", no_args_is_help=True)
 
 STATE_STYLE = {"ready": "green", "starting": "yellow", "pending": "yellow", "downloading": "yellow",
                "draining": "yellow", "error": "red", "unreachable": "red", "stopped": "dim"}
 
 
 def workers_table(workers: list[dict[str, object]]) -> Table:
-    t = table("Workers", "ID", "MODEL", "HIVE", "MODE", "STATE", "URL", "PID", "IN FLIGHT")
+    t = table("Workers", "ID", "MODEL", "HIVE", "DEVICE", "MODE", "STATE", "URL", "PID", "IN FLIGHT")
     for w in workers:
         style = STATE_STYLE.get(str(w["state"]), "")
-        t.add_row(str(w["id"]), str(w["model"]), str(w["hive"]), str(w["mode"]),
+        t.add_row(str(w["id"]), str(w["model"]), str(w["hive"]), str(w.get("device") or "cpu"), str(w["mode"]),
                       f"[{style}]{w['state']}[/{style}]" if style else str(w["state"]),
                       str(w.get("url") or "-"), str(w.get("pid") or "-"),
                       f"{w['in_flight']}/{w['slots']}")
@@ -43,6 +45,24 @@ def list_(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] =
         for w in workers:
             if w.get("error"):
                 ctx.out.err.print(f"[red]{w['id']}[/red]: {w['error']}")
+
+
+@app.command()
+def start(
+    model: Annotated[str, typer.Argument(help="A catalog name, a hub name or a path to a .gguf file.")],
+    hive: Annotated[str, typer.Option("-a", "--hive", help="The hive to start it on.")] = "localhost",
+    device: Annotated[str | None, typer.Option("--device", help="The device (cpu, cuda0, ...; `rbee hive list` "
+                                               "shows them); default: the first GPU with room, else the CPU.")]
+    = None,
+) -> None:
+    """Start one more worker for a model now (requests also start them on demand)."""
+    ctx = App()
+    client = ctx.queen()
+    job = client.post("/v1/jobs", json=JobCreate(kind=JobKind.WORKER_SPAWN, hive=hive, model=model, device=device)
+                      .model_dump(mode="json"))
+    done = follow(client, job["job_id"], ctx.out, f"worker for {model} on {hive}")
+    info = done.data or {}
+    ctx.out.success(f"{info.get('id')} serves {info.get('model')} on {info.get('hive')}:{info.get('device')}")
 
 
 @app.command()

@@ -77,7 +77,7 @@ def _job_body(state: QueenState, spec: JobCreate) -> JobBody:
         raise NotFound("No hive is ready to run this job; `rbee hive list` shows them.")
     hive = hives[0]
     if spec.kind is JobKind.ENGINE_INSTALL:
-        return lambda emit: hive.install_engine(emit, force=spec.force)
+        return lambda emit: hive.install_engine(emit, force=spec.force, backend=spec.backend)
     if not spec.model:
         raise InvalidRequest(f"A {spec.kind} job needs a 'model'.", param="model")
     model = spec.model
@@ -89,7 +89,7 @@ def _job_body(state: QueenState, spec: JobCreate) -> JobBody:
     async def spawn(emit: Emit) -> dict[str, object]:
         emit(message=f"starting a worker for {model} on {hive.alias}")
         try:
-            worker = await state.scheduler.spawn(model, WorkerMode.GENERATE, hive.alias)
+            worker = await state.scheduler.spawn(model, WorkerMode.GENERATE, hive.alias, spec.device)
         except QueenError as exc:
             raise JobFailed(exc.message) from exc
         return worker.info().model_dump(mode="json")

@@ -18,6 +18,7 @@ import httpx
 from rbee.common import settings
 from rbee.common.jobs import Emit, JobFailed
 from rbee.contracts.hives import (
+    DeviceInfo,
     HiveReport,
     HiveState,
     HiveStatus,
@@ -76,6 +77,7 @@ class RemoteWorker:
         self.api_key = ""
         self.started_at = time.time()
         self.memory = memory
+        self.device = "cpu"
         if spec is not None:
             self.spec = spec
         if hosted is not None:
@@ -87,6 +89,7 @@ class RemoteWorker:
         self.spec = RemoteSpec(hosted.entry, info.mode, info.slots, info.context_size)
         self.url, self.api_key, self.started_at = info.url, hosted.api_key, info.started_at
         self.memory = info.memory_bytes
+        self.device = info.device
         if info.state in (WorkerState.STOPPED, WorkerState.ERROR):
             self._set(info.state, info.error)
         elif self.state is WorkerState.DRAINING or (self.state is WorkerState.READY and info.state in _EARLIER):
@@ -113,6 +116,7 @@ class RemoteWorker:
             id=self.id, model=self.spec.model.name, hive=self.hive, mode=self.spec.mode, state=self.state,
             url=self.url, slots=self.spec.slots, context_size=self.spec.context_per_slot,
             started_at=self.started_at, in_flight=self.in_flight, error=self.error, memory_bytes=self.memory,
+            device=self.device,
             idle_unload_in_s=max(0.0, self.expires_at - time.monotonic()) if self.expires_at is not None else None,
         )
 
@@ -277,12 +281,17 @@ class RemoteHive:
     def memory_total(self) -> int:
         return self.report.memory_total
 
-    async def spawn_worker(self, model: ModelEntry, mode: WorkerMode, memory: int = 0) -> RemoteWorker:
+    def devices(self) -> list[DeviceInfo]:
+        return list(self.report.devices)
+
+    async def spawn_worker(self, model: ModelEntry, mode: WorkerMode, memory: int = 0,
+                           device: str | None = None) -> RemoteWorker:
         self.supervisor.forget_dead()
         placeholder = RemoteWorker(self.alias, worker_id=f"{self.alias}-starting-{time.monotonic_ns()}",
                                    spec=RemoteSpec(model, mode, 0, 0), memory=memory, placeholder=True)
+        placeholder.device = device or "cpu"
         self.supervisor.add(placeholder)  # counts its memory while it starts
-        body = SpawnWorker(model=model.name, mode=mode, memory=memory,
+        body = SpawnWorker(model=model.name, mode=mode, memory=memory, device=device,
                            **_shape(model.name).model_dump()).model_dump_json()
         try:
             raw = await self.call("POST", "/v1/hive/workers", body, wait_s=START_TIMEOUT_S + 30)
@@ -326,7 +335,7 @@ class RemoteHive:
         raise JobFailed(f"pulling onto the remote hive '{self.alias}' is not supported yet: run "
                         f"`rbee model pull {model}` on that machine, or give a path that hive can read")
 
-    async def install_engine(self, emit: Emit, force: bool = False) -> dict[str, str]:
+    async def install_engine(self, emit: Emit, force: bool = False, backend: str | None = None) -> dict[str, str]:
         raise JobFailed(f"the engine of remote hive '{self.alias}' is installed by `rbee hive install {self.alias}`")
 
     async def start(self) -> None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 from rbee.common import settings
 from rbee.common.jobs import JobFailed
-from rbee.contracts.hives import HiveState
+from rbee.contracts.hives import DeviceInfo, HiveState
 from rbee.contracts.models import DEMO_MODEL, ModelEntry, ModelSettings
 from rbee.contracts.workers import WorkerMode, WorkerState
 from rbee.hive import model_refs
@@ -59,6 +59,23 @@ GROUPING_CAP_S = 30.0
 REAP_INTERVAL_S = 1.0
 AnyWorker = WorkerProcess | RemoteWorker
 _HOLDING = (WorkerState.STARTING, WorkerState.READY, WorkerState.DRAINING, WorkerState.UNREACHABLE)
+
+
+def _device_views(hive: AnyHive, holding: list[AnyWorker], extra: int) -> list[DeviceView]:
+    """The hive's working devices as placement sees them. A device's room is its total (the CPU's: what the
+    hive may give workers), but never more than what its workers hold plus what it reports free now, so
+    memory other programs took counts too. `extra`: a hive that needs less for the model (its own slots and
+    context) gets the difference as room."""
+    views = []
+    for d in hive.devices():
+        if d.failed:
+            continue
+        total = hive.memory_total() if d.id == "cpu" else d.total_bytes
+        if d.free_bytes is not None:
+            ours = sum(w.memory for w in holding if w.hive == hive.alias and w.device == d.id)
+            total = min(total, ours + d.free_bytes)
+        views.append(DeviceView(hive.alias, d.id, total + extra, has_model=True))
+    return views
 
 
 @dataclass
@@ -271,18 +288,16 @@ class Scheduler:
         """`workers` as the user policy filters and orders them (unchanged without one)."""
         if not self.policy.active or not workers:
             return workers
-        by_candidate = {Candidate(w.hive, "cpu", self._device_name(w.hive), self._memory_total(w.hive), w.id,
-                                  w.in_flight, w.spec.slots): w for w in workers}
+        by_candidate = {}
+        for w in workers:
+            device = self._device(w.hive, w.device)
+            by_candidate[Candidate(w.hive, w.device, device.name if device else w.device,
+                                   device.total_bytes if device else 0, w.id, w.in_flight, w.spec.slots)] = w
         return [by_candidate[c] for c in self.policy.rank(request, list(by_candidate))]
 
-    def _device_name(self, alias: str) -> str:
+    def _device(self, alias: str, device_id: str) -> DeviceInfo | None:
         hive = self._hives.get(alias)
-        devices = (hive.report.devices if isinstance(hive, RemoteHive) else hive.devices()) if hive else []
-        return devices[0].name if devices else "cpu"
-
-    def _memory_total(self, alias: str) -> int:
-        hive = self._hives.get(alias)
-        return hive.memory_total() if hive else 0
+        return next((d for d in hive.devices() if d.id == device_id), None) if hive else None
 
     def _lease(self, free: list[AnyWorker], hold: float) -> Lease:
         """The least busy of `free` (the first: they are in the user policy's order when there is one)."""
@@ -400,18 +415,16 @@ class Scheduler:
         protect = frozenset(w.id for w in holding if w.state is not WorkerState.READY or self._kept(w)
                             or (grouping and self._waiting[w.spec.model.name] > 0))
         need = max(needs.values())
-        # a hive that needs less (its own slots and context) gets the difference as extra room
-        devices = [DeviceView(hive.alias, "cpu", hive.memory_total() + need - needs[hive.alias], has_model=True)
-                   for hive, _ in usable]
+        devices = [view for hive, _ in usable for view in _device_views(hive, holding, need - needs[hive.alias])]
         pinned_device = self._own(name).device
         if pinned_device is not None:
             on_it = [d for d in devices if d.device == pinned_device]
             if not on_it:
                 raise WorkerUnavailable(
                     f"'{name}' is pinned to device '{pinned_device}' (its settings in models.toml), which no hive "
-                    f"it may use has; devices: {', '.join(f'{d.hive}:{d.device}' for d in devices)}")
+                    f"it may use has working; devices: {', '.join(f'{d.hive}:{d.device}' for d in devices)}")
             devices = on_it
-        workers = [WorkerView(w.id, w.hive, "cpu", w.memory, w.in_flight, w.last_used) for w in holding]
+        workers = [WorkerView(w.id, w.hive, w.device, w.memory, w.in_flight, w.last_used) for w in holding]
         try:
             decision = self._place(name, need, devices, workers, protect, request)
         except ModelTooLarge as exc:
@@ -423,7 +436,8 @@ class Scheduler:
         victims = [w for w in holding if w.id in decision.evict]
         for w in victims:
             w.begin_drain()  # now, so no request leases it before the load task stops it
-        task = asyncio.get_running_loop().create_task(self._load(hive, entry, mode, needs[hive.alias], victims))
+        task = asyncio.get_running_loop().create_task(
+            self._load(hive, entry, mode, needs[hive.alias], victims, decision.device.device))
         self._loading[key] = task
 
     def _place(self, name: str, need: int, devices: list[DeviceView], workers: list[WorkerView],
@@ -432,7 +446,10 @@ class Scheduler:
         room now, else the built-in choice among them (with evictions)."""
         if not self.policy.active:
             return place(need, devices, workers, protect)
-        by_candidate = {Candidate(d.hive, d.device, self._device_name(d.hive), d.total): d for d in devices}
+        by_candidate = {}
+        for d in devices:
+            info = self._device(d.hive, d.device)
+            by_candidate[Candidate(d.hive, d.device, info.name if info else d.device, d.total)] = d
         allowed = [by_candidate[c] for c in self.policy.rank(request, list(by_candidate))]
         if not allowed:
             self._warn_once(f"the policy left out every device for '{name}'; the built-in choice is used")
@@ -445,15 +462,15 @@ class Scheduler:
         return place(need, allowed, workers, protect)
 
     async def _load(self, hive: AnyHive, entry: ModelEntry, mode: WorkerMode, need: int,
-                    evict: list[AnyWorker]) -> AnyWorker:
+                    evict: list[AnyWorker], device: str) -> AnyWorker:
         key = (entry.name, mode)
         try:
             for w in evict:
                 log.info("evicting %s (%s, idle) to make room for %s", w.spec.model.name, w.id, entry.name)
             await asyncio.gather(*(hive.supervisor.stop(w.id) for w in evict))
-            log.info("loading %s on %s (%s, ~%.0f MiB)", entry.name, hive.alias, mode, need / 2**20)
+            log.info("loading %s on %s:%s (%s, ~%.0f MiB)", entry.name, hive.alias, device, mode, need / 2**20)
             try:
-                worker = await hive.spawn_worker(entry, mode, memory=need)
+                worker = await hive.spawn_worker(entry, mode, memory=need, device=device)
             except (WorkerStartError, JobFailed) as exc:
                 raise WorkerUnavailable(f"Could not start a worker for '{entry.name}' on hive "
                                         f"'{hive.alias}': {exc}") from exc
@@ -479,11 +496,11 @@ class Scheduler:
                 f"Workers for '{entry.name}' failed {len(streak)} times in a row; the next try is in "
                 f"{wait:.0f} s. Last error: {streak[0].error}", headers={"Retry-After": str(math.ceil(wait))})
 
-    async def spawn(self, model: str, mode: WorkerMode, pinned: str | None) -> AnyWorker:
-        """Start one more worker for `model` (what `worker.spawn` jobs do)."""
+    async def spawn(self, model: str, mode: WorkerMode, pinned: str | None, device: str | None = None) -> AnyWorker:
+        """Start one more worker for `model` (what `worker.spawn` jobs do), on `device` if given."""
         hive, entry = (await self.resolve(model, self.hives_for(pinned)))[0]
         try:
-            return await hive.spawn_worker(entry, mode, memory=await hive.need(entry))
+            return await hive.spawn_worker(entry, mode, memory=await hive.need(entry), device=device)
         except (WorkerStartError, JobFailed) as exc:
             raise WorkerUnavailable(f"Could not start a worker for '{entry.name}': {exc}") from exc
         finally:

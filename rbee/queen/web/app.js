@@ -263,19 +263,25 @@ function renderOverview() {
 
 function renderHive(hive) {
   const workers = view.status.workers.filter((w) => w.hive === hive.alias && !["stopped", "error"].includes(w.state));
-  const used = workers.reduce((sum, w) => sum + (w.memory_bytes || 0), 0);
   return h("div", { class: "hive", "data-hive": hive.alias },
     h("h3", {}, hive.alias, h("span", { class: `pill ${hive.state}` }, hive.state)),
     h("div", { class: "sub" }, [hive.address, hive.version && `v${hive.version}`,
       hive.last_seen_s != null && hive.alias !== "localhost" ? `seen ${hive.last_seen_s} s ago` : null].filter(Boolean).join(" · ")),
     hive.problem ? h("p", { class: "error" }, hive.problem) : null,
-    hive.devices.map((d) => h("div", { class: "device", "data-device": d.id },
-      h("div", {}, h("strong", {}, d.name), h("span", { class: "sub" }, ` ${d.id}`)),
-      meter(used, d.total_bytes),
-      h("div", { class: "sub" }, `workers hold ${bytes(used)} of ${bytes(d.total_bytes)}`
-        + (d.free_bytes != null ? ` · ${bytes(d.free_bytes)} free now` : "")))),
-    h("div", { class: "sub" }, `${workers.length} worker${workers.length === 1 ? "" : "s"}: `
-      + (workers.map((w) => `${w.model} (${w.state})`).join(", ") || "none")));
+    hive.devices.map((d) => {
+      const on = workers.filter((w) => (w.device || "cpu") === d.id);
+      const used = on.reduce((sum, w) => sum + (w.memory_bytes || 0), 0);
+      const live = [d.free_bytes != null && `${bytes(d.free_bytes)} free now`,
+        d.utilization != null && `${d.utilization.toFixed(0)}% busy`, d.temperature_c != null && `${d.temperature_c.toFixed(0)}°C`];
+      return h("div", { class: "device", "data-device": d.id },
+        h("div", {}, h("strong", {}, d.name), h("span", { class: "sub" }, ` ${d.id}`),
+          d.failed ? h("span", { class: "pill error", title: d.failed }, "failed") : null),
+        meter(used, d.total_bytes),
+        h("div", { class: "sub" }, [`workers hold ${bytes(used)} of ${bytes(d.total_bytes)}`, ...live].filter(Boolean).join(" · ")),
+        d.failed ? h("div", { class: "error" }, d.failed) : null,
+        h("div", { class: "sub" }, `${on.length} worker${on.length === 1 ? "" : "s"}: `
+          + (on.map((w) => `${w.model} (${w.state})`).join(", ") || "none")));
+    }));
 }
 
 async function unload(id) {

@@ -1,0 +1,104 @@
+"""Device detection: the parsers against outputs recorded on real machines (tests/data/hardware, sources in
+its SOURCES.md), and detection on this machine, which has no GPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psutil
+import pytest
+
+from rbee.hive import devices
+from rbee.hive.devices import EngineDevice
+
+DATA = Path(__file__).resolve().parent.parent / "data" / "hardware"
+MiB = 2**20
+
+
+def recorded(name: str) -> str:
+    return (DATA / name).read_text()
+
+
+def test_list_devices_with_four_cuda_gpus_skips_the_log_lines() -> None:
+    found = devices.parse_list_devices(recorded("list_devices_cuda_2gpu.txt"))
+    assert [(d.name, d.id, d.backend, d.index) for d in found] == [
+        ("CUDA0", "cuda0", "cuda", 0), ("CUDA1", "cuda1", "cuda", 1), ("CUDA2", "cuda2", "cuda", 2),
+        ("CUDA3", "cuda3", "cuda", 3)]
+    assert found[0].description == "NVIDIA GeForce RTX 3090"
+    assert (found[0].total_bytes, found[0].free_bytes) == (24154 * MiB, 23892 * MiB)
+    assert found[3].description == "Tesla P40" and found[3].total_bytes == 24438 * MiB
+
+
+def test_list_devices_on_apple_silicon_keeps_metal_and_leaves_out_blas() -> None:
+    found = devices.parse_list_devices(recorded("list_devices_metal.txt"))
+    assert [(d.name, d.backend, d.is_gpu) for d in found] == [("Metal", "metal", True), ("BLAS", "blas", False)]
+    assert found[0].description == "Apple M4 Max" and found[0].total_bytes == 98304 * MiB
+
+
+def test_list_devices_with_vulkan_on_windows() -> None:
+    found = devices.parse_list_devices(recorded("list_devices_vulkan.txt"))
+    assert [(d.name, d.id, d.backend, d.description) for d in found] == [
+        ("Vulkan0", "vulkan0", "vulkan", "NVIDIA GeForce RTX 4060 Laptop GPU")]
+    assert found[0].free_bytes == 7189 * MiB
+
+
+def test_list_devices_of_a_cpu_build_is_empty() -> None:
+    assert devices.parse_list_devices("Available devices:\n  (none)\n") == []
+    assert devices.parse_list_devices("error: invalid argument: --list-devices\n") == []
+
+
+def test_nvidia_smi_csv_with_header_and_units() -> None:
+    found = devices.parse_nvidia_smi(recorded("nvidia_smi_query.csv"))
+    assert [(r.index, r.name, r.total_bytes, r.free_bytes) for r in found] == [
+        (0, "NVIDIA GeForce RTX 4070 Laptop GPU", 8188 * MiB, 7948 * MiB),
+        (1, "NVIDIA GeForce RTX 5070 Ti", 16303 * MiB, 15799 * MiB)]
+    assert found[0].utilization is None and found[0].temperature_c is None  # not asked for in that run
+
+
+def test_rocm_smi_json() -> None:
+    found = devices.parse_rocm_smi(recorded("rocm_smi_meminfo.json"))
+    assert [(r.index, r.name, r.total_bytes, r.free_bytes) for r in found] == [
+        (0, "AMD Radeon AI PRO R9700", 34208743424, 34208743424 - 889229312),
+        (1, "AMD Ryzen 9 9950X3D 16-Core Processor", 2147483648, 2147483648 - 45359104)]
+    with pytest.raises(devices.ToolFailed, match="not JSON"):
+        devices.parse_rocm_smi("ERROR: GPU[0] : Unable to read VRAM\n")
+
+
+def test_system_profiler_names_the_apple_chip() -> None:
+    assert devices.parse_system_profiler(recorded("system_profiler_displays.json")) == "Apple M3 Max (40-core GPU)"
+    assert devices.parse_system_profiler("{}") is None and devices.parse_system_profiler("not json") is None
+
+
+async def test_a_failing_driver_marks_its_devices_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real nvidia-smi's words when its driver stops answering, from a script standing in for it."""
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text(f"#!/bin/sh\ncat {DATA / 'nvidia_smi_error.txt'}\nexit 15\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    listed = devices.parse_list_devices(recorded("list_devices_cuda_2gpu.txt"))
+    found = await devices.detect(listed, budget=None)
+    assert [d.id for d in found] == ["cuda0", "cuda1", "cuda2", "cuda3", "cpu"]
+    failed = found[0].failed or ""
+    assert "Unable to determine the device handle for GPU 0000:0B:00.0: Unknown Error" in failed
+    assert all(d.failed for d in found[:4]) and found[4].failed is None
+    # It answers again, with the figures of a machine that has two of those GPUs.
+    smi.write_text(f"#!/bin/sh\ncat {DATA / 'nvidia_smi_query.csv'}\n")
+    found = await devices.detect(listed[:2], budget=None)
+    assert [(d.id, d.name, d.free_bytes, d.failed) for d in found[:2]] == [
+        ("cuda0", "NVIDIA GeForce RTX 4070 Laptop GPU", 7948 * MiB, None),
+        ("cuda1", "NVIDIA GeForce RTX 5070 Ti", 15799 * MiB, None)]
+    assert found[0].engine_name == "CUDA0" and found[0].backend == "cuda"
+
+
+async def test_this_machine_is_a_cpu_hive(llama_server: Path) -> None:
+    listed = await devices.engine_devices(llama_server)
+    assert [d for d in listed if d.is_gpu] == []  # the CPU build here lists no GPU: that is not an error
+    found = await devices.detect(listed, budget=2**30)
+    assert [(d.id, d.backend, d.engine_name, d.total_bytes) for d in found] == [("cpu", "cpu", None, 2**30)]
+    assert found[0].name == f"CPU ({psutil.cpu_count()} threads)" and found[0].free_bytes is not None
+
+
+def test_engine_device_names() -> None:
+    assert EngineDevice("ROCm1", "AMD Radeon", 1, 1).backend == "rocm"
+    assert EngineDevice("MTL0", "Apple M5", 1, 1).backend == "metal"
+    assert EngineDevice("SYCL0", "Intel Arc", 1, 1).id == "sycl0"
