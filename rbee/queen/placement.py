@@ -1,8 +1,8 @@
 """Where a new worker goes: placement by memory (DESIGN.md decision 6), as a pure function.
 
     (1) devices that could ever hold the model (total >= need); none -> `ModelTooLarge` with the numbers
-    (2) devices with room now: the best fit (least memory left over), preferring hives that already
-        hold the file, then the least busy
+    (2) devices with room now: a GPU before the CPU, then the best fit (least memory left over),
+        preferring hives that already hold the file, then the least busy
     (3) else devices where evicting idle workers makes room: evict least-recently-used first, never
         a worker with requests in flight (or one the caller protects); the fewest evictions win
     (4) else nothing: the request waits until memory is really free
@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+CPU = "cpu"  # the device id every hive has; the others are GPUs
 
 
 @dataclass(frozen=True)
@@ -66,13 +68,13 @@ def place(need: int, devices: Iterable[DeviceView], workers: Iterable[WorkerView
         if w.in_flight == 0 and w.id not in protect:
             idle[key].append(w)
             idle_memory[key] += w.memory
-    best: tuple[int, bool, int] | None = None
+    best: tuple[bool, int, bool, int] | None = None
     chosen: DeviceView | None = None
     for d in fitting:  # (2)
         key = (d.hive, d.device)
         left = d.total - used[key] - need
         if left >= 0:
-            rank = (left, not d.has_model, busy[key])
+            rank = (d.device == CPU, left, not d.has_model, busy[key])
             if best is None or rank < best:
                 best, chosen = rank, d
     if chosen is not None:

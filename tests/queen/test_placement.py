@@ -61,3 +61,10 @@ def test_keep_alive_durations(value: str | float | None, seconds: float | None) 
 def test_keep_alive_nonsense_is_refused(value: object) -> None:
     with pytest.raises(ValueError, match="keep_alive"):
         keep_alive.parse(value)  # type: ignore[arg-type]
+
+
+def test_a_gpu_with_room_comes_before_the_cpu() -> None:
+    devices = [DeviceView("box", "cpu", 10 * GiB), DeviceView("box", "cuda0", 80 * GiB)]
+    assert place(2 * GiB, devices, []).device == devices[1]  # though the CPU would be the tighter fit
+    full = [WorkerView("w1", "box", "cuda0", 79 * GiB, 1, 0.0)]
+    assert place(2 * GiB, devices, full).device == devices[0]  # the GPU is busy: the CPU has room

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# On a machine with an NVIDIA GPU: build the CUDA engine, detect the devices, run a real inference on the
+# GPU, and print what was seen. Exits non-zero when anything is wrong.
+#
+#   scripts/gpu_check.sh            # from a checkout; uses (or makes) .venv, like `make setup`
+#
+# Needs: the NVIDIA driver (nvidia-smi), the CUDA toolkit (nvcc), CMake and a C++ compiler, Python >= 3.11.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+fail() { echo "GPU CHECK FAILED: $*" >&2; exit 1; }
+step() { echo; echo "== $*"; }
+
+step "the machine"
+command -v nvidia-smi >/dev/null || fail "nvidia-smi is not on PATH: no NVIDIA driver here"
+nvidia-smi --query-gpu=index,name,memory.total,memory.free,driver_version --format=csv
+command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ] || fail "nvcc (the CUDA toolkit) is missing"
+gpus=$(nvidia-smi --query-gpu=index --format=csv,noheader | wc -l)
+[ "$gpus" -ge 1 ] || fail "nvidia-smi lists no GPU"
+
+step "rbee"
+make setup >/dev/null
+RBEE=.venv/bin/rbee
+PY=.venv/bin/python
+export RBEE_HOME; RBEE_HOME=$(mktemp -d)
+export RBEE_QUEEN_PORT=${RBEE_QUEEN_PORT:-7853}
+unset RBEE_LLAMA_SERVER RBEE_ENGINE_BACKEND
+trap '$RBEE queen stop >/dev/null 2>&1 || true; rm -rf "$RBEE_HOME"' EXIT
+
+step "building the CUDA engine (cached in ~/.local/share/rbee/engines by flags)"
+$PY -c 'from rbee.hive import engine; print("auto-detected backend:", engine.detect_backend())'
+[ "$($PY -c 'from rbee.hive import engine; print(engine.detect_backend())')" = cuda ] \
+  || fail "rbee did not pick the CUDA backend on its own"
+start=$(date +%s)
+$RBEE engine install --local --backend cuda
+echo "engine ready in $(( $(date +%s) - start )) s"
+engine_path=$($PY -c 'from rbee.hive import engine; print(engine.built_binary("cuda"))')
+[ -x "$engine_path" ] || fail "no CUDA llama-server at $engine_path"
+"$engine_path" --list-devices | tee "$RBEE_HOME/list-devices.txt"
+grep -q "^  CUDA0: " "$RBEE_HOME/list-devices.txt" || fail "the CUDA engine lists no CUDA0"
+
+step "detection through the queen"
+$RBEE queen start >/dev/null
+$RBEE hive status localhost
+$PY - <<'PY' || fail "detection"
+import os, httpx
+url = f"http://127.0.0.1:{os.environ['RBEE_QUEEN_PORT']}"
+hive = next(h for h in httpx.get(f"{url}/v1/hives", timeout=30).json() if h["alias"] == "localhost")
+gpus = [d for d in hive["devices"] if d["backend"] == "cuda"]
+print("devices:", [(d["id"], d["name"], d["total_bytes"] >> 20, d["free_bytes"] and d["free_bytes"] >> 20,
+                    d["utilization"], d["temperature_c"], d["failed"]) for d in hive["devices"]])
+assert gpus, "no CUDA device detected"
+assert all(d["total_bytes"] > 0 and not d["failed"] for d in gpus), "a CUDA device is failed or empty"
+assert gpus[0]["temperature_c"] is not None, "NVML gave no live figures"
+PY
+
+step "a real inference on the GPU"
+$RBEE infer -p "Say hello in five words." --max-tokens 64
+$PY - <<'PY' || fail "inference"
+import os, subprocess, time, httpx
+url = f"http://127.0.0.1:{os.environ['RBEE_QUEEN_PORT']}"
+workers = httpx.get(f"{url}/v1/workers", timeout=30).json()
+print("workers:", [(w["id"], w["model"], w["device"], w["state"]) for w in workers])
+assert any(w["device"].startswith("cuda") and w["state"] == "ready" for w in workers), "no worker on a GPU"
+started = time.monotonic()
+r = httpx.post(f"{url}/v1/chat/completions", timeout=120, json={
+    "model": "smollm2-135m", "max_tokens": 256, "messages": [{"role": "user", "content": "Write a story."}]})
+r.raise_for_status()
+timings = r.json().get("timings", {})
+print(f"256 tokens in {time.monotonic() - started:.2f} s; engine: {timings.get('predicted_per_second', 0):.0f} "
+      "tokens/s generating")
+apps = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,process_name,used_memory", "--format=csv"],
+                      capture_output=True, text=True, check=True).stdout
+print(apps)
+assert "llama-server" in apps, "no llama-server process on the GPU"
+PY
+
+step "OK: CUDA engine built, $gpus GPU(s) detected, inference ran on the GPU"

@@ -1,0 +1,90 @@
+"""One worker per device, end to end, with two simulated NVIDIA GPUs (tests/fixtures/fake_gpu.py: the real
+engine answers on the CPU; only the device layer is simulated) and the real queen, hive and CLI."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import Queen
+from tests.fixtures.fake_gpu import FakeGPUs, fake_gpus
+
+MiB = 2**20
+CHAT = [{"role": "user", "content": "hello there"}]
+
+
+@pytest.fixture
+def gpus(tmp_path: Path, llama_server: Path) -> Iterator[FakeGPUs]:
+    yield fake_gpus(tmp_path / "gpus", llama_server)
+
+
+def devices_of(queen: Queen) -> dict[str, dict[str, object]]:
+    hive = next(h for h in httpx.get(f"{queen.url}/v1/hives", timeout=10).json() if h["alias"] == "localhost")
+    return {d["id"]: d for d in hive["devices"]}
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 20) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+def test_workers_go_one_per_device_and_a_failed_driver_is_avoided(make_queen: Callable[..., Queen],
+                                                                  gpus: FakeGPUs, tiny_model: Path) -> None:
+    queen = make_queen(RBEE_LLAMA_SERVER=str(gpus.engine), PATH=f"{gpus.folder}:{os.environ['PATH']}",
+                       RBEE_HEARTBEAT_MS="300", RBEE_MAX_REPLICAS="1").start()
+
+    # Detected: what the engine can use, named and measured by nvidia-smi; and the CPU.
+    found = devices_of(queen)
+    assert list(found) == ["cuda0", "cuda1", "cpu"]
+    assert found["cuda0"]["name"] == "NVIDIA GeForce RTX 4070 Laptop GPU" and found["cuda0"]["engine_name"] == "CUDA0"
+    assert (found["cuda0"]["total_bytes"], found["cuda0"]["free_bytes"]) == (8188 * MiB, 7948 * MiB)
+    assert found["cuda1"]["free_bytes"] == 15799 * MiB and found["cpu"]["backend"] == "cpu"
+
+    # A request's worker goes to the device where it fits best: all its layers on cuda0.
+    answer = httpx.post(f"{queen.url}/v1/chat/completions", timeout=120,
+                        json={"model": str(tiny_model), "messages": CHAT, "max_tokens": 4})
+    assert answer.status_code == 200
+    assert [(w["model"], w["device"]) for w in queen.workers()] == [("tiny", "cuda0")]
+    assert gpus.chosen_devices() == ["CUDA0"]
+
+    # Asked for by hand: a device that exists, and one that does not (refused with the list).
+    placed = queen.cli("worker", "start", "tiny", "--device", "cuda1", timeout=120)
+    assert placed.returncode == 0, placed.stderr
+    assert "on localhost:cuda1" in placed.stderr and gpus.chosen_devices() == ["CUDA0", "CUDA1"]
+    missing = queen.cli("worker", "start", "tiny", "--device", "cuda7", timeout=60)
+    assert missing.returncode != 0
+    assert "no device 'cuda7'" in missing.stderr and "cuda0 (NVIDIA GeForce RTX 4070 Laptop GPU)" in missing.stderr
+    shown = queen.cli("hive", "status", "localhost", check=True).stdout
+    assert "cuda0: NVIDIA GeForce RTX 4070 Laptop GPU" in shown and "cuda1" in shown and "cpu: CPU" in shown
+
+    # The driver stops answering: its devices are failed, and new workers go to the CPU.
+    gpus.driver_fails()
+    assert wait_for(lambda: all(devices_of(queen)[d]["failed"] for d in ("cuda0", "cuda1")), 10)
+    failed = devices_of(queen)["cuda0"]["failed"]
+    assert "Unable to determine the device handle for GPU 0000:0B:00.0: Unknown Error" in str(failed)
+    for w in queen.workers():
+        httpx.delete(f"{queen.url}/v1/workers/{w['id']}", timeout=30)
+    again = httpx.post(f"{queen.url}/v1/chat/completions", timeout=120,
+                       json={"model": "tiny", "messages": CHAT, "max_tokens": 4})
+    assert again.status_code == 200
+    assert [w["device"] for w in queen.workers() if w["state"] == "ready"] == ["cpu"]
+    assert gpus.chosen_devices()[-1] == "none"
+    refused = queen.cli("worker", "start", "tiny", "--device", "cuda0", timeout=60)
+    assert refused.returncode != 0 and "has failed" in refused.stderr
+    assert "FAILED" in queen.cli("hive", "status", "localhost", check=True).stdout
+    assert "failed" in queen.log.read_text() and "no new workers go there" in queen.log.read_text()
+
+    # It answers again: the devices are back.
+    gpus.driver_recovers()
+    assert wait_for(lambda: not any(d["failed"] for d in devices_of(queen).values()), 10)
+    metrics = httpx.get(f"{queen.url}/metrics", timeout=10).text
+    assert 'rbee_hive_memory_bytes{device="cuda1",hive="localhost",kind="free"}' in metrics
