@@ -346,13 +346,14 @@ class Scheduler:
                     # a free slot this request cannot use (it is pinned elsewhere, or a retry avoiding that
                     # worker): the turn goes to the next in line
                     self._wake_next((name, mode), after=place_in_line)
-                if resolved is None:  # (3)
-                    resolved = await self.resolve(model, hives)
-                    name = resolved[0][1].name
-                    continue
                 key = (name, mode)
                 replicas = self._own(name).max_replicas or settings.max_replicas()
-                if key not in self._loading and (not ready or len(ready) < replicas):  # (4)
+                may_load = key not in self._loading and (not ready or len(ready) < replicas)
+                if resolved is None and (may_load or not ready):  # (3), only when a load may follow: it
+                    resolved = await self.resolve(model, hives)   # reads the catalog, off the event loop
+                    name = resolved[0][1].name
+                    continue
+                if may_load and resolved is not None:  # (4)
                     # no worker yet; or every replica is saturated: one more, but only into free memory
                     await self._start_loading(resolved, mode, started, evict=not ready, request=request)
                 if not queued:  # (5)
