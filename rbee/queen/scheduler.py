@@ -340,9 +340,14 @@ class Scheduler:
                 ready = self._allowed([w for w in self.ready_workers(name, mode, hives) if w.id not in exclude],
                                       request)
                 free = [w for w in ready if w.in_flight < w.spec.slots]
-                if free and (place_in_line is not None or not self._queues.get((name, mode))):  # (2), in turn
+                line = self._queues.get((name, mode))
+                # (2), in turn: a newcomer only when nobody waits; in the line, its front or the one handed
+                # the turn (a general wake-up, when a worker becomes ready, must not let a later one overtake)
+                my_turn = woken or (place_in_line is not None and bool(line) and line[0] is place_in_line)
+                if free and (my_turn or (place_in_line is None and not line)):
                     return self._lease(free, hold)
-                if woken and any(w.in_flight < w.spec.slots for w in self.ready_workers(name, mode, self._reachable())):
+                if my_turn and any(w.in_flight < w.spec.slots
+                                   for w in self.ready_workers(name, mode, self._reachable())):
                     # a free slot this request cannot use (it is pinned elsewhere, or a retry avoiding that
                     # worker): the turn goes to the next in line
                     self._wake_next((name, mode), after=place_in_line)
@@ -389,7 +394,7 @@ class Scheduler:
                 line.remove(place_in_line)
                 if not line:
                     del self._queues[(name, mode)]
-                elif place_in_line.is_set():  # woken but leaving without the slot: the next one gets it
+                else:  # the next in line looks: at a slot this one left unused, or one more still free
                     self._wake_next((name, mode))
 
     async def _start_loading(self, candidates: list[tuple[AnyHive, ModelEntry]], mode: WorkerMode,
