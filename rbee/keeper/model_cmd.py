@@ -13,7 +13,8 @@ from rbee.keeper.context import App
 from rbee.keeper.jobs_view import follow
 from rbee.keeper.output import CLIError, Output, human_bytes, table
 
-app = typer.Typer(help="Pull, list, inspect and remove models (GGUF files) on your hives.", no_args_is_help=True)
+app = typer.Typer(help="Pull, list, inspect and remove models (GGUF files) on your hives; set their own settings.",
+                  no_args_is_help=True)
 
 HiveOption = Annotated[str | None, typer.Option("-a", "--hive", help="Only this hive (alias).")]
 
