@@ -247,12 +247,23 @@ async def amd_readings() -> list[Reading]:
                                       "--showproductname", "--json"]))
 
 
+_apple: tuple[str | None, int | None] | None = None
+
+
 async def apple_chip() -> tuple[str | None, int | None]:
+    """The Mac's chip and unified memory: asked once (system_profiler takes a second, and neither changes)."""
+    global _apple
     if sys.platform != "darwin":
         return None, None
-    chip = parse_system_profiler(await _run(["system_profiler", "SPDisplaysDataType", "-json"]))
-    memory = parse_sysctl_memsize(await _run(["sysctl", "-n", "hw.memsize"]))
-    return chip, memory
+    if _apple is None:
+        try:
+            chip = parse_system_profiler(await _run(["system_profiler", "SPDisplaysDataType", "-json"]))
+            memory = parse_sysctl_memsize(await _run(["sysctl", "-n", "hw.memsize"]))
+        except ToolFailed as exc:
+            log.warning("cannot name the Apple chip: %s", exc)
+            chip, memory = None, None
+        _apple = (chip, memory)
+    return _apple
 
 
 def cpu_device(budget: int | None) -> DeviceInfo:

@@ -270,9 +270,10 @@ class Scheduler:
         except model_refs.BadModelRef as exc:
             raise WorkerUnavailable(str(exc)) from exc
 
-    def _hold(self, keep_alive: str | int | float | None, name: str) -> float:
+    @staticmethod
+    def _hold(keep_alive: str | int | float | None, own: ModelSettings) -> float:
         """keep_alive from the request, else the model's settings, else RBEE_KEEP_ALIVE (5m)."""
-        for value, param in ((keep_alive, "keep_alive"), (self._own(name).keep_alive, None)):
+        for value, param in ((keep_alive, "keep_alive"), (own.keep_alive, None)):
             if value is not None:
                 try:
                     hold = keep_alive_mod.parse(value)
@@ -307,9 +308,6 @@ class Scheduler:
         worker.expires_at = None
         return Lease(worker, hold, self)
 
-    def _pin(self, pinned: str | None, model: str) -> str | None:
-        """The hive the request pins, else the one the model's settings pin, else None."""
-        return pinned or self._own(model).hive
 
     def try_acquire(self, model: str, mode: WorkerMode = WorkerMode.GENERATE, pinned: str | None = None,
                     keep_alive: str | int | float | None = None, request: PolicyRequest | None = None
@@ -317,16 +315,18 @@ class Scheduler:
         """(2) without waiting: a lease on a ready worker with a free slot, or None (the hot path)."""
         if self._queues.get((model, mode)):
             return None  # others are waiting for this model: queue behind them
-        ready = self._allowed(self.ready_workers(model, mode, self.hives_for(self._pin(pinned, model))), request)
+        own = self._own(model)  # one read of the settings per request: the pin, then keep_alive
+        ready = self._allowed(self.ready_workers(model, mode, self.hives_for(pinned or own.hive)), request)
         free = [w for w in ready if w.in_flight < w.spec.slots]
-        return self._lease(free, self._hold(keep_alive, model)) if free else None
+        return self._lease(free, self._hold(keep_alive, own)) if free else None
 
     async def acquire(self, model: str, mode: WorkerMode = WorkerMode.GENERATE, pinned: str | None = None,
                       keep_alive: str | int | float | None = None, exclude: frozenset[str] = frozenset(),
                       request: PolicyRequest | None = None) -> Lease:
         """A worker with a free slot for `model`, loading it first if needed; waits in the queue."""
-        hold = self._hold(keep_alive, model)
-        hives = self.hives_for(self._pin(pinned, model))
+        own = self._own(model)
+        hold = self._hold(keep_alive, own)
+        hives = self.hives_for(pinned or own.hive)  # the request's pin, else the model's settings' pin
         per_model, overall, timeout = settings.queue_limits()
         started = time.monotonic()
         name, resolved, queued = model, None, False
@@ -481,7 +481,7 @@ class Scheduler:
                 raise WorkerUnavailable(f"Could not start a worker for '{entry.name}' on hive "
                                         f"'{hive.alias}': {exc}") from exc
             # its keep_alive runs from now, in case no request comes (one started for min_replicas)
-            hold = self._hold(None, entry.name)
+            hold = self._hold(None, self._own(entry.name))
             worker.expires_at = None if hold == keep_alive_mod.FOREVER else time.monotonic() + hold
             return worker
         finally:

@@ -45,35 +45,34 @@ async def get_settings(request: Request) -> Response:
     return JSONResponse(own.model_dump(exclude_none=True))
 
 
+async def _save(request: Request, name: str, own: ModelSettings) -> Response:
+    """Write a model's settings (all unset: remove them), audit it, and let waiting requests look again."""
+    state = queen_state(request)
+    try:
+        await asyncio.to_thread(model_refs.save_model_settings, name, own)
+    except model_refs.BadModelRef as exc:
+        raise SettingsUnreadable(str(exc)) from exc
+    saved = own.model_dump(exclude_none=True)
+    detail = ", ".join(f"{k}={v}" for k, v in saved.items()) or "(removed)"
+    await state.audit(principal_of(request.scope), request, "model.settings", name, detail)
+    state.scheduler.notify()  # a pin or a replica count may have changed
+    return JSONResponse(saved)
+
+
 async def put_settings(request: Request) -> Response:
     """Replace a model's settings (fields left out are unset); an empty object removes them."""
     state = queen_state(request)
     name = _name(request)
     _, own = await read_json(request, ModelSettings)
-    enrolled = {e.alias for e in await state.db.list()}
-    if own.hive is not None and own.hive not in state.hives and own.hive not in enrolled:
+    if own.hive is not None and own.hive not in state.hives \
+            and own.hive not in {e.alias for e in await state.db.list()}:
         known = ", ".join(sorted(state.hives)) or "none"
         raise HiveNotFound(f"There is no hive '{own.hive}'. Known hives: {known}", param="hive")
-    try:
-        await asyncio.to_thread(model_refs.save_model_settings, name, own)
-    except model_refs.BadModelRef as exc:
-        raise SettingsUnreadable(str(exc)) from exc
-    detail = ", ".join(f"{k}={v}" for k, v in own.model_dump(exclude_none=True).items()) or "(none)"
-    await state.audit(principal_of(request.scope), request, "model.settings", name, detail)
-    state.scheduler.notify()  # waiting requests look again: a pin or a replica count may have changed
-    return JSONResponse(own.model_dump(exclude_none=True))
+    return await _save(request, name, own)
 
 
 async def delete_settings(request: Request) -> Response:
-    state = queen_state(request)
-    name = _name(request)
-    try:
-        await asyncio.to_thread(model_refs.save_model_settings, name, ModelSettings())
-    except model_refs.BadModelRef as exc:
-        raise SettingsUnreadable(str(exc)) from exc
-    await state.audit(principal_of(request.scope), request, "model.settings", name, "(removed)")
-    state.scheduler.notify()
-    return JSONResponse({})
+    return await _save(request, _name(request), ModelSettings())
 
 
 routes = [
