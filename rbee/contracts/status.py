@@ -22,6 +22,7 @@ class EngineInfo(BaseModel):
     version: str | None = None
     source: str | None = None  # "configured", "path", "built"
     problem: str | None = None
+    builds: dict[str, str] = {}  # rbee's builds on the hive, backend -> path: each drives its own devices
 
 
 class HiveInfo(BaseModel):

@@ -1,7 +1,8 @@
-"""What a hive computes on: the devices its engine can use, with live figures where a tool gives them.
+"""What a hive computes on: the devices its engines can use, with live figures where a tool gives them.
 
-  (1) the engine says which devices it can use (`llama-server --list-devices`), so "detected" means
-      "usable by this build": a CUDA card next to a CPU-only build is not a device here;
+  (1) each engine build says which devices it can use (`llama-server --list-devices`), so "detected" means
+      "usable by a build here": a CUDA card next to a CPU-only build is not a device here. When several
+      builds coexist (CUDA and CPU, say), each device is driven by the build that lists it (`assign_engines`);
   (2) live figures enrich them: NVIDIA through NVML (`nvidia-ml-py`; `nvidia-smi` when NVML cannot load),
       AMD through `rocm-smi`, Apple through `system_profiler` and `sysctl` (unified memory);
   (3) the CPU is always a device (RAM through psutil, less RBEE_MEMORY_BUDGET's cap): a hive without a
@@ -173,6 +174,32 @@ def parse_sysctl_memsize(text: str) -> int | None:
     """`sysctl hw.memsize` (or `sysctl -n hw.memsize`): bytes of unified memory."""
     match = re.search(r"(\d{6,})", text)
     return int(match.group(1)) if match else None
+
+
+def assign_engines(listings: Sequence[tuple[Path, Sequence[EngineDevice]]],
+                   ) -> tuple[list[EngineDevice], dict[str, Path]]:
+    """Which build drives each device when several builds are here (`listings`: each build's
+    `--list-devices`, the hive's own engine first, then the best backend first).
+
+    The first build to list a device drives it. A card a vendor backend (CUDA, ROCm, Metal) lists is not
+    taken again through Vulkan, which names the same card. The CPU goes to a build that lists no GPU (a
+    CPU build), else to the first build, which then runs with `--device none`.
+    """
+    chosen: list[EngineDevice] = []
+    engine_for: dict[str, Path] = {}
+    for path, listed in listings:
+        for device in listed:
+            if not device.is_gpu or device.id in engine_for:
+                continue
+            if device.backend == "vulkan" and any(c.backend != "vulkan" and c.description == device.description
+                                                  for c in chosen):
+                continue
+            chosen.append(device)
+            engine_for[device.id] = path
+    cpu_builds = [path for path, listed in listings if not any(d.is_gpu for d in listed)]
+    if listings:
+        engine_for["cpu"] = cpu_builds[0] if cpu_builds else listings[0][0]
+    return chosen, engine_for
 
 
 # -- asking the tools ------------------------------------------------------------------------------

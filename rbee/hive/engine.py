@@ -43,6 +43,7 @@ COMMON_FLAGS = (
     "-DLLAMA_BUILD_TESTS=OFF",
     "-DLLAMA_BUILD_EXAMPLES=OFF",
 )
+PREFERENCE = ("cuda", "rocm", "metal", "vulkan", "cpu")  # the best build first, when several are here
 BACKEND_FLAGS: dict[str, tuple[str, ...]] = {
     "cpu": ("-DGGML_METAL=OFF",) if sys.platform == "darwin" else (),
     "metal": ("-DGGML_METAL=ON",),
@@ -99,10 +100,17 @@ def default_backend() -> str:
     chosen = os.environ.get("RBEE_ENGINE_BACKEND")
     if chosen:
         return chosen
-    for backend in ("cuda", "rocm", "metal", "vulkan", "cpu"):
-        if (paths.engines_dir() / build_id(backend) / "bin" / BINARY).is_file():
-            return backend
-    return detect_backend()
+    return next(iter(builds()), None) or detect_backend()
+
+
+def builds() -> dict[str, Path]:
+    """rbee's builds of the pinned source on this machine, by backend, the best first."""
+    found = {}
+    for backend in PREFERENCE:
+        binary = paths.engines_dir() / build_id(backend) / "bin" / BINARY
+        if binary.is_file():
+            found[backend] = binary
+    return found
 
 
 def build_flags(backend: str) -> tuple[str, ...]:
@@ -154,7 +162,8 @@ def locate() -> tuple[Path, str] | None:
 
 
 async def describe() -> EngineInfo:
-    """Which binary is used, its version, or what is wrong with it."""
+    """Which binary is used, its version, or what is wrong with it; and rbee's builds here."""
+    built = {backend: str(path) for backend, path in (await asyncio.to_thread(builds)).items()}
     found = locate()
     if found is None:
         return EngineInfo(path=None, problem="no llama-server found: run `rbee engine install`")
@@ -162,16 +171,17 @@ async def describe() -> EngineInfo:
     if not (path.is_file() and os.access(path, os.X_OK)):
         hint = ("fix RBEE_LLAMA_SERVER or unset it to use `rbee engine install`" if source == "configured"
                 else "run `rbee engine install --force`")
-        return EngineInfo(path=str(path), source=source, problem=f"{path} is not an executable file; {hint}")
+        return EngineInfo(path=str(path), source=source, builds=built,
+                          problem=f"{path} is not an executable file; {hint}")
     try:
         proc = await asyncio.create_subprocess_exec(
             str(path), "--version", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
         )
         out, _ = await asyncio.wait_for(proc.communicate(), timeout=20)
     except (OSError, TimeoutError) as exc:
-        return EngineInfo(path=str(path), source=source, problem=f"{path} --version failed: {exc}")
+        return EngineInfo(path=str(path), source=source, builds=built, problem=f"{path} --version failed: {exc}")
     version = parse_version_output(out.decode(errors="replace"))
-    return EngineInfo(path=str(path), source=source, version=version)
+    return EngineInfo(path=str(path), source=source, version=version, builds=built)
 
 
 def parse_version_output(text: str) -> str | None:

@@ -85,7 +85,8 @@ class Hive:
         self._engine: EngineInfo | None = None
         self._pulls: dict[str, asyncio.Lock] = {}
         self._devices: list[DeviceInfo] = [devices.cpu_device(settings.memory_budget())]
-        self._listed: tuple[str, list[devices.EngineDevice]] | None = None  # (engine path, what it can use)
+        self._listed: dict[Path, list[devices.EngineDevice]] = {}  # each engine build's --list-devices, asked once
+        self._engine_for: dict[str, Path] = {}  # device id -> the build that drives it
         self._watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -104,17 +105,18 @@ class Hive:
         await self.supervisor.stop_all()
 
     async def refresh_devices(self) -> list[DeviceInfo]:
-        """Detect the devices again: the engine's list once per engine, live figures every time."""
+        """Detect the devices again: each engine build's list once per build, live figures every time."""
         info = await self.engine()
-        listed: list[devices.EngineDevice] = []
-        if info.path and not info.problem:
-            if self._listed is None or self._listed[0] != info.path:
+        engines = [Path(info.path)] if info.path and not info.problem else []
+        engines += [p for p in map(Path, info.builds.values()) if p not in engines]
+        for path in engines:
+            if path not in self._listed:
                 try:
-                    self._listed = (info.path, await devices.engine_devices(Path(info.path)))
+                    self._listed[path] = await devices.engine_devices(path)
                 except devices.ToolFailed as exc:
-                    log.warning("%s --list-devices failed (%s): only the CPU is used", info.path, exc)
-                    self._listed = (info.path, [])
-            listed = self._listed[1]
+                    log.warning("%s --list-devices failed (%s): its devices are not used", path, exc)
+                    self._listed[path] = []
+        listed, self._engine_for = devices.assign_engines([(p, self._listed[p]) for p in engines])
         found = await devices.detect(listed, settings.memory_budget())
         for device in found:
             before = next((d for d in self._devices if d.id == device.id), None)
@@ -145,6 +147,7 @@ class Hive:
 
     async def install_engine(self, emit: Emit, force: bool = False, backend: str | None = None) -> dict[str, str]:
         result = await engine.install(emit, force=force, backend=backend)
+        self._listed.clear()  # a rebuild in the same place may drive other devices
         await self.engine(refresh=True)
         await self.refresh_devices()
         return result
@@ -339,8 +342,8 @@ class Hive:
         context, slots = self.worker_shape(model.name, shape)
         on = self.device(device, memory)
         spec = WorkerSpec(
-            model=model, mode=mode, engine=Path(info.path), slots=slots, context_per_slot=context,
-            threads=settings.worker_threads(), host=self.address, tls=self.tls, device=on.id,
+            model=model, mode=mode, engine=self._engine_for.get(on.id, Path(info.path)), slots=slots,
+            context_per_slot=context, threads=settings.worker_threads(), host=self.address, tls=self.tls, device=on.id,
             engine_device=on.engine_name,
         )
         self.supervisor.forget_dead()

@@ -28,7 +28,7 @@ def install(
     = None,
 ) -> None:
     """Build llama-server from the pinned llama.cpp source (cached per backend: a machine builds each once;
-    several builds coexist, and workers use the best one)."""
+    several builds coexist, and each worker runs on the build that drives its device)."""
     ctx = App()
     if backend is not None and backend not in engine.BACKEND_FLAGS:
         raise CLIError(f"--backend takes one of: {', '.join(engine.BACKEND_FLAGS)}; not {backend!r}")
@@ -65,3 +65,6 @@ def status(
         else:
             ctx.out.out.print(f"{hive['alias']}: {engine['path']} ({engine['source']}), "
                               f"version {engine.get('version') or 'unknown'}")
+        others = {b: p for b, p in (engine.get("builds") or {}).items() if p != engine.get("path")}
+        for backend, path in others.items():
+            ctx.out.out.print(f"  also built: {backend} {path}")

@@ -8,8 +8,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
+from rbee.hive import engine
 from tests.conftest import Queen, wait_for
 from tests.fixtures.fake_gpu import FakeGPUs, fake_gpus
 
@@ -78,3 +80,37 @@ def test_workers_go_one_per_device_and_a_failed_driver_is_avoided(make_queen: Ca
     assert wait_for(lambda: not any(d["failed"] for d in devices_of(queen).values()), 10)
     metrics = httpx.get(f"{queen.url}/metrics", timeout=10).text
     assert 'rbee_hive_memory_bytes{device="cuda1",hive="localhost",kind="free"}' in metrics
+
+
+def test_a_cuda_build_and_a_cpu_build_each_drive_their_own_devices(
+        make_queen: Callable[..., Queen], gpus: FakeGPUs, llama_server: Path, tiny_model: Path,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two of rbee's builds side by side, where `rbee engine install --backend cuda|cpu` puts them: the
+    # simulated CUDA one, and the real CPU one. No engine is configured: the hive finds both.
+    smi = tmp_path / "bin" / "nvidia-smi"  # nvidia-smi on PATH, but not the simulated engine beside it
+    smi.parent.mkdir()
+    smi.symlink_to(gpus.folder / "nvidia-smi")
+    path = f"{smi.parent}:{os.environ['PATH']}"
+    monkeypatch.setenv("PATH", path)  # the build ids depend on whether an NVIDIA driver is here, as for the hive
+    monkeypatch.setenv("RBEE_ENGINES_DIR", str(tmp_path / "engines"))
+    cuda_build, cpu_build = engine.built_binary("cuda"), engine.built_binary("cpu")
+    for build, binary in ((cuda_build, gpus.engine), (cpu_build, llama_server)):
+        build.parent.mkdir(parents=True)
+        build.symlink_to(binary)
+    queen = make_queen(RBEE_LLAMA_SERVER="", RBEE_ENGINES_DIR=str(tmp_path / "engines"), PATH=path).start()
+
+    status = queen.cli("engine", "status", check=True).stdout
+    assert f"localhost: {cuda_build} (built)" in status and f"also built: cpu {cpu_build}" in status
+    assert list(devices_of(queen)) == ["cuda0", "cuda1", "cpu"]
+
+    # A GPU worker runs on the CUDA build, a CPU worker on the CPU build (which the simulated GPUs never see).
+    for device in ("cuda1", "cpu"):
+        placed = queen.cli("worker", "start", str(tiny_model), "--device", device, timeout=120)
+        assert placed.returncode == 0, placed.stderr
+    assert gpus.chosen_devices() == ["CUDA1"]  # through the CUDA build; the CPU worker did not pass there
+    cpu_worker = next(w for w in queen.workers() if w["device"] == "cpu")
+    assert psutil.Process(int(str(cpu_worker["pid"]))).cmdline()[:1] == [str(cpu_build)]
+    for _ in range(2):
+        answer = httpx.post(f"{queen.url}/v1/chat/completions", timeout=120,
+                            json={"model": "tiny", "messages": CHAT, "max_tokens": 4})
+        assert answer.status_code == 200

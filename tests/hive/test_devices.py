@@ -102,3 +102,22 @@ def test_engine_device_names() -> None:
     assert EngineDevice("ROCm1", "AMD Radeon", 1, 1).backend == "rocm"
     assert EngineDevice("MTL0", "Apple M5", 1, 1).backend == "metal"
     assert EngineDevice("SYCL0", "Intel Arc", 1, 1).id == "sycl0"
+
+
+def test_each_device_is_driven_by_the_build_that_lists_it() -> None:
+    cuda, vulkan, cpu = Path("/e/cuda/llama-server"), Path("/e/vulkan/llama-server"), Path("/e/cpu/llama-server")
+    cuda_listed = devices.parse_list_devices(recorded("list_devices_cuda_2gpu.txt"))
+    vulkan_listed = devices.parse_list_devices(recorded("list_devices_vulkan.txt"))
+    # The Vulkan build also sees the 3090 the CUDA build drives: the same card under another name.
+    same_card = EngineDevice("Vulkan1", "NVIDIA GeForce RTX 3090", 24154 * MiB, 23000 * MiB)
+    chosen, engine_for = devices.assign_engines([(cuda, cuda_listed), (vulkan, [*vulkan_listed, same_card]),
+                                                 (cpu, [])])
+    assert [d.id for d in chosen] == ["cuda0", "cuda1", "cuda2", "cuda3", "vulkan0"]
+    assert {k: v.parent.name for k, v in engine_for.items()} == {
+        "cuda0": "cuda", "cuda1": "cuda", "cuda2": "cuda", "cuda3": "cuda", "vulkan0": "vulkan", "cpu": "cpu"}
+    # Without a CPU build the main engine runs the CPU workers; a device two builds list goes to the first.
+    chosen, engine_for = devices.assign_engines([(cuda, cuda_listed[:1]), (Path("/other"), cuda_listed)])
+    assert engine_for["cpu"] == cuda and engine_for["cuda0"] == cuda and engine_for["cuda1"] == Path("/other")
+    # A build whose listing failed lists nothing: it can still run the CPU.
+    assert devices.assign_engines([(cpu, [])]) == ([], {"cpu": cpu})
+    assert devices.assign_engines([]) == ([], {})

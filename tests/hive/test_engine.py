@@ -34,6 +34,18 @@ def test_locate_prefers_configured_then_path_then_built(clean_env: Path, monkeyp
     assert engine.locate() == (Path("/opt/custom/llama-server"), "configured")
 
 
+def test_builds_coexist_and_the_best_is_the_default(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RBEE_ENGINE_BACKEND", raising=False)
+    assert engine.builds() == {}
+    cpu = _executable(engine.built_binary("cpu"))
+    assert engine.builds() == {"cpu": cpu} and engine.default_backend() == "cpu"
+    vulkan = _executable(engine.built_binary("vulkan"))
+    assert engine.builds() == {"vulkan": vulkan, "cpu": cpu}
+    assert engine.default_backend() == "vulkan" and engine.locate() == (vulkan, "built")
+    monkeypatch.setenv("RBEE_ENGINE_BACKEND", "cpu")
+    assert engine.locate() == (cpu, "built")
+
+
 def test_build_ids_depend_on_backend_and_never_use_native() -> None:
     assert engine.build_id("cpu") == engine.build_id("cpu")
     assert engine.build_id("cpu") != engine.build_id("cuda")
