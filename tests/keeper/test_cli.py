@@ -179,6 +179,17 @@ def test_engine_install_job_uses_the_cached_build(idle_queen: Queen, llama_serve
     assert str(cached) in status.stdout and "(built)" in status.stdout
 
 
+def test_a_backend_this_machine_cannot_build_names_what_is_missing(idle_queen: Queen, tmp_path: Path) -> None:
+    no_toolkit = {"CUDA_HOME": str(tmp_path / "no-cuda"), "PATH": "/usr/bin:/bin"}
+    for backend, missing in (("rocm", "needs hipcc"), ("cuda", "nvcc"), ("metal", "Apple Silicon")):
+        result = idle_queen.cli("engine", "install", "--backend", backend, env=no_toolkit)
+        assert result.returncode == 1, result.stderr
+        assert f"cannot build llama-server for {backend}" in result.stderr and missing in result.stderr
+        assert "Traceback" not in result.stderr
+    unknown = idle_queen.cli("engine", "install", "--backend", "tpu")
+    assert unknown.returncode != 0 and "--backend takes one of: cpu, metal, cuda" in unknown.stderr
+
+
 def test_help_is_helpful() -> None:
     result = subprocess.run([sys.executable, "-m", "rbee", "--help"], capture_output=True, text=True, check=True)
     for command in ("infer", "status", "queen", "engine", "worker"):
