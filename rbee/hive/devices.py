@@ -176,19 +176,20 @@ def parse_sysctl_memsize(text: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def assign_engines(listings: Sequence[tuple[Path, Sequence[EngineDevice]]],
+def assign_engines(listings: Sequence[tuple[Path, Sequence[EngineDevice] | None]],
                    ) -> tuple[list[EngineDevice], dict[str, Path]]:
     """Which build drives each device when several builds are here (`listings`: each build's
     `--list-devices`, the hive's own engine first, then the best backend first).
 
     The first build to list a device drives it. A card a vendor backend (CUDA, ROCm, Metal) lists is not
     taken again through Vulkan, which names the same card. The CPU goes to a build that lists no GPU (a
-    CPU build), else to the first build, which then runs with `--device none`.
+    CPU build), else to the first build, which then runs with `--device none`; a build whose listing failed
+    (None) drives nothing, and the CPU only when no other build is here.
     """
     chosen: list[EngineDevice] = []
     engine_for: dict[str, Path] = {}
     for path, listed in listings:
-        for device in listed:
+        for device in listed or ():
             if not device.is_gpu or device.id in engine_for:
                 continue
             if device.backend == "vulkan" and any(c.backend != "vulkan" and c.description == device.description
@@ -196,9 +197,11 @@ def assign_engines(listings: Sequence[tuple[Path, Sequence[EngineDevice]]],
                 continue
             chosen.append(device)
             engine_for[device.id] = path
-    cpu_builds = [path for path, listed in listings if not any(d.is_gpu for d in listed)]
-    if listings:
-        engine_for["cpu"] = cpu_builds[0] if cpu_builds else listings[0][0]
+    answered = [(path, listed) for path, listed in listings if listed is not None]
+    cpu_builds = [path for path, listed in answered if not any(d.is_gpu for d in listed)]
+    anyone = cpu_builds + [path for path, _ in answered] + [path for path, listed in listings if listed is None]
+    if anyone:
+        engine_for["cpu"] = anyone[0]
     return chosen, engine_for
 
 

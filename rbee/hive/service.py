@@ -85,7 +85,7 @@ class Hive:
         self._engine: EngineInfo | None = None
         self._pulls: dict[str, asyncio.Lock] = {}
         self._devices: list[DeviceInfo] = [devices.cpu_device(settings.memory_budget())]
-        self._listed: dict[Path, list[devices.EngineDevice]] = {}  # each engine build's --list-devices, asked once
+        self._listed: dict[Path, list[devices.EngineDevice] | None] = {}  # each build's --list-devices (None: failed)
         self._engine_for: dict[str, Path] = {}  # device id -> the build that drives it
         self._watch: asyncio.Task[None] | None = None
 
@@ -115,7 +115,7 @@ class Hive:
                     self._listed[path] = await devices.engine_devices(path)
                 except devices.ToolFailed as exc:
                     log.warning("%s --list-devices failed (%s): its devices are not used", path, exc)
-                    self._listed[path] = []
+                    self._listed[path] = None
         listed, self._engine_for = devices.assign_engines([(p, self._listed[p]) for p in engines])
         found = await devices.detect(listed, settings.memory_budget())
         for device in found:

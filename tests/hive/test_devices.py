@@ -118,6 +118,8 @@ def test_each_device_is_driven_by_the_build_that_lists_it() -> None:
     # Without a CPU build the main engine runs the CPU workers; a device two builds list goes to the first.
     chosen, engine_for = devices.assign_engines([(cuda, cuda_listed[:1]), (Path("/other"), cuda_listed)])
     assert engine_for["cpu"] == cuda and engine_for["cuda0"] == cuda and engine_for["cuda1"] == Path("/other")
-    # A build whose listing failed lists nothing: it can still run the CPU.
-    assert devices.assign_engines([(cpu, [])]) == ([], {"cpu": cpu})
+    # A build whose listing failed (None) drives nothing; the CPU goes to one that answered, if any.
+    assert devices.assign_engines([(cuda, None), (cpu, [])]) == ([], {"cpu": cpu})
+    assert devices.assign_engines([(cuda, None), (vulkan, vulkan_listed)])[1] == {"vulkan0": vulkan, "cpu": vulkan}
+    assert devices.assign_engines([(cuda, None)]) == ([], {"cpu": cuda})
     assert devices.assign_engines([]) == ([], {})
