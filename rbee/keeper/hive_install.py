@@ -190,11 +190,16 @@ class Installer:
         self.out.success(f"rbee {__version__} installed on {self.host.alias}")
 
     async def install_engine(self, remote: Remote) -> None:
+        """Copy this machine's CPU build when the remote has the same OS and architecture and no GPU to build
+        for; else build there (GPU builds are made for the GPUs of the machine that builds them)."""
         here = wheelhouse.Target.here()
         same_platform = (remote.system, remote.machine) == (here.system, here.machine)
-        local = engine.built_binary()
-        remote_binary = f"{remote.data_dir}/engines/{engine.build_id(engine.default_backend())}/bin/{engine.BINARY}"
-        if same_platform and local.is_file():
+        asked = await self.ssh.run(f"{shlex.quote(remote.venv)}/bin/python -c "
+                                   "'from rbee.hive import engine; print(engine.detect_backend())'", check=False)
+        backend = asked.stdout.strip() if asked.rc == 0 and asked.stdout.strip() else "cpu"
+        local = engine.built_binary("cpu")
+        remote_binary = f"{remote.data_dir}/engines/{engine.build_id('cpu')}/bin/{engine.BINARY}"
+        if same_platform and local.is_file() and backend == "cpu":
             digest = await asyncio.to_thread(_sha256, local)
             there = (await self.ssh.run(f"sha256sum {shlex.quote(remote_binary)} 2>/dev/null", check=False)).stdout
             copy = there.split()[:1] != [digest]
@@ -210,7 +215,8 @@ class Installer:
             await self.ssh.run(f"rm -f {shlex.quote(remote_binary)}", check=False)
             why = f"the copied build does not run there ({(runs.stderr or runs.stdout).strip()[-200:]})"
         else:
-            why = "no local build to copy" if same_platform else f"{remote.system} {remote.machine} differs from here"
+            why = (f"{remote.system} {remote.machine} differs from here" if not same_platform
+                   else f"it has a GPU for {backend}" if backend != "cpu" else "no local CPU build to copy")
         self.out.info(f"building the engine on {self.host.alias} ({why}); this takes minutes…")
         command = f"{shlex.quote(remote.rbee)} engine install --local --verbose"
         rc = await self.ssh.stream(command, lambda line: self.out.err.print(f"  [dim]{line}[/dim]", markup=True,
