@@ -232,7 +232,7 @@ def locate() -> tuple[Path, str] | None:
 async def describe() -> EngineInfo:
     """Which binary is used, its version, or what is wrong with it; and rbee's builds here."""
     built = {backend: str(path) for backend, path in (await asyncio.to_thread(builds)).items()}
-    found = locate()
+    found = await asyncio.to_thread(locate)  # file lookups, and ldconfig for a CUDA build's id
     if found is None:
         return EngineInfo(path=None, problem="no llama-server found: run `rbee engine install`")
     path, source = found
