@@ -330,10 +330,11 @@ async def detect(listed: Sequence[EngineDevice], budget: int | None) -> list[Dev
             name = live.name if live and live.name else chip or d.description
             if unified:
                 name += f", {unified / 2**30:.0f} GiB unified memory"
+            total = live.total_bytes if live and live.total_bytes else d.total_bytes
+            free = live.free_bytes if live and live.free_bytes is not None else d.free_bytes
             devices.append(DeviceInfo(
-                id=d.id, name=name, backend=backend, engine_name=d.name,
-                total_bytes=live.total_bytes if live and live.total_bytes else d.total_bytes,
-                free_bytes=live.free_bytes if live and live.free_bytes is not None else d.free_bytes,
+                id=d.id, name=name, backend=backend, engine_name=d.name, total_bytes=total,
+                free_bytes=min(free, total),  # integrated GPUs can report more free than their carve-out
                 utilization=live.utilization if live else None,
                 temperature_c=live.temperature_c if live else None,
                 failed=failed,

@@ -123,3 +123,10 @@ def test_each_device_is_driven_by_the_build_that_lists_it() -> None:
     assert devices.assign_engines([(cuda, None), (vulkan, vulkan_listed)])[1] == {"vulkan0": vulkan, "cpu": vulkan}
     assert devices.assign_engines([(cuda, None)]) == ([], {"cpu": cuda})
     assert devices.assign_engines([]) == ([], {})
+
+
+async def test_an_integrated_gpu_never_has_more_free_than_total() -> None:
+    # Unified-memory APUs can report more free memory than their carve-out (seen with ROCm on Ryzen AI Max).
+    apu = EngineDevice("Vulkan0", "AMD Radeon Graphics (RADV GFX1151)", 120000 * MiB, 124704 * MiB)
+    found = await devices.detect([apu], budget=None)
+    assert (found[0].id, found[0].total_bytes, found[0].free_bytes) == ("vulkan0", 120000 * MiB, 120000 * MiB)
