@@ -63,13 +63,25 @@ def _nvcc() -> str | None:
     return shutil.which("nvcc") or shutil.which("nvcc", path="/usr/local/cuda/bin")
 
 
+@functools.cache
+def _nvcc_home(nvcc: str) -> Path:
+    """The toolkit an nvcc belongs to, as nvcc itself says (`_HERE_`, its real folder, also behind a wrapper
+    script); else the folder above the one it is in."""
+    try:
+        said = subprocess.run([nvcc, "--dryrun", "-c", "rbee.cu"], capture_output=True, text=True, timeout=20)
+        here = re.search(r"^#\$ _HERE_=(.+)$", said.stdout + said.stderr, re.MULTILINE)
+    except (OSError, subprocess.TimeoutExpired):
+        here = None
+    return Path(here.group(1).strip()).parent if here else Path(nvcc).resolve().parent.parent
+
+
 def _cuda_roots(nvcc: str) -> list[Path]:
-    """Where the CUDA toolkit's headers may be: $CUDA_HOME (or $CUDA_PATH) when set; else /usr/local/cuda*,
-    and the folder above nvcc's (Debian's /usr, or a pip-installed toolkit's nvidia/cu13)."""
+    """Where the CUDA toolkit's parts may be: $CUDA_HOME (or $CUDA_PATH) when set; else nvcc's own toolkit
+    (Debian's /usr, /usr/local/cuda-13.0, or a pip-installed toolkit's nvidia/cu13), then /usr/local/cuda*."""
     home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
     if home:
         return [Path(home)]
-    return [Path("/usr/local/cuda"), *sorted(Path("/usr/local").glob("cuda-*")), Path(nvcc).resolve().parent.parent]
+    return list(dict.fromkeys([_nvcc_home(nvcc), Path("/usr/local/cuda"), *sorted(Path("/usr/local").glob("cuda-*"))]))
 
 
 def _cublas_ready(nvcc: str) -> bool:
@@ -92,11 +104,12 @@ def _cuda_flags(nvcc: str) -> tuple[str, ...]:
     if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
         flags.append(f"-DCUDAToolkit_ROOT={roots[0]}")
     folders = [f for root in roots for f in (root / "lib64", root / "lib", *root.glob("targets/*/lib"))]
-    for lib in ("cublas", "cublasLt"):
+    for lib, variables in (("cudart", ("CUDA_CUDART", "CUDA_cudart_LIBRARY")), ("cublas", ("CUDA_cublas_LIBRARY",)),
+                           ("cublasLt", ("CUDA_cublasLt_LIBRARY",))):
         if not any((f / f"lib{lib}.so").exists() for f in folders):
             versioned = next((v for f in folders for v in sorted(f.glob(f"lib{lib}.so.*"))), None)
             if versioned is not None:
-                flags.append(f"-DCUDA_{lib}_LIBRARY={versioned}")
+                flags += [f"-D{variable}={versioned}" for variable in variables]
     if not any((f / "stubs" / "libcuda.so").exists() or (f / "libcuda.so").exists() for f in folders):
         driver = _ldconfig_path("libcuda.so")
         flags.append(f"-DCUDA_cuda_driver_LIBRARY={driver}" if driver else "-DGGML_CUDA_NO_VMM=ON")

@@ -66,15 +66,16 @@ def test_cuda_flags_name_what_cmake_would_not_find(clean_env: Path, monkeypatch:
     (cuda / "include").mkdir()
     (cuda / "include" / "cublas_v2.h").write_text("")
     (cuda / "lib").mkdir()
-    for name in ("libcublas.so.13", "libcublasLt.so.13", "libcudart.so"):
+    for name in ("libcublas.so.13", "libcublasLt.so.13", "libcudart.so.13"):
         (cuda / "lib" / name).write_text("")
     flags = engine.build_flags("cuda")
+    assert f"-DCUDA_CUDART={cuda}/lib/libcudart.so.13" in flags
     assert f"-DCMAKE_CUDA_COMPILER={cuda}/bin/nvcc" in flags and f"-DCUDAToolkit_ROOT={cuda}" in flags
     assert f"-DCUDA_cublas_LIBRARY={cuda}/lib/libcublas.so.13" in flags
     assert f"-DCUDA_cublasLt_LIBRARY={cuda}/lib/libcublasLt.so.13" in flags
     assert any(f.startswith("-DCUDA_cuda_driver_LIBRARY=") or f == "-DGGML_CUDA_NO_VMM=ON" for f in flags)
     # A full toolkit: CMake finds it all by itself.
-    for name in ("libcublas.so", "libcublasLt.so", "stubs/libcuda.so"):
+    for name in ("libcudart.so", "libcublas.so", "libcublasLt.so", "stubs/libcuda.so"):
         (cuda / "lib" / name).parent.mkdir(exist_ok=True)
         (cuda / "lib" / name).write_text("")
     assert not [f for f in engine.build_flags("cuda") if "LIBRARY" in f or "NO_VMM" in f]
