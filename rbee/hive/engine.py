@@ -345,15 +345,18 @@ async def install(emit: Emit, *, backend: str | None = None, force: bool = False
     """Build `llama-server` from the pinned source into the engines folder (a job body).
 
     Nothing is built when a usable engine is already there (rbee's build, a configured path, or
-    one on PATH), unless `force`.
+    one on PATH), unless `force`, or unless `backend` is asked for and not built yet: builds coexist.
     """
-    backend = backend or detect_backend()
-    missing = missing_for(backend)
+    asked = backend
+    backend = backend or await asyncio.to_thread(detect_backend)
+    missing = await asyncio.to_thread(missing_for, backend)  # looks at the toolkit: files, nvcc
     if missing is not None:
         raise JobFailed(f"cannot build llama-server for {backend}: {missing}")
-    target = built_binary(backend)
-    found = locate()
-    if found is not None and not force and (found[1] != "built" or found[0] == target):
+    target = await asyncio.to_thread(built_binary, backend)
+    found = await asyncio.to_thread(locate)
+    if not force and await asyncio.to_thread(target.is_file):
+        found = (target, "built")
+    if found is not None and not force and (found[0] == target or (found[1] != "built" and asked is None)):
         where = {"configured": "RBEE_LLAMA_SERVER", "path": "PATH", "built": "rbee's build"}[found[1]]
         emit(message=f"using {found[0]} ({where}); --force builds rbee's own anyway")
         return {"path": str(found[0]), "build": build_id(backend), "cached": "yes", "source": found[1]}

@@ -177,6 +177,12 @@ def test_engine_install_job_uses_the_cached_build(idle_queen: Queen, llama_serve
     assert "already built" in result.stderr and str(cached) in result.stderr
     status = idle_queen.cli("engine", "status", check=True)
     assert str(cached) in status.stdout and "(built)" in status.stdout
+    # A GPU build beside it becomes the default; the CPU build asked for by name is still found, not rebuilt.
+    gpu = engines / build_id("vulkan") / "bin" / "llama-server"
+    gpu.parent.mkdir(parents=True)
+    gpu.symlink_to(llama_server)
+    again = idle_queen.cli("engine", "install", "--backend", "cpu", check=True)
+    assert "already built" in again.stderr and str(cached) in again.stderr.replace("\n", "")
 
 
 def test_a_backend_this_machine_cannot_build_names_what_is_missing(idle_queen: Queen, tmp_path: Path) -> None:
