@@ -11,6 +11,7 @@ import dataclasses
 import importlib.util
 import logging
 import shutil
+import time
 from pathlib import Path
 
 import psutil
@@ -33,6 +34,7 @@ from rbee.hive.worker import WorkerProcess, WorkerSpec
 log = logging.getLogger(__name__)
 
 _DEMO_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+LIST_RETRY_S = 60.0  # a build whose --list-devices failed is asked again after this long
 
 
 def demo_model_file() -> Path | None:
@@ -86,6 +88,7 @@ class Hive:
         self._pulls: dict[str, asyncio.Lock] = {}
         self._devices: list[DeviceInfo] = [devices.cpu_device(settings.memory_budget())]
         self._listed: dict[Path, list[devices.EngineDevice] | None] = {}  # each build's --list-devices (None: failed)
+        self._list_failed: dict[Path, float] = {}  # when a build's listing last failed
         self._engine_for: dict[str, Path] = {}  # device id -> the build that drives it
         self._watch: asyncio.Task[None] | None = None
 
@@ -110,12 +113,16 @@ class Hive:
         engines = [Path(info.path)] if info.path and not info.problem else []
         engines += [p for p in map(Path, info.builds.values()) if p not in engines]
         for path in engines:
-            if path not in self._listed:
+            failed_at = self._list_failed.get(path)
+            if path not in self._listed or (failed_at is not None and time.monotonic() - failed_at > LIST_RETRY_S):
                 try:
                     self._listed[path] = await devices.engine_devices(path)
-                except devices.ToolFailed as exc:
-                    log.warning("%s --list-devices failed (%s): its devices are not used", path, exc)
+                    self._list_failed.pop(path, None)
+                except devices.ToolFailed as exc:  # a broken build, or a busy machine: asked again later
+                    if failed_at is None:
+                        log.warning("%s --list-devices failed (%s): its devices are not used", path, exc)
                     self._listed[path] = None
+                    self._list_failed[path] = time.monotonic()
         listed, self._engine_for = devices.assign_engines([(p, self._listed[p]) for p in engines])
         found = await devices.detect(listed, settings.memory_budget())
         for device in found:
@@ -148,6 +155,7 @@ class Hive:
     async def install_engine(self, emit: Emit, force: bool = False, backend: str | None = None) -> dict[str, str]:
         result = await engine.install(emit, force=force, backend=backend)
         self._listed.clear()  # a rebuild in the same place may drive other devices
+        self._list_failed.clear()
         await self.engine(refresh=True)
         await self.refresh_devices()
         return result

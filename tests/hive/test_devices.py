@@ -130,3 +130,28 @@ async def test_an_integrated_gpu_never_has_more_free_than_total() -> None:
     apu = EngineDevice("Vulkan0", "AMD Radeon Graphics (RADV GFX1151)", 120000 * MiB, 124704 * MiB)
     found = await devices.detect([apu], budget=None)
     assert (found[0].id, found[0].total_bytes, found[0].free_bytes) == ("vulkan0", 120000 * MiB, 120000 * MiB)
+
+
+async def test_a_build_whose_listing_failed_is_asked_again_later(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `--list-devices` that fails (a busy machine timing out, say) is not final: a minute later it is asked
+    again, and the build's GPUs appear."""
+    from rbee.hive import service
+
+    listing = tmp_path / "listing.txt"
+    engine = tmp_path / "llama-server"
+    engine.write_text(f"""#!/bin/sh
+[ "$1" = --version ] && {{ echo 'version: 1 (abc)'; exit 0; }}
+[ -f {listing} ] && exec cat {listing}
+echo 'ggml_cuda_init: failed to initialize CUDA: unknown error' >&2; exit 1
+""")
+    engine.chmod(0o755)
+    monkeypatch.setenv("RBEE_LLAMA_SERVER", str(engine))
+    monkeypatch.setenv("RBEE_ENGINES_DIR", str(tmp_path / "engines"))
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no nvidia-smi: the listing's own figures
+    hive = service.Hive(state=tmp_path / "state")
+    assert [d.id for d in await hive.refresh_devices()] == ["cpu"]
+    listing.write_text(recorded("list_devices_cuda_2gpu.txt"))
+    assert [d.id for d in await hive.refresh_devices()] == ["cpu"]  # not asked again at once
+    monkeypatch.setattr(service, "LIST_RETRY_S", 0.0)  # a minute later
+    assert [d.id for d in await hive.refresh_devices()] == ["cuda0", "cuda1", "cuda2", "cuda3", "cpu"]
