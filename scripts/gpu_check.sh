@@ -105,6 +105,8 @@ used = sum(int(n) for n in subprocess.run(["nvidia-smi", "--query-gpu=memory.use
                                           capture_output=True, text=True, check=True).stdout.split())
 grew = used - int(os.environ["GPU_USED_BEFORE"])
 print(f"GPU memory in use: {os.environ['GPU_USED_BEFORE']} MiB before the worker, {used} MiB with it (+{grew} MiB)")
+estimated = sum(w.get("memory_bytes") or 0 for w in workers if w["device"].startswith("cuda")) >> 20
+print(f"rbee's estimate for the worker: {estimated} MiB (the measured growth calibrates rbee/hive/estimate.py)")
 assert grew >= 64, "the GPU's memory did not grow: the worker is not on the GPU"
 apps = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,process_name,used_memory", "--format=csv"],
                       capture_output=True, text=True).stdout
