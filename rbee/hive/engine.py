@@ -130,11 +130,20 @@ def _ldconfig_path(name: str) -> str | None:
     return found.group(1) if found else None
 
 
-def _vulkan_ready() -> bool:
-    headers = any(Path(p, "vulkan", "vulkan.h").is_file() for p in ("/usr/include", "/usr/local/include",
-                                                                    os.environ.get("VULKAN_SDK", "/nonexistent")
-                                                                    + "/include"))
-    return headers and shutil.which("glslc") is not None
+def _vulkan_missing() -> list[str]:
+    """What the Vulkan build lacks here: its headers, the glslc shader compiler, SPIRV-Headers' CMake package."""
+    prefixes = [Path("/usr"), Path("/usr/local"), *([Path(os.environ["VULKAN_SDK"])] if "VULKAN_SDK" in os.environ
+                                                   else [])]
+    missing = []
+    if not any((p / "include" / "vulkan" / "vulkan.h").is_file() for p in prefixes):
+        missing.append("the Vulkan headers")
+    if shutil.which("glslc") is None:
+        missing.append("the glslc shader compiler")
+    if not any(found for p in prefixes for found in (*p.glob("share/cmake/SPIRV-Headers*/SPIRV-HeadersConfig.cmake"),
+                                                     *p.glob("lib*/cmake/SPIRV-Headers*/SPIRV-HeadersConfig.cmake"),
+                                                     *p.glob("lib/*/cmake/SPIRV-Headers*/SPIRV-HeadersConfig.cmake"))):
+        missing.append("SPIRV-Headers")
+    return missing
 
 
 def missing_for(backend: str) -> str | None:
@@ -153,9 +162,10 @@ def missing_for(backend: str) -> str | None:
                 "NVIDIA's installer includes it; Debian/Ubuntu: nvidia-cuda-toolkit)")
     if backend == "rocm" and shutil.which("hipcc") is None and not Path("/opt/rocm/bin/hipcc").is_file():
         return "the ROCm backend needs hipcc (AMD's ROCm/HIP SDK), which is not on PATH nor in /opt/rocm/bin"
-    if backend == "vulkan" and not _vulkan_ready():
-        return ("the Vulkan backend needs the Vulkan headers and the glslc shader compiler "
-                "(Debian/Ubuntu: apt install libvulkan-dev glslc; elsewhere: the LunarG Vulkan SDK)")
+    vulkan_missing = _vulkan_missing() if backend == "vulkan" else []
+    if vulkan_missing:
+        return (f"the Vulkan backend needs {' and '.join(vulkan_missing)} (Debian/Ubuntu: apt install "
+                "libvulkan-dev glslc spirv-headers; elsewhere: the LunarG Vulkan SDK)")
     if backend == "metal" and not (sys.platform == "darwin" and platform.machine() == "arm64"):
         return "the Metal backend builds on Apple Silicon Macs only"
     return None

@@ -81,6 +81,11 @@ def test_cuda_flags_name_what_cmake_would_not_find(clean_env: Path, monkeypatch:
     assert not [f for f in engine.build_flags("cuda") if "LIBRARY" in f or "NO_VMM" in f]
 
 
+def test_a_vulkan_build_names_each_missing_part(clean_env: Path) -> None:
+    missing = engine.missing_for("vulkan") or ""  # clean_env's PATH has no glslc
+    assert "the glslc shader compiler" in missing and "apt install libvulkan-dev glslc spirv-headers" in missing
+
+
 def test_build_ids_depend_on_backend_and_never_use_native() -> None:
     assert engine.build_id("cpu") == engine.build_id("cpu")
     assert engine.build_id("cpu") != engine.build_id("cuda")
