@@ -130,13 +130,26 @@ def _ldconfig_path(name: str) -> str | None:
     return found.group(1) if found else None
 
 
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
 def _vulkan_missing() -> list[str]:
     """What the Vulkan build lacks here: its headers, the glslc shader compiler, SPIRV-Headers' CMake package."""
-    prefixes = [Path("/usr"), Path("/usr/local"), *([Path(os.environ["VULKAN_SDK"])] if "VULKAN_SDK" in os.environ
-                                                   else [])]
+    sdk = os.environ.get("VULKAN_SDK")
+    prefixes = [*([Path(sdk)] if sdk else []), Path("/usr"), Path("/usr/local")]
     missing = []
-    if not any((p / "include" / "vulkan" / "vulkan.h").is_file() for p in prefixes):
+    headers = next((p / "include" / "vulkan" for p in prefixes if (p / "include" / "vulkan" / "vulkan.h").is_file()),
+                   None)
+    if headers is None:
         missing.append("the Vulkan headers")
+    elif "VK_EXT_layer_settings" not in _read(headers / "vulkan_core.h"):
+        found = re.search(r"#define VK_HEADER_VERSION (\d+)", _read(headers / "vulkan_core.h"))
+        missing.append(f"Vulkan headers newer than those in {headers} (version 1.x.{found[1] if found else '?'}: "
+                       "they lack VK_EXT_layer_settings, which this llama.cpp uses)")
     if shutil.which("glslc") is None:
         missing.append("the glslc shader compiler")
     if not any(found for p in prefixes for found in (*p.glob("share/cmake/SPIRV-Headers*/SPIRV-HeadersConfig.cmake"),

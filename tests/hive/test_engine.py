@@ -81,9 +81,18 @@ def test_cuda_flags_name_what_cmake_would_not_find(clean_env: Path, monkeypatch:
     assert not [f for f in engine.build_flags("cuda") if "LIBRARY" in f or "NO_VMM" in f]
 
 
-def test_a_vulkan_build_names_each_missing_part(clean_env: Path) -> None:
-    missing = engine.missing_for("vulkan") or ""  # clean_env's PATH has no glslc
+def test_a_vulkan_build_names_each_missing_part(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sdk = clean_env / "vulkan-sdk"
+    monkeypatch.setenv("VULKAN_SDK", str(sdk))
+    (sdk / "include" / "vulkan").mkdir(parents=True)
+    (sdk / "include" / "vulkan" / "vulkan.h").write_text("")
+    # Debian 12's headers (1.3.239): this llama.cpp does not compile against them.
+    (sdk / "include" / "vulkan" / "vulkan_core.h").write_text("#define VK_HEADER_VERSION 239\n")
+    missing = engine.missing_for("vulkan") or ""  # clean_env's PATH has no glslc either
     assert "the glslc shader compiler" in missing and "apt install libvulkan-dev glslc spirv-headers" in missing
+    assert "Vulkan headers newer than those in" in missing and "1.x.239" in missing
+    (sdk / "include" / "vulkan" / "vulkan_core.h").write_text("#define VK_EXT_layer_settings 1\n")
+    assert "Vulkan headers" not in (engine.missing_for("vulkan") or "")
 
 
 def test_build_ids_depend_on_backend_and_never_use_native() -> None:
