@@ -177,8 +177,10 @@ def missing_for(backend: str) -> str | None:
         return "the ROCm backend needs hipcc (AMD's ROCm/HIP SDK), which is not on PATH nor in /opt/rocm/bin"
     vulkan_missing = _vulkan_missing() if backend == "vulkan" else []
     if vulkan_missing:
-        return (f"the Vulkan backend needs {' and '.join(vulkan_missing)} (Debian/Ubuntu: apt install "
-                "libvulkan-dev glslc spirv-headers; elsewhere: the LunarG Vulkan SDK)")
+        old = any(m.startswith("Vulkan headers newer") for m in vulkan_missing)
+        hint = ("LunarG's Vulkan SDK, with VULKAN_SDK set to it" if old else
+                "Debian/Ubuntu: apt install libvulkan-dev glslc spirv-headers; elsewhere: the LunarG Vulkan SDK")
+        return f"the Vulkan backend needs {' and '.join(vulkan_missing)} ({hint})"
     if backend == "metal" and not (sys.platform == "darwin" and platform.machine() == "arm64"):
         return "the Metal backend builds on Apple Silicon Macs only"
     return None

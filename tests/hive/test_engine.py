@@ -89,10 +89,11 @@ def test_a_vulkan_build_names_each_missing_part(clean_env: Path, monkeypatch: py
     # Debian 12's headers (1.3.239): this llama.cpp does not compile against them.
     (sdk / "include" / "vulkan" / "vulkan_core.h").write_text("#define VK_HEADER_VERSION 239\n")
     missing = engine.missing_for("vulkan") or ""  # clean_env's PATH has no glslc either
-    assert "the glslc shader compiler" in missing and "apt install libvulkan-dev glslc spirv-headers" in missing
-    assert "Vulkan headers newer than those in" in missing and "1.x.239" in missing
+    assert "the glslc shader compiler" in missing and "Vulkan headers newer than those in" in missing
+    assert "1.x.239" in missing and "LunarG's Vulkan SDK, with VULKAN_SDK set to it" in missing
     (sdk / "include" / "vulkan" / "vulkan_core.h").write_text("#define VK_EXT_layer_settings 1\n")
-    assert "Vulkan headers" not in (engine.missing_for("vulkan") or "")
+    missing = engine.missing_for("vulkan") or ""
+    assert "Vulkan headers" not in missing and "apt install libvulkan-dev glslc spirv-headers" in missing
 
 
 def test_build_ids_depend_on_backend_and_never_use_native() -> None:
