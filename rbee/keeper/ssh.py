@@ -387,19 +387,29 @@ class SSH:
         if not self._used or self._control is None:
             return
         self._used = False
-        argv = [*self._options(), "-O", "exit", "--", self.host.destination()]
+        if await self._control_command("exit") is None:
+            return
+        # The master acknowledges `exit` before it is gone; wait (briefly) until it no longer answers.
+        for _ in range(30):
+            if await self._control_command("check") != 0:
+                return
+            await asyncio.sleep(0.1)
+
+    async def _control_command(self, command: str) -> int | None:
+        """`ssh -O COMMAND` to the shared connection: its exit code; None when ssh could not run or hung."""
+        argv = [*self._options(), "-O", command, "--", self.host.destination()]
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.DEVNULL,
             )
         except OSError:
-            return
+            return None
         try:
             async with asyncio.timeout(5):
-                await proc.wait()
+                return await proc.wait()
         except TimeoutError:
-            pass
+            return None
         finally:
             await self._reap(proc)
 

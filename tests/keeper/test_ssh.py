@@ -210,7 +210,9 @@ async def test_no_ssh_client_is_a_clear_error(tmp_path: Path, monkeypatch: pytes
 
 FAKE_SSH = """#!/bin/sh
 # Stands in for ssh: logs its argv, skips to "--", drops the destination, runs the command with sh.
+# It never runs a shared master, so `-O check` says so, as ssh does.
 printf '%s\\n' "$*" >> "$FAKE_SSH_LOG"
+case " $* " in *" -O check "*) echo "Control socket connect: No such file or directory" >&2; exit 255;; esac
 while [ "$#" -gt 0 ] && [ "$1" != "--" ]; do shift; done
 shift 2
 exec /bin/sh -c "${1:-true}"
@@ -243,7 +245,8 @@ async def test_run_collects_output_and_checks_the_status(fake_ssh: Path) -> None
                           "status 4:\nit broke"
     await ssh.close()
     logged = fake_ssh.read_text().splitlines()
-    assert logged[-1].startswith("-o BatchMode=yes") and "-O exit -- 10.0.0.5" in logged[-1]
+    assert logged[-2].startswith("-o BatchMode=yes") and "-O exit -- 10.0.0.5" in logged[-2]
+    assert "-O check -- 10.0.0.5" in logged[-1]  # close() returns once the master no longer answers
 
 
 async def test_a_remote_255_that_ssh_did_not_explain_is_a_failed_command(fake_ssh: Path) -> None:
