@@ -144,10 +144,11 @@ def _vulkan_missing() -> list[str]:
     missing = []
     headers = next((p / "include" / "vulkan" for p in prefixes if (p / "include" / "vulkan" / "vulkan.h").is_file()),
                    None)
+    core = _read(headers / "vulkan_core.h") if headers is not None else ""
     if headers is None:
         missing.append("the Vulkan headers")
-    elif "VK_EXT_layer_settings" not in _read(headers / "vulkan_core.h"):
-        found = re.search(r"#define VK_HEADER_VERSION (\d+)", _read(headers / "vulkan_core.h"))
+    elif "VK_EXT_layer_settings" not in core:
+        found = re.search(r"#define VK_HEADER_VERSION (\d+)", core)
         missing.append(f"Vulkan headers newer than those in {headers} (version 1.x.{found[1] if found else '?'}: "
                        "they lack VK_EXT_layer_settings, which this llama.cpp uses)")
     if shutil.which("glslc") is None:
@@ -366,6 +367,15 @@ def _publish(build: Path, staging: Path, final: Path, backend: str) -> None:
     staging.rename(final)
 
 
+def _already_there(target: Path, backend_asked: bool) -> tuple[Path, str] | None:
+    """An engine that makes building `target` unnecessary: `target` itself; else, unless a backend was asked
+    for by name, one that is configured or on PATH (not another backend's build: builds coexist)."""
+    if target.is_file():
+        return target, "built"
+    found = locate()
+    return found if found is not None and found[1] != "built" and not backend_asked else None
+
+
 async def install(emit: Emit, *, backend: str | None = None, force: bool = False) -> dict[str, str]:
     """Build `llama-server` from the pinned source into the engines folder (a job body).
 
@@ -378,10 +388,8 @@ async def install(emit: Emit, *, backend: str | None = None, force: bool = False
     if missing is not None:
         raise JobFailed(f"cannot build llama-server for {backend}: {missing}")
     target = await asyncio.to_thread(built_binary, backend)
-    found = await asyncio.to_thread(locate)
-    if not force and await asyncio.to_thread(target.is_file):
-        found = (target, "built")
-    if found is not None and not force and (found[0] == target or (found[1] != "built" and asked is None)):
+    found = None if force else await asyncio.to_thread(_already_there, target, asked is not None)
+    if found is not None:
         where = {"configured": "RBEE_LLAMA_SERVER", "path": "PATH", "built": "rbee's build"}[found[1]]
         emit(message=f"using {found[0]} ({where}); --force builds rbee's own anyway")
         return {"path": str(found[0]), "build": build_id(backend), "cached": "yes", "source": found[1]}

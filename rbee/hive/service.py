@@ -87,8 +87,8 @@ class Hive:
         self._engine: EngineInfo | None = None
         self._pulls: dict[str, asyncio.Lock] = {}
         self._devices: list[DeviceInfo] = [devices.cpu_device(settings.memory_budget())]
-        self._listed: dict[Path, list[devices.EngineDevice] | None] = {}  # each build's --list-devices (None: failed)
-        self._list_failed: dict[Path, float] = {}  # when a build's listing last failed
+        self._listed: dict[Path, list[devices.EngineDevice]] = {}  # each build's --list-devices, asked once
+        self._list_failed: dict[Path, float] = {}  # builds whose listing failed, and when (asked again later)
         self._engine_for: dict[str, Path] = {}  # device id -> the build that drives it
         self._watch: asyncio.Task[None] | None = None
 
@@ -114,16 +114,16 @@ class Hive:
         engines += [p for p in map(Path, info.builds.values()) if p not in engines]
         for path in engines:
             failed_at = self._list_failed.get(path)
-            if path not in self._listed or (failed_at is not None and time.monotonic() - failed_at > LIST_RETRY_S):
-                try:
-                    self._listed[path] = await devices.engine_devices(path)
-                    self._list_failed.pop(path, None)
-                except devices.ToolFailed as exc:  # a broken build, or a busy machine: asked again later
-                    if failed_at is None:
-                        log.warning("%s --list-devices failed (%s): its devices are not used", path, exc)
-                    self._listed[path] = None
-                    self._list_failed[path] = time.monotonic()
-        listed, self._engine_for = devices.assign_engines([(p, self._listed[p]) for p in engines])
+            if path in self._listed or (failed_at is not None and time.monotonic() - failed_at <= LIST_RETRY_S):
+                continue
+            try:
+                self._listed[path] = await devices.engine_devices(path)
+                self._list_failed.pop(path, None)
+            except devices.ToolFailed as exc:  # a broken build, or a busy machine: asked again later
+                if failed_at is None:
+                    log.warning("%s --list-devices failed (%s): its devices are not used", path, exc)
+                self._list_failed[path] = time.monotonic()
+        listed, self._engine_for = devices.assign_engines([(p, self._listed.get(p)) for p in engines])
         found = await devices.detect(listed, settings.memory_budget())
         for device in found:
             before = next((d for d in self._devices if d.id == device.id), None)
