@@ -18,10 +18,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,14 +206,61 @@ def assign_engines(listings: Sequence[tuple[Path, Sequence[EngineDevice] | None]
     return chosen, engine_for
 
 
+def _same_card(reading: Reading, device: EngineDevice) -> bool:
+    return bool(reading.name) and " ".join(str(reading.name).lower().split()) == \
+        " ".join(device.description.lower().split())
+
+
+def match_readings(listed: Sequence[EngineDevice], readings: Sequence[Reading],
+                   visible: Sequence[int] | None = None) -> dict[str, Reading]:
+    """Which vendor reading is which engine device (by engine name).
+
+    The numbers agree when the engine and the vendor tool both count cards in PCI order and none is hidden;
+    `visible` (CUDA_VISIBLE_DEVICES as tool indices) maps the engine's numbers when some are. A reading whose
+    name contradicts the engine's description gives way to one whose name matches, as on a machine with
+    two kinds of card counted fastest first: a wrong card's free memory is worse than none. Names that
+    never match (rocm-smi and HIP name AMD cards differently) leave the numbers in charge.
+    """
+    by_index = {r.index: r for r in readings}
+    matched: dict[str, Reading] = {}
+    taken: set[int] = set()
+    for device in listed:
+        index = visible[device.index] if visible is not None and device.index < len(visible) else device.index
+        reading = by_index.get(index)
+        if reading is None or not _same_card(reading, device):
+            named = next((r for r in readings if r.index not in taken and _same_card(r, device)), None)
+            reading = named or reading
+        if reading is not None and reading.index not in taken:
+            matched[device.name] = reading
+            taken.add(reading.index)
+    return matched
+
+
 # -- asking the tools ------------------------------------------------------------------------------
 
-async def _run(argv: Sequence[str]) -> str:
+def engine_env(**extra: str) -> dict[str, str]:
+    """The environment an engine runs in: the hive's own, with CUDA counting cards in PCI bus order as NVML
+    and nvidia-smi do. CUDA's default puts the fastest card first, so on a machine with two kinds of card
+    "cuda0" would be one card to llama.cpp and another to NVML. A CUDA_DEVICE_ORDER the user set is kept
+    (`match_readings` then pairs cards by name)."""
+    return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", **os.environ, **extra}
+
+
+def cuda_visible(environ: Mapping[str, str]) -> list[int] | None:
+    """The NVML indices of the cards CUDA_VISIBLE_DEVICES shows, in the engine's numbering; None when it
+    hides nothing, or names cards by UUID, or cards are not counted in PCI order (names pair them then)."""
+    value = environ.get("CUDA_VISIBLE_DEVICES")
+    entries = [e.strip() for e in value.split(",")] if value else []
+    if not entries or environ.get("CUDA_DEVICE_ORDER") != "PCI_BUS_ID" or not all(e.isdigit() for e in entries):
+        return None
+    return [int(e) for e in entries]
+
+async def _run(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
     """A tool's standard output; `ToolFailed` with its own message when it fails."""
     try:
         proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
                                                     stderr=asyncio.subprocess.PIPE,
-                                                    stdin=asyncio.subprocess.DEVNULL)
+                                                    stdin=asyncio.subprocess.DEVNULL, env=env)
         out, err = await asyncio.wait_for(proc.communicate(), timeout=TOOL_TIMEOUT_S)
     except TimeoutError as exc:
         raise ToolFailed(f"{Path(argv[0]).name} did not answer within {TOOL_TIMEOUT_S:.0f} s") from exc
@@ -226,7 +274,7 @@ async def _run(argv: Sequence[str]) -> str:
 
 async def engine_devices(engine: Path) -> list[EngineDevice]:
     """The devices this llama-server build can use."""
-    return parse_list_devices(await _run([str(engine), "--list-devices"]))
+    return parse_list_devices(await _run([str(engine), "--list-devices"], env=engine_env()))
 
 
 def _nvml_readings() -> list[Reading]:
@@ -321,10 +369,11 @@ async def detect(listed: Sequence[EngineDevice], budget: int | None) -> list[Dev
     listed = [d for d in listed if d.is_gpu]
     for backend in sorted({d.backend for d in listed}):
         readings, error = await _vendor(backend)
-        by_index = {r.index: r for r in readings}
+        ours = [d for d in listed if d.backend == backend]
+        matched = match_readings(ours, readings, cuda_visible(engine_env()) if backend == "cuda" else None)
         chip, unified = await apple_chip() if backend == "metal" else (None, None)
-        for d in (d for d in listed if d.backend == backend):
-            live = by_index.get(d.index)
+        for d in ours:
+            live = matched.get(d.name)
             failed = error if error else (f"{backend} reports no device {d.index} any more"
                                           if readings and live is None else None)
             name = live.name if live and live.name else chip or d.description

@@ -27,6 +27,7 @@ from rbee.common.logs import tail
 from rbee.common.tls import TLSFiles
 from rbee.contracts.models import ModelEntry
 from rbee.contracts.workers import WorkerInfo, WorkerMode, WorkerState, check_transition
+from rbee.hive import devices
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def build_argv(spec: WorkerSpec, port: int) -> list[str]:
 
 
 def worker_env(api_key: str) -> dict[str, str]:
-    return {**os.environ, "LLAMA_API_KEY": api_key}
+    return devices.engine_env(LLAMA_API_KEY=api_key)
 
 
 class WorkerProcess:

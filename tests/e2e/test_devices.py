@@ -13,7 +13,7 @@ import pytest
 
 from rbee.hive import engine
 from tests.conftest import Queen, wait_for
-from tests.fixtures.fake_gpu import FakeGPUs, fake_gpus
+from tests.fixtures.fake_gpu import FAST_CARD, SLOW_CARD, FakeGPUs, fake_gpus, fake_mixed_gpus
 
 MiB = 2**20
 CHAT = [{"role": "user", "content": "hello there"}]
@@ -80,6 +80,28 @@ def test_workers_go_one_per_device_and_a_failed_driver_is_avoided(make_queen: Ca
     assert wait_for(lambda: not any(d["failed"] for d in devices_of(queen).values()), 10)
     metrics = httpx.get(f"{queen.url}/metrics", timeout=10).text
     assert 'rbee_hive_memory_bytes{device="cuda1",hive="localhost",kind="free"}' in metrics
+
+
+def test_a_device_name_means_the_same_card_to_rbee_nvidia_smi_and_the_engine(
+        make_queen: Callable[..., Queen], llama_server: Path, tiny_model: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A GTX 1660 SUPER in the first slot, an RTX 3090 in the second: CUDA's default counts the 3090 first,
+    # nvidia-smi counts it second. Without CUDA_DEVICE_ORDER=PCI_BUS_ID on the engines, rbee would show
+    # the 1660's name and memory for "cuda0" and then run a worker pinned there on the 3090.
+    monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
+    gpus = fake_mixed_gpus(tmp_path / "gpus", llama_server)
+    queen = make_queen(RBEE_LLAMA_SERVER=str(gpus.engine), PATH=f"{gpus.folder}:{os.environ['PATH']}").start()
+    found = devices_of(queen)
+    assert [(d, found[d]["name"], found[d]["total_bytes"]) for d in ("cuda0", "cuda1")] == [
+        ("cuda0", SLOW_CARD, 6144 * MiB), ("cuda1", FAST_CARD, 24576 * MiB)]
+    for device in ("cuda1", "cuda0"):
+        placed = queen.cli("worker", "start", str(tiny_model), "--device", device, timeout=120)
+        assert placed.returncode == 0, placed.stderr
+    assert gpus.chosen_devices() == ["CUDA1", "CUDA0"]
+    assert gpus.chosen_cards() == [FAST_CARD, SLOW_CARD]  # the cards the engine really put them on
+    shown = queen.cli("hive", "status", "localhost", check=True).stdout
+    rows = {line.split("│")[3].split(":")[0].strip(): line for line in shown.splitlines() if ": " in line}
+    assert FAST_CARD in rows["cuda1"] and "localhost-w1 (tiny)" in rows["cuda1"]  # started first, on cuda1
 
 
 def test_a_cuda_build_and_a_cpu_build_each_drive_their_own_devices(

@@ -155,3 +155,41 @@ echo 'ggml_cuda_init: failed to initialize CUDA: unknown error' >&2; exit 1
     assert [d.id for d in await hive.refresh_devices()] == ["cpu"]  # not asked again at once
     monkeypatch.setattr(service, "LIST_RETRY_S", 0.0)  # a minute later
     assert [d.id for d in await hive.refresh_devices()] == ["cuda0", "cuda1", "cuda2", "cuda3", "cpu"]
+
+
+# A machine with two kinds of card, as in koboldcpp#1023 (nvidia-smi and llama.cpp printed both): nvidia-smi
+# counts in PCI order (GTX 1660 SUPER, then RTX 3090); CUDA's default counts the fastest first.
+SLOW, FAST = "NVIDIA GeForce GTX 1660 SUPER", "NVIDIA GeForce RTX 3090"
+SMI = [devices.Reading(0, SLOW, 6144 * MiB, 6000 * MiB), devices.Reading(1, FAST, 24576 * MiB, 24000 * MiB)]
+
+
+def test_readings_pair_with_engine_devices_by_number_then_by_name() -> None:
+    pci_order = [EngineDevice("CUDA0", SLOW, 6144 * MiB, 1), EngineDevice("CUDA1", FAST, 24576 * MiB, 1)]
+    fastest_first = [EngineDevice("CUDA0", FAST, 24576 * MiB, 1), EngineDevice("CUDA1", SLOW, 6144 * MiB, 1)]
+    names = lambda matched: {engine: r.name for engine, r in matched.items()}  # noqa: E731
+    assert names(devices.match_readings(pci_order, SMI)) == {"CUDA0": SLOW, "CUDA1": FAST}
+    # Counted fastest first, the numbers disagree with nvidia-smi's: the names pair them.
+    assert names(devices.match_readings(fastest_first, SMI)) == {"CUDA0": FAST, "CUDA1": SLOW}
+    # CUDA_VISIBLE_DEVICES=1 hides the 1660: the engine's CUDA0 is nvidia-smi's 1.
+    assert names(devices.match_readings([EngineDevice("CUDA0", FAST, 1, 1)], SMI, visible=[1])) == {"CUDA0": FAST}
+    # Names that never match (rocm-smi and HIP name AMD cards differently) leave the numbers in charge.
+    amd = [EngineDevice("ROCm0", "AMD Radeon RX 7900 XTX", 1, 1), EngineDevice("ROCm1", "AMD Radeon Graphics", 1, 1)]
+    smi = devices.parse_rocm_smi(recorded("rocm_smi_meminfo.json"))
+    assert {k: r.index for k, r in devices.match_readings(amd, smi).items()} == {"ROCm0": 0, "ROCm1": 1}
+    # Two identical cards: by number; a card the tool does not report has no reading.
+    twins = [EngineDevice(f"CUDA{i}", FAST, 1, 1) for i in range(3)]
+    same = [devices.Reading(0, FAST), devices.Reading(1, FAST)]
+    assert {k: r.index for k, r in devices.match_readings(twins, same).items()} == {"CUDA0": 0, "CUDA1": 1}
+
+
+def test_engines_count_cuda_cards_as_nvml_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,0")
+    env = devices.engine_env(LLAMA_API_KEY="k")
+    assert env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID" and env["LLAMA_API_KEY"] == "k"
+    assert devices.cuda_visible(env) == [2, 0]
+    monkeypatch.setenv("CUDA_DEVICE_ORDER", "FASTEST_FIRST")  # the user's own choice is kept; names pair then
+    kept = devices.engine_env()
+    assert kept["CUDA_DEVICE_ORDER"] == "FASTEST_FIRST" and devices.cuda_visible(kept) is None
+    assert devices.cuda_visible({"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "GPU-8f2c"}) is None
+    assert devices.cuda_visible({"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}) is None
