@@ -30,6 +30,8 @@ class _Worker(Protocol):
     @property
     def url(self) -> str | None: ...
 
+    def held(self) -> dict[str, int]: ...
+
     @property
     def spec(self) -> Any: ...
 
@@ -71,7 +73,8 @@ class ColonyCollector(Collector):
                 key = (hive.alias, w.spec.model.name, str(w.state))
                 counts[key] = counts.get(key, 0) + 1
                 if w.state not in (WorkerState.STOPPED, WorkerState.ERROR):
-                    used[w.device] = used.get(w.device, 0) + w.memory
+                    for device, held in w.held().items():
+                        used[device] = used.get(device, 0) + held
             for device in hive.devices():
                 total = hive.memory_total() if device.id == "cpu" else device.total_bytes
                 memory.add_metric([hive.alias, device.id, "total"], total)

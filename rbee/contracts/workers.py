@@ -9,9 +9,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
 
-from pydantic import BaseModel
+from pydantic import BaseModel, model_validator
 
 
 class WorkerState(StrEnum):
@@ -55,6 +56,18 @@ def check_transition(current: WorkerState, new: WorkerState) -> None:
         raise InvalidTransition(f"worker cannot go from {current} to {new}")
 
 
+def memory_held(device: str, memory: int, weights: Sequence[int] = ()) -> dict[str, int]:
+    """What a worker holds on each device it runs on: all of it on one device; spread over several GPUs
+    ("cuda0+cuda1"), in proportion to `weights` (its --tensor-split; equal parts when not known)."""
+    parts = device.split("+")
+    if len(parts) == 1:
+        return {device: memory}
+    shares = list(weights) if len(weights) == len(parts) and sum(weights) > 0 else [1] * len(parts)
+    held = {part: memory * share // sum(shares) for part, share in zip(parts, shares, strict=True)}
+    held[parts[0]] += memory - sum(held.values())
+    return held
+
+
 class WorkerInfo(BaseModel):
     id: str
     model: str
@@ -69,5 +82,12 @@ class WorkerInfo(BaseModel):
     in_flight: int = 0
     error: str | None = None
     memory_bytes: int = 0
-    device: str = "cpu"  # the hive's id of the device it runs on
+    device: str = "cpu"  # the hive's id of the device it runs on; "cuda0+cuda1" for a model spread over both
+    device_memory: dict[str, int] = {}  # memory_bytes per device (filled in when not given)
     idle_unload_in_s: float | None = None
+
+    @model_validator(mode="after")
+    def _held_per_device(self) -> WorkerInfo:
+        if not self.device_memory:
+            self.device_memory = memory_held(self.device, self.memory_bytes)
+        return self

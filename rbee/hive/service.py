@@ -26,7 +26,7 @@ from rbee.contracts.status import EngineInfo, HiveInfo
 from rbee.contracts.workers import WorkerMode
 from rbee.hive import devices, downloads, engine, model_refs
 from rbee.hive.catalog import Catalog, describe_file
-from rbee.hive.estimate import estimate
+from rbee.hive.estimate import OVERHEAD, estimate
 from rbee.hive.gguf_info import GGUFSummary, NotAGGUFError, read_summary
 from rbee.hive.supervisor import Supervisor
 from rbee.hive.worker import WorkerProcess, WorkerSpec
@@ -291,21 +291,38 @@ class Hive:
         """What this hive computes on, as last detected: its engine's GPUs (if any) and the CPU."""
         return list(self._devices)
 
-    def device(self, device_id: str | None, memory: int = 0) -> DeviceInfo:
-        """The device a worker goes to: the one asked for, else the first working GPU with room, else the CPU.
-        `JobFailed` naming the devices there are when the one asked for does not exist or has failed."""
+    def devices_for(self, device_id: str | None, memory: int = 0) -> list[DeviceInfo]:
+        """The device(s) a worker goes to: the one asked for ("cuda0", or "cuda0+cuda1" for a model spread
+        over GPUs one build drives); else the first working GPU with room, else the same-backend GPUs that
+        have room together, else the CPU. `JobFailed` naming the devices there are when one asked for does
+        not exist or has failed."""
         known = self.devices()
         if device_id is None:
-            gpus = [d for d in known if d.engine_name and not d.failed and (d.free_bytes or d.total_bytes) >= memory]
-            return gpus[0] if gpus else next(d for d in known if d.id == "cpu")
-        found = next((d for d in known if d.id == device_id.lower()), None)
+            gpus = [d for d in known if d.engine_name and not d.failed]
+            room = [d for d in gpus if (d.free_bytes or d.total_bytes) >= memory]
+            if room:
+                return room[:1]
+            for backend in dict.fromkeys(d.backend for d in gpus):
+                group = [d for d in gpus if d.backend == backend]
+                if len(group) > 1 and sum(d.free_bytes or d.total_bytes for d in group) >= memory + \
+                        OVERHEAD * (len(group) - 1) and len({self._engine_for.get(d.id) for d in group}) == 1:
+                    return group
+            return [next(d for d in known if d.id == "cpu")]
         names = ", ".join(f"{d.id} ({d.name})" for d in known)
-        if found is None:
-            raise JobFailed(f"hive '{self.alias}' has no device '{device_id}'; its devices: {names}")
-        if found.failed:
-            raise JobFailed(f"device '{found.id}' on hive '{self.alias}' has failed ({found.failed}); "
-                            f"its devices: {names}")
-        return found
+        chosen = []
+        for part in device_id.lower().split("+"):
+            found = next((d for d in known if d.id == part), None)
+            if found is None:
+                raise JobFailed(f"hive '{self.alias}' has no device '{part}'; its devices: {names}")
+            if found.failed:
+                raise JobFailed(f"device '{found.id}' on hive '{self.alias}' has failed ({found.failed}); "
+                                f"its devices: {names}")
+            chosen.append(found)
+        if len(chosen) > 1 and (any(d.engine_name is None for d in chosen) or len({d.id for d in chosen}) < len(chosen)
+                                or len({self._engine_for.get(d.id) for d in chosen}) > 1):
+            raise JobFailed(f"'{device_id}' cannot run one worker: a model spreads over different GPUs that one "
+                            f"engine build drives, not the CPU; its devices: {names}")
+        return chosen
 
     async def report(self, port: int) -> HiveReport:
         """Everything the queen needs to know about this hive (its registration and heartbeats)."""
@@ -348,11 +365,13 @@ class Hive:
         if info.path is None or info.problem:
             raise JobFailed(info.problem or "no engine")
         context, slots = self.worker_shape(model.name, shape)
-        on = self.device(device, memory)
+        on = self.devices_for(device, memory)
+        memory += OVERHEAD * (len(on) - 1)  # each GPU it spreads over holds a runtime of its own
         spec = WorkerSpec(
-            model=model, mode=mode, engine=self._engine_for.get(on.id, Path(info.path)), slots=slots,
-            context_per_slot=context, threads=settings.worker_threads(), host=self.address, tls=self.tls, device=on.id,
-            engine_device=on.engine_name,
+            model=model, mode=mode, engine=self._engine_for.get(on[0].id, Path(info.path)), slots=slots,
+            context_per_slot=context, threads=settings.worker_threads(), host=self.address, tls=self.tls,
+            device="+".join(d.id for d in on), engine_device=",".join(d.engine_name or "" for d in on) or None,
+            tensor_split=tuple(d.total_bytes // 2**20 for d in on) if len(on) > 1 else (),
         )
         self.supervisor.forget_dead()
         worker = await self.supervisor.spawn(spec, memory)

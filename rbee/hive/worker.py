@@ -26,7 +26,7 @@ import httpx
 from rbee.common.logs import tail
 from rbee.common.tls import TLSFiles
 from rbee.contracts.models import ModelEntry
-from rbee.contracts.workers import WorkerInfo, WorkerMode, WorkerState, check_transition
+from rbee.contracts.workers import WorkerInfo, WorkerMode, WorkerState, check_transition, memory_held
 from rbee.hive import devices
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,9 @@ class WorkerSpec:
     threads: int | None = None
     host: str = "127.0.0.1"
     tls: TLSFiles | None = None  # HTTPS with the hive's certificate (workers on a TLS hive, reached over the LAN)
-    device: str = "cpu"  # the hive's id of the device it runs on
-    engine_device: str | None = None  # what llama-server's --device calls it ("CUDA0"); None: the CPU only
+    device: str = "cpu"  # the hive's id of the device it runs on ("cuda0+cuda1": spread over both)
+    engine_device: str | None = None  # what llama-server's --device calls it ("CUDA0", "CUDA0,CUDA1"); None: CPU
+    tensor_split: tuple[int, ...] = ()  # a spread worker's share of layers per device (their sizes in MiB)
 
 
 def free_port(host: str) -> int:
@@ -83,9 +84,11 @@ def build_argv(spec: WorkerSpec, port: int) -> list[str]:
         "--metrics",
         "--no-webui",
     ]
-    # One device per worker: every layer on the GPU the scheduler chose, or none off the CPU.
+    # Every layer on the GPU the scheduler chose (or spread over its GPUs by size), or none off the CPU.
     argv += ["--device", spec.engine_device, "--n-gpu-layers", "999"] if spec.engine_device else \
         ["--device", "none", "--n-gpu-layers", "0"]
+    if len(spec.tensor_split) > 1:
+        argv += ["--split-mode", "layer", "--tensor-split", ",".join(map(str, spec.tensor_split))]
     if spec.threads:
         argv += ["--threads", str(spec.threads), "--threads-batch", str(spec.threads)]
     if spec.mode is WorkerMode.EMBED:
@@ -132,6 +135,10 @@ class WorkerProcess:
     def device(self) -> str:
         return self.spec.device
 
+    def held(self) -> dict[str, int]:
+        """The memory it holds on each of its devices."""
+        return memory_held(self.spec.device, self.memory, self.spec.tensor_split)
+
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
@@ -147,6 +154,7 @@ class WorkerProcess:
             url=self.url, pid=self.pid, slots=self.spec.slots,
             context_size=self.spec.context_per_slot, started_at=self.started_at,
             in_flight=self.in_flight, error=self.error, memory_bytes=self.memory, device=self.spec.device,
+            device_memory=self.held(),
             idle_unload_in_s=max(0.0, self.expires_at - time.monotonic()) if self.expires_at is not None else None,
         )
 

@@ -44,15 +44,20 @@ def bar(used: float, total: float, width: int = BAR_WIDTH) -> Text:
     return text
 
 
+def _held(worker: dict[str, Any]) -> dict[str, int]:
+    """Memory a worker holds per device (a queen older than spread workers sends only `device`)."""
+    return worker.get("device_memory") or {worker.get("device") or "cpu": int(worker.get("memory_bytes") or 0)}
+
+
 def devices_table(hives: list[dict[str, Any]], workers: list[dict[str, Any]]) -> Table:
     """Hives and their devices: memory held by workers (bars) and which workers run on each."""
     t = table("Hives and devices", "HIVE", "STATE", "DEVICE", "MEMORY (workers / total)", "LIVE", "WORKERS")
     for h in hives:
         devices = h.get("devices") or [{"id": "-", "name": "(not registered)", "total_bytes": 0}]
         for i, d in enumerate(devices):
-            on = [w for w in workers if w["hive"] == h["alias"] and (w.get("device") or "cpu") == d["id"]
+            on = [w for w in workers if w["hive"] == h["alias"] and d["id"] in _held(w)
                   and w["state"] not in ("stopped", "error")]
-            used = sum(int(w.get("memory_bytes") or 0) for w in on)
+            used = sum(_held(w)[d["id"]] for w in on)
             live = []
             if d.get("free_bytes") is not None:
                 live.append(f"{human_bytes(d['free_bytes'])} free")

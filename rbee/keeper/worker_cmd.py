@@ -52,7 +52,9 @@ def start(
     model: Annotated[str, typer.Argument(help="A catalog name, a hub name or a path to a .gguf file.")],
     hive: Annotated[str, typer.Option("-a", "--hive", help="The hive to start it on.")] = "localhost",
     device: Annotated[str | None, typer.Option("--device", help="The device (cpu, cuda0, ...; `rbee hive list` "
-                                               "shows them); default: the first GPU with room, else the CPU.")]
+                                               "shows them), or GPUs to spread the model over (cuda0+cuda1); "
+                                               "default: the first GPU with room, else GPUs together, else the "
+                                               "CPU.")]
     = None,
 ) -> None:
     """Start one more worker for a model now (requests also start them on demand)."""

@@ -30,7 +30,7 @@ from rbee.contracts.hives import (
 )
 from rbee.contracts.models import ModelDetail, ModelEntry
 from rbee.contracts.status import HiveInfo
-from rbee.contracts.workers import WorkerInfo, WorkerMode, WorkerState
+from rbee.contracts.workers import WorkerInfo, WorkerMode, WorkerState, memory_held
 from rbee.hive import model_refs
 from rbee.hive.service import Hive, ModelUnavailable
 from rbee.hive.worker import START_TIMEOUT_S, WorkerStartError
@@ -78,6 +78,7 @@ class RemoteWorker:
         self.started_at = time.time()
         self.memory = memory
         self.device = "cpu"
+        self.device_memory: dict[str, int] = {}
         if spec is not None:
             self.spec = spec
         if hosted is not None:
@@ -90,6 +91,7 @@ class RemoteWorker:
         self.url, self.api_key, self.started_at = info.url, hosted.api_key, info.started_at
         self.memory = info.memory_bytes
         self.device = info.device
+        self.device_memory = info.device_memory
         if info.state in (WorkerState.STOPPED, WorkerState.ERROR):
             self._set(info.state, info.error)
         elif self.state is WorkerState.DRAINING or (self.state is WorkerState.READY and info.state in _EARLIER):
@@ -111,12 +113,16 @@ class RemoteWorker:
         if self.state in (WorkerState.READY, WorkerState.UNREACHABLE):
             self.state = WorkerState.DRAINING
 
+    def held(self) -> dict[str, int]:
+        """The memory it holds on each of its devices (as its hive said; split evenly while it starts)."""
+        return self.device_memory or memory_held(self.device, self.memory)
+
     def info(self) -> WorkerInfo:
         return WorkerInfo(
             id=self.id, model=self.spec.model.name, hive=self.hive, mode=self.spec.mode, state=self.state,
             url=self.url, slots=self.spec.slots, context_size=self.spec.context_per_slot,
             started_at=self.started_at, in_flight=self.in_flight, error=self.error, memory_bytes=self.memory,
-            device=self.device,
+            device=self.device, device_memory=self.held(),
             idle_unload_in_s=max(0.0, self.expires_at - time.monotonic()) if self.expires_at is not None else None,
         )
 

@@ -37,6 +37,7 @@ from rbee.contracts.hives import DeviceInfo, HiveState
 from rbee.contracts.models import DEMO_MODEL, ModelEntry, ModelSettings
 from rbee.contracts.workers import WorkerMode, WorkerState
 from rbee.hive import model_refs
+from rbee.hive.estimate import OVERHEAD
 from rbee.hive.service import ModelUnavailable
 from rbee.hive.worker import WorkerProcess, WorkerStartError
 from rbee.queen import keep_alive as keep_alive_mod
@@ -49,7 +50,7 @@ from rbee.queen.errors import (
     QueueFull,
     WorkerUnavailable,
 )
-from rbee.queen.placement import DeviceView, ModelTooLarge, Placement, WorkerView, place
+from rbee.queen.placement import CPU, DeviceView, ModelTooLarge, Part, Placement, WorkerView, place
 from rbee.queen.policy import Candidate, Policy, PolicyRequest
 from rbee.queen.remote_hive import AnyHive, RemoteHive, RemoteWorker
 
@@ -61,20 +62,30 @@ AnyWorker = WorkerProcess | RemoteWorker
 _HOLDING = (WorkerState.STARTING, WorkerState.READY, WorkerState.DRAINING, WorkerState.UNREACHABLE)
 
 
-def _device_views(hive: AnyHive, holding: list[AnyWorker], extra: int) -> list[DeviceView]:
+def _device_views(hive: AnyHive, holding: list[AnyWorker], need: int, extra: int) -> list[DeviceView]:
     """The hive's working devices as placement sees them. A device's room is its total (the CPU's: what the
     hive may give workers), but never more than what its workers hold plus what it reports free now, so
     memory other programs took counts too. `extra`: a hive that needs less for the model (its own slots and
-    context) gets the difference as room."""
-    views = []
-    for d in hive.devices():
-        if d.failed:
-            continue
-        total = hive.memory_total() if d.id == "cpu" else d.total_bytes
+    context) gets the difference as room. A model larger than each of the hive's GPUs may spread over all
+    of one backend's GPUs there (one view, "cuda0+cuda1"); each GPU after the first holds a runtime more."""
+    views, rooms = [], {}
+    working = [d for d in hive.devices() if not d.failed]
+    for d in working:
+        total = hive.memory_total() if d.id == CPU else d.total_bytes
         if d.free_bytes is not None:
-            ours = sum(w.memory for w in holding if w.hive == hive.alias and w.device == d.id)
+            ours = sum(w.held().get(d.id, 0) for w in holding if w.hive == hive.alias)
             total = min(total, ours + d.free_bytes)
+        rooms[d.id] = total
         views.append(DeviceView(hive.alias, d.id, total + extra, has_model=True))
+    gpus = [d for d in working if d.id != CPU]
+    if all(d.total_bytes + extra < need for d in gpus):
+        for backend in dict.fromkeys(d.backend for d in gpus):
+            group = [d for d in gpus if d.backend == backend]
+            if len(group) > 1:
+                parts = tuple(Part(d.id, rooms[d.id] + (extra if i == 0 else -OVERHEAD), d.total_bytes)
+                              for i, d in enumerate(group))
+                views.append(DeviceView(hive.alias, "+".join(d.id for d in group), sum(p.room for p in parts),
+                                        has_model=True, parts=parts))
     return views
 
 
@@ -421,7 +432,8 @@ class Scheduler:
         protect = frozenset(w.id for w in holding if w.state is not WorkerState.READY or self._kept(w)
                             or (grouping and self._waiting[w.spec.model.name] > 0))
         need = max(needs.values())
-        devices = [view for hive, _ in usable for view in _device_views(hive, holding, need - needs[hive.alias])]
+        devices = [view for hive, _ in usable
+                   for view in _device_views(hive, holding, need, need - needs[hive.alias])]
         pinned_device = self._own(name).device
         if pinned_device is not None:
             on_it = [d for d in devices if d.device == pinned_device]
@@ -430,7 +442,8 @@ class Scheduler:
                     f"'{name}' is pinned to device '{pinned_device}' (its settings in models.toml), which no hive "
                     f"it may use has working; devices: {', '.join(f'{d.hive}:{d.device}' for d in devices)}")
             devices = on_it
-        workers = [WorkerView(w.id, w.hive, w.device, w.memory, w.in_flight, w.last_used) for w in holding]
+        workers = [WorkerView(w.id, w.hive, w.device, w.memory, w.in_flight, w.last_used, w.held())
+                   for w in holding]
         try:
             decision = self._place(name, need, devices, workers, protect, request)
         except ModelTooLarge as exc:

@@ -4,7 +4,7 @@ import pytest
 
 import rbee.contracts as contracts
 from rbee.contracts import InvalidTransition, WorkerState, check_transition
-from rbee.contracts.workers import WORKER_TRANSITIONS
+from rbee.contracts.workers import WORKER_TRANSITIONS, WorkerInfo, memory_held
 
 S = WorkerState
 
@@ -44,3 +44,12 @@ def test_public_surface_is_pinned() -> None:
     )
     for name in contracts.__all__:
         assert hasattr(contracts, name)
+
+
+def test_a_worker_holds_its_memory_on_its_device_or_spread_by_size() -> None:
+    assert memory_held("cuda0", 1000) == {"cuda0": 1000}
+    assert memory_held("cuda0+cuda1", 1000, [24, 8]) == {"cuda0": 750, "cuda1": 250}
+    assert memory_held("cuda0+cuda1+cuda2", 1000) == {"cuda0": 334, "cuda1": 333, "cuda2": 333}  # sizes unknown
+    info = WorkerInfo(id="w", model="m", hive="h", state=WorkerState.READY, slots=1, context_size=1, started_at=0,
+                      memory_bytes=1000, device="cuda0+cuda1")
+    assert info.device_memory == {"cuda0": 500, "cuda1": 500}  # filled in when the sender did not say

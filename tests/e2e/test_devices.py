@@ -104,6 +104,47 @@ def test_a_device_name_means_the_same_card_to_rbee_nvidia_smi_and_the_engine(
     assert FAST_CARD in rows["cuda1"] and "localhost-w1 (tiny)" in rows["cuda1"]  # started first, on cuda1
 
 
+def test_a_model_larger_than_each_gpu_spreads_over_them(
+        make_queen: Callable[..., Queen], llama_server: Path, tiny_model: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two made-up 640 MiB cards; the tiny model with 48k of context needs ~655 MiB: more than either holds,
+    # less than both do with a runtime on each. The CPU could hold it, but GPUs together come first.
+    monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
+    card = "NVIDIA Made-up Card"
+    gpus = fake_mixed_gpus(tmp_path / "gpus", llama_server, cards=[(card, 640, 630), (card, 640, 630)])
+    queen = make_queen(RBEE_LLAMA_SERVER=str(gpus.engine), PATH=f"{gpus.folder}:{os.environ['PATH']}",
+                       RBEE_WORKER_CONTEXT="49152", RBEE_WORKER_SLOTS="1").start()
+    answer = httpx.post(f"{queen.url}/v1/chat/completions", timeout=120,
+                        json={"model": str(tiny_model), "messages": CHAT, "max_tokens": 4})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["choices"][0]["message"]["content"]  # real inference, by the engine it started
+    [worker] = queen.workers()
+    assert worker["device"] == "cuda0+cuda1"
+    assert gpus.chosen_devices() == ["CUDA0,CUDA1"] and gpus.tensor_splits() == ["640,640"]
+    held = worker["device_memory"]
+    assert set(held) == {"cuda0", "cuda1"} and abs(held["cuda0"] - held["cuda1"]) <= 1
+    assert sum(held.values()) == worker["memory_bytes"] > 640 * MiB
+
+    # It shows under both GPUs, with its share on each bar, and in /metrics.
+    shown = queen.cli("hive", "status", "localhost", check=True).stdout
+    rows = {line.split("│")[3].split(":")[0].strip(): line for line in shown.splitlines() if ": " in line}
+    for device in ("cuda0", "cuda1"):
+        assert f"{worker['id']} (tiny)" in rows[device], shown
+    assert f"{worker['id']} (tiny)" not in rows["cpu"]
+    metrics = httpx.get(f"{queen.url}/metrics", timeout=10).text
+    used = {line.split('device="')[1].split('"')[0]: float(line.split()[-1]) for line in metrics.splitlines()
+            if line.startswith("rbee_hive_memory_bytes{") and 'kind="used"' in line}
+    assert used == {"cuda0": held["cuda0"], "cuda1": held["cuda1"], "cpu": 0}
+
+    # By hand: a spread over GPUs is asked for like a device; one that is not a GPU, or not there, is refused.
+    for asked, said in (("cuda0+cpu", "spreads over different GPUs"), ("cuda0+cuda5", "no device 'cuda5'")):
+        refused = queen.cli("worker", "start", "tiny", "--device", asked, timeout=60)
+        assert refused.returncode != 0 and said in refused.stderr and "cuda1 (NVIDIA Made-up Card)" in refused.stderr
+    placed = queen.cli("worker", "start", "tiny", "--device", "cuda1+cuda0", timeout=120)
+    assert placed.returncode == 0, placed.stderr
+    assert "on localhost:cuda1+cuda0" in placed.stderr and gpus.chosen_devices()[-1] == "CUDA1,CUDA0"
+
+
 def test_a_cuda_build_and_a_cpu_build_each_drive_their_own_devices(
         make_queen: Callable[..., Queen], gpus: FakeGPUs, llama_server: Path, tiny_model: Path,
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

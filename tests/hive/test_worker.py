@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -34,3 +35,16 @@ def test_the_key_is_never_on_the_command_line() -> None:
     argv = build_argv(_spec(WorkerMode.GENERATE), 5555)
     assert not any("key" in part for part in argv)
     assert worker_env("s3cret")["LLAMA_API_KEY"] == "s3cret"
+
+
+def test_argv_pins_one_device_or_spreads_over_several_by_size() -> None:
+    one = build_argv(dataclasses.replace(_spec(WorkerMode.GENERATE), device="cuda1", engine_device="CUDA1"), 1)
+    assert one[one.index("--device") + 1] == "CUDA1" and one[one.index("--n-gpu-layers") + 1] == "999"
+    assert "--tensor-split" not in one
+    spread = dataclasses.replace(_spec(WorkerMode.GENERATE), device="cuda0+cuda1", engine_device="CUDA0,CUDA1",
+                                 tensor_split=(24154, 8188))
+    argv = build_argv(spread, 1)
+    assert argv[argv.index("--device") + 1] == "CUDA0,CUDA1" and argv[argv.index("--split-mode") + 1] == "layer"
+    assert argv[argv.index("--tensor-split") + 1] == "24154,8188"
+    cpu = build_argv(_spec(WorkerMode.GENERATE), 1)
+    assert cpu[cpu.index("--device") + 1] == "none" and cpu[cpu.index("--n-gpu-layers") + 1] == "0"

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from rbee.queen import keep_alive
-from rbee.queen.placement import DeviceView, ModelTooLarge, WorkerView, place
+from rbee.queen.placement import DeviceView, ModelTooLarge, Part, WorkerView, place
 
 GiB = 2**30
 
@@ -68,3 +68,33 @@ def test_a_gpu_with_room_comes_before_the_cpu() -> None:
     assert place(2 * GiB, devices, []).device == devices[1]  # though the CPU would be the tighter fit
     full = [WorkerView("w1", "box", "cuda0", 79 * GiB, 1, 0.0)]
     assert place(2 * GiB, devices, full).device == devices[0]  # the GPU is busy: the CPU has room
+
+
+def _spread(*parts: tuple[str, float, float]) -> DeviceView:
+    """GPUs of one hive as one view: (id, room GiB, size GiB) each."""
+    built = tuple(Part(name, int(room * GiB), int(size * GiB)) for name, room, size in parts)
+    return DeviceView("h", "+".join(p.device for p in built), sum(p.room for p in built), parts=built)
+
+
+def test_a_model_larger_than_each_gpu_spreads_over_them_by_size() -> None:
+    two = _spread(("cuda0", 24, 24), ("cuda1", 23.75, 24))  # the second holds a runtime more
+    cpu = _dev("cpu", 64)
+    assert place(40 * GiB, [cpu, two], []).device == two  # GPUs together before the CPU
+    # Each GPU must hold its share: 30 GiB splits 22.5/7.5 over a 24 and an 8 GiB card, not 15/15.
+    uneven = _spread(("cuda0", 24, 24), ("cuda1", 7.75, 8))
+    assert place(30 * GiB, [uneven], []).device == uneven
+    with pytest.raises(ModelTooLarge):
+        place(31.5 * GiB, [uneven], [])  # 7.9 GiB on an 8 GiB card that holds a runtime more: no
+    # What workers hold there counts per GPU; a spread worker holds memory on each of its GPUs.
+    spread_worker = WorkerView("s", "h", "cuda0+cuda1", int(8 * GiB), 1, 0.0,
+                               {"cuda0": int(4 * GiB), "cuda1": int(4 * GiB)})
+    assert place(40 * GiB, [two], [spread_worker]).device is None  # busy: wait
+    assert place(38 * GiB, [two], [spread_worker]).device == two
+
+
+def test_a_spread_evicts_only_where_room_is_missing() -> None:
+    two = _spread(("cuda0", 24, 24), ("cuda1", 24, 24))
+    workers = [_w("old-on-0", "cuda0", 2, last_used=0), _w("on-1", "cuda1", 10, last_used=1),
+               _w("busy-on-0", "cuda0", 1, in_flight=1, last_used=2)]
+    decision = place(40 * GiB, [two], workers)  # 20 GiB a GPU: cuda0 has 21 free, cuda1 14
+    assert decision.device == two and decision.evict == ["on-1"]

@@ -269,8 +269,8 @@ function renderHive(hive) {
       hive.last_seen_s != null && hive.alias !== "localhost" ? `seen ${hive.last_seen_s} s ago` : null].filter(Boolean).join(" · ")),
     hive.problem ? h("p", { class: "error" }, hive.problem) : null,
     hive.devices.map((d) => {
-      const on = workers.filter((w) => (w.device || "cpu") === d.id);
-      const used = on.reduce((sum, w) => sum + (w.memory_bytes || 0), 0);
+      const on = workers.filter((w) => d.id in (w.device_memory || {}));
+      const used = on.reduce((sum, w) => sum + w.device_memory[d.id], 0);
       const live = [d.free_bytes != null && `${bytes(d.free_bytes)} free now`,
         d.utilization != null && `${d.utilization.toFixed(0)}% busy`, d.temperature_c != null && `${d.temperature_c.toFixed(0)}°C`];
       return h("div", { class: "device", "data-device": d.id },
