@@ -41,13 +41,6 @@ class DeviceView:
     has_model: bool = False
     parts: tuple[Part, ...] = ()  # a model spread over several GPUs of one hive; empty for one device
 
-    def rooms(self) -> dict[str, int]:
-        return {p.device: p.room for p in self.parts} if self.parts else {self.device: self.total}
-
-    def shares(self, need: int) -> dict[str, int]:
-        """What a worker of `need` bytes would hold on each device."""
-        return memory_held(self.device, need, [p.size for p in self.parts])
-
 
 @dataclass(frozen=True)
 class WorkerView:
@@ -76,54 +69,90 @@ class ModelTooLarge(ValueError):
         self.largest = largest
 
 
+Key = tuple[str, str]  # (hive, device)
+
+
+def _shares(d: DeviceView, need: int) -> tuple[tuple[Key, int, int], ...]:
+    """Each device a view uses: its key, its room, and what a worker of `need` bytes would hold there."""
+    if not d.parts:
+        return (((d.hive, d.device), d.total, need),)
+    held = memory_held(d.device, need, [p.size for p in d.parts])
+    return tuple(((d.hive, p.device), p.room, held[p.device]) for p in d.parts)
+
+
 def place(need: int, devices: Iterable[DeviceView], workers: Iterable[WorkerView],
           protect: frozenset[str] = frozenset()) -> Placement:
     devices = list(devices)
-    fitting = [d for d in devices if all(d.rooms()[k] >= share for k, share in d.shares(need).items())]  # (1)
+    fitting: list[DeviceView] = []  # (1)
+    spreads: dict[Key, tuple[tuple[Key, int, int], ...]] = {}
+    for d in devices:
+        if not d.parts:
+            if d.total >= need:
+                fitting.append(d)
+            continue
+        shares = _shares(d, need)
+        if all(room >= share for _, room, share in shares):
+            fitting.append(d)
+            spreads[(d.hive, d.device)] = shares
     if not fitting:
         raise ModelTooLarge(need, max((d.total for d in devices), default=0))
-    used: dict[tuple[str, str], int] = defaultdict(int)
-    busy: dict[tuple[str, str], int] = defaultdict(int)
-    idle: dict[tuple[str, str], list[WorkerView]] = defaultdict(list)
-    idle_memory: dict[tuple[str, str], int] = defaultdict(int)
+    used: dict[Key, int] = defaultdict(int)
+    busy: dict[Key, int] = defaultdict(int)
+    idle: dict[Key, list[WorkerView]] = defaultdict(list)
+    idle_memory: dict[Key, int] = defaultdict(int)
     for w in workers:  # one pass: per-device totals
-        for device, memory in w.on().items():
+        is_idle = w.in_flight == 0 and w.id not in protect
+        if w.held is None:  # the common case, kept free of loops: this pass dominates the decision's time
+            key = (w.hive, w.device)
+            used[key] += w.memory
+            busy[key] += w.in_flight
+            if is_idle:
+                idle[key].append(w)
+                idle_memory[key] += w.memory
+            continue
+        for device, memory in w.held.items():
             key = (w.hive, device)
             used[key] += memory
             busy[key] += w.in_flight
-            if w.in_flight == 0 and w.id not in protect:
+            if is_idle:
                 idle[key].append(w)
                 idle_memory[key] += memory
     best: tuple[bool, int, bool, int] | None = None
     chosen: DeviceView | None = None
     for d in fitting:  # (2)
-        rooms = d.rooms()
-        left = {k: rooms[k] - used[(d.hive, k)] - share for k, share in d.shares(need).items()}
-        if min(left.values()) >= 0:
-            rank = (d.device == CPU, sum(left.values()), not d.has_model, sum(busy[(d.hive, k)] for k in left))
+        key = (d.hive, d.device)
+        left, load = d.total - used[key] - need, busy[key]
+        if d.parts:
+            spare = [room - used[k] - share for k, room, share in spreads[key]]
+            left, load = (sum(spare), sum(busy[k] for k, _, _ in spreads[key])) if min(spare) >= 0 else (-1, 0)
+        if left >= 0:
+            rank = (d.device == CPU, left, not d.has_model, load)
             if best is None or rank < best:
                 best, chosen = rank, d
     if chosen is not None:
         return Placement(chosen)
     options: list[tuple[int, bool, int, DeviceView, list[str]]] = []  # (3)
     for d in fitting:
-        shares, rooms = d.shares(need), d.rooms()
-        free = {k: rooms[k] - used[(d.hive, k)] for k in shares}
-        if any(free[k] + idle_memory[(d.hive, k)] < shares[k] for k in shares):
+        key = (d.hive, d.device)
+        if not d.parts and d.total - used[key] + idle_memory[key] < need:
             continue  # even evicting every idle worker would not make room
+        shares = spreads.get(key) or ((key, d.total, need),)
+        if any(room - used[k] + idle_memory[k] < share for k, room, share in shares):
+            continue
+        free = {key: room - used[key] for key, room, _ in shares}
+        wanted = {key: share for key, _, share in shares}
         evict: list[str] = []
-        candidates = {w.id: w for k in shares for w in idle[(d.hive, k)]}.values()
-        for w in sorted(candidates, key=lambda w: w.last_used):
-            short = {k for k in shares if free[k] < shares[k]}
+        for w in sorted({w.id: w for key in wanted for w in idle[key]}.values(), key=lambda w: w.last_used):
+            short = {device for (_, device), share in wanted.items() if free[(d.hive, device)] < share}
             if not short:
                 break
-            if not short & set(w.on()):
+            if short.isdisjoint(w.on()):
                 continue  # it holds nothing where room is missing
             evict.append(w.id)
-            for k, memory in w.on().items():
-                if k in free:
-                    free[k] += memory
-        if all(free[k] >= shares[k] for k in shares):
+            for device, memory in w.on().items():
+                if (d.hive, device) in free:
+                    free[(d.hive, device)] += memory
+        if all(free[key] >= share for key, share in wanted.items()):
             options.append((len(evict), not d.has_model, sum(free.values()) - need, d, evict))
     if options:
         best_option = min(options, key=lambda o: o[:3])
