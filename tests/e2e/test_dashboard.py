@@ -5,6 +5,7 @@ with keys asks the page to sign in. Screenshots land in test-artifacts/dashboard
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from playwright.sync_api import expect
 from rbee.hive.service import DEMO_MODEL, demo_model_file
 from tests.conftest import Queen, free_port, queen_env
 from tests.fixtures.browser import Tab
+from tests.fixtures.fake_gpu import fake_mixed_gpus
 from tests.fixtures.fake_hub import FakeHub
 from tests.fixtures.tiny_gguf import write_tiny_model
 
@@ -111,6 +113,25 @@ def test_overview_follows_the_colony_live(queen: Queen, tiny_model: Path, new_ta
     expect(page.locator("#workers tbody")).to_contain_text("No workers", timeout=30_000)
     assert not [w for w in queen.workers() if w["state"] == "ready"]
     assert page.evaluate("window.sameDocument") is True
+    assert tab.errors() == []
+
+
+def test_a_worker_spread_over_two_gpus_shows_under_each(make_queen: Callable[..., Queen], llama_server: Path,
+                                                        tiny_model: Path, tmp_path: Path, new_tab: NewTab) -> None:
+    gpus = fake_mixed_gpus(tmp_path / "gpus", llama_server)  # simulated GPUs; the real engine answers
+    queen = make_queen(RBEE_LLAMA_SERVER=str(gpus.engine), PATH=f"{gpus.folder}:{os.environ['PATH']}").start()
+    placed = queen.cli("worker", "start", str(tiny_model), "--device", "cuda0+cuda1", timeout=120)
+    assert placed.returncode == 0, placed.stderr
+    [worker] = queen.workers()
+    tab = new_tab()
+    tab.page.goto(f"{queen.url}/")
+    for device in ("cuda0", "cuda1"):
+        card = tab.page.locator(f'#hives [data-hive="localhost"] [data-device="{device}"]')
+        expect(card).to_contain_text("1 worker: tiny (ready)")
+        share = worker["device_memory"][device]
+        expect(card).to_contain_text(f"workers hold {share / 2**20:.1f} MB")  # the page says MB for MiB
+    expect(tab.page.locator('#hives [data-device="cpu"]')).to_contain_text("0 workers")
+    expect(tab.page.locator(f"#workers tr[data-worker='{worker['id']}']")).to_contain_text("cuda0+cuda1")
     assert tab.errors() == []
 
 

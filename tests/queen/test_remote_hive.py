@@ -12,7 +12,7 @@ from rbee.contracts.hives import HiveReport, HiveState, HostedWorker
 from rbee.contracts.models import ModelEntry
 from rbee.contracts.status import EngineInfo
 from rbee.contracts.workers import WorkerInfo, WorkerState
-from rbee.queen.remote_hive import RemoteHive
+from rbee.queen.remote_hive import RemoteHive, RemoteWorker
 
 ENTRY = ModelEntry.model_validate({"name": "tiny", "path": "/m/tiny.gguf", "size_bytes": 1, "source": "local",
                                    "added_at": 0.0})
@@ -109,3 +109,17 @@ def test_a_hive_may_not_downgrade_tls_or_point_at_workers_elsewhere() -> None:
     plain_on_tls = lan.model_copy(update={"tls": True, "workers": [hosted("h1-w1")]})
     with pytest.raises(InvalidRequest, match="not on its own address"):
         _check_addresses(plain_on_tls, tls_required=True)
+
+
+async def test_a_spread_worker_on_a_remote_hive_holds_what_its_hive_says_on_each_gpu() -> None:
+    spread = hosted("h1-w1")
+    spread.info = WorkerInfo(**{**spread.info.model_dump(), "device": "cuda0+cuda1",
+                                "device_memory": {"cuda0": 100, "cuda1": 23}})
+    hive = RemoteHive(report(spread), "token")
+    adopted = hive.supervisor.get("h1-w1")
+    assert adopted is not None and adopted.held() == {"cuda0": 100, "cuda1": 23}
+    assert adopted.info().device_memory == {"cuda0": 100, "cuda1": 23}
+    # Before its hive answers, a worker being started there is counted in equal parts.
+    starting = RemoteWorker("h1", worker_id="h1-starting", memory=10, placeholder=True)
+    starting.device = "cuda0+cuda1"
+    assert starting.held() == {"cuda0": 5, "cuda1": 5}

@@ -246,13 +246,14 @@ function renderOverview() {
     h("td", {}, h("code", {}, w.id)),
     h("td", {}, w.model),
     h("td", {}, w.hive),
+    h("td", {}, w.device),
     h("td", {}, h("span", { class: `pill ${w.state}`, title: w.error || "" }, w.state)),
     h("td", {}, `${w.in_flight} / ${w.slots}`),
     h("td", {}, bytes(w.memory_bytes)),
     h("td", {}, w.idle_unload_in_s == null ? "–" : `${Math.round(w.idle_unload_in_s)} s`),
     h("td", {}, ["ready", "starting", "unreachable"].includes(w.state)
       ? h("button", { class: "quiet", type: "button", onclick: () => unload(w.id) }, "Unload") : "")));
-  $("#workers tbody").replaceChildren(...(rows.length ? rows : [h("tr", {}, h("td", { class: "empty", colspan: 8 },
+  $("#workers tbody").replaceChildren(...(rows.length ? rows : [h("tr", {}, h("td", { class: "empty", colspan: 9 },
     "No workers: one starts when a request names a model, or from Models → Load."))]));
   const hiveSelect = $("#pull-hive");
   const aliases = view.hives.filter((x) => x.state === "ready").map((x) => x.alias);
