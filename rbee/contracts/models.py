@@ -88,8 +88,9 @@ class ModelSettings(BaseModel):
     keep_alive: str | int | float | None = Field(default=None, description="how long an idle worker stays "
                                                   "loaded: '5m', seconds, a negative number (forever), 0")
     hive: str | None = Field(default=None, pattern=ALIAS_PATTERN, description="the only hive its workers run on")
-    device: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
-                               description="the only device its workers run on ('cpu', 'cuda0', ...)")
+    device: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:+-]{1,64}$",
+                               description="the only device its workers run on ('cpu', 'cuda0', ...), or the "
+                                           "GPUs each of them spreads over ('cuda0+cuda1')")
     min_replicas: int | None = Field(default=None, ge=0, le=64, description="workers kept loaded, idle or not")
     max_replicas: int | None = Field(default=None, ge=1, le=64, description="the most workers it gets under load")
 

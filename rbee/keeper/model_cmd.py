@@ -124,7 +124,8 @@ def set_(
                                                    "5m, 1h, 300 (seconds), -1 (forever), 0.")] = None,
     on_hive: Annotated[str | None, typer.Option("--on-hive", help="Run its workers on this hive only.")] = None,
     device: Annotated[str | None, typer.Option("--device", help="Run its workers on this device only "
-                                               "(cpu, cuda0, ...).")] = None,
+                                               "(cpu, cuda0, ...), or spread each over these GPUs "
+                                               "(cuda0+cuda1).")] = None,
     min_replicas: Annotated[int | None, typer.Option("--min-replicas", min=0, help="Workers kept loaded, "
                                                      "idle or not.")] = None,
     max_replicas: Annotated[int | None, typer.Option("--max-replicas", min=1, help="The most workers it gets "

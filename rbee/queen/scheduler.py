@@ -62,12 +62,14 @@ AnyWorker = WorkerProcess | RemoteWorker
 _HOLDING = (WorkerState.STARTING, WorkerState.READY, WorkerState.DRAINING, WorkerState.UNREACHABLE)
 
 
-def _device_views(hive: AnyHive, holding: list[AnyWorker], need: int, extra: int) -> list[DeviceView]:
+def _device_views(hive: AnyHive, holding: list[AnyWorker], need: int, extra: int,
+                  pinned: str | None = None) -> list[DeviceView]:
     """The hive's working devices as placement sees them. A device's room is its total (the CPU's: what the
     hive may give workers), but never more than what its workers hold plus what it reports free now, so
     memory other programs took counts too. `extra`: a hive that needs less for the model (its own slots and
     context) gets the difference as room. A model larger than each of the hive's GPUs may spread over all
-    of one backend's GPUs there (one view, "cuda0+cuda1"); each GPU after the first holds a runtime more."""
+    of one backend's GPUs there (one view, "cuda0+cuda1"), as may one `pinned` to such a spread; each GPU
+    after the first holds a runtime more."""
     views, rooms = [], {}
     working = [d for d in hive.devices() if not d.failed]
     for d in working:
@@ -77,16 +79,25 @@ def _device_views(hive: AnyHive, holding: list[AnyWorker], need: int, extra: int
             total = min(total, ours + d.free_bytes)
         rooms[d.id] = total
         views.append(DeviceView(hive.alias, d.id, total + extra, has_model=True))
-    gpus = [d for d in working if d.id != CPU]
-    if all(d.total_bytes + extra < need for d in gpus):
-        for backend in dict.fromkeys(d.backend for d in gpus):
-            group = [d for d in gpus if d.backend == backend]
-            if len(group) > 1:
-                parts = tuple(Part(d.id, rooms[d.id] + (extra if i == 0 else -OVERHEAD), d.total_bytes)
-                              for i, d in enumerate(group))
-                views.append(DeviceView(hive.alias, "+".join(d.id for d in group), sum(p.room for p in parts),
-                                        has_model=True, parts=parts))
+    for group in _spreads([d for d in working if d.id != CPU], need - extra, pinned):
+        parts = tuple(Part(d.id, rooms[d.id] + (extra if i == 0 else -OVERHEAD), d.total_bytes)
+                      for i, d in enumerate(group))
+        views.append(DeviceView(hive.alias, "+".join(d.id for d in group), sum(p.room for p in parts),
+                                has_model=True, parts=parts))
     return views
+
+
+def _spreads(gpus: list[DeviceInfo], need: int, pinned: str | None) -> list[list[DeviceInfo]]:
+    """The GPU groups a worker may spread over: the one it is pinned to, if all there; else, when the model
+    is larger than each GPU, all of one backend's GPUs."""
+    if pinned is not None and "+" in pinned:
+        by_id = {d.id: d for d in gpus}
+        group = [by_id[part] for part in pinned.lower().split("+") if part in by_id]
+        return [group] if len(group) == len(pinned.split("+")) else []
+    if any(d.total_bytes >= need for d in gpus):
+        return []
+    groups = ([d for d in gpus if d.backend == backend] for backend in dict.fromkeys(d.backend for d in gpus))
+    return [group for group in groups if len(group) > 1]
 
 
 @dataclass
@@ -432,9 +443,9 @@ class Scheduler:
         protect = frozenset(w.id for w in holding if w.state is not WorkerState.READY or self._kept(w)
                             or (grouping and self._waiting[w.spec.model.name] > 0))
         need = max(needs.values())
-        devices = [view for hive, _ in usable
-                   for view in _device_views(hive, holding, need, need - needs[hive.alias])]
         pinned_device = self._own(name).device
+        devices = [view for hive, _ in usable
+                   for view in _device_views(hive, holding, need, need - needs[hive.alias], pinned_device)]
         if pinned_device is not None:
             on_it = [d for d in devices if d.device == pinned_device]
             if not on_it:

@@ -103,6 +103,16 @@ def test_a_device_name_means_the_same_card_to_rbee_nvidia_smi_and_the_engine(
     rows = {line.split("│")[3].split(":")[0].strip(): line for line in shown.splitlines() if ": " in line}
     assert FAST_CARD in rows["cuda1"] and "localhost-w1 (tiny)" in rows["cuda1"]  # started first, on cuda1
 
+    # A model pinned to a spread gets one, though one card would hold it; layers go by the cards' sizes.
+    for w in queen.workers():
+        httpx.delete(f"{queen.url}/v1/workers/{w['id']}", timeout=30)
+    queen.cli("model", "set", "tiny", "--device", "cuda0+cuda1", check=True)
+    answer = httpx.post(f"{queen.url}/v1/chat/completions", timeout=120,
+                        json={"model": "tiny", "messages": CHAT, "max_tokens": 4})
+    assert answer.status_code == 200, answer.text
+    assert [w["device"] for w in queen.workers() if w["state"] == "ready"] == ["cuda0+cuda1"]
+    assert gpus.chosen_cards()[-1] == f"{SLOW_CARD},{FAST_CARD}" and gpus.tensor_splits()[-1] == "6144,24576"
+
 
 def test_a_model_larger_than_each_gpu_spreads_over_them(
         make_queen: Callable[..., Queen], llama_server: Path, tiny_model: Path, tmp_path: Path,
