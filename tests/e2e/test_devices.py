@@ -153,6 +153,9 @@ def test_a_model_larger_than_each_gpu_spreads_over_them(
     placed = queen.cli("worker", "start", "tiny", "--device", "cuda1+cuda0", timeout=120)
     assert placed.returncode == 0, placed.stderr
     assert "on localhost:cuda1+cuda0" in placed.stderr and gpus.chosen_devices()[-1] == "CUDA1,CUDA0"
+    # Without --device the hive chooses as the queen would: too large for one card, so both.
+    placed = queen.cli("worker", "start", "tiny", timeout=120)
+    assert placed.returncode == 0 and "on localhost:cuda0+cuda1" in placed.stderr, placed.stderr
 
 
 def test_a_cuda_build_and_a_cpu_build_each_drive_their_own_devices(
