@@ -63,8 +63,9 @@ class Placement:
 
 
 class ModelTooLarge(ValueError):
-    def __init__(self, need: int, largest: int) -> None:
-        super().__init__(f"needs {need / 2**30:.2f} GiB but the largest device has {largest / 2**30:.2f} GiB")
+    def __init__(self, need: int, largest: int, spread: bool = False) -> None:
+        where = "a hive's GPUs together hold at most" if spread else "the largest device has"
+        super().__init__(f"needs {need / 2**30:.2f} GiB but {where} {largest / 2**30:.2f} GiB")
         self.need = need
         self.largest = largest
 
@@ -95,7 +96,8 @@ def place(need: int, devices: Iterable[DeviceView], workers: Iterable[WorkerView
             fitting.append(d)
             spreads[(d.hive, d.device)] = shares
     if not fitting:
-        raise ModelTooLarge(need, max((d.total for d in devices), default=0))
+        largest = max(devices, key=lambda d: d.total, default=None)
+        raise ModelTooLarge(need, largest.total if largest else 0, bool(largest and largest.parts))
     used: dict[Key, int] = defaultdict(int)
     busy: dict[Key, int] = defaultdict(int)
     idle: dict[Key, list[WorkerView]] = defaultdict(list)

@@ -447,7 +447,7 @@ class Scheduler:
         devices = [view for hive, _ in usable
                    for view in _device_views(hive, holding, need, need - needs[hive.alias], pinned_device)]
         if pinned_device is not None:
-            on_it = [d for d in devices if d.device == pinned_device]
+            on_it = [d for d in devices if d.device == pinned_device.lower()]
             if not on_it:
                 raise WorkerUnavailable(
                     f"'{name}' is pinned to device '{pinned_device}' (its settings in models.toml), which no hive "

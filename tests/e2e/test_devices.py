@@ -106,7 +106,7 @@ def test_a_device_name_means_the_same_card_to_rbee_nvidia_smi_and_the_engine(
     # A model pinned to a spread gets one, though one card would hold it; layers go by the cards' sizes.
     for w in queen.workers():
         httpx.delete(f"{queen.url}/v1/workers/{w['id']}", timeout=30)
-    queen.cli("model", "set", "tiny", "--device", "cuda0+cuda1", check=True)
+    queen.cli("model", "set", "tiny", "--device", "CUDA0+CUDA1", check=True)  # as llama.cpp names them
     answer = httpx.post(f"{queen.url}/v1/chat/completions", timeout=120,
                         json={"model": "tiny", "messages": CHAT, "max_tokens": 4})
     assert answer.status_code == 200, answer.text

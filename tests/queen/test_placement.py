@@ -83,7 +83,7 @@ def test_a_model_larger_than_each_gpu_spreads_over_them_by_size() -> None:
     # Each GPU must hold its share: 30 GiB splits 22.5/7.5 over a 24 and an 8 GiB card, not 15/15.
     uneven = _spread(("cuda0", 24, 24), ("cuda1", 7.75, 8))
     assert place(30 * GiB, [uneven], []).device == uneven
-    with pytest.raises(ModelTooLarge):
+    with pytest.raises(ModelTooLarge, match=r"GPUs together hold at most 31.75 GiB"):
         place(31.5 * GiB, [uneven], [])  # 7.9 GiB on an 8 GiB card that holds a runtime more: no
     # What workers hold there counts per GPU; a spread worker holds memory on each of its GPUs.
     spread_worker = WorkerView("s", "h", "cuda0+cuda1", int(8 * GiB), 1, 0.0,
