@@ -255,6 +255,7 @@ def cuda_visible(environ: Mapping[str, str]) -> list[int] | None:
         return None
     return [int(e) for e in entries]
 
+
 async def _run(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
     """A tool's standard output; `ToolFailed` with its own message when it fails."""
     try:

@@ -123,10 +123,11 @@ def place(need: int, devices: Iterable[DeviceView], workers: Iterable[WorkerView
     chosen: DeviceView | None = None
     for d in fitting:  # (2)
         key = (d.hive, d.device)
-        left, load = d.total - used[key] - need, busy[key]
         if d.parts:
             spare = [room - used[k] - share for k, room, share in spreads[key]]
             left, load = (sum(spare), sum(busy[k] for k, _, _ in spreads[key])) if min(spare) >= 0 else (-1, 0)
+        else:
+            left, load = d.total - used[key] - need, busy[key]
         if left >= 0:
             rank = (d.device == CPU, left, not d.has_model, load)
             if best is None or rank < best:

@@ -71,12 +71,16 @@ def _device_views(hive: AnyHive, holding: list[AnyWorker], need: int, extra: int
     of one backend's GPUs there (one view, "cuda0+cuda1"), as may one `pinned` to such a spread; each GPU
     after the first holds a runtime more."""
     views, rooms = [], {}
+    ours: dict[str, int] = defaultdict(int)  # what rbee's workers hold on each device of this hive
+    for w in holding:
+        if w.hive == hive.alias:
+            for device, memory in w.held().items():
+                ours[device] += memory
     working = [d for d in hive.devices() if not d.failed]
     for d in working:
         total = hive.memory_total() if d.id == CPU else d.total_bytes
         if d.free_bytes is not None:
-            ours = sum(w.held().get(d.id, 0) for w in holding if w.hive == hive.alias)
-            total = min(total, ours + d.free_bytes)
+            total = min(total, ours[d.id] + d.free_bytes)
         rooms[d.id] = total
         views.append(DeviceView(hive.alias, d.id, total + extra, has_model=True))
     for group in _spreads([d for d in working if d.id != CPU], need - extra, pinned):
@@ -453,8 +457,8 @@ class Scheduler:
                     f"'{name}' is pinned to device '{pinned_device}' (its settings in models.toml), which no hive "
                     f"it may use has working; devices: {', '.join(f'{d.hive}:{d.device}' for d in devices)}")
             devices = on_it
-        workers = [WorkerView(w.id, w.hive, w.device, w.memory, w.in_flight, w.last_used, w.held())
-                   for w in holding]
+        workers = [WorkerView(w.id, w.hive, w.device, w.memory, w.in_flight, w.last_used,
+                              w.held() if "+" in w.device else None) for w in holding]
         try:
             decision = self._place(name, need, devices, workers, protect, request)
         except ModelTooLarge as exc:
