@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import stat
+import sys
 import time
 from pathlib import Path
+
+from rbee.common import settings
+
+MAX_MESSAGE = 8192  # characters of one log message; a longer one is cut (a report can carry long strings)
+_CHECK_EVERY = 64  # records between two looks at the log file's size
 
 
 class JSONFormatter(logging.Formatter):
@@ -14,19 +22,75 @@ class JSONFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
-                 "level": record.levelname, "logger": record.name, "message": record.getMessage()}
+                 "level": record.levelname, "logger": record.name, "message": _cut(record.getMessage())}
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
 
 
+def _cut(message: str) -> str:
+    return message if len(message) <= MAX_MESSAGE else message[:MAX_MESSAGE] + f"… ({len(message)} characters)"
+
+
+class _TextFormatter(logging.Formatter):
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = _cut(record.message)
+        return super().formatMessage(record)
+
+
+def _file_path(fd: int) -> Path | None:
+    """The path of the regular file `fd` writes to, where the system says (Linux, macOS); else None."""
+    with contextlib.suppress(OSError):
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        if Path("/proc/self/fd").is_dir():
+            return Path(os.readlink(f"/proc/self/fd/{fd}"))
+        if sys.platform == "darwin":
+            import fcntl
+
+            return Path(fcntl.fcntl(fd, fcntl.F_GETPATH, bytes(1024)).rstrip(b"\0").decode())
+    return None
+
+
+class RotatingStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Logs to stderr. When stderr is a file (the background queen's, a hive's systemd `append:` or launchd
+    log) and it passes RBEE_LOG_MAX_MB, it becomes LOG.1 (replacing an older one) and a fresh LOG is
+    opened onto stderr and stdout: a daemon's log stays bounded however much is logged."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+        self.max_bytes = settings.log_max_bytes()
+        self._count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        super().emit(record)
+        self._count += 1
+        if self._count % _CHECK_EVERY == 0:
+            self.rotate_if_large()
+
+    def rotate_if_large(self) -> None:
+        fd = sys.stderr.fileno()
+        with contextlib.suppress(OSError):
+            if os.fstat(fd).st_size <= self.max_bytes or (path := _file_path(fd)) is None:
+                return
+            self.flush()
+            os.replace(path, path.with_name(path.name + ".1"))
+            fresh = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            same_file = os.path.sameopenfile(1, fd)
+            os.dup2(fresh, fd)
+            if same_file:
+                os.dup2(fresh, 1)
+            os.close(fresh)
+
+
 def setup(level: str = "INFO") -> None:
-    """Log to stderr; RBEE_LOG_FORMAT=json writes one JSON object per line (for log shippers)."""
-    handler = logging.StreamHandler()
+    """Log to stderr (rotated when it is a file, see RotatingStderrHandler), each message at most MAX_MESSAGE
+    characters; RBEE_LOG_FORMAT=json writes one JSON object per line (for log shippers)."""
+    handler = RotatingStderrHandler()
     if os.environ.get("RBEE_LOG_FORMAT", "").lower() == "json":
         handler.setFormatter(JSONFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(_TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])
     # One line per proxied request would drown the log and cost time on the token path.
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -142,3 +142,8 @@ def audit_retention_s() -> float:
 def usage_flush_s() -> float:
     """How often usage counters are written to the queen's database (RBEE_USAGE_FLUSH_MS, default 2000)."""
     return env_int("RBEE_USAGE_FLUSH_MS", 2000, minimum=50) / 1000
+
+
+def log_max_bytes() -> int:
+    """How large a daemon's log grows before it is rotated to LOG.1 (RBEE_LOG_MAX_MB, default 50)."""
+    return env_int("RBEE_LOG_MAX_MB", 50, minimum=1, maximum=100_000) * 2**20
