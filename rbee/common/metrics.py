@@ -13,9 +13,13 @@ import httpx
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from rbee.common.hop import HOP
 from rbee.contracts.workers import WorkerState
 
 ENGINE_SCRAPE_TIMEOUT_S = 2.0
+MAX_SCRAPED = 512  # workers scraped per /metrics request
+SCRAPE_CONCURRENCY = 16
+MAX_SCRAPE_BYTES = 2**20  # llama-server's own metrics are a few KB
 _SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(\{[^}]*\})?\s+(.+)$")
 
 
@@ -126,18 +130,35 @@ def _escape(value: str) -> str:
 
 async def engine_metrics(workers: Sequence[_Worker], tls: ssl.SSLContext | None = None) -> str:
     """The ready workers' own /metrics, each sample labelled with its worker, model and hive; a worker
-    that does not answer in time is left out of this scrape."""
-    ready = [w for w in workers if w.state is WorkerState.READY and w.url]
+    that does not answer in time is left out of this scrape. The cost is bounded whatever hives report:
+    at most MAX_SCRAPED workers, SCRAPE_CONCURRENCY at a time, MAX_SCRAPE_BYTES of text from each."""
+    ready = [w for w in workers if w.state is WorkerState.READY and w.url][:MAX_SCRAPED]
     if not ready:
         return ""
-    async with httpx.AsyncClient(timeout=ENGINE_SCRAPE_TIMEOUT_S, verify=tls or True) as client:
+    gate = asyncio.Semaphore(SCRAPE_CONCURRENCY)
+    limits = httpx.Limits(max_connections=SCRAPE_CONCURRENCY, max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=ENGINE_SCRAPE_TIMEOUT_S, verify=tls or True, limits=limits) as client:
         async def one(w: _Worker) -> str:
-            try:
-                resp = await client.get(f"{w.url}/metrics", headers={"Authorization": f"Bearer {w.api_key}"})
-            except httpx.HTTPError:
-                return ""
-            return resp.text if resp.status_code == 200 else ""
+            async with gate:
+                try:
+                    return await asyncio.wait_for(_scrape(client, w), ENGINE_SCRAPE_TIMEOUT_S)
+                except (httpx.HTTPError, TimeoutError):
+                    return ""
 
         texts = await asyncio.gather(*(one(w) for w in ready))
     return _merge(({"worker": w.id, "model": w.spec.model.name, "hive": w.hive}, text)
                   for w, text in zip(ready, texts, strict=True))
+
+
+async def _scrape(client: httpx.AsyncClient, w: _Worker) -> str:
+    """One worker's exposition text, or "" when it answers with an error or more than MAX_SCRAPE_BYTES."""
+    headers = {"Authorization": f"Bearer {w.api_key}", **HOP}
+    async with client.stream("GET", f"{w.url}/metrics", headers=headers) as resp:
+        if resp.status_code != 200:
+            return ""
+        body = bytearray()
+        async for chunk in resp.aiter_bytes():
+            body += chunk
+            if len(body) > MAX_SCRAPE_BYTES:
+                return ""
+    return body.decode("utf-8", "replace")

@@ -11,6 +11,7 @@
     user happens to open: a request whose `Origin` is not this machine, or whose `Host` is not a
     loopback name (DNS rebinding), gets a 403. `--insecure-no-auth` lifts all of this.
   - Every body is capped at RBEE_MAX_BODY_MB (413).
+  - A request the queen itself sent (it carries X-Rbee-Hop, rbee/common/hop.py) is never a client: 508.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rbee.common import settings
 from rbee.common.daemon import is_loopback
+from rbee.common.hop import HOP_HEADER
 from rbee.queen.auth import ANONYMOUS, LOCAL, Forbidden, Principal, Unauthorized
 from rbee.queen.errors import QueenError, error_response
 
@@ -30,6 +32,15 @@ HIVE_ONLY_PATHS = frozenset({"/v1/hives/register", "/v1/hives/heartbeat"})
 CLIENT_PATHS = frozenset({"/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
 OPEN_PATHS = frozenset({"/health", "/openapi.json", "/"})  # and the dashboard's files, /ui/...
 MAX_HIVE_REPORT_BYTES = 4 * 2**20  # a report lists models and workers: kilobytes, even for a big hive
+
+
+_HOP_NAME = HOP_HEADER.lower()
+_HOP = _HOP_NAME.encode()
+
+
+class LoopDetected(QueenError):
+    status = 508
+    code = "loop_detected"
 
 
 class RequestTooLarge(QueenError):
@@ -127,10 +138,13 @@ class Guard:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]
-                   if k in (b"host", b"origin", b"content-length", b"authorization")}
+                   if k in (b"host", b"origin", b"content-length", b"authorization", _HOP)}
         length = headers.get("content-length", "")
         path = scope["path"]
         try:
+            if _HOP_NAME in headers:
+                raise LoopDetected("This request comes from a queen (it carries X-Rbee-Hop): a worker or hive address "
+                                   "leads back to a queen. The hive that reported it is misconfigured or hostile.")
             if path in HIVE_ONLY_PATHS:  # the route checks the join token, after reading the body: bound it
                 client = scope.get("client")
                 if client is not None and not is_loopback(client[0]) and not (

@@ -22,6 +22,7 @@ import aiohttp
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from rbee.common.hop import HOP
 from rbee.queen.errors import DeadlineExceeded, UpstreamError, WorkerUnavailable, envelope, error_response
 from rbee.queen.scheduler import Lease
 
@@ -172,7 +173,7 @@ class Forwarder:
     async def _open(self, lease: Lease, path: str, body: bytes, stream: bool,
                     request_id: str | None) -> aiohttp.ClientResponse:
         worker = lease.worker
-        headers = {"Authorization": f"Bearer {worker.api_key}", "Content-Type": "application/json"}
+        headers = {"Authorization": f"Bearer {worker.api_key}", "Content-Type": "application/json", **HOP}
         if request_id:
             headers["X-Request-Id"] = request_id
         if stream:
