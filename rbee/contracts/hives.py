@@ -15,6 +15,17 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
+from rbee.contracts.bounds import (
+    MAX_DEVICES,
+    MAX_MODELS,
+    MAX_WORKERS,
+    Bytes,
+    Celsius,
+    HostAddress,
+    Name,
+    Percent,
+    Text,
+)
 from rbee.contracts.models import ALIAS_PATTERN, ModelEntry
 from rbee.contracts.status import EngineInfo
 from rbee.contracts.workers import WorkerInfo, WorkerMode
@@ -26,39 +37,42 @@ class HiveState(StrEnum):
     UNREACHABLE = "unreachable"  # heartbeats stopped; its workers are not used until it returns
 
 
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,32}$"
+
+
 class DeviceInfo(BaseModel):
     """A device a hive's workers can run on (see rbee/hive/devices.py)."""
 
-    id: str  # "cpu", "cuda0", "metal", "vulkan1", "rocm0": the engine's name, lower-cased
-    name: str  # "NVIDIA GeForce RTX 4090", "CPU (16 threads)"
-    backend: str = "cpu"  # which engine build drives it: cpu, cuda, metal, vulkan, rocm
-    engine_name: str | None = None  # what llama-server's --device takes ("CUDA0"); None for the CPU
-    total_bytes: int
-    free_bytes: int | None = None  # live, where a tool reports it
-    utilization: float | None = None  # percent
-    temperature_c: float | None = None
-    failed: str | None = None  # why it cannot take workers now (its driver stopped answering)
+    id: str = Field(pattern=DEVICE_ID_PATTERN)  # "cpu", "cuda0", "metal", "vulkan1": the engine's name, lower-cased
+    name: Name  # "NVIDIA GeForce RTX 4090", "CPU (16 threads)"
+    backend: str = Field(default="cpu", pattern=DEVICE_ID_PATTERN)  # the build that drives it: cpu, cuda, metal...
+    engine_name: str | None = Field(default=None, pattern=DEVICE_ID_PATTERN)  # llama-server's --device ("CUDA0")
+    total_bytes: Bytes
+    free_bytes: Bytes | None = None  # live, where a tool reports it
+    utilization: Percent | None = None
+    temperature_c: Celsius | None = None
+    failed: Text | None = None  # why it cannot take workers now (its driver stopped answering)
 
 
 class HostedWorker(BaseModel):
     """A worker as its hive reports it: what the queen needs to route to it directly."""
 
     info: WorkerInfo
-    api_key: str
+    api_key: str = Field(max_length=256)
     entry: ModelEntry
 
 
 class HiveReport(BaseModel):
     alias: str = Field(pattern=ALIAS_PATTERN)
-    version: str
-    address: str  # where the queen reaches this hive and its workers
+    version: Name
+    address: HostAddress  # where the queen reaches this hive and its workers: the address it connects from
     port: int = Field(ge=1, le=65535)
     tls: bool = False  # its API and its workers speak HTTPS, with a certificate from the cluster CA
     engine: EngineInfo
-    devices: list[DeviceInfo]
-    memory_total: int  # what the hive may give its workers
-    models: list[ModelEntry] = []
-    workers: list[HostedWorker] = []
+    devices: list[DeviceInfo] = Field(max_length=MAX_DEVICES)
+    memory_total: Bytes  # what the hive may give its workers
+    models: list[ModelEntry] = Field(default=[], max_length=MAX_MODELS)
+    workers: list[HostedWorker] = Field(default=[], max_length=MAX_WORKERS)
 
 
 class HiveAck(BaseModel):
@@ -70,6 +84,7 @@ class HiveAck(BaseModel):
 
 class HiveEnroll(BaseModel):
     alias: str = Field(pattern=ALIAS_PATTERN)
+    address: HostAddress | None = None  # where the installer reached the machine: its reports must come from there
 
 
 class HiveEnrolled(BaseModel):

@@ -56,7 +56,8 @@ class KeyUsage(BaseModel):
 class AuditEntry(BaseModel):
     id: int
     at: float
-    actor: str = Field(description="'admin' (the queen's admin token), 'local' (keyless loopback) or 'key:NAME'")
+    actor: str = Field(description="'admin' (the queen's admin token), 'local' (keyless loopback), 'key:NAME' or "
+                                   "'hive:ALIAS' (what a hive's report caused)")
     source: str = Field(description="the caller's address")
     action: str = Field(description="e.g. key.create, key.revoke, hive.enrol, hive.remove, model.pull, model.remove")
     target: str

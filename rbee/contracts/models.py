@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from rbee.contracts.bounds import Bytes, FilePath, Name, Seconds
+
 ALIAS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 """A hive's alias: what `rbee hive install ALIAS` names a machine."""
 
@@ -17,23 +19,23 @@ class ModelEntry(BaseModel):
     """One model in a hive's catalog. `path` is the file llama-server loads (the first part of a
     split model); `files` lists every file, with its sha256 when it was downloaded."""
 
-    name: str
-    path: str
-    files: list[str] = []
-    size_bytes: int
-    source: str = "local"
-    repo: str | None = None
-    revision: str | None = None
-    sha256: dict[str, str] = {}
-    architecture: str | None = None
-    quantization: str | None = None
-    parameter_count: int | None = None
-    context_length: int | None = None
-    pooling: str | None = None
-    header: dict[str, int | str | None] = {}
+    name: Name
+    path: FilePath
+    files: list[FilePath] = Field(default=[], max_length=1024)
+    size_bytes: Bytes
+    source: Name = "local"
+    repo: Name | None = None
+    revision: Name | None = None
+    sha256: dict[FilePath, Name] = Field(default={}, max_length=1024)
+    architecture: Name | None = None
+    quantization: Name | None = None
+    parameter_count: Bytes | None = None
+    context_length: Bytes | None = None
+    pooling: Name | None = None
+    header: dict[Name, Bytes | Name | None] = Field(default={}, max_length=64)
     """The GGUF header summary, read once when the model is added (reading it again takes seconds)."""
-    added_at: float
-    last_used_at: float | None = None
+    added_at: Seconds
+    last_used_at: Seconds | None = None
     missing: bool = False
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from rbee.contracts.bounds import FilePath, Name, Text
 from rbee.contracts.models import ModelEntry
 from rbee.contracts.workers import WorkerInfo
 
@@ -18,11 +19,11 @@ class QueenHealth(BaseModel):
 
 
 class EngineInfo(BaseModel):
-    path: str | None
-    version: str | None = None
-    source: str | None = None  # "configured", "path", "built"
-    problem: str | None = None
-    builds: dict[str, str] = {}  # rbee's builds on the hive, backend -> path: each drives its own devices
+    path: FilePath | None
+    version: Name | None = None
+    source: Name | None = None  # "configured", "path", "built"
+    problem: Text | None = None
+    builds: dict[Name, FilePath] = Field(default={}, max_length=16)  # backend -> path: each drives its devices
 
 
 class HiveInfo(BaseModel):

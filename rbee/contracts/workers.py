@@ -12,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from enum import StrEnum
 
-from pydantic import BaseModel, model_validator
+from pydantic import BaseModel, Field, model_validator
+
+from rbee.contracts.bounds import Bytes, Count, Name, Seconds, Text, WorkerId
 
 
 class WorkerState(StrEnum):
@@ -69,22 +71,24 @@ def memory_held(device: str, memory: int, weights: Sequence[int] = ()) -> dict[s
 
 
 class WorkerInfo(BaseModel):
-    id: str
-    model: str
-    hive: str
+    """A worker as its hive (or the queen) shows it; bounded, since remote hives report these."""
+
+    id: WorkerId
+    model: Name
+    hive: Name
     mode: WorkerMode = WorkerMode.GENERATE
     state: WorkerState
-    url: str | None = None
-    pid: int | None = None
-    slots: int
-    context_size: int
-    started_at: float
-    in_flight: int = 0
-    error: str | None = None
-    memory_bytes: int = 0
-    device: str = "cpu"  # the hive's id of the device it runs on; "cuda0+cuda1" for a model spread over both
-    device_memory: dict[str, int] = {}  # memory_bytes per device (filled in when not given)
-    idle_unload_in_s: float | None = None
+    url: str | None = Field(default=None, max_length=256)  # the queen builds its own from the hive's address
+    pid: Count | None = None
+    slots: int = Field(ge=0, le=4096)
+    context_size: int = Field(ge=0, le=2**24)
+    started_at: Seconds
+    in_flight: Count = 0
+    error: Text | None = None
+    memory_bytes: Bytes = 0
+    device: str = Field(default="cpu", pattern=r"^[A-Za-z0-9_.+-]{1,256}$")  # "cuda0+cuda1": spread over both
+    device_memory: dict[str, Bytes] = Field(default={}, max_length=64)  # memory_bytes per device (filled in)
+    idle_unload_in_s: Seconds | None = None
 
     @model_validator(mode="after")
     def _held_per_device(self) -> WorkerInfo:

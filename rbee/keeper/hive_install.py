@@ -258,7 +258,8 @@ class Installer:
 
     async def write_config(self, remote: Remote) -> None:
         reissued = await self.ship_certificates(remote)
-        enrolled = await asyncio.to_thread(self.client.post, "/v1/hives", {"alias": self.host.alias})
+        enrolled = await asyncio.to_thread(self.client.post, "/v1/hives",
+                                           {"alias": self.host.alias, "address": remote.own_ip})
         config = HiveConfig(alias=self.host.alias, queen_url=self.queen_url_for(remote), token=enrolled["token"],
                             address=remote.own_ip, port=self.host.hive_port, models_dir=self.host.models_dir,
                             tls=settings.queen_tls())

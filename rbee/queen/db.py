@@ -31,7 +31,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS hives (
     alias TEXT PRIMARY KEY,
     token_sha256 TEXT NOT NULL,
-    enrolled_at REAL NOT NULL
+    enrolled_at REAL NOT NULL,
+    address TEXT
 );
 CREATE TABLE IF NOT EXISTS api_keys (
     name TEXT PRIMARY KEY,
@@ -87,6 +88,7 @@ class DatabaseFailed(QueenError):
 class Enrolment:
     alias: str
     enrolled_at: float
+    address: str | None = None  # where the installer reached it; its reports must come from there
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,13 @@ def _recovery(path: Path) -> str:
             f"`sqlite3 {path}.damaged .recover` may rescue the old rows.")
 
 
+def _migrate(db: sqlite3.Connection) -> None:
+    """Columns added after a table was first made (a queen's database outlives its version)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(hives)")}
+    if "address" not in columns:
+        db.execute("ALTER TABLE hives ADD COLUMN address TEXT")
+
+
 def _key_info(row: sqlite3.Row) -> KeyInfo:
     return KeyInfo(name=row["name"], prefix=row["prefix"], created_at=row["created_at"],
                    expires_at=row["expires_at"], revoked_at=row["revoked_at"], last_used_at=row["last_used_at"],
@@ -133,6 +142,7 @@ class QueenDB:
                 if check != "ok":
                     raise sqlite3.DatabaseError(f"integrity check: {check}")
                 db.executescript(_SCHEMA)
+                _migrate(db)
         except sqlite3.OperationalError as exc:
             if "locked" in str(exc) or "busy" in str(exc):
                 raise QueenDBError(f"the queen's database {path} is locked by another program ({exc}); "
@@ -166,19 +176,20 @@ class QueenDB:
 
     # --- hives -------------------------------------------------------------------------------
 
-    async def enrol(self, alias: str) -> str:
-        """A new join token for `alias`; any previous token of that hive stops working."""
+    async def enrol(self, alias: str, address: str | None = None) -> str:
+        """A new join token for `alias` (at `address`, where the installer reached it); any previous token of
+        that hive stops working."""
         token = secrets.token_urlsafe(32)
         await self._run(lambda db: db.execute(
-            "INSERT OR REPLACE INTO hives (alias, token_sha256, enrolled_at) VALUES (?, ?, ?)",
-            (alias, digest(token), time.time())))
+            "INSERT OR REPLACE INTO hives (alias, token_sha256, enrolled_at, address) VALUES (?, ?, ?, ?)",
+            (alias, digest(token), time.time(), address)))
         return token
 
-    async def alias_for(self, token: str) -> str | None:
+    async def enrolment_for(self, token: str) -> Enrolment | None:
         """The hive a join token belongs to; None for a wrong or revoked one."""
         row = await self._run(lambda db: db.execute(
-            "SELECT alias FROM hives WHERE token_sha256 = ?", (digest(token),)).fetchone())
-        return None if row is None else str(row[0])
+            "SELECT alias, enrolled_at, address FROM hives WHERE token_sha256 = ?", (digest(token),)).fetchone())
+        return None if row is None else Enrolment(str(row[0]), float(row[1]), row[2])
 
     async def revoke(self, alias: str) -> bool:
         return await self._run(lambda db: db.execute("DELETE FROM hives WHERE alias = ?", (alias,)).rowcount > 0)

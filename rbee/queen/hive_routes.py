@@ -13,9 +13,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from rbee.common import settings
-from rbee.common.daemon import is_loopback
 from rbee.common.version import current as current_version
 from rbee.contracts.hives import HiveAck, HiveEnroll, HiveEnrolled, HiveReport, HiveState, HiveStatus
+from rbee.queen import hive_trust
+from rbee.queen.auth import Principal
 from rbee.queen.errors import InvalidRequest, NotFound, QueenError
 from rbee.queen.guard import principal_of
 from rbee.queen.remote_hive import RemoteHive
@@ -38,7 +39,7 @@ async def enrol(request: Request) -> Response:
         raise InvalidRequest("'localhost' is the queen's own hive; give the remote machine another alias.",
                              param="alias")
     state = queen_state(request)
-    token = await state.db.enrol(asked.alias)
+    token = await state.db.enrol(asked.alias, asked.address)
     await state.audit(principal_of(request.scope), request, "hive.enrol", asked.alias)
     log.info("enrolled hive '%s' (a new join token; any previous one is revoked)", asked.alias)
     return JSONResponse(HiveEnrolled(alias=asked.alias, token=token).model_dump(), status_code=201)
@@ -78,37 +79,29 @@ async def forget(request: Request) -> Response:
 
 
 async def _authenticated_report(request: Request) -> tuple[HiveReport, str]:
-    """The hive's report and its token; the token is checked before the body is read."""
+    """The hive's report, checked (rbee/queen/hive_trust.py), and its token; the token is checked before the
+    body is read. Every refusal is logged with the real peer."""
     token = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-    client = request.client.host if request.client else "?"
-    alias = await queen_state(request).db.alias_for(token) if token else None
-    if alias is None:
-        claimed = request.headers.get("x-rbee-hive-alias", "?")
-        log.warning("refused hive '%s' from %s: %s", claimed, client,
+    peer = request.client.host if request.client else "?"
+    enrolment = await queen_state(request).db.enrolment_for(token) if token else None
+    claimed = request.headers.get("x-rbee-hive-alias", "?")[:64]
+    if enrolment is None:
+        log.warning("refused hive %r from %s: %s", claimed, peer,
                     "no join token" if not token else "unknown or revoked join token")
         raise InvalidToken(f"The join token of hive '{claimed}' is unknown or revoked. Re-run "
                            f"`rbee hive install {claimed}` on the queen's machine.")
-    _, report = await read_json(request, HiveReport)
-    _check_addresses(report, tls_required=queen_state(request).hive_tls is not None)
-    if report.alias != alias:
-        log.warning("refused a report from %s: it says it is '%s' but its token is '%s''s", client, report.alias,
-                    alias)
-        raise InvalidToken(f"This join token belongs to hive '{alias}', not '{report.alias}'.")
+    try:
+        _, report = await read_json(request, HiveReport)
+        if report.alias != enrolment.alias:
+            raise InvalidToken(f"This join token belongs to hive '{enrolment.alias}', not '{report.alias}'.")
+        hive_trust.check_origin(report, peer, enrolment.address)
+        hive_trust.check_tls(report, tls_required=queen_state(request).hive_tls is not None)
+        report = report.model_copy(update={"workers": hive_trust.trusted_workers(report)})
+    except QueenError as exc:
+        log.warning("refused a report under the token of hive '%s' from %s: %s", enrolment.alias, peer,
+                    exc.message[:300])
+        raise
     return report, token
-
-
-def _check_addresses(report: HiveReport, tls_required: bool) -> None:
-    """A hive may not downgrade the queen to plain HTTP once the cluster has a CA, nor point it at workers
-    anywhere but on its own address (the queen would send them prompts and keys)."""
-    if tls_required and not report.tls and not is_loopback(report.address):
-        raise InvalidRequest(f"This queen uses TLS and hive '{report.alias}' does not: re-run "
-                             f"`rbee hive install {report.alias}` on the queen's machine to give it a certificate.",
-                             param="tls")
-    prefix = f"{'https' if report.tls else 'http'}://{report.address}:"
-    for worker in report.workers:
-        if worker.info.url is not None and not worker.info.url.startswith(prefix):
-            raise InvalidRequest(f"hive '{report.alias}' reports worker {worker.info.id} at {worker.info.url}, "
-                                 f"not on its own address ({prefix}...)", param="workers")
 
 
 def _ack(report: HiveReport) -> HiveAck:
@@ -126,10 +119,13 @@ async def register(request: Request) -> Response:
     ack = _ack(report)
     hive = state.hives.get(report.alias)
     if isinstance(hive, RemoteHive):
-        hive.heard_from(report, token)
+        adopted = hive.heard_from(report, token)
     else:
         hive = RemoteHive(report, token, state.hive_tls)
         state.hives[report.alias] = hive
+        adopted = [w.id for w in hive.supervisor.workers()]
+    await state.audit(Principal(f"hive:{report.alias}"), request, "hive.register", report.alias,
+                      f"rbee {report.version}; adopted: {', '.join(adopted) or 'no workers'}")
     hive.problem = ack.message
     if ack.message:
         log.warning("%s", ack.message)
@@ -145,7 +141,9 @@ async def heartbeat(request: Request) -> Response:
     hive = state.hives.get(report.alias)
     if not isinstance(hive, RemoteHive):
         raise NotFound(f"hive '{report.alias}' is not registered; register first")
-    hive.heard_from(report, token)
+    adopted = hive.heard_from(report, token)
+    if adopted:
+        await state.audit(Principal(f"hive:{report.alias}"), request, "worker.adopt", report.alias, ", ".join(adopted))
     state.scheduler.notify()
     return JSONResponse(_ack(report).model_dump())
 

@@ -12,10 +12,13 @@ import logging
 import ssl
 import time
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import httpx
+from pydantic import ValidationError
 
 from rbee.common import settings
+from rbee.common.hop import HOP
 from rbee.common.jobs import Emit, JobFailed
 from rbee.contracts.hives import (
     DeviceInfo,
@@ -34,7 +37,8 @@ from rbee.contracts.workers import WorkerInfo, WorkerMode, WorkerState, memory_h
 from rbee.hive import model_refs
 from rbee.hive.service import Hive, ModelUnavailable
 from rbee.hive.worker import START_TIMEOUT_S, WorkerStartError
-from rbee.queen import keep_alive
+from rbee.queen import hive_trust, keep_alive
+from rbee.queen.errors import QueenError
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +92,7 @@ class RemoteWorker:
         info = hosted.info
         self.id = info.id
         self.spec = RemoteSpec(hosted.entry, info.mode, info.slots, info.context_size)
-        self.url, self.api_key, self.started_at = info.url, hosted.api_key, info.started_at
+        self.url, self.api_key = info.url, hosted.api_key  # started_at stays the queen's: tie-breaks use it
         self.memory = info.memory_bytes
         self.device = info.device
         self.device_memory = info.device_memory
@@ -152,7 +156,7 @@ class RemoteSupervisor:
         worker.begin_drain()
         if not worker.placeholder:
             try:
-                await self._hive.call("DELETE", f"/v1/hive/workers/{worker_id}")
+                await self._hive.call("DELETE", f"/v1/hive/workers/{quote(worker_id, safe='')}")
                 self._stopped.add(worker_id)
             except HiveCallFailed as exc:  # it will be listed (and adopted) again if it still runs there
                 log.warning("could not stop %s on %s: %s", worker_id, self._hive.alias, exc)
@@ -164,9 +168,10 @@ class RemoteSupervisor:
         for worker in dead[: max(0, len(dead) - keep)]:
             self._workers.pop(worker.id, None)
 
-    def reconcile(self, reported: list[HostedWorker]) -> None:
-        """Take the hive's word for which workers exist: adopt new ones, update known ones, drop gone ones."""
-        seen = set()
+    def reconcile(self, reported: list[HostedWorker]) -> list[str]:
+        """Take the hive's word for which workers exist: adopt new ones, update known ones, drop gone ones;
+        the ids adopted."""
+        seen, adopted_ids = set(), []
         for hosted in reported:
             seen.add(hosted.info.id)
             known = self._workers.get(hosted.info.id)
@@ -178,12 +183,14 @@ class RemoteSupervisor:
                 hold = keep_alive.parse(settings.keep_alive_default()) or 0.0
                 adopted.expires_at = None if hold == keep_alive.FOREVER else time.monotonic() + hold
                 self._workers[hosted.info.id] = adopted
+                adopted_ids.append(hosted.info.id)
             else:
                 known.update(hosted)
         self._stopped &= seen  # the hive no longer lists them: forget them
         for worker_id, worker in list(self._workers.items()):
             if worker_id not in seen and not worker.placeholder and worker.state is not WorkerState.ERROR:
                 self._workers.pop(worker_id)  # the hive forgot it (stopped, or the hive restarted)
+        return adopted_ids
 
     def mark_unreachable(self) -> None:
         for worker in self._workers.values():
@@ -217,7 +224,7 @@ class RemoteHive:
         self.problem: str | None = None
         self._needs: dict[tuple[str, int | None, int | None], int] = {}  # (model, context, slots) -> bytes
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0), verify=tls or True,
-                                         headers={"Authorization": f"Bearer {token}"})
+                                         headers={"Authorization": f"Bearer {token}", **HOP})
         self.heard_from(report, token)
 
     @property
@@ -225,8 +232,9 @@ class RemoteHive:
         host = f"[{self.report.address}]" if ":" in self.report.address else self.report.address
         return f"{'https' if self.report.tls else 'http'}://{host}:{self.report.port}"
 
-    def heard_from(self, report: HiveReport, token: str) -> None:
-        """A registration or heartbeat arrived: the hive is (again) ready, and its workers are as it says."""
+    def heard_from(self, report: HiveReport, token: str) -> list[str]:
+        """A registration or heartbeat arrived: the hive is (again) ready, and its workers are as it says;
+        the ids of the workers adopted from it."""
         if token != self.token:
             self.token = token
             self._client.headers["Authorization"] = f"Bearer {token}"
@@ -234,7 +242,7 @@ class RemoteHive:
             log.info("hive %s is back", self.alias)
         self.report, self.state, self.last_seen = report, HiveState.READY, time.monotonic()
         self.catalog.models = report.models
-        self.supervisor.reconcile(report.workers)
+        return self.supervisor.reconcile(report.workers)
 
     def check_alive(self, timeout_s: float) -> None:
         silent = time.monotonic() - self.last_seen
@@ -307,7 +315,11 @@ class RemoteHive:
         finally:
             if placeholder.state is not WorkerState.ERROR:
                 self.supervisor.discard(placeholder.id)
-        hosted = HostedWorker.model_validate_json(raw)
+        try:
+            hosted = hive_trust.trusted_worker(self.report, HostedWorker.model_validate_json(raw), models=[model])
+        except (ValidationError, QueenError) as exc:
+            message = exc.message if isinstance(exc, QueenError) else "its answer is not a worker"
+            raise WorkerStartError(f"hive '{self.alias}' started a worker the queen cannot use: {message}") from exc
         worker = self.supervisor.get(hosted.info.id)  # a heartbeat may have brought it first
         if worker is None:
             worker = RemoteWorker(self.alias, hosted)

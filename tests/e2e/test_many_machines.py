@@ -209,7 +209,7 @@ def test_ssh_authentication_failure_names_host_and_key(installed: Queen, lan: La
 
 def test_version_skew_is_reported_with_the_fix(installed: Queen) -> None:
     token = httpx.post(f"{installed.url}/v1/hives", json={"alias": "skewed"}, timeout=10).json()["token"]
-    report = {"alias": "skewed", "version": "0.0.9", "address": "10.231.0.99", "port": 7835,
+    report = {"alias": "skewed", "version": "0.0.9", "address": "127.0.0.1", "port": 7835,  # where it sends from
               "engine": {"path": None}, "devices": [], "memory_total": 1}
     bad = httpx.post(f"{installed.url}/v1/hives/register", json=report, timeout=10,
                      headers={"Authorization": "Bearer wrong"})

@@ -6,8 +6,6 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import pytest
-
 from rbee.contracts.hives import HiveReport, HiveState, HostedWorker
 from rbee.contracts.models import ModelEntry
 from rbee.contracts.status import EngineInfo
@@ -90,25 +88,6 @@ async def test_a_worker_the_hive_could_not_stop_is_adopted_again() -> None:
     hive.heard_from(report(hosted("h1-w1")), "token")
     assert hive.supervisor.get("h1-w1") is not None
     await hive.close()
-
-
-def test_a_hive_may_not_downgrade_tls_or_point_at_workers_elsewhere() -> None:
-    from rbee.queen.errors import InvalidRequest
-    from rbee.queen.hive_routes import _check_addresses
-
-    lan = report().model_copy(update={"address": "10.0.0.5"})
-    _check_addresses(lan, tls_required=False)
-    with pytest.raises(InvalidRequest, match="uses TLS") as refused:
-        _check_addresses(lan, tls_required=True)
-    assert refused.value.param == "tls"
-    _check_addresses(lan.model_copy(update={"workers": [hosted("h1-w1")]}), tls_required=False)
-    elsewhere = hosted("h1-w2")
-    elsewhere.info.url = "http://127.0.0.1:7833/v1/admin/shutdown?"
-    with pytest.raises(InvalidRequest, match="not on its own address"):
-        _check_addresses(lan.model_copy(update={"workers": [elsewhere]}), tls_required=False)
-    plain_on_tls = lan.model_copy(update={"tls": True, "workers": [hosted("h1-w1")]})
-    with pytest.raises(InvalidRequest, match="not on its own address"):
-        _check_addresses(plain_on_tls, tls_required=True)
 
 
 async def test_a_spread_worker_on_a_remote_hive_holds_what_its_hive_says_on_each_gpu() -> None:

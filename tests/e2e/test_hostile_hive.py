@@ -1,0 +1,138 @@
+"""A hostile hive with a real join token, speaking the real protocol to a real queen (issue 17, findings 1,
+2, 5 and 6): what it reports is bounded and checked, and nothing it says turns the queen against itself."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Queen
+
+MODEL = {"name": "tiny", "path": "/m/tiny.gguf", "size_bytes": 1, "added_at": 0.0}
+
+
+@pytest.fixture
+def queen(make_queen: Callable[..., Queen]) -> Iterator[Queen]:
+    yield make_queen(RBEE_LOCAL_HIVE="0", RBEE_HIVE_TIMEOUT_MS="60000").start()
+
+
+def enrol(queen: Queen, alias: str = "evil") -> str:
+    resp = httpx.post(f"{queen.url}/v1/hives", json={"alias": alias}, timeout=10)
+    assert resp.status_code == 201, resp.text
+    return str(resp.json()["token"])
+
+
+def worker(url: str, worker_id: str = "evil-w1", **info: Any) -> dict[str, Any]:
+    return {"info": {"id": worker_id, "model": "tiny", "hive": "evil", "state": "ready", "url": url, "slots": 8,
+                     "context_size": 512, "started_at": 1.0, **info},
+            "api_key": "k", "entry": MODEL}
+
+
+def report(*workers: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    return {"alias": "evil", "version": "0.1.0", "address": "127.0.0.1", "port": 1, "engine": {"path": None},
+            "devices": [{"id": "cpu", "name": "CPU", "total_bytes": 10**9}], "memory_total": 10**9,
+            "models": [MODEL], "workers": list(workers), **fields}
+
+
+def register(queen: Queen, token: str, body: dict[str, Any] | str) -> httpx.Response:
+    content = body if isinstance(body, str) else json.dumps(body)
+    return httpx.post(f"{queen.url}/v1/hives/register", content=content, timeout=30,
+                      headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+
+
+def still_serving(queen: Queen) -> None:
+    assert queen.proc is not None and queen.proc.poll() is None, "the queen died"
+    assert httpx.get(f"{queen.url}/health", timeout=10).status_code == 200
+    assert httpx.get(f"{queen.url}/v1/hives", timeout=10).status_code == 200
+    assert httpx.get(f"{queen.url}/metrics", timeout=30).status_code == 200
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:{port}/v1/admin/shutdown?",
+    "http://127.0.0.1:{port}/v1/hives/other#",
+    "https://own:1@127.0.0.1:{port}",
+])
+def test_a_worker_url_with_a_path_of_the_hives_choosing_is_refused(queen: Queen, url: str) -> None:
+    token = enrol(queen)
+    resp = register(queen, token, report(worker(url.format(port=queen.port))))
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "workers"
+    assert "not on its own address" in resp.json()["error"]["message"]
+    still_serving(queen)
+    assert "refused a report under the token of hive 'evil' from 127.0.0.1" in queen.log.read_text()
+
+
+def test_a_worker_that_leads_back_to_the_queen_ends_after_one_hop(queen: Queen) -> None:
+    token = enrol(queen)
+    assert register(queen, token, report(worker(f"http://127.0.0.1:{queen.port}"))).status_code == 200
+    fds = len(os.listdir(f"/proc/{queen.proc.pid}/fd")) if queen.proc else 0
+    resp = httpx.post(f"{queen.url}/v1/chat/completions", timeout=60, headers={"x-rbee-hive": "evil"},
+                      json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+    # not a recursion through itself (thousands of connections), not an answer: one hop, refused
+    assert resp.status_code == 508 and "X-Rbee-Hop" in resp.json()["error"]["message"], resp.text
+    still_serving(queen)  # the scrape of that "worker" ends after one hop too
+    assert queen.proc is not None and len(os.listdir(f"/proc/{queen.proc.pid}/fd")) < fds + 50
+    direct = httpx.post(f"{queen.url}/v1/admin/shutdown", timeout=10, headers={"X-Rbee-Hop": "queen"})
+    assert direct.status_code == 508 and direct.json()["error"]["code"] == "loop_detected"
+    still_serving(queen)
+
+
+@pytest.mark.parametrize("worker_id", ["../../admin/shutdown", "evil-w1/../../../v1/admin/shutdown", "evil-w1?x=1"])
+def test_worker_ids_that_climb_a_path_are_refused(queen: Queen, worker_id: str) -> None:
+    token = enrol(queen)
+    resp = register(queen, token, report(worker("http://127.0.0.1:4000", worker_id=worker_id)))
+    assert resp.status_code == 400 and "workers" in resp.json()["error"]["param"]
+    still_serving(queen)
+
+
+def test_an_address_the_report_did_not_come_from_is_refused(queen: Queen) -> None:
+    token = enrol(queen)
+    resp = register(queen, token, report(address="10.231.0.99"))
+    assert resp.status_code == 403 and resp.json()["error"]["code"] == "hive_report_refused"
+    assert "came from 127.0.0.1" in resp.json()["error"]["message"]
+    assert "evil" not in {h["alias"]: h["state"] for h in httpx.get(f"{queen.url}/v1/hives").json()
+                          if h["state"] == "ready"}
+
+
+def test_a_token_is_bound_to_the_address_the_installer_recorded(queen: Queen) -> None:
+    resp = httpx.post(f"{queen.url}/v1/hives", json={"alias": "evil", "address": "10.231.0.12"}, timeout=10)
+    token = resp.json()["token"]
+    refused = register(queen, token, report())  # the right alias, from another machine
+    assert refused.status_code == 403 and "issued for 10.231.0.12" in refused.json()["error"]["message"]
+
+
+def test_workers_and_models_the_hive_does_not_hold_are_refused(queen: Queen) -> None:
+    token = enrol(queen)
+    other = worker("http://127.0.0.1:4000", worker_id="localhost-w1", hive="localhost")
+    assert register(queen, token, report(other)).status_code == 400
+    unlisted = {**worker("http://127.0.0.1:4000"), "entry": {**MODEL, "path": "/etc/shadow"}}
+    resp = register(queen, token, report(unlisted))
+    assert resp.status_code == 400 and "not in its catalog" in resp.json()["error"]["message"]
+
+
+def test_a_reported_start_time_does_not_win_the_tie_break(queen: Queen) -> None:
+    token = enrol(queen)
+    assert register(queen, token, report(worker("http://127.0.0.1:4000", started_at=0.0))).status_code == 200
+    (listed,) = httpx.get(f"{queen.url}/v1/workers", timeout=10).json()
+    assert listed["started_at"] > 1.0  # the queen's own clock: when it first heard of the worker
+    audit = httpx.get(f"{queen.url}/v1/audit", params={"action": "hive.register"}, timeout=10).json()
+    assert [(e["actor"], e["source"]) for e in audit] == [("hive:evil", "127.0.0.1")]
+    assert "adopted: evil-w1" in audit[0]["detail"]
+
+
+@pytest.mark.parametrize("body", [
+    report(devices=[{"id": "cpu", "name": "CPU", "total_bytes": 1, "utilization": math.nan}]),
+    report(memory_total=10**400),
+    report(devices=[{"id": "cpu", "name": "x" * 100_000, "total_bytes": 1}]),
+    report(*[worker("http://127.0.0.1:4000", worker_id=f"evil-w{i}") for i in range(2500)]),
+])
+def test_reports_out_of_bounds_are_400s_and_everything_still_answers(queen: Queen, body: dict[str, Any]) -> None:
+    token = enrol(queen)
+    resp = register(queen, token, json.dumps(body))  # NaN and 400-digit integers as a hive's JSON encoder sends them
+    assert resp.status_code == 400, resp.text
+    still_serving(queen)
