@@ -184,3 +184,20 @@ def issue_queen_cert(extra: list[str] | None = None, folder: Path | None = None)
     paths.write_private(folder / "queen.key", key)
     (folder / "queen.pem").write_bytes(cert)
     return folder / "queen.pem"
+
+
+def certificate_problem(exc: BaseException) -> str | None:
+    """What a failed TLS handshake says, when `exc` (or what caused it) is one; None for other failures."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return f"its certificate was refused ({seen.verify_message or seen.reason})"
+        if isinstance(seen, ssl.SSLError):
+            return f"the TLS handshake failed ({seen.reason or seen})"
+        text = str(seen)
+        if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+            return f"its certificate was refused ({text[:200]})"
+        seen = seen.__cause__ or seen.__context__
+    return None

@@ -103,6 +103,7 @@ class HiveStatus(BaseModel):
     devices: list[DeviceInfo] = []
     workers: int = 0
     last_seen_s: float | None = None  # seconds since the last heartbeat
+    registrations: int = 0  # registrations the queen heard since it started (a restarted hive adds one)
     problem: str | None = None
 
 

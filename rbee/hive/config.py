@@ -16,10 +16,12 @@ import os
 import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import TypeAdapter, ValidationError
 
 from rbee.common import paths
+from rbee.common.daemon import is_loopback
 from rbee.common.tls import TLSFiles
 
 DEFAULT_PORT = 7835
@@ -78,10 +80,22 @@ def load(path: Path | None = None) -> HiveConfig:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise HiveConfigError(f"{path} cannot be read: {exc}") from exc
     try:
-        return TypeAdapter(HiveConfig).validate_python(raw)
+        config = TypeAdapter(HiveConfig).validate_python(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise HiveConfigError(f"{path}: '{'.'.join(map(str, first['loc']))}': {first['msg']}") from exc
+    _check_secure(config, path)
+    return config
+
+
+def _check_secure(config: HiveConfig, path: Path) -> None:
+    """Once this machine has the cluster CA (or tls = true), the join token never goes to the queen in clear."""
+    split = urlsplit(config.queen_url)
+    has_ca = (paths.tls_dir() / "ca.pem").is_file()
+    if split.scheme != "https" and (config.tls or has_ca) and not is_loopback(split.hostname or ""):
+        raise HiveConfigError(f"{path}: queen_url {config.queen_url} is plain HTTP, but this hive uses TLS: its join "
+                              "token would cross the network in clear. Re-run `rbee hive install "
+                              f"{config.alias}` on the queen's machine (it writes an https:// URL).")
 
 
 def save(config: HiveConfig, path: Path | None = None) -> Path:

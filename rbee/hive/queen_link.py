@@ -13,6 +13,7 @@ import logging
 
 import httpx
 
+from rbee.common import tls
 from rbee.contracts.hives import HiveAck
 from rbee.hive.config import HiveConfig
 from rbee.hive.service import Hive
@@ -71,7 +72,12 @@ class QueenLink:
                     await asyncio.sleep(REFUSED_RETRY_S)
                 except (httpx.HTTPError, ValueError) as exc:
                     self.registered = False
-                    self._problem(f"cannot reach the queen at {self._config.queen_url} "
+                    problem = tls.certificate_problem(exc)
+                    self._problem(f"the queen at {self._config.queen_url} failed the TLS check: {problem}; its "
+                                  "certificate must come from the cluster CA in this hive's tls folder (after "
+                                  "`rbee tls init --force` on the queen's machine, run `rbee tls rotate` there); "
+                                  f"retrying in {backoff:.0f} s" if problem else
+                                  f"cannot reach the queen at {self._config.queen_url} "
                                   f"({type(exc).__name__}: {exc}); retrying in {backoff:.0f} s")
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF_S)

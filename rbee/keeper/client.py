@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from rbee.common import paths, tls
+from rbee.common.daemon import is_loopback
 from rbee.contracts.jobs import JobEvent
 from rbee.contracts.status import QueenHealth
 from rbee.keeper.output import CLIError
@@ -35,12 +36,28 @@ class QueenCredential(httpx.Auth):
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         token = os.environ.get("RBEE_API_KEY", "").strip()
+        admin = False
         if not token:
             with contextlib.suppress(OSError):
                 token = paths.admin_token_file().read_text().strip()
+                admin = bool(token)
         if token:
+            _refuse_in_clear(request.url, admin)
             request.headers["Authorization"] = f"Bearer {token}"
         yield request
+
+
+def _refuse_in_clear(url: httpx.URL, admin: bool) -> None:
+    """No credential crosses the network in clear: never the admin token, and nothing once a cluster CA exists."""
+    if url.scheme == "https" or is_loopback(url.host):
+        return
+    if admin:
+        raise CLIError(f"the queen at {url.scheme}://{url.host}:{url.port} speaks plain HTTP: the admin token would "
+                       "cross the network in clear. Turn TLS on there (`rbee tls init`) and use an https:// "
+                       "RBEE_QUEEN_URL, or reach it through an SSH tunnel (ssh -L 7833:127.0.0.1:7833 HOST).")
+    if tls.cluster_ca().is_file():
+        raise CLIError(f"RBEE_QUEEN_URL {url.scheme}://{url.host}:{url.port} is plain HTTP, but this cluster uses TLS: "
+                       "use its https:// URL, so the API key does not cross the network in clear.")
 
 
 def _verify(base_url: str) -> ssl.SSLContext | bool:

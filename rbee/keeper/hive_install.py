@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from rbee import __version__
 from rbee.common import paths, settings, tls
+from rbee.common.daemon import is_loopback
 from rbee.hive import engine
 from rbee.hive.config import HiveConfig
 from rbee.keeper import wheelhouse
@@ -148,6 +149,7 @@ class Installer:
         remote = await self.probe()
         self.out.success(f"{alias}: {remote.system} {remote.machine}, Python {remote.python_version} "
                          f"({remote.python}), address {remote.own_ip}")
+        self.queen_url_for(remote)  # a plain-HTTP --queen-url on a TLS cluster is refused before anything is done
         self._say(f"installing rbee {__version__} in {remote.venv}")
         await self.install_rbee(remote, force)
         self._say("putting the engine (llama-server) there")
@@ -155,9 +157,22 @@ class Installer:
         self._say("enrolling the hive with the queen")
         await self.write_config(remote)
         self._say("starting the hive")
+        before = await self.registrations()
         await self.start(remote)
         self._say("waiting for the hive to register with the queen")
-        await self.wait_registered(remote)
+        await self.wait_registered(remote, before)
+
+    async def rotate_certificates(self) -> None:
+        """Give an installed hive a certificate from the current cluster CA (after `rbee tls init --force`),
+        restart it, and wait until it is back: its token, models and settings stay."""
+        remote = await self.probe()
+        await self._run(f"test -f {shlex.quote(remote.config_dir + '/hive.toml')} || {{ echo 'no hive is "
+                        f"installed on {self.host.alias}: run `rbee hive install {self.host.alias}`' >&2; exit 3; }}")
+        if await self.ship_certificates(remote) and await asyncio.to_thread(self.client.health) is not None:
+            await self.restart_queen(f"its certificate now also names {remote.queen_side_ip}")
+        before = await self.registrations()
+        await self.start(remote)
+        await self.wait_registered(remote, before)
 
     async def install_rbee(self, remote: Remote, force: bool) -> None:
         target = wheelhouse.Target(remote.python_version, remote.system, remote.machine)
@@ -228,6 +243,11 @@ class Installer:
 
     def queen_url_for(self, remote: Remote) -> str:
         if self.queen_url:
+            split = urlsplit(self.queen_url)
+            if settings.queen_tls() and split.scheme != "https" and not is_loopback(split.hostname or ""):
+                raise CLIError(f"--queen-url {self.queen_url} is plain HTTP, but this queen uses TLS (`rbee tls "
+                               f"init`): the hive's join token would cross the network in clear. Give an https:// "
+                               "URL, or leave --queen-url out.")
             return self.queen_url
         port = urlsplit(self.client.base_url).port or settings.DEFAULT_QUEEN_PORT
         return f"{'https' if settings.queen_tls() else 'http'}://{remote.queen_side_ip}:{port}"
@@ -243,9 +263,11 @@ class Installer:
             cert, key = await asyncio.to_thread(tls.issue, f"rbee hive {self.host.alias}", names)
             ca = await asyncio.to_thread(tls.cluster_ca().read_bytes)
             queen_cert = paths.tls_dir() / "queen.pem"
-            reissue = queen_cert.is_file() and remote.queen_side_ip not in tls.names_in(queen_cert)
+            wanted = [remote.queen_side_ip] + ([given] if (given := urlsplit(self.queen_url or "").hostname) else [])
+            missing = [name for name in wanted if name not in tls.names_in(queen_cert)] if queen_cert.is_file() else []
+            reissue = bool(missing)
             if reissue:
-                await asyncio.to_thread(tls.issue_queen_cert, [remote.queen_side_ip])
+                await asyncio.to_thread(tls.issue_queen_cert, missing)
         except (tls.TLSError, OSError) as exc:
             raise CLIError(f"cannot make a certificate for {self.host.alias}: {exc}") from exc
         folder = f"{remote.config_dir}/tls"
@@ -267,26 +289,33 @@ class Installer:
         self.out.success(f"{self.host.alias} enrolled; it reports to {config.queen_url}")
         health = await asyncio.to_thread(self.client.health)
         if reissued and health is not None:
-            self.out.info(f"restarting the queen: its certificate now also names {remote.queen_side_ip}")
-            await asyncio.to_thread(stop_queen, self.client, self.out, True)
-            await asyncio.to_thread(ensure_queen, self.client, self.out)
+            await self.restart_queen(f"its certificate now also names {remote.queen_side_ip}")
         elif health is not None and health.listen_host in (None, "127.0.0.1", "localhost", "::1"):
-            self.out.info("restarting the queen so that hives can reach it: it now listens on "
-                          f"{settings.queen_network_host()}, where it answers only hives with a join token")
-            await asyncio.to_thread(stop_queen, self.client, self.out, True)
-            await asyncio.to_thread(ensure_queen, self.client, self.out)
+            await self.restart_queen(f"so that hives can reach it: it now listens on {settings.queen_network_host()}, "
+                                     "where it answers only hives with a join token")
+
+    async def restart_queen(self, why: str) -> None:
+        self.out.info(f"restarting the queen: {why}")
+        await asyncio.to_thread(stop_queen, self.client, self.out, True)
+        await asyncio.to_thread(ensure_queen, self.client, self.out)
 
     async def start(self, remote: Remote) -> None:
         out = await self._run(f"{shlex.quote(remote.rbee)} hive-agent restart 2>&1")
         self.out.success(out.strip().splitlines()[-1].lstrip("✓ ") if out.strip() else "hive started")
 
-    async def wait_registered(self, remote: Remote) -> None:
+    async def registrations(self) -> int:
+        """How often the queen has heard this hive register (the process started next must add one)."""
+        hives = await asyncio.to_thread(self.client.get, "/v1/hives")
+        return next((int(h.get("registrations", 0)) for h in hives if h["alias"] == self.host.alias), 0)
+
+    async def wait_registered(self, remote: Remote, before: int = 0) -> None:
+        """Until the hive just started registers: a registration of the process it replaced does not count."""
         deadline = time.monotonic() + REGISTER_TIMEOUT_S
         with self.out.err.status(f"waiting for {self.host.alias} to register…"):
             while time.monotonic() < deadline:
                 hives = await asyncio.to_thread(self.client.get, "/v1/hives")
                 mine = next((h for h in hives if h["alias"] == self.host.alias), None)
-                if mine is not None and mine["state"] == "ready":
+                if mine is not None and mine["state"] == "ready" and int(mine.get("registrations", 0)) > before:
                     self.out.success(f"hive {self.host.alias} is ready at {mine['address']}:{mine['port']} "
                                      f"(rbee {mine['version']})")
                     if mine.get("problem"):

@@ -124,6 +124,7 @@ async def register(request: Request) -> Response:
         hive = RemoteHive(report, token, state.hive_tls)
         state.hives[report.alias] = hive
         adopted = [w.id for w in hive.supervisor.workers()]
+    hive.registrations += 1
     await state.audit(Principal(f"hive:{report.alias}"), request, "hive.register", report.alias,
                       f"rbee {report.version}; adopted: {', '.join(adopted) or 'no workers'}")
     hive.problem = ack.message

@@ -5,7 +5,7 @@ A hive says where it is, which models it holds and which workers it runs. The qu
   1. takes its address only if the report came from there, and from where the installer found the
      machine when it recorded one (a join token is bound to its hive's alias and address);
   2. refuses plain HTTP from a hive once the cluster has a CA (a downgrade would put prompts and keys
-     in clear on the network);
+     in clear on the network, or on a local port another user may hold);
   3. takes a worker only if it is this hive's, listed once, and serves a model of this hive's catalog;
   4. builds each worker's URL itself from the hive's address and the worker's port, so no path, query,
      user or host of the hive's choosing reaches a request the queen makes.
@@ -20,7 +20,6 @@ import ipaddress
 import re
 from collections.abc import Sequence
 
-from rbee.common.daemon import is_loopback
 from rbee.contracts.hives import HiveReport, HostedWorker
 from rbee.contracts.models import ModelEntry
 from rbee.queen.errors import InvalidRequest, QueenError
@@ -60,8 +59,9 @@ def check_origin(report: HiveReport, peer: str, enrolled: str | None) -> None:
 
 
 def check_tls(report: HiveReport, tls_required: bool) -> None:
-    """(2) No plain HTTP to a hive beyond loopback once the cluster has a CA."""
-    if tls_required and not report.tls and not is_loopback(report.address):
+    """(2) No plain HTTP to a hive once the cluster has a CA, loopback included (another local user could
+    listen there and read prompts and worker keys)."""
+    if tls_required and not report.tls:
         raise InvalidRequest(f"This queen uses TLS and hive '{report.alias}' does not: re-run "
                              f"`rbee hive install {report.alias}` on the queen's machine to give it a certificate.",
                              param="tls")

@@ -17,7 +17,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import ValidationError
 
-from rbee.common import settings
+from rbee.common import settings, tls
 from rbee.common.hop import HOP
 from rbee.common.jobs import Emit, JobFailed
 from rbee.contracts.hives import (
@@ -222,6 +222,7 @@ class RemoteHive:
         self.state = HiveState.READY
         self.last_seen = time.monotonic()
         self.problem: str | None = None
+        self.registrations = 0  # registrations heard (the route counts them); heartbeats do not count
         self._needs: dict[tuple[str, int | None, int | None], int] = {}  # (model, context, slots) -> bytes
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0), verify=tls or True,
                                          headers={"Authorization": f"Bearer {token}", **HOP})
@@ -259,6 +260,11 @@ class RemoteHive:
                 timeout=wait_s if wait_s is not None else httpx.USE_CLIENT_DEFAULT,
             )
         except httpx.HTTPError as exc:
+            problem = tls.certificate_problem(exc)
+            if problem is not None:
+                raise HiveCallFailed(f"hive '{self.alias}' at {self.base_url} failed the TLS check: {problem}. Its "
+                                     "certificate must come from this cluster's CA: after `rbee tls init --force`, "
+                                     f"run `rbee tls rotate` (or `rbee hive install {self.alias}`).") from exc
             raise HiveCallFailed(f"hive '{self.alias}' at {self.base_url} did not answer "
                                  f"({type(exc).__name__})") from exc
         if resp.status_code >= 400:
@@ -338,7 +344,8 @@ class RemoteHive:
             alias=self.alias, state=self.state, address=self.report.address, port=self.report.port,
             version=self.report.version, devices=self.report.devices,
             workers=sum(1 for w in self.supervisor.workers() if w.state is WorkerState.READY),
-            last_seen_s=round(time.monotonic() - self.last_seen, 1), problem=self.problem,
+            last_seen_s=round(time.monotonic() - self.last_seen, 1), registrations=self.registrations,
+            problem=self.problem,
         )
 
     async def detail(self, name: str, context_per_slot: int | None = None, slots: int | None = None) -> ModelDetail:

@@ -90,3 +90,17 @@ def test_missing_files_are_named(tmp_path: Path) -> None:
         tls.TLSFiles(tmp_path / "nope.pem", tmp_path / "nope.key", tmp_path / "ca.pem").server_context()
     with pytest.raises(tls.TLSError, match="cannot be read"):
         tls.issue("x", ["a"], tmp_path / "no-ca-here")
+
+
+def test_a_refused_certificate_is_named_as_such_through_httpx(tmp_path: Path) -> None:
+    import httpx
+
+    ours = _make_ca(tmp_path / "ours")
+    theirs = _make_ca(tmp_path / "theirs")
+    impostor = _leaf(theirs, ["127.0.0.1"], tmp_path / "impostor")
+    for port in _serve_once(impostor):
+        with pytest.raises(httpx.ConnectError) as failed:
+            httpx.get(f"https://127.0.0.1:{port}/", verify=tls.client_context(ours / "ca.pem"), timeout=5)
+        problem = tls.certificate_problem(failed.value)
+        assert problem is not None and problem.startswith("its certificate was refused")
+    assert tls.certificate_problem(httpx.ConnectError("[Errno 111] Connection refused")) is None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from rbee.keeper.hive_install import parse_probe
@@ -11,6 +13,7 @@ from rbee.keeper.output import CLIError
 HOST = HostConfig("gpu-box", hostname="10.0.0.7", user="me")
 COMMON = ("os=Linux\narch=x86_64\nhome=/home/me\nconfig=/home/me/.config/rbee\ndata=/home/me/.local/share/rbee\n"
           "cache=/home/me/.cache/rbee\nconn=10.0.0.2 51234 10.0.0.7 22\n")
+PROBE = COMMON + "python=/usr/bin/python3 3.11 yes\n"
 
 
 def test_the_first_recent_python_with_venv_is_chosen() -> None:
@@ -40,3 +43,42 @@ def test_no_ssh_connection_variable_asks_for_the_queen_url() -> None:
     with pytest.raises(CLIError) as err:
         parse_probe(HOST, COMMON.replace("conn=10.0.0.2 51234 10.0.0.7 22", "conn=") + "python=/x 3.12 yes\n")
     assert "--queen-url" in err.value.message
+
+
+def test_a_plain_http_queen_url_is_refused_once_tls_is_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rbee.keeper.hive_install import Installer
+    from rbee.keeper.output import Output
+
+    monkeypatch.setenv("RBEE_HOME", str(tmp_path))
+    remote = parse_probe(HOST, PROBE)
+    plain = Installer(HOST, None, Output(), queen_url="http://10.0.0.1:7833")  # type: ignore[arg-type]
+    assert plain.queen_url_for(remote) == "http://10.0.0.1:7833"  # no TLS yet: plain HTTP is all there is
+    monkeypatch.setenv("RBEE_TLS_CERT", str(tmp_path / "queen.pem"))
+    with pytest.raises(CLIError, match="in clear"):
+        plain.queen_url_for(remote)
+    assert Installer(HOST, None, Output(), queen_url="https://10.0.0.1:7833").queen_url_for(  # type: ignore[arg-type]
+        remote) == "https://10.0.0.1:7833"
+
+
+def test_the_cli_never_sends_the_admin_token_in_clear_to_another_machine(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpx
+
+    from rbee.keeper.client import QueenClient
+
+    monkeypatch.setenv("RBEE_HOME", str(tmp_path))
+    monkeypatch.delenv("RBEE_API_KEY", raising=False)
+    token = tmp_path / "config" / "admin.token"
+    token.parent.mkdir(parents=True, exist_ok=True)
+    token.write_text("rbee-admin-secret\n")
+    sent: list[httpx.Request] = []
+    for url in ("http://10.231.0.1:7833", "http://queen.lan:7833"):
+        client = QueenClient(url)
+        client._http._transport = httpx.MockTransport(lambda r: sent.append(r) or httpx.Response(200, json={}))
+        with pytest.raises(CLIError, match="in clear"):
+            client.get("/v1/status")
+    assert sent == []  # refused before a byte left
+    local = QueenClient("http://127.0.0.1:7833")
+    local._http._transport = httpx.MockTransport(lambda r: sent.append(r) or httpx.Response(200, json={}))
+    local.get("/v1/status")
+    assert sent[0].headers["authorization"] == "Bearer rbee-admin-secret"

@@ -47,6 +47,8 @@ def test_a_hive_may_not_downgrade_to_plain_http_once_there_is_a_ca() -> None:
     with pytest.raises(InvalidRequest, match="uses TLS") as refused:
         check_tls(report(), tls_required=True)
     assert refused.value.param == "tls"
+    with pytest.raises(InvalidRequest, match="uses TLS"):  # a local port is no safer: another user may hold it
+        check_tls(report(address="127.0.0.1"), tls_required=True)
 
 
 @pytest.mark.parametrize("url", [
