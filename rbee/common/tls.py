@@ -193,11 +193,11 @@ def certificate_problem(exc: BaseException) -> str | None:
         if seen is None:
             return None
         if isinstance(seen, ssl.SSLCertVerificationError):
-            return f"its certificate was refused ({seen.verify_message or seen.reason})"
+            return f"its certificate was refused: certificate verify failed ({seen.verify_message or seen.reason})"
         if isinstance(seen, ssl.SSLError):
             return f"the TLS handshake failed ({seen.reason or seen})"
         text = str(seen)
         if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
-            return f"its certificate was refused ({text[:200]})"
+            return f"its certificate was refused: {text[:200]}"
         seen = seen.__cause__ or seen.__context__
     return None

@@ -137,3 +137,31 @@ def test_a_hive_that_does_not_trust_the_queens_certificate_cannot_join(installed
     finally:
         lan.run("h1", "sh", "-c", f"cat > {ca_there}", input=original)
         lan.run("h1", ".local/share/rbee/venv/bin/rbee", "hive-agent", "restart")
+
+
+def test_after_a_new_ca_rotate_mends_installed_hives_without_a_reinstall(
+    installed: Queen, lan: Lan, model_path: str
+) -> None:
+    forced = installed.cli("tls", "init", "--force", check=True, timeout=120)
+    assert "rbee tls rotate" in forced.stderr
+    ca = installed.home / "config" / "tls" / "ca.pem"
+    url = f"https://127.0.0.1:{installed.port}"
+
+    def h1() -> dict[str, object]:
+        return next(h for h in httpx.get(f"{url}/v1/hives", verify=pinned(ca)).json() if h["alias"] == "h1")
+
+    # The hive still holds the old CA: it cannot register, and says why and what mends it.
+    for _ in range(300):
+        if h1()["state"] != "ready":
+            break
+        time.sleep(0.1)
+    assert h1()["state"] != "ready"
+    log = lan.run("h1", ".local/share/rbee/venv/bin/rbee", "hive-agent", "logs", "-n", "40").stdout
+    assert "failed the TLS check" in log and "rbee tls rotate" in log
+    rotated = installed.cli("tls", "rotate", timeout=300)
+    assert rotated.returncode == 0, rotated.stderr
+    assert "h1 has a certificate from the cluster CA" in rotated.stderr and "hive h1 is ready" in rotated.stderr
+    assert lan.run("h1", "test", "-e", ".local/share/rbee/venv/bin/rbee").returncode == 0  # not reinstalled
+    reply = httpx.post(f"{url}/v1/chat/completions", verify=pinned(ca), timeout=120, headers={"x-rbee-hive": "h1"},
+                       json={"model": model_path, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+    assert reply.status_code == 200, reply.text
