@@ -97,8 +97,10 @@ def logs(
 
 @app.command()
 def uninstall() -> None:
-    """Stop the hive and remove its service files and config (models and engines stay)."""
+    """Stop the hive and remove its service files, config and certificate key (models and engines stay)."""
     background.stop()
     background.remove_service_files()
     hive_config.config_file().unlink(missing_ok=True)
+    for name in ("hive.pem", "hive.key"):  # the CA certificate may be the queen's own, on the queen's machine
+        (paths.tls_dir() / name).unlink(missing_ok=True)
     Output().success("hive uninstalled from this machine")

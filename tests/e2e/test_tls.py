@@ -165,3 +165,11 @@ def test_after_a_new_ca_rotate_mends_installed_hives_without_a_reinstall(
     reply = httpx.post(f"{url}/v1/chat/completions", verify=pinned(ca), timeout=120, headers={"x-rbee-hive": "h1"},
                        json={"model": model_path, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
     assert reply.status_code == 200, reply.text
+
+
+def test_uninstall_deletes_the_hives_certificate_key(installed: Queen, lan: Lan) -> None:
+    assert lan.run("h1", "test", "-f", ".config/rbee/tls/hive.key").returncode == 0
+    result = installed.cli("hive", "uninstall", "h1", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert lan.run("h1", "test", "-e", ".config/rbee/tls/hive.key").returncode != 0
+    assert lan.run("h1", "test", "-e", ".config/rbee/tls/hive.pem").returncode != 0
