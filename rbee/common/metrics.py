@@ -4,6 +4,7 @@ time, and the engines' own counters (each worker's `/metrics`, relabelled with w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import ssl
 from collections.abc import Iterable, Iterator, Sequence
@@ -30,6 +31,7 @@ class _Worker(Protocol):
     api_key: str
     memory: int
     device: str
+    tls: ssl.SSLContext | None  # how it is checked, when not with the scrape's default context
 
     @property
     def url(self) -> str | None: ...
@@ -137,11 +139,17 @@ async def engine_metrics(workers: Sequence[_Worker], tls: ssl.SSLContext | None 
         return ""
     gate = asyncio.Semaphore(SCRAPE_CONCURRENCY)
     limits = httpx.Limits(max_connections=SCRAPE_CONCURRENCY, max_keepalive_connections=0)
-    async with httpx.AsyncClient(timeout=ENGINE_SCRAPE_TIMEOUT_S, verify=tls or True, limits=limits) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        clients: dict[int, httpx.AsyncClient] = {}
+        for w in ready:  # one client per way of checking certificates (a hive's pinned one, or the default)
+            if id(w.tls) not in clients:
+                clients[id(w.tls)] = await stack.enter_async_context(httpx.AsyncClient(
+                    timeout=ENGINE_SCRAPE_TIMEOUT_S, verify=w.tls or tls or True, limits=limits))
+
         async def one(w: _Worker) -> str:
             async with gate:
                 try:
-                    return await asyncio.wait_for(_scrape(client, w), ENGINE_SCRAPE_TIMEOUT_S)
+                    return await asyncio.wait_for(_scrape(clients[id(w.tls)], w), ENGINE_SCRAPE_TIMEOUT_S)
                 except (httpx.HTTPError, TimeoutError):
                     return ""
 

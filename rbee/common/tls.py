@@ -66,6 +66,18 @@ def client_context(ca: Path) -> ssl.SSLContext:
     return ctx
 
 
+def pinned_context(certificate: str) -> ssl.SSLContext:
+    """Verify a server against the one certificate the cluster CA issued to it (an allow-list of one): a
+    certificate the same CA issued to another or an uninstalled hive is refused, as is any other."""
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=certificate)
+    except (ValueError, ssl.SSLError) as exc:
+        raise TLSError(f"the certificate recorded for this hive cannot be used: {exc}") from exc
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the leaf itself is the trust anchor
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
 def cluster_ca() -> Path:
     return Path(os.environ.get("RBEE_TLS_CA") or paths.tls_dir() / "ca.pem")
 

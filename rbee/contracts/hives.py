@@ -85,6 +85,13 @@ class HiveAck(BaseModel):
 class HiveEnroll(BaseModel):
     alias: str = Field(pattern=ALIAS_PATTERN)
     address: HostAddress | None = None  # where the installer reached the machine: its reports must come from there
+    certificate: str | None = Field(default=None, max_length=16384)  # the PEM it was issued (TLS): pinned
+
+
+class HiveCertificate(BaseModel):
+    """`PUT /v1/hives/{alias}/certificate`: the certificate `rbee tls rotate` gave an installed hive."""
+
+    certificate: str = Field(max_length=16384)
 
 
 class HiveEnrolled(BaseModel):

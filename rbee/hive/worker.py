@@ -15,6 +15,7 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import sys
 import time
 from dataclasses import dataclass
@@ -104,6 +105,8 @@ def worker_env(api_key: str) -> dict[str, str]:
 
 class WorkerProcess:
     """A running (or starting, or dead) llama-server and its state."""
+
+    tls: ssl.SSLContext | None = None  # how the queen checks it: None, the queen's own default (the cluster CA)
 
     def __init__(self, worker_id: str, hive: str, spec: WorkerSpec, log_path: Path) -> None:
         self.id = worker_id

@@ -168,7 +168,12 @@ class Installer:
         remote = await self.probe()
         await self._run(f"test -f {shlex.quote(remote.config_dir + '/hive.toml')} || {{ echo 'no hive is "
                         f"installed on {self.host.alias}: run `rbee hive install {self.host.alias}`' >&2; exit 3; }}")
-        if await self.ship_certificates(remote) and await asyncio.to_thread(self.client.health) is not None:
+        certificate, reissued = await self.ship_certificates(remote)
+        if certificate is None:
+            raise CLIError("TLS is off on this queen: `rbee tls init` first.")
+        await asyncio.to_thread(self.client.request, "PUT", f"/v1/hives/{self.host.alias}/certificate",
+                                json={"certificate": certificate})
+        if reissued and await asyncio.to_thread(self.client.health) is not None:
             await self.restart_queen(f"its certificate now also names {remote.queen_side_ip}")
         before = await self.registrations()
         await self.start(remote)
@@ -252,12 +257,13 @@ class Installer:
         port = urlsplit(self.client.base_url).port or settings.DEFAULT_QUEEN_PORT
         return f"{'https' if settings.queen_tls() else 'http'}://{remote.queen_side_ip}:{port}"
 
-    async def ship_certificates(self, remote: Remote) -> bool:
+    async def ship_certificates(self, remote: Remote) -> tuple[str | None, bool]:
         """With TLS on (`rbee tls init`), give the hive a certificate for the address the queen reaches it at,
-        and make sure the queen's own certificate names the address the hive reaches it at. True when the
-        queen's certificate had to be reissued (it then needs a restart)."""
+        and make sure the queen's own certificate names the address the hive reaches it at. The hive's
+        certificate (the queen accepts no other from it), and whether the queen's certificate had to be
+        reissued (it then needs a restart)."""
         if not settings.queen_tls():
-            return False
+            return None, False
         names = [remote.own_ip, self.host.alias] + ([self.host.hostname] if self.host.hostname else [])
         try:
             cert, key = await asyncio.to_thread(tls.issue, f"rbee hive {self.host.alias}", names)
@@ -276,12 +282,12 @@ class Installer:
         await self.ssh.put_text(key.decode(), f"{folder}/hive.key", mode="0600")
         named = ", ".join(dict.fromkeys(names))
         self.out.success(f"{self.host.alias} has a certificate from the cluster CA for {named}")
-        return reissue
+        return cert.decode(), reissue
 
     async def write_config(self, remote: Remote) -> None:
-        reissued = await self.ship_certificates(remote)
-        enrolled = await asyncio.to_thread(self.client.post, "/v1/hives",
-                                           {"alias": self.host.alias, "address": remote.own_ip})
+        certificate, reissued = await self.ship_certificates(remote)
+        enrolled = await asyncio.to_thread(self.client.post, "/v1/hives", {
+            "alias": self.host.alias, "address": remote.own_ip, "certificate": certificate})
         config = HiveConfig(alias=self.host.alias, queen_url=self.queen_url_for(remote), token=enrolled["token"],
                             address=remote.own_ip, port=self.host.hive_port, models_dir=self.host.models_dir,
                             tls=settings.queen_tls())

@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS hives (
     alias TEXT PRIMARY KEY,
     token_sha256 TEXT NOT NULL,
     enrolled_at REAL NOT NULL,
-    address TEXT
+    address TEXT,
+    certificate TEXT
 );
 CREATE TABLE IF NOT EXISTS api_keys (
     name TEXT PRIMARY KEY,
@@ -89,6 +90,7 @@ class Enrolment:
     alias: str
     enrolled_at: float
     address: str | None = None  # where the installer reached it; its reports must come from there
+    certificate: str | None = None  # the PEM the cluster CA issued to it: the only one the queen accepts from it
 
 
 @dataclass(frozen=True)
@@ -122,8 +124,9 @@ def _recovery(path: Path) -> str:
 def _migrate(db: sqlite3.Connection) -> None:
     """Columns added after a table was first made (a queen's database outlives its version)."""
     columns = {row[1] for row in db.execute("PRAGMA table_info(hives)")}
-    if "address" not in columns:
-        db.execute("ALTER TABLE hives ADD COLUMN address TEXT")
+    for column in ("address", "certificate"):
+        if column not in columns:
+            db.execute(f"ALTER TABLE hives ADD COLUMN {column} TEXT")
 
 
 def _key_info(row: sqlite3.Row) -> KeyInfo:
@@ -176,20 +179,26 @@ class QueenDB:
 
     # --- hives -------------------------------------------------------------------------------
 
-    async def enrol(self, alias: str, address: str | None = None) -> str:
-        """A new join token for `alias` (at `address`, where the installer reached it); any previous token of
-        that hive stops working."""
+    async def enrol(self, alias: str, address: str | None = None, certificate: str | None = None) -> str:
+        """A new join token for `alias` (at `address`, where the installer reached it, with the TLS certificate
+        it was given); any previous token of that hive stops working."""
         token = secrets.token_urlsafe(32)
         await self._run(lambda db: db.execute(
-            "INSERT OR REPLACE INTO hives (alias, token_sha256, enrolled_at, address) VALUES (?, ?, ?, ?)",
-            (alias, digest(token), time.time(), address)))
+            "INSERT OR REPLACE INTO hives (alias, token_sha256, enrolled_at, address, certificate) "
+            "VALUES (?, ?, ?, ?, ?)", (alias, digest(token), time.time(), address, certificate)))
         return token
+
+    async def set_certificate(self, alias: str, certificate: str) -> bool:
+        """The certificate a hive now has (`rbee tls rotate`); False when no such hive is enrolled."""
+        return await self._run(lambda db: db.execute(
+            "UPDATE hives SET certificate = ? WHERE alias = ?", (certificate, alias)).rowcount > 0)
 
     async def enrolment_for(self, token: str) -> Enrolment | None:
         """The hive a join token belongs to; None for a wrong or revoked one."""
         row = await self._run(lambda db: db.execute(
-            "SELECT alias, enrolled_at, address FROM hives WHERE token_sha256 = ?", (digest(token),)).fetchone())
-        return None if row is None else Enrolment(str(row[0]), float(row[1]), row[2])
+            "SELECT alias, enrolled_at, address, certificate FROM hives WHERE token_sha256 = ?",
+            (digest(token),)).fetchone())
+        return None if row is None else Enrolment(str(row[0]), float(row[1]), row[2], row[3])
 
     async def revoke(self, alias: str) -> bool:
         return await self._run(lambda db: db.execute("DELETE FROM hives WHERE alias = ?", (alias,)).rowcount > 0)

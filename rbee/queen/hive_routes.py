@@ -7,21 +7,31 @@ token is refused with 401 and logged here with the caller's address (the hive lo
 from __future__ import annotations
 
 import logging
+import ssl
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from rbee.common import settings
+from rbee.common import settings, tls
 from rbee.common.version import current as current_version
-from rbee.contracts.hives import HiveAck, HiveEnroll, HiveEnrolled, HiveReport, HiveState, HiveStatus
+from rbee.contracts.hives import (
+    HiveAck,
+    HiveCertificate,
+    HiveEnroll,
+    HiveEnrolled,
+    HiveReport,
+    HiveState,
+    HiveStatus,
+)
 from rbee.queen import hive_trust
 from rbee.queen.auth import Principal
+from rbee.queen.db import Enrolment
 from rbee.queen.errors import InvalidRequest, NotFound, QueenError
 from rbee.queen.guard import principal_of
 from rbee.queen.remote_hive import RemoteHive
 from rbee.queen.requests import read_json
-from rbee.queen.state import queen_state
+from rbee.queen.state import QueenState, queen_state
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +49,7 @@ async def enrol(request: Request) -> Response:
         raise InvalidRequest("'localhost' is the queen's own hive; give the remote machine another alias.",
                              param="alias")
     state = queen_state(request)
-    token = await state.db.enrol(asked.alias, asked.address)
+    token = await state.db.enrol(asked.alias, asked.address, asked.certificate)
     await state.audit(principal_of(request.scope), request, "hive.enrol", asked.alias)
     log.info("enrolled hive '%s' (a new join token; any previous one is revoked)", asked.alias)
     return JSONResponse(HiveEnrolled(alias=asked.alias, token=token).model_dump(), status_code=201)
@@ -78,7 +88,7 @@ async def forget(request: Request) -> Response:
     return JSONResponse({"alias": alias, "revoked": True})
 
 
-async def _authenticated_report(request: Request) -> tuple[HiveReport, str]:
+async def _authenticated_report(request: Request) -> tuple[HiveReport, str, Enrolment]:
     """The hive's report, checked (rbee/queen/hive_trust.py), and its token; the token is checked before the
     body is read. Every refusal is logged with the real peer."""
     token = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
@@ -101,7 +111,19 @@ async def _authenticated_report(request: Request) -> tuple[HiveReport, str]:
         log.warning("refused a report under the token of hive '%s' from %s: %s", enrolment.alias, peer,
                     exc.message[:300])
         raise
-    return report, token
+    return report, token, enrolment
+
+
+def _checking(state: QueenState, enrolment: Enrolment) -> ssl.SSLContext | None:
+    """How the queen checks a hive and its workers: the certificate issued to it alone when one is recorded
+    (an allow-list: another hive's, or an uninstalled one's, is refused), else any from the cluster CA."""
+    if state.hive_tls is None or enrolment.certificate is None:
+        return state.hive_tls
+    try:
+        return tls.pinned_context(enrolment.certificate)
+    except tls.TLSError as exc:
+        log.warning("hive '%s': %s; checking it against the cluster CA instead", enrolment.alias, exc)
+        return state.hive_tls
 
 
 def _ack(report: HiveReport) -> HiveAck:
@@ -115,13 +137,15 @@ def _ack(report: HiveReport) -> HiveAck:
 
 async def register(request: Request) -> Response:
     state = queen_state(request)
-    report, token = await _authenticated_report(request)
+    report, token, enrolment = await _authenticated_report(request)
     ack = _ack(report)
     hive = state.hives.get(report.alias)
     if isinstance(hive, RemoteHive):
+        if enrolment.certificate != hive.certificate:  # re-issued (`rbee tls rotate`) or re-installed
+            await hive.use_tls(_checking(state, enrolment), enrolment.certificate)
         adopted = hive.heard_from(report, token)
     else:
-        hive = RemoteHive(report, token, state.hive_tls)
+        hive = RemoteHive(report, token, _checking(state, enrolment), enrolment.certificate)
         state.hives[report.alias] = hive
         adopted = [w.id for w in hive.supervisor.workers()]
     hive.registrations += 1
@@ -138,7 +162,7 @@ async def register(request: Request) -> Response:
 
 async def heartbeat(request: Request) -> Response:
     state = queen_state(request)
-    report, token = await _authenticated_report(request)
+    report, token, _ = await _authenticated_report(request)
     hive = state.hives.get(report.alias)
     if not isinstance(hive, RemoteHive):
         raise NotFound(f"hive '{report.alias}' is not registered; register first")
@@ -149,10 +173,26 @@ async def heartbeat(request: Request) -> Response:
     return JSONResponse(_ack(report).model_dump())
 
 
+async def set_certificate(request: Request) -> Response:
+    """The certificate `rbee tls rotate` gave an installed hive: from its next registration, the only one accepted."""
+    state = queen_state(request)
+    alias = request.path_params["alias"]
+    _, given = await read_json(request, HiveCertificate)
+    try:
+        tls.pinned_context(given.certificate)
+    except tls.TLSError as exc:
+        raise InvalidRequest(str(exc), param="certificate") from exc
+    if not await state.db.set_certificate(alias, given.certificate):
+        raise NotFound(f"There is no hive '{alias}'; `rbee hive install {alias}` enrols it.")
+    await state.audit(principal_of(request.scope), request, "hive.certificate", alias)
+    return JSONResponse({"alias": alias, "certificate": "recorded"})
+
+
 routes = [
     Route("/v1/hives", enrol, methods=["POST"]),
     Route("/v1/hives", list_hives, methods=["GET"]),
     Route("/v1/hives/register", register, methods=["POST"]),
     Route("/v1/hives/heartbeat", heartbeat, methods=["POST"]),
     Route("/v1/hives/{alias}", forget, methods=["DELETE"]),
+    Route("/v1/hives/{alias}/certificate", set_certificate, methods=["PUT"]),
 ]

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from starlette.routing import BaseRoute, Route
 
 from rbee import __version__
-from rbee.contracts.hives import HiveEnroll, HiveReport
+from rbee.contracts.hives import HiveCertificate, HiveEnroll, HiveReport
 from rbee.contracts.jobs import JobCreate
 from rbee.contracts.keys import KeyCreate
 from rbee.contracts.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
@@ -25,6 +25,7 @@ BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("POST", "/v1/embeddings"): EmbeddingRequest,
     ("POST", "/v1/jobs"): JobCreate,
     ("POST", "/v1/hives"): HiveEnroll,
+    ("PUT", "/v1/hives/{alias}/certificate"): HiveCertificate,
     ("POST", "/v1/hives/register"): HiveReport,
     ("POST", "/v1/hives/heartbeat"): HiveReport,
     ("POST", "/v1/keys"): KeyCreate,

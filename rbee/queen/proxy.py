@@ -161,14 +161,16 @@ class Forwarder:
         if self._session is not None:
             await self._session.close()
 
-    async def _send(self, url: str, body: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
+    async def _send(self, url: str, body: bytes, headers: dict[str, str],
+                    tls: ssl.SSLContext | None) -> aiohttp.ClientResponse:
         """POST, retrying once when a pooled keep-alive connection turns out to be closed already."""
+        check = tls or self._tls
         try:
-            return await self._client().post(url, data=body, headers=headers, ssl=self._tls)
+            return await self._client().post(url, data=body, headers=headers, ssl=check)
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
             if isinstance(exc, aiohttp.ClientSSLError):
                 raise
-            return await self._client().post(url, data=body, headers=headers, ssl=self._tls)
+            return await self._client().post(url, data=body, headers=headers, ssl=check)
 
     async def _open(self, lease: Lease, path: str, body: bytes, stream: bool,
                     request_id: str | None) -> aiohttp.ClientResponse:
@@ -181,7 +183,7 @@ class Forwarder:
             # pooled, that socket would be handed to the next request dead ("Can not write request body").
             headers["Connection"] = "close"
         try:
-            return await self._send(f"{worker.url}{path}", body, headers)
+            return await self._send(f"{worker.url}{path}", body, headers, worker.tls)
         except (aiohttp.ClientError, OSError) as exc:
             raise WorkerUnavailable(f"Worker {worker.id} for '{worker.spec.model.name}' did not answer "
                                     f"({type(exc).__name__}); it is {worker.state}. Retry the request.") from exc

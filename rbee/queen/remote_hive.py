@@ -83,6 +83,7 @@ class RemoteWorker:
         self.memory = memory
         self.device = "cpu"
         self.device_memory: dict[str, int] = {}
+        self.tls: ssl.SSLContext | None = None  # how the queen checks it: its hive's pinned certificate
         if spec is not None:
             self.spec = spec
         if hosted is not None:
@@ -144,6 +145,7 @@ class RemoteSupervisor:
         return self._workers.get(worker_id)
 
     def add(self, worker: RemoteWorker) -> None:
+        worker.tls = self._hive.tls
         self._workers[worker.id] = worker
 
     def discard(self, worker_id: str) -> None:
@@ -182,7 +184,7 @@ class RemoteSupervisor:
                 adopted = RemoteWorker(self._hive.alias, hosted)
                 hold = keep_alive.parse(settings.keep_alive_default()) or 0.0
                 adopted.expires_at = None if hold == keep_alive.FOREVER else time.monotonic() + hold
-                self._workers[hosted.info.id] = adopted
+                self.add(adopted)
                 adopted_ids.append(hosted.info.id)
             else:
                 known.update(hosted)
@@ -213,7 +215,8 @@ class _Catalog:
 
 
 class RemoteHive:
-    def __init__(self, report: HiveReport, token: str, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(self, report: HiveReport, token: str, tls: ssl.SSLContext | None = None,
+                 certificate: str | None = None) -> None:
         self.alias = report.alias
         self.token = token
         self.supervisor = RemoteSupervisor(self)
@@ -224,9 +227,22 @@ class RemoteHive:
         self.problem: str | None = None
         self.registrations = 0  # registrations heard (the route counts them); heartbeats do not count
         self._needs: dict[tuple[str, int | None, int | None], int] = {}  # (model, context, slots) -> bytes
-        self._client = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0), verify=tls or True,
-                                         headers={"Authorization": f"Bearer {token}", **HOP})
+        self.tls = tls
+        self.certificate = certificate  # the PEM `tls` pins, when the queen recorded one for this hive
+        self._client = self._new_client(token)
         self.heard_from(report, token)
+
+    def _new_client(self, token: str) -> httpx.AsyncClient:
+        return httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0), verify=self.tls or True,
+                                 headers={"Authorization": f"Bearer {token}", **HOP})
+
+    async def use_tls(self, context: ssl.SSLContext | None, certificate: str | None) -> None:
+        """Check this hive and its workers with `context` (pinning `certificate`) from now on: it was re-issued."""
+        self.tls, self.certificate, old = context, certificate, self._client
+        self._client = self._new_client(self.token)
+        for worker in self.supervisor.workers():
+            worker.tls = context
+        await old.aclose()
 
     @property
     def base_url(self) -> str:

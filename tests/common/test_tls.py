@@ -104,3 +104,19 @@ def test_a_refused_certificate_is_named_as_such_through_httpx(tmp_path: Path) ->
         problem = tls.certificate_problem(failed.value)
         assert problem is not None and problem.startswith("its certificate was refused")
     assert tls.certificate_problem(httpx.ConnectError("[Errno 111] Connection refused")) is None
+
+
+def test_a_pinned_context_takes_only_the_certificate_issued_to_that_hive(tmp_path: Path) -> None:
+    ca = _make_ca(tmp_path / "ca")
+    hive = _leaf(ca, ["127.0.0.1"], tmp_path / "hive")
+    uninstalled = _leaf(ca, ["127.0.0.1"], tmp_path / "old")  # same CA, same address: another hive's, or revoked
+    pinned = tls.pinned_context(hive.cert.read_text())
+    for port in _serve_once(hive):
+        assert _handshake(port, pinned) == b"hello"
+    for port in _serve_once(uninstalled):
+        assert _handshake(port, tls.client_context(ca / "ca.pem")) == b"hello"  # the CA alone would take it
+    for port in _serve_once(uninstalled):
+        with pytest.raises(ssl.SSLCertVerificationError):
+            _handshake(port, pinned)
+    with pytest.raises(tls.TLSError, match="cannot be used"):
+        tls.pinned_context("not a certificate")
