@@ -173,11 +173,13 @@ class Forwarder:
             return await self._client().post(url, data=body, headers=headers, ssl=check)
 
     async def _open(self, lease: Lease, path: str, body: bytes, stream: bool,
-                    request_id: str | None) -> aiohttp.ClientResponse:
+                    request_id: str | None, deadline: float | None) -> aiohttp.ClientResponse:
         worker = lease.worker
         headers = {"Authorization": f"Bearer {worker.api_key}", "Content-Type": "application/json", **HOP}
         if request_id:
             headers["X-Request-Id"] = request_id
+        if deadline is not None:  # the deadline travels with the request: what is left of it
+            headers["X-Rbee-Timeout"] = f"{max(0.1, deadline - asyncio.get_running_loop().time()):.3f}"
         if stream:
             # llama-server closes the connection after every streamed answer while still saying keep-alive;
             # pooled, that socket would be handed to the next request dead ("Can not write request body").
@@ -215,7 +217,7 @@ class Forwarder:
         started = time.monotonic()
         try:
             async with asyncio.timeout_at(deadline):  # a non-streamed answer arrives whole: bound the wait
-                upstream = await self._open(lease, path, body, stream, request_id)
+                upstream = await self._open(lease, path, body, stream, request_id, deadline)
                 if not (stream and upstream.status == 200):
                     content = await self._read(lease, upstream)
         except BaseException as exc:

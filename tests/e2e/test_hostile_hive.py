@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -136,3 +138,42 @@ def test_reports_out_of_bounds_are_400s_and_everything_still_answers(queen: Quee
     resp = register(queen, token, json.dumps(body))  # NaN and 400-digit integers as a hive's JSON encoder sends them
     assert resp.status_code == 400, resp.text
     still_serving(queen)
+
+
+class _Worker(BaseHTTPRequestHandler):
+    """A worker that answers one chat completion and keeps the headers the queen sent it."""
+
+    seen: list[dict[str, str]] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", "0")))
+        _Worker.seen.append(dict(self.headers))
+        body = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "tiny",
+                           "choices": [{"index": 0, "finish_reason": "stop",
+                                        "message": {"role": "assistant", "content": "ok"}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_the_queens_own_requests_say_so_and_carry_what_is_left_of_the_deadline(queen: Queen) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Worker)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        token = enrol(queen)
+        assert register(queen, token, report(worker(f"http://127.0.0.1:{server.server_address[1]}"))).status_code == 200
+        resp = httpx.post(f"{queen.url}/v1/chat/completions", timeout=60,
+                          headers={"x-rbee-hive": "evil", "X-Rbee-Timeout": "30"},
+                          json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}]})
+        assert resp.status_code == 200, resp.text
+    finally:
+        server.shutdown()
+    (sent,) = _Worker.seen
+    assert sent["X-Rbee-Hop"] == "queen"  # a queen would refuse it: never taken for a client
+    assert 0 < float(sent["X-Rbee-Timeout"]) <= 30
+    assert sent["Authorization"] == "Bearer k"  # the worker's own key, nothing of the client's
