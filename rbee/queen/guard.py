@@ -7,22 +7,31 @@
   - A bearer token that is the admin token or a live API key identifies the caller. An API key may
     call the OpenAI routes only; the rest (keys, hives, jobs, shutdown) needs the admin token.
   - Without a credential: refused (401) once the queen has API keys. While it has none, a caller on
-    this machine is trusted, but a peer on the network is not (403), and neither is a web page the
-    user happens to open: a request whose `Origin` is not this machine, or whose `Host` is not a
-    loopback name (DNS rebinding), gets a 403. `--insecure-no-auth` lifts all of this.
+    this machine may use the OpenAI routes (CLIENT_PATHS) as `local`, but a peer on the network may not
+    (403), and neither may a web page the user happens to open: a request whose `Origin` is not this
+    machine, or whose `Host` is not a loopback name (DNS rebinding), gets a 403.
+  - Admin is a credential, not an address: every other route (keys, hives, jobs, workers, catalog,
+    settings, status, usage, audit, metrics, shutdown, and any path not listed here) needs the admin
+    token, or a peer that is the queen's own Unix user (`owner`: it can read the token file anyway),
+    found by `peer.peer_of` in /proc/net/tcp; where that cannot be known (no /proc), the token. That
+    look-up runs in a thread, and only for such routes called without a valid token.
+  - `--insecure-no-auth` lifts all of this.
   - Every body is capped at RBEE_MAX_BODY_MB (413).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import anyio.to_thread
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from rbee.common import settings
+from rbee.common import paths, settings
 from rbee.common.daemon import is_loopback
-from rbee.queen.auth import ANONYMOUS, LOCAL, Forbidden, Principal, Unauthorized
+from rbee.queen import peer
+from rbee.queen.auth import ANONYMOUS, LOCAL, OWNER, Forbidden, Principal, Unauthorized
 from rbee.queen.errors import QueenError, error_response
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -35,6 +44,10 @@ MAX_HIVE_REPORT_BYTES = 4 * 2**20  # a report lists models and workers: kilobyte
 class RequestTooLarge(QueenError):
     status = 413
     code = "request_too_large"
+
+
+class AdminTokenRequired(Unauthorized):
+    code = "admin_token_required"
 
 
 @dataclass(frozen=True)
@@ -100,6 +113,33 @@ def _identify(scope: Scope, headers: dict[str, str], access: Access) -> Principa
     return LOCAL
 
 
+def _peer_is_queen_user(scope: Scope) -> bool:
+    """Whether the client is a process of the queen's own Unix user (but not the queen itself)."""
+    client, server = scope.get("client"), scope.get("server")
+    if not client or not server:
+        return False
+    found = peer.peer_of((str(client[0]), int(client[1])), (str(server[0]), int(server[1])))
+    return found is not None and found.uid == os.geteuid() and not peer.held_here(found.inode)
+
+
+async def as_owner(scope: Scope) -> Principal:
+    """The caller, `owner` when it is `local` but a process of the queen's own user (asked once per request)."""
+    state = scope.setdefault("state", {})
+    principal: Principal = state["principal"]
+    if principal is LOCAL and not state.get("peer_checked"):
+        state["peer_checked"] = True
+        if await anyio.to_thread.run_sync(_peer_is_queen_user, scope):
+            principal = state["principal"] = OWNER
+    return principal
+
+
+def _admin_token_required(path: str) -> AdminTokenRequired:
+    return AdminTokenRequired(
+        f"{path} manages the queen: it needs the queen's admin token (`Authorization: Bearer` with the "
+        f"contents of {paths.admin_token_file()} on the queen's machine, which `rbee` sends for the queen's own "
+        "user), or a request from that user. Without it, this machine may use the OpenAI routes only.")
+
+
 def _bounded(receive: Receive, limit: int) -> Receive:
     """`receive`, raising 413 once the body passes `limit` bytes (for bodies sent without a length)."""
     seen = 0
@@ -142,6 +182,11 @@ class Guard:
                 principal = ANONYMOUS
             else:
                 principal = _identify(scope, headers, self.access)
+                if principal is LOCAL and not _is_client_path(path):
+                    scope.setdefault("state", {})["principal"] = principal
+                    principal = await as_owner(scope)
+                    if principal is LOCAL:
+                        raise _admin_token_required(path)
             if length.isdigit() and int(length) > self.max_body:
                 raise RequestTooLarge(f"The request body ({length} bytes) is larger than {self.max_body} bytes "
                                       "(RBEE_MAX_BODY_MB).")
