@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -95,3 +96,46 @@ def test_the_queens_own_user_is_the_admin_without_a_token(loaded: Queen) -> None
 def test_the_admin_token_file_is_the_queens_users_only(loaded: Queen) -> None:
     mode = stat.S_IMODE((loaded.home / "config" / "admin.token").stat().st_mode)
     assert mode == 0o600
+
+
+def test_another_user_cannot_make_the_queen_open_a_file(loaded: Queen, other_user: OtherUser,
+                                                        tmp_path: Path, tiny_model: Path) -> None:
+    private = tmp_path / "root-only.gguf"
+    private.write_bytes(tiny_model.read_bytes())
+    private.chmod(0o600)
+    answers = []
+    for model in ("/etc/shadow", "/no/such/file.gguf", str(private), f" {private}", "../../etc/shadow",
+                  "~root/.bashrc", "x.gguf"):
+        answer = other_user.request("POST", f"{loaded.url}/v1/chat/completions",
+                                    {"model": model, "messages": CHAT, "max_tokens": 2})
+        assert answer.status == 403, (model, answer.body)
+        answers.append(answer.message)
+        assert "root:" not in answer.body
+    assert len(set(answers)) == 1 and "file path" in answers[0]  # existing or not, readable or not: alike
+
+
+def test_errors_about_files_never_quote_them(loaded: Queen) -> None:
+    resp = httpx.post(f"{loaded.url}/v1/chat/completions", timeout=30,
+                      json={"model": "/etc/shadow", "messages": CHAT, "max_tokens": 2})
+    assert resp.status_code in (400, 404, 503), resp.text
+    assert "not a GGUF model file" in resp.json()["error"]["message"]
+    assert "root:" not in resp.text and "0x" not in resp.text
+
+
+def _ready(queen: Queen) -> list[object]:
+    return [w["id"] for w in queen.workers() if w["state"] == "ready"]
+
+
+def test_another_user_cannot_pin_a_worker_forever(make_queen: Callable[..., Queen], tiny_model: Path,
+                                                  other_user: OtherUser) -> None:
+    queen = make_queen(RBEE_KEY_MAX_KEEP_ALIVE="1s").start()
+    chat = {"model": str(tiny_model), "messages": CHAT, "max_tokens": 2, "keep_alive": 0}
+    assert httpx.post(f"{queen.url}/v1/chat/completions", json=chat, timeout=60).status_code == 200
+    assert wait_for(lambda: _ready(queen) == [], 10)
+    chat.update(model="tiny", keep_alive=-1)
+    assert other_user.request("POST", f"{queen.url}/v1/chat/completions", chat).status == 200
+    assert _ready(queen)
+    assert wait_for(lambda: _ready(queen) == [], 10)  # held for RBEE_KEY_MAX_KEEP_ALIVE, not forever
+    assert httpx.post(f"{queen.url}/v1/chat/completions", json=chat, timeout=60).status_code == 200
+    time.sleep(3)
+    assert _ready(queen)  # the queen's own user may pin it

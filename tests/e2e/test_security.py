@@ -165,7 +165,7 @@ def test_the_audit_log_records_who_did_what_from_where(make_queen: Callable[...,
     queen = make_queen().start()
     _create_key(queen, "--name", "audited", "--rpm", "5")
     queen.cli("key", "revoke", "audited", check=True)
-    assert httpx.post(f"{queen.url}/v1/hives", json={"alias": "gpu-box"}).status_code == 201  # keyless, the queen's user
+    assert httpx.post(f"{queen.url}/v1/hives", json={"alias": "gpu-box"}).status_code == 201  # keyless: owner
     entries = json.loads(queen.cli("audit", "--json", check=True).stdout)
     assert [(e["action"], e["target"], e["actor"], e["source"]) for e in entries] == [
         ("key.create", "audited", "admin", "127.0.0.1"),
