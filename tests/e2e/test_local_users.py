@@ -139,3 +139,13 @@ def test_another_user_cannot_pin_a_worker_forever(make_queen: Callable[..., Quee
     assert httpx.post(f"{queen.url}/v1/chat/completions", json=chat, timeout=60).status_code == 200
     time.sleep(3)
     assert _ready(queen)  # the queen's own user may pin it
+
+
+def test_state_files_are_the_queens_users_only(loaded: Queen) -> None:
+    state = loaded.home / "state"
+    folders = [state, state / "hive", state / "hive" / "workers"]
+    files = [state / "queen.sqlite", state / "hive" / "catalog.sqlite", *(state / "hive" / "workers").glob("*.log")]
+    files += [p for p in state.rglob("*.sqlite-*")]
+    assert len(files) >= 3
+    assert {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in folders} == {str(p): "0o700" for p in folders}
+    assert {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {str(p): "0o600" for p in files}
