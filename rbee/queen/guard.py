@@ -38,6 +38,7 @@ LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 HIVE_ONLY_PATHS = frozenset({"/v1/hives/register", "/v1/hives/heartbeat"})
 CLIENT_PATHS = frozenset({"/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
 OPEN_PATHS = frozenset({"/health", "/openapi.json", "/"})  # and the dashboard's files, /ui/...
+DEFAULT_PORTS = {"http": 80, "https": 443}
 MAX_HIVE_REPORT_BYTES = 4 * 2**20  # a report lists models and workers: kilobytes, even for a big hive
 
 
@@ -48,6 +49,11 @@ class RequestTooLarge(QueenError):
 
 class AdminTokenRequired(Unauthorized):
     code = "admin_token_required"
+
+
+class UnsupportedMediaType(QueenError):
+    status = 415
+    code = "unsupported_media_type"
 
 
 @dataclass(frozen=True)
@@ -107,10 +113,37 @@ def _identify(scope: Scope, headers: dict[str, str], access: Access) -> Principa
     if host is not None and _host_name(host) not in LOOPBACK_NAMES:
         raise Forbidden(f"Host {host!r} is not this machine; the queen answers to localhost only",
                         code="forbidden_origin")
-    # Any Origin that is not this machine, "null" included (sandboxed frames, file:// pages), is a web page.
-    if origin is not None and _host_name(urlsplit(origin).netloc if "//" in origin else origin) not in LOOPBACK_NAMES:
+    # Any Origin but the queen's own, "null" included (sandboxed frames, file:// pages), is another web page:
+    # another program's page on localhost:OTHER_PORT too.
+    if origin is not None and not _is_own_origin(origin, host, scope):
         raise Forbidden(f"cross-origin requests from {origin} are refused", code="forbidden_origin")
     return LOCAL
+
+
+def _is_own_origin(origin: str, host: str | None, scope: Scope) -> bool:
+    """Whether a browser's `Origin` is the queen's own page: a loopback name, on the port the queen listens
+    on (or the one the browser connected to, as `Host` says: an SSH tunnel's)."""
+    try:
+        parts = urlsplit(origin)
+        port = parts.port or DEFAULT_PORTS.get(parts.scheme)
+        own = {(scope.get("server") or ("", None))[1]}
+        if host is not None:
+            own.add(urlsplit(f"//{host}").port or DEFAULT_PORTS.get(scope.get("scheme", "http")))
+    except ValueError:  # a port that is not a number, or out of range
+        return False
+    return (parts.hostname or "").lower() in LOOPBACK_NAMES and port is not None and port in own
+
+
+def _check_json_body(method: str, headers: dict[str, str]) -> None:
+    """A body sent to a route that manages the queen must say it is JSON: a web page can send `text/plain`
+    (or a form) without asking first, never `application/json`."""
+    has_body = headers.get("content-length", "0") not in ("", "0") or "transfer-encoding" in headers
+    if method in ("GET", "HEAD") or not has_body:
+        return
+    kind = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if kind != "application/json":
+        raise UnsupportedMediaType(f"A request body for the queen's admin routes must be JSON, sent with "
+                                   f"`Content-Type: application/json` (not {kind or 'none'!r}).")
 
 
 def _peer_is_queen_user(scope: Scope) -> bool:
@@ -167,7 +200,8 @@ class Guard:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]
-                   if k in (b"host", b"origin", b"content-length", b"authorization")}
+                   if k in (b"host", b"origin", b"content-length", b"authorization", b"content-type",
+                            b"transfer-encoding")}
         length = headers.get("content-length", "")
         path = scope["path"]
         try:
@@ -181,6 +215,8 @@ class Guard:
             elif path in OPEN_PATHS or path.startswith("/ui/"):
                 principal = ANONYMOUS
             else:
+                if not _is_client_path(path):
+                    _check_json_body(scope["method"], headers)
                 principal = _identify(scope, headers, self.access)
                 if principal is LOCAL and not _is_client_path(path):
                     scope.setdefault("state", {})["principal"] = principal
