@@ -149,3 +149,19 @@ def test_state_files_are_the_queens_users_only(loaded: Queen) -> None:
     assert len(files) >= 3
     assert {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in folders} == {str(p): "0o700" for p in folders}
     assert {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {str(p): "0o600" for p in files}
+
+
+def test_an_api_key_cannot_pin_a_worker_forever(make_queen: Callable[..., Queen], tiny_model: Path) -> None:
+    queen = make_queen(RBEE_KEY_MAX_KEEP_ALIVE="1s").start()
+    chat = {"model": str(tiny_model), "messages": CHAT, "max_tokens": 2, "keep_alive": 0}
+    assert httpx.post(f"{queen.url}/v1/chat/completions", json=chat, timeout=60).status_code == 200
+    secret = queen.cli("key", "create", "--name", "pinner", check=True).stdout.strip()
+    admin = {"Authorization": f"Bearer {_token(queen)}"}
+    assert wait_for(lambda: not [w for w in httpx.get(f"{queen.url}/v1/workers", headers=admin).json()
+                                 if w["state"] == "ready"], 10)
+    chat.update(model="tiny", keep_alive="-1")
+    resp = httpx.post(f"{queen.url}/v1/chat/completions", json=chat, timeout=60,
+                      headers={"Authorization": f"Bearer {secret}"})
+    assert resp.status_code == 200, resp.text
+    assert wait_for(lambda: not [w for w in httpx.get(f"{queen.url}/v1/workers", headers=admin).json()
+                                 if w["state"] == "ready"], 10)
