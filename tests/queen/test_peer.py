@@ -83,3 +83,16 @@ def test_without_proc_nobody_is_known(tmp_path: Path) -> None:
     assert peer.peer_of(("127.0.0.1", 40000), ("127.0.0.1", 7833), proc_net=tmp_path / "missing") is None
     assert peer.peer_of(("127.0.0.1", 40000), ("::1", 7833)) is None  # not one connection
     assert not peer.held_here(1, fd_dir=tmp_path / "missing")
+
+
+@linux_only
+def test_an_ipv6_loopback_connection_is_found_too() -> None:
+    try:
+        server = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    with server, socket.create_connection(server.getsockname()[:2]) as client:
+        accepted, _ = server.accept()
+        with accepted:
+            found = peer.peer_of(client.getsockname()[:2], accepted.getsockname()[:2])
+            assert found is not None and found.uid == os.getuid() and peer.held_here(found.inode)
