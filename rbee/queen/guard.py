@@ -117,6 +117,11 @@ def _identify(scope: Scope, headers: dict[str, str], access: Access) -> Principa
     # another program's page on localhost:OTHER_PORT too.
     if origin is not None and not _is_own_origin(origin, host, scope):
         raise Forbidden(f"cross-origin requests from {origin} are refused", code="forbidden_origin")
+    # A browser says where a request comes from even when it sends no Origin (an <img>, a no-cors GET):
+    # "same-site" is another port of localhost too.
+    fetched_from = headers.get("sec-fetch-site")
+    if fetched_from is not None and fetched_from not in ("same-origin", "none"):
+        raise Forbidden(f"requests from other web pages ({fetched_from}) are refused", code="forbidden_origin")
     return LOCAL
 
 
@@ -201,7 +206,7 @@ class Guard:
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]
                    if k in (b"host", b"origin", b"content-length", b"authorization", b"content-type",
-                            b"transfer-encoding")}
+                            b"transfer-encoding", b"sec-fetch-site")}
         length = headers.get("content-length", "")
         path = scope["path"]
         try:
