@@ -21,7 +21,7 @@ from rbee.hive import engine
 from tests.fixtures.tiny_gguf import write_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
-pytest_plugins = ["tests.fixtures.browser"]
+pytest_plugins = ["tests.fixtures.browser", "tests.fixtures.other_user"]
 
 
 def free_port() -> int:

@@ -12,6 +12,8 @@ _TYPE_FOR_STATUS = {
     403: "permission_error",
     404: "invalid_request_error",
     409: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
 }

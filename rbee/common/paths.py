@@ -3,13 +3,18 @@
 `RBEE_HOME` puts everything under one folder (tests use it); otherwise the XDG folders:
 config in ~/.config/rbee, data (engines, models) in ~/.local/share/rbee, state (pid and
 log files, databases) in ~/.local/state/rbee, cache (downloaded sources) in ~/.cache/rbee.
+
+Secrets (`write_private`) and state (`private_dir`, `open_private`, `touch_private`: databases, logs,
+the hive's folders) are for their owner only: files 600, folders 700, tightened when found looser.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
+from typing import BinaryIO
 
 
 def _xdg(var: str, fallback: str) -> Path:
@@ -113,6 +118,41 @@ def write_private(path: Path, data: bytes) -> None:
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
+
+
+def private_dir(path: Path) -> Path:
+    """`path`, made if needed (with its parents), and for its owner only (700)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _tighten(path, 0o700)
+    return path
+
+
+def _tighten(path: Path, mode: int) -> None:
+    with contextlib.suppress(OSError):  # not ours (a shared folder someone else made): leave it
+        info = path.stat()
+        if info.st_uid == os.geteuid() and info.st_mode & 0o777 != mode:
+            path.chmod(mode)
+
+
+def touch_private(path: Path) -> Path:
+    """`path` (a database), made empty if missing, readable by its owner only (600); so are SQLite's journal
+    files beside it, which it makes with the database's mode."""
+    private_dir(path.parent)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    for companion in (path, *(path.with_name(path.name + end) for end in ("-wal", "-shm", "-journal"))):
+        if companion.exists():
+            _tighten(companion, 0o600)
+    return path
+
+
+def open_private(path: Path, mode: str = "ab") -> BinaryIO:
+    """Open a log for writing ("ab" or "wb"), made or tightened to 600, in a folder made 700 if missing."""
+    private_dir(path.parent)
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode.startswith("a") else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, 0o600)
+    return os.fdopen(fd, mode)
 
 
 def ensure(path: Path) -> Path:

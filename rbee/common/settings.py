@@ -94,6 +94,12 @@ def keep_alive_default() -> str:
     return os.environ.get("RBEE_KEEP_ALIVE") or "5m"
 
 
+def key_max_keep_alive() -> str:
+    """The longest `keep_alive` a request may ask for without admin rights (an API key, or a keyless local
+    user that is not the queen's own); negative: no bound."""
+    return os.environ.get("RBEE_KEY_MAX_KEEP_ALIVE") or "1h"
+
+
 def queue_limits() -> tuple[int, int, float]:
     """(waiting requests per model, waiting requests in all, seconds a request may wait)."""
     return (env_int("RBEE_QUEUE_PER_MODEL", 64), env_int("RBEE_QUEUE_MAX", 256),

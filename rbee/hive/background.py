@@ -108,7 +108,7 @@ def start(config: HiveConfig) -> int:
                            "StandardErrorPath": str(log)}, f)
         subprocess.run(["launchctl", "load", "-w", str(_plist_file())], check=True, capture_output=True)
     else:
-        with log.open("ab") as out:
+        with paths.open_private(log) as out:
             proc = subprocess.Popen(_run_argv(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True, close_fds=True)
     deadline = time.monotonic() + START_WAIT_S

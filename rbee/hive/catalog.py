@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from rbee.common import paths
 from rbee.contracts.models import ModelEntry
 from rbee.hive.gguf_info import read_summary, split_parts
 
@@ -63,7 +64,7 @@ def describe_file(path: Path, name: str | None = None, source: str = "local", **
 
 class Catalog:
     def __init__(self, db_path: Path) -> None:
-        db_path.parent.mkdir(parents=True, exist_ok=True)
+        paths.touch_private(db_path)
         self.db_path = db_path
         self._lock = asyncio.Lock()
         try:

@@ -82,17 +82,22 @@ class _Header:
                          GGUFValueType.INT16: "<h", GGUFValueType.UINT32: "<I", GGUFValueType.INT32: "<i",
                          GGUFValueType.FLOAT32: "<f", GGUFValueType.BOOL: "<?", GGUFValueType.UINT64: "<Q",
                          GGUFValueType.INT64: "<q", GGUFValueType.FLOAT64: "<d"}
+        # The messages never quote the file: its first bytes could be a secret (/etc/shadow begins "root:").
         try:
             with path.open("rb") as fh:
                 self._buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         except FileNotFoundError as exc:
             raise NotAGGUFError(f"{path}: no such file") from exc
-        except (ValueError, OSError) as exc:  # an empty file cannot be mapped
-            raise NotAGGUFError(f"{path} is not a GGUF model file ({exc})") from exc
+        except PermissionError as exc:
+            raise NotAGGUFError(f"{path} cannot be read by the hive's user") from exc
+        except (ValueError, OSError) as exc:  # an empty file cannot be mapped, nor can a folder
+            raise NotAGGUFError(f"{path} is not a GGUF model file (it is empty, or not a regular file)") from exc
         try:
             magic, version, n_tensors, n_kv = struct.unpack_from("<IIQQ", self._buf, 0)
-            if magic != GGUF_MAGIC or version not in (2, 3):
-                raise ValueError(f"magic {magic:#x}, version {version}")
+            if magic != GGUF_MAGIC:
+                raise NotAGGUFError(f"{path} is not a GGUF model file (it does not begin with GGUF's magic bytes)")
+            if version not in (2, 3):
+                raise NotAGGUFError(f"{path} is a GGUF file of version {version}, which rbee cannot read (2 or 3)")
             self._pos = 24
             self.fields: dict[str, object] = {}
             for _ in range(n_kv):
@@ -104,8 +109,10 @@ class _Header:
                 dims = struct.unpack_from(f"<{self._u32()}Q", self._buf, self._pos)
                 self._pos += 8 * len(dims) + 4 + 8  # dims, type, offset
                 self.tensor_elements.append(math.prod(dims))
+        except NotAGGUFError:
+            raise
         except (struct.error, ValueError, KeyError, UnicodeDecodeError) as exc:
-            raise NotAGGUFError(f"{path} is not a GGUF model file ({exc})") from exc
+            raise NotAGGUFError(f"{path} is not a GGUF model file (its header is damaged or cut short)") from exc
         finally:
             self._buf.close()
 

@@ -81,7 +81,7 @@ class Hive:
         self.alias = alias
         self.address = address  # where its workers listen: loopback, or the LAN address of a remote hive
         self.tls = tls  # a remote hive with TLS: its workers speak HTTPS with its certificate
-        state = state or paths.state_dir()
+        state = paths.private_dir(state or paths.state_dir())  # catalog, workers' logs: 700 down from here
         self.catalog = Catalog(state / "hive" / "catalog.sqlite")
         self.supervisor = Supervisor(alias, state / "hive" / "workers")
         self._engine: EngineInfo | None = None

@@ -24,6 +24,7 @@ from typing import BinaryIO
 
 import httpx
 
+from rbee.common import paths
 from rbee.common.logs import tail
 from rbee.common.tls import TLSFiles
 from rbee.contracts.models import ModelEntry
@@ -267,8 +268,7 @@ class WorkerProcess:
 
 
 def _open_log(path: Path) -> BinaryIO:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.open("wb")
+    return paths.open_private(path, "wb")  # prompts can reach a worker's log: its folder is 700, the log 600
 
 
 def _die_with_parent() -> None:

@@ -45,12 +45,11 @@ def start_detached(client: QueenClient, out: Output, host: str | None = None,
                    insecure_no_auth: bool = False) -> QueenHealth:
     """Start `rbee queen start --foreground` in the background and wait until it answers."""
     logfile = paths.queen_log_file()
-    paths.ensure(logfile.parent)
     port = _port(client.base_url)
     argv = [sys.executable, "-m", "rbee", "queen", "start", "--foreground", "--port", str(port)]
     argv += ["--host", host] if host else []
     argv += ["--insecure-no-auth"] if insecure_no_auth else []
-    with logfile.open("ab") as log:
+    with paths.open_private(logfile) as log:  # in the state folder, made 700
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

@@ -1,9 +1,12 @@
 """Who is calling: the admin token, API keys, and what each may do.
 
     admin    the bearer of the queen's admin token (a file only its user can read; `rbee` sends it)
+    owner    no credential, from a process of the queen's own Unix user on this machine, while the queen
+             has no API keys: that user can read the admin token anyway, so it may do what the admin does
     key      an API key made by `rbee key create`: the OpenAI routes only, maybe only some models,
              maybe rate-limited
-    local    no credential, from this machine, while the queen has no API keys (zero-config use)
+    local    no credential, from this machine, while the queen has no API keys (zero-config use): the
+             OpenAI routes, by model name; not an admin
 
 Keys live in SQLite as digests; the queen keeps them in memory too, so checking one costs a dict
 lookup, not a query. Creating or revoking a key goes through `Keyring`, which updates both.
@@ -46,12 +49,12 @@ class RateLimited(QueenError):
 
 @dataclass(frozen=True)
 class Principal:
-    actor: str  # 'admin', 'local', 'anonymous' (--insecure-no-auth from the network) or 'key:NAME'
+    actor: str  # 'admin', 'owner', 'local', 'anonymous' (--insecure-no-auth) or 'key:NAME'
     key: KeyInfo | None = None
 
     @property
     def is_admin(self) -> bool:
-        return self.key is None
+        return self.key is None and self.actor != "local"
 
     @property
     def usage_name(self) -> str:
@@ -59,6 +62,7 @@ class Principal:
 
 
 ADMIN = Principal("admin")
+OWNER = Principal("owner")
 LOCAL = Principal("local")
 ANONYMOUS = Principal("anonymous")
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from rbee.common import paths
 from rbee.contracts.keys import KEY_PREFIX, AuditEntry, KeyCreate, KeyCreated, KeyInfo, KeyUsage
 from rbee.queen.errors import QueenError
 
@@ -137,7 +138,7 @@ def _key_info(row: sqlite3.Row) -> KeyInfo:
 
 class QueenDB:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        paths.touch_private(path)  # keys' digests, usage and the audit: the queen's user's only
         self.path = path
         try:
             with contextlib.closing(self._connect()) as db, db:

@@ -7,30 +7,40 @@
   - A bearer token that is the admin token or a live API key identifies the caller. An API key may
     call the OpenAI routes only; the rest (keys, hives, jobs, shutdown) needs the admin token.
   - Without a credential: refused (401) once the queen has API keys. While it has none, a caller on
-    this machine is trusted, but a peer on the network is not (403), and neither is a web page the
-    user happens to open: a request whose `Origin` is not this machine, or whose `Host` is not a
-    loopback name (DNS rebinding), gets a 403. `--insecure-no-auth` lifts all of this.
+    this machine may use the OpenAI routes (CLIENT_PATHS) as `local`, but a peer on the network may not
+    (403), and neither may a web page the user happens to open: a request whose `Origin` is not this
+    machine, or whose `Host` is not a loopback name (DNS rebinding), gets a 403.
+  - Admin is a credential, not an address: every other route (keys, hives, jobs, workers, catalog,
+    settings, status, usage, audit, metrics, shutdown, and any path not listed here) needs the admin
+    token, or a peer that is the queen's own Unix user (`owner`: it can read the token file anyway),
+    found by `peer.peer_of` in /proc/net/tcp; where that cannot be known (no /proc), the token. That
+    look-up runs in a thread, and only for such routes called without a valid token.
+  - `--insecure-no-auth` lifts all of this.
   - Every body is capped at RBEE_MAX_BODY_MB (413).
   - A request the queen itself sent (it carries X-Rbee-Hop, rbee/common/hop.py) is never a client: 508.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import anyio.to_thread
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from rbee.common import settings
+from rbee.common import paths, settings
 from rbee.common.daemon import is_loopback
 from rbee.common.hop import HOP_HEADER
-from rbee.queen.auth import ANONYMOUS, LOCAL, Forbidden, Principal, Unauthorized
+from rbee.queen import peer
+from rbee.queen.auth import ANONYMOUS, LOCAL, OWNER, Forbidden, Principal, Unauthorized
 from rbee.queen.errors import QueenError, error_response
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 HIVE_ONLY_PATHS = frozenset({"/v1/hives/register", "/v1/hives/heartbeat"})
 CLIENT_PATHS = frozenset({"/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
 OPEN_PATHS = frozenset({"/health", "/openapi.json", "/"})  # and the dashboard's files, /ui/...
+DEFAULT_PORTS = {"http": 80, "https": 443}
 MAX_HIVE_REPORT_BYTES = 4 * 2**20  # a report lists models and workers: kilobytes, even for a big hive
 
 
@@ -46,6 +56,15 @@ class LoopDetected(QueenError):
 class RequestTooLarge(QueenError):
     status = 413
     code = "request_too_large"
+
+
+class AdminTokenRequired(Unauthorized):
+    code = "admin_token_required"
+
+
+class UnsupportedMediaType(QueenError):
+    status = 415
+    code = "unsupported_media_type"
 
 
 @dataclass(frozen=True)
@@ -105,10 +124,69 @@ def _identify(scope: Scope, headers: dict[str, str], access: Access) -> Principa
     if host is not None and _host_name(host) not in LOOPBACK_NAMES:
         raise Forbidden(f"Host {host!r} is not this machine; the queen answers to localhost only",
                         code="forbidden_origin")
-    # Any Origin that is not this machine, "null" included (sandboxed frames, file:// pages), is a web page.
-    if origin is not None and _host_name(urlsplit(origin).netloc if "//" in origin else origin) not in LOOPBACK_NAMES:
+    # Any Origin but the queen's own, "null" included (sandboxed frames, file:// pages), is another web page:
+    # another program's page on localhost:OTHER_PORT too.
+    if origin is not None and not _is_own_origin(origin, host, scope):
         raise Forbidden(f"cross-origin requests from {origin} are refused", code="forbidden_origin")
+    # A browser says where a request comes from even when it sends no Origin (an <img>, a no-cors GET):
+    # "same-site" is another port of localhost too.
+    fetched_from = headers.get("sec-fetch-site")
+    if fetched_from is not None and fetched_from not in ("same-origin", "none"):
+        raise Forbidden(f"requests from other web pages ({fetched_from}) are refused", code="forbidden_origin")
     return LOCAL
+
+
+def _is_own_origin(origin: str, host: str | None, scope: Scope) -> bool:
+    """Whether a browser's `Origin` is the queen's own page: a loopback name, on the port the queen listens
+    on (or the one the browser connected to, as `Host` says: an SSH tunnel's)."""
+    try:
+        parts = urlsplit(origin)
+        port = parts.port or DEFAULT_PORTS.get(parts.scheme)
+        own = {(scope.get("server") or ("", None))[1]}
+        if host is not None:
+            own.add(urlsplit(f"//{host}").port or DEFAULT_PORTS.get(scope.get("scheme", "http")))
+    except ValueError:  # a port that is not a number, or out of range
+        return False
+    return (parts.hostname or "").lower() in LOOPBACK_NAMES and port is not None and port in own
+
+
+def _check_json_body(method: str, headers: dict[str, str]) -> None:
+    """A body sent to a route that manages the queen must say it is JSON: a web page can send `text/plain`
+    (or a form) without asking first, never `application/json`."""
+    has_body = headers.get("content-length", "0") not in ("", "0") or "transfer-encoding" in headers
+    if method in ("GET", "HEAD") or not has_body:
+        return
+    kind = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if kind != "application/json":
+        raise UnsupportedMediaType(f"A request body for the queen's admin routes must be JSON, sent with "
+                                   f"`Content-Type: application/json` (not {kind or 'none'!r}).")
+
+
+def _peer_is_queen_user(scope: Scope) -> bool:
+    """Whether the client is a process of the queen's own Unix user (but not the queen itself)."""
+    client, server = scope.get("client"), scope.get("server")
+    if not client or not server:
+        return False
+    found = peer.peer_of((str(client[0]), int(client[1])), (str(server[0]), int(server[1])))
+    return found is not None and found.uid == os.geteuid() and not peer.held_here(found.inode)
+
+
+async def as_owner(scope: Scope) -> Principal:
+    """The caller, `owner` when it is `local` but a process of the queen's own user (asked once per request)."""
+    state = scope.setdefault("state", {})
+    principal: Principal = state["principal"]
+    if principal is LOCAL and not state.get("peer_checked"):
+        state["peer_checked"] = True
+        if await anyio.to_thread.run_sync(_peer_is_queen_user, scope):
+            principal = state["principal"] = OWNER
+    return principal
+
+
+def _admin_token_required(path: str) -> AdminTokenRequired:
+    return AdminTokenRequired(
+        f"{path} manages the queen: it needs the queen's admin token (`Authorization: Bearer` with the "
+        f"contents of {paths.admin_token_file()} on the queen's machine, which `rbee` sends for the queen's own "
+        "user), or a request from that user. Without it, this machine may use the OpenAI routes only.")
 
 
 def _bounded(receive: Receive, limit: int) -> Receive:
@@ -138,7 +216,8 @@ class Guard:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]
-                   if k in (b"host", b"origin", b"content-length", b"authorization", _HOP)}
+                   if k in (b"host", b"origin", b"content-length", b"authorization", b"content-type",
+                            b"transfer-encoding", b"sec-fetch-site", _HOP)}
         length = headers.get("content-length", "")
         path = scope["path"]
         try:
@@ -155,7 +234,14 @@ class Guard:
             elif path in OPEN_PATHS or path.startswith("/ui/"):
                 principal = ANONYMOUS
             else:
+                if not _is_client_path(path):
+                    _check_json_body(scope["method"], headers)
                 principal = _identify(scope, headers, self.access)
+                if principal is LOCAL and not _is_client_path(path):
+                    scope.setdefault("state", {})["principal"] = principal
+                    principal = await as_owner(scope)
+                    if principal is LOCAL:
+                        raise _admin_token_required(path)
             if length.isdigit() and int(length) > self.max_body:
                 raise RequestTooLarge(f"The request body ({length} bytes) is larger than {self.max_body} bytes "
                                       "(RBEE_MAX_BODY_MB).")

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from rbee.common import settings
 from rbee.contracts.models import ModelList, ModelObject
 from rbee.contracts.openai import (
     HIVE_HEADER,
@@ -21,7 +22,9 @@ from rbee.contracts.openai import (
     ModelRequest,
 )
 from rbee.contracts.workers import WorkerMode, WorkerState
-from rbee.queen.auth import Principal
+from rbee.hive.model_refs import looks_like_path
+from rbee.queen import keep_alive
+from rbee.queen.auth import LOCAL, Forbidden, Principal
 from rbee.queen.errors import (
     ClientGone,
     DeadlineExceeded,
@@ -30,7 +33,7 @@ from rbee.queen.errors import (
     QueenError,
     WorkerUnavailable,
 )
-from rbee.queen.guard import principal_of
+from rbee.queen.guard import as_owner, principal_of
 from rbee.queen.policy import PolicyRequest
 from rbee.queen.proxy import OnEnd, Outcome
 from rbee.queen.requests import read_json
@@ -141,6 +144,39 @@ def _metering(state: QueenState, who: Principal, stream: bool, request_id: str, 
     return ended
 
 
+async def _may_open_files(request: Request, who: Principal, model: str) -> Principal:
+    """A model given as a file path is opened for the admin (token, or the queen's own Unix user) only:
+    the queen could read files its caller cannot. Missing and existing files are refused alike."""
+    if not looks_like_path(model.strip()) or who.is_admin:
+        return who
+    who = await as_owner(request.scope)
+    if not who.is_admin:
+        raise Forbidden("A model given as a file path is opened only for the queen's own Unix user or the admin "
+                        "token; use a model by name (`GET /v1/models` lists them); a file the owner loads once "
+                        "(`rbee infer -m PATH`) joins the catalog under its name.",
+                        param="model", code="model_not_allowed")
+    return who
+
+
+async def _bounded_keep_alive(request: Request, who: Principal, asked: str | int | float | None,
+                              ) -> tuple[Principal, str | int | float | None]:
+    """`keep_alive`, at most RBEE_KEY_MAX_KEEP_ALIVE unless the caller is the admin: an API key (or another
+    local user) must not pin a worker forever."""
+    if asked is None or who.is_admin:
+        return who, asked
+    try:
+        seconds, bound = keep_alive.parse(asked), keep_alive.parse(settings.key_max_keep_alive())
+    except ValueError:
+        return who, asked  # the scheduler names the bad value (a bad bound stops the queen's start)
+    if seconds is None or bound is None or seconds <= bound:
+        return who, asked
+    if who is LOCAL:
+        who = await as_owner(request.scope)
+        if who.is_admin:
+            return who, asked
+    return who, bound
+
+
 async def _infer(request: Request, contract: type[ModelRequest], path: str, mode: WorkerMode) -> Response:
     state = queen_state(request)
     who = principal_of(request.scope)
@@ -148,6 +184,10 @@ async def _infer(request: Request, contract: type[ModelRequest], path: str, mode
     body, parsed = await read_json(request, contract)
     stream = bool(getattr(parsed, "stream", False))
     state.keyring.admit(who, parsed.model)
+    who = await _may_open_files(request, who, parsed.model)
+    who, bounded = await _bounded_keep_alive(request, who, parsed.keep_alive)
+    if bounded != parsed.keep_alive:
+        parsed = parsed.model_copy(update={"keep_alive": bounded})
     request_id = _request_id(request)
     ended = _metering(state, who, stream, request_id, path)
     pinned = request.headers.get(HIVE_HEADER)

@@ -19,10 +19,14 @@ def parse_body(body: bytes, model: type[M]) -> M:
         data = json.loads(body)
     except ValueError as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise InvalidRequest("The request body is nested too deeply to be read.") from exc
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     try:
         return model.model_validate(data)
+    except RecursionError as exc:
+        raise InvalidRequest("The request body is nested too deeply to be read.") from exc
     except ValidationError as exc:
         first = exc.errors()[0]
         param = ".".join(str(part) for part in first["loc"]) or None

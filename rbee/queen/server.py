@@ -11,6 +11,7 @@ import uvicorn
 
 from rbee.common import logs, paths, settings, tls
 from rbee.common.daemon import PortInUseError, check_port_free, is_loopback, remove_pid_file, write_pid_file
+from rbee.queen import keep_alive
 from rbee.queen.app import create_app
 from rbee.queen.guard import Access
 from rbee.queen.state import QueenState
@@ -49,6 +50,10 @@ def serve(host: str, port: int, insecure_no_auth: bool = False) -> None:
     logs.setup(os.environ.get("RBEE_LOG_LEVEL", "INFO"))
     for check in (settings.worker_slots, settings.worker_context, settings.worker_threads):
         check()  # a bad RBEE_WORKER_* value stops the start with a clear message, not the first request
+    try:
+        keep_alive.parse(settings.key_max_keep_alive())
+    except ValueError as exc:
+        raise StartRefused(f"RBEE_KEY_MAX_KEEP_ALIVE: {exc}") from None
     state = QueenState.create()
     if not is_loopback(host):
         if insecure_no_auth:

@@ -45,7 +45,7 @@ def tokens_in(content: bytes, stream: bool) -> tuple[int, int]:
     if not stream:
         try:
             return _tokens_of(json.loads(content)) or (0, 0)
-        except ValueError:
+        except (ValueError, RecursionError):  # a worker's answer nested too deeply is not counted
             return 0, 0
     for event in reversed(content.split(b"\n\n")):
         data = event.strip()
@@ -53,7 +53,7 @@ def tokens_in(content: bytes, stream: bool) -> tuple[int, int]:
             continue
         try:
             found = _tokens_of(json.loads(data[6:]))
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
         if found is not None:
             return found

@@ -165,12 +165,12 @@ def test_the_audit_log_records_who_did_what_from_where(make_queen: Callable[...,
     queen = make_queen().start()
     _create_key(queen, "--name", "audited", "--rpm", "5")
     queen.cli("key", "revoke", "audited", check=True)
-    assert httpx.post(f"{queen.url}/v1/hives", json={"alias": "gpu-box"}).status_code == 201  # keyless: 'local'
+    assert httpx.post(f"{queen.url}/v1/hives", json={"alias": "gpu-box"}).status_code == 201  # keyless: owner
     entries = json.loads(queen.cli("audit", "--json", check=True).stdout)
     assert [(e["action"], e["target"], e["actor"], e["source"]) for e in entries] == [
         ("key.create", "audited", "admin", "127.0.0.1"),
         ("key.revoke", "audited", "admin", "127.0.0.1"),
-        ("hive.enrol", "gpu-box", "local", "127.0.0.1"),
+        ("hive.enrol", "gpu-box", "owner", "127.0.0.1"),
     ]
     assert "rpm=5" in entries[0]["detail"]
     only_keys = json.loads(queen.cli("audit", "--json", "--action", "key.*", check=True).stdout)

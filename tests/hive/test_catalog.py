@@ -29,6 +29,20 @@ def test_not_a_gguf_file(tmp_path: Path) -> None:
         read_summary(tmp_path / "absent.gguf")
 
 
+@pytest.mark.parametrize("content", [b"root:*:20000:0:99999:7:::\ndaemon:*:20000\n",
+                                     b"GGUF\x03\x00\x00\x00" + b"\xff" * 16 + b"secret-bytes-here"])
+def test_errors_never_quote_the_file(tmp_path: Path, content: bytes) -> None:
+    # A shadow-like file gave "magic 0x746f6f72" (b"root"); a damaged header quoted what struct saw.
+    secret = tmp_path / "shadow"
+    secret.write_bytes(content)
+    with pytest.raises(NotAGGUFError) as caught:
+        read_summary(secret)
+    message = str(caught.value)
+    assert "not a GGUF model file" in message
+    for leak in ("root", "0x", "746f6f72", "secret", "daemon", "\\x"):
+        assert leak not in message.replace(str(tmp_path), ""), message
+
+
 async def test_catalog_survives_reopening_and_notices_missing_files(tmp_path: Path, tiny_model: Path) -> None:
     copy = tmp_path / "copy.gguf"
     copy.write_bytes(tiny_model.read_bytes())

@@ -156,7 +156,8 @@ async function poll() {
     setConn("live", "ok");
   } catch (err) {
     if (err instanceof ApiError && err.status === 401) {
-      showSignin(auth.token ? "That token is not valid (any more)." : "This queen requires a key.");
+      // Without a token: a queen with keys, or another Unix user than the queen's (the admin token is needed).
+      showSignin(auth.token ? "That token is not valid (any more)." : err.message);
       return;
     }
     if (err instanceof ApiError && err.status === 403 && auth.token) {
