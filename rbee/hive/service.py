@@ -188,7 +188,8 @@ class Hive:
         """The servable catalog entry for `model`; `ModelUnavailable` says why not and what to do."""
         entry = await self.find(model)
         if entry is None:
-            hint = f"; pull it first: rbee model pull {model}" if model_refs.parse(model).is_hub else ""
+            onto = "" if self.alias == "localhost" else f" -a {self.alias}"  # the pull must land on this hive
+            hint = f"; pull it first: rbee model pull {model}{onto}" if model_refs.parse(model).is_hub else ""
             raise ModelUnavailable(f"The model '{model}' does not exist on hive '{self.alias}'{hint}")
         if entry.missing:
             raise ModelUnavailable(

@@ -90,7 +90,9 @@ async def test_a_pull_uses_the_hub_it_was_given_then_info_and_rm_work(
     assert removed.status_code == 200 and removed.json()["name"] == NAME
     assert not (tmp_path / "models" / REPO / "m-Q4_K_M.gguf").exists()
     gone = await client.get(f"/v1/hive/models/{quote(NAME, safe='')}")
-    assert gone.status_code == 404 and "does not exist on hive 'unit'" in gone.json()["error"]["message"]
+    assert gone.status_code == 404
+    assert gone.json()["error"]["message"] == (f"The model '{NAME}' does not exist on hive 'unit'; pull it first: "
+                                               f"rbee model pull {NAME} -a unit")
     assert (await client.delete(f"/v1/hive/models/{quote(NAME, safe='')}")).status_code == 404
 
 
