@@ -436,7 +436,8 @@ class RemoteHive:
                     yield JobEvent.model_validate_json(line[5:])
 
     async def _follow(self, job_id: str, emit: Emit) -> JobEvent:
-        """Re-emit the hive job's progress until its terminal event, which is returned."""
+        """Re-emit the hive job's progress until its terminal event, which is returned. A dropped stream is
+        followed again from its last event; a hive that stays away fails the job (and is told to stop it)."""
         after, failures = -1, 0
         while True:
             try:
@@ -447,20 +448,17 @@ class RemoteHive:
                     if event.type is not JobEventType.STARTED:
                         emit(event.type, event.message, current=event.current, total=event.total, unit=event.unit,
                              data=event.data)
-            except HiveCallFailed as exc:
-                if exc.status is not None:  # the hive answered: it lost the job (restarted), or refuses us
-                    raise JobFailed(f"hive '{self.alias}' lost the pull: {exc}") from exc
-                failures += 1
+                reason = "its event stream ended early"
+            except HiveCallFailed as exc:  # the hive answered: it lost the job (it restarted), or refuses us
+                raise JobFailed(f"hive '{self.alias}' lost the pull: {exc}") from exc
             except httpx.HTTPError as exc:
-                failures += 1
-                if failures > FOLLOW_RETRIES:
-                    raise JobFailed(f"lost hive '{self.alias}' during the pull ({type(exc).__name__}); "
-                                    f"`rbee hive logs {self.alias}` shows what it did") from exc
-            else:
-                failures += 1  # the stream ended without a terminal event
+                reason = type(exc).__name__
+            failures += 1
             if failures > FOLLOW_RETRIES:
-                raise JobFailed(f"lost hive '{self.alias}' during the pull; `rbee hive logs {self.alias}` "
-                                "shows what it did")
+                with contextlib.suppress(HiveCallFailed):
+                    await self.call("DELETE", f"/v1/hive/jobs/{job_id}", wait_s=5)
+                raise JobFailed(f"lost hive '{self.alias}' during the pull ({reason}); "
+                                f"`rbee hive logs {self.alias}` shows what it did")
             await asyncio.sleep(min(0.5 * failures, 3.0))
 
     async def _cancel(self, job_id: str) -> None:

@@ -9,7 +9,9 @@ Heartbeats are slow here, so a catalog that changes at once after a pull or rm w
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Queen, free_port, queen_env
+from tests.conftest import Queen, free_port, queen_env, wait_for
 from tests.fixtures.fake_hub import FakeHub, HubFile
 from tests.fixtures.lan import Host, Lan, keeper_env, lan_hosts
 from tests.fixtures.tiny_gguf import write_tiny_model
@@ -44,12 +46,13 @@ def payload(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 @pytest.fixture(scope="module")
 def hub(lan: Lan, payload: bytes) -> Iterator[FakeHub]:
     with FakeHub().start(lan.gateway) as hub:
-        for repo in ("fleet-GGUF", "slow-GGUF", "info-GGUF"):
+        for repo in ("fleet-GGUF", "slow-GGUF", "info-GGUF", "cut-GGUF", "ctrl-c-GGUF"):
             hub.add_repo(f"rbee-test/{repo}", {"m-Q4_K_M.gguf": payload})
         hub.add_repo("rbee-test/gated-GGUF", {"m-Q4_K_M.gguf": payload}, gated_token=HF_SECRET)
         hub.add_repo("rbee-test/huge-GGUF", [HubFile("m-Q4_K_M.gguf", payload, advertised_size=10**15)])
         hub.slow("rbee-test/fleet-GGUF", "m-Q4_K_M.gguf", bytes_per_second=2 * MIB)
         hub.slow("rbee-test/slow-GGUF", "m-Q4_K_M.gguf", bytes_per_second=MIB // 3)
+        hub.slow("rbee-test/ctrl-c-GGUF", "m-Q4_K_M.gguf", bytes_per_second=MIB // 3)
         yield hub
 
 
@@ -124,6 +127,55 @@ def test_cancel_mid_download_leaves_nothing_on_the_hive(fleet: Queen, lan: Lan) 
     assert "rbee-test/slow-GGUF:Q4_K_M" not in catalog(fleet, "h2")
     hive_log = (h2.home / ".local/state/rbee/hive.log").read_text()
     assert "pulling rbee-test/slow-GGUF:Q4_K_M for the queen" in hive_log
+
+
+def test_ctrl_c_on_the_cli_cancels_the_hives_download(fleet: Queen, lan: Lan) -> None:
+    h1 = lan.host("h1")
+    cli = subprocess.Popen([sys.executable, "-m", "rbee", "model", "pull", "rbee-test/ctrl-c-GGUF:Q4_K_M", "-a", "h1"],
+                           env=fleet.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def downloading() -> bool:
+        jobs = httpx.get(f"{fleet.url}/v1/jobs", timeout=10).json()
+        return any(j["subject"] == "rbee-test/ctrl-c-GGUF:Q4_K_M" and (j["last"] or {}).get("unit") == "bytes"
+                   for j in jobs)
+
+    try:
+        assert wait_for(downloading, 60), "the pull never showed download progress"
+        cli.send_signal(signal.SIGINT)
+        _, err = cli.communicate(timeout=60)
+    finally:
+        cli.kill()
+    assert cli.returncode == 130 and "cancelled" in err
+
+    def cancelled() -> bool:
+        jobs = httpx.get(f"{fleet.url}/v1/jobs", timeout=10).json()
+        return any(j["subject"] == "rbee-test/ctrl-c-GGUF:Q4_K_M" and j["state"] == "cancelled" for j in jobs)
+
+    assert wait_for(cancelled, 60), "the queen's job was not cancelled"
+    assert files_under(models_dir(h1) / "rbee-test/ctrl-c-GGUF") == []
+    assert files_under(models_dir(h1) / ".partial") == []
+    assert "rbee-test/ctrl-c-GGUF:Q4_K_M" not in catalog(fleet, "h1")
+
+
+def test_a_cut_connection_resumes_on_the_hive(fleet: Queen, lan: Lan, hub: FakeHub, payload: bytes) -> None:
+    hub.cut_after("rbee-test/cut-GGUF", "m-Q4_K_M.gguf", nbytes=3 * MIB // 2)  # past the hive's first 1 MiB chunk
+    fleet.cli("model", "pull", "rbee-test/cut-GGUF:Q4_K_M", "-a", "h1", check=True, timeout=180)
+    assert (models_dir(lan.host("h1")) / "rbee-test/cut-GGUF/m-Q4_K_M.gguf").read_bytes() == payload
+    ranges = [r for method, path, r in hub.requests if method == "GET" and "cut-GGUF/resolve/" in path]
+    assert ranges[0] is None and ranges[1] is not None and ranges[1].startswith(f"bytes={MIB}-")
+
+
+def test_infer_pinned_to_a_hive_pulls_the_model_onto_it_first(fleet: Queen, lan: Lan) -> None:
+    assert "rbee-test/fleet-GGUF:Q4_K_M" in catalog(fleet, "h1")  # on h1 only: h2 still needs it
+    answer = fleet.cli("infer", "-a", "h2", "-m", "rbee-test/fleet-GGUF:Q4_K_M", "-p", "hi", "--max-tokens", "4",
+                       timeout=240)
+    assert answer.returncode == 0, answer.stderr
+    assert "pull rbee-test/fleet-GGUF:Q4_K_M" in answer.stderr and answer.stdout.strip()
+    assert (models_dir(lan.host("h2")) / "rbee-test/fleet-GGUF/m-Q4_K_M.gguf").exists()
+    workers = [w for w in fleet.workers() if w["model"] == "rbee-test/fleet-GGUF:Q4_K_M"]
+    assert [w["hive"] for w in workers] == ["h2"]
+    for worker in workers:
+        httpx.delete(f"{fleet.url}/v1/workers/{worker['id']}", timeout=30)
 
 
 def test_the_hf_token_goes_with_the_job_and_is_kept_nowhere(fleet: Queen, lan: Lan) -> None:

@@ -39,8 +39,9 @@ def frame(seq: int, type: JobEventType, **kw: Any) -> bytes:
 class FakeHive:
     """Answers the queen's calls; `hang` keeps the event stream open after the progress until a DELETE."""
 
-    def __init__(self, terminal: bytes, hang: bool = False) -> None:
-        self.terminal, self.hang = terminal, hang
+    def __init__(self, terminal: bytes, hang: bool = False, drops: int = 0) -> None:
+        self.terminal, self.hang, self.drops = terminal, hang, drops  # drops: streams cut before the end
+        self.followed_from: list[str | None] = []
         self.calls: list[tuple[str, str, bytes, str | None]] = []
         self.deleted = asyncio.Event()
         self.report = report(models=[ENTRY], models_free_bytes=5 * 10**9)
@@ -49,6 +50,9 @@ class FakeHive:
         yield frame(0, JobEventType.STARTED, message="model.pull started")
         yield frame(1, JobEventType.PROGRESS, message="m.gguf", current=500, total=1000, unit="bytes",
                     data={"speed": 100, "eta": 5.0})
+        if self.drops:
+            self.drops -= 1
+            return
         if self.hang:
             await self.deleted.wait()
             yield frame(2, JobEventType.CANCELLED, message="cancelled")
@@ -62,8 +66,11 @@ class FakeHive:
         if request.method == "POST" and path == "/v1/hive/pulls":
             return httpx.Response(201, json={"job_id": JOB})
         if request.method == "GET" and path == f"/v1/hive/jobs/{JOB}/events":
+            self.followed_from.append(request.headers.get("last-event-id"))
             if self.deleted.is_set():
                 return httpx.Response(200, content=frame(2, JobEventType.CANCELLED, message="cancelled"))
+            if self.followed_from[-1] == "1":
+                return httpx.Response(200, content=self.terminal)
             return httpx.Response(200, content=self._stream())
         if request.method == "DELETE" and path == f"/v1/hive/jobs/{JOB}":
             self.deleted.set()
@@ -119,6 +126,27 @@ async def test_a_pull_sends_the_hub_settings_re_emits_progress_and_updates_the_c
     assert [m.name for m in await hive.catalog.list()] == [ENTRY.name]  # before any heartbeat
     disk = await hive.disk()
     assert (disk.models, disk.models_bytes, disk.free_bytes) == (1, 1000, 5 * 10**9)
+    await hive.close()
+
+
+async def test_a_dropped_event_stream_is_followed_again_from_its_last_event() -> None:
+    fake = FakeHive(frame(2, JobEventType.DONE, message="done", data=ENTRY.model_dump(mode="json")), drops=1)
+    hive = remote(fake)
+    emit = Recorder()
+    assert await hive.pull("org/m-GGUF:Q4_K_M", emit) == ENTRY
+    assert fake.followed_from == [None, "1"] and len(emit.events) == 1  # nothing repeated
+    await hive.close()
+
+
+async def test_a_hive_whose_stream_keeps_dropping_fails_the_pull_and_is_told_to_stop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("rbee.queen.remote_hive.FOLLOW_RETRIES", 1)
+    fake = FakeHive(b"", drops=10)  # every stream ends before a terminal event
+    hive = remote(fake)
+    with pytest.raises(JobFailed, match="lost hive 'h1' during the pull"):
+        await hive.pull("org/m-GGUF:Q4_K_M", Recorder())
+    assert fake.calls[-1][:2] == ("DELETE", f"/v1/hive/jobs/{JOB}")
     await hive.close()
 
 
