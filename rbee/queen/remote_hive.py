@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
 import httpx
+from pydantic import ValidationError
 
 from rbee.common import settings
 from rbee.common.jobs import Emit, JobFailed
@@ -395,8 +396,13 @@ class RemoteHive:
 
     async def pull(self, model: str, emit: Emit) -> ModelEntry:
         """Download `model` on that hive, as a job there; its progress is re-emitted here."""
-        asked = HivePull(model=model, hf_endpoint=os.environ.get("HF_ENDPOINT") or None,
-                         hf_token=os.environ.get("HF_TOKEN") or None)
+        try:
+            asked = HivePull(model=model, hf_endpoint=os.environ.get("HF_ENDPOINT") or None,
+                             hf_token=os.environ.get("HF_TOKEN") or None)
+        except ValidationError as exc:  # its text would quote the values, and one of them is the token
+            fields = ", ".join(".".join(map(str, e["loc"])) for e in exc.errors())
+            raise JobFailed(f"cannot pull onto hive '{self.alias}': invalid {fields} (model, or the queen's "
+                            "HF_ENDPOINT / HF_TOKEN)") from None
         try:
             raw = await self.call("POST", "/v1/hive/pulls", asked.model_dump_json())
         except HiveCallFailed as exc:

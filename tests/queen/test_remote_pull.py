@@ -150,6 +150,16 @@ async def test_a_hive_whose_stream_keeps_dropping_fails_the_pull_and_is_told_to_
     await hive.close()
 
 
+async def test_a_token_the_contract_refuses_is_not_quoted_in_the_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_TOKEN", "hf_" + "s" * 5000)
+    fake = FakeHive(b"")
+    hive = remote(fake)
+    with pytest.raises(JobFailed, match="invalid hf_token") as caught:
+        await hive.pull("org/m-GGUF:Q4_K_M", Recorder())
+    assert "sss" not in str(caught.value) and fake.calls == []
+    await hive.close()
+
+
 async def test_an_error_on_the_hive_fails_the_job_with_its_message() -> None:
     fake = FakeHive(frame(2, JobEventType.ERROR, message="not enough disk space: ... in /home/h1/models"))
     hive = remote(fake)
