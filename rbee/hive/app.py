@@ -32,7 +32,8 @@ from rbee.common import sse
 from rbee.common.error_responses import error_response
 from rbee.common.jobs import Emit, Job, JobFailed, JobRunner
 from rbee.common.metrics import ColonyCollector, engine_metrics
-from rbee.contracts.hives import HivePull, HostedWorker, ResolvedModel, ResolveModel, SpawnWorker
+from rbee.contracts.catalog import HivePull
+from rbee.contracts.hives import HostedWorker, ResolvedModel, ResolveModel, SpawnWorker
 from rbee.contracts.jobs import JobCreated, JobKind
 from rbee.hive import downloads
 from rbee.hive.config import HiveConfig

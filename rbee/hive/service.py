@@ -20,7 +20,8 @@ from rbee.common import paths, settings
 from rbee.common.jobs import Emit, JobFailed
 from rbee.common.tls import TLSFiles
 from rbee.common.version import current as current_version
-from rbee.contracts.hives import DeviceInfo, HiveDisk, HiveReport, HostedWorker, WorkerShape
+from rbee.contracts.catalog import HiveDisk
+from rbee.contracts.hives import DeviceInfo, HiveReport, HostedWorker, WorkerShape
 from rbee.contracts.models import DEMO_MODEL, MemoryNeed, ModelDetail, ModelEntry
 from rbee.contracts.status import EngineInfo, HiveInfo
 from rbee.contracts.workers import WorkerMode

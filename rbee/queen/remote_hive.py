@@ -29,10 +29,9 @@ from pydantic import ValidationError
 
 from rbee.common import settings
 from rbee.common.jobs import Emit, JobFailed
+from rbee.contracts.catalog import HiveDisk, HivePull
 from rbee.contracts.hives import (
     DeviceInfo,
-    HiveDisk,
-    HivePull,
     HiveReport,
     HiveState,
     HiveStatus,

@@ -9,17 +9,20 @@ Heartbeats are slow here, so a catalog that changes at once after a pull or rm w
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 from tests.conftest import Queen, free_port, queen_env, wait_for
+from tests.fixtures.browser import Tab
 from tests.fixtures.fake_hub import FakeHub, HubFile
 from tests.fixtures.lan import Host, Lan, keeper_env, lan_hosts
 from tests.fixtures.tiny_gguf import write_tiny_model
@@ -46,7 +49,7 @@ def payload(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 @pytest.fixture(scope="module")
 def hub(lan: Lan, payload: bytes) -> Iterator[FakeHub]:
     with FakeHub().start(lan.gateway) as hub:
-        for repo in ("fleet-GGUF", "slow-GGUF", "info-GGUF", "cut-GGUF", "ctrl-c-GGUF"):
+        for repo in ("fleet-GGUF", "slow-GGUF", "info-GGUF", "cut-GGUF", "ctrl-c-GGUF", "dash-GGUF"):
             hub.add_repo(f"rbee-test/{repo}", {"m-Q4_K_M.gguf": payload})
         hub.add_repo("rbee-test/gated-GGUF", {"m-Q4_K_M.gguf": payload}, gated_token=HF_SECRET)
         hub.add_repo("rbee-test/huge-GGUF", [HubFile("m-Q4_K_M.gguf", payload, advertised_size=10**15)])
@@ -257,3 +260,21 @@ def test_bad_input_is_refused_clearly(fleet: Queen, lan: Lan) -> None:
         for headers in ({"Authorization": "Bearer wrong"}, {}):
             resp = httpx.request(method, hive + path, headers=headers, json={"model": "a/b"}, timeout=10)
             assert resp.status_code == 401 and resp.json()["error"]["code"] == "invalid_token"
+
+
+def test_the_dashboard_pulls_onto_the_hive_chosen(fleet: Queen, lan: Lan, new_tab: Callable[..., Tab]) -> None:
+    tab = new_tab()
+    page = tab.page
+    page.goto(f"{fleet.url}/#models")
+    expect(page.locator("#pull-hive option")).to_have_text(["h1", "h2"])  # the ready hives; no local one here
+    page.select_option("#pull-hive", "h2")
+    page.fill("#pull-model", "rbee-test/dash-GGUF:Q4_K_M")
+    page.click("#pull-form button[type=submit]")
+    job = page.locator(".job").filter(has_text="rbee-test/dash-GGUF:Q4_K_M")
+    expect(job.locator(".pill")).to_have_text("done", timeout=60_000)
+    assert (models_dir(lan.host("h2")) / "rbee-test/dash-GGUF/m-Q4_K_M.gguf").exists()
+    assert not (models_dir(lan.host("h1")) / "rbee-test/dash-GGUF").exists()
+    row = page.locator('#catalog tr[data-model="rbee-test/dash-GGUF:Q4_K_M"]')
+    expect(row).to_contain_text("h2")
+    expect(page.locator("#disks")).to_contain_text(re.compile(r"h1: \d+ models?.* free.*h2: \d+ models?.* free"))
+    assert tab.errors() == []

@@ -14,7 +14,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from rbee.contracts.hives import HivePull
+from rbee.contracts.catalog import HivePull
 from rbee.hive import downloads
 from rbee.hive.app import create_app
 from rbee.hive.config import HiveConfig
