@@ -52,6 +52,7 @@ async def model_detail(request: Request) -> Response:
 
 async def remove_model(request: Request) -> Response:
     name = request.path_params["name"]
+    failed: list[str] = []  # hives that could not be asked: the model may be there
     for hive in _hives(request):
         try:
             entry = await hive.remove(name)
@@ -60,9 +61,12 @@ async def remove_model(request: Request) -> Response:
         except ModelInUse as exc:
             raise Conflict(str(exc)) from exc
         except HiveCallFailed as exc:
-            raise UpstreamError(f"could not remove '{name}' from hive '{hive.alias}': {exc}") from exc
+            failed.append(f"hive '{hive.alias}': {exc}")
+            continue
         await queen_state(request).audit(principal_of(request.scope), request, "model.remove", name, hive.alias)
         return JSONResponse({"hive": hive.alias, **entry.model_dump(mode="json")})
+    if failed:
+        raise UpstreamError(f"could not remove '{name}' ({'; '.join(failed)})")
     raise ModelNotFound(f"No hive has the model '{name}' in its catalog; `rbee model ls` lists them.", param="model")
 
 

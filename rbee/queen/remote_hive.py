@@ -220,6 +220,11 @@ def _model_path(name: str) -> str:
     return "/v1/hive/models/" + quote(name, safe="")
 
 
+def _too_old(exc: HiveCallFailed) -> bool:
+    """A 404 that is not rbee's JSON error: the hive has no such route (it runs an older rbee)."""
+    return exc.status == 404 and str(exc) == "HTTP 404"
+
+
 class _Catalog:
     def __init__(self) -> None:
         self.models: list[ModelEntry] = []
@@ -358,7 +363,7 @@ class RemoteHive:
         try:
             raw = await self.call("GET", _model_path(name) + (f"?{query}" if query else ""))
         except HiveCallFailed as exc:
-            raise ModelUnavailable(str(exc)) from exc
+            raise ModelUnavailable(self._upgrade_hint() if _too_old(exc) else str(exc)) from exc
         return ModelDetail.model_validate_json(raw)
 
     async def remove(self, name: str) -> ModelEntry:
@@ -368,6 +373,8 @@ class RemoteHive:
         except HiveCallFailed as exc:
             if exc.status == 409:
                 raise ModelInUse(str(exc)) from exc
+            if _too_old(exc):
+                raise HiveCallFailed(self._upgrade_hint(), exc.status) from exc
             if exc.status == 404:
                 raise ModelUnavailable(str(exc)) from exc
             raise
@@ -375,6 +382,10 @@ class RemoteHive:
         self.catalog.models = [m for m in self.catalog.models if m.name != entry.name]
         await self.refresh()
         return entry
+
+    def _upgrade_hint(self) -> str:
+        return (f"hive '{self.alias}' runs rbee {self.report.version}, which cannot do this for its queen; "
+                f"`rbee hive upgrade {self.alias}` brings it up to date")
 
     async def disk(self) -> HiveDisk:
         models = [m for m in self.catalog.models if not m.missing]
@@ -405,7 +416,8 @@ class RemoteHive:
         try:
             raw = await self.call("POST", "/v1/hive/pulls", asked.model_dump_json())
         except HiveCallFailed as exc:
-            raise JobFailed(f"hive '{self.alias}' did not start the pull: {exc}") from exc
+            raise JobFailed(self._upgrade_hint() if _too_old(exc) else
+                            f"hive '{self.alias}' did not start the pull: {exc}") from exc
         job_id = JobCreated.model_validate_json(raw).job_id
         if not _HIVE_JOB_ID.fullmatch(job_id):
             raise JobFailed(f"hive '{self.alias}' answered a job id rbee does not make ({job_id[:40]!r})")

@@ -198,6 +198,18 @@ async def test_info_and_rm_are_asked_of_the_hive() -> None:
     await hive.close()
 
 
+async def test_a_hive_too_old_for_remote_catalogs_is_told_to_upgrade() -> None:
+    hive = remote(FakeHive(b""), version="0.0.9")
+    hive._client = httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(404, text="Not Found")))
+    with pytest.raises(JobFailed, match=r"runs rbee 0\.0\.9.*`rbee hive upgrade h1`"):
+        await hive.pull("org/m-GGUF:Q4_K_M", Recorder())
+    with pytest.raises(ModelUnavailable, match="rbee hive upgrade h1"):
+        await hive.detail("org/m-GGUF:Q4_K_M")
+    with pytest.raises(HiveCallFailed, match="rbee hive upgrade h1"):
+        await hive.remove("org/m-GGUF:Q4_K_M")
+    await hive.close()
+
+
 async def test_a_hive_that_does_not_answer_is_a_clear_failure() -> None:
     hive = RemoteHive(report(address="127.0.0.1", port=1), "join-token")  # nothing listens there
     with pytest.raises(JobFailed, match="hive 'h1' did not start the pull"):
