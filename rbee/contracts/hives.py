@@ -73,6 +73,7 @@ class HiveReport(BaseModel):
     memory_total: Bytes  # what the hive may give its workers
     models: list[ModelEntry] = Field(default=[], max_length=MAX_MODELS)
     workers: list[HostedWorker] = Field(default=[], max_length=MAX_WORKERS)
+    models_free_bytes: Bytes | None = None  # free disk under its models folder
 
 
 class HiveAck(BaseModel):
@@ -135,3 +136,4 @@ class SpawnWorker(WorkerShape):
     device: str | None = Field(default=None, max_length=64)  # the hive's id of it; None: the hive picks
     mode: WorkerMode = WorkerMode.GENERATE
     memory: int = 0
+

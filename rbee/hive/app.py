@@ -2,6 +2,12 @@
 
 Every route needs the hive's join token as a Bearer credential: the queen holds it, nobody else.
 Inference never passes here; the queen talks to the workers directly with their own keys.
+
+    POST   /v1/hive/pulls               HivePull -> JobCreated: a download, as a job of this hive's
+    GET    /v1/hive/jobs/{id}/events    the job's events as SSE (Last-Event-ID resumes), until a terminal one
+    DELETE /v1/hive/jobs/{id}           cancel it (a cancelled pull leaves no files behind)
+    GET    /v1/hive/models/{name}       ModelDetail (?ctx=&slots=), read here
+    DELETE /v1/hive/models/{name}       forget a model, deleting what rbee downloaded
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
@@ -17,17 +24,21 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from rbee.common import sse
 from rbee.common.error_responses import error_response
-from rbee.common.jobs import JobFailed
+from rbee.common.jobs import Emit, Job, JobFailed, JobRunner
 from rbee.common.metrics import ColonyCollector, engine_metrics
+from rbee.contracts.catalog import HivePull
 from rbee.contracts.hives import HostedWorker, ResolvedModel, ResolveModel, SpawnWorker
+from rbee.contracts.jobs import JobCreated, JobKind
+from rbee.hive import downloads
 from rbee.hive.config import HiveConfig
 from rbee.hive.queen_link import QueenLink
-from rbee.hive.service import Hive, ModelUnavailable
+from rbee.hive.service import Hive, ModelInUse, ModelUnavailable
 from rbee.hive.worker import WorkerStartError
 
 log = logging.getLogger(__name__)
@@ -108,6 +119,81 @@ async def spawn(request: Request) -> Response:
     return JSONResponse(hosted.model_dump(mode="json"), status_code=201)
 
 
+def _jobs(request: Request) -> JobRunner:
+    jobs: JobRunner = request.app.state.jobs
+    return jobs
+
+
+async def start_pull(request: Request) -> Response:
+    """Start downloading a model here; the hub settings (and the token) are the queen's, for this job only."""
+    hive = _hive(request)
+    asked = await _parse(request, HivePull)
+    token = asked.hf_token.get_secret_value() if asked.hf_token is not None else None
+    hub = downloads.Hub.for_job(asked.hf_endpoint, token)
+
+    async def pull(emit: Emit) -> dict[str, object]:
+        return (await hive.pull(asked.model, emit, hub)).model_dump(mode="json")
+
+    job = _jobs(request).start(JobKind.MODEL_PULL, pull, subject=asked.model)
+    log.info("pulling %s for the queen (%s)", asked.model, job.id)
+    return JSONResponse(JobCreated(job_id=job.id).model_dump(), status_code=201)
+
+
+def _job(request: Request) -> Job:
+    job = _jobs(request).get(request.path_params["job_id"])
+    if job is None:
+        raise _Refusal(404, f"There is no job '{request.path_params['job_id']}' on this hive.", "not_found")
+    return job
+
+
+async def job_events(request: Request) -> Response:
+    job = _job(request)
+    last = request.headers.get("last-event-id", "")
+    after = int(last) if last.isdigit() else -1
+
+    async def frames() -> AsyncIterator[bytes]:
+        async for event in job.follow(after):
+            yield sse.encode(event, event=event.type.value, event_id=event.seq)
+
+    return StreamingResponse(frames(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+
+
+async def cancel_job(request: Request) -> Response:
+    job = _job(request)
+    return JSONResponse({"job_id": job.id, "cancelled": _jobs(request).cancel(job.id)})
+
+
+_COUNT = re.compile(r"^[1-9][0-9]{0,8}$")
+
+
+def _count(request: Request, name: str) -> int | None:
+    value = request.query_params.get(name)
+    if value is None:
+        return None
+    if not _COUNT.fullmatch(value):
+        raise _Refusal(400, f"'{name}' must be a positive integer", "invalid_value")
+    return int(value)
+
+
+async def model_detail(request: Request) -> Response:
+    try:
+        detail = await _hive(request).detail(request.path_params["name"], _count(request, "ctx"),
+                                             _count(request, "slots"))
+    except (ModelUnavailable, JobFailed) as exc:
+        raise _Refusal(404, str(exc), "model_not_found") from exc
+    return JSONResponse(detail.model_dump(mode="json"))
+
+
+async def remove_model(request: Request) -> Response:
+    try:
+        entry = await _hive(request).remove(request.path_params["name"])
+    except ModelUnavailable as exc:
+        raise _Refusal(404, str(exc), "model_not_found") from exc
+    except ModelInUse as exc:
+        raise _Refusal(409, str(exc), "model_in_use") from exc
+    return JSONResponse(entry.model_dump(mode="json"))
+
+
 async def metrics(request: Request) -> Response:
     """Prometheus metrics of this hive: its workers, its memory, and its workers' own."""
     hive = _hive(request)
@@ -128,6 +214,7 @@ def create_app(config: HiveConfig, hive: Hive | None = None,
                on_shutdown: Callable[[], None] | None = None) -> Starlette:
     hive = hive or Hive(config.alias, address=config.address, tls=config.tls_files())
     link = QueenLink(hive, config)
+    jobs = JobRunner()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -138,6 +225,7 @@ def create_app(config: HiveConfig, hive: Hive | None = None,
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+            await jobs.close()
             await hive.close()
             if on_shutdown:
                 on_shutdown()
@@ -148,6 +236,11 @@ def create_app(config: HiveConfig, hive: Hive | None = None,
             Route("/v1/hive/resolve", resolve, methods=["POST"]),
             Route("/v1/hive/workers", spawn, methods=["POST"]),
             Route("/v1/hive/workers/{worker_id}", stop, methods=["DELETE"]),
+            Route("/v1/hive/pulls", start_pull, methods=["POST"]),
+            Route("/v1/hive/jobs/{job_id}/events", job_events, methods=["GET"]),
+            Route("/v1/hive/jobs/{job_id}", cancel_job, methods=["DELETE"]),
+            Route("/v1/hive/models/{name:path}", model_detail, methods=["GET"]),
+            Route("/v1/hive/models/{name:path}", remove_model, methods=["DELETE"]),
             Route("/metrics", metrics, methods=["GET"]),
         ],
         exception_handlers={_Refusal: _refused},
@@ -157,4 +250,5 @@ def create_app(config: HiveConfig, hive: Hive | None = None,
     app.state.hive = hive
     app.state.port = config.port
     app.state.link = link
+    app.state.jobs = jobs
     return app

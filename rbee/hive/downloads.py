@@ -9,6 +9,10 @@
     verify    size and sha256 of every file; a mismatch deletes it
     keep      move into the models folder, then (and only then) register in the catalog
 
+Where from: `Hub` (one pull's endpoint and token). A local pull uses this process's own `HF_ENDPOINT`
+and `HF_TOKEN`; a pull the queen sends to a remote hive brings the queen's, and the hive's own
+`HF_ENDPOINT`, where it sets one, wins. A token is only ever passed to `huggingface_hub` as an argument.
+
 A cancelled pull leaves nothing behind; a failed one keeps its partial files so the next pull
 of the same revision resumes.
 """
@@ -23,7 +27,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +40,25 @@ PROGRESS_INTERVAL_S = 0.25
 # huggingface_hub writes (and reports progress) in chunks of this size; its default, 10 MiB,
 # makes a coarse progress bar and loses up to 10 MiB when a cut connection is resumed.
 CHUNK_BYTES = int(os.environ.get("RBEE_DOWNLOAD_CHUNK_BYTES", 1024 * 1024))
+
+
+@dataclass(frozen=True)
+class Hub:
+    """The hub one pull talks to; None means huggingface_hub's own (this process's HF_ENDPOINT, HF_TOKEN)."""
+
+    endpoint: str | None = None
+    token: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def for_job(cls, endpoint: str | None, token: str | None) -> Hub:
+        """The hub for a pull the queen sent: its endpoint unless this machine sets HF_ENDPOINT; its token."""
+        return cls(endpoint=None if os.environ.get("HF_ENDPOINT") else endpoint or None, token=token or None)
+
+    @property
+    def url(self) -> str:
+        from huggingface_hub import constants
+
+        return (self.endpoint or constants.ENDPOINT).rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -119,8 +142,7 @@ def choose_files(ref: ModelRef, files: list[RemoteFile]) -> tuple[list[RemoteFil
     return group, wanted
 
 
-def _hub_error(exc: Exception, ref: ModelRef) -> JobFailed:
-    from huggingface_hub import constants
+def _hub_error(exc: Exception, ref: ModelRef, hub: Hub) -> JobFailed:
     from huggingface_hub.errors import (
         EntryNotFoundError,
         GatedRepoError,
@@ -133,7 +155,7 @@ def _hub_error(exc: Exception, ref: ModelRef) -> JobFailed:
         return JobFailed(f"{ref.repo} is gated: accept its terms on the hub, then set HF_TOKEN to a token "
                          "that has access")
     if isinstance(exc, RepositoryNotFoundError):
-        return JobFailed(f"there is no model repo {ref.repo} on {constants.ENDPOINT} (if it is private, "
+        return JobFailed(f"there is no model repo {ref.repo} on {hub.url} (if it is private, "
                          "set HF_TOKEN)")
     if isinstance(exc, RevisionNotFoundError):
         return JobFailed(f"{ref.repo} has no revision {ref.revision!r}")
@@ -144,19 +166,21 @@ def _hub_error(exc: Exception, ref: ModelRef) -> JobFailed:
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return JobFailed(f"the disk under {settings.models_dir()} filled up while downloading {ref.repo}; the "
                          "partial download was deleted and nothing else changed. Free some space and pull again.")
-    return JobFailed(f"cannot reach {constants.ENDPOINT} ({type(exc).__name__}: {exc}); check the network, "
+    return JobFailed(f"cannot reach {hub.url} ({type(exc).__name__}: {exc}); check the network, "
                      "or HF_ENDPOINT for a mirror")
 
 
-def plan(ref: ModelRef) -> PullPlan:
+def plan(ref: ModelRef, hub: Hub | None = None) -> PullPlan:
     """Ask the hub what `ref` means (blocking)."""
     from huggingface_hub import HfApi
 
     assert ref.repo is not None
+    hub = hub or Hub()
     try:
-        info = HfApi().model_info(ref.repo, revision=ref.revision, files_metadata=True)
+        info = HfApi(endpoint=hub.endpoint, token=hub.token).model_info(ref.repo, revision=ref.revision,
+                                                                         files_metadata=True)
     except Exception as exc:
-        raise _hub_error(exc, ref) from exc
+        raise _hub_error(exc, ref, hub) from exc
     files = [
         RemoteFile(s.rfilename, int(s.lfs.size if s.lfs else s.size or 0), s.lfs.sha256 if s.lfs else None)
         for s in info.siblings or []
@@ -173,6 +197,16 @@ def stays_inside(relative: str) -> bool:
     """Whether a path from the hub stays inside the folder it is joined to (no '..', not absolute)."""
     parts = relative.replace("\\", "/").split("/")
     return bool(relative) and not relative.startswith("/") and all(p not in ("", ".", "..") for p in parts)
+
+
+def free_bytes(folder: Path) -> int:
+    """Free space on the disk that holds `folder` (or would: its nearest existing parent)."""
+    for candidate in (folder, *folder.parents):
+        try:
+            return shutil.disk_usage(candidate).free
+        except OSError:
+            continue
+    return 0
 
 
 def check_room(folder: Path, needed: int) -> None:
@@ -218,11 +252,12 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-async def fetch(pull: PullPlan, staging: Path, emit: Emit) -> list[Path]:
+async def fetch(pull: PullPlan, staging: Path, emit: Emit, hub: Hub | None = None) -> list[Path]:
     """Download every file of `pull` into `staging`, verified; cancellable."""
     from huggingface_hub import constants, hf_hub_download
 
     constants.DOWNLOAD_CHUNK_SIZE = CHUNK_BYTES
+    hub = hub or Hub()
     loop = asyncio.get_running_loop()
     cancelled = threading.Event()
     total = pull.total_bytes
@@ -251,6 +286,7 @@ async def fetch(pull: PullPlan, staging: Path, emit: Emit) -> list[Path]:
         ref_for_errors = ModelRef(text=pull.repo, repo=pull.repo, filename=remote.path)
         task = asyncio.ensure_future(asyncio.to_thread(
             hf_hub_download, pull.repo, remote.path, revision=pull.commit, local_dir=staging, tqdm_class=progress,
+            endpoint=hub.endpoint, token=hub.token,
         ))
         try:
             path = Path(await asyncio.shield(task))
@@ -263,7 +299,7 @@ async def fetch(pull: PullPlan, staging: Path, emit: Emit) -> list[Path]:
         except JobFailed:
             raise
         except Exception as exc:
-            raise _hub_error(exc, ref_for_errors) from exc
+            raise _hub_error(exc, ref_for_errors, hub) from exc
         report(remote.path, force=True)
         emit(message=f"verifying {remote.path}")
         await _verify(path, remote)

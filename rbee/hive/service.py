@@ -20,6 +20,7 @@ from rbee.common import paths, settings
 from rbee.common.jobs import Emit, JobFailed
 from rbee.common.tls import TLSFiles
 from rbee.common.version import current as current_version
+from rbee.contracts.catalog import HiveDisk
 from rbee.contracts.hives import DeviceInfo, HiveReport, HostedWorker, WorkerShape
 from rbee.contracts.models import DEMO_MODEL, MemoryNeed, ModelDetail, ModelEntry
 from rbee.contracts.status import EngineInfo, HiveInfo
@@ -188,7 +189,8 @@ class Hive:
         """The servable catalog entry for `model`; `ModelUnavailable` says why not and what to do."""
         entry = await self.find(model)
         if entry is None:
-            hint = f"; pull it first: rbee model pull {model}" if model_refs.parse(model).is_hub else ""
+            onto = "" if self.alias == "localhost" else f" -a {self.alias}"  # the pull must land on this hive
+            hint = f"; pull it first: rbee model pull {model}{onto}" if model_refs.parse(model).is_hub else ""
             raise ModelUnavailable(f"The model '{model}' does not exist on hive '{self.alias}'{hint}")
         if entry.missing:
             raise ModelUnavailable(
@@ -197,8 +199,9 @@ class Hive:
             )
         return entry
 
-    async def pull(self, model: str, emit: Emit) -> ModelEntry:
-        """Make `model` available on this hive, downloading it from the hub when needed (a job body)."""
+    async def pull(self, model: str, emit: Emit, hub: downloads.Hub | None = None) -> ModelEntry:
+        """Make `model` available on this hive, downloading it from the hub when needed (a job body).
+        `hub`: where from, for this pull only (the queen's settings, for a pull it sent); else this process's."""
         try:
             ref = model_refs.parse(model)
         except model_refs.BadModelRef as exc:
@@ -217,23 +220,26 @@ class Hive:
         lock = self._pulls.setdefault(downloads.catalog_name_guess(ref), asyncio.Lock())
         async with lock:
             emit(message=f"looking up {ref.repo}")
-            plan = await asyncio.to_thread(downloads.plan, ref)
+            plan = await asyncio.to_thread(downloads.plan, ref, hub)
             name = plan.catalog_name(ref)
             existing = await self.catalog.get(name)
             if existing is not None and not existing.missing and existing.revision == plan.commit:
                 emit(message=f"{name} is already on {self.alias}")
                 return existing
             emit(message=f"{len(plan.files)} file(s), {plan.total_bytes / 1e9:.2f} GB, revision {plan.commit[:10]}")
-            return await self._download(ref, plan, name, emit)
+            return await self._download(ref, plan, name, emit, hub)
 
     async def _download(self, ref: model_refs.ModelRef, plan: downloads.PullPlan, name: str,
-                        emit: Emit) -> ModelEntry:
+                        emit: Emit, hub: downloads.Hub | None = None) -> ModelEntry:
         models = settings.models_dir()
         staging = models / ".partial" / plan.repo.replace("/", "--") / plan.commit
         final = models / plan.repo
-        await asyncio.to_thread(downloads.check_room, models, plan.total_bytes)
         try:
-            fetched = await downloads.fetch(plan, staging, emit)
+            await asyncio.to_thread(downloads.check_room, models, plan.total_bytes)
+        except JobFailed as exc:
+            raise JobFailed(f"hive '{self.alias}': {exc}") from None
+        try:
+            fetched = await downloads.fetch(plan, staging, emit, hub)
             targets = [final / f.path for f in plan.files]
             await asyncio.to_thread(_move_all, fetched, targets)
             try:
@@ -283,6 +289,12 @@ class Hive:
                               compute=need.compute, overhead=need.overhead, total=need.total),
         )
 
+    async def disk(self) -> HiveDisk:
+        """What its models take on disk, and what is free under its models folder."""
+        models = [m for m in await self.catalog.list() if not m.missing]
+        return HiveDisk(hive=self.alias, models=len(models), models_bytes=sum(m.size_bytes for m in models),
+                        free_bytes=await asyncio.to_thread(downloads.free_bytes, settings.models_dir()))
+
     def memory_total(self) -> int:
         """What this hive may give CPU workers: RBEE_MEMORY_BUDGET, else the machine's RAM."""
         return settings.memory_budget() or psutil.virtual_memory().total
@@ -330,6 +342,7 @@ class Hive:
             alias=self.alias, version=current_version(), address=self.address, port=port, tls=self.tls is not None,
             engine=await self.engine(), devices=self.devices(), memory_total=self.memory_total(),
             models=await self.catalog.list(),
+            models_free_bytes=await asyncio.to_thread(downloads.free_bytes, settings.models_dir()),
             workers=[HostedWorker(info=w.info(), api_key=w.api_key, entry=w.spec.model)
                      for w in self.supervisor.workers()],
         )

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import time
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 import typer
 
 from rbee.contracts.models import DEMO_MODEL
 from rbee.contracts.openai import HIVE_HEADER
-from rbee.hive import model_refs
+from rbee.hive import downloads, model_refs
 from rbee.keeper.client import QueenClient
 from rbee.keeper.context import App
 from rbee.keeper.model_cmd import pull_model
@@ -28,9 +29,16 @@ def _model_arg(client: QueenClient, out: Output, model: str, hive: str | None) -
         if not ref.path.is_file():
             raise CLIError(f"no such model file: {ref.path}")
         return str(ref.path.resolve())
-    if ref.is_hub and not client.has_model(model):
+    if ref.is_hub and not (client.has_model(model) if hive is None else _on_hive(client, ref, hive)):
         return str(pull_model(client, out, model, hive or "localhost").get("name", model))
     return model
+
+
+def _on_hive(client: QueenClient, ref: model_refs.ModelRef, hive: str) -> bool:
+    """Whether the pinned hive's catalog holds the hub model (another hive having it is not enough)."""
+    names = {ref.text, downloads.catalog_name_guess(ref)}
+    return any(m["name"] in names and not m["missing"]
+               for m in client.get(f"/v1/catalog?{urlencode({'hive': hive})}"))
 
 
 def infer(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import typer
 
@@ -41,15 +41,18 @@ def pull(
 @app.command("ls")
 def list_(hive: HiveOption = None, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
           ) -> None:
-    """The models in each hive's catalog (no network needed)."""
+    """The models in each hive's catalog, and each hive's disk (no network beyond the queen needed)."""
     ctx = App()
-    query = f"?hive={hive}" if hive else ""
-    models = ctx.queen().get(f"/v1/catalog{query}")
+    query = f"?{urlencode({'hive': hive})}" if hive else ""
+    client = ctx.queen()
+    models = client.get(f"/v1/catalog{query}")
     if as_json:
         ctx.out.json(models)
         return
+    disks = client.get(f"/v1/storage{query}")
     if not models:
         ctx.out.info("no models yet: `rbee model pull org/repo:Q4_K_M`, or `rbee infer -m ./model.gguf`")
+        _print_disks(ctx, disks)
         return
     t = table("Models", "NAME", "HIVE", "SIZE", "QUANT", "PARAMS", "SOURCE", "STATE")
     for m in models:
@@ -59,17 +62,27 @@ def list_(hive: HiveOption = None, as_json: Annotated[bool, typer.Option("--json
         t.add_row(m["name"], m["hive"], human_bytes(m["size_bytes"]), m.get("quantization") or "?", params,
                   source, state)
     ctx.out.out.print(t)
+    _print_disks(ctx, disks)
     for m in models:
         if m["missing"]:
             ctx.out.warn(f"{m['name']}: {m['path']} is gone; `rbee model rm {m['name']}` forgets it")
+
+
+def _print_disks(ctx: App, disks: list[dict[str, Any]]) -> None:
+    t = table("Disk", "HIVE", "MODELS", "THEY USE", "FREE FOR MODELS")
+    for d in disks:
+        free = d.get("free_bytes")
+        t.add_row(d["hive"], str(d["models"]), human_bytes(d["models_bytes"]),
+                  human_bytes(free) if free is not None else "?")
+    ctx.out.out.print(t)
 
 
 @app.command("rm")
 def remove(name: Annotated[str, typer.Argument(help="The model's catalog name.")], hive: HiveOption = None) -> None:
     """Remove a model from the catalog (and its files, when rbee downloaded them)."""
     ctx = App()
-    query = f"?hive={hive}" if hive else ""
-    entry = ctx.queen().delete(f"/v1/catalog/{name}{query}")
+    query = f"?{urlencode({'hive': hive})}" if hive else ""
+    entry = ctx.queen().delete(f"/v1/catalog/{quote(name, safe='')}{query}")
     what = "and deleted its files" if entry["source"] == "hf" else "(the file itself was left alone)"
     ctx.out.success(f"removed {entry['name']} from {entry['hive']} {what}")
 
@@ -84,8 +97,8 @@ def info(
 ) -> None:
     """Architecture, parameters, quantization, context, size, and the memory it needs to run."""
     ctx = App()
-    params = "&".join(f"{k}={v}" for k, v in (("hive", hive), ("ctx", ctx_size), ("slots", slots)) if v)
-    detail = ctx.queen().get(f"/v1/catalog/{name}" + (f"?{params}" if params else ""))
+    params = urlencode({k: v for k, v in (("hive", hive), ("ctx", ctx_size), ("slots", slots)) if v})
+    detail = ctx.queen().get(f"/v1/catalog/{quote(name, safe='')}" + (f"?{params}" if params else ""))
     if as_json:
         ctx.out.json(detail)
         return

@@ -1,4 +1,7 @@
-"""The hives' model catalogs: list, inspect, remove (pulling is a job: `POST /v1/jobs`)."""
+"""The hives' model catalogs: list, inspect, remove, disk (pulling is a job: `POST /v1/jobs`).
+
+Inspecting and removing work on any hive: a remote hive reads the model and deletes its files itself.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from rbee.hive.service import Hive, ModelInUse, ModelUnavailable
-from rbee.queen.errors import Conflict, InvalidRequest, ModelNotFound
+from rbee.queen.errors import Conflict, InvalidRequest, ModelNotFound, UpstreamError
 from rbee.queen.guard import principal_of
+from rbee.queen.remote_hive import HiveCallFailed
 from rbee.queen.state import queen_state
 
 
@@ -48,6 +52,7 @@ async def model_detail(request: Request) -> Response:
 
 async def remove_model(request: Request) -> Response:
     name = request.path_params["name"]
+    failed: list[str] = []  # hives that could not be asked: the model may be there
     for hive in _hives(request):
         try:
             entry = await hive.remove(name)
@@ -55,12 +60,23 @@ async def remove_model(request: Request) -> Response:
             continue
         except ModelInUse as exc:
             raise Conflict(str(exc)) from exc
+        except HiveCallFailed as exc:
+            failed.append(f"hive '{hive.alias}': {exc}")
+            continue
         await queen_state(request).audit(principal_of(request.scope), request, "model.remove", name, hive.alias)
         return JSONResponse({"hive": hive.alias, **entry.model_dump(mode="json")})
+    if failed:
+        raise UpstreamError(f"could not remove '{name}' ({'; '.join(failed)})")
     raise ModelNotFound(f"No hive has the model '{name}' in its catalog; `rbee model ls` lists them.", param="model")
 
 
+async def storage(request: Request) -> Response:
+    """Per hive: how many models, the bytes they take, and the free disk under its models folder."""
+    return JSONResponse([(await hive.disk()).model_dump(mode="json") for hive in _hives(request)])
+
+
 routes = [
+    Route("/v1/storage", storage, methods=["GET"]),
     Route("/v1/catalog", list_catalog, methods=["GET"]),
     Route("/v1/catalog/{name:path}", model_detail, methods=["GET"]),
     Route("/v1/catalog/{name:path}", remove_model, methods=["DELETE"]),

@@ -35,6 +35,7 @@ QUERIES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     ("GET", "/v1/catalog/{name}"): {"hive": {"type": "string"}, "ctx": {"type": "integer", "minimum": 1},
                                     "slots": {"type": "integer", "minimum": 1}},
     ("DELETE", "/v1/catalog/{name}"): {"hive": {"type": "string"}},
+    ("GET", "/v1/storage"): {"hive": {"type": "string"}},
     ("GET", "/v1/usage"): {"key": {"type": "string"}},
     ("GET", "/v1/audit"): {"limit": {"type": "number", "minimum": 0}, "since": {"type": "number", "minimum": 0},
                            "action": {"type": "string"}},

@@ -4,15 +4,25 @@ The scheduler and the routes use `alias`, `supervisor.workers()/get()/stop()`, `
 `need()`, `spawn_worker()`, `memory_total()`, `info()` and `catalog.list()` on either kind.
 Here they are calls to the hive's API (`rbee/hive/app.py`), and worker records the hive's
 heartbeats keep current. Requests go straight to the remote workers with their own keys.
+
+A pull onto a remote hive is a job there (`POST /v1/hive/pulls`) that the queen's own job follows
+(`GET /v1/hive/jobs/{id}/events`), re-emitting its progress; cancelling the queen's job cancels the
+hive's (`DELETE /v1/hive/jobs/{id}`) and waits until the hive says it has cleaned up. The queen's
+`HF_ENDPOINT` and `HF_TOKEN` go with each pull, over this authenticated channel, and nowhere else.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import os
+import re
 import ssl
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 from pydantic import ValidationError
@@ -20,6 +30,7 @@ from pydantic import ValidationError
 from rbee.common import settings, tls
 from rbee.common.hop import HOP
 from rbee.common.jobs import Emit, JobFailed
+from rbee.contracts.catalog import HiveDisk, HivePull
 from rbee.contracts.hives import (
     DeviceInfo,
     HiveReport,
@@ -31,14 +42,16 @@ from rbee.contracts.hives import (
     SpawnWorker,
     WorkerShape,
 )
+from rbee.contracts.jobs import JobCreated, JobEvent, JobEventType
 from rbee.contracts.models import ModelDetail, ModelEntry
 from rbee.contracts.status import HiveInfo
 from rbee.contracts.workers import WorkerInfo, WorkerMode, WorkerState, memory_held
 from rbee.hive import model_refs
-from rbee.hive.service import Hive, ModelUnavailable
+from rbee.hive.service import Hive, ModelInUse, ModelUnavailable
 from rbee.hive.worker import START_TIMEOUT_S, WorkerStartError
 from rbee.queen import hive_trust, keep_alive
 from rbee.queen.errors import QueenError
+from rbee.queen.hive_trust import ReportRefused
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +219,20 @@ class HiveCallFailed(RuntimeError):
         self.status = status
 
 
+_HIVE_JOB_ID = re.compile(r"^job-[0-9a-f]{12}$")  # what rbee/common/jobs.py makes; nothing else goes in a path
+FOLLOW_RETRIES = 5  # a dropped event stream is followed again (from the last event) this many times
+CANCEL_WAIT_S = 30.0  # how long a cancelled pull waits for the hive to say it cleaned up
+
+
+def _model_path(name: str) -> str:
+    return "/v1/hive/models/" + quote(name, safe="")
+
+
+def _too_old(exc: HiveCallFailed) -> bool:
+    """A 404 that is not rbee's JSON error: the hive has no such route (it runs an older rbee)."""
+    return exc.status == 404 and str(exc) == "HTTP 404"
+
+
 class _Catalog:
     def __init__(self) -> None:
         self.models: list[ModelEntry] = []
@@ -365,16 +392,139 @@ class RemoteHive:
         )
 
     async def detail(self, name: str, context_per_slot: int | None = None, slots: int | None = None) -> ModelDetail:
-        raise ModelUnavailable(f"model details are read on the local hive only; on '{self.alias}' run "
-                               f"`rbee model info {name}` on that machine")
+        """The model's GGUF details and memory estimate, read on that hive."""
+        query = urlencode({k: v for k, v in (("ctx", context_per_slot), ("slots", slots)) if v is not None})
+        try:
+            raw = await self.call("GET", _model_path(name) + (f"?{query}" if query else ""))
+        except HiveCallFailed as exc:
+            raise ModelUnavailable(self._upgrade_hint() if _too_old(exc) else str(exc)) from exc
+        return ModelDetail.model_validate_json(raw)
 
     async def remove(self, name: str) -> ModelEntry:
-        raise ModelUnavailable(f"models on the remote hive '{self.alias}' are removed on that machine "
-                               f"(`rbee model rm {name}` there)")
+        """Forget the model on that hive (it stops its workers and deletes what rbee downloaded)."""
+        try:
+            raw = await self.call("DELETE", _model_path(name), wait_s=120)
+        except HiveCallFailed as exc:
+            if exc.status == 409:
+                raise ModelInUse(str(exc)) from exc
+            if _too_old(exc):
+                raise HiveCallFailed(self._upgrade_hint(), exc.status) from exc
+            if exc.status == 404:
+                raise ModelUnavailable(str(exc)) from exc
+            raise
+        entry = ModelEntry.model_validate_json(raw)
+        self.catalog.models = [m for m in self.catalog.models if m.name != entry.name]
+        await self.refresh()
+        return entry
+
+    def _upgrade_hint(self) -> str:
+        return (f"hive '{self.alias}' runs rbee {self.report.version}, which cannot do this for its queen; "
+                f"`rbee hive upgrade {self.alias}` brings it up to date")
+
+    async def disk(self) -> HiveDisk:
+        models = [m for m in self.catalog.models if not m.missing]
+        return HiveDisk(hive=self.alias, models=len(models), models_bytes=sum(m.size_bytes for m in models),
+                        free_bytes=self.report.models_free_bytes)
+
+    async def refresh(self) -> None:
+        """Ask the hive for its report now (after a pull or a removal), instead of waiting for a heartbeat."""
+        try:
+            fresh = self._believed(HiveReport.model_validate_json(await self.call("GET", "/v1/hive/report")))
+        except (HiveCallFailed, ValueError, QueenError) as exc:
+            log.warning("could not refresh the catalog of %s: %s", self.alias, getattr(exc, "message", exc))
+            return
+        self.catalog.models = fresh.models
+        self.report = self.report.model_copy(update={"models": fresh.models,
+                                                     "models_free_bytes": fresh.models_free_bytes})
+        self.supervisor.reconcile(fresh.workers)
+
+    def _believed(self, fresh: HiveReport) -> HiveReport:
+        """A report fetched from the hive, checked as one it sends (rbee/queen/hive_trust.py)."""
+        if fresh.alias != self.alias or fresh.tls != self.report.tls:
+            raise ReportRefused(f"hive '{self.alias}' answered a report for '{fresh.alias}' (tls={fresh.tls})")
+        hive_trust.check_origin(fresh, self.report.address, None)
+        return fresh.model_copy(update={"workers": hive_trust.trusted_workers(fresh)})
 
     async def pull(self, model: str, emit: Emit) -> ModelEntry:
-        raise JobFailed(f"pulling onto the remote hive '{self.alias}' is not supported yet: run "
-                        f"`rbee model pull {model}` on that machine, or give a path that hive can read")
+        """Download `model` on that hive, as a job there; its progress is re-emitted here."""
+        try:
+            asked = HivePull(model=model, hf_endpoint=os.environ.get("HF_ENDPOINT") or None,
+                             hf_token=os.environ.get("HF_TOKEN") or None)
+        except ValidationError as exc:  # its text would quote the values, and one of them is the token
+            fields = ", ".join(".".join(map(str, e["loc"])) for e in exc.errors())
+            raise JobFailed(f"cannot pull onto hive '{self.alias}': invalid {fields} (model, or the queen's "
+                            "HF_ENDPOINT / HF_TOKEN)") from None
+        try:
+            raw = await self.call("POST", "/v1/hive/pulls", asked.model_dump_json())
+        except HiveCallFailed as exc:
+            raise JobFailed(self._upgrade_hint() if _too_old(exc) else
+                            f"hive '{self.alias}' did not start the pull: {exc}") from exc
+        job_id = JobCreated.model_validate_json(raw).job_id
+        if not _HIVE_JOB_ID.fullmatch(job_id):
+            raise JobFailed(f"hive '{self.alias}' answered a job id rbee does not make ({job_id[:40]!r})")
+        try:
+            last = await self._follow(job_id, emit)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._cancel(job_id), CANCEL_WAIT_S)
+            raise
+        if last.type is JobEventType.ERROR:
+            raise JobFailed(last.message)
+        if last.type is JobEventType.CANCELLED:
+            raise JobFailed(f"the pull was cancelled on hive '{self.alias}'")
+        entry = ModelEntry.model_validate(last.data or {})
+        self.catalog.models = [m for m in self.catalog.models if m.name != entry.name] + [entry]
+        await self.refresh()
+        return entry
+
+    async def _events(self, job_id: str, after: int) -> AsyncIterator[JobEvent]:
+        """The hive job's events after `after`, as they come (no read timeout: a job never ends by silence)."""
+        headers = {"Last-Event-ID": str(after)} if after >= 0 else None
+        async with self._client.stream("GET", f"{self.base_url}/v1/hive/jobs/{job_id}/events", headers=headers,
+                                       timeout=httpx.Timeout(30.0, connect=5.0, read=None)) as resp:
+            if resp.status_code >= 400:
+                await resp.aread()
+                try:
+                    message = str(resp.json()["error"]["message"])
+                except (ValueError, KeyError, TypeError):
+                    message = f"HTTP {resp.status_code}"
+                raise HiveCallFailed(message, resp.status_code)
+            async for line in resp.aiter_lines():
+                if line.startswith("data:"):
+                    yield JobEvent.model_validate_json(line[5:])
+
+    async def _follow(self, job_id: str, emit: Emit) -> JobEvent:
+        """Re-emit the hive job's progress until its terminal event, which is returned. A dropped stream is
+        followed again from its last event; a hive that stays away fails the job (and is told to stop it)."""
+        after, failures = -1, 0
+        while True:
+            try:
+                async for event in self._events(job_id, after):
+                    after, failures = event.seq, 0
+                    if event.type.terminal:
+                        return event
+                    if event.type is not JobEventType.STARTED:
+                        emit(event.type, event.message, current=event.current, total=event.total, unit=event.unit,
+                             data=event.data)
+                reason = "its event stream ended early"
+            except HiveCallFailed as exc:  # the hive answered: it lost the job (it restarted), or refuses us
+                raise JobFailed(f"hive '{self.alias}' lost the pull: {exc}") from exc
+            except httpx.HTTPError as exc:
+                reason = type(exc).__name__
+            failures += 1
+            if failures > FOLLOW_RETRIES:
+                with contextlib.suppress(HiveCallFailed):
+                    await self.call("DELETE", f"/v1/hive/jobs/{job_id}", wait_s=5)
+                raise JobFailed(f"lost hive '{self.alias}' during the pull ({reason}); "
+                                f"`rbee hive logs {self.alias}` shows what it did")
+            await asyncio.sleep(min(0.5 * failures, 3.0))
+
+    async def _cancel(self, job_id: str) -> None:
+        """Cancel the hive's job and wait for its terminal event (its partial files are gone by then)."""
+        await self.call("DELETE", f"/v1/hive/jobs/{job_id}", wait_s=10)
+        async for event in self._events(job_id, -1):
+            if event.type.terminal:
+                return
 
     async def install_engine(self, emit: Emit, force: bool = False, backend: str | None = None) -> dict[str, str]:
         raise JobFailed(f"the engine of remote hive '{self.alias}' is installed by `rbee hive install {self.alias}`")

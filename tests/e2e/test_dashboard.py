@@ -223,6 +223,9 @@ def test_models_page_pulls_with_progress_and_loads(queen: Queen, hub: FakeHub, n
     row = page.locator(f'#catalog tr[data-model="{HUB_MODEL}"]')
     expect(row).to_contain_text("on disk")
     assert any(r[1].startswith("/rbee-test/dash-GGUF/resolve/") for r in hub.requests)
+    # each hive's disk: what its models take, and what is free under its models folder
+    disk = re.compile(r"localhost: \d+ models?, [\d.]+ [KMG]?B · [\d.]+ [KMGT]?B free")
+    expect(page.locator("#disks")).to_contain_text(disk)
 
     row.get_by_role("button", name="Load").click()
     expect(row).to_contain_text("loaded", timeout=60_000)

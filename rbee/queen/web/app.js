@@ -103,6 +103,7 @@ const view = {
   hives: [],
   jobs: [],
   catalog: [],
+  disks: [],
   samples: [], // {t, requests, tokens} from the queen's running totals
   keysLoaded: false,
 };
@@ -190,7 +191,7 @@ async function refreshColony() {
   if (view.samples.length > CHART_POINTS + 1) view.samples.shift();
   renderOverview();
   if (currentTab() === "models") {
-    view.catalog = await api("/v1/catalog");
+    [view.catalog, view.disks] = await Promise.all([api("/v1/catalog"), api("/v1/storage")]);
     renderModels();
   }
   if (currentTab() === "keys" && keysStale()) loadKeys();
@@ -325,7 +326,9 @@ function renderModels() {
         " ", confirmButton("Remove", () => removeModel(m))));
   });
   $("#catalog tbody").replaceChildren(...(rows.length ? rows : [h("tr", {}, h("td", { class: "empty", colspan: 7 },
-    "No models yet: pull one above, or `rbee model pull` on a hive."))]));
+    "No models yet: pull one above, or `rbee model pull NAME -a HIVE`."))]));
+  $("#disks").textContent = view.disks.map((d) => `${d.hive}: ${d.models} model${d.models === 1 ? "" : "s"}, `
+    + `${bytes(d.models_bytes)}` + (d.free_bytes == null ? "" : ` · ${bytes(d.free_bytes)} free`)).join("  —  ");
 }
 
 // A button that asks "Sure?" on the first click and acts on the second (no blocking dialogs).
