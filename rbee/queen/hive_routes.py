@@ -49,10 +49,20 @@ async def enrol(request: Request) -> Response:
         raise InvalidRequest("'localhost' is the queen's own hive; give the remote machine another alias.",
                              param="alias")
     state = queen_state(request)
+    if asked.certificate is not None:
+        _check_certificate(asked.certificate)
     token = await state.db.enrol(asked.alias, asked.address, asked.certificate)
     await state.audit(principal_of(request.scope), request, "hive.enrol", asked.alias)
     log.info("enrolled hive '%s' (a new join token; any previous one is revoked)", asked.alias)
     return JSONResponse(HiveEnrolled(alias=asked.alias, token=token).model_dump(), status_code=201)
+
+
+def _check_certificate(pem: str) -> None:
+    """A certificate to pin must be one: refused with a 400 now rather than ignored at registration."""
+    try:
+        tls.pinned_context(pem)
+    except tls.TLSError as exc:
+        raise InvalidRequest(str(exc), param="certificate") from exc
 
 
 async def list_hives(request: Request) -> Response:
@@ -178,10 +188,7 @@ async def set_certificate(request: Request) -> Response:
     state = queen_state(request)
     alias = request.path_params["alias"]
     _, given = await read_json(request, HiveCertificate)
-    try:
-        tls.pinned_context(given.certificate)
-    except tls.TLSError as exc:
-        raise InvalidRequest(str(exc), param="certificate") from exc
+    _check_certificate(given.certificate)
     if not await state.db.set_certificate(alias, given.certificate):
         raise NotFound(f"There is no hive '{alias}'; `rbee hive install {alias}` enrols it.")
     await state.audit(principal_of(request.scope), request, "hive.certificate", alias)

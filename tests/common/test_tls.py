@@ -118,5 +118,6 @@ def test_a_pinned_context_takes_only_the_certificate_issued_to_that_hive(tmp_pat
     for port in _serve_once(uninstalled):
         with pytest.raises(ssl.SSLCertVerificationError):
             _handshake(port, pinned)
-    with pytest.raises(tls.TLSError, match="cannot be used"):
-        tls.pinned_context("not a certificate")
+    for garbage in ("not a certificate", "-----BEGIN CERTIFICATE-----\né\n-----END CERTIFICATE-----"):
+        with pytest.raises(tls.TLSError, match="cannot be used"):
+            tls.pinned_context(garbage)

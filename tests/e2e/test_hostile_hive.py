@@ -177,3 +177,14 @@ def test_the_queens_own_requests_say_so_and_carry_what_is_left_of_the_deadline(q
     assert sent["X-Rbee-Hop"] == "queen"  # a queen would refuse it: never taken for a client
     assert 0 < float(sent["X-Rbee-Timeout"]) <= 30
     assert sent["Authorization"] == "Bearer k"  # the worker's own key, nothing of the client's
+
+
+def test_a_certificate_to_pin_must_be_one(queen: Queen) -> None:
+    for junk in ("junk", "-----BEGIN CERTIFICATE-----\né\n-----END CERTIFICATE-----"):
+        resp = httpx.post(f"{queen.url}/v1/hives", json={"alias": "evil", "certificate": junk}, timeout=10)
+        assert resp.status_code == 400 and resp.json()["error"]["param"] == "certificate", resp.text
+    enrol(queen)
+    resp = httpx.put(f"{queen.url}/v1/hives/evil/certificate", json={"certificate": "junk"}, timeout=10)
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "certificate"
+    gone = httpx.put(f"{queen.url}/v1/hives/nobody/certificate", json={"certificate": "junk"}, timeout=10)
+    assert gone.status_code == 400  # checked before the hive is looked up: nothing to learn from it
