@@ -125,6 +125,11 @@ def heartbeat_s() -> float:
     return env_int("RBEE_HEARTBEAT_MS", 2000, minimum=100) / 1000
 
 
+def hive_register_timeout_s() -> float:
+    """How long `rbee hive install` waits for the hive it started to register (RBEE_HIVE_REGISTER_TIMEOUT_S)."""
+    return float(env_int("RBEE_HIVE_REGISTER_TIMEOUT_S", 60, minimum=1, maximum=3600))
+
+
 def hive_timeout_s() -> float:
     """Silence after which the queen marks a hive unreachable (default: three missed heartbeats)."""
     return env_int("RBEE_HIVE_TIMEOUT_MS", int(heartbeat_s() * 3000), minimum=100) / 1000

@@ -34,7 +34,6 @@ from rbee.keeper.output import CLIError, Output
 from rbee.keeper.ssh import SSH, RemoteCommandFailed
 
 MIN_PYTHON = (3, 11)
-REGISTER_TIMEOUT_S = 60.0
 
 _PROBE = r"""
 echo "os=$(uname -s)"; echo "arch=$(uname -m)"; echo "home=$HOME"
@@ -316,7 +315,8 @@ class Installer:
 
     async def wait_registered(self, remote: Remote, before: int = 0) -> None:
         """Until the hive just started registers: a registration of the process it replaced does not count."""
-        deadline = time.monotonic() + REGISTER_TIMEOUT_S
+        wait_s = settings.hive_register_timeout_s()
+        deadline = time.monotonic() + wait_s
         with self.out.err.status(f"waiting for {self.host.alias} to register…"):
             while time.monotonic() < deadline:
                 hives = await asyncio.to_thread(self.client.get, "/v1/hives")
@@ -329,7 +329,7 @@ class Installer:
                     return
                 await asyncio.sleep(0.5)
         logs = (await self.ssh.run(f"{shlex.quote(remote.rbee)} hive-agent logs -n 15", check=False)).stdout
-        raise CLIError(f"{self.host.alias} did not register with the queen within {REGISTER_TIMEOUT_S:.0f} s. "
+        raise CLIError(f"{self.host.alias} did not register with the queen within {wait_s:.0f} s. "
                        f"Can it reach {self.queen_url_for(remote)}? The end of its log:\n{logs.strip()}")
 
     async def agent(self, command: str) -> str:

@@ -229,6 +229,16 @@ def test_upgrade_reinstalls_and_the_hive_rejoins(installed: Queen, lan: Lan) -> 
     assert installed.cli("hive", "upgrade").returncode == 1  # neither an alias nor --all
 
 
+def test_install_waits_for_the_new_process_not_the_one_it_replaced(installed: Queen, lan: Lan) -> None:
+    assert hives(installed)["h2"]["state"] == "ready"  # the old process is registered
+    nowhere = installed.cli("hive", "install", "h2", "--queen-url", "http://10.231.0.1:9", timeout=300,
+                            env={"RBEE_HIVE_REGISTER_TIMEOUT_S": "6"})
+    assert nowhere.returncode == 1, nowhere.stderr
+    assert "did not register with the queen within 6 s" in nowhere.stderr and "is ready" not in nowhere.stderr
+    mended = installed.cli("hive", "install", "h2", timeout=300)
+    assert mended.returncode == 0 and "hive h2 is ready" in mended.stderr, mended.stderr
+
+
 def test_logs_then_uninstall_removes_the_hive_and_revokes_its_token(installed: Queen, lan: Lan) -> None:
     logs = installed.cli("hive", "logs", "h3", "-n", "200", timeout=120)
     assert logs.returncode == 0, logs.stderr
