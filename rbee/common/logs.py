@@ -6,12 +6,13 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import stat
 import sys
 import time
 from pathlib import Path
 
-from rbee.common import settings
+from rbee.common import paths, settings
 
 MAX_MESSAGE = 8192  # characters of one log message; a longer one is cut (a report can carry long strings)
 _CHECK_EVERY = 64  # records between two looks at the log file's size
@@ -81,6 +82,27 @@ class RotatingStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
             if same_file:
                 os.dup2(fresh, 1)
             os.close(fresh)
+
+
+def bound_folder(folder: Path, max_bytes: int, keep: int = 100) -> None:
+    """Keep the workers' logs in `folder` bounded: a log past `max_bytes` is copied to LOG.1 and emptied in
+    place (llama-server holds it open for appending, so it goes on at the new end), and only the `keep`
+    most recently written logs stay. Blocking: run it in a thread."""
+    try:
+        logs = sorted(folder.glob("*.log"), key=lambda p: p.stat().st_mtime, reverse=True)
+    except OSError:
+        return
+    for log in logs[keep:]:
+        with contextlib.suppress(OSError):
+            log.unlink()
+            log.with_name(log.name + ".1").unlink(missing_ok=True)
+    for log in logs[:keep]:
+        with contextlib.suppress(OSError):
+            if log.stat().st_size > max_bytes:
+                older = log.with_name(log.name + ".1")
+                with log.open("rb") as src, paths.open_private(older, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                os.truncate(log, 0)
 
 
 def setup(level: str = "INFO") -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-from rbee.common import paths, settings
+from rbee.common import logs, paths, settings
 from rbee.common.jobs import Emit, JobFailed
 from rbee.common.tls import TLSFiles
 from rbee.common.version import current as current_version
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 _DEMO_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 LIST_RETRY_S = 60.0  # a build whose --list-devices failed is asked again after this long
+LOG_CHECK_S = 30.0  # how often the workers' logs are checked against RBEE_LOG_MAX_MB
 
 
 def demo_model_file() -> Path | None:
@@ -137,12 +138,17 @@ class Hive:
         return found
 
     async def _watch_devices(self) -> None:
+        """Every heartbeat: the devices' live figures; every LOG_CHECK_S: the workers' logs kept bounded."""
+        logs_checked = time.monotonic()
         while True:
             await asyncio.sleep(settings.heartbeat_s())
             try:
                 await self.refresh_devices()
             except Exception:  # a vendor tool surprised us: keep the last figures, try again next time
                 log.exception("device detection failed")
+            if time.monotonic() - logs_checked >= LOG_CHECK_S:
+                logs_checked = time.monotonic()
+                await asyncio.to_thread(logs.bound_folder, paths.worker_log_dir(), settings.log_max_bytes())
 
     async def engine(self, refresh: bool = False) -> EngineInfo:
         if self._engine is None or refresh or self._engine.problem:

@@ -268,7 +268,9 @@ class WorkerProcess:
 
 
 def _open_log(path: Path) -> BinaryIO:
-    return paths.open_private(path, "wb")  # prompts can reach a worker's log: its folder is 700, the log 600
+    # prompts can reach a worker's log: its folder is 700, the log 600; appended to, so that the hive can
+    # empty it in place when it grows too large (rbee/common/logs.py bound_folder)
+    return paths.open_private(path, "ab")
 
 
 def _die_with_parent() -> None:

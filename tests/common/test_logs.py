@@ -34,3 +34,24 @@ def test_a_flood_of_huge_messages_leaves_a_bounded_rotated_log(tmp_path: Path) -
     assert max(len(line) for line in lines) < 8300 and lines[0].endswith("… (20032 characters)")
     assert lines[-1] == "stdout still lands in the log"
     assert oct(log.stat().st_mode & 0o777) == "0o600"
+
+
+def test_workers_logs_are_emptied_in_place_past_the_bound_and_old_ones_pruned(tmp_path: Path) -> None:
+    from rbee.common import logs
+
+    folder = tmp_path / "workers"
+    folder.mkdir()
+    live = folder / "h1-w9.log"
+    with live.open("ab") as writer:  # as llama-server holds its log: open, appending
+        writer.write(b"x" * 3_000_000)
+        writer.flush()
+        logs.bound_folder(folder, max_bytes=2**20)
+        writer.write(b"after\n")
+    assert (folder / "h1-w9.log.1").stat().st_size == 3_000_000
+    assert live.read_bytes() == b"after\n"  # it goes on at the new end: no hole where the old text was
+    for i in range(5):
+        old = folder / f"h1-w{i}.log"
+        old.write_text("old\n")
+        os.utime(old, (1000 + i, 1000 + i))
+    logs.bound_folder(folder, max_bytes=2**20, keep=4)
+    assert sorted(p.name for p in folder.glob("*.log")) == ["h1-w2.log", "h1-w3.log", "h1-w4.log", "h1-w9.log"]
