@@ -271,8 +271,8 @@ class Installer:
             wanted = [remote.queen_side_ip] + ([given] if (given := urlsplit(self.queen_url or "").hostname) else [])
             missing = [name for name in wanted if name not in tls.names_in(queen_cert)] if queen_cert.is_file() else []
             reissue = bool(missing)
-            if reissue:
-                await asyncio.to_thread(tls.issue_queen_cert, missing)
+            if reissue:  # every name it had, and those it lacked
+                await asyncio.to_thread(tls.issue_queen_cert, sorted(tls.names_in(queen_cert) | set(missing)))
         except (tls.TLSError, OSError) as exc:
             raise CLIError(f"cannot make a certificate for {self.host.alias}: {exc}") from exc
         folder = f"{remote.config_dir}/tls"

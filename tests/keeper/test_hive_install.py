@@ -82,3 +82,27 @@ def test_the_cli_never_sends_the_admin_token_in_clear_to_another_machine(
     local._http._transport = httpx.MockTransport(lambda r: sent.append(r) or httpx.Response(200, json={}))
     local.get("/v1/status")
     assert sent[0].headers["authorization"] == "Bearer rbee-admin-secret"
+
+
+async def test_the_queens_certificate_is_reissued_for_the_queen_url_host(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rbee.common import tls
+    from rbee.keeper.hive_install import Installer
+    from rbee.keeper.output import Output
+
+    monkeypatch.setenv("RBEE_HOME", str(tmp_path))
+    tls.ensure_ca()
+    queen_pem = tls.issue_queen_cert(["10.0.0.2"])
+    shipped: dict[str, str] = {}
+
+    class FakeSSH:
+        async def put_text(self, text: str, path: str, mode: str = "0600") -> None:
+            shipped[path] = text
+
+    installer = Installer(HOST, None, Output(), queen_url="https://queen.lan:7833")  # type: ignore[arg-type]
+    installer.ssh = FakeSSH()  # type: ignore[assignment]
+    certificate, reissued = await installer.ship_certificates(parse_probe(HOST, PROBE))
+    assert reissued and {"queen.lan", "10.0.0.2"} <= tls.names_in(queen_pem)  # the old names stay
+    assert certificate is not None and shipped["/home/me/.config/rbee/tls/hive.pem"] == certificate
+    again, reissued = await installer.ship_certificates(parse_probe(HOST, PROBE))
+    assert not reissued and again is not None
