@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from rbee.common import sse
+from rbee.common import sse, supervise
 from rbee.common.error_responses import error_response
 from rbee.common.jobs import Emit, Job, JobFailed, JobRunner
 from rbee.common.metrics import ColonyCollector, engine_metrics
@@ -219,7 +219,7 @@ def create_app(config: HiveConfig, hive: Hive | None = None,
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await hive.start()
-        task = asyncio.get_running_loop().create_task(link.run(), name="queen-link")
+        task = supervise.start("queen-link", link.run)
         try:
             yield
         finally:

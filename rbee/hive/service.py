@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-from rbee.common import logs, paths, settings
+from rbee.common import logs, paths, settings, supervise
 from rbee.common.jobs import Emit, JobFailed
 from rbee.common.tls import TLSFiles
 from rbee.common.version import current as current_version
@@ -96,7 +96,7 @@ class Hive:
 
     async def start(self) -> None:
         await self.refresh_devices()
-        self._watch = asyncio.get_running_loop().create_task(self._watch_devices(), name=f"devices-{self.alias}")
+        self._watch = supervise.start(f"devices-{self.alias}", self._watch_devices)
         await self.supervisor.reap_orphans()
         demo = demo_model_file()
         if demo is not None:

@@ -17,6 +17,7 @@ from rbee.common.logs import show as show_log
 from rbee.common.tls import TLSError
 from rbee.hive import background
 from rbee.hive import config as hive_config
+from rbee.hive.catalog import CatalogError
 from rbee.keeper.output import CLIError, Output
 
 app = typer.Typer(help="This machine's hive (used over SSH by `rbee hive ...`).", no_args_is_help=True)
@@ -39,6 +40,8 @@ def run() -> None:
         serve(config)
     except TLSError as exc:
         raise CLIError(f"{exc}; re-run `rbee hive install {config.alias}` on the queen's machine") from exc
+    except CatalogError as exc:  # a damaged catalog.sqlite: what to do, not a traceback
+        raise CLIError(str(exc)) from exc
     except PortInUseError as exc:
         raise CLIError(f"the hive's port {config.port} is taken by another program on this machine. Stop it, or "
                        f"set another `HivePort` for '{config.alias}' in hives.conf and re-run "

@@ -233,8 +233,8 @@ class Scheduler:
                 if len(holding) < own.min_replicas:
                     await self._start_loading(await self.resolve(name, hives), WorkerMode.GENERATE,
                                               time.monotonic(), evict=False)
-            except QueenError as exc:
-                self._warn_once(f"min_replicas of '{name}': {exc.message}")
+            except (QueenError, ModelUnavailable) as exc:  # e.g. its hive stopped answering mid-way
+                self._warn_once(f"min_replicas of '{name}': {getattr(exc, 'message', exc)}")
 
     def _warn_once(self, message: str) -> None:
         if message not in self._warned:

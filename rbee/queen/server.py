@@ -6,11 +6,13 @@ import functools
 import logging
 import os
 import socket
+from collections.abc import Callable
 
 import uvicorn
 
 from rbee.common import logs, paths, settings, tls
 from rbee.common.daemon import PortInUseError, check_port_free, is_loopback, remove_pid_file, write_pid_file
+from rbee.hive.catalog import CatalogError
 from rbee.queen import keep_alive
 from rbee.queen.app import create_app
 from rbee.queen.guard import Access
@@ -40,6 +42,30 @@ class _Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+_SETTINGS: tuple[Callable[[], object], ...] = (
+    settings.queen_port, settings.worker_slots, settings.worker_context, settings.worker_threads,
+    settings.memory_budget, settings.queue_limits, settings.max_replicas, settings.heartbeat_s,
+    settings.hive_timeout_s, settings.max_body_bytes, settings.audit_retention_s, settings.usage_flush_s,
+    settings.log_max_bytes, settings.hive_register_timeout_s,
+)
+
+
+def check_settings() -> None:
+    """Every RBEE_* setting read once at start: a bad value stops the start with its name and what it must be,
+    instead of turning each request into a 500 later."""
+    for read in _SETTINGS:
+        try:
+            read()
+        except ValueError as exc:  # SettingsError, or a size parse_size cannot read
+            raise StartRefused(str(exc)) from None
+    for name, value in (("RBEE_KEEP_ALIVE", settings.keep_alive_default()),
+                        ("RBEE_KEY_MAX_KEEP_ALIVE", settings.key_max_keep_alive())):
+        try:
+            keep_alive.parse(value)
+        except ValueError as exc:
+            raise StartRefused(f"{name}={value!r}: {exc}") from None
+
+
 def serve(host: str, port: int, insecure_no_auth: bool = False) -> None:
     """Run the queen until it is told to stop (SIGINT, SIGTERM or `POST /v1/admin/shutdown`).
 
@@ -48,13 +74,11 @@ def serve(host: str, port: int, insecure_no_auth: bool = False) -> None:
     is loopback, so its hives reach it; without a key, network peers may then only send heartbeats.
     """
     logs.setup(os.environ.get("RBEE_LOG_LEVEL", "INFO"))
-    for check in (settings.worker_slots, settings.worker_context, settings.worker_threads):
-        check()  # a bad RBEE_WORKER_* value stops the start with a clear message, not the first request
+    check_settings()
     try:
-        keep_alive.parse(settings.key_max_keep_alive())
-    except ValueError as exc:
-        raise StartRefused(f"RBEE_KEY_MAX_KEEP_ALIVE: {exc}") from None
-    state = QueenState.create()
+        state = QueenState.create()
+    except (tls.TLSError, CatalogError) as exc:  # RBEE_TLS_CA naming no file, a damaged catalog.sqlite
+        raise StartRefused(str(exc)) from exc
     if not is_loopback(host):
         if insecure_no_auth:
             log.warning("INSECURE: listening on %s with --insecure-no-auth: anyone who can reach port %d may use "

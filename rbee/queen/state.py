@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
-from rbee.common import paths, settings, tls
+from rbee.common import paths, settings, supervise, tls
 from rbee.common.jobs import JobRunner
 from rbee.common.metrics import ColonyCollector
 from rbee.common.version import current as current_version
@@ -71,11 +71,10 @@ class QueenState:
         await asyncio.to_thread(self.scheduler.policy.reload_if_changed)
         for hive in self.hives.values():
             await hive.start()
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self.scheduler.reap_idle(), name="reap-idle"),
-                       loop.create_task(self._watch_hives(), name="watch-hives"),
-                       loop.create_task(self.usage.run(), name="usage"),
-                       loop.create_task(self._prune_audit(), name="prune-audit")]
+        self._tasks = [supervise.start("reap-idle", self.scheduler.reap_idle),
+                       supervise.start("watch-hives", self._watch_hives),
+                       supervise.start("usage", self.usage.run),
+                       supervise.start("prune-audit", self._prune_audit)]
 
     async def audit(self, who: Principal, request: Request, action: str, target: str, detail: str = "") -> None:
         """Append an administrative action to the audit log: who, from where, what."""

@@ -239,3 +239,29 @@ def test_a_damaged_database_stops_the_queen_with_the_recovery_steps(make_queen: 
     (state / "queen.sqlite").rename(state / "queen.sqlite.damaged")  # the documented recovery
     queen.start()
     assert httpx.get(f"{queen.url}/v1/keys").json() == []
+
+
+@pytest.mark.parametrize(("env", "said"), [
+    ({"RBEE_QUEUE_MAX": "lots"}, "RBEE_QUEUE_MAX='lots' is not a whole number"),
+    ({"RBEE_KEEP_ALIVE": "a while"}, "RBEE_KEEP_ALIVE='a while'"),
+    ({"RBEE_MEMORY_BUDGET": "huge"}, "RBEE_MEMORY_BUDGET"),
+    ({"RBEE_HEARTBEAT_MS": "0"}, "RBEE_HEARTBEAT_MS='0' must be at least 100"),
+    ({"RBEE_TLS_CA": "/nonexistent/ca.pem"}, "RBEE_TLS_CA names /nonexistent/ca.pem, which is not a file"),
+])
+def test_a_bad_setting_stops_the_start_naming_it(make_queen: Callable[..., Queen], env: dict[str, str],
+                                                  said: str) -> None:
+    queen = make_queen()
+    result = queen.cli("queen", "start", "--foreground", "--port", str(queen.port), timeout=30, env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert said in " ".join(result.stderr.split())
+
+
+def test_a_damaged_catalog_stops_the_queen_with_what_to_do(make_queen: Callable[..., Queen]) -> None:
+    queen = make_queen()
+    catalog = queen.home / "state" / "hive" / "catalog.sqlite"
+    catalog.parent.mkdir(parents=True)
+    catalog.write_bytes(b"not a database" * 200)
+    result = queen.cli("queen", "start", "--foreground", "--port", str(queen.port), timeout=30)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    said = " ".join(result.stderr.split())
+    assert f"the model catalog {catalog} cannot be opened" in said and "move it aside" in said

@@ -1,0 +1,47 @@
+"""Background loops that never die silently.
+
+A daemon's long-lived loops (the queen's keep_alive reaper, hive watch, usage flush and audit pruning; a
+hive's heartbeats and device watch) run under `supervised`: an exception is logged with its traceback and
+the loop starts again after a back-off (1, 2, 4 ... 60 s, back to 1 s after a minute of good running);
+a loop that returns is started again too, since each is meant to run for the daemon's lifetime. Only
+cancellation (the daemon stopping) ends it. So one bad iteration never stops keep_alive unloads,
+heartbeats or usage writes for good without a word in the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger(__name__)
+
+Loop = Callable[[], Awaitable[None]]
+MIN_BACKOFF_S = 1.0
+MAX_BACKOFF_S = 60.0
+HEALTHY_S = 60.0  # a loop that ran this long before failing starts again at the shortest back-off
+
+
+async def supervised(name: str, loop: Loop, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                     clock: Callable[[], float] = time.monotonic) -> None:
+    """Run `loop` until cancelled, starting it again whenever it fails or returns."""
+    backoff = MIN_BACKOFF_S
+    while True:
+        started = clock()
+        try:
+            await loop()
+            log.error("background loop %s returned; starting it again in %.0f s", name, backoff)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background loop %s failed; starting it again in %.0f s", name, backoff)
+        if clock() - started >= HEALTHY_S:
+            backoff = MIN_BACKOFF_S
+        await sleep(backoff)
+        backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+
+def start(name: str, loop: Loop) -> asyncio.Task[None]:
+    """`loop` as a supervised task of the running event loop, named `name`."""
+    return asyncio.get_running_loop().create_task(supervised(name, loop), name=name)
