@@ -135,9 +135,10 @@ class JobRunner:
             job.emit(JobEventType.CANCELLED, "cancelled")
         except JobFailed as exc:
             job.emit(JobEventType.ERROR, str(exc))
-        except Exception as exc:
+        except Exception as exc:  # a bug: its text may hold internals, so the client gets the kind only
             log.exception("job %s (%s) failed", job.id, job.kind)
-            job.emit(JobEventType.ERROR, f"{type(exc).__name__}: {exc}")
+            job.emit(JobEventType.ERROR, f"{job.kind} failed with an unexpected error ({type(exc).__name__}); "
+                                         "the log has the details")
         else:
             job.emit(JobEventType.DONE, "done", data=result)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
+import logging
 import os
 import shutil
 import threading
@@ -35,6 +36,8 @@ from rbee.common import settings
 from rbee.common.jobs import Emit, JobFailed
 from rbee.hive.gguf_info import SPLIT_RE
 from rbee.hive.model_refs import DEFAULT_QUANT, ModelRef, quant_of
+
+log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 0.25
 # huggingface_hub writes (and reports progress) in chunks of this size; its default, 10 MiB,
@@ -166,8 +169,19 @@ def _hub_error(exc: Exception, ref: ModelRef, hub: Hub) -> JobFailed:
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return JobFailed(f"the disk under {settings.models_dir()} filled up while downloading {ref.repo}; the "
                          "partial download was deleted and nothing else changed. Free some space and pull again.")
-    return JobFailed(f"cannot reach {hub.url} ({type(exc).__name__}: {exc}); check the network, "
-                     "or HF_ENDPOINT for a mirror")
+    if _is_network(exc):
+        return JobFailed(f"cannot reach {hub.url} ({type(exc).__name__}: {exc}); check the network, "
+                         "or HF_ENDPOINT for a mirror")
+    log.error("pulling %s failed unexpectedly", ref.repo, exc_info=exc)  # an rbee bug, most likely
+    return JobFailed(f"pulling {ref.repo} failed with an unexpected error ({type(exc).__name__}); the hive's log "
+                     "has the details. Nothing was added to the catalog.")
+
+
+def _is_network(exc: BaseException) -> bool:
+    """Whether `exc` says the hub could not be reached (a socket, TLS, a timeout, an HTTP client's error)."""
+    kind = type(exc)
+    return isinstance(exc, OSError | TimeoutError) or kind.__module__.split(".")[0] in ("httpx", "httpcore",
+                                                                                       "requests", "urllib3")
 
 
 def plan(ref: ModelRef, hub: Hub | None = None) -> PullPlan:
