@@ -16,6 +16,8 @@
 from __future__ import annotations
 
 import logging
+import re
+import uuid
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -101,10 +103,21 @@ async def handle_queen_error(request: Request, exc: Exception) -> Response:
     return JSONResponse(exc.envelope().model_dump(), status_code=exc.status, headers=exc.headers)
 
 
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def request_id(request: Request) -> str:
+    """The client's X-Request-Id when it is a sane one, else a new one; it goes to the worker and comes back."""
+    given = request.headers.get("x-request-id", "")
+    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, f"Internal error ({type(exc).__name__}); the queen's log has the details.",
-                          code="internal_error")
+    """A bug: its traceback in the log under the request's id, and that id (not its text) for the client."""
+    rid = request_id(request)
+    log.exception("unexpected error on %s %s (request %s)", request.method, request.url.path, rid, exc_info=exc)
+    return error_response(500, f"Internal error ({type(exc).__name__}) in request {rid}; the queen's log has the "
+                               "details under that id.", code="internal_error", headers={"x-request-id": rid})
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> Response:

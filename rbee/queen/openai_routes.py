@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
-import uuid
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -33,6 +31,7 @@ from rbee.queen.errors import (
     QueenError,
     WorkerUnavailable,
 )
+from rbee.queen.errors import request_id as request_id_of
 from rbee.queen.guard import as_owner, principal_of
 from rbee.queen.policy import PolicyRequest
 from rbee.queen.proxy import OnEnd, Outcome
@@ -44,7 +43,6 @@ from rbee.queen.usage import tokens_in
 log = logging.getLogger(__name__)
 
 TIMEOUT_HEADER = "x-rbee-timeout"
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 MIN_TIMEOUT_S, MAX_TIMEOUT_S = 0.1, 86400.0
 
 
@@ -122,12 +120,6 @@ async def _acquire(request: Request, parsed: ModelRequest, mode: WorkerMode, exc
     return acquiring.result()
 
 
-def _request_id(request: Request) -> str:
-    """The client's X-Request-Id when it is a sane one, else a new one; it goes to the worker and comes back."""
-    given = request.headers.get("x-request-id", "")
-    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-
-
 def _metering(state: QueenState, who: Principal, stream: bool, request_id: str, path: str) -> OnEnd:
     """What to do when a forwarded request ends: count it, and its tokens, for whoever sent it."""
     def ended(outcome: Outcome) -> None:
@@ -188,7 +180,7 @@ async def _infer(request: Request, contract: type[ModelRequest], path: str, mode
     who, bounded = await _bounded_keep_alive(request, who, parsed.keep_alive)
     if bounded != parsed.keep_alive:
         parsed = parsed.model_copy(update={"keep_alive": bounded})
-    request_id = _request_id(request)
+    request_id = request_id_of(request)
     ended = _metering(state, who, stream, request_id, path)
     pinned = request.headers.get(HIVE_HEADER)
     asked = PolicyRequest(parsed.model, str(mode), len(body) // 4, getattr(parsed, "max_tokens", None), pinned)
