@@ -23,25 +23,32 @@ MAX_BACKOFF_S = 60.0
 HEALTHY_S = 60.0  # a loop that ran this long before failing starts again at the shortest back-off
 
 
+OnFailure = Callable[[str, str], None]  # (loop name, what went wrong)
+
+
 async def supervised(name: str, loop: Loop, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                     clock: Callable[[], float] = time.monotonic) -> None:
+                     clock: Callable[[], float] = time.monotonic, on_failure: OnFailure | None = None) -> None:
     """Run `loop` until cancelled, starting it again whenever it fails or returns."""
     backoff = MIN_BACKOFF_S
     while True:
         started = clock()
         try:
             await loop()
+            what = "it returned"
             log.error("background loop %s returned; starting it again in %.0f s", name, backoff)
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
+            what = f"{type(exc).__name__}: {str(exc)[:200]}"
             log.exception("background loop %s failed; starting it again in %.0f s", name, backoff)
+        if on_failure is not None:
+            on_failure(name, what)
         if clock() - started >= HEALTHY_S:
             backoff = MIN_BACKOFF_S
         await sleep(backoff)
         backoff = min(backoff * 2, MAX_BACKOFF_S)
 
 
-def start(name: str, loop: Loop) -> asyncio.Task[None]:
+def start(name: str, loop: Loop, on_failure: OnFailure | None = None) -> asyncio.Task[None]:
     """`loop` as a supervised task of the running event loop, named `name`."""
-    return asyncio.get_running_loop().create_task(supervised(name, loop), name=name)
+    return asyncio.get_running_loop().create_task(supervised(name, loop, on_failure=on_failure), name=name)

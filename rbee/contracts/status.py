@@ -52,6 +52,14 @@ class PolicyStatus(BaseModel):
     error: str | None = None
 
 
+class LoopHealth(BaseModel):
+    """A background loop of the queen (keep_alive reaper, hive watch, usage writes, audit pruning)."""
+
+    failures: int = 0  # times it failed (and was started again) since the queen started
+    last_error: str | None = None
+    last_failed_at: float | None = None
+
+
 class StatusReport(BaseModel):
     queen: QueenHealth
     hives: list[HiveInfo]
@@ -59,3 +67,4 @@ class StatusReport(BaseModel):
     models: list[ModelEntry]
     traffic: Traffic = Traffic()
     policy: PolicyStatus = PolicyStatus()
+    background: dict[str, LoopHealth] = {}

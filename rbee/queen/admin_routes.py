@@ -50,6 +50,7 @@ async def status(request: Request) -> Response:
         models=[m for hive in list(state.hives.values()) for m in await hive.catalog.list()],
         traffic=state.metrics.traffic.model_copy(update={"waiting": state.scheduler.waiting()}),
         policy=state.scheduler.policy.status(),
+        background=state.loop_health,
     )
     return JSONResponse(report.model_dump(mode="json"))
 

@@ -24,6 +24,8 @@ class QueenMetrics:
         self.ttft = Histogram("rbee_time_to_first_token_seconds", "From forwarding a request to its first byte",
                               ["model", "hive"], buckets=TTFT_BUCKETS, registry=self.registry)
         self.traffic = Traffic()  # the same counts, summed, for /v1/status and the dashboard
+        self.loop_failures = Counter("rbee_background_failures", "Failures of the queen's background loops (each "
+                                     "is started again)", ["loop"], registry=self.registry)
         self.speed = Histogram("rbee_generation_tokens_per_second", "Completion tokens per second of each answer",
                                ["model", "hive"], buckets=SPEED_BUCKETS, registry=self.registry)
 

@@ -15,7 +15,7 @@ from rbee.common import paths, settings, supervise, tls
 from rbee.common.jobs import JobRunner
 from rbee.common.metrics import ColonyCollector
 from rbee.common.version import current as current_version
-from rbee.contracts.status import QueenHealth
+from rbee.contracts.status import LoopHealth, QueenHealth
 from rbee.hive.service import Hive
 from rbee.queen.auth import Keyring, Principal, read_or_create_admin_token
 from rbee.queen.db import QueenDB
@@ -47,6 +47,7 @@ class QueenState:
     jobs: JobRunner = field(default_factory=JobRunner)
     started_at: float = field(default_factory=time.time)
     listen_host: str | None = None
+    loop_health: dict[str, LoopHealth] = field(default_factory=dict)  # the background loops, for /v1/status
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -71,10 +72,18 @@ class QueenState:
         await asyncio.to_thread(self.scheduler.policy.reload_if_changed)
         for hive in self.hives.values():
             await hive.start()
-        self._tasks = [supervise.start("reap-idle", self.scheduler.reap_idle),
-                       supervise.start("watch-hives", self._watch_hives),
-                       supervise.start("usage", self.usage.run),
-                       supervise.start("prune-audit", self._prune_audit)]
+        loops = {"reap-idle": self.scheduler.reap_idle, "watch-hives": self._watch_hives, "usage": self.usage.run,
+                 "prune-audit": self._prune_audit}
+        for name in loops:
+            self.loop_health[name] = LoopHealth()
+            self.metrics.loop_failures.labels(name)  # listed at 0 from the start
+        self._tasks = [supervise.start(name, loop, on_failure=self._loop_failed) for name, loop in loops.items()]
+
+    def _loop_failed(self, name: str, what: str) -> None:
+        health = self.loop_health[name]
+        health.failures += 1
+        health.last_error, health.last_failed_at = what, time.time()
+        self.metrics.loop_failures.labels(name).inc()
 
     async def audit(self, who: Principal, request: Request, action: str, target: str, detail: str = "") -> None:
         """Append an administrative action to the audit log: who, from where, what."""
