@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import re
+import threading
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,7 @@ def user_aliases_file() -> Path:
 
 
 _cache: tuple[Path, float, dict[str, Any]] | None = None
+_write_lock = threading.Lock()
 
 
 def _models_toml() -> dict[str, Any]:
@@ -117,7 +119,13 @@ def all_model_settings() -> dict[str, ModelSettings]:
 
 def save_model_settings(name: str, own: ModelSettings) -> None:
     """Write (or, when all unset, remove) `[models."NAME"]` in ~/.config/rbee/models.toml, keeping the rest of
-    the file, comments included. Blocking: call it from a thread."""
+    the file, comments included. Blocking: call it from a thread. Writes are serialized: two at once
+    (two `PUT /v1/settings/models/...`) each read what the other wrote, so neither is lost."""
+    with _write_lock:
+        _save(name, own)
+
+
+def _save(name: str, own: ModelSettings) -> None:
     global _cache
     path = user_aliases_file()
     try:

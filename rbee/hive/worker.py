@@ -273,15 +273,20 @@ def _open_log(path: Path) -> BinaryIO:
     return paths.open_private(path, "ab")
 
 
+# Looked up once, in the parent: loading a library in the child of a threaded process (dlopen takes the
+# loader's lock, which another thread may have held at fork time) can deadlock it before exec.
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+
 def _die_with_parent() -> None:
-    """In the child, before exec: on Linux, die with the hive, however it dies.
+    """In the child, before exec: on Linux, die with the hive, however it dies (one system call, nothing
+    that allocates or takes a lock).
 
     SIGKILL, not SIGTERM: with no hive left there is nobody to drain for, and llama-server answers a
     repeated SIGTERM by calling exit() inside its signal handler, which can deadlock (seen here).
     """
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def reap_orphans(folder: Path) -> list[int]:

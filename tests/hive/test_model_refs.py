@@ -102,3 +102,16 @@ def test_hub_file_names_must_stay_inside_the_models_folder() -> None:
     assert stays_inside("m-Q4_K_M.gguf") and stays_inside("sub/dir/m.gguf")
     for bad in ("../m.gguf", "/etc/m.gguf", "a/../../m.gguf", "", "a//m.gguf", "..\\\\m.gguf"):
         assert not stays_inside(bad), bad
+
+
+def test_settings_written_at_once_are_all_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rbee.contracts.models import ModelSettings
+    from rbee.hive import model_refs
+
+    monkeypatch.setenv("RBEE_HOME", str(tmp_path))
+    names = [f"model-{i}" for i in range(16)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda n: model_refs.save_model_settings(n, ModelSettings(slots=2)), names))
+    assert sorted(model_refs.all_model_settings()) == sorted(names)
