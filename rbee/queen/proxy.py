@@ -48,6 +48,7 @@ class Outcome:
 
 OnEnd = Callable[[Outcome], None]
 
+WORKER_CONNECT_S = 1.0  # workers are on this machine or the LAN: a connect that takes longer will not come
 DEADLINE = (504, "deadline_exceeded", "The request's deadline (X-Rbee-Timeout) passed; generation was stopped.")
 SHUTDOWN = (503, "queen_shutting_down", "The queen is shutting down; retry the request in a moment.")
 
@@ -142,7 +143,8 @@ class Forwarder:
             self._session = aiohttp.ClientSession(
                 # Shorter than llama-server's 5 s keep-alive, so we rarely pick a connection it is closing.
                 connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=3.0),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5.0),
+                # a worker that does not accept within a second (its link cut) is given up for another at once
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=WORKER_CONNECT_S),
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent", "Accept-Encoding"),
             )
