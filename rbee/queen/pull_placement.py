@@ -37,7 +37,9 @@ def estimate_need(size_bytes: int) -> int:
 
 
 def human(n: int) -> str:
-    return f"{n / GiB:.1f} GiB" if n >= GiB else f"{n / MiB:.0f} MiB" if n >= MiB else f"{n / 1024:.0f} KiB"
+    if n >= GiB:
+        return f"{n / GiB:.1f} GiB"
+    return f"{n / MiB:.0f} MiB" if n >= MiB else f"{n / 1024:.0f} KiB" if n >= 1024 else f"{n} bytes"
 
 
 @dataclass(frozen=True)
