@@ -31,15 +31,16 @@ async def _candidate(hive: AnyHive, need: int, names: set[str]) -> PullCandidate
 async def place_pull(hives: Mapping[str, AnyHive], model: str, emit: Emit, hub: downloads.Hub | None = None
                      ) -> tuple[AnyHive, PullChoice] | None:
     """The hive a pull of `model` goes to, and the choice with its reasons (emitted as a progress message);
-    None for a name that is not a hub model (it is looked up in a catalog, there is nothing to place). `hub`:
+    None for a name that is not a hub model (it is looked up in a catalog, there is nothing to place), or
+    when there is one hive only. `hub`:
     where the files are looked up (default: this process's HF_ENDPOINT and HF_TOKEN, as for the pull itself).
     `JobFailed` when the hub cannot say what the name means, or when no hive can take it (each hive's reason)."""
     try:
         ref = model_refs.parse(model)
     except model_refs.BadModelRef as exc:
         raise JobFailed(str(exc)) from exc
-    if not ref.is_hub:
-        return None
+    if not ref.is_hub or len(hives) < 2:
+        return None  # nothing to place, or no choice to make: the one hive's own checks speak
     emit(message=f"looking up {ref.repo} to choose a hive")
     plan = await asyncio.to_thread(downloads.plan, ref, hub)
     size = plan.total_bytes

@@ -96,7 +96,11 @@ async def test_no_hive_can_take_it_fails_with_each_hives_reason(hub: FakeHub) ->
         await hive.close()
 
 
-async def test_a_name_that_is_not_a_hub_model_is_not_placed(hub: FakeHub) -> None:
-    assert await place_pull({"h1": remote("h1", [])}, "my-model", Events(), Hub(endpoint=hub.url)) is None
+async def test_nothing_is_placed_for_a_catalog_name_or_with_one_hive_and_a_hub_error_fails(hub: FakeHub) -> None:
+    one, two = {"h1": remote("h1", [])}, {"h1": remote("h1", []), "h2": remote("h2", [])}
+    assert await place_pull(two, "my-model", Events(), Hub(endpoint=hub.url)) is None
+    assert await place_pull(one, MODEL, Events(), Hub(endpoint=hub.url)) is None  # its own checks speak
     with pytest.raises(JobFailed, match="no Q2_K GGUF"):
-        await place_pull({"h1": remote("h1", [])}, "org/m-GGUF:Q2_K", Events(), Hub(endpoint=hub.url))
+        await place_pull(two, "org/m-GGUF:Q2_K", Events(), Hub(endpoint=hub.url))
+    for hive in [*one.values(), *two.values()]:
+        await hive.close()
