@@ -37,6 +37,8 @@ def estimate_need(size_bytes: int) -> int:
 
 
 def human(n: int) -> str:
+    if n >= 1024 * GiB:
+        return f"{n / (1024 * GiB):.1f} TiB"
     if n >= GiB:
         return f"{n / GiB:.1f} GiB"
     return f"{n / MiB:.0f} MiB" if n >= MiB else f"{n / 1024:.0f} KiB" if n >= 1024 else f"{n} bytes"
@@ -103,7 +105,9 @@ def _why_later(best: Ranked, other: Ranked, need: int) -> str:
     if (other.room - need) // GiB != (best.room - need) // GiB:
         return f"would leave more memory unused (its {other.device} has {human(other.room)}; the tightest fit wins)"
     if (other.free_disk or 0) != (best.free_disk or 0):
-        return f"has less free disk ({_disk(other.free_disk)} against {_disk(best.free_disk)})"
+        theirs, ours = _disk(other.free_disk), _disk(best.free_disk)
+        return f"has less free disk ({theirs} against {ours})" if theirs != ours else \
+            f"has a little less free disk (both about {ours})"
     return "fits as well (the first alias wins)"
 
 

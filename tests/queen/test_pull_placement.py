@@ -35,6 +35,8 @@ def test_the_tightest_fit_then_the_most_free_disk() -> None:
     tie = choose(NEED, SIZE, [_hive("a", ("cpu", 20.2), disk=50), _hive("b", ("cpu", 20.3), disk=400)])
     assert [r.hive for r in tie.ranked] == ["b", "a"]
     assert "a has less free disk (50.0 GiB against 400.0 GiB)" in tie.explain()
+    close = choose(NEED, SIZE, [_hive("a", ("cpu", 20), disk=50), _hive("b", ("cpu", 20), disk=50.001)])
+    assert "a has a little less free disk (both about 50.0 GiB)" in close.explain()
 
 
 def test_a_disk_too_small_is_out_with_its_numbers() -> None:
