@@ -47,7 +47,7 @@ def targets(client: QueenClient, hives: str | None, every: bool) -> list[str] | 
         raise CLIError("-a needs a hive alias (or several: -a h1,h2)")
     unknown = [alias for alias in wanted if alias not in known]
     if unknown:
-        raise CLIError(f"there is no hive {', '.join(repr(a) for a in unknown)}; known hives: "
+        raise CLIError(f"There is no hive {', '.join(repr(a) for a in unknown)}. Known hives: "
                        f"{', '.join(sorted(known)) or 'none (`rbee hive install ALIAS`)'}; nothing was pulled")
     return wanted
 
