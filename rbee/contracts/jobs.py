@@ -33,7 +33,7 @@ class JobEventType(StrEnum):
 
 class JobCreate(BaseModel):
     kind: JobKind
-    hive: str = "localhost"
+    hive: str | None = None  # None: model.pull chooses where it runs best; other kinds take the first hive
     model: str | None = None
     force: bool = False
     device: str | None = Field(default=None, max_length=64)  # worker.spawn: the hive's id of the device

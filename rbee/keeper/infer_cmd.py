@@ -14,13 +14,15 @@ from rbee.contracts.openai import HIVE_HEADER
 from rbee.hive import downloads, model_refs
 from rbee.keeper.client import QueenClient
 from rbee.keeper.context import App
-from rbee.keeper.model_cmd import pull_model
+from rbee.keeper.model_pull import pull_model
 from rbee.keeper.output import CLIError, Output
 
 
 def _model_arg(client: QueenClient, out: Output, model: str, hive: str | None) -> str:
     """What to put in the request's `model`: a local file as an absolute path, a hub name pulled
-    first (with progress) and named as the catalog names it, anything else unchanged."""
+    first (with progress) and named as the catalog names it, anything else unchanged. A hub name no hive
+    has is pulled onto the pinned hive, else where the queen chooses (where it would run best: the only
+    hive that then holds it, so the worker starts there)."""
     try:
         ref = model_refs.parse(model)
     except model_refs.BadModelRef as exc:
@@ -30,7 +32,7 @@ def _model_arg(client: QueenClient, out: Output, model: str, hive: str | None) -
             raise CLIError(f"no such model file: {ref.path}")
         return str(ref.path.resolve())
     if ref.is_hub and not (client.has_model(model) if hive is None else _on_hive(client, ref, hive)):
-        return str(pull_model(client, out, model, hive or "localhost").get("name", model))
+        return str(pull_model(client, out, model, hive).get("name", model))
     return model
 
 
@@ -45,7 +47,8 @@ def infer(
     prompt: Annotated[str, typer.Option("-p", "--prompt", help="What to ask.")],
     model: Annotated[str, typer.Option("-m", "--model", help="A catalog name or a path to a .gguf file.")]
     = DEMO_MODEL,
-    hive: Annotated[str | None, typer.Option("-a", "--hive", help="Run on this hive (alias).")] = None,
+    hive: Annotated[str | None, typer.Option("-a", "--hive", help="Run on this hive (alias). Left out, a hub "
+                                             "model no hive has is pulled where it would run best first.")] = None,
     max_tokens: Annotated[int | None, typer.Option("--max-tokens", min=1, help="Stop after this many tokens.")]
     = None,
     temperature: Annotated[float | None, typer.Option("--temperature", min=0.0, max=2.0,

@@ -7,11 +7,9 @@ from urllib.parse import quote, urlencode
 
 import typer
 
-from rbee.contracts.jobs import JobCreate, JobKind
-from rbee.keeper.client import QueenClient
 from rbee.keeper.context import App
-from rbee.keeper.jobs_view import follow
-from rbee.keeper.output import CLIError, Output, human_bytes, table
+from rbee.keeper.model_pull import pull_model, pull_onto, targets
+from rbee.keeper.output import CLIError, human_bytes, table
 
 app = typer.Typer(help="Pull, list, inspect and remove models (GGUF files) on your hives; set their own settings.",
                   no_args_is_help=True)
@@ -19,22 +17,26 @@ app = typer.Typer(help="Pull, list, inspect and remove models (GGUF files) on yo
 HiveOption = Annotated[str | None, typer.Option("-a", "--hive", help="Only this hive (alias).")]
 
 
-def pull_model(client: QueenClient, out: Output, name: str, hive: str) -> dict[str, Any]:
-    """Run a `model.pull` job with a progress bar; the pulled catalog entry."""
-    job = client.post("/v1/jobs", json=JobCreate(kind=JobKind.MODEL_PULL, model=name, hive=hive)
-                      .model_dump(mode="json"))
-    done = follow(client, job["job_id"], out, f"pull {name}")
-    return done.data or {}
-
-
 @app.command()
 def pull(
     name: Annotated[str, typer.Argument(help="org/repo:QUANT, org/repo/file.gguf, or an alias like llama-3-8b.")],
-    hive: Annotated[str, typer.Option("-a", "--hive", help="The hive to pull onto.")] = "localhost",
+    hive: Annotated[str | None, typer.Option(
+        "-a", "--hive", help="The hive to pull onto, or several: -a h1,h2. Left out, the queen chooses the hive "
+        "where the model would run best (a GPU with room before a CPU, the tightest fit, then the most free disk; "
+        "never a hive whose disk cannot hold it) and says why.")] = None,
+    every: Annotated[bool, typer.Option("--all", help="Pull onto every ready hive.")] = False,
 ) -> None:
-    """Download a GGUF model from Hugging Face (HF_TOKEN for gated repos, HF_ENDPOINT for a mirror)."""
+    """Download a GGUF model from Hugging Face (HF_TOKEN for gated repos, HF_ENDPOINT for a mirror).
+
+    Several hives (-a h1,h2 or --all) download side by side; one failing leaves the others; the exit code is 1.
+    """
     ctx = App()
-    entry = pull_model(ctx.queen(), ctx.out, name, hive)
+    client = ctx.queen()
+    hives = targets(client, hive, every)
+    if hives is not None and len(hives) > 1:
+        pull_onto(client, ctx.out, name, hives)
+        return
+    entry = pull_model(client, ctx.out, name, hives[0] if hives else None)
     ctx.out.success(f"{entry.get('name')} is on {entry.get('hive')} ({human_bytes(entry.get('size_bytes', 0))})")
 
 

@@ -16,7 +16,7 @@ from rbee.common.metrics import engine_metrics
 from rbee.contracts.jobs import JobCreate, JobCreated, JobKind
 from rbee.contracts.status import StatusReport
 from rbee.contracts.workers import WorkerMode
-from rbee.queen import openapi
+from rbee.queen import openapi, pull_targets
 from rbee.queen.errors import InvalidRequest, NotFound, QueenError
 from rbee.queen.guard import principal_of
 from rbee.queen.requests import read_json
@@ -84,8 +84,13 @@ def _job_body(state: QueenState, spec: JobCreate) -> JobBody:
     model = spec.model
 
     async def pull(emit: Emit) -> dict[str, object]:
-        entry = await hive.pull(model, emit)
-        return {"hive": hive.alias, **entry.model_dump(mode="json")}
+        target, placed = hive, {}
+        if spec.hive is None:  # the queen chooses (rbee/queen/pull_targets.py)
+            chosen = await pull_targets.place_pull(state.hives, model, emit)
+            if chosen is not None:
+                target, placed = chosen[0], {"placement": chosen[1].explain()}
+        entry = await target.pull(model, emit)
+        return {"hive": target.alias, **placed, **entry.model_dump(mode="json")}
 
     async def spawn(emit: Emit) -> dict[str, object]:
         emit(message=f"starting a worker for {model} on {hive.alias}")
