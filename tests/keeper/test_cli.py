@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -136,9 +137,14 @@ def test_status_and_worker_list_and_stop(idle_queen: Queen, tiny_model: Path) ->
     assert missing.returncode == 1 and "no worker 'localhost-w99'" in missing.stderr
 
 
-def test_ctrl_c_during_infer_exits_cleanly(idle_queen: Queen, tiny_model: Path) -> None:
+def test_ctrl_c_during_infer_exits_cleanly(idle_queen: Queen, tiny_model: Path, tmp_path: Path) -> None:
     idle_queen.cli("queen", "start", check=True)
-    proc = subprocess.Popen([sys.executable, "-m", "rbee", "infer", "-m", str(tiny_model), "-p", "hi",
+    # A generation that cannot end before the Ctrl-C: 32k tokens of context (seconds even for the tiny model),
+    # where the suite's 512 would end it in a fraction of a second (and the CLI exit 0, not 130).
+    endless = tmp_path / "endless-ctrl-c.gguf"
+    shutil.copyfile(tiny_model, endless)
+    idle_queen.cli("model", "set", "endless-ctrl-c", "--ctx", "32768", "--slots", "1", check=True)
+    proc = subprocess.Popen([sys.executable, "-m", "rbee", "infer", "-m", str(endless), "-p", "hi",
                              "--max-tokens", "100000"], env=idle_queen.env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     assert proc.stdout is not None
@@ -148,9 +154,11 @@ def test_ctrl_c_during_infer_exits_cleanly(idle_queen: Queen, tiny_model: Path) 
     assert proc.returncode == 130
     assert b"Traceback" not in err
     deadline = time.monotonic() + 10
-    while idle_queen.workers()[0]["in_flight"] and time.monotonic() < deadline:
+    while any(w["in_flight"] for w in idle_queen.workers()) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert idle_queen.workers()[0]["in_flight"] == 0
+    assert all(w["in_flight"] == 0 for w in idle_queen.workers())
+    assert [w["context_size"] for w in idle_queen.workers() if w["model"] == "endless-ctrl-c"] == [32768]
+    idle_queen.cli("model", "set", "endless-ctrl-c", "--reset", check=True)
 
 
 def test_engine_status_names_the_binary(idle_queen: Queen, llama_server: Path) -> None:
