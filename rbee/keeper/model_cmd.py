@@ -35,7 +35,10 @@ def pull(
     """Download a GGUF model from Hugging Face (HF_TOKEN for gated repos, HF_ENDPOINT for a mirror)."""
     ctx = App()
     entry = pull_model(ctx.queen(), ctx.out, name, hive)
-    ctx.out.success(f"{entry.get('name')} is on {entry.get('hive')} ({human_bytes(entry.get('size_bytes', 0))})")
+    origin = str(entry.get("origin") or "")
+    how = f", copied from {origin} over the LAN" if origin.startswith("hive ") else \
+        ", downloaded from the hub" if origin == "the hub" else ""
+    ctx.out.success(f"{entry.get('name')} is on {entry.get('hive')} ({human_bytes(entry.get('size_bytes', 0))}){how}")
 
 
 @app.command("ls")

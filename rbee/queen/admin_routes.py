@@ -83,8 +83,8 @@ def _job_body(state: QueenState, spec: JobCreate) -> JobBody:
     model = spec.model
 
     async def pull(emit: Emit) -> dict[str, object]:
-        entry = await hive.pull(model, emit)
-        return {"hive": hive.alias, **entry.model_dump(mode="json")}
+        placed = await state.copies.ensure_on(hive, model, emit, allow_hub=True)  # a peer first, else the hub
+        return {"hive": hive.alias, "origin": placed.origin, **placed.entry.model_dump(mode="json")}
 
     async def spawn(emit: Emit) -> dict[str, object]:
         emit(message=f"starting a worker for {model} on {hive.alias}")
