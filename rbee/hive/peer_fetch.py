@@ -4,7 +4,8 @@
               the source URL is an address literal, HTTPS when this hive has TLS (the peer's certificate
               is checked against the cluster CA)
     room      refuse before starting when the disk cannot hold what is still missing, with this hive's numbers
-    fetch     each file into `.partial/peer-SHARE/`, resuming a partial one with Range; progress like a hub pull
+    fetch     each file into `.partial/peer-SHARE/`; a cut connection resumes with Range where it stopped
+              (while bytes keep coming), a peer that stays away fails the copy; progress like a hub pull
     verify    size and sha256 against the source's catalog; a mismatch deletes the file
     keep      move into the models folder, then register in the catalog (under the source's name)
 
@@ -33,6 +34,7 @@ from rbee.hive.catalog import Catalog, describe_file
 from rbee.hive.gguf_info import NotAGGUFError
 
 CHUNK = 1 << 20
+RESUMES = 3  # a cut connection is resumed with Range this many times, as long as bytes keep coming
 
 
 def check_names(files: list[ShareFile]) -> None:
@@ -58,24 +60,47 @@ def _open(path: Path) -> tuple[BinaryIO, int]:
 
 
 async def _one(client: httpx.AsyncClient, url: str, part: Path, f: ShareFile, progress: _Progress) -> None:
+    """Fetch one file into `part`; a connection cut after some bytes is resumed there with Range (a few times)."""
     fh, have = await asyncio.to_thread(_open, part)
+    progress.add(have)
     try:
-        progress.add(have)
-        if have >= f.size:
-            return
-        headers = {"Range": f"bytes={have}-"} if have else None
-        async with client.stream("GET", url, headers=headers) as resp:
-            if resp.status_code == 200 and have:
-                await asyncio.to_thread(fh.truncate, 0)  # the peer ignored the Range: start over
-                progress.add(-have)
-            elif resp.status_code not in (200, 206):
-                await resp.aread()
-                raise JobFailed(f"the peer refused {f.name} (HTTP {resp.status_code})")
-            async for chunk in resp.aiter_bytes(CHUNK):
-                await asyncio.to_thread(fh.write, chunk)
-                progress.add(len(chunk))
+        for attempt in range(RESUMES + 1):
+            try:
+                await _stream(client, url, fh, have, f, progress)
+                return
+            except httpx.TransportError:
+                now = await asyncio.to_thread(fh.tell)
+                if attempt == RESUMES or now == have:  # no progress since the last try: the peer is gone
+                    raise
+                have = now
     finally:
         await asyncio.to_thread(fh.close)
+
+
+async def _stream(client: httpx.AsyncClient, url: str, fh: BinaryIO, have: int, f: ShareFile,
+                  progress: _Progress) -> None:
+    if have >= f.size:
+        return
+    async with client.stream("GET", url, headers={"Range": f"bytes={have}-"} if have else None) as resp:
+        if resp.status_code == 200 and have:
+            await asyncio.to_thread(fh.truncate, 0)  # the peer ignored the Range: start over
+            await asyncio.to_thread(fh.seek, 0)
+            progress.add(-have)
+        elif resp.status_code not in (200, 206):
+            await resp.aread()
+            raise JobFailed(f"the peer refused {f.name} (HTTP {resp.status_code})")
+        pending = bytearray()  # written in CHUNK-sized pieces, in a thread; what arrived before a cut is kept
+        try:
+            async for data in resp.aiter_bytes():
+                pending += data
+                if len(pending) >= CHUNK:
+                    full, pending = pending, bytearray()
+                    await asyncio.to_thread(fh.write, full)
+                    progress.add(len(full))
+        finally:
+            if pending:
+                await asyncio.to_thread(fh.write, pending)
+                progress.add(len(pending))
 
 
 class _Progress:

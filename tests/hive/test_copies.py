@@ -244,3 +244,27 @@ async def test_a_disk_that_fills_during_the_copy_leaves_nothing(fleet: Fleet, sm
     assert got[-1]["type"] == "error" and "filled up" in message and "nothing else changed" in message, message
     assert sorted(p.name for p in small_disk.rglob("*") if p.is_file()) == ["someone-else.bin"]
     assert await fleet.b.catalog.get("tiny") is None
+
+
+async def test_a_cut_connection_is_resumed_with_range_from_where_it_stopped(fleet: Fleet) -> None:
+    share = await fleet.share("tiny")
+    good = (fleet.tmp / "added" / "tiny.gguf").read_bytes()
+    ranges: list[str | None] = []
+    half = len(good) // 2
+
+    async def file(request: Request) -> Response:
+        asked = request.headers.get("range")
+        ranges.append(asked)
+        start = int(asked[6:-1]) if asked else 0
+
+        async def body() -> AsyncIterator[bytes]:
+            yield good[start:half] if not asked else good[start:]
+            if not asked:
+                raise ConnectionResetError("cut")  # the link drops mid-file
+        return StreamingResponse(body(), status_code=206 if asked else 200)
+
+    async with serving(Starlette(routes=[Route("/v1/hive/shares/{sid}/files/{i}", file)])) as url:
+        got = await fleet.fetch(fleet.asked(share, url))
+    assert got[-1]["type"] == "done", got[-1]
+    assert ranges == [None, f"bytes={half}-"]
+    assert (fleet.models / share.files[0].name).read_bytes() == good
