@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,8 +17,13 @@ from rbee.common.jobs import JobFailed
 from rbee.contracts.copies import HiveFetch
 from rbee.contracts.jobs import JobEventType
 from rbee.contracts.models import ModelEntry
+from rbee.hive.app import create_app
+from rbee.hive.config import HiveConfig
+from rbee.hive.service import Hive
 from rbee.queen.copies import Copies
 from rbee.queen.remote_hive import RemoteHive
+from tests.fixtures.tiny_gguf import write_tiny_model
+from tests.hive.test_copies import serving
 from tests.queen.test_remote_pull import Recorder, frame, report
 
 NAME = "org/m-GGUF:Q4_K_M"
@@ -132,3 +138,24 @@ async def test_a_model_already_there_is_not_copied() -> None:
     copies, hives = fleet(Fake("a", "10.0.0.1", [ENTRY]), Fake("b", "10.0.0.2", [ENTRY]))
     placed = await copies.ensure_on(hives["b"], "org/m-GGUF", Recorder(), allow_hub=True)  # by its hub name too
     assert placed.origin == "already there"
+
+
+async def test_the_queens_own_hive_receives_a_copy_from_a_remote_one(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The embedded hive (no API of its own) is a target: the source shares for the queen's own address."""
+    monkeypatch.setenv("RBEE_MODELS_DIR", str(tmp_path / "models"))
+    source = create_app(HiveConfig(alias="a", queen_url="http://127.0.0.1:9", token="join-a", address="127.0.0.1"),
+                        Hive("a", state=tmp_path / "state-a"))
+    model = write_tiny_model(tmp_path / "added" / "tiny.gguf")
+    await source.state.hive.catalog.add_file(model, "tiny")
+    local = Hive("localhost", state=tmp_path / "state-local")
+    async with serving(source) as url:
+        a = RemoteHive(report(alias="a", address="127.0.0.1", port=int(url.rsplit(":", 1)[1]),
+                              models=await source.state.hive.catalog.list()), "join-a")
+        copies = Copies({"localhost": local, "a": a})
+        placed = await copies.ensure_on(local, "tiny", Recorder(), allow_hub=False)
+        await a.close()
+    assert placed.origin == "hive a"
+    assert Path(placed.entry.path).read_bytes() == model.read_bytes()
+    assert (await local.catalog.get("tiny")) is not None
+    await source.state.jobs.close()
