@@ -1,6 +1,6 @@
 """A hive-to-hive model copy with rbee against `curl` of the same file over the same link, and a hub pull.
 
-    sudo python benchmarks/model_copy.py [--mib 100] [--rounds 3]     # root: it builds network namespaces
+    sudo python benchmarks/model_copy.py [--mib 100] [--rounds 3] [--rate 1gbit]   # root: network namespaces
 
 Two hosts on a bridge (tests/fixtures/lan.py). On h1: rbee's hive API (rbee/hive/app.py under uvicorn, with
 a catalog holding a ~100 MiB GGUF) and python's http.server over the same folder. On h2, in turn (rounds
@@ -85,6 +85,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rate", default=None, help="shape the link into h2, e.g. 1gbit (a real LAN); "
+                        "default: the veth's own speed, bounded by the CPU")
     args = parser.parse_args()
 
     from tests.fixtures.fake_hub import FakeHub
@@ -102,6 +104,9 @@ def main() -> None:
     me = [sys.executable, str(Path(__file__).resolve())]
     with lan_hosts(2, work / "lan") as lan, FakeHub().start(lan.gateway) as hub:
         h1, h2 = lan.hosts
+        if args.rate:  # everything to h2 (from h1 over the bridge, and from the hub) leaves by its veth
+            subprocess.run(["tc", "qdisc", "add", "dev", h2.veth, "root", "tbf", "rate", args.rate, "burst", "1mb",
+                            "latency", "50ms"], check=True)
         hub.add_repo(REPO, {"m-Q4_K_M.gguf": payload})
         servers = [subprocess.Popen(["ip", "netns", "exec", h1.netns, *me, "--role", "serve", str(src), h1.address]),
                    subprocess.Popen(["ip", "netns", "exec", h1.netns, sys.executable, "-m", "http.server",
@@ -130,7 +135,8 @@ def main() -> None:
     subprocess.run(["rm", "-rf", str(work)], check=True)
     mib = len(payload) / 2**20
     curl_best = min(times["curl"])
-    print(f"{mib:.0f} MiB from h1 to h2, {args.rounds} rounds interleaved (best / median seconds, MiB/s of best)")
+    link = f"a link shaped to {args.rate}" if args.rate else "an unshaped veth link"
+    print(f"{mib:.0f} MiB from h1 to h2 over {link}, {args.rounds} rounds interleaved (best / median seconds)")
     print(f"{'how':<10} {'best s':>8} {'median s':>9} {'MiB/s':>8} {'vs curl':>8}")
     for name, values in times.items():
         best = min(values)

@@ -6,7 +6,8 @@
     room      refuse before starting when the disk cannot hold what is still missing, with this hive's numbers
     fetch     each file into `.partial/peer-SHARE/`; a cut connection resumes with Range where it stopped
               (while bytes keep coming), a peer that stays away fails the copy; progress like a hub pull
-    verify    size and sha256 against the source's catalog; a mismatch deletes the file
+    verify    size and sha256 (hashed as the bytes are written) against the source's catalog; a mismatch
+              deletes the file
     keep      move into the models folder, then register in the catalog (under the source's name)
 
 A failure or cancel deletes the staging folder: nothing is left behind, and the queen tries the next source.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import shutil
 import ssl
 import time
@@ -53,53 +55,69 @@ def _client(asked: HiveFetch, context: ssl.SSLContext | None) -> httpx.AsyncClie
                              timeout=httpx.Timeout(30.0, connect=5.0))
 
 
-def _open(path: Path) -> tuple[BinaryIO, int]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fh = path.open("ab")
-    return fh, fh.tell()
+class _Part:
+    """A file being received: appended to, and hashed as it is written (its verification reads nothing again).
+    Every method blocks: call it in a thread."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.digest = hashlib.sha256()
+        self.fh: BinaryIO = path.open("a+b")
+        self.fh.seek(0)
+        while chunk := self.fh.read(CHUNK):  # a partial file from before: its bytes count
+            self.digest.update(chunk)
+        self.size = self.fh.tell()
+
+    def write(self, data: bytes | bytearray) -> None:
+        self.fh.write(data)
+        self.digest.update(data)
+        self.size += len(data)
+
+    def restart(self) -> None:
+        self.fh.truncate(0)
+        self.digest, self.size = hashlib.sha256(), 0
 
 
-async def _one(client: httpx.AsyncClient, url: str, part: Path, f: ShareFile, progress: _Progress) -> None:
-    """Fetch one file into `part`; a connection cut after some bytes is resumed there with Range (a few times)."""
-    fh, have = await asyncio.to_thread(_open, part)
-    progress.add(have)
+async def _one(client: httpx.AsyncClient, url: str, path: Path, f: ShareFile, progress: _Progress) -> _Part:
+    """Fetch one file into `path`; a connection cut after some bytes is resumed there with Range (a few times)."""
+    part = await asyncio.to_thread(_Part, path)
+    progress.add(part.size)
     try:
         for attempt in range(RESUMES + 1):
+            have = part.size
             try:
-                await _stream(client, url, fh, have, f, progress)
-                return
+                await _stream(client, url, part, f, progress)
+                return part
             except httpx.TransportError:
-                now = await asyncio.to_thread(fh.tell)
-                if attempt == RESUMES or now == have:  # no progress since the last try: the peer is gone
+                if attempt == RESUMES or part.size == have:  # no progress since the last try: the peer is gone
                     raise
-                have = now
+        return part
     finally:
-        await asyncio.to_thread(fh.close)
+        await asyncio.to_thread(part.fh.close)
 
 
-async def _stream(client: httpx.AsyncClient, url: str, fh: BinaryIO, have: int, f: ShareFile,
-                  progress: _Progress) -> None:
+async def _stream(client: httpx.AsyncClient, url: str, part: _Part, f: ShareFile, progress: _Progress) -> None:
+    have = part.size
     if have >= f.size:
         return
     async with client.stream("GET", url, headers={"Range": f"bytes={have}-"} if have else None) as resp:
         if resp.status_code == 200 and have:
-            await asyncio.to_thread(fh.truncate, 0)  # the peer ignored the Range: start over
-            await asyncio.to_thread(fh.seek, 0)
+            await asyncio.to_thread(part.restart)  # the peer ignored the Range: start over
             progress.add(-have)
         elif resp.status_code not in (200, 206):
             await resp.aread()
             raise JobFailed(f"the peer refused {f.name} (HTTP {resp.status_code})")
         pending = bytearray()  # written in CHUNK-sized pieces, in a thread; what arrived before a cut is kept
         try:
-            async for data in resp.aiter_bytes():
+            async for data in resp.aiter_raw():
                 pending += data
                 if len(pending) >= CHUNK:
                     full, pending = pending, bytearray()
-                    await asyncio.to_thread(fh.write, full)
+                    await asyncio.to_thread(part.write, full)
                     progress.add(len(full))
         finally:
             if pending:
-                await asyncio.to_thread(fh.write, pending)
+                await asyncio.to_thread(part.write, pending)
                 progress.add(len(pending))
 
 
@@ -120,12 +138,11 @@ class _Progress:
                   data={"speed": round(speed), "eta": round(eta, 1) if eta is not None else None})
 
 
-async def _verify(part: Path, f: ShareFile, source: str) -> None:
-    size = (await asyncio.to_thread(part.stat)).st_size
-    actual = await asyncio.to_thread(downloads.sha256_of, part) if size == f.size else None
+async def _verify(path: Path, part: _Part, f: ShareFile, source: str) -> None:
+    actual = part.digest.hexdigest() if part.size == f.size else None
     if actual != f.sha256:
-        await asyncio.to_thread(part.unlink, True)
-        what = f"got {size} bytes, the catalog says {f.size}" if actual is None else \
+        await asyncio.to_thread(path.unlink, True)
+        what = f"got {part.size} bytes, the catalog says {f.size}" if actual is None else \
             f"sha256 {actual} does not match {source}'s catalog ({f.sha256})"
         raise JobFailed(f"{f.name} from hive '{source}': {what}; the file was deleted")
 
@@ -162,10 +179,9 @@ async def fetch(alias: str, catalog: Catalog, asked: HiveFetch, emit: Emit,
                 progress.name = f.name
                 part = staging / f.name
                 url = f"{asked.source_url}/v1/hive/shares/{asked.share_id}/files/{index}"
-                await _one(client, url, part, f, progress)
+                received = await _one(client, url, part, f, progress)
                 progress.add(0, force=True)
-                emit(message=f"verifying {f.name}")
-                await _verify(part, f, asked.source)
+                await _verify(part, received, f, asked.source)
         targets = [models / f.name for f in asked.files]
         await asyncio.to_thread(_move, [staging / f.name for f in asked.files], targets)
         return await _register(asked, targets, catalog, emit)

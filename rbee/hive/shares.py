@@ -44,6 +44,10 @@ FILE_ROUTE = r"^/v1/hive/shares/share-[0-9a-f]{16}/files/[0-9]{1,4}$"
 """The one route a share's token opens; every other route of the hive still needs the join token."""
 
 
+class _File(FileResponse):
+    chunk_size = 1 << 20  # fewer thread hops than the default 64 KiB: a copy runs at the link's speed
+
+
 @dataclass(frozen=True)
 class Share:
     id: str
@@ -138,4 +142,4 @@ class Shares:
         index = int(request.path_params["index"])
         if index >= len(share.paths):
             return error_response(404, f"{share.id} has {len(share.paths)} file(s).", code="not_found")
-        return FileResponse(share.paths[index], media_type="application/octet-stream", filename=None)
+        return _File(share.paths[index], media_type="application/octet-stream")
