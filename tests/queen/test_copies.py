@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from rbee.common import settings
 from rbee.common.jobs import JobFailed
 from rbee.contracts.copies import HiveFetch
 from rbee.contracts.jobs import JobEventType
@@ -20,7 +22,8 @@ from rbee.contracts.models import ModelEntry
 from rbee.hive.app import create_app
 from rbee.hive.config import HiveConfig
 from rbee.hive.service import Hive
-from rbee.queen.copies import Copies
+from rbee.queen.copies import Copies, for_request
+from rbee.queen.errors import QueueFull
 from rbee.queen.remote_hive import RemoteHive
 from tests.fixtures.tiny_gguf import write_tiny_model
 from tests.hive.test_copies import serving
@@ -159,3 +162,27 @@ async def test_the_queens_own_hive_receives_a_copy_from_a_remote_one(tmp_path: P
     assert Path(placed.entry.path).read_bytes() == model.read_bytes()
     assert (await local.catalog.get("tiny")) is not None
     await source.state.jobs.close()
+
+
+async def test_a_request_waits_for_its_copy_until_its_deadline_and_the_copy_goes_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RBEE_API_PULLS", raising=False)
+    gate = asyncio.Event()
+    a, b = Fake("a", "10.0.0.1", [ENTRY]), Fake("b", "10.0.0.2", [], gate=gate)
+    copies, hives = fleet(a, b)
+    assert not await for_request(copies, hives["b"], "org/other-GGUF:Q4_K_M", time.monotonic() + 5)  # no source
+    with pytest.raises(QueueFull, match="the copy goes on"):
+        await for_request(copies, hives["b"], NAME, time.monotonic() + 0.2)
+    gate.set()  # the client left; the copy did not
+    assert await for_request(copies, hives["b"], NAME, time.monotonic() + 5)
+    assert len(fetches(b)) == 1 and NAME in [m.name for m in await hives["b"].catalog.list()]
+
+
+def test_rbee_api_pulls_is_peers_or_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RBEE_API_PULLS", raising=False)
+    assert settings.api_pulls_from_hub() is False
+    monkeypatch.setenv("RBEE_API_PULLS", "hub")
+    assert settings.api_pulls_from_hub() is True
+    monkeypatch.setenv("RBEE_API_PULLS", "internet")
+    with pytest.raises(settings.SettingsError, match="RBEE_API_PULLS"):
+        settings.api_pulls_from_hub()
