@@ -40,10 +40,13 @@ RESUMES = 3  # a cut connection is resumed with Range this many times, as long a
 
 
 def check_names(files: list[ShareFile]) -> None:
+    """Refuse names that leave the models folder, or reach into rbee's own (`.partial`) or hidden folders."""
     for f in files:
-        if not downloads.stays_inside(f.name):
+        if not downloads.stays_inside(f.name) or f.name.startswith("."):
             raise JobFailed(f"the peer lists a file named {f.name!r}, which would land outside the models folder; "
                             "refused")
+    if len({f.name for f in files}) < len(files):
+        raise JobFailed("the peer lists one file name twice; refused")
 
 
 def _client(asked: HiveFetch, context: ssl.SSLContext | None) -> httpx.AsyncClient:
@@ -196,6 +199,10 @@ async def fetch(alias: str, catalog: Catalog, asked: HiveFetch, emit: Emit,
 
 
 def _move(sources: list[Path], targets: list[Path]) -> None:
+    """Move the verified files into place; a file already there (another model's, say) is never replaced."""
+    taken = [str(t) for t in targets if t.exists()]
+    if taken:
+        raise JobFailed(f"{', '.join(taken)} already exists on this hive and is not replaced; the copy was deleted")
     for source, target in zip(sources, targets, strict=True):
         target.parent.mkdir(parents=True, exist_ok=True)
         source.replace(target)

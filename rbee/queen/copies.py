@@ -7,7 +7,7 @@
         the files never pass through the queen); a failed copy (the source vanished, a sha256 that does not
         match, a name outside the models folder) is reported and the next source is tried
     (3) the hub, when the caller allows it (`rbee model pull` and the dashboard do; the OpenAI API only with
-        RBEE_API_PULLS=hub), through the target's own pull
+        RBEE_API_PULLS=hub), through the target's own pull (which also explains a name that is no model)
     (4) else `JobFailed`, saying why
 
 One copy per (hive, model) runs at a time: a second caller waits for the first one's and sees its progress.
@@ -140,6 +140,8 @@ class Copies:
             running.emits.remove(emit)
 
     async def _place(self, target: AnyHive, model: str, allow_hub: bool, emit: Emit) -> Placed:
+        if _revision(model) and allow_hub:  # a hub revision: only the hub knows which files it means
+            return Placed(await target.pull(model, emit), "the hub")
         # (1)
         entry = await _on(target, model)
         if entry is not None:
@@ -154,11 +156,12 @@ class Copies:
                 log.warning("copy of %s from %s onto %s failed: %s", held.name, source.alias, target.alias, exc)
                 failures.append(f"from hive '{source.alias}': {exc}")
                 emit(message=f"the copy from hive '{source.alias}' failed ({exc}); trying the next source")
-        # (3)
-        if allow_hub and _is_hub(model):
-            emit(message=f"no other hive has {model}: pulling it from the hub onto {target.alias}"
-                 if not failures else f"pulling {model} from the hub onto {target.alias}")
-            return Placed(await target.pull(model, emit), "the hub")
+        # (3) the target's own pull: the hub for a hub name; for any other name, the hive's own answer
+        if allow_hub:
+            if _is_hub(model):
+                emit(message=f"no other hive has {model}: pulling it from the hub onto {target.alias}"
+                     if not failures else f"pulling {model} from the hub onto {target.alias}")
+            return Placed(await target.pull(model, emit), "the hub" if _is_hub(model) else "already there")
         # (4)
         if failures:
             raise JobFailed(f"could not copy {model} onto {target.alias}: " + "; ".join(failures))
@@ -176,6 +179,13 @@ class Copies:
         asked = HiveFetch(source=source.alias, source_url=source.base_url, share_id=share.share_id,
                           token=share.token, entry=share.entry, files=share.files)
         return await target.copy_in(asked, emit)
+
+
+def _revision(model: str) -> str | None:
+    try:
+        return model_refs.parse(model).revision
+    except model_refs.BadModelRef:
+        return None
 
 
 def _is_hub(model: str) -> bool:

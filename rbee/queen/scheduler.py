@@ -3,7 +3,9 @@
 For each request:
   (1) the hives to consider: the one pinned with `X-Rbee-Hive`, else all of them;
   (2) a ready worker of the model with a free slot, the least loaded one, serves it at once;
-  (3) else the model must be known to a hive (404 naming it and how to get it otherwise);
+  (3) else the model must be known to a hive (404 naming it and how to get it otherwise); a request
+      pinned to one hive that lacks it waits, within its timeout, while it is copied there from another
+      hive over the LAN (copies.py; the hub only with RBEE_API_PULLS=hub);
   (4) a model with no worker is loaded: placement by memory (placement.py) picks the device and the
       idle workers to evict, least recently used first; a model no device can hold is refused
       with the numbers; a model whose workers keep dying waits out an exponential back-off;

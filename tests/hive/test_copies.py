@@ -177,7 +177,7 @@ async def test_a_corrupted_byte_is_refused_and_nothing_is_kept(fleet: Fleet) -> 
 
 async def test_a_peer_naming_a_path_outside_the_models_folder_is_refused(fleet: Fleet) -> None:
     share = await fleet.share("tiny")
-    for name in ("../../escaped.gguf", "/etc/rbee-escaped.gguf", "copies/../../x.gguf"):
+    for name in ("../../escaped.gguf", "/etc/rbee-escaped.gguf", "copies/../../x.gguf", ".partial/escaped.gguf"):
         lying = [ShareFile(name=name, size=share.files[0].size, sha256=share.files[0].sha256)]
         got = await fleet.fetch(fleet.asked(share, files=lying))
         assert got[-1]["type"] == "error" and "outside the models folder" in str(got[-1]["message"]), name
@@ -268,3 +268,13 @@ async def test_a_cut_connection_is_resumed_with_range_from_where_it_stopped(flee
     assert got[-1]["type"] == "done", got[-1]
     assert ranges == [None, f"bytes={half}-"]
     assert (fleet.models / share.files[0].name).read_bytes() == good
+
+
+async def test_a_copy_never_replaces_a_file_already_on_the_hive(fleet: Fleet) -> None:
+    share = await fleet.share("tiny")
+    other = fleet.models / share.files[0].name  # another model's file under the same name
+    other.parent.mkdir(parents=True)
+    other.write_bytes(b"someone else's model")
+    got = await fleet.fetch(fleet.asked(share))
+    assert got[-1]["type"] == "error" and "is not replaced" in str(got[-1]["message"])
+    assert other.read_bytes() == b"someone else's model" and partials(fleet) == []
