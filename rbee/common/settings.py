@@ -115,6 +115,15 @@ def worker_slots() -> int:
     return env_int("RBEE_WORKER_SLOTS", DEFAULT_SLOTS, maximum=512)
 
 
+def api_pulls_from_hub() -> bool:
+    """RBEE_API_PULLS=hub: a request through the OpenAI API for a model no hive of the fleet holds may download it
+    from the hub. Default (`peers`): the API only copies models between your own hives, never downloads."""
+    value = os.environ.get("RBEE_API_PULLS", "peers").strip().lower()
+    if value not in ("peers", "hub"):
+        raise SettingsError(f"RBEE_API_PULLS must be 'peers' or 'hub', not {value[:40]!r}")
+    return value == "hub"
+
+
 def local_hive() -> bool:
     """RBEE_LOCAL_HIVE=0: the queen's own machine runs no workers (only remote hives serve)."""
     return os.environ.get("RBEE_LOCAL_HIVE", "1").strip().lower() not in ("0", "false", "no", "off")

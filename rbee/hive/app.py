@@ -7,7 +7,13 @@ Inference never passes here; the queen talks to the workers directly with their 
     GET    /v1/hive/jobs/{id}/events    the job's events as SSE (Last-Event-ID resumes), until a terminal one
     DELETE /v1/hive/jobs/{id}           cancel it (a cancelled pull leaves no files behind)
     GET    /v1/hive/models/{name}       ModelDetail (?ctx=&slots=), read here
-    DELETE /v1/hive/models/{name}       forget a model, deleting what rbee downloaded
+    DELETE /v1/hive/models/{name}       forget a model, deleting what rbee downloaded or copied
+    POST   /v1/hive/shares              ShareOpen -> ShareOpened: serve one model's files to one peer hive
+    GET    /v1/hive/shares/{id}/files/{index}   a shared file (Range); the share's token, not the join token
+    POST   /v1/hive/fetches             HiveFetch -> JobCreated: copy a model from a peer's share, as a job
+
+The share file route is the only one the join token does not guard: rbee/hive/shares.py checks the
+share's own token and the peer's address there.
 """
 
 from __future__ import annotations
@@ -33,9 +39,10 @@ from rbee.common.error_responses import error_response
 from rbee.common.jobs import Emit, Job, JobFailed, JobRunner
 from rbee.common.metrics import ColonyCollector, engine_metrics
 from rbee.contracts.catalog import HivePull
+from rbee.contracts.copies import HiveFetch, ShareOpen
 from rbee.contracts.hives import HostedWorker, ResolvedModel, ResolveModel, SpawnWorker
 from rbee.contracts.jobs import JobCreated, JobKind
-from rbee.hive import downloads
+from rbee.hive import downloads, shares
 from rbee.hive.config import HiveConfig
 from rbee.hive.queen_link import QueenLink
 from rbee.hive.service import Hive, ModelInUse, ModelUnavailable
@@ -46,6 +53,9 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 
 
+_SHARE_FILE = re.compile(shares.FILE_ROUTE)
+
+
 class TokenGuard:
     """401 for any request without the hive's token; the refusal is logged with the caller's address."""
 
@@ -54,7 +64,9 @@ class TokenGuard:
         self._expected = f"Bearer {token}".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        share_file = scope["type"] == "http" and scope["method"] in ("GET", "HEAD") and \
+            _SHARE_FILE.fullmatch(scope["path"])
+        if scope["type"] == "http" and not share_file:
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self._expected):
                 client = scope.get("client") or ("?", 0)
@@ -136,6 +148,38 @@ async def start_pull(request: Request) -> Response:
 
     job = _jobs(request).start(JobKind.MODEL_PULL, pull, subject=asked.model)
     log.info("pulling %s for the queen (%s)", asked.model, job.id)
+    return JSONResponse(JobCreated(job_id=job.id).model_dump(), status_code=201)
+
+
+async def open_share(request: Request) -> Response:
+    """Serve one model's files to one peer hive for a while (the queen asks, for a copy onto that peer)."""
+    hive = _hive(request)
+    asked = await _parse(request, ShareOpen)
+    try:
+        entry = await hive.resolve(asked.model)
+        opened = await request.app.state.shares.open(entry, asked)
+    except ModelUnavailable as exc:
+        raise _Refusal(404, str(exc), "model_not_found") from exc
+    except JobFailed as exc:
+        raise _Refusal(409, str(exc), "not_shared") from exc
+    return JSONResponse(opened.model_dump(mode="json"), status_code=201)
+
+
+async def share_file(request: Request) -> Response:
+    registry: shares.Shares = request.app.state.shares
+    return registry.serve(request)
+
+
+async def start_fetch(request: Request) -> Response:
+    """Copy a model from a peer hive's share into this hive, as a job the queen follows."""
+    hive = _hive(request)
+    asked = await _parse(request, HiveFetch)
+
+    async def fetch(emit: Emit) -> dict[str, object]:
+        return (await hive.copy_in(asked, emit)).model_dump(mode="json")
+
+    job = _jobs(request).start(JobKind.MODEL_PULL, fetch, subject=asked.entry.name)
+    log.info("copying %s from hive %s for the queen (%s)", asked.entry.name, asked.source, job.id)
     return JSONResponse(JobCreated(job_id=job.id).model_dump(), status_code=201)
 
 
@@ -241,6 +285,9 @@ def create_app(config: HiveConfig, hive: Hive | None = None,
             Route("/v1/hive/jobs/{job_id}", cancel_job, methods=["DELETE"]),
             Route("/v1/hive/models/{name:path}", model_detail, methods=["GET"]),
             Route("/v1/hive/models/{name:path}", remove_model, methods=["DELETE"]),
+            Route("/v1/hive/shares", open_share, methods=["POST"]),
+            Route("/v1/hive/shares/{share_id}/files/{index:int}", share_file, methods=["GET", "HEAD"]),
+            Route("/v1/hive/fetches", start_fetch, methods=["POST"]),
             Route("/metrics", metrics, methods=["GET"]),
         ],
         exception_handlers={_Refusal: _refused},
@@ -251,4 +298,5 @@ def create_app(config: HiveConfig, hive: Hive | None = None,
     app.state.port = config.port
     app.state.link = link
     app.state.jobs = jobs
+    app.state.shares = shares.Shares()
     return app

@@ -16,16 +16,17 @@ from pathlib import Path
 
 import psutil
 
-from rbee.common import logs, paths, settings, supervise
+from rbee.common import logs, paths, settings, supervise, tls
 from rbee.common.jobs import Emit, JobFailed
 from rbee.common.tls import TLSFiles
 from rbee.common.version import current as current_version
 from rbee.contracts.catalog import HiveDisk
+from rbee.contracts.copies import HiveFetch
 from rbee.contracts.hives import DeviceInfo, HiveReport, HostedWorker, WorkerShape
 from rbee.contracts.models import DEMO_MODEL, MemoryNeed, ModelDetail, ModelEntry
 from rbee.contracts.status import EngineInfo, HiveInfo
 from rbee.contracts.workers import WorkerMode
-from rbee.hive import devices, downloads, engine, model_refs
+from rbee.hive import devices, downloads, engine, model_refs, peer_fetch
 from rbee.hive.catalog import Catalog, describe_file
 from rbee.hive.estimate import OVERHEAD, estimate
 from rbee.hive.gguf_info import GGUFSummary, NotAGGUFError, read_summary
@@ -263,6 +264,16 @@ class Hive:
         emit(message=f"pulled {name} ({entry.size_bytes / 1e9:.2f} GB) into {final}")
         return entry
 
+    async def copy_in(self, asked: HiveFetch, emit: Emit) -> ModelEntry:
+        """Copy a model from a peer hive's share (a job body); one download of a model at a time, as for pulls."""
+        async with self._pulls.setdefault(asked.entry.name, asyncio.Lock()):
+            existing = await self.catalog.get(asked.entry.name)
+            if existing is not None and not existing.missing:
+                emit(message=f"{existing.name} is already on {self.alias}")
+                return existing
+            context = self.tls.client_context() if self.tls else tls.cluster_client_context()
+            return await peer_fetch.fetch(self.alias, self.catalog, asked, emit, context)
+
     async def remove(self, name: str) -> ModelEntry:
         """Forget a model; delete its files when rbee downloaded them. Workers serving it are stopped."""
         entry = await self.catalog.get(name)
@@ -276,7 +287,7 @@ class Hive:
         for worker in serving:
             await self.supervisor.stop(worker.id)
         await self.catalog.remove(name)
-        if entry.source == "hf":
+        if entry.source in ("hf", "copy"):  # downloaded or copied by rbee: its files go too
             await asyncio.to_thread(_delete_files, [Path(f) for f in entry.files], settings.models_dir())
         return entry
 

@@ -37,7 +37,10 @@ def pull(
         pull_onto(client, ctx.out, name, hives)
         return
     entry = pull_model(client, ctx.out, name, hives[0] if hives else None)
-    ctx.out.success(f"{entry.get('name')} is on {entry.get('hive')} ({human_bytes(entry.get('size_bytes', 0))})")
+    origin = str(entry.get("origin") or "")
+    how = f", copied from {origin} over the LAN" if origin.startswith("hive ") else \
+        ", downloaded from the hub" if origin == "the hub" else ""
+    ctx.out.success(f"{entry.get('name')} is on {entry.get('hive')} ({human_bytes(entry.get('size_bytes', 0))}){how}")
 
 
 @app.command("ls")

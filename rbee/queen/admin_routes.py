@@ -84,13 +84,13 @@ def _job_body(state: QueenState, spec: JobCreate) -> JobBody:
     model = spec.model
 
     async def pull(emit: Emit) -> dict[str, object]:
-        target, placed = hive, {}
+        target, placement = hive, {}
         if spec.hive is None:  # the queen chooses (rbee/queen/pull_targets.py)
             chosen = await pull_targets.place_pull(state.hives, model, emit)
             if chosen is not None:
-                target, placed = chosen[0], {"placement": chosen[1].explain()}
-        entry = await target.pull(model, emit)
-        return {"hive": target.alias, **placed, **entry.model_dump(mode="json")}
+                target, placement = chosen[0], {"placement": chosen[1].explain()}
+        placed = await state.copies.ensure_on(target, model, emit, allow_hub=True)  # a peer first, else the hub
+        return {"hive": target.alias, **placement, "origin": placed.origin, **placed.entry.model_dump(mode="json")}
 
     async def spawn(emit: Emit) -> dict[str, object]:
         emit(message=f"starting a worker for {model} on {hive.alias}")

@@ -31,6 +31,7 @@ from rbee.common import settings, tls
 from rbee.common.hop import HOP
 from rbee.common.jobs import Emit, JobFailed
 from rbee.contracts.catalog import HiveDisk, HivePull
+from rbee.contracts.copies import HiveFetch, ShareOpen, ShareOpened
 from rbee.contracts.hives import (
     DeviceInfo,
     HiveReport,
@@ -65,7 +66,6 @@ class RemoteSpec:
 
 
 _EARLIER = (WorkerState.PENDING, WorkerState.DOWNLOADING, WorkerState.STARTING)
-
 
 
 def _shape(model: str) -> WorkerShape:
@@ -454,11 +454,31 @@ class RemoteHive:
             fields = ", ".join(".".join(map(str, e["loc"])) for e in exc.errors())
             raise JobFailed(f"cannot pull onto hive '{self.alias}': invalid {fields} (model, or the queen's "
                             "HF_ENDPOINT / HF_TOKEN)") from None
+        return await self._hive_job("/v1/hive/pulls", asked.model_dump_json(), "pull", emit)
+
+    async def copy_in(self, asked: HiveFetch, emit: Emit) -> ModelEntry:
+        """Copy a model onto that hive from a peer's share, as a job there; its progress is re-emitted here."""
+        return await self._hive_job("/v1/hive/fetches", asked.model_dump_json(), "copy", emit)
+
+    async def open_share(self, asked: ShareOpen) -> ShareOpened:
+        """Ask that hive to serve one model's files to one peer for a while (a copy's source)."""
         try:
-            raw = await self.call("POST", "/v1/hive/pulls", asked.model_dump_json())
+            raw = await self.call("POST", "/v1/hive/shares", asked.model_dump_json())
         except HiveCallFailed as exc:
             raise JobFailed(self._upgrade_hint() if _too_old(exc) else
-                            f"hive '{self.alias}' did not start the pull: {exc}") from exc
+                            f"hive '{self.alias}' cannot share {asked.model}: {exc}") from exc
+        try:
+            return ShareOpened.model_validate_json(raw)
+        except ValidationError:
+            raise JobFailed(f"hive '{self.alias}' answered a share rbee cannot use") from None
+
+    async def _hive_job(self, path: str, body: str, what: str, emit: Emit) -> ModelEntry:
+        """Start a job there that ends with a catalog entry, follow it, and take the entry into the catalog."""
+        try:
+            raw = await self.call("POST", path, body)
+        except HiveCallFailed as exc:
+            raise JobFailed(self._upgrade_hint() if _too_old(exc) else
+                            f"hive '{self.alias}' did not start the {what}: {exc}") from exc
         job_id = JobCreated.model_validate_json(raw).job_id
         if not _HIVE_JOB_ID.fullmatch(job_id):
             raise JobFailed(f"hive '{self.alias}' answered a job id rbee does not make ({job_id[:40]!r})")
@@ -471,7 +491,7 @@ class RemoteHive:
         if last.type is JobEventType.ERROR:
             raise JobFailed(last.message)
         if last.type is JobEventType.CANCELLED:
-            raise JobFailed(f"the pull was cancelled on hive '{self.alias}'")
+            raise JobFailed(f"the {what} was cancelled on hive '{self.alias}'")
         entry = ModelEntry.model_validate(last.data or {})
         self.catalog.models = [m for m in self.catalog.models if m.name != entry.name] + [entry]
         await self.refresh()

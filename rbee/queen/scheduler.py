@@ -3,7 +3,9 @@
 For each request:
   (1) the hives to consider: the one pinned with `X-Rbee-Hive`, else all of them;
   (2) a ready worker of the model with a free slot, the least loaded one, serves it at once;
-  (3) else the model must be known to a hive (404 naming it and how to get it otherwise);
+  (3) else the model must be known to a hive (404 naming it and how to get it otherwise); a request
+      pinned to one hive that lacks it waits, within its timeout, while it is copied there from another
+      hive over the LAN (copies.py; the hub only with RBEE_API_PULLS=hub);
   (4) a model with no worker is loaded: placement by memory (placement.py) picks the device and the
       idle workers to evict, least recently used first; a model no device can hold is refused
       with the numbers; a model whose workers keep dying waits out an exponential back-off;
@@ -40,6 +42,7 @@ from rbee.hive import model_refs
 from rbee.hive.estimate import OVERHEAD
 from rbee.hive.service import ModelUnavailable
 from rbee.hive.worker import WorkerProcess, WorkerStartError
+from rbee.queen import copies as copies_mod
 from rbee.queen import keep_alive as keep_alive_mod
 from rbee.queen.errors import (
     HiveNotFound,
@@ -137,6 +140,7 @@ class Scheduler:
         self._queues: dict[tuple[str, WorkerMode], deque[asyncio.Event]] = defaultdict(deque)
         self._background: set[asyncio.Task[None]] = set()
         self._warned: set[str] = set()
+        self.copies: copies_mod.Copies | None = None  # set by the queen: brings a pinned request's model over
 
     # -- waking waiters ---------------------------------------------------------------------------
     def notify(self) -> None:
@@ -282,6 +286,17 @@ class Scheduler:
         detail = reasons[0] if len(reasons) == 1 else f"The model '{model}' does not exist on any hive"
         raise ModelNotFound(f"{detail}. {hint}; `rbee status` lists the models rbee knows.", param="model")
 
+    async def _resolve_or_copy(self, model: str, hives: list[AnyHive], pin: str | None,
+                               deadline: float) -> list[tuple[AnyHive, ModelEntry]]:
+        """(3) `resolve`; for a request pinned to one hive that lacks the model, after a LAN copy there."""
+        try:
+            return await self.resolve(model, hives)
+        except ModelNotFound:
+            if pin is None or self.copies is None or len(hives) != 1 or \
+                    not await copies_mod.for_request(self.copies, hives[0], model, deadline):
+                raise
+        return await self.resolve(model, hives)
+
     def ready_workers(self, name: str, mode: WorkerMode, hives: list[AnyHive]) -> list[AnyWorker]:
         return [
             w for hive in hives for w in hive.supervisor.workers()
@@ -381,7 +396,7 @@ class Scheduler:
                 replicas = self._own(name).max_replicas or settings.max_replicas()
                 may_load = key not in self._loading and (not ready or len(ready) < replicas)
                 if resolved is None and (may_load or not ready):  # (3), only when a load may follow: it
-                    resolved = await self.resolve(model, hives)   # reads the catalog, off the event loop
+                    resolved = await self._resolve_or_copy(model, hives, pinned or own.hive, started + timeout)
                     name = resolved[0][1].name
                     continue
                 if may_load and resolved is not None:  # (4)

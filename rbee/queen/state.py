@@ -18,6 +18,7 @@ from rbee.common.version import current as current_version
 from rbee.contracts.status import LoopHealth, QueenHealth
 from rbee.hive.service import Hive
 from rbee.queen.auth import Keyring, Principal, read_or_create_admin_token
+from rbee.queen.copies import Copies
 from rbee.queen.db import QueenDB
 from rbee.queen.errors import QueenError
 from rbee.queen.metrics import QueenMetrics
@@ -48,6 +49,7 @@ class QueenState:
     started_at: float = field(default_factory=time.time)
     listen_host: str | None = None
     loop_health: dict[str, LoopHealth] = field(default_factory=dict)  # the background loops, for /v1/status
+    copies: Copies = field(init=False)  # models onto the hive that needs them: peers first (rbee/queen/copies.py)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -63,6 +65,8 @@ class QueenState:
 
     def __post_init__(self) -> None:
         self.metrics = QueenMetrics(ColonyCollector(lambda: self.hives, self.scheduler.waiting))
+        self.copies = Copies(self.hives)
+        self.scheduler.copies = self.copies
 
     def health(self) -> QueenHealth:
         return QueenHealth(version=current_version(), pid=os.getpid(), started_at=self.started_at,
