@@ -11,10 +11,12 @@ from starlette.middleware import Middleware
 
 from rbee.queen import (
     admin_routes,
+    anthropic_routes,
     catalog_routes,
     hive_routes,
     key_routes,
     openai_routes,
+    responses_routes,
     settings_routes,
     web_routes,
 )
@@ -38,7 +40,8 @@ def create_app(state: QueenState | None = None, on_shutdown: Callable[[], None] 
                 on_shutdown()
 
     app = Starlette(
-        routes=[*openai_routes.routes, *catalog_routes.routes, *hive_routes.routes, *key_routes.routes,
+        routes=[*openai_routes.routes, *anthropic_routes.routes, *responses_routes.routes,
+                *catalog_routes.routes, *hive_routes.routes, *key_routes.routes,
                 *settings_routes.routes, *admin_routes.routes, *web_routes.routes],
         exception_handlers={QueenError: handle_queen_error, HTTPException: handle_http_exception,
                             Exception: handle_unexpected},

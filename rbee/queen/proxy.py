@@ -23,13 +23,11 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from rbee.common.hop import HOP
-from rbee.queen.errors import DeadlineExceeded, UpstreamError, WorkerUnavailable, envelope, error_response
+from rbee.queen.error_styles import OPENAI, ErrorStyle
+from rbee.queen.errors import DeadlineExceeded, UpstreamError, WorkerUnavailable
 from rbee.queen.scheduler import Lease
 
 log = logging.getLogger(__name__)
-
-def sse_error(message: str, status: int = 502, code: str = "worker_failed") -> bytes:
-    return b"data: " + envelope(status, message, code=code).model_dump_json().encode() + b"\n\n"
 
 
 @dataclass(frozen=True)
@@ -44,6 +42,7 @@ class Outcome:
     ttft_s: float  # until the first byte of the answer (for a whole answer: all of it)
     duration_s: float
     events: int = 0  # SSE events of a stream: about one per generated token
+    head: bytes = b""  # a stream's first chunk (Anthropic reports the prompt's tokens there)
 
 
 OnEnd = Callable[[Outcome], None]
@@ -58,8 +57,10 @@ class _ForwardedStream(StreamingResponse):
 
     def __init__(self, upstream: aiohttp.ClientResponse, lease: Lease, headers: dict[str, str],
                  on_end: OnEnd | None, deadline: float | None, in_flight: set[_ForwardedStream],
-                 started: float) -> None:
+                 started: float, errors: ErrorStyle) -> None:
         self._upstream = upstream
+        self._errors = errors
+        self._head = b""
         self._started = started
         self._first: float | None = None
         self._lease = lease
@@ -88,7 +89,7 @@ class _ForwardedStream(StreamingResponse):
             on_end(Outcome(502 if self._failed else 200, b"".join(self._tail), self._lease.worker.spec.model.name,
                            self._lease.worker.hive,
                            self._lease.worker.id, (self._first or now) - self._started, now - self._started,
-                           self._events))
+                           self._events, self._head))
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         self._failed = True  # until the worker's stream ends normally
@@ -96,6 +97,7 @@ class _ForwardedStream(StreamingResponse):
             async for chunk in self._upstream.content.iter_any():
                 if self._first is None:
                     self._first = time.monotonic()
+                    self._head = chunk
                 self._tail.append(chunk)
                 self._events += chunk.count(b"data: ")
                 yield chunk
@@ -103,11 +105,12 @@ class _ForwardedStream(StreamingResponse):
         except (aiohttp.ClientError, OSError) as exc:
             if self.cut_reason is None:
                 log.warning("worker %s broke mid-stream: %r", self._lease.worker.id, exc)
-                yield sse_error(f"The worker serving '{self._lease.worker.spec.model.name}' stopped mid-stream "
-                                f"({self._lease.worker.state}); retry the request.")
+                yield self._errors.event(502, "worker_failed",
+                                         f"The worker serving '{self._lease.worker.spec.model.name}' stopped "
+                                         f"mid-stream ({self._lease.worker.state}); retry the request.")
         if self.cut_reason is not None:
             status, code, message = self.cut_reason
-            yield sse_error(message, status, code)
+            yield self._errors.event(status, code, message)
         self._ended()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -208,11 +211,13 @@ class Forwarder:
         return headers
 
     async def forward(self, lease: Lease, path: str, body: bytes, stream: bool, *, deadline: float | None = None,
-                      on_end: OnEnd | None = None, request_id: str | None = None) -> Response:
+                      on_end: OnEnd | None = None, request_id: str | None = None,
+                      errors: ErrorStyle = OPENAI) -> Response:
         """POST `body` unchanged to the worker's `path`; the lease is released when the response ends.
 
         `deadline` (event-loop time) bounds the whole exchange: past it the worker's connection is
         closed, which stops its generation, and the client gets a 504 (or, mid-stream, an error event).
+        Errors take the shape of `errors`, the client's protocol.
         """
         started = time.monotonic()
         try:
@@ -230,7 +235,8 @@ class Forwarder:
             headers["content-type"] = upstream.headers["Content-Type"]
         if stream and upstream.status == 200:
             headers.update({"cache-control": "no-cache", "x-accel-buffering": "no"})
-            stream = _ForwardedStream(upstream, lease, headers, on_end, deadline, self._streams, started)
+            stream = _ForwardedStream(upstream, lease, headers, on_end, deadline, self._streams, started,
+                                      errors)
             if self._closing:  # a queued request that got its slot while the queen stops
                 stream.cut(SHUTDOWN)
             return stream
@@ -240,15 +246,15 @@ class Forwarder:
             on_end(Outcome(upstream.status, content, lease.worker.spec.model.name, lease.worker.hive,
                            lease.worker.id, took, took))
         if upstream.status >= 400:
-            return _normalise_error(upstream.status, content, headers)
+            return _normalise_error(upstream.status, content, headers, errors)
         return Response(content, status_code=upstream.status, headers=headers)
 
 
-def _normalise_error(status: int, content: bytes, headers: dict[str, str]) -> Response:
-    """llama-server's errors are almost OpenAI's: make `code` a string and keep the message."""
+def _normalise_error(status: int, content: bytes, headers: dict[str, str], errors: ErrorStyle) -> Response:
+    """llama-server's errors are almost OpenAI's: keep the message, in the shape of the client's protocol."""
     try:
         message = json.loads(content)["error"]["message"]
     except (ValueError, KeyError, TypeError):
         message = content.decode(errors="replace")[:500] or f"worker answered HTTP {status}"
     headers.pop("content-type", None)
-    return error_response(status, str(message), code="worker_error", headers=headers)
+    return errors.response(status, str(message), code="worker_error", headers=headers)
