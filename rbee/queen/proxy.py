@@ -246,15 +246,20 @@ class Forwarder:
             on_end(Outcome(upstream.status, content, lease.worker.spec.model.name, lease.worker.hive,
                            lease.worker.id, took, took))
         if upstream.status >= 400:
-            return _normalise_error(upstream.status, content, headers, errors)
+            return _normalise_error(upstream.status, content, headers, errors, lease)
         return Response(content, status_code=upstream.status, headers=headers)
 
 
-def _normalise_error(status: int, content: bytes, headers: dict[str, str], errors: ErrorStyle) -> Response:
-    """llama-server's errors are almost OpenAI's: keep the message, in the shape of the client's protocol."""
+def _normalise_error(status: int, content: bytes, headers: dict[str, str], errors: ErrorStyle,
+                     lease: Lease) -> Response:
+    """llama-server's errors are almost OpenAI's: keep the message, in the shape of the client's protocol;
+    a prompt longer than the worker's context also names the setting that gives it more."""
     try:
-        message = json.loads(content)["error"]["message"]
+        message = str(json.loads(content)["error"]["message"])
     except (ValueError, KeyError, TypeError):
         message = content.decode(errors="replace")[:500] or f"worker answered HTTP {status}"
+    if "exceeds the available context size" in message:
+        message += (f" (the worker of '{lease.worker.spec.model.name}' has {lease.worker.info().context_size} "
+                    "tokens per slot: RBEE_WORKER_CONTEXT, or `context` for this model in models.toml, gives more)")
     headers.pop("content-type", None)
-    return errors.response(status, str(message), code="worker_error", headers=headers)
+    return errors.response(status, message, code="worker_error", headers=headers)

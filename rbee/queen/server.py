@@ -48,7 +48,7 @@ def serve(host: str, port: int, insecure_no_auth: bool = False) -> None:
     is loopback, so its hives reach it; without a key, network peers may then only send heartbeats.
     """
     logs.setup(os.environ.get("RBEE_LOG_LEVEL", "INFO"))
-    for check in (settings.worker_slots, settings.worker_context, settings.worker_threads):
+    for check in (settings.worker_slots, settings.worker_context, settings.max_context, settings.worker_threads):
         check()  # a bad RBEE_WORKER_* value stops the start with a clear message, not the first request
     try:
         keep_alive.parse(settings.key_max_keep_alive())
