@@ -67,3 +67,12 @@ class CompletionRequest(_Sampling):
 class EmbeddingRequest(ModelRequest):
     input: str | list[str] | list[TokenId] | list[list[TokenId]]
     encoding_format: Literal["float", "base64"] | None = None
+
+
+class RerankRequest(ModelRequest):
+    """`/v1/rerank` (Jina's and Cohere's shape, as llama-server reads it)."""
+
+    query: str = Field(min_length=1)
+    documents: list[str | dict[str, Any]] = Field(min_length=1, max_length=10000)
+    top_n: int | None = Field(default=None, ge=1)
+    return_documents: bool | None = None

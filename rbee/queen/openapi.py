@@ -18,13 +18,16 @@ from rbee.contracts.anthropic import CountTokensRequest, MessagesRequest
 from rbee.contracts.hives import HiveCertificate, HiveEnroll, HiveReport
 from rbee.contracts.jobs import JobCreate
 from rbee.contracts.keys import KeyCreate
-from rbee.contracts.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from rbee.contracts.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, RerankRequest
 from rbee.contracts.responses import InputTokensRequest, ResponsesRequest
 
 BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("POST", "/v1/chat/completions"): ChatCompletionRequest,
     ("POST", "/v1/completions"): CompletionRequest,
     ("POST", "/v1/embeddings"): EmbeddingRequest,
+    ("POST", "/v1/rerank"): RerankRequest,
+    ("POST", "/rerank"): RerankRequest,
+    ("POST", "/v2/rerank"): RerankRequest,
     ("POST", "/v1/messages"): MessagesRequest,
     ("POST", "/v1/messages/count_tokens"): CountTokensRequest,
     ("POST", "/v1/responses"): ResponsesRequest,
@@ -47,7 +50,8 @@ QUERIES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
                            "action": {"type": "string"}},
 }
 INFERENCE = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages",
-                       "/v1/messages/count_tokens", "/v1/responses", "/v1/responses/input_tokens"})
+                       "/v1/messages/count_tokens", "/v1/responses", "/v1/responses/input_tokens", "/v1/rerank",
+                       "/rerank", "/v2/rerank"})
 HEADERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     (method, path): {
         "x-rbee-hive": {"type": "string", "description": "serve the request on this hive only"},
