@@ -58,6 +58,12 @@ def tiny_rerank_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
                             name="tiny-rerank")
 
 
+@pytest.fixture(scope="session")
+def tiny_fim_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with fill-in-the-middle tokens, for `/infill`."""
+    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny-fim.gguf", fim=True, name="tiny-fim")
+
+
 def wait_for(condition: Callable[[], bool], seconds: float = 20) -> bool:
     """Poll `condition` until it holds or `seconds` pass; its last answer."""
     deadline = time.monotonic() + seconds

@@ -76,3 +76,20 @@ class RerankRequest(ModelRequest):
     documents: list[str | dict[str, Any]] = Field(min_length=1, max_length=10000)
     top_n: int | None = Field(default=None, ge=1)
     return_documents: bool | None = None
+
+
+class InfillChunk(_Open):
+    text: str
+    filename: str | None = None
+
+
+class InfillRequest(ModelRequest):
+    """llama-server's `/infill` (fill-in-the-middle, for editors' tab completion), checked before routing."""
+
+    input_prefix: str
+    input_suffix: str
+    input_extra: list[InfillChunk] | None = None
+    prompt: str | None = None
+    stream: bool = False
+    n_predict: int | None = Field(default=None, ge=-1, le=MAX_TOKENS)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)

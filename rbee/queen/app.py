@@ -14,6 +14,7 @@ from rbee.queen import (
     anthropic_routes,
     catalog_routes,
     hive_routes,
+    infill_routes,
     key_routes,
     openai_routes,
     rerank_routes,
@@ -42,8 +43,8 @@ def create_app(state: QueenState | None = None, on_shutdown: Callable[[], None] 
 
     app = Starlette(
         routes=[*openai_routes.routes, *anthropic_routes.routes, *responses_routes.routes, *rerank_routes.routes,
-                *catalog_routes.routes, *hive_routes.routes, *key_routes.routes, *settings_routes.routes,
-                *admin_routes.routes, *web_routes.routes],
+                *infill_routes.routes, *catalog_routes.routes, *hive_routes.routes, *key_routes.routes,
+                *settings_routes.routes, *admin_routes.routes, *web_routes.routes],
         exception_handlers={QueenError: handle_queen_error, HTTPException: handle_http_exception,
                             Exception: handle_unexpected},
         middleware=[Middleware(Guard, access=access)],

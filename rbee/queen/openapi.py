@@ -18,13 +18,20 @@ from rbee.contracts.anthropic import CountTokensRequest, MessagesRequest
 from rbee.contracts.hives import HiveCertificate, HiveEnroll, HiveReport
 from rbee.contracts.jobs import JobCreate
 from rbee.contracts.keys import KeyCreate
-from rbee.contracts.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, RerankRequest
+from rbee.contracts.openai import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    InfillRequest,
+    RerankRequest,
+)
 from rbee.contracts.responses import InputTokensRequest, ResponsesRequest
 
 BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("POST", "/v1/chat/completions"): ChatCompletionRequest,
     ("POST", "/v1/completions"): CompletionRequest,
     ("POST", "/v1/embeddings"): EmbeddingRequest,
+    ("POST", "/infill"): InfillRequest,
     ("POST", "/v1/rerank"): RerankRequest,
     ("POST", "/rerank"): RerankRequest,
     ("POST", "/v2/rerank"): RerankRequest,
@@ -51,7 +58,7 @@ QUERIES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
 }
 INFERENCE = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages",
                        "/v1/messages/count_tokens", "/v1/responses", "/v1/responses/input_tokens", "/v1/rerank",
-                       "/rerank", "/v2/rerank"})
+                       "/rerank", "/v2/rerank", "/infill"})
 HEADERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     (method, path): {
         "x-rbee-hive": {"type": "string", "description": "serve the request on this hive only"},

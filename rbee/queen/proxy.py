@@ -262,4 +262,6 @@ def _normalise_error(status: int, content: bytes, headers: dict[str, str], error
         message += (f" (the worker of '{lease.worker.spec.model.name}' has {lease.worker.info().context_size} "
                     "tokens per slot: RBEE_WORKER_CONTEXT, or `context` for this model in models.toml, gives more)")
     headers.pop("content-type", None)
+    if status == 501:  # the engine's "not supported": this model cannot do that (no FIM tokens, say): the caller's
+        return errors.response(400, message, param="model", code="model_unsupported", headers=headers)
     return errors.response(status, message, code="worker_error", headers=headers)
