@@ -62,6 +62,7 @@ class ChatCompletionRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
+    suffix: str | None = None  # fill-in-the-middle: the text after the gap (the queen sends it to /infill)
 
 
 class EmbeddingRequest(ModelRequest):

@@ -3,12 +3,14 @@
     OPENAI     `{"error": {"message", "type", "param", "code"}}`; mid-stream a `data:` event of the same
     ANTHROPIC  `{"type": "error", "error": {"type", "message"}}`; mid-stream an `event: error` of the same;
                a full queue is 529 `overloaded_error`, as Anthropic's API answers when it sheds load
+    OLLAMA     `{"error": "message"}`; mid-stream an NDJSON line of the same
 
 Routes and the guard raise QueenErrors that know nothing of protocols; the style of the path renders them.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Protocol
 
 from starlette.responses import JSONResponse, Response
@@ -62,9 +64,21 @@ class AnthropicErrors:
         return b"event: error\ndata: " + data + b"\n\n"
 
 
+class OllamaErrors:
+    def response(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> Response:
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    def event(self, status: int, code: str, message: str) -> bytes:
+        return json.dumps({"error": message}).encode() + b"\n"
+
+
 OPENAI: ErrorStyle = OpenAIErrors()
 ANTHROPIC: ErrorStyle = AnthropicErrors()
+OLLAMA: ErrorStyle = OllamaErrors()
 
 
 def style_for(path: str) -> ErrorStyle:
+    if path.startswith("/api/"):
+        return OLLAMA
     return ANTHROPIC if path in ANTHROPIC_PATHS else OPENAI

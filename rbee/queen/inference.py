@@ -14,6 +14,7 @@ import contextlib
 import logging
 import re
 import uuid
+from collections.abc import Callable
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -28,7 +29,7 @@ from rbee.queen.error_styles import OPENAI, ErrorStyle
 from rbee.queen.errors import ClientGone, DeadlineExceeded, InvalidRequest, QueenError, WorkerUnavailable
 from rbee.queen.guard import as_owner, principal_of
 from rbee.queen.policy import PolicyRequest
-from rbee.queen.proxy import OnEnd, Outcome
+from rbee.queen.proxy import OnEnd, Outcome, Translation
 from rbee.queen.requests import read_json
 from rbee.queen.scheduler import Lease
 from rbee.queen.state import QueenState, queen_state
@@ -39,6 +40,9 @@ log = logging.getLogger(__name__)
 TIMEOUT_HEADER = "x-rbee-timeout"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 MIN_TIMEOUT_S, MAX_TIMEOUT_S = 0.1, 86400.0
+
+Translator = Callable[[bytes, ModelRequest], tuple[str, bytes, Translation]]
+"""(client's body, its parsed contract) -> (the worker's path, the body for it, the translation back)"""
 
 
 async def _client_gone(request: Request) -> None:
@@ -144,11 +148,16 @@ async def _bounded_keep_alive(request: Request, who: Principal, asked: str | int
 
 
 async def infer(request: Request, contract: type[ModelRequest], path: str, mode: WorkerMode,
-                errors: ErrorStyle = OPENAI) -> Response:
+                errors: ErrorStyle = OPENAI, translator: Translator | None = None) -> Response:
+    """Serve one request: `translator`, where the engine does not speak the client's protocol, gives the
+    worker's path and body for it, and how its answer is turned back."""
     state = queen_state(request)
     who = principal_of(request.scope)
     deadline = _deadline(request)
     body, parsed = await read_json(request, contract)
+    translation = None
+    if translator is not None:
+        path, body, translation = translator(body, parsed)
     stream = bool(getattr(parsed, "stream", False))
     state.keyring.admit(who, parsed.model)
     who = await _may_open_files(request, who, parsed.model)
@@ -165,14 +174,16 @@ async def infer(request: Request, contract: type[ModelRequest], path: str, mode:
             lease = await _acquire(request, parsed, mode, frozenset(), deadline, asked)
         try:
             return await state.forwarder.forward(lease, path, body, stream=stream, deadline=deadline, on_end=ended,
-                                                 request_id=request_id, errors=errors)
+                                                 request_id=request_id, errors=errors,
+                                                 translation=translation)
         except WorkerUnavailable as exc:
             # The worker failed before sending a byte: one more try on another (or a fresh) worker.
             log.warning("worker %s failed before answering (%r); retrying once elsewhere", lease.worker.id,
                         exc.__cause__)
             retry = await _acquire(request, parsed, mode, frozenset({lease.worker.id}), deadline, asked)
             return await state.forwarder.forward(retry, path, body, stream=stream, deadline=deadline, on_end=ended,
-                                                 request_id=request_id, errors=errors)
+                                                 request_id=request_id, errors=errors,
+                                                 translation=translation)
     except QueenError as exc:
         # labels and usage rows are kept: a name no hive knows must not make a new one for every typo
         label = parsed.model if state.scheduler.is_known(parsed.model) else "(unknown)"

@@ -7,8 +7,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from rbee.contracts.models import ModelList, ModelObject
-from rbee.contracts.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from rbee.contracts.openai import ChatCompletionRequest, EmbeddingRequest
 from rbee.contracts.workers import WorkerMode, WorkerState
+from rbee.queen import infill_routes
 from rbee.queen.auth import Principal
 from rbee.queen.errors import ModelNotFound
 from rbee.queen.guard import principal_of
@@ -48,7 +49,7 @@ async def chat_completions(request: Request) -> Response:
 
 
 async def completions(request: Request) -> Response:
-    return await infer(request, CompletionRequest, "/v1/completions", WorkerMode.GENERATE)
+    return await infill_routes.completions(request)  # with `suffix`, fill-in-the-middle
 
 
 async def embeddings(request: Request) -> Response:

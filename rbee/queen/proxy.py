@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 from starlette.responses import Response, StreamingResponse
@@ -47,6 +48,23 @@ class Outcome:
 
 OnEnd = Callable[[Outcome], None]
 
+
+class Translation(Protocol):
+    """How a worker's answer becomes the client's protocol, where the engine does not speak it (one per request:
+    a stream's chunks may split its events). Metering still reads the worker's own bytes."""
+
+    media_type: str | None  # the client's, where it differs from the worker's
+
+    def whole(self, content: bytes) -> bytes: ...
+
+    def chunk(self, data: bytes) -> bytes:
+        """What to send for the next bytes of the worker's stream (maybe nothing yet)."""
+        ...
+
+    def end(self) -> bytes:
+        """What to send once the worker's stream ended normally."""
+        ...
+
 DEADLINE = (504, "deadline_exceeded", "The request's deadline (X-Rbee-Timeout) passed; generation was stopped.")
 SHUTDOWN = (503, "queen_shutting_down", "The queen is shutting down; retry the request in a moment.")
 
@@ -57,9 +75,10 @@ class _ForwardedStream(StreamingResponse):
 
     def __init__(self, upstream: aiohttp.ClientResponse, lease: Lease, headers: dict[str, str],
                  on_end: OnEnd | None, deadline: float | None, in_flight: set[_ForwardedStream],
-                 started: float, errors: ErrorStyle) -> None:
+                 started: float, errors: ErrorStyle, translation: Translation | None = None) -> None:
         self._upstream = upstream
         self._errors = errors
+        self._translation = translation
         self._head = b""
         self._started = started
         self._first: float | None = None
@@ -100,8 +119,12 @@ class _ForwardedStream(StreamingResponse):
                     self._head = chunk
                 self._tail.append(chunk)
                 self._events += chunk.count(b"data: ")
-                yield chunk
+                out = chunk if self._translation is None else self._translation.chunk(chunk)
+                if out:
+                    yield out
             self._failed = self.cut_reason is not None
+            if self._translation is not None and not self._failed:
+                yield self._translation.end()
         except (aiohttp.ClientError, OSError) as exc:
             if self.cut_reason is None:
                 log.warning("worker %s broke mid-stream: %r", self._lease.worker.id, exc)
@@ -212,7 +235,7 @@ class Forwarder:
 
     async def forward(self, lease: Lease, path: str, body: bytes, stream: bool, *, deadline: float | None = None,
                       on_end: OnEnd | None = None, request_id: str | None = None,
-                      errors: ErrorStyle = OPENAI) -> Response:
+                      errors: ErrorStyle = OPENAI, translation: Translation | None = None) -> Response:
         """POST `body` unchanged to the worker's `path`; the lease is released when the response ends.
 
         `deadline` (event-loop time) bounds the whole exchange: past it the worker's connection is
@@ -233,10 +256,12 @@ class Forwarder:
         headers = self._headers(lease, request_id)
         if "Content-Type" in upstream.headers:
             headers["content-type"] = upstream.headers["Content-Type"]
+        if translation is not None and translation.media_type and upstream.status < 400:
+            headers["content-type"] = translation.media_type
         if stream and upstream.status == 200:
             headers.update({"cache-control": "no-cache", "x-accel-buffering": "no"})
             stream = _ForwardedStream(upstream, lease, headers, on_end, deadline, self._streams, started,
-                                      errors)
+                                      errors, translation)
             if self._closing:  # a queued request that got its slot while the queen stops
                 stream.cut(SHUTDOWN)
             return stream
@@ -247,6 +272,8 @@ class Forwarder:
                            lease.worker.id, took, took))
         if upstream.status >= 400:
             return _normalise_error(upstream.status, content, headers, errors, lease)
+        if translation is not None:
+            content = translation.whole(content)
         return Response(content, status_code=upstream.status, headers=headers)
 
 
