@@ -50,6 +50,12 @@ class OllamaEmbedRequest(ModelRequest):
     input: str | list[str] = Field(min_length=1)
 
 
+class OllamaEmbeddingsRequest(ModelRequest):
+    """The older `/api/embeddings`: one `prompt`, one `embedding`."""
+
+    prompt: str = Field(min_length=1)
+
+
 class OllamaShowRequest(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 

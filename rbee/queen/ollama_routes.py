@@ -3,7 +3,7 @@ queen's port: translated in the queen to the OpenAI routes workers speak, stream
 
     /api/version, /api/tags, /api/ps, /api/show     answered from the queen's registry and catalogs
     /api/chat, /api/generate                        -> the worker's /v1/chat/completions (NDJSON back)
-    /api/embed                                      -> the worker's /v1/embeddings
+    /api/embed, /api/embeddings                     -> the worker's /v1/embeddings
 
 Routing, auth, limits, usage, queueing and deadlines are the chat path's (inference.infer); errors are
 Ollama's `{"error": "..."}` (error_styles.OLLAMA).
@@ -24,6 +24,7 @@ from rbee import __version__
 from rbee.contracts.models import ModelEntry
 from rbee.contracts.ollama import (
     OllamaChatRequest,
+    OllamaEmbeddingsRequest,
     OllamaEmbedRequest,
     OllamaGenerateRequest,
     OllamaShowRequest,
@@ -129,9 +130,9 @@ def _translated(make: Any, generate: bool) -> Any:
 
 
 def _embed(body: bytes, parsed: ModelRequest) -> tuple[str, bytes, Translation]:
-    assert isinstance(parsed, OllamaEmbedRequest)
-    data = {"model": parsed.model, "input": parsed.input}
-    return "/v1/embeddings", json.dumps(data).encode(), OllamaEmbeddings(parsed.model)
+    legacy = isinstance(parsed, OllamaEmbeddingsRequest)
+    data = {"model": parsed.model, "input": getattr(parsed, "prompt" if legacy else "input")}
+    return "/v1/embeddings", json.dumps(data).encode(), OllamaEmbeddings(parsed.model, legacy)
 
 
 async def _ollama(request: Request, contract: type[ModelRequest], mode: WorkerMode, translator: Any) -> Response:
@@ -153,8 +154,12 @@ async def embed(request: Request) -> Response:
     return await _ollama(request, OllamaEmbedRequest, WorkerMode.EMBED, _embed)
 
 
+async def embeddings(request: Request) -> Response:
+    return await _ollama(request, OllamaEmbeddingsRequest, WorkerMode.EMBED, _embed)
+
+
 OLLAMA_PATHS = frozenset({"/api/version", "/api/tags", "/api/ps", "/api/show", "/api/chat", "/api/generate",
-                          "/api/embed"})
+                          "/api/embed", "/api/embeddings"})
 routes = [
     Route("/api/version", version, methods=["GET"]),
     Route("/api/tags", tags, methods=["GET"]),
@@ -163,4 +168,5 @@ routes = [
     Route("/api/chat", chat, methods=["POST"]),
     Route("/api/generate", generate, methods=["POST"]),
     Route("/api/embed", embed, methods=["POST"]),
+    Route("/api/embeddings", embeddings, methods=["POST"]),
 ]

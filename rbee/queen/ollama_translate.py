@@ -131,12 +131,15 @@ class OllamaEmbeddings:
 
     media_type = "application/json"
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, legacy: bool = False) -> None:
         self._model = model
+        self._legacy = legacy  # `/api/embeddings`: {"embedding": [...]}
 
     def whole(self, content: bytes) -> bytes:
         answer = json.loads(content)
         vectors = [item["embedding"] for item in sorted(answer["data"], key=lambda d: d["index"])]
+        if self._legacy:
+            return json.dumps({"embedding": vectors[0]}).encode()
         usage = answer.get("usage") or {}
         return json.dumps({"model": self._model, "embeddings": vectors,
                            "prompt_eval_count": int(usage.get("prompt_tokens") or 0)}).encode()

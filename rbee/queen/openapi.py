@@ -18,6 +18,13 @@ from rbee.contracts.anthropic import CountTokensRequest, MessagesRequest
 from rbee.contracts.hives import HiveCertificate, HiveEnroll, HiveReport
 from rbee.contracts.jobs import JobCreate
 from rbee.contracts.keys import KeyCreate
+from rbee.contracts.ollama import (
+    OllamaChatRequest,
+    OllamaEmbeddingsRequest,
+    OllamaEmbedRequest,
+    OllamaGenerateRequest,
+    OllamaShowRequest,
+)
 from rbee.contracts.openai import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -32,6 +39,11 @@ BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("POST", "/v1/completions"): CompletionRequest,
     ("POST", "/v1/embeddings"): EmbeddingRequest,
     ("POST", "/infill"): InfillRequest,
+    ("POST", "/api/chat"): OllamaChatRequest,
+    ("POST", "/api/generate"): OllamaGenerateRequest,
+    ("POST", "/api/embed"): OllamaEmbedRequest,
+    ("POST", "/api/embeddings"): OllamaEmbeddingsRequest,
+    ("POST", "/api/show"): OllamaShowRequest,
     ("POST", "/v1/rerank"): RerankRequest,
     ("POST", "/rerank"): RerankRequest,
     ("POST", "/v2/rerank"): RerankRequest,

@@ -68,6 +68,8 @@ def test_generate(tiny: str, client: ollama.Client) -> None:
 def test_embed(tiny: str, client: ollama.Client) -> None:
     reply = client.embed(model=tiny, input=["hello there", "general kenobi"])
     assert len(reply.embeddings) == 2 and len(reply.embeddings[0]) == 64
+    older = client.embeddings(model=tiny, prompt="hello there")
+    assert list(older.embedding) == pytest.approx(reply.embeddings[0], abs=1e-5)
 
 
 def test_an_unknown_model_is_404(client: ollama.Client) -> None:
