@@ -71,7 +71,7 @@ def pinned_context(certificate: str) -> ssl.SSLContext:
     certificate the same CA issued to another or an uninstalled hive is refused, as is any other."""
     try:
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=certificate)
-    except (ValueError, ssl.SSLError) as exc:
+    except (ValueError, TypeError, ssl.SSLError) as exc:  # TypeError: text that is not ASCII
         raise TLSError(f"the certificate recorded for this hive cannot be used: {exc}") from exc
     ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the leaf itself is the trust anchor
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2

@@ -110,6 +110,17 @@ class _ForwardedStream(StreamingResponse):
                            self._lease.worker.id, (self._first or now) - self._started, now - self._started,
                            self._events, self._head))
 
+    def _translate(self, chunk: bytes) -> bytes:
+        """The chunk in the client's protocol; a worker event that cannot be translated ends the stream."""
+        assert self._translation is not None
+        try:
+            return self._translation.chunk(chunk)
+        except (ValueError, KeyError, TypeError, IndexError):
+            log.warning("worker %s sent an event rbee could not translate", self._lease.worker.id)
+            self.cut((502, "upstream_error", "The worker sent an event rbee could not translate for this "
+                                             "protocol; retry the request."))
+            return b""
+
     async def _chunks(self) -> AsyncIterator[bytes]:
         self._failed = True  # until the worker's stream ends normally
         try:
@@ -119,7 +130,7 @@ class _ForwardedStream(StreamingResponse):
                     self._head = chunk
                 self._tail.append(chunk)
                 self._events += chunk.count(b"data: ")
-                out = chunk if self._translation is None else self._translation.chunk(chunk)
+                out = chunk if self._translation is None else self._translate(chunk)
                 if out:
                     yield out
             self._failed = self.cut_reason is not None
@@ -273,7 +284,11 @@ class Forwarder:
         if upstream.status >= 400:
             return _normalise_error(upstream.status, content, headers, errors, lease)
         if translation is not None:
-            content = translation.whole(content)
+            try:
+                content = translation.whole(content)
+            except (ValueError, KeyError, TypeError, IndexError) as exc:
+                raise UpstreamError(f"Worker {lease.worker.id} answered with something rbee could not "
+                                    "translate for this protocol.") from exc
         return Response(content, status_code=upstream.status, headers=headers)
 
 
