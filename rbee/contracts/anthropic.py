@@ -14,7 +14,8 @@ from rbee.contracts.openai import MAX_TOKENS, ModelRequest, _Open
 
 
 class AnthropicMessage(_Open):
-    role: Literal["user", "assistant"]
+    # Anthropic documents "user" and "assistant"; Claude Code also sends others, which llama-server takes
+    role: str = Field(min_length=1, max_length=64)
     content: str | list[dict[str, Any]]
 
 

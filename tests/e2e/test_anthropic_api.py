@@ -91,7 +91,8 @@ def test_an_unknown_model_is_a_not_found_error(client: anthropic.Anthropic) -> N
     ({"model": "tiny", "messages": HELLO}, "max_tokens"),
     ({"model": "tiny", "max_tokens": 0, "messages": HELLO}, "max_tokens"),
     ({"model": "tiny", "max_tokens": 4, "messages": []}, "messages"),
-    ({"model": "tiny", "max_tokens": 4, "messages": [{"role": "system", "content": "x"}]}, "messages.0.role"),
+    ({"model": "tiny", "max_tokens": 4, "messages": [{"role": "", "content": "x"}]}, "messages.0.role"),
+    ({"model": "tiny", "max_tokens": 4, "messages": [{"role": "user"}]}, "messages.0.content"),
     ({"max_tokens": 4, "messages": HELLO}, "model"),
 ])
 def test_a_bad_body_is_an_invalid_request_error_naming_the_field(queen: Queen, tiny: str, body: dict[str, object],
