@@ -51,6 +51,19 @@ def tiny_stop_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny-stop.gguf", eos_bias=8.0, name="tiny-stop")
 
 
+@pytest.fixture(scope="session")
+def tiny_rerank_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model as a reranker (pooling rank), for `--reranking` workers."""
+    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny-rerank.gguf", pooling="rank",
+                            name="tiny-rerank")
+
+
+@pytest.fixture(scope="session")
+def tiny_fim_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with fill-in-the-middle tokens, for `/infill`."""
+    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny-fim.gguf", fim=True, name="tiny-fim")
+
+
 def wait_for(condition: Callable[[], bool], seconds: float = 20) -> bool:
     """Poll `condition` until it holds or `seconds` pass; its last answer."""
     deadline = time.monotonic() + seconds

@@ -10,7 +10,8 @@ from rbee.common import paths
 
 DEFAULT_QUEEN_HOST = "127.0.0.1"
 DEFAULT_QUEEN_PORT = 7833
-DEFAULT_CONTEXT = 4096
+DEFAULT_CONTEXT = 4096  # for a model whose header names no trained context
+DEFAULT_MAX_CONTEXT = 32768  # agent CLIs (Claude Code, Codex) send 4-5k tokens before the user types a word
 DEFAULT_SLOTS = 4
 
 
@@ -56,9 +57,18 @@ def worker_threads() -> int | None:
     return value or None
 
 
-def worker_context() -> int:
-    """Context tokens per slot."""
-    return env_int("RBEE_WORKER_CONTEXT", DEFAULT_CONTEXT, minimum=16)
+def worker_context() -> int | None:
+    """Context tokens per slot, when RBEE_WORKER_CONTEXT sets it; None: sized per model (see `max_context`)."""
+    value = env_int("RBEE_WORKER_CONTEXT", 0, minimum=0)
+    if 0 < value < 16:
+        raise SettingsError(f"RBEE_WORKER_CONTEXT={value} must be at least 16 tokens (or 0: sized per model)")
+    return value or None
+
+
+def max_context() -> int:
+    """The largest context per slot rbee gives a model by itself (RBEE_WORKER_MAX_CONTEXT): its trained context,
+    at most this much, and less where memory is short."""
+    return env_int("RBEE_WORKER_MAX_CONTEXT", DEFAULT_MAX_CONTEXT, minimum=DEFAULT_CONTEXT)
 
 
 def models_dir() -> Path:

@@ -62,8 +62,35 @@ class ChatCompletionRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
+    suffix: str | None = None  # fill-in-the-middle: the text after the gap (the queen sends it to /infill)
 
 
 class EmbeddingRequest(ModelRequest):
     input: str | list[str] | list[TokenId] | list[list[TokenId]]
     encoding_format: Literal["float", "base64"] | None = None
+
+
+class RerankRequest(ModelRequest):
+    """`/v1/rerank` (Jina's and Cohere's shape, as llama-server reads it)."""
+
+    query: str = Field(min_length=1)
+    documents: list[str | dict[str, Any]] = Field(min_length=1, max_length=10000)
+    top_n: int | None = Field(default=None, ge=1)
+    return_documents: bool | None = None
+
+
+class InfillChunk(_Open):
+    text: str
+    filename: str | None = None
+
+
+class InfillRequest(ModelRequest):
+    """llama-server's `/infill` (fill-in-the-middle, for editors' tab completion), checked before routing."""
+
+    input_prefix: str
+    input_suffix: str
+    input_extra: list[InfillChunk] | None = None
+    prompt: str | None = None
+    stream: bool = False
+    n_predict: int | None = Field(default=None, ge=-1, le=MAX_TOKENS)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)

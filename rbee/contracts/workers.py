@@ -29,10 +29,12 @@ class WorkerState(StrEnum):
 
 
 class WorkerMode(StrEnum):
-    """What a worker was started for: llama-server needs `--embeddings` for vectors."""
+    """What a worker was started for: llama-server needs `--embeddings` for vectors, `--reranking` for
+    scores of documents against a query (a reranker: a model whose GGUF says pooling `rank`)."""
 
     GENERATE = "generate"
     EMBED = "embed"
+    RERANK = "rerank"
 
 
 _S = WorkerState

@@ -47,3 +47,18 @@ def estimate(summary: GGUFSummary, weights_bytes: int, context_per_slot: int, sl
     heads = summary.head_count or 32
     compute = max(64 * MiB, UBATCH * (vocab + 4 * embd) * 4 + UBATCH * context_per_slot * heads * 4)
     return MemoryEstimate(weights=weights_bytes, kv_cache=kv, compute=compute, overhead=OVERHEAD)
+
+
+MIN_AUTO_CONTEXT = 2048
+
+
+def fitting_context(summary: GGUFSummary, weights_bytes: int, slots: int, room: int, most: int,
+                    fallback: int) -> int:
+    """The context per slot a model gets when nobody set one: its trained context (`fallback` when its header
+    names none), at most `most`, halved while a worker of it would not fit in `room` bytes (as Ollama sizes
+    its context by the memory there is), but not below MIN_AUTO_CONTEXT (or the trained context, if smaller)."""
+    context = min(summary.context_length or fallback, most)
+    floor = min(context, MIN_AUTO_CONTEXT)
+    while context > floor and estimate(summary, weights_bytes, context, slots).total > room:
+        context = max(floor, context // 2)
+    return context

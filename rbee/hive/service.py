@@ -28,7 +28,7 @@ from rbee.contracts.status import EngineInfo, HiveInfo
 from rbee.contracts.workers import WorkerMode
 from rbee.hive import devices, downloads, engine, model_refs, peer_fetch
 from rbee.hive.catalog import Catalog, describe_file
-from rbee.hive.estimate import OVERHEAD, estimate
+from rbee.hive.estimate import OVERHEAD, estimate, fitting_context
 from rbee.hive.gguf_info import GGUFSummary, NotAGGUFError, read_summary
 from rbee.hive.supervisor import Supervisor
 from rbee.hive.worker import WorkerProcess, WorkerSpec
@@ -294,7 +294,7 @@ class Hive:
     async def detail(self, name: str, context_per_slot: int | None = None, slots: int | None = None) -> ModelDetail:
         entry = await self.resolve(name)
         summary = await self.summary(entry)
-        default_ctx, default_slots = self.worker_shape(entry.name)
+        default_ctx, default_slots = await self.shape(entry)
         ctx = context_per_slot or default_ctx
         n = slots or default_slots
         need = estimate(summary, entry.size_bytes, ctx, n)
@@ -364,9 +364,9 @@ class Hive:
                      for w in self.supervisor.workers()],
         )
 
-    def worker_shape(self, name: str, given: WorkerShape | None = None) -> tuple[int, int]:
+    def worker_shape(self, name: str, given: WorkerShape | None = None) -> tuple[int | None, int]:
         """(context per slot, slots) for a model's workers: what the queen gives (its own models.toml), else
-        this machine's models.toml settings, else the defaults."""
+        this machine's models.toml settings, else the defaults; a context of None is sized by `shape`."""
         try:
             own = model_refs.model_settings(name)
         except model_refs.BadModelRef as exc:
@@ -374,6 +374,17 @@ class Hive:
         given = given or WorkerShape()
         return (given.context or own.context or settings.worker_context(),
                 given.slots or own.slots or settings.worker_slots())
+
+    async def shape(self, model: ModelEntry, given: WorkerShape | None = None) -> tuple[int, int]:
+        """`worker_shape`, with a context nobody set taken from the model's trained context, as far as the
+        memory of this hive's roomiest device allows (`estimate.fitting_context`)."""
+        context, slots = self.worker_shape(model.name, given)
+        if context is None:
+            room = max([d.free_bytes or d.total_bytes for d in self.devices() if not d.failed]
+                       or [self.memory_total()])
+            context = fitting_context(await self.summary(model), model.size_bytes, slots, room,
+                                      settings.max_context(), settings.DEFAULT_CONTEXT)
+        return context, slots
 
     async def summary(self, model: ModelEntry) -> GGUFSummary:
         """The model's header summary: from the catalog, or read (once) for entries made before it was kept."""
@@ -387,14 +398,14 @@ class Hive:
     async def need(self, model: ModelEntry, shape: WorkerShape | None = None) -> int:
         """Estimated bytes a worker of `model` holds with its context and slots (see `worker_shape`)."""
         summary = await self.summary(model)
-        return estimate(summary, model.size_bytes, *self.worker_shape(model.name, shape)).total
+        return estimate(summary, model.size_bytes, *await self.shape(model, shape)).total
 
     async def spawn_worker(self, model: ModelEntry, mode: WorkerMode, memory: int = 0,
                            shape: WorkerShape | None = None, device: str | None = None) -> WorkerProcess:
         info = await self.engine()
         if info.path is None or info.problem:
             raise JobFailed(info.problem or "no engine")
-        context, slots = self.worker_shape(model.name, shape)
+        context, slots = await self.shape(model, shape)
         on = self.devices_for(device, memory)
         memory += OVERHEAD * (len(on) - 1)  # each GPU it spreads over holds a runtime of its own
         spec = WorkerSpec(

@@ -95,6 +95,8 @@ def build_argv(spec: WorkerSpec, port: int) -> list[str]:
         argv += ["--threads", str(spec.threads), "--threads-batch", str(spec.threads)]
     if spec.mode is WorkerMode.EMBED:
         argv += ["--embeddings", "--pooling", "mean"]
+    elif spec.mode is WorkerMode.RERANK:
+        argv += ["--reranking"]
     if spec.tls is not None:
         argv += ["--ssl-cert-file", str(spec.tls.cert), "--ssl-key-file", str(spec.tls.key)]
     return argv

@@ -11,10 +11,15 @@ from starlette.middleware import Middleware
 
 from rbee.queen import (
     admin_routes,
+    anthropic_routes,
     catalog_routes,
     hive_routes,
+    infill_routes,
     key_routes,
+    ollama_routes,
     openai_routes,
+    rerank_routes,
+    responses_routes,
     settings_routes,
     web_routes,
 )
@@ -38,8 +43,9 @@ def create_app(state: QueenState | None = None, on_shutdown: Callable[[], None] 
                 on_shutdown()
 
     app = Starlette(
-        routes=[*openai_routes.routes, *catalog_routes.routes, *hive_routes.routes, *key_routes.routes,
-                *settings_routes.routes, *admin_routes.routes, *web_routes.routes],
+        routes=[*openai_routes.routes, *anthropic_routes.routes, *responses_routes.routes, *rerank_routes.routes,
+                *infill_routes.routes, *ollama_routes.routes, *catalog_routes.routes, *hive_routes.routes,
+                *key_routes.routes, *settings_routes.routes, *admin_routes.routes, *web_routes.routes],
         exception_handlers={QueenError: handle_queen_error, HTTPException: handle_http_exception,
                             Exception: handle_unexpected},
         middleware=[Middleware(Guard, access=access)],

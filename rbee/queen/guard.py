@@ -4,8 +4,9 @@
     dashboard's page and files (`/`, `/ui/...`): they hold no data; what they show comes from the API.
   - Hive registration and heartbeats check the hive's join token in their route; here their body
     must state its length and stay small.
-  - A bearer token that is the admin token or a live API key identifies the caller. An API key may
-    call the OpenAI routes only; the rest (keys, hives, jobs, shutdown) needs the admin token.
+  - A bearer token (or Anthropic's `x-api-key` header) that is the admin token or a live API key
+    identifies the caller. An API key may call the inference routes only (CLIENT_PATHS: OpenAI's,
+    Responses, Anthropic's Messages); the rest (keys, hives, jobs, shutdown) needs the admin token.
   - Without a credential: refused (401) once the queen has API keys. While it has none, a caller on
     this machine may use the OpenAI routes (CLIENT_PATHS) as `local`, but a peer on the network may not
     (403), and neither may a web page the user happens to open: a request whose `Origin` is not this
@@ -34,11 +35,15 @@ from rbee.common.daemon import is_loopback
 from rbee.common.hop import HOP_HEADER
 from rbee.queen import peer
 from rbee.queen.auth import ANONYMOUS, LOCAL, OWNER, Forbidden, Principal, Unauthorized
-from rbee.queen.errors import QueenError, error_response
+from rbee.queen.error_styles import ANTHROPIC_PATHS, style_for
+from rbee.queen.errors import QueenError
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 HIVE_ONLY_PATHS = frozenset({"/v1/hives/register", "/v1/hives/heartbeat"})
-CLIENT_PATHS = frozenset({"/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+CLIENT_PATHS = frozenset({"/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings",
+                          "/v1/responses", "/v1/responses/input_tokens", "/v1/rerank", "/rerank", "/v2/rerank",
+                          "/infill", "/api/version", "/api/tags", "/api/ps", "/api/show", "/api/chat",
+                          "/api/generate", "/api/embed", "/api/embeddings", *ANTHROPIC_PATHS})
 OPEN_PATHS = frozenset({"/health", "/openapi.json", "/"})  # and the dashboard's files, /ui/...
 DEFAULT_PORTS = {"http": 80, "https": 443}
 MAX_HIVE_REPORT_BYTES = 4 * 2**20  # a report lists models and workers: kilobytes, even for a big hive
@@ -102,7 +107,7 @@ def _identify(scope: Scope, headers: dict[str, str], access: Access) -> Principa
     path = scope["path"]
     client = scope.get("client")
     remote = client is not None and not is_loopback(client[0])
-    token = _bearer(headers.get("authorization", ""))
+    token = _bearer(headers.get("authorization", "")) or headers.get("x-api-key", "").strip()  # Anthropic's
     who = keyring.identify(token) if token else None
     if who is not None:
         if not who.is_admin and not _is_client_path(path):
@@ -112,7 +117,7 @@ def _identify(scope: Scope, headers: dict[str, str], access: Access) -> Principa
     if access.insecure_no_auth:
         return ANONYMOUS
     if keyring.has_keys():
-        raise Unauthorized("This queen requires an API key: send `Authorization: Bearer <key>` "
+        raise Unauthorized("This queen requires an API key: send `Authorization: Bearer <key>` (or `x-api-key`) "
                            "(`rbee key create --name NAME` on the queen's machine makes one)."
                            if not token else "The API key is not valid.")
     if remote:
@@ -217,7 +222,7 @@ class Guard:
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]
                    if k in (b"host", b"origin", b"content-length", b"authorization", b"content-type",
-                            b"transfer-encoding", b"sec-fetch-site", _HOP)}
+                            b"transfer-encoding", b"sec-fetch-site", b"x-api-key", _HOP)}
         length = headers.get("content-length", "")
         path = scope["path"]
         try:
@@ -249,8 +254,8 @@ class Guard:
             headers_out = dict(exc.headers)
             if exc.status == 401:
                 headers_out["WWW-Authenticate"] = "Bearer"
-            await error_response(exc.status, exc.message, param=exc.param, code=exc.code,
-                                 headers=headers_out)(scope, receive, send)
+            await style_for(path).response(exc.status, exc.message, param=exc.param, code=exc.code,
+                                           headers=headers_out)(scope, receive, send)
             return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, _bounded(receive, self.max_body), send)

@@ -14,15 +14,43 @@ from pydantic import BaseModel
 from starlette.routing import BaseRoute, Route
 
 from rbee import __version__
+from rbee.contracts.anthropic import CountTokensRequest, MessagesRequest
 from rbee.contracts.hives import HiveCertificate, HiveEnroll, HiveReport
 from rbee.contracts.jobs import JobCreate
 from rbee.contracts.keys import KeyCreate
-from rbee.contracts.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from rbee.contracts.ollama import (
+    OllamaChatRequest,
+    OllamaEmbeddingsRequest,
+    OllamaEmbedRequest,
+    OllamaGenerateRequest,
+    OllamaShowRequest,
+)
+from rbee.contracts.openai import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    InfillRequest,
+    RerankRequest,
+)
+from rbee.contracts.responses import InputTokensRequest, ResponsesRequest
 
 BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("POST", "/v1/chat/completions"): ChatCompletionRequest,
     ("POST", "/v1/completions"): CompletionRequest,
     ("POST", "/v1/embeddings"): EmbeddingRequest,
+    ("POST", "/infill"): InfillRequest,
+    ("POST", "/api/chat"): OllamaChatRequest,
+    ("POST", "/api/generate"): OllamaGenerateRequest,
+    ("POST", "/api/embed"): OllamaEmbedRequest,
+    ("POST", "/api/embeddings"): OllamaEmbeddingsRequest,
+    ("POST", "/api/show"): OllamaShowRequest,
+    ("POST", "/v1/rerank"): RerankRequest,
+    ("POST", "/rerank"): RerankRequest,
+    ("POST", "/v2/rerank"): RerankRequest,
+    ("POST", "/v1/messages"): MessagesRequest,
+    ("POST", "/v1/messages/count_tokens"): CountTokensRequest,
+    ("POST", "/v1/responses"): ResponsesRequest,
+    ("POST", "/v1/responses/input_tokens"): InputTokensRequest,
     ("POST", "/v1/jobs"): JobCreate,
     ("POST", "/v1/hives"): HiveEnroll,
     ("PUT", "/v1/hives/{alias}/certificate"): HiveCertificate,
@@ -40,12 +68,15 @@ QUERIES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     ("GET", "/v1/audit"): {"limit": {"type": "number", "minimum": 0}, "since": {"type": "number", "minimum": 0},
                            "action": {"type": "string"}},
 }
+INFERENCE = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages",
+                       "/v1/messages/count_tokens", "/v1/responses", "/v1/responses/input_tokens", "/v1/rerank",
+                       "/rerank", "/v2/rerank", "/infill"})
 HEADERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     (method, path): {
         "x-rbee-hive": {"type": "string", "description": "serve the request on this hive only"},
         "x-rbee-timeout": {"type": "number", "minimum": 0.1, "maximum": 86400,
                            "description": "seconds until the request is abandoned (504 or an error event)"},
-    } for method, path in BODIES if path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+    } for method, path in BODIES if path in INFERENCE
 }
 OPEN = {"/health", "/openapi.json"}
 _CONVERTER = re.compile(r"\{(\w+)(?::\w+)?\}")

@@ -17,19 +17,18 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from rbee.common.hop import HOP
-from rbee.queen.errors import DeadlineExceeded, UpstreamError, WorkerUnavailable, envelope, error_response
+from rbee.queen.error_styles import OPENAI, ErrorStyle
+from rbee.queen.errors import DeadlineExceeded, UpstreamError, WorkerUnavailable
 from rbee.queen.scheduler import Lease
 
 log = logging.getLogger(__name__)
-
-def sse_error(message: str, status: int = 502, code: str = "worker_failed") -> bytes:
-    return b"data: " + envelope(status, message, code=code).model_dump_json().encode() + b"\n\n"
 
 
 @dataclass(frozen=True)
@@ -44,11 +43,29 @@ class Outcome:
     ttft_s: float  # until the first byte of the answer (for a whole answer: all of it)
     duration_s: float
     events: int = 0  # SSE events of a stream: about one per generated token
+    head: bytes = b""  # a stream's first chunk (Anthropic reports the prompt's tokens there)
 
 
 OnEnd = Callable[[Outcome], None]
 
 WORKER_CONNECT_S = 1.0  # workers are on this machine or the LAN: a connect that takes longer will not come
+
+class Translation(Protocol):
+    """How a worker's answer becomes the client's protocol, where the engine does not speak it (one per request:
+    a stream's chunks may split its events). Metering still reads the worker's own bytes."""
+
+    media_type: str | None  # the client's, where it differs from the worker's
+
+    def whole(self, content: bytes) -> bytes: ...
+
+    def chunk(self, data: bytes) -> bytes:
+        """What to send for the next bytes of the worker's stream (maybe nothing yet)."""
+        ...
+
+    def end(self) -> bytes:
+        """What to send once the worker's stream ended normally."""
+        ...
+
 DEADLINE = (504, "deadline_exceeded", "The request's deadline (X-Rbee-Timeout) passed; generation was stopped.")
 SHUTDOWN = (503, "queen_shutting_down", "The queen is shutting down; retry the request in a moment.")
 
@@ -59,8 +76,11 @@ class _ForwardedStream(StreamingResponse):
 
     def __init__(self, upstream: aiohttp.ClientResponse, lease: Lease, headers: dict[str, str],
                  on_end: OnEnd | None, deadline: float | None, in_flight: set[_ForwardedStream],
-                 started: float) -> None:
+                 started: float, errors: ErrorStyle, translation: Translation | None = None) -> None:
         self._upstream = upstream
+        self._errors = errors
+        self._translation = translation
+        self._head = b""
         self._started = started
         self._first: float | None = None
         self._lease = lease
@@ -89,7 +109,18 @@ class _ForwardedStream(StreamingResponse):
             on_end(Outcome(502 if self._failed else 200, b"".join(self._tail), self._lease.worker.spec.model.name,
                            self._lease.worker.hive,
                            self._lease.worker.id, (self._first or now) - self._started, now - self._started,
-                           self._events))
+                           self._events, self._head))
+
+    def _translate(self, chunk: bytes) -> bytes:
+        """The chunk in the client's protocol; a worker event that cannot be translated ends the stream."""
+        assert self._translation is not None
+        try:
+            return self._translation.chunk(chunk)
+        except (ValueError, KeyError, TypeError, IndexError):
+            log.warning("worker %s sent an event rbee could not translate", self._lease.worker.id)
+            self.cut((502, "upstream_error", "The worker sent an event rbee could not translate for this "
+                                             "protocol; retry the request."))
+            return b""
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         self._failed = True  # until the worker's stream ends normally
@@ -97,18 +128,24 @@ class _ForwardedStream(StreamingResponse):
             async for chunk in self._upstream.content.iter_any():
                 if self._first is None:
                     self._first = time.monotonic()
+                    self._head = chunk
                 self._tail.append(chunk)
                 self._events += chunk.count(b"data: ")
-                yield chunk
+                out = chunk if self._translation is None else self._translate(chunk)
+                if out:
+                    yield out
             self._failed = self.cut_reason is not None
+            if self._translation is not None and not self._failed:
+                yield self._translation.end()
         except (aiohttp.ClientError, OSError) as exc:
             if self.cut_reason is None:
                 log.warning("worker %s broke mid-stream: %r", self._lease.worker.id, exc)
-                yield sse_error(f"The worker serving '{self._lease.worker.spec.model.name}' stopped mid-stream "
-                                f"({self._lease.worker.state}); retry the request.")
+                yield self._errors.event(502, "worker_failed",
+                                         f"The worker serving '{self._lease.worker.spec.model.name}' stopped "
+                                         f"mid-stream ({self._lease.worker.state}); retry the request.")
         if self.cut_reason is not None:
             status, code, message = self.cut_reason
-            yield sse_error(message, status, code)
+            yield self._errors.event(status, code, message)
         self._ended()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -210,11 +247,13 @@ class Forwarder:
         return headers
 
     async def forward(self, lease: Lease, path: str, body: bytes, stream: bool, *, deadline: float | None = None,
-                      on_end: OnEnd | None = None, request_id: str | None = None) -> Response:
+                      on_end: OnEnd | None = None, request_id: str | None = None,
+                      errors: ErrorStyle = OPENAI, translation: Translation | None = None) -> Response:
         """POST `body` unchanged to the worker's `path`; the lease is released when the response ends.
 
         `deadline` (event-loop time) bounds the whole exchange: past it the worker's connection is
         closed, which stops its generation, and the client gets a 504 (or, mid-stream, an error event).
+        Errors take the shape of `errors`, the client's protocol.
         """
         started = time.monotonic()
         try:
@@ -230,9 +269,12 @@ class Forwarder:
         headers = self._headers(lease, request_id)
         if "Content-Type" in upstream.headers:
             headers["content-type"] = upstream.headers["Content-Type"]
+        if translation is not None and translation.media_type and upstream.status < 400:
+            headers["content-type"] = translation.media_type
         if stream and upstream.status == 200:
             headers.update({"cache-control": "no-cache", "x-accel-buffering": "no"})
-            stream = _ForwardedStream(upstream, lease, headers, on_end, deadline, self._streams, started)
+            stream = _ForwardedStream(upstream, lease, headers, on_end, deadline, self._streams, started,
+                                      errors, translation)
             if self._closing:  # a queued request that got its slot while the queen stops
                 stream.cut(SHUTDOWN)
             return stream
@@ -242,15 +284,28 @@ class Forwarder:
             on_end(Outcome(upstream.status, content, lease.worker.spec.model.name, lease.worker.hive,
                            lease.worker.id, took, took))
         if upstream.status >= 400:
-            return _normalise_error(upstream.status, content, headers)
+            return _normalise_error(upstream.status, content, headers, errors, lease)
+        if translation is not None:
+            try:
+                content = translation.whole(content)
+            except (ValueError, KeyError, TypeError, IndexError) as exc:
+                raise UpstreamError(f"Worker {lease.worker.id} answered with something rbee could not "
+                                    "translate for this protocol.") from exc
         return Response(content, status_code=upstream.status, headers=headers)
 
 
-def _normalise_error(status: int, content: bytes, headers: dict[str, str]) -> Response:
-    """llama-server's errors are almost OpenAI's: make `code` a string and keep the message."""
+def _normalise_error(status: int, content: bytes, headers: dict[str, str], errors: ErrorStyle,
+                     lease: Lease) -> Response:
+    """llama-server's errors are almost OpenAI's: keep the message, in the shape of the client's protocol;
+    a prompt longer than the worker's context also names the setting that gives it more."""
     try:
-        message = json.loads(content)["error"]["message"]
+        message = str(json.loads(content)["error"]["message"])
     except (ValueError, KeyError, TypeError):
         message = content.decode(errors="replace")[:500] or f"worker answered HTTP {status}"
+    if "exceeds the available context size" in message:
+        message += (f" (the worker of '{lease.worker.spec.model.name}' has {lease.worker.info().context_size} "
+                    "tokens per slot: RBEE_WORKER_CONTEXT, or `context` for this model in models.toml, gives more)")
     headers.pop("content-type", None)
-    return error_response(status, str(message), code="worker_error", headers=headers)
+    if status == 501:  # the engine's "not supported": this model cannot do that (no FIM tokens, say): the caller's
+        return errors.response(400, message, param="model", code="model_unsupported", headers=headers)
+    return errors.response(status, message, code="worker_error", headers=headers)

@@ -442,6 +442,7 @@ class Scheduler:
                              waiting_since: float, evict: bool = True, request: PolicyRequest | None = None) -> None:
         """Decide which hive (and device) gets a worker of the model and start loading it there; returns at
         once if memory is not free yet (or, with `evict=False`, if it is not free without evicting anything)."""
+        _check_mode(candidates[0][1], mode)
         usable, backoff = [], None
         for hive, entry in candidates:
             try:
@@ -554,3 +555,12 @@ class Scheduler:
             raise WorkerUnavailable(f"Could not start a worker for '{entry.name}': {exc}") from exc
         finally:
             self.notify()
+
+
+def _check_mode(entry: ModelEntry, mode: WorkerMode) -> None:
+    """A reranking worker needs a reranker: llama-server would score with any model, meaninglessly."""
+    pooling = entry.pooling or entry.header.get("pooling")
+    if mode is WorkerMode.RERANK and pooling != "rank":
+        raise InvalidRequest(f"'{entry.name}' is not a reranker (its GGUF says pooling '{pooling}', a reranker's "
+                             "says 'rank': bge-reranker or Qwen3-Reranker GGUFs, for example).", param="model",
+                             code="model_not_reranker")

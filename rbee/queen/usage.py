@@ -28,36 +28,62 @@ def _count(value: object) -> int:
     return min(value, MAX_COUNT) if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
+def _usage_of(event: dict[str, object]) -> object:
+    """The `usage` object of an answer or event: at the top (OpenAI, Anthropic's `message_delta`), or inside
+    the `response` (Responses' `response.completed`) or the `message` (Anthropic's `message_start`)."""
+    if "usage" in event:
+        return event["usage"]
+    for inner in ("response", "message"):
+        nested = event.get(inner)
+        if isinstance(nested, dict) and "usage" in nested:
+            return nested["usage"]
+    return None
+
+
 def _tokens_of(event: object) -> tuple[int, int] | None:
     if not isinstance(event, dict):
         return None
-    usage = event.get("usage")
+    usage = _usage_of(event)
     if isinstance(usage, dict):
-        return _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+        if "prompt_tokens" in usage or "completion_tokens" in usage:  # OpenAI chat and completions
+            return _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+        # Responses and Anthropic; Anthropic counts the cached part of the prompt apart
+        prompt = sum(_count(usage.get(k)) for k in ("input_tokens", "cache_read_input_tokens",
+                                                    "cache_creation_input_tokens"))
+        return min(prompt, MAX_COUNT), _count(usage.get("output_tokens"))
     timings = event.get("timings")
     if isinstance(timings, dict):
         return _count(timings.get("prompt_n")) + _count(timings.get("cache_n")), _count(timings.get("predicted_n"))
     return None
 
 
-def tokens_in(content: bytes, stream: bool) -> tuple[int, int]:
-    """(prompt, completion) tokens reported in a JSON answer or in the tail of an SSE stream."""
+def _stream_tokens(content: bytes) -> tuple[int, int] | None:
+    """The counts of the last SSE event that reports them (`data:` alone, or after an `event:` line)."""
+    for event in reversed(content.split(b"\n\n")):
+        start = event.find(b"data: {")
+        if start < 0 or (start > 0 and event[start - 1:start] != b"\n"):
+            continue
+        try:
+            found = _tokens_of(json.loads(event[start + 6:].split(b"\n", 1)[0]))
+        except (ValueError, RecursionError):
+            continue
+        if found is not None:
+            return found
+    return None
+
+
+def tokens_in(content: bytes, stream: bool, head: bytes = b"") -> tuple[int, int]:
+    """(prompt, completion) tokens reported in a JSON answer or in the tail of an SSE stream; a stream
+    that names its prompt's tokens only at its start (Anthropic's `message_start`) has them in `head`."""
     if not stream:
         try:
             return _tokens_of(json.loads(content)) or (0, 0)
         except (ValueError, RecursionError):  # a worker's answer nested too deeply is not counted
             return 0, 0
-    for event in reversed(content.split(b"\n\n")):
-        data = event.strip()
-        if not data.startswith(b"data: {"):
-            continue
-        try:
-            found = _tokens_of(json.loads(data[6:]))
-        except (ValueError, RecursionError):
-            continue
-        if found is not None:
-            return found
-    return 0, 0
+    prompt, completion = _stream_tokens(content) or (0, 0)
+    if not prompt and head:
+        prompt = (_stream_tokens(head) or (0, 0))[0]
+    return prompt, completion
 
 
 class UsageMeter:

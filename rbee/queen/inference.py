@@ -1,0 +1,186 @@
+"""The path every inference request takes through the queen, whatever its client's protocol:
+admission (keys, limits, file paths, keep-alive bounds), a worker by `model` (queued, with a deadline
+and a client that may leave), forwarding with one retry before the first byte, and metering.
+
+Each protocol's routes (openai_routes, anthropic_routes, responses_routes) call `infer` with their
+contract, the worker's path, and their error style; errors are raised as QueenErrors for the route to
+render in its protocol's shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from rbee.common import settings
+from rbee.contracts.openai import HIVE_HEADER, ModelRequest
+from rbee.contracts.workers import WorkerMode
+from rbee.hive.model_refs import looks_like_path
+from rbee.queen import keep_alive
+from rbee.queen.auth import LOCAL, Forbidden, Principal
+from rbee.queen.error_styles import OPENAI, ErrorStyle
+from rbee.queen.errors import ClientGone, DeadlineExceeded, InvalidRequest, QueenError, WorkerUnavailable
+from rbee.queen.errors import request_id as request_id_of
+from rbee.queen.guard import as_owner, principal_of
+from rbee.queen.policy import PolicyRequest
+from rbee.queen.proxy import OnEnd, Outcome, Translation
+from rbee.queen.requests import read_json
+from rbee.queen.scheduler import Lease
+from rbee.queen.state import QueenState, queen_state
+from rbee.queen.usage import tokens_in
+
+log = logging.getLogger(__name__)
+
+TIMEOUT_HEADER = "x-rbee-timeout"
+MIN_TIMEOUT_S, MAX_TIMEOUT_S = 0.1, 86400.0
+
+Translator = Callable[[bytes, ModelRequest], tuple[str, bytes, Translation]]
+"""(client's body, its parsed contract) -> (the worker's path, the body for it, the translation back)"""
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns when the client disconnects (the body has been read, so nothing else arrives)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _deadline(request: Request) -> float | None:
+    """Event-loop time by which the request must be done, from the client's X-Rbee-Timeout (seconds)."""
+    raw = request.headers.get(TIMEOUT_HEADER)
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not MIN_TIMEOUT_S <= seconds <= MAX_TIMEOUT_S:
+        raise InvalidRequest(f"The {TIMEOUT_HEADER} header must be a number of seconds from {MIN_TIMEOUT_S} to "
+                             f"{MAX_TIMEOUT_S:.0f}, not {raw!r}.", param=TIMEOUT_HEADER)
+    return asyncio.get_running_loop().time() + seconds
+
+
+async def _acquire(request: Request, parsed: ModelRequest, mode: WorkerMode, exclude: frozenset[str],
+                   deadline: float | None, asked: PolicyRequest) -> Lease:
+    """Wait for a worker, but stop waiting (and leave the queue) when the client goes away or its deadline passes."""
+    state = queen_state(request)
+    acquiring = asyncio.ensure_future(state.scheduler.acquire(
+        parsed.model, mode, request.headers.get(HIVE_HEADER), parsed.keep_alive, exclude, asked))
+    gone = asyncio.ensure_future(_client_gone(request))
+    timeout = None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
+    try:
+        await asyncio.wait({acquiring, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # this request was cancelled: its place in the queue (or its lease) goes too
+        acquiring.cancel()
+        acquiring.add_done_callback(lambda t: t.cancelled() or t.exception() or t.result().release())
+        raise
+    finally:
+        gone.cancel()
+    if not acquiring.done():
+        acquiring.cancel()
+        with contextlib.suppress(BaseException):
+            (await acquiring).release()
+        if gone.done() and not gone.cancelled():
+            raise ClientGone("The client left while its request was queued.")
+        raise DeadlineExceeded("The request's deadline (X-Rbee-Timeout) passed while it waited for a worker.")
+    return acquiring.result()
+
+
+def _metering(state: QueenState, who: Principal, stream: bool, request_id: str, path: str) -> OnEnd:
+    """What to do when a forwarded request ends: count it, and its tokens, for whoever sent it."""
+    def ended(outcome: Outcome) -> None:
+        prompt, completion = tokens_in(outcome.tail, stream, outcome.head)
+        if stream and not completion:  # cut short, before the closing event that reports the counts
+            completion = outcome.events
+        state.metrics.served(outcome, prompt, completion)
+        status = outcome.status
+        state.usage.record(who.usage_name, outcome.model, prompt=prompt, completion=completion, error=status >= 400)
+        state.keyring.spent(who, prompt + completion)
+        log.debug("request %s %s model=%s hive=%s worker=%s status=%d ttft=%.3fs took=%.3fs tokens=%d+%d by %s",
+                  request_id, path, outcome.model, outcome.hive, outcome.worker, status, outcome.ttft_s,
+                  outcome.duration_s, prompt, completion, who.actor)
+    return ended
+
+
+async def _may_open_files(request: Request, who: Principal, model: str) -> Principal:
+    """A model given as a file path is opened for the admin (token, or the queen's own Unix user) only:
+    the queen could read files its caller cannot. Missing and existing files are refused alike."""
+    if not looks_like_path(model.strip()) or who.is_admin:
+        return who
+    who = await as_owner(request.scope)
+    if not who.is_admin:
+        raise Forbidden("A model given as a file path is opened only for the queen's own Unix user or the admin "
+                        "token; use a model by name (`GET /v1/models` lists them); a file the owner loads once "
+                        "(`rbee infer -m PATH`) joins the catalog under its name.",
+                        param="model", code="model_not_allowed")
+    return who
+
+
+async def _bounded_keep_alive(request: Request, who: Principal, asked: str | int | float | None,
+                              ) -> tuple[Principal, str | int | float | None]:
+    """`keep_alive`, at most RBEE_KEY_MAX_KEEP_ALIVE unless the caller is the admin: an API key (or another
+    local user) must not pin a worker forever."""
+    if asked is None or who.is_admin:
+        return who, asked
+    try:
+        seconds, bound = keep_alive.parse(asked), keep_alive.parse(settings.key_max_keep_alive())
+    except ValueError:
+        return who, asked  # the scheduler names the bad value (a bad bound stops the queen's start)
+    if seconds is None or bound is None or seconds <= bound:
+        return who, asked
+    if who is LOCAL:
+        who = await as_owner(request.scope)
+        if who.is_admin:
+            return who, asked
+    return who, bound
+
+
+async def infer(request: Request, contract: type[ModelRequest], path: str, mode: WorkerMode,
+                errors: ErrorStyle = OPENAI, translator: Translator | None = None) -> Response:
+    """Serve one request: `translator`, where the engine does not speak the client's protocol, gives the
+    worker's path and body for it, and how its answer is turned back."""
+    state = queen_state(request)
+    who = principal_of(request.scope)
+    deadline = _deadline(request)
+    body, parsed = await read_json(request, contract)
+    translation = None
+    if translator is not None:
+        path, body, translation = translator(body, parsed)
+    stream = bool(getattr(parsed, "stream", False))
+    state.keyring.admit(who, parsed.model)
+    who = await _may_open_files(request, who, parsed.model)
+    who, bounded = await _bounded_keep_alive(request, who, parsed.keep_alive)
+    if bounded != parsed.keep_alive:
+        parsed = parsed.model_copy(update={"keep_alive": bounded})
+    request_id = request_id_of(request)
+    ended = _metering(state, who, stream, request_id, path)
+    pinned = request.headers.get(HIVE_HEADER)
+    asked = PolicyRequest(parsed.model, str(mode), len(body) // 4, getattr(parsed, "max_tokens", None), pinned)
+    try:
+        lease = state.scheduler.try_acquire(parsed.model, mode, pinned, parsed.keep_alive, asked)
+        if lease is None:
+            lease = await _acquire(request, parsed, mode, frozenset(), deadline, asked)
+        try:
+            return await state.forwarder.forward(lease, path, body, stream=stream, deadline=deadline, on_end=ended,
+                                                 request_id=request_id, errors=errors,
+                                                 translation=translation)
+        except WorkerUnavailable as exc:
+            # The worker failed before sending a byte: one more try on another (or a fresh) worker.
+            log.warning("worker %s failed before answering (%r); retrying once elsewhere", lease.worker.id,
+                        exc.__cause__)
+            retry = await _acquire(request, parsed, mode, frozenset({lease.worker.id}), deadline, asked)
+            return await state.forwarder.forward(retry, path, body, stream=stream, deadline=deadline, on_end=ended,
+                                                 request_id=request_id, errors=errors,
+                                                 translation=translation)
+    except QueenError as exc:
+        # labels and usage rows are kept: a name no hive knows must not make a new one for every typo
+        label = parsed.model if state.scheduler.is_known(parsed.model) else "(unknown)"
+        state.usage.record(who.usage_name, label, error=True)
+        state.metrics.refused(label, exc.status)
+        exc.headers.setdefault("x-request-id", request_id)
+        log.debug("request %s %s model=%s refused %d: %s", request_id, path, parsed.model, exc.status, exc.message)
+        raise
