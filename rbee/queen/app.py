@@ -16,6 +16,7 @@ from rbee.queen import (
     key_routes,
     openai_routes,
     settings_routes,
+    share_routes,
     web_routes,
 )
 from rbee.queen.errors import QueenError, handle_http_exception, handle_queen_error, handle_unexpected
@@ -39,7 +40,8 @@ def create_app(state: QueenState | None = None, on_shutdown: Callable[[], None] 
 
     app = Starlette(
         routes=[*openai_routes.routes, *catalog_routes.routes, *hive_routes.routes, *key_routes.routes,
-                *settings_routes.routes, *admin_routes.routes, *web_routes.routes],
+                *settings_routes.routes, *admin_routes.routes, *web_routes.routes,
+                *share_routes.routes],
         exception_handlers={QueenError: handle_queen_error, HTTPException: handle_http_exception,
                             Exception: handle_unexpected},
         middleware=[Middleware(Guard, access=access)],
