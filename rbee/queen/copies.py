@@ -81,6 +81,21 @@ async def _on(target: AnyHive, model: str) -> ModelEntry | None:
     return entry if entry is not None and not entry.missing else None
 
 
+async def _catalogued(hive: Hive, model: str) -> ModelEntry | None:
+    """What the embedded hive's catalog holds under `model` (a name, the hub name it was pulled as, or a path
+    added before); a path it does not hold is not added here: a request names it, not the queen's user."""
+    for name in _names(model):
+        entry = await hive.catalog.get(name)
+        if entry is not None and not entry.missing:
+            return entry
+    try:
+        ref = model_refs.parse(model)
+    except model_refs.BadModelRef:
+        return None
+    entry = await hive.catalog.find_path(ref.path) if ref.path is not None else None
+    return entry if entry is not None and not entry.missing else None
+
+
 def _address_towards(host: str, port: int) -> str:
     """This machine's address on the way to `host` (what a hive there sees the queen's process come from)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -122,7 +137,7 @@ class Copies:
                     found.append((hive, entry))
         if isinstance(target, RemoteHive):
             for hive in self._hives.values():
-                if isinstance(hive, Hive) and (entry := await _on(hive, model)) is not None:
+                if isinstance(hive, Hive) and (entry := await _catalogued(hive, model)) is not None:
                     found.append((hive, entry))
         return found
 
