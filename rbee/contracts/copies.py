@@ -5,6 +5,10 @@
     B -> A      GET  /v1/hive/shares/{share_id}/files/{index}      (Bearer: the share's token, from B's address
                                                                    only; Range for resume)
 
+When A is the queen's embedded hive, the queen serves that same file route on its own port, and the fetch
+says `from_queen`: B reads it at its own `queen_url` (the queen's address as B knows it, its certificate
+checked against the cluster CA as for heartbeats), not at `source_url`.
+
 A share is short-lived, names one catalog entry and one peer address, and its token reads only its files.
 """
 
@@ -61,6 +65,7 @@ class HiveFetch(BaseModel):
     token: SecretStr = Field(min_length=16, max_length=256)
     entry: ModelEntry
     files: list[ShareFile] = Field(min_length=1, max_length=1024)
+    from_queen: bool = False  # A is the queen's own hive: B reads the share at its queen_url instead
 
     @field_serializer("token", when_used="json")
     def _token(self, token: SecretStr) -> str:

@@ -156,24 +156,26 @@ async def open_share(request: Request) -> Response:
     hive = _hive(request)
     asked = await _parse(request, ShareOpen)
     try:
-        entry = await hive.resolve(asked.model)
-        opened = await request.app.state.shares.open(entry, asked)
+        await hive.resolve(asked.model)
     except ModelUnavailable as exc:
         raise _Refusal(404, str(exc), "model_not_found") from exc
+    try:
+        opened = await hive.open_share(asked)
     except JobFailed as exc:
         raise _Refusal(409, str(exc), "not_shared") from exc
     return JSONResponse(opened.model_dump(mode="json"), status_code=201)
 
 
 async def share_file(request: Request) -> Response:
-    registry: shares.Shares = request.app.state.shares
-    return registry.serve(request)
+    return _hive(request).shares.serve(request)
 
 
 async def start_fetch(request: Request) -> Response:
     """Copy a model from a peer hive's share into this hive, as a job the queen follows."""
     hive = _hive(request)
     asked = await _parse(request, HiveFetch)
+    if asked.from_queen:  # the queen's own hive: read at the queen's address as this hive knows it
+        asked = asked.model_copy(update={"source_url": request.app.state.queen_url})
 
     async def fetch(emit: Emit) -> dict[str, object]:
         return (await hive.copy_in(asked, emit)).model_dump(mode="json")
@@ -298,5 +300,5 @@ def create_app(config: HiveConfig, hive: Hive | None = None,
     app.state.port = config.port
     app.state.link = link
     app.state.jobs = jobs
-    app.state.shares = shares.Shares()
+    app.state.queen_url = config.queen_url.rstrip("/")
     return app

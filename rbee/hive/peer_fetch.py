@@ -54,8 +54,9 @@ def _client(asked: HiveFetch, context: ssl.SSLContext | None) -> httpx.AsyncClie
         raise JobFailed(f"hive '{asked.source}' was named with a plain http:// URL while this hive uses TLS; "
                         "refused (the model would travel in clear)")
     plain = asked.source_url.startswith("http://")  # nothing to verify (and no CA bundle to load for it)
+    hop = {} if asked.from_queen else HOP  # a queen refuses X-Rbee-Hop; a peer hive's URL must not lead to one
     return httpx.AsyncClient(verify=False if plain else context or True, headers={"Authorization": f"Bearer "
-                             f"{asked.token.get_secret_value()}", **HOP},
+                             f"{asked.token.get_secret_value()}", **hop},
                              timeout=httpx.Timeout(30.0, connect=5.0))
 
 

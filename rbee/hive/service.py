@@ -21,12 +21,12 @@ from rbee.common.jobs import Emit, JobFailed
 from rbee.common.tls import TLSFiles
 from rbee.common.version import current as current_version
 from rbee.contracts.catalog import HiveDisk
-from rbee.contracts.copies import HiveFetch
+from rbee.contracts.copies import HiveFetch, ShareOpen, ShareOpened
 from rbee.contracts.hives import DeviceInfo, HiveReport, HostedWorker, WorkerShape
 from rbee.contracts.models import DEMO_MODEL, MemoryNeed, ModelDetail, ModelEntry
 from rbee.contracts.status import EngineInfo, HiveInfo
 from rbee.contracts.workers import WorkerMode
-from rbee.hive import devices, downloads, engine, model_refs, peer_fetch
+from rbee.hive import devices, downloads, engine, model_refs, peer_fetch, shares
 from rbee.hive.catalog import Catalog, describe_file
 from rbee.hive.estimate import OVERHEAD, estimate, fitting_context
 from rbee.hive.gguf_info import GGUFSummary, NotAGGUFError, read_summary
@@ -94,6 +94,7 @@ class Hive:
         self._list_failed: dict[Path, float] = {}  # builds whose listing failed, and when (asked again later)
         self._engine_for: dict[str, Path] = {}  # device id -> the build that drives it
         self._watch: asyncio.Task[None] | None = None
+        self.shares = shares.Shares()  # what it serves to peers: the hive app's route, or the queen's for its own
 
     async def start(self) -> None:
         await self.refresh_devices()
@@ -273,6 +274,14 @@ class Hive:
                 return existing
             context = self.tls.client_context() if self.tls else tls.cluster_client_context()
             return await peer_fetch.fetch(self.alias, self.catalog, asked, emit, context)
+
+    async def open_share(self, asked: ShareOpen) -> ShareOpened:
+        """Serve one model's files to one peer for a while (a copy's source); `JobFailed` when it may not."""
+        try:
+            entry = await self.resolve(asked.model)
+        except ModelUnavailable as exc:
+            raise JobFailed(str(exc)) from exc
+        return await self.shares.open(entry, asked)
 
     async def remove(self, name: str) -> ModelEntry:
         """Forget a model; delete its files when rbee downloaded them. Workers serving it are stopped."""

@@ -21,6 +21,7 @@ from rbee.queen import (
     rerank_routes,
     responses_routes,
     settings_routes,
+    share_routes,
     web_routes,
 )
 from rbee.queen.errors import QueenError, handle_http_exception, handle_queen_error, handle_unexpected
@@ -45,7 +46,8 @@ def create_app(state: QueenState | None = None, on_shutdown: Callable[[], None] 
     app = Starlette(
         routes=[*openai_routes.routes, *anthropic_routes.routes, *responses_routes.routes, *rerank_routes.routes,
                 *infill_routes.routes, *ollama_routes.routes, *catalog_routes.routes, *hive_routes.routes,
-                *key_routes.routes, *settings_routes.routes, *admin_routes.routes, *web_routes.routes],
+                *key_routes.routes, *settings_routes.routes, *admin_routes.routes, *web_routes.routes,
+                *share_routes.routes],
         exception_handlers={QueenError: handle_queen_error, HTTPException: handle_http_exception,
                             Exception: handle_unexpected},
         middleware=[Middleware(Guard, access=access)],

@@ -1,11 +1,13 @@
 """Getting a model onto the hive that needs it: a copy from another hive over the LAN first, the hub last.
 
     (1) the target already has it: done
-    (2) each reachable remote hive that holds it (by catalog name, or the hub name it was pulled as), in turn:
-        the source opens a share for the target's address (`POST /v1/hive/shares`, the source's join token),
-        the target fetches from the source directly (`POST /v1/hive/fetches`, a job there the queen follows:
-        the files never pass through the queen); a failed copy (the source vanished, a sha256 that does not
-        match, a name outside the models folder) is reported and the next source is tried
+    (2) each reachable hive that holds it (by catalog name, or the hub name it was pulled as), in turn, the
+        remote ones by alias, then the queen's own: the source opens a share for the target's address
+        (`POST /v1/hive/shares`, the source's join token; the embedded hive in-process), the target fetches
+        from the source directly (`POST /v1/hive/fetches`, a job there the queen follows; from the embedded
+        hive it reads the queen's own port, rbee/queen/share_routes.py); a failed copy (the source vanished,
+        a sha256 that does not match, a name outside the models folder) is reported and the next source is
+        tried
     (3) the hub, when the caller allows it (`rbee model pull` and the dashboard do; the OpenAI API only with
         RBEE_API_PULLS=hub), through the target's own pull (which also explains a name that is no model)
     (4) else `JobFailed`, saying why
@@ -14,8 +16,8 @@ One copy per (hive, model) runs at a time: a second caller waits for the first o
 A copy the scheduler started for a request goes on when that request leaves (the next one uses it); a copy a
 job started is cancelled with the last job waiting for it.
 
-The embedded local hive (no HTTP API of its own) can be a target, not a source: a model only on the queen's
-machine reaches a remote hive from the hub (documented in the README).
+The embedded local hive is a source for remote targets (its files are served on the queen's port) and a
+target for remote sources (it fetches with its own client, from the queen's address towards that hive).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from rbee.contracts.hives import HiveState
 from rbee.contracts.jobs import JobEventType
 from rbee.contracts.models import ModelEntry
 from rbee.hive import downloads, model_refs
-from rbee.hive.service import ModelUnavailable
+from rbee.hive.service import Hive, ModelUnavailable
 from rbee.queen.errors import QueueFull, WorkerUnavailable
 from rbee.queen.remote_hive import AnyHive, RemoteHive
 
@@ -79,12 +81,33 @@ async def _on(target: AnyHive, model: str) -> ModelEntry | None:
     return entry if entry is not None and not entry.missing else None
 
 
+async def _catalogued(hive: Hive, model: str) -> ModelEntry | None:
+    """What the embedded hive's catalog holds under `model` (a name, the hub name it was pulled as, or a path
+    added before); a path it does not hold is not added here: a request names it, not the queen's user."""
+    for name in _names(model):
+        entry = await hive.catalog.get(name)
+        if entry is not None and not entry.missing:
+            return entry
+    try:
+        ref = model_refs.parse(model)
+    except model_refs.BadModelRef:
+        return None
+    entry = await hive.catalog.find_path(ref.path) if ref.path is not None else None
+    return entry if entry is not None and not entry.missing else None
+
+
 def _address_towards(host: str, port: int) -> str:
     """This machine's address on the way to `host` (what a hive there sees the queen's process come from)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as probe:
         probe.connect((host, port))  # UDP: no packet is sent, the kernel only picks the route
         return str(probe.getsockname()[0])
+
+
+def _queen_url_towards(target: RemoteHive) -> str:
+    address = _address_towards(target.report.address, target.report.port)
+    host = f"[{address}]" if ":" in address else address
+    return f"{'https' if settings.queen_tls() else 'http'}://{host}:{settings.queen_port()}"
 
 
 @dataclass
@@ -103,13 +126,18 @@ class Copies:
         self._hives = hives
         self._running: dict[tuple[str, str], _Copy] = {}
 
-    def sources(self, model: str, target: AnyHive) -> list[tuple[RemoteHive, ModelEntry]]:
-        """The reachable remote hives other than `target` that hold `model`, by name."""
-        found = []
+    async def sources(self, model: str, target: AnyHive) -> list[tuple[AnyHive, ModelEntry]]:
+        """The reachable hives other than `target` that hold `model`: remote ones by alias, then the embedded
+        one (for a remote target: its share is served on the queen's port)."""
+        found: list[tuple[AnyHive, ModelEntry]] = []
         for hive in sorted(self._hives.values(), key=lambda h: h.alias):
             if isinstance(hive, RemoteHive) and hive is not target and hive.state is HiveState.READY:
                 entry = _held(hive, model)
                 if entry is not None:
+                    found.append((hive, entry))
+        if isinstance(target, RemoteHive):
+            for hive in self._hives.values():
+                if isinstance(hive, Hive) and (entry := await _catalogued(hive, model)) is not None:
                     found.append((hive, entry))
         return found
 
@@ -149,7 +177,7 @@ class Copies:
             return Placed(entry, "already there")
         # (2)
         failures = []
-        for source, held in self.sources(model, target):
+        for source, held in await self.sources(model, target):
             try:
                 return Placed(await self._copy(source, held, target, emit), f"hive {source.alias}")
             except JobFailed as exc:
@@ -169,15 +197,21 @@ class Copies:
             "and it is not a hub name"
         raise JobFailed(f"no reachable hive other than {target.alias} has {model}, {why}")
 
-    async def _copy(self, source: RemoteHive, held: ModelEntry, target: AnyHive, emit: Emit) -> ModelEntry:
+    async def _copy(self, source: AnyHive, held: ModelEntry, target: AnyHive, emit: Emit) -> ModelEntry:
         if isinstance(target, RemoteHive):
             peer = target.report.address
         else:
+            assert isinstance(source, RemoteHive)
             peer = await asyncio.to_thread(_address_towards, source.report.address, source.report.port)
         emit(message=f"copying {held.name} from hive '{source.alias}' onto {target.alias} over the LAN")
         share = await source.open_share(ShareOpen(model=held.name, peer_address=peer, expires_s=SHARE_S))
-        asked = HiveFetch(source=source.alias, source_url=source.base_url, share_id=share.share_id,
-                          token=share.token, entry=share.entry, files=share.files)
+        if isinstance(source, RemoteHive):
+            url, from_queen = source.base_url, False
+        else:  # the target reads it at its own queen_url; this one only names the queen
+            assert isinstance(target, RemoteHive)
+            url, from_queen = await asyncio.to_thread(_queen_url_towards, target), True
+        asked = HiveFetch(source=source.alias, source_url=url, share_id=share.share_id, token=share.token,
+                          entry=share.entry, files=share.files, from_queen=from_queen)
         return await target.copy_in(asked, emit)
 
 
@@ -205,7 +239,7 @@ async def for_request(copies: Copies, target: AnyHive, model: str, deadline: flo
     RBEE_API_PULLS=hub), waiting until `deadline` (time.monotonic()). False when no copy can help (no source,
     and no hub allowed): the caller reports the model as not found. The copy goes on if the request leaves."""
     allow_hub = settings.api_pulls_from_hub()
-    if not copies.sources(model, target) and not (allow_hub and _is_hub(model)):
+    if not await copies.sources(model, target) and not (allow_hub and _is_hub(model)):
         return False
     log.info("%s is not on hive %s, where the request must run: copying it there first", model, target.alias)
     try:

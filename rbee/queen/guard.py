@@ -4,6 +4,9 @@
     dashboard's page and files (`/`, `/ui/...`): they hold no data; what they show comes from the API.
   - Hive registration and heartbeats check the hive's join token in their route; here their body
     must state its length and stay small.
+  - A file of a share of the queen's own hive (`GET|HEAD /v1/hive/shares/{id}/files/{index}`, that exact
+    shape, rbee/queen/share_routes.py) checks the share's token and the peer's address in its route, as a
+    hive does; here it must come without a body (413). No other path is opened by it.
   - A bearer token (or Anthropic's `x-api-key` header) that is the admin token or a live API key
     identifies the caller. An API key may call the inference routes only (CLIENT_PATHS: OpenAI's,
     Responses, Anthropic's Messages); the rest (keys, hives, jobs, shutdown) needs the admin token.
@@ -24,6 +27,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -33,6 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from rbee.common import paths, settings
 from rbee.common.daemon import is_loopback
 from rbee.common.hop import HOP_HEADER
+from rbee.hive.shares import FILE_ROUTE
 from rbee.queen import peer
 from rbee.queen.auth import ANONYMOUS, LOCAL, OWNER, Forbidden, Principal, Unauthorized
 from rbee.queen.error_styles import ANTHROPIC_PATHS, style_for
@@ -49,6 +54,7 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 MAX_HIVE_REPORT_BYTES = 4 * 2**20  # a report lists models and workers: kilobytes, even for a big hive
 
 
+_SHARE_FILE = re.compile(FILE_ROUTE)
 _HOP_NAME = HOP_HEADER.lower()
 _HOP = _HOP_NAME.encode()
 
@@ -235,6 +241,10 @@ class Guard:
                         length.isdigit() and int(length) <= MAX_HIVE_REPORT_BYTES):
                     raise RequestTooLarge(f"a hive report must state its length and be at most "
                                           f"{MAX_HIVE_REPORT_BYTES} bytes")
+                principal = ANONYMOUS
+            elif scope["method"] in ("GET", "HEAD") and _SHARE_FILE.fullmatch(path):
+                if length not in ("", "0") or "transfer-encoding" in headers:
+                    raise RequestTooLarge("a share's file is read with a GET without a body")
                 principal = ANONYMOUS
             elif path in OPEN_PATHS or path.startswith("/ui/"):
                 principal = ANONYMOUS

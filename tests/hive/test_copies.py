@@ -22,6 +22,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rbee.contracts.copies import HiveFetch, ShareFile, ShareOpen, ShareOpened
 from rbee.hive.app import create_app
@@ -34,7 +35,7 @@ JOIN_A, JOIN_B = "join-token-of-hive-a", "join-token-of-hive-b"
 
 
 @contextlib.asynccontextmanager
-async def serving(app: Starlette) -> AsyncIterator[str]:
+async def serving(app: ASGIApp) -> AsyncIterator[str]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)  # connections wait in the kernel's queue until uvicorn accepts: nothing to poll for
@@ -278,3 +279,26 @@ async def test_a_copy_never_replaces_a_file_already_on_the_hive(fleet: Fleet) ->
     got = await fleet.fetch(fleet.asked(share))
     assert got[-1]["type"] == "error" and "is not replaced" in str(got[-1]["message"])
     assert other.read_bytes() == b"someone else's model" and partials(fleet) == []
+
+
+async def test_a_share_of_the_queens_own_hive_is_read_at_this_hives_queen_url_without_the_hop_header(
+        fleet: Fleet) -> None:
+    seen: list[httpx.Headers] = []
+    a_app = fleet.a_app
+
+    async def queen(scope: Scope, receive: Receive, send: Send) -> None:  # stands for the queen: A's share route
+        if scope["type"] == "http":
+            seen.append(httpx.Headers([(k.decode(), v.decode()) for k, v in scope["headers"]]))
+        await a_app(scope, receive, send)
+
+    share = await fleet.share("tiny")
+    async with serving(queen) as queen_url:
+        b_app = create_app(HiveConfig(alias="b", queen_url=queen_url + "/", token=JOIN_B, address="127.0.0.1"),
+                           fleet.b)
+        fleet.b_app = b_app
+        got = await fleet.fetch(fleet.asked(share, url="http://127.0.0.1:9", from_queen=True))  # not this URL
+        await b_app.state.jobs.close()
+    assert got[-1]["type"] == "done", got[-1]
+    assert (fleet.models / "copies" / "tiny" / "tiny.gguf").read_bytes() == \
+        (fleet.tmp / "added" / "tiny.gguf").read_bytes()
+    assert seen and all("x-rbee-hop" not in h for h in seen)  # a queen refuses its own hop header

@@ -13,6 +13,10 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from rbee.common import settings
 from rbee.common.jobs import JobFailed
@@ -21,6 +25,7 @@ from rbee.contracts.jobs import JobEventType
 from rbee.contracts.models import ModelEntry
 from rbee.hive.app import create_app
 from rbee.hive.config import HiveConfig
+from rbee.hive.downloads import sha256_of
 from rbee.hive.service import Hive
 from rbee.queen.copies import Copies, for_request
 from rbee.queen.errors import QueueFull
@@ -80,6 +85,16 @@ def remote(fake: Fake) -> RemoteHive:
 def fleet(*fakes: Fake) -> tuple[Copies, dict[str, RemoteHive]]:
     hives = {f.alias: remote(f) for f in fakes}
     return Copies(hives), hives  # type: ignore[arg-type]
+
+
+def sha256_of_file(path: Path) -> str:
+    return sha256_of(path)
+
+
+def _share_app(hive: Hive) -> Starlette:
+    async def serve(request: Request) -> Response:
+        return hive.shares.serve(request)
+    return Starlette(routes=[Route("/v1/hive/shares/{share_id}/files/{index:int}", serve)])
 
 
 def fetches(fake: Fake) -> list[HiveFetch]:
@@ -186,3 +201,26 @@ def test_rbee_api_pulls_is_peers_or_hub(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("RBEE_API_PULLS", "internet")
     with pytest.raises(settings.SettingsError, match="RBEE_API_PULLS"):
         settings.api_pulls_from_hub()
+
+
+async def test_the_queens_own_hive_is_a_source_for_a_remote_target_after_the_remote_peers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RBEE_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("RBEE_QUEEN_PORT", "7999")
+    local = Hive("localhost", state=tmp_path / "state")
+    await local.catalog.add_file(write_tiny_model(tmp_path / "added" / "tiny.gguf"), "tiny")
+    gone = Fake("a", "127.0.0.3", [ENTRY.model_copy(update={"name": "tiny"})], share_fails=True)
+    b = Fake("b", "127.0.0.2", [])
+    copies = Copies({"localhost": local, "a": remote(gone), "b": (target := remote(b))})
+    assert [h.alias for h, _ in await copies.sources("tiny", target)] == ["a", "localhost"]
+    assert [h.alias for h, _ in await copies.sources("tiny", local)] == ["a"]  # not a source for itself
+    placed = await copies.ensure_on(target, "tiny", Recorder(), allow_hub=False)
+    assert placed.origin == "hive localhost"
+    [asked] = fetches(b)
+    assert asked.from_queen and asked.source == "localhost" and asked.source_url.endswith(":7999")
+    assert asked.files[0].sha256 == sha256_of_file(tmp_path / "added" / "tiny.gguf")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=_share_app(local), client=("127.0.0.2", 1)),
+                                 base_url="http://queen") as client:  # the share was opened for b's address
+        got = await client.get(f"/v1/hive/shares/{asked.share_id}/files/0",
+                               headers={"Authorization": f"Bearer {asked.token.get_secret_value()}"})
+    assert got.status_code == 200 and got.content == (tmp_path / "added" / "tiny.gguf").read_bytes()
