@@ -84,6 +84,13 @@ def _roomiest(need: int, others: Sequence[DeviceView], workers: Sequence[WorkerV
     return chosen
 
 
+def may_copy(pinned_hive: str | None, pinned_device: str | None) -> bool:
+    """Whether placement may send a request's model to another hive: only when nothing pins it (a request's
+    X-Rbee-Hive or the model's own hive waits for, or is copied to, that hive: copies.py `for_request`; a
+    model pinned to a device stays with the hives that hold it)."""
+    return pinned_hive is None and pinned_device is None
+
+
 def choose(need: int, holders: Sequence[DeviceView], others: Sequence[DeviceView], workers: Sequence[WorkerView],
            protect: frozenset[str] = frozenset(), soon: frozenset[str] = frozenset(),
            replica: bool = False) -> CopyChoice:
@@ -115,7 +122,7 @@ def choose(need: int, holders: Sequence[DeviceView], others: Sequence[DeviceView
         try:
             place(need, others, [])
         except ModelTooLarge as exc:
-            raise ModelTooLarge(need, max(exc.largest, too_large.largest)) from None
+            raise (too_large if too_large.largest >= exc.largest else exc) from None  # its own wording
     elsewhere = f"; {_busy_line([d.hive for d in others], others, workers)}" if others else \
         "; no other hive can take a copy"
     return CopyChoice(None, None, f"{why}{elsewhere}: waiting for memory to free")

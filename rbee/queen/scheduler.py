@@ -45,6 +45,7 @@ from rbee.hive import model_refs
 from rbee.hive.service import ModelUnavailable
 from rbee.hive.worker import WorkerStartError
 from rbee.queen import copies as copies_mod
+from rbee.queen import copy_placement
 from rbee.queen import keep_alive as keep_alive_mod
 from rbee.queen import spill as spill_mod
 from rbee.queen.device_views import device_views as _device_views
@@ -370,7 +371,7 @@ class Scheduler:
                 if may_load and resolved is not None:  # (4)
                     # no worker yet; or every replica is saturated: one more, but only into free memory
                     await self._start_loading(resolved, mode, started, evict=not ready, request=request,
-                                              spill=(pinned or own.hive) is None)
+                                              spill=copy_placement.may_copy(pinned or own.hive, None))
                 if not queued:  # (5)
                     if self._waiting[name] >= per_model or self._waiting.total() >= overall:
                         raise QueueFull(f"Too many requests are waiting for '{name}'; retry shortly.",
@@ -451,7 +452,7 @@ class Scheduler:
                     f"it may use has working; devices: {', '.join(f'{d.hive}:{d.device}' for d in devices)}")
             devices = on_it
         workers = spill_mod.worker_views(holding)
-        spill = spill and pinned_device is None and self.copies is not None
+        spill = spill and copy_placement.may_copy(None, pinned_device) and self.copies is not None
         decision: Placement | None = None
         try:
             decision = self._place(name, need, devices, workers, protect, request)

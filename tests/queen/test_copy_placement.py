@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from rbee.queen.copy_placement import choose
-from rbee.queen.placement import DeviceView, ModelTooLarge, WorkerView
+from rbee.queen.copy_placement import choose, may_copy
+from rbee.queen.placement import DeviceView, ModelTooLarge, Part, WorkerView
 
 GiB = 2**30
 
@@ -102,3 +102,17 @@ def test_a_replica_goes_where_memory_is_free_not_where_it_would_evict() -> None:
     assert roomy.stay  # the holder has free memory for the replica: no copy
     full = choose(1 * GiB, HOLDER, [_dev("b", 0.5)], workers, replica=True)
     assert full.target is None and not full.stay
+
+
+def test_pinned_requests_are_never_sent_elsewhere() -> None:
+    assert may_copy(None, None)
+    assert not may_copy("h1", None)  # X-Rbee-Hive, or the model's own hive: that hive waits (or gets a copy)
+    assert not may_copy(None, "cuda0")  # a model pinned to a device stays where its holders are
+
+
+def test_too_large_everywhere_keeps_the_holders_own_wording() -> None:
+
+    spread = DeviceView("a", "cuda0+cuda1", 16 * GiB, True, (Part("cuda0", 8 * GiB, 8 * GiB),
+                                                             Part("cuda1", 8 * GiB, 8 * GiB)))
+    with pytest.raises(ModelTooLarge, match=r"GPUs together hold at most 16\.00 GiB"):
+        choose(40 * GiB, [spread], [_dev("b", 8)], [])
