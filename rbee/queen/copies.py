@@ -257,3 +257,13 @@ async def for_request(copies: Copies, target: AnyHive, model: str, deadline: flo
 async def ensure_on(copies: Copies, target: AnyHive, model: str, emit: Emit, *, allow_hub: bool) -> Placed:
     """See `Copies.ensure_on`."""
     return await copies.ensure_on(target, model, emit, allow_hub=allow_hub)
+
+
+async def for_placement(copies: Copies, target: AnyHive, model: str) -> Placed:
+    """A copy the scheduler's placement chose (copy_placement.py): from a peer (the hub only with
+    RBEE_API_PULLS=hub). It goes on when the request that caused it leaves: the next one uses it."""
+    try:
+        return await copies.ensure_on(target, model, _logged, allow_hub=settings.api_pulls_from_hub(), keep=True)
+    except JobFailed as exc:
+        raise WorkerUnavailable(f"'{model}' could not be copied onto hive '{target.alias}', where placement "
+                                f"chose to run it: {exc}") from None

@@ -12,9 +12,10 @@ from collections.abc import Mapping
 from rbee.common.jobs import Emit, JobFailed
 from rbee.contracts.hives import HiveState
 from rbee.hive import downloads, model_refs
+from rbee.queen.device_views import device_views as _device_views
 from rbee.queen.pull_placement import PullCandidate, PullChoice, choose, estimate_need
 from rbee.queen.remote_hive import AnyHive, RemoteHive
-from rbee.queen.scheduler import _HOLDING, _device_views
+from rbee.queen.scheduler import _HOLDING
 
 
 async def _candidate(hive: AnyHive, need: int, names: set[str]) -> PullCandidate:

@@ -11,6 +11,9 @@ For each request:
       with the numbers; a model whose workers keep dying waits out an exponential back-off;
       when every replica of a model is saturated, one more starts if memory is free without
       evicting anything (up to RBEE_MAX_REPLICAS);
+      for a request pinned nowhere, when the hives holding the file cannot make room without killing
+      in-flight requests (or can never hold it), or have no free memory for a replica, another hive
+      with room gets a LAN copy and the worker (copy_placement.py decides; `_copy_instead`);
       a model's settings (models.toml) may pin it to a hive or a device, and keep some workers
       loaded (min_replicas: started when missing, never unloaded or evicted);
       a user policy (policy.py, RBEE_POLICY) may filter and rank the workers and devices;
@@ -39,11 +42,13 @@ from rbee.contracts.hives import DeviceInfo, HiveState
 from rbee.contracts.models import DEMO_MODEL, ModelEntry, ModelSettings
 from rbee.contracts.workers import WorkerMode, WorkerState
 from rbee.hive import model_refs
-from rbee.hive.estimate import OVERHEAD
 from rbee.hive.service import ModelUnavailable
-from rbee.hive.worker import WorkerProcess, WorkerStartError
+from rbee.hive.worker import WorkerStartError
 from rbee.queen import copies as copies_mod
+from rbee.queen import copy_placement
 from rbee.queen import keep_alive as keep_alive_mod
+from rbee.queen import spill as spill_mod
+from rbee.queen.device_views import device_views as _device_views
 from rbee.queen.errors import (
     HiveNotFound,
     InvalidRequest,
@@ -53,58 +58,21 @@ from rbee.queen.errors import (
     QueueFull,
     WorkerUnavailable,
 )
-from rbee.queen.placement import CPU, DeviceView, ModelTooLarge, Part, Placement, WorkerView, place
+from rbee.queen.placement import DeviceView, ModelTooLarge, Placement, WorkerView, place
 from rbee.queen.policy import Candidate, Policy, PolicyRequest
-from rbee.queen.remote_hive import AnyHive, RemoteHive, RemoteWorker
+from rbee.queen.remote_hive import AnyHive, RemoteHive
 
 log = logging.getLogger(__name__)
 
 GROUPING_CAP_S = 30.0
 REAP_INTERVAL_S = 1.0
-AnyWorker = WorkerProcess | RemoteWorker
-_HOLDING = (WorkerState.STARTING, WorkerState.READY, WorkerState.DRAINING, WorkerState.UNREACHABLE)
+AnyWorker = spill_mod.AnyWorker
+_HOLDING = spill_mod.HOLDING
 
 
-def _device_views(hive: AnyHive, holding: list[AnyWorker], need: int, extra: int,
-                  pinned: str | None = None) -> list[DeviceView]:
-    """The hive's working devices as placement sees them. A device's room is its total (the CPU's: what the
-    hive may give workers), but never more than what its workers hold plus what it reports free now, so
-    memory other programs took counts too. `extra`: a hive that needs less for the model (its own slots and
-    context) gets the difference as room. A model larger than each of the hive's GPUs may spread over all
-    of one backend's GPUs there (one view, "cuda0+cuda1"), as may one `pinned` to such a spread; each GPU
-    after the first holds a runtime more."""
-    views, rooms = [], {}
-    ours: dict[str, int] = defaultdict(int)  # what rbee's workers hold on each device of this hive
-    for w in holding:
-        if w.hive == hive.alias:
-            for device, memory in w.held().items():
-                ours[device] += memory
-    working = [d for d in hive.devices() if not d.failed]
-    for d in working:
-        total = hive.memory_total() if d.id == CPU else d.total_bytes
-        if d.free_bytes is not None:
-            total = min(total, ours[d.id] + d.free_bytes)
-        rooms[d.id] = total
-        views.append(DeviceView(hive.alias, d.id, total + extra, has_model=True))
-    for group in _spreads([d for d in working if d.id != CPU], need - extra, pinned):
-        parts = tuple(Part(d.id, rooms[d.id] + (extra if i == 0 else -OVERHEAD), d.total_bytes)
-                      for i, d in enumerate(group))
-        views.append(DeviceView(hive.alias, "+".join(d.id for d in group), sum(p.room for p in parts),
-                                has_model=True, parts=parts))
-    return views
-
-
-def _spreads(gpus: list[DeviceInfo], need: int, pinned: str | None) -> list[list[DeviceInfo]]:
-    """The GPU groups a worker may spread over: the one it is pinned to, if all there; else, when the model
-    is larger than each GPU, all of one backend's GPUs."""
-    if pinned is not None and "+" in pinned:
-        by_id = {d.id: d for d in gpus}
-        group = [by_id[part] for part in pinned.lower().split("+") if part in by_id]
-        return [group] if len(group) == len(pinned.split("+")) else []
-    if any(d.total_bytes >= need for d in gpus):
-        return []
-    groups = ([d for d in gpus if d.backend == backend] for backend in dict.fromkeys(d.backend for d in gpus))
-    return [group for group in groups if len(group) > 1]
+def _too_large(name: str, exc: ModelTooLarge) -> ModelTooLargeError:
+    return ModelTooLargeError(f"'{name}' cannot be loaded anywhere: it {exc}. Use a smaller quantization, or "
+                              "fewer slots or less context per slot.", param="model")
 
 
 @dataclass
@@ -140,6 +108,7 @@ class Scheduler:
         self._queues: dict[tuple[str, WorkerMode], deque[asyncio.Event]] = defaultdict(deque)
         self._background: set[asyncio.Task[None]] = set()
         self._warned: set[str] = set()
+        self._told: dict[str, str] = {}  # the last reason logged for waiting or copying, per model
         self.copies: copies_mod.Copies | None = None  # set by the queen: brings a pinned request's model over
 
     # -- waking waiters ---------------------------------------------------------------------------
@@ -401,7 +370,8 @@ class Scheduler:
                     continue
                 if may_load and resolved is not None:  # (4)
                     # no worker yet; or every replica is saturated: one more, but only into free memory
-                    await self._start_loading(resolved, mode, started, evict=not ready, request=request)
+                    await self._start_loading(resolved, mode, started, evict=not ready, request=request,
+                                              spill=copy_placement.may_copy(pinned or own.hive, None))
                 if not queued:  # (5)
                     if self._waiting[name] >= per_model or self._waiting.total() >= overall:
                         raise QueueFull(f"Too many requests are waiting for '{name}'; retry shortly.",
@@ -438,11 +408,9 @@ class Scheduler:
                 else:  # the next in line looks: at a slot this one left unused, or one more still free
                     self._wake_next((name, mode))
 
-    async def _start_loading(self, candidates: list[tuple[AnyHive, ModelEntry]], mode: WorkerMode,
-                             waiting_since: float, evict: bool = True, request: PolicyRequest | None = None) -> None:
-        """Decide which hive (and device) gets a worker of the model and start loading it there; returns at
-        once if memory is not free yet (or, with `evict=False`, if it is not free without evicting anything)."""
-        _check_mode(candidates[0][1], mode)
+    def _usable(self, candidates: list[tuple[AnyHive, ModelEntry]], mode: WorkerMode
+                ) -> list[tuple[AnyHive, ModelEntry]]:
+        """The candidates not waiting out a back-off; the back-off's error when all are."""
         usable, backoff = [], None
         for hive, entry in candidates:
             try:
@@ -453,6 +421,17 @@ class Scheduler:
         if not usable:
             assert backoff is not None
             raise backoff
+        return usable
+
+    async def _start_loading(self, candidates: list[tuple[AnyHive, ModelEntry]], mode: WorkerMode,
+                             waiting_since: float, evict: bool = True, request: PolicyRequest | None = None,
+                             spill: bool = False) -> None:
+        """Decide which hive (and device) gets a worker of the model and start loading it there; returns at
+        once if memory is not free yet (or, with `evict=False`, if it is not free without evicting anything).
+        `spill`: the request is pinned nowhere, so when the hives holding the file cannot make room, another
+        hive may get a LAN copy of it and the worker (copy_placement.py)."""
+        _check_mode(candidates[0][1], mode)
+        usable = self._usable(candidates, mode)
         needs = {hive.alias: await hive.need(entry) for hive, entry in usable}
         name = usable[0][1].name
         key = (name, mode)
@@ -473,15 +452,21 @@ class Scheduler:
                     f"'{name}' is pinned to device '{pinned_device}' (its settings in models.toml), which no hive "
                     f"it may use has working; devices: {', '.join(f'{d.hive}:{d.device}' for d in devices)}")
             devices = on_it
-        workers = [WorkerView(w.id, w.hive, w.device, w.memory, w.in_flight, w.last_used,
-                              w.held() if "+" in w.device else None) for w in holding]
+        workers = spill_mod.worker_views(holding)
+        spill = spill and copy_placement.may_copy(None, pinned_device) and self.copies is not None
+        decision: Placement | None = None
         try:
             decision = self._place(name, need, devices, workers, protect, request)
         except ModelTooLarge as exc:
-            raise ModelTooLargeError(f"'{name}' cannot be loaded anywhere: it {exc}. Use a smaller "
-                                     "quantization, or fewer slots or less context per slot.", param="model") from exc
-        if decision.device is None or (decision.evict and not evict):
-            return  # (5) wait until memory is really free
+            if not spill:
+                raise _too_large(name, exc) from exc
+        if decision is None or decision.device is None or (decision.evict and not evict):
+            if spill:
+                try:
+                    self._copy_instead(candidates, mode, need, devices, holding, grouping, replica=not evict)
+                except ModelTooLarge as exc:  # no hive at all could ever hold it
+                    raise _too_large(name, exc) from exc
+            return  # (5) wait until memory is really free, or (4) for the copy to another hive
         hive, entry = next((h, e) for h, e in usable if h.alias == decision.device.hive)
         victims = [w for w in holding if w.id in decision.evict]
         for w in victims:
@@ -489,6 +474,34 @@ class Scheduler:
         task = asyncio.get_running_loop().create_task(
             self._load(hive, entry, mode, needs[hive.alias], victims, decision.device.device))
         self._loading[key] = task
+
+    def _copy_instead(self, candidates: list[tuple[AnyHive, ModelEntry]], mode: WorkerMode, need: int,
+                      devices: list[DeviceView], holding: list[AnyWorker], grouping: bool, replica: bool) -> None:
+        """(4) The hives holding the model cannot make room: copy it to another hive that has room and load it
+        there, or wait (copy_placement.py decides, and says why: logged when it changes)."""
+        assert self.copies is not None
+        name = candidates[0][1].name
+        choice = spill_mod.choose(
+            self.copies, name, need, devices, holding, self._reachable(), {h.alias for h, _ in candidates},
+            unmovable=lambda w: w.state is not WorkerState.READY or self._kept(w),
+            has_waiters=lambda w: grouping and self._waiting[w.spec.model.name] > 0, replica=replica)
+        if self._told.get(name) != choice.reason:
+            self._told[name] = choice.reason
+            log.info("%s for %s: %s", "a replica" if replica else "a worker", name, choice.reason)
+        if choice.target is not None and choice.device is not None:
+            self._loading[(name, mode)] = asyncio.get_running_loop().create_task(
+                self._copy_then_load(self._hives[choice.target], name, mode, choice.device))
+
+    async def _copy_then_load(self, target: AnyHive, name: str, mode: WorkerMode, device: str) -> AnyWorker:
+        """The model's load task when placement chose a hive without the file: the LAN copy, then the worker."""
+        assert self.copies is not None
+        try:
+            placed = await copies_mod.for_placement(self.copies, target, name)
+            need = await target.need(placed.entry)
+            return await self._load(target, placed.entry, mode, need, [], device)
+        finally:
+            self._loading.pop((name, mode), None)
+            self.notify()
 
     def _place(self, name: str, need: int, devices: list[DeviceView], workers: list[WorkerView],
                protect: frozenset[str], request: PolicyRequest | None) -> Placement:
@@ -529,7 +542,7 @@ class Scheduler:
             worker.expires_at = None if hold == keep_alive_mod.FOREVER else time.monotonic() + hold
             return worker
         finally:
-            del self._loading[key]
+            self._loading.pop(key, None)
             self.notify()
 
     @staticmethod

@@ -12,15 +12,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Queen, free_port, queen_env
+from tests.conftest import Queen, free_port, queen_env, wait_for
 from tests.e2e.test_fleet_catalog import catalog, models_dir, pull_job
 from tests.fixtures.fake_hub import FakeHub
-from tests.fixtures.lan import Lan, keeper_env, lan_hosts
+from tests.fixtures.lan import Host, Lan, keeper_env, lan_hosts
 from tests.fixtures.tiny_gguf import write_tiny_model
 
 MIB = 2**20
 PINNED = "rbee-test/pinned-GGUF:Q4_K_M"
 CORRUPT = "rbee-test/corrupt-GGUF:Q4_K_M"
+PLACED = "rbee-test/placed-GGUF:Q4_K_M"
+KEPT = "rbee-test/kept-GGUF:Q4_K_M"
 FILE = "m-Q4_K_M.gguf"
 
 
@@ -39,7 +41,7 @@ def payload(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 @pytest.fixture(scope="module")
 def hub(lan: Lan, payload: bytes) -> Iterator[FakeHub]:
     with FakeHub().start(lan.gateway) as hub:
-        for model in (PINNED, CORRUPT):
+        for model in (PINNED, CORRUPT, PLACED, KEPT):
             hub.add_repo(model.split(":")[0], {FILE: payload})
         yield hub
 
@@ -104,3 +106,51 @@ def test_a_copy_says_where_it_came_from_and_a_third_host_cannot_fetch(fleet: Que
         refused = httpx.get(share, headers=headers, timeout=10)
         assert refused.status_code == 401, refused.text
     assert httpx.get(f"http://{h1.address}:7835/v1/hive/report", timeout=10).status_code == 401
+
+
+def _ready(queen: Queen, alias: str) -> bool:
+    hives = httpx.get(f"{queen.url}/v1/hives", timeout=10).json()
+    return any(h["alias"] == alias and h["state"] == "ready" for h in hives)
+
+
+def _budget(fleet: Queen, host: Host, budget: str | None) -> None:
+    """Set (or, with None, drop) the hive's memory_budget in its hive.toml and restart it."""
+    config = host.home / ".config" / "rbee" / "hive.toml"
+    lines = [line for line in config.read_text().splitlines() if not line.startswith("memory_budget")]
+    config.write_text("\n".join(lines + ([f'memory_budget = "{budget}"'] if budget else [])) + "\n")
+    fleet.cli("hive", "restart", host.name, check=True, timeout=120)
+    assert wait_for(lambda: _ready(fleet, host.name), 60), f"{host.name} did not come back"
+
+
+def test_placement_copies_a_model_to_another_hive_when_its_holder_is_full(
+        fleet: Queen, lan: Lan, hub: FakeHub) -> None:
+    """h1 holds both models and has room for one worker; a worker of KEPT that min_replicas keeps there fills
+    it (it is never evicted). An unpinned request for PLACED, which only h1 holds, is served by h2 after a LAN
+    copy from h1, instead of waiting for h1 indefinitely; the hub is never asked for it again."""
+    for model in (PLACED, KEPT):
+        assert pull_job(fleet, model, "h1")[-1]["type"] == "done"
+        fleet.cli("model", "set", model, "--ctx", "65536", "--slots", "1", check=True)
+    try:
+        sized = httpx.post(f"{fleet.url}/v1/chat/completions", headers={"X-Rbee-Hive": "h1"}, timeout=240,
+                           json={"model": PLACED, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+        assert sized.status_code == 200, sized.text
+        [worker] = [w for w in fleet.workers() if w["model"] == PLACED]
+        fleet.cli("worker", "stop", str(worker["id"]), check=True, timeout=60)
+        need = int(worker["memory_bytes"])  # as the queen sizes it, with the settings above (KEPT's alike)
+        _budget(fleet, lan.host("h1"), f"{need * 3 // 2 // MIB}MiB")  # room for one worker, not two
+        fleet.cli("model", "set", KEPT, "--on-hive", "h1", "--min-replicas", "1", check=True)
+        assert wait_for(lambda: any(w["model"] == KEPT and w["state"] == "ready" for w in fleet.workers()), 120)
+        resp = httpx.post(f"{fleet.url}/v1/chat/completions", timeout=240,
+                          json={"model": PLACED, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["x-rbee-hive"] == "h2"
+        assert [w["hive"] for w in fleet.workers() if w["model"] == KEPT and w["state"] == "ready"] == ["h1"]
+        assert PLACED in catalog(fleet, "h2")
+        assert hub_gets(hub, PLACED) == 1  # h2's file came from h1, not the hub
+        queen_log = (Path(fleet.env["RBEE_HOME"]) / "state" / "queen.log").read_text()
+        assert "a worker for rbee-test/placed-GGUF:Q4_K_M: no hive holding it has room: h1 has" in queen_log
+        assert "copying it to h2" in queen_log
+    finally:
+        for model in (PLACED, KEPT):
+            fleet.cli("model", "set", model, "--reset", check=True)
+        _budget(fleet, lan.host("h1"), None)
