@@ -26,7 +26,8 @@ def pull(
         "never a hive whose disk cannot hold it) and says why.")] = None,
     every: Annotated[bool, typer.Option("--all", help="Pull onto every ready hive.")] = False,
 ) -> None:
-    """Download a GGUF model from Hugging Face (HF_TOKEN for gated repos, HF_ENDPOINT for a mirror).
+    """Put a GGUF model on a hive: copied over the LAN from a hive that has it, else downloaded from Hugging Face
+    (HF_TOKEN for gated repos, HF_ENDPOINT for a mirror).
 
     Several hives (-a h1,h2 or --all) download side by side; one failing leaves the others; the exit code is 1.
     """
