@@ -30,7 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -193,15 +193,7 @@ def _job(request: Request) -> Job:
 
 
 async def job_events(request: Request) -> Response:
-    job = _job(request)
-    last = request.headers.get("last-event-id", "")
-    after = int(last) if last.isdigit() else -1
-
-    async def frames() -> AsyncIterator[bytes]:
-        async for event in job.follow(after):
-            yield sse.encode(event, event=event.type.value, event_id=event.seq)
-
-    return StreamingResponse(frames(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+    return sse.job_events(_job(request), request)
 
 
 async def cancel_job(request: Request) -> Response:

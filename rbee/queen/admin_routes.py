@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from rbee.common import sse
@@ -127,15 +126,7 @@ async def get_job(request: Request) -> Response:
 
 
 async def job_events(request: Request) -> Response:
-    job = _job(request)
-    last = request.headers.get("last-event-id", "")
-    after = int(last) if last.isdigit() else -1
-
-    async def frames() -> AsyncIterator[bytes]:
-        async for event in job.follow(after):
-            yield sse.encode(event, event=event.type.value, event_id=event.seq)
-
-    return StreamingResponse(frames(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+    return sse.job_events(_job(request), request)
 
 
 async def cancel_job(request: Request) -> Response:
