@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rbee.contracts.openai import MAX_TOKENS, ChatMessage, ModelRequest
 
@@ -60,3 +60,27 @@ class OllamaShowRequest(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
     model: str = Field(min_length=1, max_length=512)
+
+
+class _Named(BaseModel):
+    """A model management request: `model` (older clients send `name`)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    model: str = Field(min_length=1, max_length=512, pattern=r"^[^\x00-\x1f\x7f]+$")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_name(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "model" not in data and "name" in data:
+            return {**data, "model": data["name"]}
+        return data
+
+
+class OllamaPullRequest(_Named):
+    stream: bool = True
+    insecure: bool | None = None  # accepted and ignored: rbee pulls from the hub rbee is set up for
+
+
+class OllamaDeleteRequest(_Named):
+    pass

@@ -102,11 +102,17 @@ def _job_body(state: QueenState, spec: JobCreate) -> JobBody:
     return pull if spec.kind is JobKind.MODEL_PULL else spawn
 
 
-async def create_job(request: Request) -> Response:
+async def start_job(request: Request, spec: JobCreate) -> Job:
+    """Start the job `spec` asks for, audited as the caller's (`POST /v1/jobs`, and Ollama's `/api/pull`)."""
     state = queen_state(request)
-    _, spec = await read_json(request, JobCreate)
     job = state.jobs.start(spec.kind, _job_body(state, spec), subject=spec.model or spec.hive)
     await state.audit(principal_of(request.scope), request, str(spec.kind), job.subject or "-", f"job {job.id}")
+    return job
+
+
+async def create_job(request: Request) -> Response:
+    _, spec = await read_json(request, JobCreate)
+    job = await start_job(request, spec)
     return JSONResponse(JobCreated(job_id=job.id).model_dump(), status_code=201)
 
 

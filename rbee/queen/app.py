@@ -16,6 +16,7 @@ from rbee.queen import (
     hive_routes,
     infill_routes,
     key_routes,
+    ollama_models,
     ollama_routes,
     openai_routes,
     rerank_routes,
@@ -45,9 +46,9 @@ def create_app(state: QueenState | None = None, on_shutdown: Callable[[], None] 
 
     app = Starlette(
         routes=[*openai_routes.routes, *anthropic_routes.routes, *responses_routes.routes, *rerank_routes.routes,
-                *infill_routes.routes, *ollama_routes.routes, *catalog_routes.routes, *hive_routes.routes,
-                *key_routes.routes, *settings_routes.routes, *admin_routes.routes, *web_routes.routes,
-                *share_routes.routes],
+                *infill_routes.routes, *ollama_routes.routes, *ollama_models.routes, *catalog_routes.routes,
+                *hive_routes.routes, *key_routes.routes, *settings_routes.routes, *admin_routes.routes,
+                *web_routes.routes, *share_routes.routes],
         exception_handlers={QueenError: handle_queen_error, HTTPException: handle_http_exception,
                             Exception: handle_unexpected},
         middleware=[Middleware(Guard, access=access)],

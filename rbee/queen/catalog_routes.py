@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from rbee.contracts.models import ModelEntry
 from rbee.hive.service import Hive, ModelInUse, ModelUnavailable
 from rbee.queen.errors import Conflict, InvalidRequest, ModelNotFound, UpstreamError
 from rbee.queen.guard import principal_of
@@ -50,8 +51,9 @@ async def model_detail(request: Request) -> Response:
     raise ModelNotFound(reasons[0] if len(reasons) == 1 else f"No hive has the model '{name}'", param="model")
 
 
-async def remove_model(request: Request) -> Response:
-    name = request.path_params["name"]
+async def remove_from_catalog(request: Request, name: str, not_found: str | None = None) -> tuple[Hive, ModelEntry]:
+    """Remove `name` from the first hive (of those the request names) whose catalog has it, audited; the hive and
+    the entry removed. ModelNotFound (with `not_found` as its message, when given) when no hive has it."""
     failed: list[str] = []  # hives that could not be asked: the model may be there
     for hive in _hives(request):
         try:
@@ -64,10 +66,16 @@ async def remove_model(request: Request) -> Response:
             failed.append(f"hive '{hive.alias}': {exc}")
             continue
         await queen_state(request).audit(principal_of(request.scope), request, "model.remove", name, hive.alias)
-        return JSONResponse({"hive": hive.alias, **entry.model_dump(mode="json")})
+        return hive, entry
     if failed:
         raise UpstreamError(f"could not remove '{name}' ({'; '.join(failed)})")
-    raise ModelNotFound(f"No hive has the model '{name}' in its catalog; `rbee model ls` lists them.", param="model")
+    raise ModelNotFound(not_found or f"No hive has the model '{name}' in its catalog; `rbee model ls` lists them.",
+                        param="model")
+
+
+async def remove_model(request: Request) -> Response:
+    hive, entry = await remove_from_catalog(request, request.path_params["name"])
+    return JSONResponse({"hive": hive.alias, **entry.model_dump(mode="json")})
 
 
 async def storage(request: Request) -> Response:

@@ -6,7 +6,7 @@ queen's port: translated in the queen to the OpenAI routes workers speak, stream
     /api/embed, /api/embeddings                     -> the worker's /v1/embeddings
 
 Routing, auth, limits, usage, queueing and deadlines are the chat path's (inference.infer); errors are
-Ollama's `{"error": "..."}` (error_styles.OLLAMA).
+Ollama's `{"error": "..."}` (error_styles.OLLAMA). Pulling and deleting models: rbee/queen/ollama_models.py.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def _capabilities(entry: ModelEntry) -> list[str]:
     return ["reranking"] if pooling == "rank" else ["completion", "embedding"]
 
 
-async def _entries(request: Request) -> dict[str, ModelEntry]:
+async def entries(request: Request) -> dict[str, ModelEntry]:
     """Every model some hive holds (that the caller's key may use), by name."""
     who = principal_of(request.scope)
     allowed = who.key.models if who.key else None
@@ -78,21 +78,21 @@ async def version(request: Request) -> Response:
 
 
 async def tags(request: Request) -> Response:
-    return JSONResponse({"models": [_tag(e) for e in sorted((await _entries(request)).values(),
+    return JSONResponse({"models": [_tag(e) for e in sorted((await entries(request)).values(),
                                                             key=lambda e: e.name)]})
 
 
 async def ps(request: Request) -> Response:
     """Every loaded worker on every hive, with its size and where it runs."""
-    entries = await _entries(request)
+    held = await entries(request)
     loaded = []
     for hive in list(queen_state(request).hives.values()):
         for worker in hive.supervisor.workers():
             info = worker.info()
-            if info.state is not WorkerState.READY or info.model not in entries:
+            if info.state is not WorkerState.READY or info.model not in held:
                 continue
             expires = None if info.idle_unload_in_s is None else _stamp(time.time() + info.idle_unload_in_s)
-            loaded.append({**_tag(entries[info.model]), "size": info.memory_bytes,
+            loaded.append({**_tag(held[info.model]), "size": info.memory_bytes,
                            "size_vram": 0 if info.device == "cpu" else info.memory_bytes,
                            "expires_at": expires or "9999-12-31T23:59:59Z", "context_length": info.context_size,
                            "hive": info.hive, "device": info.device, "worker": info.id})
@@ -102,7 +102,7 @@ async def ps(request: Request) -> Response:
 async def show(request: Request) -> Response:
     try:
         _, asked = await read_json(request, OllamaShowRequest)
-        entry = (await _entries(request)).get(asked.model)
+        entry = (await entries(request)).get(asked.model)
         if entry is None:
             raise ModelNotFound(f"model '{asked.model}' not found", param="model")
     except QueenError as exc:
@@ -158,8 +158,6 @@ async def embeddings(request: Request) -> Response:
     return await _ollama(request, OllamaEmbeddingsRequest, WorkerMode.EMBED, _embed)
 
 
-OLLAMA_PATHS = frozenset({"/api/version", "/api/tags", "/api/ps", "/api/show", "/api/chat", "/api/generate",
-                          "/api/embed", "/api/embeddings"})
 routes = [
     Route("/api/version", version, methods=["GET"]),
     Route("/api/tags", tags, methods=["GET"]),

@@ -20,9 +20,11 @@ from rbee.contracts.jobs import JobCreate
 from rbee.contracts.keys import KeyCreate
 from rbee.contracts.ollama import (
     OllamaChatRequest,
+    OllamaDeleteRequest,
     OllamaEmbeddingsRequest,
     OllamaEmbedRequest,
     OllamaGenerateRequest,
+    OllamaPullRequest,
     OllamaShowRequest,
 )
 from rbee.contracts.openai import (
@@ -44,6 +46,8 @@ BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("POST", "/api/embed"): OllamaEmbedRequest,
     ("POST", "/api/embeddings"): OllamaEmbeddingsRequest,
     ("POST", "/api/show"): OllamaShowRequest,
+    ("POST", "/api/pull"): OllamaPullRequest,
+    ("DELETE", "/api/delete"): OllamaDeleteRequest,
     ("POST", "/v1/rerank"): RerankRequest,
     ("POST", "/rerank"): RerankRequest,
     ("POST", "/v2/rerank"): RerankRequest,
