@@ -42,6 +42,7 @@ class OllamaChatRequest(_Generating):
 
 class OllamaGenerateRequest(_Generating):
     prompt: str = ""
+    suffix: str | None = None  # fill-in-the-middle: the text after the gap (the queen sends it to /infill)
     system: str | None = None
     images: list[str] | None = None
 

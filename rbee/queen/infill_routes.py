@@ -31,7 +31,7 @@ async def infill(request: Request) -> Response:
 class SuffixCompletion:
     """One `/infill` answer, as OpenAI's `text_completion` (or its stream of chunks)."""
 
-    media_type = None  # the worker's: JSON, or SSE
+    media_type: str | None = None  # the worker's: JSON, or SSE
 
     def __init__(self, model: str, include_usage: bool) -> None:
         self._base = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
@@ -51,7 +51,8 @@ class SuffixCompletion:
 
     def whole(self, content: bytes) -> bytes:
         native = json.loads(content)
-        return json.dumps({**self._completion(native, True), "usage": self._usage(native)}).encode()
+        return json.dumps({**self._completion(native, True), "usage": self._usage(native),
+                           **_timings(native)}).encode()
 
     def _event(self, event: bytes) -> bytes:
         if not event.startswith(b"data: {"):
@@ -62,7 +63,7 @@ class SuffixCompletion:
         final = bool(native.get("stop"))
         out = b"data: " + json.dumps(self._completion(native, final)).encode() + b"\n\n"
         if final and self._include_usage:
-            usage = {**self._base, "choices": [], "usage": self._usage(native)}
+            usage = {**self._base, "choices": [], "usage": self._usage(native), **_timings(native)}
             out += b"data: " + json.dumps(usage).encode() + b"\n\n"
         return out
 
@@ -74,14 +75,28 @@ class SuffixCompletion:
         return self._event(self._pending.strip()) + b"data: [DONE]\n\n"
 
 
+def _timings(native: dict[str, Any]) -> dict[str, Any]:
+    """llama-server's own `timings`, kept beside the usage (as its chat answers carry them)."""
+    return {"timings": native["timings"]} if isinstance(native.get("timings"), dict) else {}
+
+
 def suffix_to_infill(body: bytes, parsed: ModelRequest) -> tuple[str, bytes, Translation]:
     """A `/v1/completions` body with `suffix`, as the worker's `/infill` takes it."""
+    return fill_in_middle(body, parsed, DEFAULT_MAX_TOKENS)
+
+
+def fill_in_middle(body: bytes, parsed: ModelRequest, default_max_tokens: int | None,
+                   ) -> tuple[str, bytes, SuffixCompletion]:
+    """A completions body with `suffix`, as the worker's `/infill` takes it (`default_max_tokens` where it sets no
+    `max_tokens`; None: the engine's, until the model stops)."""
     if not isinstance(getattr(parsed, "prompt", None), str):
         raise InvalidRequest("With `suffix`, `prompt` must be one string: the text before the gap to fill.",
                              param="prompt")
     data = json.loads(body)
     data["input_prefix"], data["input_suffix"] = data.pop("prompt"), data.pop("suffix")
-    data["n_predict"] = data.pop("max_tokens", None) or DEFAULT_MAX_TOKENS
+    max_tokens = data.pop("max_tokens", None) or default_max_tokens
+    if max_tokens is not None:
+        data["n_predict"] = max_tokens
     options = data.pop("stream_options", None) or {}
     return "/infill", json.dumps(data).encode(), SuffixCompletion(parsed.model, bool(options.get("include_usage")))
 

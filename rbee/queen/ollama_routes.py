@@ -3,6 +3,7 @@ queen's port: translated in the queen to the OpenAI routes workers speak, stream
 
     /api/version, /api/tags, /api/ps, /api/show     answered from the queen's registry and catalogs
     /api/chat, /api/generate                        -> the worker's /v1/chat/completions (NDJSON back)
+    /api/generate with `suffix`                     -> the worker's /infill (fill-in-the-middle, infill_routes)
     /api/embed, /api/embeddings                     -> the worker's /v1/embeddings
 
 Routing, auth, limits, usage, queueing and deadlines are the chat path's (inference.infer); errors are
@@ -35,7 +36,8 @@ from rbee.queen.error_styles import OLLAMA
 from rbee.queen.errors import InvalidRequest, ModelNotFound, QueenError
 from rbee.queen.guard import principal_of
 from rbee.queen.inference import infer
-from rbee.queen.ollama_translate import OllamaAnswer, OllamaEmbeddings, chat_body, generate_body
+from rbee.queen.infill_routes import fill_in_middle
+from rbee.queen.ollama_translate import Chained, OllamaAnswer, OllamaEmbeddings, chat_body, generate_body, sampling
 from rbee.queen.proxy import Translation
 from rbee.queen.requests import read_json
 from rbee.queen.state import queen_state
@@ -115,18 +117,39 @@ async def show(request: Request) -> Response:
                          "modified_at": _stamp(entry.added_at)})
 
 
+def _refuse_images(parsed: ModelRequest) -> None:
+    images = getattr(parsed, "images", None) or any(getattr(m, "images", None) for m in getattr(parsed, "messages", []))
+    if images:
+        raise InvalidRequest(f"'{parsed.model}' cannot take images here: rbee's workers serve text models.",
+                             param="images")
+
+
 def _translated(make: Any, generate: bool) -> Any:
     def translator(body: bytes, parsed: ModelRequest) -> tuple[str, bytes, Translation]:
-        images = getattr(parsed, "images", None) or any(getattr(m, "images", None)
-                                                       for m in getattr(parsed, "messages", []))
-        if images:
-            raise InvalidRequest(f"'{parsed.model}' cannot take images here: rbee's workers serve text models.",
-                                 param="images")
+        _refuse_images(parsed)
         data = make(parsed)
         if getattr(parsed, "stream", False):
             data.update(stream=True, stream_options={"include_usage": True})
         return "/v1/chat/completions", json.dumps(data).encode(), OllamaAnswer(parsed.model, generate)
     return translator
+
+
+def _fill_in(parsed: OllamaGenerateRequest) -> tuple[str, bytes, Translation]:
+    """`/api/generate` with `suffix`: as `suffix` on `/v1/completions` is (the worker's `/infill`, infill_routes),
+    its answer then as Ollama's; `num_predict` bounds it, else the model stops by itself, as with Ollama."""
+    _refuse_images(parsed)
+    completion: dict[str, Any] = {"model": parsed.model, "prompt": parsed.prompt, "suffix": parsed.suffix,
+                                  **sampling(parsed.options)}
+    if parsed.stream:
+        completion.update(stream=True, stream_options={"include_usage": True})
+    path, infill_body, answer = fill_in_middle(json.dumps(completion).encode(), parsed, None)
+    return path, infill_body, Chained(answer, OllamaAnswer(parsed.model, True))
+
+
+def _generate(body: bytes, parsed: ModelRequest) -> tuple[str, bytes, Translation]:
+    if isinstance(parsed, OllamaGenerateRequest) and parsed.suffix is not None:
+        return _fill_in(parsed)
+    return _translated(generate_body, True)(body, parsed)
 
 
 def _embed(body: bytes, parsed: ModelRequest) -> tuple[str, bytes, Translation]:
@@ -147,7 +170,7 @@ async def chat(request: Request) -> Response:
 
 
 async def generate(request: Request) -> Response:
-    return await _ollama(request, OllamaGenerateRequest, WorkerMode.GENERATE, _translated(generate_body, True))
+    return await _ollama(request, OllamaGenerateRequest, WorkerMode.GENERATE, _generate)
 
 
 async def embed(request: Request) -> Response:

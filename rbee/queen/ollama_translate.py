@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from rbee.contracts.ollama import OllamaChatRequest, OllamaGenerateRequest, OllamaOptions
+from rbee.queen.proxy import Translation
 
 NDJSON = "application/x-ndjson"
 _FINISH = {"length": "length", "stop": "stop", "tool_calls": "stop"}
@@ -53,7 +54,7 @@ def generate_body(parsed: OllamaGenerateRequest) -> dict[str, Any]:
 class OllamaAnswer:
     """One chat completion (or its stream), as Ollama's `/api/chat` or `/api/generate` lines."""
 
-    media_type = NDJSON
+    media_type: str | None = NDJSON
 
     def __init__(self, model: str, generate: bool) -> None:
         self._model = model
@@ -85,7 +86,7 @@ class OllamaAnswer:
         answer = json.loads(content)
         choice = answer["choices"][0]
         self._finish = choice.get("finish_reason")
-        message = choice.get("message") or {}
+        message = choice.get("message") or {"content": choice.get("text")}  # a chat answer, or a completion
         extra = {"message": {"tool_calls": _tool_calls(message)}} if message.get("tool_calls") else {}
         return self._final(answer.get("usage") or {}, answer.get("timings") or {}, message.get("content") or "",
                            **extra)[:-1]
@@ -99,7 +100,7 @@ class OllamaAnswer:
         out = b""
         for choice in data.get("choices") or []:
             self._finish = choice.get("finish_reason") or self._finish
-            text = (choice.get("delta") or {}).get("content")
+            text = (choice.get("delta") or {}).get("content") or choice.get("text")
             if text:
                 out += self._line(text, False)
         if data.get("usage"):
@@ -126,10 +127,27 @@ def _tool_calls(message: dict[str, Any]) -> list[dict[str, Any]]:
     return calls
 
 
+class Chained:
+    """Two translations, one after the other: the worker's answer through `first`, then `second`."""
+
+    def __init__(self, first: Translation, second: Translation) -> None:
+        self._first, self._second = first, second
+        self.media_type = second.media_type or first.media_type
+
+    def whole(self, content: bytes) -> bytes:
+        return self._second.whole(self._first.whole(content))
+
+    def chunk(self, data: bytes) -> bytes:
+        return self._second.chunk(self._first.chunk(data))
+
+    def end(self) -> bytes:
+        return self._second.chunk(self._first.end()) + self._second.end()
+
+
 class OllamaEmbeddings:
     """An OpenAI embeddings answer, as `/api/embed`'s."""
 
-    media_type = "application/json"
+    media_type: str | None = "application/json"
 
     def __init__(self, model: str, legacy: bool = False) -> None:
         self._model = model

@@ -90,3 +90,36 @@ def test_images_for_a_text_model_are_a_clear_400(tiny: str, client: ollama.Clien
 def test_a_bad_body_is_400(queen: Queen, tiny: str) -> None:
     resp = httpx.post(f"{queen.url}/api/chat", json={"model": tiny, "messages": []}, timeout=60)
     assert resp.status_code == 400 and "messages" in resp.json()["error"]
+
+
+PREFIX, SUFFIX = "def add(a, b):\n    ", "\n    return c\n"
+
+
+@pytest.fixture(scope="module")
+def fim(queen: Queen, tiny_fim_model: Path, client: ollama.Client) -> str:
+    """The FIM model's catalog name, after a first request by path has added and loaded it."""
+    assert client.generate(model=str(tiny_fim_model), prompt="x", suffix="y", options={"num_predict": 1}).done
+    return "tiny-fim"
+
+
+def test_generate_with_suffix_fills_the_middle(queen: Queen, fim: str, client: ollama.Client) -> None:
+    options = {"num_predict": 6, "temperature": 0}
+    reply = client.generate(model=fim, prompt=PREFIX, suffix=SUFFIX, options=options)
+    assert reply.done and reply.done_reason == "length" and reply.eval_count == 6
+    assert (reply.prompt_eval_count or 0) > 5 and reply.response.strip()
+    infill = httpx.post(f"{queen.url}/infill", timeout=60, json={"model": fim, "input_prefix": PREFIX,
+                                                                  "input_suffix": SUFFIX, "n_predict": 6,
+                                                                  "temperature": 0}).json()
+    assert reply.response == infill["content"]  # the worker's own fill-in-the-middle, not a chat answer
+    parts = list(client.generate(model=fim, prompt=PREFIX, suffix=SUFFIX, options=options, stream=True))
+    assert "".join(p.response for p in parts) == reply.response
+    assert [p.done for p in parts].count(True) == 1 and parts[-1].done and parts[-1].eval_count == 6
+
+
+def test_suffix_on_a_model_without_fim_tokens_is_a_clear_400(tiny: str, client: ollama.Client) -> None:
+    for stream in (False, True):
+        with pytest.raises(ollama.ResponseError) as caught:
+            list(client.generate(model=tiny, prompt=PREFIX, suffix=SUFFIX, stream=True)) if stream else \
+                client.generate(model=tiny, prompt=PREFIX, suffix=SUFFIX)
+        assert caught.value.status_code == 400 and "Infill is not supported by this model" in caught.value.error
+

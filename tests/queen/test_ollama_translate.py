@@ -9,7 +9,7 @@ import pytest
 
 from rbee.contracts.ollama import OllamaOptions
 from rbee.queen.infill_routes import SuffixCompletion
-from rbee.queen.ollama_translate import OllamaAnswer, sampling
+from rbee.queen.ollama_translate import Chained, OllamaAnswer, sampling
 
 STREAM = (b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":"Hel"}}]}\n\n'
           b'data: {"choices":[{"index":0,"delta":{"content":"lo"}}]}\n\n'
@@ -55,3 +55,29 @@ def test_an_infill_stream_becomes_completion_chunks_with_usage() -> None:
     assert [c["finish_reason"] for e in events for c in e["choices"]] == [None, "length"]
     assert events[-1]["usage"] == {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}
     assert out.endswith(b"data: [DONE]\n\n")
+
+
+INFILL_STREAM = (b'data: {"content":"x = ","stop":false}\n\n'
+                 b'data: {"content":"a + b","stop":false}\n\n'
+                 b'data: {"content":"","stop":true,"stop_type":"limit","tokens_evaluated":9,"tokens_predicted":2,'
+                 b'"timings":{"prompt_ms":1.0,"predicted_ms":3.0}}\n\n')
+
+
+@pytest.mark.parametrize("size", [1, 9, len(INFILL_STREAM)])
+def test_an_infill_stream_becomes_ollamas_generate_lines(size: int) -> None:
+    answer = Chained(SuffixCompletion("fim", include_usage=True), OllamaAnswer("fim", generate=True))
+    assert answer.media_type == "application/x-ndjson"
+    out = b"".join(answer.chunk(INFILL_STREAM[i:i + size]) for i in range(0, len(INFILL_STREAM), size)) + answer.end()
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert "".join(line["response"] for line in lines) == "x = a + b" and [line["done"] for line in lines][-1]
+    last = lines[-1]
+    assert last["done_reason"] == "length" and last["eval_count"] == 2 and last["prompt_eval_count"] == 9
+    assert last["eval_duration"] == 3_000_000
+
+
+def test_a_whole_infill_answer_is_one_generate_object() -> None:
+    native = {"content": "a + b", "stop": True, "stop_type": "eos", "tokens_evaluated": 9, "tokens_predicted": 3}
+    answer = Chained(SuffixCompletion("fim", include_usage=False), OllamaAnswer("fim", generate=True))
+    reply = json.loads(answer.whole(json.dumps(native).encode()))
+    assert reply["response"] == "a + b" and reply["done"] and reply["done_reason"] == "stop"
+    assert reply["eval_count"] == 3 and reply["prompt_eval_count"] == 9
