@@ -23,6 +23,7 @@ from tests.fixtures.tiny_gguf import write_tiny_model
 
 CHAT = [{"role": "user", "content": "hello there"}]
 HUB_MODEL = "rbee-test/dash-GGUF:Q4_K_M"
+BROWSER = {"accept": "text/html,application/xhtml+xml,*/*;q=0.8"}  # what a browser asks for a page
 NewTab = Callable[..., Tab]
 
 
@@ -54,14 +55,14 @@ def stop_workers(queen: Queen) -> None:
 
 
 def test_dashboard_files_are_served_from_the_package_with_strict_headers(queen: Queen) -> None:
-    page = httpx.get(f"{queen.url}/", timeout=10)
+    page = httpx.get(f"{queen.url}/", headers=BROWSER, timeout=10)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     csp = page.headers["content-security-policy"]
     assert "default-src 'none'" in csp and "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
     assert page.headers["x-frame-options"] == "DENY" and page.headers["x-content-type-options"] == "nosniff"
     # Everything the page loads comes from this queen: no CDN, no other host.
     assert not re.search(r"(src|href)=\"(https?:)?//", page.text)
-    again = httpx.get(f"{queen.url}/", headers={"if-none-match": page.headers["etag"]}, timeout=10)
+    again = httpx.get(f"{queen.url}/", headers={**BROWSER, "if-none-match": page.headers["etag"]}, timeout=10)
     assert again.status_code == 304 and not again.content
     total = 0
     for name, kind in [("app.js", "text/javascript"), ("app.css", "text/css"), ("icon.svg", "image/svg+xml")]:

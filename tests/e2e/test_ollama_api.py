@@ -123,3 +123,14 @@ def test_suffix_on_a_model_without_fim_tokens_is_a_clear_400(tiny: str, client: 
                 client.generate(model=tiny, prompt=PREFIX, suffix=SUFFIX)
         assert caught.value.status_code == 400 and "Infill is not supported by this model" in caught.value.error
 
+
+def test_root_says_ollama_is_running_and_a_browser_still_gets_the_dashboard(queen: Queen) -> None:
+    for method in ("GET", "HEAD"):
+        probe = httpx.request(method, f"{queen.url}/", timeout=10)
+        assert probe.status_code == 200 and probe.headers["content-type"].startswith("text/plain")
+        assert probe.text == ("Ollama is running" if method == "GET" else "")
+        page = httpx.request(method, f"{queen.url}/", timeout=10,
+                             headers={"accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert "accept" in page.headers["vary"] and "accept" in probe.headers["vary"]
+    assert "<html" in httpx.get(f"{queen.url}/", headers={"accept": "text/html"}, timeout=10).text.lower()
