@@ -37,6 +37,14 @@ def queen_port() -> int:
     return env_int("RBEE_QUEEN_PORT", DEFAULT_QUEEN_PORT, 1, 65535)
 
 
+def ollama_port() -> int | None:
+    """RBEE_OLLAMA_PORT: a second port on which the queen also serves the Ollama API (and `/`), for clients that
+    only know Ollama's address (its own is 11434). Unset (default): none."""
+    if not os.environ.get("RBEE_OLLAMA_PORT", "").strip():
+        return None
+    return env_int("RBEE_OLLAMA_PORT", 0, 1, 65535)
+
+
 def queen_host() -> str:
     return os.environ.get("RBEE_QUEEN_HOST", DEFAULT_QUEEN_HOST)
 

@@ -27,11 +27,14 @@ from rbee.queen import (
 )
 from rbee.queen.errors import QueenError, handle_http_exception, handle_queen_error, handle_unexpected
 from rbee.queen.guard import Access, Guard
+from rbee.queen.ollama_port import OllamaPort
 from rbee.queen.state import QueenState
 
 
 def create_app(state: QueenState | None = None, on_shutdown: Callable[[], None] | None = None,
-               access: Access | None = None) -> Starlette:
+               access: Access | None = None, ollama_port: int | None = None, queen_port: int | None = None,
+               ) -> Starlette:
+    """The queen's app; `ollama_port`: a second port it listens on, where it serves the Ollama API only."""
     queen = state or QueenState.create()
 
     @contextlib.asynccontextmanager
@@ -51,7 +54,7 @@ def create_app(state: QueenState | None = None, on_shutdown: Callable[[], None] 
                 *web_routes.routes, *share_routes.routes],
         exception_handlers={QueenError: handle_queen_error, HTTPException: handle_http_exception,
                             Exception: handle_unexpected},
-        middleware=[Middleware(Guard, access=access)],
+        middleware=[Middleware(OllamaPort, port=ollama_port, queen_port=queen_port), Middleware(Guard, access=access)],
         lifespan=lifespan,
     )
     app.state.queen = queen

@@ -1,4 +1,5 @@
-"""Running the queen in the foreground: access checks, port check, pid file, uvicorn."""
+"""Running the queen in the foreground: access checks, port check, pid file, uvicorn (on a second port too, for
+the Ollama API only, with RBEE_OLLAMA_PORT)."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ _SETTINGS: tuple[Callable[[], object], ...] = (
     settings.queen_port, settings.worker_slots, settings.worker_context, settings.max_context, settings.worker_threads,
     settings.memory_budget, settings.queue_limits, settings.max_replicas, settings.heartbeat_s,
     settings.hive_timeout_s, settings.max_body_bytes, settings.audit_retention_s, settings.usage_flush_s,
-    settings.log_max_bytes, settings.hive_register_timeout_s,
+    settings.log_max_bytes, settings.hive_register_timeout_s, settings.ollama_port,
 )
 
 
@@ -96,9 +97,19 @@ def serve(host: str, port: int, insecure_no_auth: bool = False) -> None:
             files.server_context()  # a missing or broken certificate stops the start with the file's name
     except tls.TLSError as exc:
         raise StartRefused(str(exc)) from exc
+    ollama_port = settings.ollama_port()
+    if ollama_port == port:
+        raise StartRefused(f"RBEE_OLLAMA_PORT={ollama_port} is the queen's own port, which serves the Ollama API "
+                           "already; choose another (Ollama's is 11434) or leave it unset")
     check_port_free(host, port)
+    if ollama_port is not None:
+        try:
+            check_port_free(host, ollama_port)
+        except PortInUseError as exc:
+            raise StartRefused(f"RBEE_OLLAMA_PORT={ollama_port}: {exc.strerror} (Ollama itself, maybe); stop what "
+                               "listens there, or choose another port") from None
     app = create_app(state, on_shutdown=functools.partial(remove_pid_file, paths.queen_pid_file()),
-                     access=Access(insecure_no_auth=insecure_no_auth))
+                     access=Access(insecure_no_auth=insecure_no_auth), ollama_port=ollama_port, queen_port=port)
     state.listen_host = host
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", access_log=False,
@@ -109,4 +120,16 @@ def serve(host: str, port: int, insecure_no_auth: bool = False) -> None:
     app.state.server = server
     write_pid_file(paths.queen_pid_file())
     log.info("queen listening on %s://%s:%d (pid %d)", "https" if files else "http", host, port, os.getpid())
-    server.run()
+    if ollama_port is None:
+        server.run()
+        return
+    log.info("the Ollama API also on port %d (RBEE_OLLAMA_PORT)", ollama_port)
+    server.run(sockets=[_listening(host, port), _listening(host, ollama_port)])
+
+
+def _listening(host: str, port: int) -> socket.socket:
+    """A socket bound to (host, port), for uvicorn to serve on beside another (it listens on it itself)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
