@@ -29,6 +29,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
 def hub(models: dict[str, bytes]) -> Iterator[FakeHub]:
     with FakeHub() as hub:
         hub.add_repo(REPO, models)
+        hub.add_repo("rbee-test/slow-GGUF", {"m-Q4_K_M.gguf": models["tiny-Q8_0.gguf"]})
+        hub.slow("rbee-test/slow-GGUF", "m-Q4_K_M.gguf", bytes_per_second=200_000)
         yield hub
 
 
@@ -108,6 +110,21 @@ def test_the_ollama_client_reads_a_refused_name(client: ollama.Client) -> None:
     with pytest.raises(ollama.ResponseError) as caught:
         client.pull("llama3.2")
     assert caught.value.status_code == 404 and "hf.co/org/repo:QUANT" in caught.value.error
+
+
+def test_a_client_that_leaves_mid_pull_cancels_the_job(queen: Queen) -> None:
+    with httpx.stream("POST", f"{queen.url}/api/pull", json={"model": "hf.co/rbee-test/slow-GGUF:Q4_K_M"},
+                      timeout=60) as resp:
+        for line in resp.iter_lines():
+            progress = json.loads(line)
+            if 0 < progress.get("completed", 0) < progress.get("total", 0):
+                break  # some bytes came, not all: leave
+    job = next(j for j in httpx.get(f"{queen.url}/v1/jobs", timeout=10).json()
+               if j["subject"] == "rbee-test/slow-GGUF:Q4_K_M")
+    with httpx.stream("GET", f"{queen.url}/v1/jobs/{job['job_id']}/events", timeout=60) as events:
+        last = [json.loads(e[5:]) for e in events.iter_lines() if e.startswith("data:")][-1]
+    assert last["type"] == "cancelled"
+    assert "rbee-test/slow-GGUF:Q4_K_M" not in catalog(queen)
 
 
 def test_delete_removes_the_model_and_its_files(queen: Queen, client: ollama.Client) -> None:
