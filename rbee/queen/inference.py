@@ -43,7 +43,7 @@ Translator = Callable[[bytes, ModelRequest], tuple[str, bytes, Translation]]
 """(client's body, its parsed contract) -> (the worker's path, the body for it, the translation back)"""
 
 
-async def _client_gone(request: Request) -> None:
+async def client_gone(request: Request) -> None:
     """Returns when the client disconnects (the body has been read, so nothing else arrives)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
@@ -70,7 +70,7 @@ async def _acquire(request: Request, parsed: ModelRequest, mode: WorkerMode, exc
     state = queen_state(request)
     acquiring = asyncio.ensure_future(state.scheduler.acquire(
         parsed.model, mode, request.headers.get(HIVE_HEADER), parsed.keep_alive, exclude, asked))
-    gone = asyncio.ensure_future(_client_gone(request))
+    gone = asyncio.ensure_future(client_gone(request))
     timeout = None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
     try:
         await asyncio.wait({acquiring, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)

@@ -5,9 +5,9 @@ pull` and `POST /v1/jobs` start (the queen chooses the hive; a peer hive's copy 
     /api/pull     the job's events as Ollama's NDJSON progress: {"status": "pulling manifest"} when it starts,
                   {"status": "pulling FILE", "digest": FILE, "total", "completed"} (bytes, over all its files)
                   while it downloads, its other messages as {"status": ...}, then {"status": "success"}; a
-                  failure after the 200 is one {"error": ...} line. A client that leaves cancels the pull, as
-                  with Ollama. `"stream": false`: one {"status": "success"} once done, or the job's error (500,
-                  as Ollama answers a failed pull)
+                  failure after the 200 is one {"error": ...} line. `"stream": false`: one {"status": "success"}
+                  once done, or the job's error (500, as Ollama answers a failed pull). Either way, a client
+                  that leaves before the end cancels the pull, as with Ollama
     /api/delete   the model, from the hive whose catalog has it (its files too, when rbee downloaded them)
 
 Names are rbee's (`org/repo:QUANT`, an alias, a catalog name) or Ollama's `hf.co/org/repo:QUANT`
@@ -17,6 +17,7 @@ Names are rbee's (`org/repo:QUANT`, an alias, a catalog name) or Ollama's `hf.co
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -33,6 +34,7 @@ from rbee.queen.admin_routes import start_job
 from rbee.queen.catalog_routes import remove_from_catalog
 from rbee.queen.error_styles import OLLAMA
 from rbee.queen.errors import InvalidRequest, ModelNotFound, QueenError
+from rbee.queen.inference import client_gone
 from rbee.queen.ollama_routes import entries
 from rbee.queen.ollama_translate import NDJSON
 from rbee.queen.requests import read_json
@@ -96,6 +98,18 @@ async def _lines(job: Job, jobs: JobRunner) -> AsyncIterator[bytes]:
             jobs.cancel(job.id)
 
 
+async def _outcome(request: Request, job: Job) -> JobEvent:
+    """The job's last event; if the client leaves first, the job is cancelled (and that is its last)."""
+    done, gone = asyncio.ensure_future(job.wait()), asyncio.ensure_future(client_gone(request))
+    try:
+        await asyncio.wait({done, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not done.done():
+            queen_state(request).jobs.cancel(job.id)
+    return await done
+
+
 @_in_ollamas_shape
 async def pull(request: Request) -> Response:
     """Pull a model (rbee's `model.pull` job), with Ollama's NDJSON progress."""
@@ -104,8 +118,7 @@ async def pull(request: Request) -> Response:
     job = await start_job(request, JobCreate(kind=JobKind.MODEL_PULL, model=name))
     if asked.stream:
         return StreamingResponse(_lines(job, queen_state(request).jobs), media_type=NDJSON)
-    last = await job.wait()
-    line = progress_line(last) or {}
+    line = progress_line(await _outcome(request, job)) or {}
     if "error" in line:
         return OLLAMA.response(PULL_FAILED, line["error"])
     return JSONResponse(line)

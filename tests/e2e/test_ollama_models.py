@@ -4,7 +4,7 @@ against a local server that speaks the hub's protocol, and rbee's own catalog re
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -112,19 +112,31 @@ def test_the_ollama_client_reads_a_refused_name(client: ollama.Client) -> None:
     assert caught.value.status_code == 404 and "hf.co/org/repo:QUANT" in caught.value.error
 
 
-def test_a_client_that_leaves_mid_pull_cancels_the_job(queen: Queen) -> None:
-    with httpx.stream("POST", f"{queen.url}/api/pull", json={"model": "hf.co/rbee-test/slow-GGUF:Q4_K_M"},
-                      timeout=60) as resp:
+SLOW = "rbee-test/slow-GGUF:Q4_K_M"
+
+
+def _leave_a_streamed_pull(queen: Queen) -> None:
+    with httpx.stream("POST", f"{queen.url}/api/pull", json={"model": f"hf.co/{SLOW}"}, timeout=60) as resp:
         for line in resp.iter_lines():
             progress = json.loads(line)
             if 0 < progress.get("completed", 0) < progress.get("total", 0):
-                break  # some bytes came, not all: leave
-    job = next(j for j in httpx.get(f"{queen.url}/v1/jobs", timeout=10).json()
-               if j["subject"] == "rbee-test/slow-GGUF:Q4_K_M")
+                return  # some bytes came, not all: leave
+
+
+def _leave_a_whole_pull(queen: Queen) -> None:
+    with pytest.raises(httpx.ReadTimeout):  # the download takes seconds: leave after one
+        httpx.post(f"{queen.url}/api/pull", json={"model": f"hf.co/{SLOW}", "stream": False},
+                   timeout=httpx.Timeout(30, read=1.0))
+
+
+@pytest.mark.parametrize("leave", [_leave_a_streamed_pull, _leave_a_whole_pull])
+def test_a_client_that_leaves_mid_pull_cancels_the_job(queen: Queen, leave: Callable[[Queen], None]) -> None:
+    leave(queen)
+    job = [j for j in httpx.get(f"{queen.url}/v1/jobs", timeout=10).json() if j["subject"] == SLOW][-1]
     with httpx.stream("GET", f"{queen.url}/v1/jobs/{job['job_id']}/events", timeout=60) as events:
         last = [json.loads(e[5:]) for e in events.iter_lines() if e.startswith("data:")][-1]
     assert last["type"] == "cancelled"
-    assert "rbee-test/slow-GGUF:Q4_K_M" not in catalog(queen)
+    assert SLOW not in catalog(queen)
 
 
 def test_delete_removes_the_model_and_its_files(queen: Queen, client: ollama.Client) -> None:
