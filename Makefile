@@ -1,13 +1,14 @@
 # Two commands do all the set-up on a fresh machine (Python >= 3.11, a C/C++ toolchain, CMake):
 #   make demo   create .venv, install rbee and the demo model, build the engine, ask the demo model
-#   make test   the same set-up, then lint and the whole test suite (what .ci/run calls)
+#   make test   the same set-up, then lint and the whole test suite (what .ci/run calls); it also installs
+#               the agent CLIs the suite runs (Claude Code, Codex) from tests/agents' npm lock file
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PROMPT ?= Hello, rbee!
 
-.PHONY: demo test setup engine lint bench clean
+.PHONY: demo test setup engine agents lint bench clean
 
 $(BIN)/rbee: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,10 +25,18 @@ engine: setup
 demo: engine
 	$(BIN)/rbee infer -p "$(PROMPT)"
 
+# npm ci again only when the lock file changes (npm writes node_modules/.package-lock.json last)
+AGENTS := tests/agents
+$(AGENTS)/node_modules/.package-lock.json: $(AGENTS)/package.json $(AGENTS)/package-lock.json
+	cd $(AGENTS) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+agents: $(AGENTS)/node_modules/.package-lock.json
+
 lint: setup
 	$(BIN)/ruff check rbee tests benchmarks
 
-test: engine lint
+test: engine agents lint
 	$(BIN)/pytest
 
 bench: engine
@@ -35,4 +44,4 @@ bench: engine
 	$(BIN)/python benchmarks/load.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache $(AGENTS)/node_modules

@@ -1,6 +1,6 @@
-"""A worker's context comes from its model's trained context (memory allowing), so an agent CLI's first
-request (4-5k tokens: Claude Code, Codex) fits without anyone setting one; one that still cannot fit says
-what to change."""
+"""A worker's context comes from its model's trained context (memory allowing), so an agent-sized first
+request fits without anyone setting one (the CLIs themselves send 11-14k tokens: test_agent_clis.py); one
+that still cannot fit says what to change."""
 
 from __future__ import annotations
 
