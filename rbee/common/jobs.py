@@ -145,7 +145,7 @@ class JobRunner:
     def get(self, job_id: str) -> Job | None:
         return self._jobs.get(job_id)
 
-    def list(self) -> list[Job]:
+    def all(self) -> list[Job]:
         return list(self._jobs.values())
 
     def cancel(self, job_id: str) -> bool:

@@ -32,7 +32,7 @@ def _int_param(request: Request, name: str) -> int | None:
 async def list_catalog(request: Request) -> Response:
     data = []
     for hive in _hives(request):
-        data += [{"hive": hive.alias, **e.model_dump(mode="json")} for e in await hive.catalog.list()]
+        data += [{"hive": hive.alias, **e.model_dump(mode="json")} for e in await hive.catalog.entries()]
     return JSONResponse(data)
 
 

@@ -209,7 +209,7 @@ class QueenDB:
         rows = self._guarded(lambda db: db.execute("SELECT alias, enrolled_at FROM hives ORDER BY alias").fetchall())
         return [Enrolment(alias, at) for alias, at in rows]
 
-    async def list(self) -> list[Enrolment]:
+    async def hives(self) -> list[Enrolment]:
         return await asyncio.to_thread(self.enrolments)
 
     # --- API keys ----------------------------------------------------------------------------
