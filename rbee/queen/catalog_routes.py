@@ -9,14 +9,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from rbee.hive.service import Hive, ModelInUse, ModelUnavailable
+from rbee.hive.service import ModelInUse, ModelUnavailable
 from rbee.queen.errors import Conflict, InvalidRequest, ModelNotFound, UpstreamError
 from rbee.queen.guard import principal_of
-from rbee.queen.remote_hive import HiveCallFailed
+from rbee.queen.remote_hive import AnyHive, HiveCallFailed
 from rbee.queen.state import queen_state
 
 
-def _hives(request: Request) -> list[Hive]:
+def _hives(request: Request) -> list[AnyHive]:
     return queen_state(request).scheduler.hives_for(request.query_params.get("hive"))
 
 

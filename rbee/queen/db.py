@@ -275,7 +275,8 @@ class QueenDB:
 
     async def audit_entries(self, limit: int, since: float | None = None, action: str | None = None
                             ) -> list[AuditEntry]:
-        clauses, args = ["at >= ?"], [since or 0.0]
+        clauses: list[str] = ["at >= ?"]
+        args: list[float | str] = [since or 0.0]
         if action:
             clauses.append("action LIKE ?")
             args.append(action.replace("*", "%"))

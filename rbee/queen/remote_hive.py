@@ -448,8 +448,8 @@ class RemoteHive:
     async def pull(self, model: str, emit: Emit) -> ModelEntry:
         """Download `model` on that hive, as a job there; its progress is re-emitted here."""
         try:
-            asked = HivePull(model=model, hf_endpoint=os.environ.get("HF_ENDPOINT") or None,
-                             hf_token=os.environ.get("HF_TOKEN") or None)
+            asked = HivePull.model_validate({"model": model, "hf_endpoint": os.environ.get("HF_ENDPOINT") or None,
+                                             "hf_token": os.environ.get("HF_TOKEN") or None})  # str -> SecretStr
         except ValidationError as exc:  # its text would quote the values, and one of them is the token
             fields = ", ".join(".".join(map(str, e["loc"])) for e in exc.errors())
             raise JobFailed(f"cannot pull onto hive '{self.alias}': invalid {fields} (model, or the queen's "

@@ -353,7 +353,7 @@ class Scheduler:
                 line = self._queues.get((name, mode))
                 # (2), in turn: a newcomer only when nobody waits; in the line, its front or the one handed
                 # the turn (a general wake-up, when a worker becomes ready, must not let a later one overtake)
-                my_turn = woken or (place_in_line is not None and bool(line) and line[0] is place_in_line)
+                my_turn = woken or (place_in_line is not None and bool(line and line[0] is place_in_line))
                 if free and (my_turn or (place_in_line is None and not line)):
                     return self._lease(free, hold)
                 if my_turn and any(w.in_flight < w.spec.slots
