@@ -26,6 +26,7 @@ demo: engine
 
 lint: setup
 	$(BIN)/ruff check rbee tests benchmarks
+	$(BIN)/mypy
 
 test: engine lint
 	$(BIN)/pytest
