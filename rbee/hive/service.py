@@ -398,7 +398,7 @@ class Hive:
     async def summary(self, model: ModelEntry) -> GGUFSummary:
         """The model's header summary: from the catalog, or read (once) for entries made before it was kept."""
         if model.header:
-            return GGUFSummary(**model.header)  # type: ignore[arg-type]
+            return GGUFSummary(**model.header)  # type: ignore[arg-type]  # the header is a GGUFSummary's asdict()
         summary = await asyncio.to_thread(read_summary, Path(model.path))
         model.header = dataclasses.asdict(summary)
         await self.catalog.add(model)
