@@ -35,6 +35,7 @@ agents: $(AGENTS)/node_modules/.package-lock.json
 
 lint: setup
 	$(BIN)/ruff check rbee tests benchmarks
+	$(BIN)/mypy
 
 test: engine agents lint
 	$(BIN)/pytest

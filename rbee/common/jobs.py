@@ -8,6 +8,7 @@ The stream ends only with a terminal event; silence never ends a job.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -91,12 +92,15 @@ class Job:
         async with self._changed:
             self._changed.notify_all()
 
+    def _has_event(self, seq: int) -> bool:
+        return len(self.events) > seq
+
     async def follow(self, after: int = -1) -> AsyncIterator[JobEvent]:
         """Every event with `seq > after`, live, until the terminal one."""
         next_seq = after + 1
         while True:
             async with self._changed:
-                await self._changed.wait_for(lambda n=next_seq: len(self.events) > n)
+                await self._changed.wait_for(functools.partial(self._has_event, next_seq))
             while next_seq < len(self.events):
                 event = self.events[next_seq]
                 next_seq += 1
@@ -145,7 +149,7 @@ class JobRunner:
     def get(self, job_id: str) -> Job | None:
         return self._jobs.get(job_id)
 
-    def list(self) -> list[Job]:
+    def all(self) -> list[Job]:
         return list(self._jobs.values())
 
     def cancel(self, job_id: str) -> bool:

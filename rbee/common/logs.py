@@ -53,7 +53,7 @@ def _file_path(fd: int) -> Path | None:
     return None
 
 
-class RotatingStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class RotatingStderrHandler(logging.StreamHandler):
     """Logs to stderr. When stderr is a file (the background queen's, a hive's systemd `append:` or launchd
     log) and it passes RBEE_LOG_MAX_MB, it becomes LOG.1 (replacing an older one) and a fresh LOG is
     opened onto stderr and stdout: a daemon's log stays bounded however much is logged."""

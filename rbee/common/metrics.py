@@ -25,13 +25,29 @@ _SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(\{[^}]*\})?\s+(.+)$")
 
 
 class _Worker(Protocol):
-    id: str
-    hive: str
-    state: WorkerState
-    api_key: str
-    memory: int
-    device: str
-    tls: ssl.SSLContext | None  # how it is checked, when not with the scrape's default context
+    """What the collectors read of a worker, local or remote (read-only: properties or attributes)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def hive(self) -> str: ...
+
+    @property
+    def state(self) -> WorkerState: ...
+
+    @property
+    def api_key(self) -> str: ...
+
+    @property
+    def memory(self) -> int: ...
+
+    @property
+    def device(self) -> str: ...
+
+    @property
+    def tls(self) -> ssl.SSLContext | None:  # how it is checked, when not with the scrape's default context
+        ...
 
     @property
     def url(self) -> str | None: ...

@@ -14,7 +14,7 @@ import contextlib
 import os
 import re
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 
 def _xdg(var: str, fallback: str) -> Path:
@@ -145,7 +145,7 @@ def touch_private(path: Path) -> Path:
     return path
 
 
-def open_private(path: Path, mode: str = "ab") -> BinaryIO:
+def open_private(path: Path, mode: Literal["ab", "wb"] = "ab") -> BinaryIO:
     """Open a log for writing ("ab" or "wb"), made or tightened to 600, in a folder made 700 if missing."""
     private_dir(path.parent)
     flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode.startswith("a") else os.O_TRUNC)

@@ -42,7 +42,7 @@ from rbee.contracts.catalog import HivePull
 from rbee.contracts.copies import HiveFetch, ShareOpen
 from rbee.contracts.hives import HostedWorker, ResolvedModel, ResolveModel, SpawnWorker
 from rbee.contracts.jobs import JobCreated, JobKind
-from rbee.hive import downloads, shares
+from rbee.hive import downloads, model_refs, shares
 from rbee.hive.config import HiveConfig
 from rbee.hive.queen_link import QueenLink
 from rbee.hive.service import Hive, ModelInUse, ModelUnavailable
@@ -256,13 +256,15 @@ def create_app(config: HiveConfig, hive: Hive | None = None,
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await model_refs.models_file.refresh()  # read before the first request; the watch keeps it current
         await hive.start()
-        task = supervise.start("queen-link", link.run)
+        tasks = [supervise.start("queen-link", link.run), supervise.start("models-toml", model_refs.models_file.watch)]
         try:
             yield
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await jobs.close()
             await hive.close()
             if on_shutdown:

@@ -129,12 +129,12 @@ class Catalog:
 
     async def find_path(self, path: Path) -> ModelEntry | None:
         resolved = await asyncio.to_thread(lambda: str(path.expanduser().resolve()))
-        return next((e for e in await self.list() if e.path == resolved), None)
+        return next((e for e in await self.entries() if e.path == resolved), None)
 
-    async def list(self) -> list[ModelEntry]:
-        return await asyncio.to_thread(self._list)
+    async def entries(self) -> list[ModelEntry]:
+        return await asyncio.to_thread(self._entries)
 
-    def _list(self) -> list[ModelEntry]:
+    def _entries(self) -> list[ModelEntry]:
         with self._connect() as db:
             rows = db.execute("SELECT entry, last_used_at FROM catalog ORDER BY name").fetchall()
         return [self._entry(row) for row in rows]

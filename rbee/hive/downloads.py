@@ -240,7 +240,7 @@ def _progress_class(on_bytes: Callable[[int], None], cancelled: threading.Event)
     """A tqdm stand-in for `hf_hub_download` that reports bytes and aborts when cancelled."""
     from tqdm.auto import tqdm
 
-    class Progress(tqdm):  # type: ignore[misc]
+    class Progress(tqdm):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs["disable"] = True
             super().__init__(*args, **kwargs)

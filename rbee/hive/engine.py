@@ -382,17 +382,16 @@ async def install(emit: Emit, *, backend: str | None = None, force: bool = False
     Nothing is built when a usable engine is already there (rbee's build, a configured path, or
     one on PATH), unless `force`, or unless `backend` is asked for and not built yet: builds coexist.
     """
-    asked = backend
-    backend = backend or await asyncio.to_thread(detect_backend)
-    missing = await asyncio.to_thread(missing_for, backend)  # looks at the toolkit: files, nvcc
+    chosen = backend if backend else await asyncio.to_thread(detect_backend)
+    missing = await asyncio.to_thread(missing_for, chosen)  # looks at the toolkit: files, nvcc
     if missing is not None:
-        raise JobFailed(f"cannot build llama-server for {backend}: {missing}")
-    target = await asyncio.to_thread(built_binary, backend)
-    found = None if force else await asyncio.to_thread(_already_there, target, asked is not None)
+        raise JobFailed(f"cannot build llama-server for {chosen}: {missing}")
+    target = await asyncio.to_thread(built_binary, chosen)
+    found = None if force else await asyncio.to_thread(_already_there, target, backend is not None)
     if found is not None:
         where = {"configured": "RBEE_LLAMA_SERVER", "path": "PATH", "built": "rbee's build"}[found[1]]
         emit(message=f"using {found[0]} ({where}); --force builds rbee's own anyway")
-        return {"path": str(found[0]), "build": build_id(backend), "cached": "yes", "source": found[1]}
+        return {"path": str(found[0]), "build": build_id(chosen), "cached": "yes", "source": found[1]}
     for tool in ("cmake", "c++"):
         if not shutil.which(tool):
             raise JobFailed(f"`{tool}` was not found; install a C/C++ toolchain and CMake "
@@ -407,13 +406,13 @@ async def install(emit: Emit, *, backend: str | None = None, force: bool = False
         source = await asyncio.to_thread(_extract, archive, tmp / "src")
         build = tmp / "build"
         generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-        emit(message=f"configuring ({backend})")
-        await _run(["cmake", "-S", str(source), "-B", str(build), *generator, *build_flags(backend)], emit)
+        emit(message=f"configuring ({chosen})")
+        await _run(["cmake", "-S", str(source), "-B", str(build), *generator, *build_flags(chosen)], emit)
         jobs = str(os.cpu_count() or 2)
         emit(message=f"compiling {BINARY} with {jobs} jobs (several minutes on a small machine)")
         await _run(["cmake", "--build", str(build), "--target", BINARY, "-j", jobs], emit, steps=True)
-        await asyncio.to_thread(_publish, build, tmp / "out", target.parent.parent, backend)
+        await asyncio.to_thread(_publish, build, tmp / "out", target.parent.parent, chosen)
     finally:
         await asyncio.to_thread(shutil.rmtree, tmp, True)
     emit(message=f"built {target} in {time.monotonic() - started:.0f} s")
-    return {"path": str(target), "build": build_id(backend), "cached": "no", "source": "built"}
+    return {"path": str(target), "build": build_id(chosen), "cached": "no", "source": "built"}

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import re
 import threading
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from tomlkit.exceptions import TOMLKitError
 
 from rbee.common import paths
 from rbee.contracts.models import ModelSettings
+from rbee.hive.models_file import ModelsFile, UnreadableFile
 
 DEFAULT_QUANT = "Q4_K_M"
 
@@ -70,26 +70,16 @@ def user_aliases_file() -> Path:
     return paths.config_dir() / "models.toml"
 
 
-_cache: tuple[Path, float, dict[str, Any]] | None = None
+models_file = ModelsFile(user_aliases_file)  # a daemon keeps it current: `models_file.watch()`, supervised
 _write_lock = threading.Lock()
 
 
 def _models_toml() -> dict[str, Any]:
-    """~/.config/rbee/models.toml, parsed, re-read only when it changes ({} when there is none)."""
-    global _cache
-    path = user_aliases_file()
+    """~/.config/rbee/models.toml, parsed ({} when there is none): from memory on the event loop."""
     try:
-        mtime = path.stat().st_mtime
-    except FileNotFoundError:
-        return {}
-    if _cache is not None and _cache[0] == path and _cache[1] == mtime:
-        return _cache[2]
-    try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, OSError) as exc:
-        raise BadModelRef(f"cannot read {path}: {exc}") from exc
-    _cache = (path, mtime, data)
-    return data
+        return models_file.parsed()
+    except UnreadableFile as exc:
+        raise BadModelRef(str(exc)) from exc
 
 
 def load_aliases() -> dict[str, str]:
@@ -130,7 +120,6 @@ def save_model_settings(name: str, own: ModelSettings) -> None:
 
 
 def _save(name: str, own: ModelSettings) -> None:
-    global _cache
     path = user_aliases_file()
     try:
         doc = tomlkit.parse(path.read_text()) if path.exists() else tomlkit.document()
@@ -147,7 +136,7 @@ def _save(name: str, own: ModelSettings) -> None:
         table.update(own.model_dump(exclude_none=True))
         models[name] = table
     paths.write_private(path, tomlkit.dumps(doc).encode())
-    _cache = None
+    models_file.check(force=True)  # the next request has it, on the event loop too
 
 
 def from_ollama(text: str) -> str:

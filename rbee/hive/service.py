@@ -317,7 +317,7 @@ class Hive:
 
     async def disk(self) -> HiveDisk:
         """What its models take on disk, and what is free under its models folder."""
-        models = [m for m in await self.catalog.list() if not m.missing]
+        models = [m for m in await self.catalog.entries() if not m.missing]
         return HiveDisk(hive=self.alias, models=len(models), models_bytes=sum(m.size_bytes for m in models),
                         free_bytes=await asyncio.to_thread(downloads.free_bytes, settings.models_dir()))
 
@@ -367,7 +367,7 @@ class Hive:
         return HiveReport(
             alias=self.alias, version=current_version(), address=self.address, port=port, tls=self.tls is not None,
             engine=await self.engine(), devices=self.devices(), memory_total=self.memory_total(),
-            models=await self.catalog.list(),
+            models=await self.catalog.entries(),
             models_free_bytes=await asyncio.to_thread(downloads.free_bytes, settings.models_dir()),
             workers=[HostedWorker(info=w.info(), api_key=w.api_key, entry=w.spec.model)
                      for w in self.supervisor.workers()],
@@ -398,7 +398,7 @@ class Hive:
     async def summary(self, model: ModelEntry) -> GGUFSummary:
         """The model's header summary: from the catalog, or read (once) for entries made before it was kept."""
         if model.header:
-            return GGUFSummary(**model.header)  # type: ignore[arg-type]
+            return GGUFSummary(**model.header)  # type: ignore[arg-type]  # the header is a GGUFSummary's asdict()
         summary = await asyncio.to_thread(read_summary, Path(model.path))
         model.header = dataclasses.asdict(summary)
         await self.catalog.add(model)

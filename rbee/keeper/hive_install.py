@@ -99,7 +99,7 @@ def parse_probe(host: HostConfig, text: str) -> Remote:
                    "macOS: `brew install python`)")
         raise CLIError(f"{host.alias} has no usable Python (found: {found}): {fix}, then run "
                        f"`rbee hive install {host.alias}` again.")
-    exe, version, _ = usable[0]
+    exe, (major, minor), _ = usable[0]
     conn = values.get("conn", "").split()
     if len(conn) != 4:
         raise CLIError(f"{host.alias}: the SSH server did not say which addresses the connection uses "
@@ -108,7 +108,7 @@ def parse_probe(host: HostConfig, text: str) -> Remote:
         raise CLIError(f"{host.alias} is reached over IPv6 ({conn[2]}); rbee's hives use IPv4 for now. Give its "
                        "IPv4 address as HostName in hives.conf.")
     return Remote(values.get("os", "?"), values.get("arch", "?"), values["home"], values["config"],
-                  values["data"], values["cache"], conn[0], conn[2], exe, f"{version[0]}.{version[1]}")
+                  values["data"], values["cache"], conn[0], conn[2], exe, f"{major}.{minor}")
 
 
 def _sha256(path: Path) -> str:

@@ -54,7 +54,7 @@ class Target:
         return [f"manylinux_2_{v}_{self.machine}" for v in (28, 17, 5)] + [f"manylinux2014_{self.machine}"]
 
     def markers(self) -> dict[str, str]:
-        env = dict(default_environment())
+        env = {key: str(value) for key, value in default_environment().items()}
         env.update(python_version=self.python, python_full_version=f"{self.python}.0",
                    sys_platform={"Darwin": "darwin", "Windows": "win32"}.get(self.system, self.system.lower()),
                    platform_system=self.system, platform_machine=self.machine, extra="")

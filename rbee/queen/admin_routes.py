@@ -46,7 +46,7 @@ async def status(request: Request) -> Response:
         queen=state.health(),
         hives=[await hive.info() for hive in list(state.hives.values())],
         workers=[w.info() for hive in list(state.hives.values()) for w in hive.supervisor.workers()],
-        models=[m for hive in list(state.hives.values()) for m in await hive.catalog.list()],
+        models=[m for hive in list(state.hives.values()) for m in await hive.catalog.entries()],
         traffic=state.metrics.traffic.model_copy(update={"waiting": state.scheduler.waiting()}),
         policy=state.scheduler.policy.status(),
         background=state.loop_health,
@@ -124,7 +124,7 @@ def _job(request: Request) -> Job:
 
 
 async def list_jobs(request: Request) -> Response:
-    return JSONResponse([job.info().model_dump(mode="json") for job in queen_state(request).jobs.list()])
+    return JSONResponse([job.info().model_dump(mode="json") for job in queen_state(request).jobs.all()])
 
 
 async def get_job(request: Request) -> Response:

@@ -10,14 +10,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from rbee.contracts.models import ModelEntry
-from rbee.hive.service import Hive, ModelInUse, ModelUnavailable
+from rbee.hive.service import ModelInUse, ModelUnavailable
 from rbee.queen.errors import Conflict, InvalidRequest, ModelNotFound, UpstreamError
 from rbee.queen.guard import principal_of
-from rbee.queen.remote_hive import HiveCallFailed
+from rbee.queen.remote_hive import AnyHive, HiveCallFailed
 from rbee.queen.state import queen_state
 
 
-def _hives(request: Request) -> list[Hive]:
+def _hives(request: Request) -> list[AnyHive]:
     return queen_state(request).scheduler.hives_for(request.query_params.get("hive"))
 
 
@@ -33,7 +33,7 @@ def _int_param(request: Request, name: str) -> int | None:
 async def list_catalog(request: Request) -> Response:
     data = []
     for hive in _hives(request):
-        data += [{"hive": hive.alias, **e.model_dump(mode="json")} for e in await hive.catalog.list()]
+        data += [{"hive": hive.alias, **e.model_dump(mode="json")} for e in await hive.catalog.entries()]
     return JSONResponse(data)
 
 
@@ -51,7 +51,7 @@ async def model_detail(request: Request) -> Response:
     raise ModelNotFound(reasons[0] if len(reasons) == 1 else f"No hive has the model '{name}'", param="model")
 
 
-async def remove_from_catalog(request: Request, name: str, not_found: str | None = None) -> tuple[Hive, ModelEntry]:
+async def remove_from_catalog(request: Request, name: str, not_found: str | None = None) -> tuple[AnyHive, ModelEntry]:
     """Remove `name` from the first hive (of those the request names) whose catalog has it, audited; the hive and
     the entry removed. ModelNotFound (with `not_found` as its message, when given) when no hive has it."""
     failed: list[str] = []  # hives that could not be asked: the model may be there

@@ -209,7 +209,7 @@ class QueenDB:
         rows = self._guarded(lambda db: db.execute("SELECT alias, enrolled_at FROM hives ORDER BY alias").fetchall())
         return [Enrolment(alias, at) for alias, at in rows]
 
-    async def list(self) -> list[Enrolment]:
+    async def hives(self) -> list[Enrolment]:
         return await asyncio.to_thread(self.enrolments)
 
     # --- API keys ----------------------------------------------------------------------------
@@ -275,7 +275,8 @@ class QueenDB:
 
     async def audit_entries(self, limit: int, since: float | None = None, action: str | None = None
                             ) -> list[AuditEntry]:
-        clauses, args = ["at >= ?"], [since or 0.0]
+        clauses: list[str] = ["at >= ?"]
+        args: list[float | str] = [since or 0.0]
         if action:
             clauses.append("action LIKE ?")
             args.append(action.replace("*", "%"))

@@ -112,7 +112,8 @@ def _identify(scope: Scope, headers: dict[str, str], access: Access) -> Principa
     keyring = scope["app"].state.queen.keyring
     path = scope["path"]
     client = scope.get("client")
-    remote = client is not None and not is_loopback(client[0])
+    address: str | None = client[0] if client is not None else None
+    remote = address is not None and not is_loopback(address)
     token = _bearer(headers.get("authorization", "")) or headers.get("x-api-key", "").strip()  # Anthropic's
     who = keyring.identify(token) if token else None
     if who is not None:
@@ -127,7 +128,7 @@ def _identify(scope: Scope, headers: dict[str, str], access: Access) -> Principa
                            "(`rbee key create --name NAME` on the queen's machine makes one)."
                            if not token else "The API key is not valid.")
     if remote:
-        raise Forbidden(f"{client[0]} is not this machine: over the network this queen answers its hives only. "
+        raise Forbidden(f"{address} is not this machine: over the network this queen answers its hives only. "
                         "To serve the network, create an API key (`rbee key create`) and start the queen with "
                         "--host; or use it through an SSH tunnel.", code="forbidden_origin")
     host = headers.get("host")

@@ -76,7 +76,7 @@ async def list_hives(request: Request) -> Response:
             seen[hive.alias] = HiveStatus(alias=hive.alias, state=HiveState.READY, address=info.address,
                                           version=info.version, devices=hive.devices(),
                                           workers=len(hive.supervisor.workers()), last_seen_s=0.0)
-    for enrolment in await state.db.list():
+    for enrolment in await state.db.hives():
         seen.setdefault(enrolment.alias, HiveStatus(alias=enrolment.alias, state=HiveState.ENROLLED))
     return JSONResponse([s.model_dump(mode="json") for s in seen.values()])
 

@@ -76,7 +76,7 @@ async def _acquire(request: Request, parsed: ModelRequest, mode: WorkerMode, exc
         await asyncio.wait({acquiring, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     except BaseException:  # this request was cancelled: its place in the queue (or its lease) goes too
         acquiring.cancel()
-        acquiring.add_done_callback(lambda t: t.cancelled() or t.exception() or t.result().release())
+        acquiring.add_done_callback(_release_granted)
         raise
     finally:
         gone.cancel()
@@ -88,6 +88,12 @@ async def _acquire(request: Request, parsed: ModelRequest, mode: WorkerMode, exc
             raise ClientGone("The client left while its request was queued.")
         raise DeadlineExceeded("The request's deadline (X-Rbee-Timeout) passed while it waited for a worker.")
     return acquiring.result()
+
+
+def _release_granted(acquiring: asyncio.Future[Lease]) -> None:
+    """The done-callback of an acquire whose request went away: a lease it got after all is released."""
+    if not acquiring.cancelled() and acquiring.exception() is None:
+        acquiring.result().release()
 
 
 def _metering(state: QueenState, who: Principal, stream: bool, request_id: str, path: str) -> OnEnd:

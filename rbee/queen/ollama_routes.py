@@ -64,7 +64,7 @@ async def entries(request: Request) -> dict[str, ModelEntry]:
     allowed = who.key.models if who.key else None
     found: dict[str, ModelEntry] = {}
     for hive in list(queen_state(request).hives.values()):
-        for entry in await hive.catalog.list():
+        for entry in await hive.catalog.entries():
             if not entry.missing and (allowed is None or entry.name in allowed):
                 found.setdefault(entry.name, entry)
     return found

@@ -22,7 +22,7 @@ async def _models(state: QueenState, who: Principal) -> list[ModelObject]:
     found: dict[str, ModelObject] = {}
     for hive in list(state.hives.values()):
         loaded = {w.spec.model.name for w in hive.supervisor.workers() if w.state is WorkerState.READY}
-        for entry in await hive.catalog.list():
+        for entry in await hive.catalog.entries():
             if entry.missing or (allowed is not None and entry.name not in allowed):
                 continue
             obj = found.setdefault(entry.name, ModelObject(id=entry.name, created=int(entry.added_at)))

@@ -54,7 +54,10 @@ class Translation(Protocol):
     """How a worker's answer becomes the client's protocol, where the engine does not speak it (one per request:
     a stream's chunks may split its events). Metering still reads the worker's own bytes."""
 
-    media_type: str | None  # the client's, where it differs from the worker's
+    @property
+    def media_type(self) -> str | None:
+        """The client's, where it differs from the worker's (a class attribute satisfies it)."""
+        ...
 
     def whole(self, content: bytes) -> bytes: ...
 
@@ -273,11 +276,11 @@ class Forwarder:
             headers["content-type"] = translation.media_type
         if stream and upstream.status == 200:
             headers.update({"cache-control": "no-cache", "x-accel-buffering": "no"})
-            stream = _ForwardedStream(upstream, lease, headers, on_end, deadline, self._streams, started,
-                                      errors, translation)
+            forwarded = _ForwardedStream(upstream, lease, headers, on_end, deadline, self._streams, started,
+                                         errors, translation)
             if self._closing:  # a queued request that got its slot while the queen stops
-                stream.cut(SHUTDOWN)
-            return stream
+                forwarded.cut(SHUTDOWN)
+            return forwarded
         lease.release()
         if on_end is not None:
             took = time.monotonic() - started

@@ -25,7 +25,7 @@ async def _candidate(hive: AnyHive, need: int, names: set[str]) -> PullCandidate
     holding = [w for w in hive.supervisor.workers() if w.state in _HOLDING]
     views = tuple(_device_views(hive, holding, need, 0))
     disk = await hive.disk()
-    held = any(m.name in names and not m.missing for m in await hive.catalog.list())
+    held = any(m.name in names and not m.missing for m in await hive.catalog.entries())
     return PullCandidate(hive.alias, views, disk.free_bytes, held)
 
 

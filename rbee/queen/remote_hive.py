@@ -1,7 +1,7 @@
 """A hive on another machine, as the queen sees it: the same surface as the embedded `Hive`.
 
 The scheduler and the routes use `alias`, `supervisor.workers()/get()/stop()`, `resolve()`,
-`need()`, `spawn_worker()`, `memory_total()`, `info()` and `catalog.list()` on either kind.
+`need()`, `spawn_worker()`, `memory_total()`, `info()` and `catalog.entries()` on either kind.
 Here they are calls to the hive's API (`rbee/hive/app.py`), and worker records the hive's
 heartbeats keep current. Requests go straight to the remote workers with their own keys.
 
@@ -237,7 +237,7 @@ class _Catalog:
     def __init__(self) -> None:
         self.models: list[ModelEntry] = []
 
-    async def list(self) -> list[ModelEntry]:
+    async def entries(self) -> list[ModelEntry]:
         return list(self.models)
 
 
@@ -448,8 +448,8 @@ class RemoteHive:
     async def pull(self, model: str, emit: Emit) -> ModelEntry:
         """Download `model` on that hive, as a job there; its progress is re-emitted here."""
         try:
-            asked = HivePull(model=model, hf_endpoint=os.environ.get("HF_ENDPOINT") or None,
-                             hf_token=os.environ.get("HF_TOKEN") or None)
+            asked = HivePull.model_validate({"model": model, "hf_endpoint": os.environ.get("HF_ENDPOINT") or None,
+                                             "hf_token": os.environ.get("HF_TOKEN") or None})  # str -> SecretStr
         except ValidationError as exc:  # its text would quote the values, and one of them is the token
             fields = ", ".join(".".join(map(str, e["loc"])) for e in exc.errors())
             raise JobFailed(f"cannot pull onto hive '{self.alias}': invalid {fields} (model, or the queen's "

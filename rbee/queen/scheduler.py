@@ -35,6 +35,7 @@ import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from rbee.common import settings
 from rbee.common.jobs import JobFailed
@@ -353,7 +354,7 @@ class Scheduler:
                 line = self._queues.get((name, mode))
                 # (2), in turn: a newcomer only when nobody waits; in the line, its front or the one handed
                 # the turn (a general wake-up, when a worker becomes ready, must not let a later one overtake)
-                my_turn = woken or (place_in_line is not None and bool(line) and line[0] is place_in_line)
+                my_turn = woken or (place_in_line is not None and bool(line and line[0] is place_in_line))
                 if free and (my_turn or (place_in_line is None and not line)):
                     return self._lease(free, hold)
                 if my_turn and any(w.in_flight < w.spec.slots
@@ -385,11 +386,11 @@ class Scheduler:
                     raise QueueFull(f"Waited {timeout:.0f} s for a free slot on '{name}'; retry shortly.",
                                     headers={"Retry-After": "5"})
                 loading = self._loading.get(key)
-                waits: set[asyncio.Future[object]] = {asyncio.ensure_future(tick.wait())}
+                waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(tick.wait())}
                 if place_in_line is not None:
                     waits.add(asyncio.ensure_future(place_in_line.wait()))
                 if loading is not None:
-                    waits.add(loading)  # type: ignore[arg-type]
+                    waits.add(loading)
                 done, _ = await asyncio.wait(waits, timeout=min(remaining, 1.0),
                                              return_when=asyncio.FIRST_COMPLETED)
                 for fut in waits:

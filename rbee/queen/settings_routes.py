@@ -65,7 +65,7 @@ async def put_settings(request: Request) -> Response:
     name = _name(request)
     _, own = await read_json(request, ModelSettings)
     if own.hive is not None and own.hive not in state.hives \
-            and own.hive not in {e.alias for e in await state.db.list()}:
+            and own.hive not in {e.alias for e in await state.db.hives()}:
         known = ", ".join(sorted(state.hives)) or "none"
         raise HiveNotFound(f"There is no hive '{own.hive}'. Known hives: {known}", param="hive")
     return await _save(request, name, own)

@@ -16,6 +16,7 @@ from rbee.common.jobs import JobRunner
 from rbee.common.metrics import ColonyCollector
 from rbee.common.version import current as current_version
 from rbee.contracts.status import LoopHealth, QueenHealth
+from rbee.hive import model_refs
 from rbee.hive.service import Hive
 from rbee.queen.auth import Keyring, Principal, read_or_create_admin_token
 from rbee.queen.copies import Copies
@@ -74,10 +75,11 @@ class QueenState:
 
     async def start(self) -> None:
         await asyncio.to_thread(self.scheduler.policy.reload_if_changed)
+        await model_refs.models_file.refresh()  # read before the first request; the watch keeps it current
         for hive in self.hives.values():
             await hive.start()
         loops = {"reap-idle": self.scheduler.reap_idle, "watch-hives": self._watch_hives, "usage": self.usage.run,
-                 "prune-audit": self._prune_audit}
+                 "prune-audit": self._prune_audit, "models-toml": model_refs.models_file.watch}
         for name in loops:
             self.loop_health[name] = LoopHealth()
             self.metrics.loop_failures.labels(name)  # listed at 0 from the start

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Queen, free_port, queen_env
+from tests.conftest import Queen, free_port, queen_env, wait_for
 from tests.fixtures.fake_hub import FakeHub, HubFile
 from tests.fixtures.tiny_gguf import write_tiny_model
 
@@ -190,11 +190,17 @@ def test_aliases_builtin_and_user_defined(queen: Queen) -> None:
     config = queen.home / "config"
     config.mkdir(exist_ok=True)
     (config / "models.toml").write_text('[aliases]\ntiny-alias = "rbee-test/tiny-GGUF:Q8_0"\n')
+
+    def unknown() -> subprocess.CompletedProcess[str]:
+        return queen.cli("model", "pull", "no-such-alias")
+
+    # an edit by hand reaches the queen within about a second: the aliases it lists in a refusal show it has it
+    assert wait_for(lambda: "tiny-alias" in unknown().stderr, 10)
     queen.cli("model", "pull", "tiny-alias", check=True)
     entry = catalog(queen)["tiny-alias"]
     assert entry["repo"] == "rbee-test/tiny-GGUF"
-    unknown = queen.cli("model", "pull", "no-such-alias")
-    assert unknown.returncode == 1 and "llama-3-8b" in unknown.stderr and "qwen2.5-coder-7b" in unknown.stderr
+    refused = unknown()
+    assert refused.returncode == 1 and "llama-3-8b" in refused.stderr and "qwen2.5-coder-7b" in refused.stderr
 
 
 def test_rm_deletes_downloads_and_missing_files_are_reported(queen: Queen) -> None:

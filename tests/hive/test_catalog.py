@@ -52,7 +52,7 @@ async def test_catalog_survives_reopening_and_notices_missing_files(tmp_path: Pa
     assert entry.header["block_count"] == 2 and entry.header["head_count_kv"] == 2  # kept: no re-reading
 
     reopened = Catalog(db)
-    assert [e.name for e in await reopened.list()] == ["mine"]
+    assert [e.name for e in await reopened.entries()] == ["mine"]
     assert (await reopened.find_path(copy)) is not None
     await reopened.touch("mine")
     got = await reopened.get("mine")
@@ -75,7 +75,7 @@ async def test_two_files_with_the_same_name_get_distinct_names(tmp_path: Path, t
     second = await catalog.add_file(tmp_path / "b" / "model.gguf")
     again = await catalog.add_file(tmp_path / "a" / "model.gguf")
     assert (first.name, second.name, again.name) == ("model", "model-2", "model")
-    assert len(await catalog.list()) == 2
+    assert len(await catalog.entries()) == 2
 
 
 def test_header_reader_agrees_with_ggufreader(tiny_model: Path, tmp_path: Path) -> None:

@@ -111,7 +111,7 @@ async def test_a_peer_is_asked_to_share_for_the_targets_address_and_the_target_f
     [asked] = fetches(b)
     assert asked.source_url == "http://10.0.0.1:7835" and asked.files[0].sha256 == SHA
     assert not [c for c in b.calls if c[1] == "/v1/hive/pulls"]  # never the hub
-    assert NAME in [m.name for m in await hives["b"].catalog.list()]
+    assert NAME in [m.name for m in await hives["b"].catalog.entries()]
 
 
 async def test_a_failing_source_is_reported_and_the_next_one_then_the_hub_tried() -> None:
@@ -169,7 +169,7 @@ async def test_the_queens_own_hive_receives_a_copy_from_a_remote_one(tmp_path: P
     local = Hive("localhost", state=tmp_path / "state-local")
     async with serving(source) as url:
         a = RemoteHive(report(alias="a", address="127.0.0.1", port=int(url.rsplit(":", 1)[1]),
-                              models=await source.state.hive.catalog.list()), "join-a")
+                              models=await source.state.hive.catalog.entries()), "join-a")
         copies = Copies({"localhost": local, "a": a})
         placed = await copies.ensure_on(local, "tiny", Recorder(), allow_hub=False)
         await a.close()
@@ -190,7 +190,7 @@ async def test_a_request_waits_for_its_copy_until_its_deadline_and_the_copy_goes
         await for_request(copies, hives["b"], NAME, time.monotonic() + 0.2)
     gate.set()  # the client left; the copy did not
     assert await for_request(copies, hives["b"], NAME, time.monotonic() + 5)
-    assert len(fetches(b)) == 1 and NAME in [m.name for m in await hives["b"].catalog.list()]
+    assert len(fetches(b)) == 1 and NAME in [m.name for m in await hives["b"].catalog.entries()]
 
 
 def test_rbee_api_pulls_is_peers_or_hub(monkeypatch: pytest.MonkeyPatch) -> None:

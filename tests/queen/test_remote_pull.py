@@ -113,7 +113,7 @@ async def test_a_pull_sends_the_hub_settings_re_emits_progress_and_updates_the_c
     monkeypatch.setenv("HF_TOKEN", "hf_secret")
     fake = FakeHive(frame(2, JobEventType.DONE, message="done", data=ENTRY.model_dump(mode="json")))
     hive = remote(fake)
-    assert await hive.catalog.list() == [] and (await hive.disk()).free_bytes is None
+    assert await hive.catalog.entries() == [] and (await hive.disk()).free_bytes is None
     emit = Recorder()
     entry = await hive.pull("org/m-GGUF:Q4_K_M", emit)
     assert entry == ENTRY
@@ -123,7 +123,7 @@ async def test_a_pull_sends_the_hub_settings_re_emits_progress_and_updates_the_c
                                 "hf_token": "hf_secret"}
     assert [e["type"] for e in emit.events] == [JobEventType.PROGRESS]  # the hive's "started" is not repeated
     assert emit.events[0]["current"] == 500 and emit.events[0]["unit"] == "bytes"
-    assert [m.name for m in await hive.catalog.list()] == [ENTRY.name]  # before any heartbeat
+    assert [m.name for m in await hive.catalog.entries()] == [ENTRY.name]  # before any heartbeat
     disk = await hive.disk()
     assert (disk.models, disk.models_bytes, disk.free_bytes) == (1, 1000, 5 * 10**9)
     await hive.close()
@@ -194,7 +194,7 @@ async def test_info_and_rm_are_asked_of_the_hive() -> None:
         await hive.remove("../../etc")
     assert fake.calls[-1][1] == "/v1/hive/models/..%2F..%2Fetc"
     assert await hive.remove(ENTRY.name) == ENTRY
-    assert await hive.catalog.list() == [] and (await hive.disk()).free_bytes == 6 * 10**9
+    assert await hive.catalog.entries() == [] and (await hive.disk()).free_bytes == 6 * 10**9
     await hive.close()
 
 

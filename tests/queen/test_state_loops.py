@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from rbee.hive import model_refs
 from rbee.queen.state import QueenState
 
-LOOPS = {"reap-idle": ("scheduler", "reap_idle"), "watch-hives": (None, "_watch_hives"),
-         "usage": ("usage", "run"), "prune-audit": (None, "_prune_audit")}
+LOOPS: dict[str, tuple[Callable[[QueenState], object], str]] = {
+    "reap-idle": (lambda s: s.scheduler, "reap_idle"), "watch-hives": (lambda s: s, "_watch_hives"),
+    "usage": (lambda s: s.usage, "run"), "prune-audit": (lambda s: s, "_prune_audit"),
+    "models-toml": (lambda s: model_refs.models_file, "watch")}
 
 
 @pytest.mark.parametrize("name", list(LOOPS))
@@ -21,8 +25,8 @@ async def test_a_loop_that_fails_is_logged_counted_and_started_again(
     monkeypatch.setenv("RBEE_HOME", str(tmp_path))
     monkeypatch.setenv("RBEE_LOCAL_HIVE", "0")
     state = QueenState.create()
-    owner_attr, method = LOOPS[name]
-    owner = getattr(state, owner_attr) if owner_attr else state
+    owner_of, method = LOOPS[name]
+    owner = owner_of(state)
     calls = 0
     again = asyncio.Event()
 
@@ -46,4 +50,4 @@ async def test_a_loop_that_fails_is_logged_counted_and_started_again(
     assert f'rbee_background_failures_total{{loop="{name}"}} 1.0' in state.metrics.exposition().decode()
     assert any(name in r.getMessage() and r.exc_info for r in caplog.records)
     others = [h.failures for n, h in state.loop_health.items() if n != name]
-    assert others == [0, 0, 0]
+    assert others == [0] * (len(LOOPS) - 1)
