@@ -12,7 +12,7 @@ import pytest
 from rbee.queen.state import QueenState
 
 LOOPS = {"reap-idle": ("scheduler", "reap_idle"), "watch-hives": (None, "_watch_hives"),
-         "usage": ("usage", "run"), "prune-audit": (None, "_prune_audit")}
+         "usage": ("usage", "flush"), "prune-audit": (None, "_prune_audit")}
 
 
 @pytest.mark.parametrize("name", list(LOOPS))
@@ -32,7 +32,6 @@ async def test_a_loop_that_fails_is_logged_counted_and_started_again(
         if calls == 1:
             raise RuntimeError(f"injected into {name}")
         again.set()
-        await asyncio.Event().wait()
 
     monkeypatch.setattr(owner, method, injected)
     with caplog.at_level(logging.ERROR, logger="rbee.common.supervise"):
@@ -42,6 +41,7 @@ async def test_a_loop_that_fails_is_logged_counted_and_started_again(
         finally:
             await state.close()
     health = state.loop_health[name]
+    assert health.passes >= 1 and health.last_pass_at is not None  # the pass after the failure is reported
     assert health.failures == 1 and health.last_error == f"RuntimeError: injected into {name}"
     assert f'rbee_background_failures_total{{loop="{name}"}} 1.0' in state.metrics.exposition().decode()
     assert any(name in r.getMessage() and r.exc_info for r in caplog.records)
