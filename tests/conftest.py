@@ -140,7 +140,7 @@ class Queen:
 
     def waiting(self) -> int:
         """Requests queued for a worker, all models together (/v1/status)."""
-        return int(httpx.get(f"{self.url}/v1/status", timeout=10).json()["traffic"]["waiting"])
+        return sum(httpx.get(f"{self.url}/v1/status", timeout=10).json()["traffic"]["waiting"].values())
 
     def reaper_passes(self) -> int:
         """Passes of the keep_alive reaper so far (/v1/status)."""
