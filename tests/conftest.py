@@ -138,6 +138,20 @@ class Queen:
     def workers(self) -> list[dict[str, object]]:
         return list(httpx.get(f"{self.url}/v1/workers", timeout=10).json())
 
+    def waiting(self) -> int:
+        """Requests queued for a worker, all models together (/v1/status)."""
+        return sum(httpx.get(f"{self.url}/v1/status", timeout=10).json()["traffic"]["waiting"].values())
+
+    def reaper_passes(self) -> int:
+        """Passes of the keep_alive reaper so far (/v1/status)."""
+        return int(httpx.get(f"{self.url}/v1/status", timeout=10).json()["background"]["reap-idle"]["passes"])
+
+    def wait_reaper_passes(self, passes: int, seconds: float = 30) -> None:
+        """Block until the reaper has run `passes` more passes: whatever keep_alive was going to unload by
+        then is unloaded, so a test can assert that something was NOT, without sleeping and hoping."""
+        target = self.reaper_passes() + passes
+        assert wait_for(lambda: self.reaper_passes() >= target, seconds), "the keep_alive reaper stopped"
+
 
 def queen_env(home: Path, port: int, llama_server: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RBEE_")}

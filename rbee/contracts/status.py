@@ -55,6 +55,8 @@ class PolicyStatus(BaseModel):
 class LoopHealth(BaseModel):
     """A background loop of the queen (keep_alive reaper, hive watch, usage writes, audit pruning)."""
 
+    passes: int = 0  # passes it ran to the end since the queen started (a periodic loop's heartbeat)
+    last_pass_at: float | None = None
     failures: int = 0  # times it failed (and was started again) since the queen started
     last_error: str | None = None
     last_failed_at: float | None = None

@@ -44,6 +44,7 @@ from rbee.contracts.hives import HostedWorker, ResolvedModel, ResolveModel, Spaw
 from rbee.contracts.jobs import JobCreated, JobKind
 from rbee.hive import downloads, model_refs, shares
 from rbee.hive.config import HiveConfig
+from rbee.hive.models_file import CHECK_INTERVAL_S
 from rbee.hive.queen_link import QueenLink
 from rbee.hive.service import Hive, ModelInUse, ModelUnavailable
 from rbee.hive.worker import WorkerStartError
@@ -256,9 +257,10 @@ def create_app(config: HiveConfig, hive: Hive | None = None,
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await model_refs.models_file.refresh()  # read before the first request; the watch keeps it current
+        await model_refs.models_file.refresh()  # read before the first request; the models-toml loop keeps it current
         await hive.start()
-        tasks = [supervise.start("queen-link", link.run), supervise.start("models-toml", model_refs.models_file.watch)]
+        tasks = [supervise.start("queen-link", link.run), supervise.start("models-toml", supervise.every(
+            lambda: CHECK_INTERVAL_S, model_refs.models_file.refresh))]
         try:
             yield
         finally:

@@ -70,7 +70,7 @@ def user_aliases_file() -> Path:
     return paths.config_dir() / "models.toml"
 
 
-models_file = ModelsFile(user_aliases_file)  # a daemon keeps it current: `models_file.watch()`, supervised
+models_file = ModelsFile(user_aliases_file)  # a daemon refreshes it every second, supervised
 _write_lock = threading.Lock()
 
 

@@ -1,12 +1,12 @@
 """~/.config/rbee/models.toml, parsed and kept in memory, so that the event loop never touches the disk for it.
 
 Readers on the event loop (a request's model settings and aliases, the reaper's min_replicas) get the parsed
-file from memory. A daemon keeps that copy current with `watch()`, a supervised loop that looks at the file's
-modification time and size about once a second in a worker thread, and reads it again when they change: an
-edit by hand applies within about a second, one through the API (`model_refs.save_model_settings`, which
-re-reads after writing) to the very next request. Readers that are not on an event loop (the CLI, a worker
-thread) look at the file themselves first, as they always did. A file that cannot be read or parsed is kept
-as its error, raised to every reader until the file changes.
+file from memory. A daemon keeps that copy current with `refresh()` every CHECK_INTERVAL_S (a supervised
+loop, `supervise.every`), which looks at the file's modification time and size in a worker thread, and reads
+it again when they change: an edit by hand applies within about a second, one through the API
+(`model_refs.save_model_settings`, which re-reads after writing) to the very next request. Readers that are
+not on an event loop (the CLI, a worker thread) look at the file themselves first, as they always did. A
+file that cannot be read or parsed is kept as its error, raised to every reader until the file changes.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import tomllib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,13 +71,6 @@ class ModelsFile:
     async def refresh(self) -> None:
         """`check()` in a worker thread."""
         await asyncio.to_thread(self.check)
-
-    async def watch(self, interval: float = CHECK_INTERVAL_S,
-                    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
-        """Keep the copy current, for a daemon's lifetime (run it under rbee.common.supervise)."""
-        while True:
-            await self.refresh()
-            await sleep(interval)
 
 
 def _on_event_loop() -> bool:

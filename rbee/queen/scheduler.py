@@ -159,18 +159,17 @@ class Scheduler:
         self.notify()
 
     async def reap_idle(self) -> None:
-        """Every second, for the queen's lifetime: unload idle workers whose keep_alive ran out, start the
-        workers `min_replicas` asks for, and reload the user policy if its file changed."""
-        while True:
-            await asyncio.sleep(REAP_INTERVAL_S)
-            await asyncio.to_thread(self.policy.reload_if_changed)
-            now = time.monotonic()
-            for hive in list(self._hives.values()):
-                for w in hive.supervisor.workers():
-                    if w.state is WorkerState.READY and w.in_flight == 0 and w.expires_at is not None \
-                            and w.expires_at <= now and not self._kept(w):
-                        await self._unload(w, "keep_alive expired")
-            await self.keep_min_replicas()
+        """One pass of the reaper (run every REAP_INTERVAL_S for the queen's lifetime): unload idle workers
+        whose keep_alive ran out, start the workers `min_replicas` asks for, and reload the user policy if
+        its file changed."""
+        await asyncio.to_thread(self.policy.reload_if_changed)
+        now = time.monotonic()
+        for hive in list(self._hives.values()):
+            for w in hive.supervisor.workers():
+                if w.state is WorkerState.READY and w.in_flight == 0 and w.expires_at is not None \
+                        and w.expires_at <= now and not self._kept(w):
+                    await self._unload(w, "keep_alive expired")
+        await self.keep_min_replicas()
 
     def _minimum(self, name: str) -> int:
         try:

@@ -7,7 +7,9 @@ import contextlib
 import os
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from starlette.requests import Request
 
@@ -17,6 +19,7 @@ from rbee.common.metrics import ColonyCollector
 from rbee.common.version import current as current_version
 from rbee.contracts.status import LoopHealth, QueenHealth
 from rbee.hive import model_refs
+from rbee.hive.models_file import CHECK_INTERVAL_S
 from rbee.hive.service import Hive
 from rbee.queen.auth import Keyring, Principal, read_or_create_admin_token
 from rbee.queen.copies import Copies
@@ -26,7 +29,7 @@ from rbee.queen.metrics import QueenMetrics
 from rbee.queen.policy import Policy
 from rbee.queen.proxy import Forwarder
 from rbee.queen.remote_hive import AnyHive, RemoteHive
-from rbee.queen.scheduler import Scheduler
+from rbee.queen.scheduler import REAP_INTERVAL_S, Scheduler
 from rbee.queen.usage import UsageMeter
 
 
@@ -75,15 +78,26 @@ class QueenState:
 
     async def start(self) -> None:
         await asyncio.to_thread(self.scheduler.policy.reload_if_changed)
-        await model_refs.models_file.refresh()  # read before the first request; the watch keeps it current
+        await model_refs.models_file.refresh()  # read before the first request; the models-toml loop keeps it current
         for hive in self.hives.values():
             await hive.start()
-        loops = {"reap-idle": self.scheduler.reap_idle, "watch-hives": self._watch_hives, "usage": self.usage.run,
-                 "prune-audit": self._prune_audit, "models-toml": model_refs.models_file.watch}
-        for name in loops:
+        # Each periodic loop as (interval, one pass); the usage loop flushes once more on close.
+        loops: dict[str, tuple[Callable[[], float], supervise.Step]] = {
+            "reap-idle": (lambda: REAP_INTERVAL_S, self.scheduler.reap_idle),
+            "watch-hives": (lambda: min(1.0, settings.heartbeat_s()), self._watch_hives),
+            "usage": (settings.usage_flush_s, self.usage.flush),
+            "prune-audit": (lambda: 3600.0, self._prune_audit),
+            "models-toml": (lambda: CHECK_INTERVAL_S, model_refs.models_file.refresh)}
+        for name, (seconds, step) in loops.items():
             self.loop_health[name] = LoopHealth()
             self.metrics.loop_failures.labels(name)  # listed at 0 from the start
-        self._tasks = [supervise.start(name, loop, on_failure=self._loop_failed) for name, loop in loops.items()]
+            loop = supervise.every(seconds, step, first=name == "prune-audit", on_pass=partial(self._loop_ran, name))
+            self._tasks.append(supervise.start(name, loop, on_failure=self._loop_failed))
+
+    def _loop_ran(self, name: str) -> None:
+        health = self.loop_health[name]
+        health.passes += 1
+        health.last_pass_at = time.time()
 
     def _loop_failed(self, name: str, what: str) -> None:
         health = self.loop_health[name]
@@ -97,19 +111,16 @@ class QueenState:
         await self.db.audit(who.actor, source, action, target, detail)
 
     async def _prune_audit(self) -> None:
-        while True:
-            with contextlib.suppress(QueenError):
-                await self.db.prune_audit(time.time() - settings.audit_retention_s())
-            await asyncio.sleep(3600)
+        """One hourly pass: drop audit entries older than RBEE_AUDIT_RETENTION."""
+        with contextlib.suppress(QueenError):
+            await self.db.prune_audit(time.time() - settings.audit_retention_s())
 
     async def _watch_hives(self) -> None:
-        """Mark remote hives unreachable when their heartbeats stop (runs for the queen's lifetime)."""
-        while True:
-            await asyncio.sleep(min(1.0, settings.heartbeat_s()))
-            timeout = settings.hive_timeout_s()
-            for hive in list(self.hives.values()):
-                if isinstance(hive, RemoteHive):
-                    hive.check_alive(timeout)
+        """One pass: mark remote hives unreachable whose heartbeats stopped."""
+        timeout = settings.hive_timeout_s()
+        for hive in list(self.hives.values()):
+            if isinstance(hive, RemoteHive):
+                hive.check_alive(timeout)
 
     async def close(self) -> None:
         for task in self._tasks:

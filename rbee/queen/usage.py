@@ -8,13 +8,11 @@ one transaction; a write that fails (a locked database) is kept and retried, nev
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
 from collections.abc import Iterable
 
-from rbee.common import settings
 from rbee.queen.db import QueenDB, UsageDelta
 from rbee.queen.errors import QueenError
 
@@ -123,9 +121,3 @@ class UsageMeter:
                 log.warning("usage not written yet, will retry: %s", exc.message)
                 return
             raise
-
-    async def run(self) -> None:
-        """Flush every RBEE_USAGE_FLUSH_MS for the queen's lifetime (the queen flushes once more on close)."""
-        while True:
-            await asyncio.sleep(settings.usage_flush_s())
-            await self.flush()

@@ -60,3 +60,46 @@ async def test_a_loop_that_ran_well_for_a_while_starts_again_soon() -> None:
     with pytest.raises(asyncio.CancelledError):
         await supervise.supervised("usage", loop, sleep=sleep, clock=lambda: now[0])
     assert waited == [1.0, 1.0, 1.0]
+
+
+async def test_every_runs_a_pass_per_interval_and_reports_only_finished_passes() -> None:
+    order: list[str] = []
+    passes = 0
+    third = asyncio.Event()
+
+    def reported() -> None:
+        nonlocal passes
+        passes += 1
+        order.append("reported")
+        if passes == 2:
+            third.set()
+
+    async def step() -> None:
+        order.append("step")
+        if order.count("step") == 2:
+            raise RuntimeError("a bad pass")  # not reported; `supervised` starts the loop again
+
+    loop = supervise.every(lambda: 0.0, step, on_pass=reported)
+    task = asyncio.create_task(supervise.supervised("t", loop, sleep=lambda s: asyncio.sleep(0)))
+    await asyncio.wait_for(third.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert order[:5] == ["step", "reported", "step", "step", "reported"]
+
+
+async def test_every_waits_first_unless_told_to_run_at_once() -> None:
+    for first, expected in ((False, ["wait", "step"]), (True, ["step", "wait"])):
+        seen: list[str] = []
+
+        async def sleep(seconds: float, seen: list[str] = seen) -> None:
+            seen.append("wait")
+            if len(seen) >= 2:
+                raise asyncio.CancelledError
+
+        async def step(seen: list[str] = seen) -> None:
+            seen.append("step")
+
+        with pytest.raises(asyncio.CancelledError):
+            await supervise.every(lambda: 5.0, step, first=first, sleep=sleep)()
+        assert seen[:2] == expected

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import stat
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -137,7 +136,7 @@ def test_another_user_cannot_pin_a_worker_forever(make_queen: Callable[..., Quee
     assert _ready(queen)
     assert wait_for(lambda: _ready(queen) == [], 10)  # held for RBEE_KEY_MAX_KEEP_ALIVE, not forever
     assert httpx.post(f"{queen.url}/v1/chat/completions", json=chat, timeout=60).status_code == 200
-    time.sleep(3)
+    queen.wait_reaper_passes(3)  # past RBEE_KEY_MAX_KEEP_ALIVE's 1 s
     assert _ready(queen)  # the queen's own user may pin it
 
 

@@ -4,7 +4,6 @@ workers of the tiny model."""
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -64,7 +63,7 @@ def test_settings_set_through_the_api_live_in_models_toml_and_act(make_queen: Ca
     for w in queen.workers():  # the worker from before the settings: it expires (1 s); a new one comes
         httpx.delete(f"{queen.url}/v1/workers/{w['id']}", timeout=30)
     assert wait_for(lambda: len(ready(queen)) == 1), queen.workers()
-    time.sleep(3)  # three keep_alives
+    queen.wait_reaper_passes(3)  # three keep_alives
     kept = ready(queen)
     assert len(kept) == 1 and kept[0]["slots"] == 3
     listed = queen.cli("model", "settings", "--json", check=True).stdout

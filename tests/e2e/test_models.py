@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -180,9 +179,8 @@ def test_cancel_mid_download_leaves_nothing_behind(queen: Queen, hub: FakeHub) -
                 assert httpx.delete(f"{queen.url}/v1/jobs/{job_id}", timeout=10).json()["cancelled"]
     assert events[-1]["type"] == "cancelled"
     assert any(e.get("data", {}) and e["data"].get("speed") for e in events if e.get("unit") == "bytes")
-    time.sleep(0.5)
-    assert files_under(models_dir(queen) / "rbee-test/slow-GGUF") == []
-    assert files_under(models_dir(queen) / ".partial") == []
+    assert wait_for(lambda: files_under(models_dir(queen) / "rbee-test/slow-GGUF") == [], 10)
+    assert wait_for(lambda: files_under(models_dir(queen) / ".partial") == [], 10)
     assert "rbee-test/slow-GGUF:Q4_K_M" not in catalog(queen)
 
 

@@ -88,11 +88,11 @@ def _logs(queen: Queen, tiny_model: Path) -> None:
     follower = subprocess.Popen([sys.executable, "-m", "rbee", "logs", "queen", "-f", "-n", "1"], env=queen.env,
                                 stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(1.0)
+        assert follower.stdout is not None
+        assert follower.stdout.readline().strip()  # the last line is out: it follows from here
         assert httpx.post(f"{queen.url}/v1/hives", json={"alias": "followed-box"}).status_code == 201
         deadline = time.monotonic() + 15
         seen = ""
-        assert follower.stdout is not None
         while "followed-box" not in seen and time.monotonic() < deadline:
             seen += follower.stdout.readline()
         assert "enrolled hive 'followed-box'" in seen

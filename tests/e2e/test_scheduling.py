@@ -76,7 +76,8 @@ def test_an_in_flight_request_is_never_killed_to_make_room(make_queen: Callable[
         next(lines)
         waiter = threading.Thread(target=lambda: other.append(chat(queen, tiny_model)))
         waiter.start()
-        time.sleep(2)  # the other model waits: the only memory is held by a worker that is answering
+        assert wait_for(lambda: queen.waiting() == 1, 30)  # the only memory is held by a worker that answers
+        queen.wait_reaper_passes(2)  # the scheduler had its chances to (wrongly) make room
         assert not other and ready_models(queen) == [DEMO_MODEL]
         data = (line for line in lines if line.startswith("data:"))
         streamed = [chunk for _, chunk in zip(range(20), data, strict=False)]
@@ -99,7 +100,7 @@ def test_keep_alive_default_expires_and_negative_keeps(make_queen: Callable[...,
     assert chat(queen, tiny_model).status_code == 200
     assert chat(queen, tiny_stop_model, keep_alive=-1).status_code == 200
     assert wait_for(lambda: ready_models(queen) == ["tiny-stop"], 6)
-    time.sleep(2)
+    queen.wait_reaper_passes(2)  # past the 1 s default it would have had
     assert ready_models(queen) == ["tiny-stop"]
     bad = chat(queen, tiny_model, keep_alive="soon")
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "keep_alive"
@@ -117,16 +118,16 @@ def test_queue_is_bounded_and_a_client_that_leaves_is_removed(make_queen: Callab
         payload = json.dumps({"model": DEMO_MODEL, "messages": CHAT, "max_tokens": 4}).encode()
         leaver.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(payload), payload))
-        time.sleep(1)  # it is queued: the only slot is busy
+        assert wait_for(lambda: queen.waiting() == 1, 30)  # it is queued: the only slot is busy
         full = chat(queen, DEMO_MODEL)
         assert full.status_code == 503 and full.headers["retry-after"] == "2"
         assert full.json()["error"]["code"] == "queue_full"
         leaver.close()  # the queued client goes away...
-        time.sleep(1)
+        assert wait_for(lambda: queen.waiting() == 0, 30)
         waiting: list[httpx.Response] = []
         second = threading.Thread(target=lambda: waiting.append(chat(queen, DEMO_MODEL)))
         second.start()  # ...so there is room in the queue again
-        time.sleep(1)
+        assert wait_for(lambda: queen.waiting() == 1, 30)
         assert not waiting  # queued, not refused
     second.join(60)
     assert waiting and waiting[0].status_code == 200
@@ -173,7 +174,7 @@ def test_per_model_settings_from_models_toml(make_queen: Callable[..., Queen], t
     queen.start()
     assert chat(queen, tiny_model).status_code == 200  # added under "tiny" and loaded...
     assert chat(queen, "tiny").status_code == 200  # ...then served with its own settings
-    time.sleep(2.5)
+    queen.wait_reaper_passes(3)  # past RBEE_KEEP_ALIVE's 1 s
     assert ready_models(queen) == ["tiny"]  # its keep_alive (-1) beats RBEE_KEEP_ALIVE (1s)
     shape = next(w for w in queen.workers() if w["model"] == "tiny")
     assert (shape["slots"], shape["context_size"]) == (3, 256)
@@ -277,7 +278,6 @@ def test_a_worker_that_dies_before_the_first_byte_is_retried_on_another(make_que
         # the queen has connected to the frozen worker (the kernel accepts for it) and sent the request
         assert wait_for(lambda: any(c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
                                     for c in queen_proc.net_connections("tcp")), 30)
-        time.sleep(0.5)
         assert not answers  # no answer comes from a stopped process
         os.kill(pid, signal.SIGKILL)  # the kernel resets the connection: no byte came back
         frozen = False
