@@ -94,6 +94,19 @@ def test_a_larger_context_that_memory_cannot_hold_is_a_400_naming_the_memory(mak
     assert chat(queen, "tiny").status_code == 200
 
 
+def test_a_larger_worker_takes_the_place_of_an_idle_smaller_one_when_memory_holds_only_one(
+        make_queen: Callable[..., Queen], tiny_model: Path) -> None:
+    summary, size, slots = read_summary(tiny_model), tiny_model.stat().st_size, 32
+    small, large = (estimate(summary, size, context, slots).total for context in (512, 1024))
+    queen = _sized(make_queen, RBEE_WORKER_SLOTS=str(slots), RBEE_MEMORY_BUDGET=str(large + small // 2)).start()
+    first = chat(queen, str(tiny_model))
+    assert first.status_code == 200
+    served = chat(queen, "tiny", repeat=60)
+    assert served.status_code == 200, served.text
+    assert contexts(queen) == {served.headers["x-rbee-worker"]: 1024}
+    assert f"evicting tiny ({first.headers['x-rbee-worker']}, idle)" in queen.log.read_text()
+
+
 def test_ollama_num_ctx_asks_for_a_worker_of_that_context(make_queen: Callable[..., Queen], tiny_model: Path) -> None:
     queen = _sized(make_queen).start()
     client = ollama.Client(host=queen.url, timeout=120)
