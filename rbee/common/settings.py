@@ -13,6 +13,7 @@ DEFAULT_QUEEN_PORT = 7833
 DEFAULT_CONTEXT = 4096  # for a model whose header names no trained context
 DEFAULT_MAX_CONTEXT = 32768  # agent CLIs (Claude Code, Codex) send 4-5k tokens before the user types a word
 DEFAULT_SLOTS = 4
+MIN_MAX_CONTEXT = 256
 
 
 class SettingsError(ValueError):
@@ -74,9 +75,10 @@ def worker_context() -> int | None:
 
 
 def max_context() -> int:
-    """The largest context per slot rbee gives a model by itself (RBEE_WORKER_MAX_CONTEXT): its trained context,
-    at most this much, and less where memory is short."""
-    return env_int("RBEE_WORKER_MAX_CONTEXT", DEFAULT_MAX_CONTEXT, minimum=DEFAULT_CONTEXT)
+    """The largest context per slot rbee gives a model's workers by itself (RBEE_WORKER_MAX_CONTEXT): its trained
+    context, at most this much, and less where memory is short. A longer prompt gets a worker with more, up to
+    the trained context (rbee/queen/context_fit.py)."""
+    return env_int("RBEE_WORKER_MAX_CONTEXT", DEFAULT_MAX_CONTEXT, minimum=MIN_MAX_CONTEXT)
 
 
 def models_dir() -> Path:

@@ -120,6 +120,8 @@ class WorkerShape(BaseModel):
 
     context: int | None = Field(default=None, ge=16, le=2**20)
     slots: int | None = Field(default=None, ge=1, le=512)
+    at_least: int | None = Field(default=None, ge=16, le=2**20)  # a request needs this much: a context set by
+    # nobody is at least this (one set by hand stays as it is)
 
 
 class ResolveModel(WorkerShape):

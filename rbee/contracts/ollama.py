@@ -13,7 +13,8 @@ from rbee.contracts.openai import MAX_TOKENS, ChatMessage, ModelRequest
 
 
 class OllamaOptions(BaseModel):
-    """The `options` rbee maps onto the engine; others (`num_ctx`, `mirostat`, ...) are accepted and ignored."""
+    """The `options` rbee maps onto the engine (`num_ctx`: a worker with at least that context per slot); others
+    (`mirostat`, ...) are accepted and ignored."""
 
     model_config = ConfigDict(extra="allow", strict=True)
 
@@ -23,6 +24,7 @@ class OllamaOptions(BaseModel):
     top_k: int | None = Field(default=None, ge=0)
     seed: int | None = None
     stop: list[str] | None = None
+    num_ctx: int | None = Field(default=None, ge=1, le=2**20)
 
 
 class OllamaMessage(ChatMessage):

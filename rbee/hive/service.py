@@ -386,13 +386,16 @@ class Hive:
 
     async def shape(self, model: ModelEntry, given: WorkerShape | None = None) -> tuple[int, int]:
         """`worker_shape`, with a context nobody set taken from the model's trained context, as far as the
-        memory of this hive's roomiest device allows (`estimate.fitting_context`)."""
+        memory of this hive's roomiest device allows (`estimate.fitting_context`), and at least what the
+        request it is loaded for needs (`at_least`, which the queen caps by the trained context)."""
         context, slots = self.worker_shape(model.name, given)
         if context is None:
             room = max([d.free_bytes or d.total_bytes for d in self.devices() if not d.failed]
                        or [self.memory_total()])
             context = fitting_context(await self.summary(model), model.size_bytes, slots, room,
                                       settings.max_context(), settings.DEFAULT_CONTEXT)
+            if given is not None and given.at_least:
+                context = max(context, given.at_least)
         return context, slots
 
     async def summary(self, model: ModelEntry) -> GGUFSummary:

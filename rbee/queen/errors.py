@@ -7,6 +7,7 @@
     +-- NotFound (404)              a job or worker id that does not exist
     +-- Conflict (409)              the operation clashes with work in progress
     +-- ModelTooLargeError (400)    no device could ever hold the model
+    +-- PromptTooLong (400)         a prompt longer than its worker's context (llama-server's own 400)
     +-- QueueFull (503)             too many requests waiting, or waiting too long (Retry-After)
     +-- WorkerUnavailable (503)     the world failed: a worker did not start, or died
     +-- DeadlineExceeded (504)      the deadline the client set (X-Rbee-Timeout) passed
@@ -71,6 +72,24 @@ class Conflict(QueenError):
 class ModelTooLargeError(QueenError):
     status = 400
     code = "model_too_large"
+
+
+class PromptTooLong(QueenError):
+    """A worker refused a prompt longer than its context per slot, before any byte reached the client:
+    `said` is the worker's own message, `tokens` and `context` its numbers (a larger worker may serve it)."""
+
+    status = 400
+    code = "context_length_exceeded"
+
+    def __init__(self, message: str, *, said: str, tokens: int, context: int,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, param="messages", headers=headers)
+        self.said, self.tokens, self.context = said, tokens, context
+
+    def explained(self, why: str) -> PromptTooLong:
+        """The same refusal, with the worker's message followed by `why` it cannot be served elsewhere."""
+        return PromptTooLong(f"{self.said}: {why}", said=self.said, tokens=self.tokens, context=self.context,
+                             headers=self.headers)
 
 
 class QueueFull(QueenError):

@@ -20,17 +20,27 @@ from starlette.responses import Response
 from rbee.common import settings
 from rbee.contracts.openai import HIVE_HEADER, ModelRequest
 from rbee.contracts.workers import WorkerMode
+from rbee.hive import model_refs
 from rbee.hive.model_refs import looks_like_path
-from rbee.queen import keep_alive
+from rbee.queen import context_fit, keep_alive
 from rbee.queen.auth import LOCAL, Forbidden, Principal
 from rbee.queen.error_styles import OPENAI, ErrorStyle
-from rbee.queen.errors import ClientGone, DeadlineExceeded, InvalidRequest, QueenError, WorkerUnavailable
+from rbee.queen.errors import (
+    ClientGone,
+    DeadlineExceeded,
+    InvalidRequest,
+    ModelTooLargeError,
+    PromptTooLong,
+    QueenError,
+    WorkerUnavailable,
+)
 from rbee.queen.errors import request_id as request_id_of
 from rbee.queen.guard import as_owner, principal_of
 from rbee.queen.policy import PolicyRequest
 from rbee.queen.proxy import OnEnd, Outcome, Translation
+from rbee.queen.remote_hive import RemoteWorker
 from rbee.queen.requests import read_json
-from rbee.queen.scheduler import Lease
+from rbee.queen.scheduler import AnyWorker, Lease
 from rbee.queen.state import QueenState, queen_state
 from rbee.queen.usage import tokens_in
 
@@ -65,11 +75,11 @@ def _deadline(request: Request) -> float | None:
 
 
 async def _acquire(request: Request, parsed: ModelRequest, mode: WorkerMode, exclude: frozenset[str],
-                   deadline: float | None, asked: PolicyRequest) -> Lease:
+                   deadline: float | None, asked: PolicyRequest, context: int | None = None) -> Lease:
     """Wait for a worker, but stop waiting (and leave the queue) when the client goes away or its deadline passes."""
     state = queen_state(request)
     acquiring = asyncio.ensure_future(state.scheduler.acquire(
-        parsed.model, mode, request.headers.get(HIVE_HEADER), parsed.keep_alive, exclude, asked))
+        parsed.model, mode, request.headers.get(HIVE_HEADER), parsed.keep_alive, exclude, asked, context))
     gone = asyncio.ensure_future(client_gone(request))
     timeout = None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
     try:
@@ -94,6 +104,41 @@ def _release_granted(acquiring: asyncio.Future[Lease]) -> None:
     """The done-callback of an acquire whose request went away: a lease it got after all is released."""
     if not acquiring.cancelled() and acquiring.exception() is None:
         acquiring.result().release()
+
+
+def _hand_set(model: str, remote: bool) -> str | None:
+    """The setting that fixes a model's context per slot, if one does: the queen's models.toml (sent to every
+    hive), or RBEE_WORKER_CONTEXT (the queen's own applies to its local hive)."""
+    try:
+        if model_refs.model_settings(model).context:
+            return "`context` for this model in models.toml"
+    except model_refs.BadModelRef:
+        return None  # the scheduler has refused the request already
+    return "RBEE_WORKER_CONTEXT" if settings.worker_context() and not remote else None
+
+
+def _context_asked(parsed: ModelRequest) -> int | None:
+    """Ollama's `options.num_ctx`: a worker with at least that context per slot, as Ollama reloads a model for
+    it; a context set by hand is kept (the request is served by the worker there is)."""
+    num_ctx: int | None = getattr(getattr(parsed, "options", None), "num_ctx", None)
+    return num_ctx if num_ctx is not None and _hand_set(parsed.model, remote=False) is None else None
+
+
+async def _larger(request: Request, parsed: ModelRequest, mode: WorkerMode, deadline: float | None,
+                  asked: PolicyRequest, worker: AnyWorker, refused: PromptTooLong) -> Lease:
+    """A worker of the same model with a context the refused prompt fits, loaded if memory allows
+    (context_fit.py); else the worker's error, with the numbers and the setting to change."""
+    name = worker.spec.model.name
+    choice = context_fit.larger(name, refused.tokens, refused.context, worker.spec.model.context_length,
+                                settings.max_context(), _hand_set(name, isinstance(worker, RemoteWorker)))
+    if choice.context is None:
+        raise refused.explained(choice.why)
+    log.info("a prompt of %d tokens is longer than %s's %d per slot: a worker with %d", refused.tokens, worker.id,
+             refused.context, choice.context)
+    try:
+        return await _acquire(request, parsed, mode, frozenset(), deadline, asked, choice.context)
+    except ModelTooLargeError as exc:
+        raise refused.explained(exc.message) from exc
 
 
 def _metering(state: QueenState, who: Principal, stream: bool, request_id: str, path: str) -> OnEnd:
@@ -166,22 +211,26 @@ async def infer(request: Request, contract: type[ModelRequest], path: str, mode:
     ended = _metering(state, who, stream, request_id, path)
     pinned = request.headers.get(HIVE_HEADER)
     asked = PolicyRequest(parsed.model, str(mode), len(body) // 4, getattr(parsed, "max_tokens", None), pinned)
+
+    async def send(lease: Lease) -> Response:
+        return await state.forwarder.forward(lease, path, body, stream=stream, deadline=deadline, on_end=ended,
+                                             request_id=request_id, errors=errors, translation=translation)
+
     try:
-        lease = state.scheduler.try_acquire(parsed.model, mode, pinned, parsed.keep_alive, asked)
+        context = _context_asked(parsed)
+        lease = state.scheduler.try_acquire(parsed.model, mode, pinned, parsed.keep_alive, asked, context)
         if lease is None:
-            lease = await _acquire(request, parsed, mode, frozenset(), deadline, asked)
+            lease = await _acquire(request, parsed, mode, frozenset(), deadline, asked, context)
         try:
-            return await state.forwarder.forward(lease, path, body, stream=stream, deadline=deadline, on_end=ended,
-                                                 request_id=request_id, errors=errors,
-                                                 translation=translation)
+            return await send(lease)
         except WorkerUnavailable as exc:
             # The worker failed before sending a byte: one more try on another (or a fresh) worker.
             log.warning("worker %s failed before answering (%r); retrying once elsewhere", lease.worker.id,
                         exc.__cause__)
-            retry = await _acquire(request, parsed, mode, frozenset({lease.worker.id}), deadline, asked)
-            return await state.forwarder.forward(retry, path, body, stream=stream, deadline=deadline, on_end=ended,
-                                                 request_id=request_id, errors=errors,
-                                                 translation=translation)
+            return await send(await _acquire(request, parsed, mode, frozenset({lease.worker.id}), deadline, asked,
+                                             context))
+        except PromptTooLong as exc:  # before any byte too: once more on a worker with a larger context
+            return await send(await _larger(request, parsed, mode, deadline, asked, lease.worker, exc))
     except QueenError as exc:
         # labels and usage rows are kept: a name no hive knows must not make a new one for every typo
         label = parsed.model if state.scheduler.is_known(parsed.model) else "(unknown)"

@@ -24,8 +24,9 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from rbee.common.hop import HOP
+from rbee.queen import context_fit
 from rbee.queen.error_styles import OPENAI, ErrorStyle
-from rbee.queen.errors import DeadlineExceeded, UpstreamError, WorkerUnavailable
+from rbee.queen.errors import DeadlineExceeded, PromptTooLong, UpstreamError, WorkerUnavailable
 from rbee.queen.scheduler import Lease
 
 log = logging.getLogger(__name__)
@@ -256,7 +257,8 @@ class Forwarder:
 
         `deadline` (event-loop time) bounds the whole exchange: past it the worker's connection is
         closed, which stops its generation, and the client gets a 504 (or, mid-stream, an error event).
-        Errors take the shape of `errors`, the client's protocol.
+        Errors take the shape of `errors`, the client's protocol; a prompt longer than the worker's context
+        raises `PromptTooLong` instead (nothing reached the client: a worker with more may serve it).
         """
         started = time.monotonic()
         try:
@@ -282,12 +284,16 @@ class Forwarder:
                 forwarded.cut(SHUTDOWN)
             return forwarded
         lease.release()
+        said = _worker_message(upstream.status, content) if upstream.status >= 400 else ""
+        too_long = context_fit.exceeded(said) if upstream.status == 400 else None
+        if too_long is not None:  # not metered here: a worker with a larger context may serve it (inference.py)
+            raise _prompt_too_long(said, too_long, lease, headers)
         if on_end is not None:
             took = time.monotonic() - started
             on_end(Outcome(upstream.status, content, lease.worker.spec.model.name, lease.worker.hive,
                            lease.worker.id, took, took))
         if upstream.status >= 400:
-            return _normalise_error(upstream.status, content, headers, errors, lease)
+            return _normalise_error(upstream.status, said, headers, errors)
         if translation is not None:
             try:
                 content = translation.whole(content)
@@ -297,17 +303,24 @@ class Forwarder:
         return Response(content, status_code=upstream.status, headers=headers)
 
 
-def _normalise_error(status: int, content: bytes, headers: dict[str, str], errors: ErrorStyle,
-                     lease: Lease) -> Response:
-    """llama-server's errors are almost OpenAI's: keep the message, in the shape of the client's protocol;
-    a prompt longer than the worker's context also names the setting that gives it more."""
+def _worker_message(status: int, content: bytes) -> str:
+    """The message of a worker's error answer (llama-server's are almost OpenAI's)."""
     try:
-        message = str(json.loads(content)["error"]["message"])
+        return str(json.loads(content)["error"]["message"])
     except (ValueError, KeyError, TypeError):
-        message = content.decode(errors="replace")[:500] or f"worker answered HTTP {status}"
-    if "exceeds the available context size" in message:
-        message += (f" (the worker of '{lease.worker.spec.model.name}' has {lease.worker.info().context_size} "
-                    "tokens per slot: RBEE_WORKER_CONTEXT, or `context` for this model in models.toml, gives more)")
+        return content.decode(errors="replace")[:500] or f"worker answered HTTP {status}"
+
+
+def _prompt_too_long(said: str, numbers: tuple[int, int], lease: Lease, headers: dict[str, str]) -> PromptTooLong:
+    tokens, context = numbers
+    headers.pop("content-type", None)
+    return PromptTooLong(f"{said} (the worker of '{lease.worker.spec.model.name}' has {context} tokens per slot: "
+                         "RBEE_WORKER_CONTEXT, or `context` for this model in models.toml, gives more)",
+                         said=said, tokens=tokens, context=context, headers=headers)
+
+
+def _normalise_error(status: int, message: str, headers: dict[str, str], errors: ErrorStyle) -> Response:
+    """A worker's error, with its message, in the shape of the client's protocol."""
     headers.pop("content-type", None)
     if status == 501:  # the engine's "not supported": this model cannot do that (no FIM tokens, say): the caller's
         return errors.response(400, message, param="model", code="model_unsupported", headers=headers)

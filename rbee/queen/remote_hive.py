@@ -68,13 +68,14 @@ class RemoteSpec:
 _EARLIER = (WorkerState.PENDING, WorkerState.DOWNLOADING, WorkerState.STARTING)
 
 
-def _shape(model: str) -> WorkerShape:
-    """The queen's own settings for a model's workers (its models.toml), sent to remote hives."""
+def _shape(model: str, at_least: int | None = None) -> WorkerShape:
+    """The queen's own settings for a model's workers (its models.toml), sent to remote hives, with the context
+    a request needs (`at_least`)."""
     try:
         own = model_refs.model_settings(model)
     except model_refs.BadModelRef:
-        return WorkerShape()  # the scheduler reports a broken file with the request
-    return WorkerShape(context=own.context, slots=own.slots)
+        return WorkerShape(at_least=at_least)  # the scheduler reports a broken file with the request
+    return WorkerShape(context=own.context, slots=own.slots, at_least=at_least)
 
 class RemoteWorker:
     """A worker on a remote hive; its state comes from the hive, its load counters live here."""
@@ -253,7 +254,8 @@ class RemoteHive:
         self.last_seen = time.monotonic()
         self.problem: str | None = None
         self.registrations = 0  # registrations heard (the route counts them); heartbeats do not count
-        self._needs: dict[tuple[str, int | None, int | None], int] = {}  # (model, context, slots) -> bytes
+        # (model, context, slots, at_least) -> bytes
+        self._needs: dict[tuple[str, int | None, int | None, int | None], int] = {}
         self.tls = tls
         self.certificate = certificate  # the PEM `tls` pins, when the queen recorded one for this hive
         self._client = self._new_client(token)
@@ -322,23 +324,25 @@ class RemoteHive:
     async def resolve(self, model: str) -> ModelEntry:
         return (await self._resolved(model)).entry
 
-    async def _resolved(self, model: str) -> ResolvedModel:
-        shape = _shape(model)
+    async def _resolved(self, model: str, at_least: int | None = None) -> ResolvedModel:
+        shape = _shape(model, at_least)
         try:
             raw = await self.call("POST", "/v1/hive/resolve",
                                   ResolveModel(model=model, **shape.model_dump()).model_dump_json())
         except HiveCallFailed as exc:
             raise ModelUnavailable(str(exc)) from exc
         resolved = ResolvedModel.model_validate_json(raw)
-        self._needs[(resolved.entry.name, shape.context, shape.slots)] = resolved.need
+        self._needs[(resolved.entry.name, shape.context, shape.slots, at_least)] = resolved.need
         return resolved
 
-    async def need(self, model: ModelEntry) -> int:
-        """What the hive estimated for the model with the queen's settings for it (else the hive's own)."""
-        shape = _shape(model.name)
-        key = (model.name, shape.context, shape.slots)
+    async def need(self, model: ModelEntry, shape: WorkerShape | None = None) -> int:
+        """What the hive estimated for the model with the queen's settings for it (else the hive's own), and
+        the context a request needs (`shape.at_least`)."""
+        at_least = shape.at_least if shape else None
+        own = _shape(model.name, at_least)
+        key = (model.name, own.context, own.slots, at_least)
         if key not in self._needs:
-            await self._resolved(model.name)
+            await self._resolved(model.name, at_least)
         return self._needs[key]
 
     def memory_total(self) -> int:
@@ -348,14 +352,14 @@ class RemoteHive:
         return list(self.report.devices)
 
     async def spawn_worker(self, model: ModelEntry, mode: WorkerMode, memory: int = 0,
-                           device: str | None = None) -> RemoteWorker:
+                           shape: WorkerShape | None = None, device: str | None = None) -> RemoteWorker:
         self.supervisor.forget_dead()
         placeholder = RemoteWorker(self.alias, worker_id=f"{self.alias}-starting-{time.monotonic_ns()}",
                                    spec=RemoteSpec(model, mode, 0, 0), memory=memory, placeholder=True)
         placeholder.device = device or "cpu"
         self.supervisor.add(placeholder)  # counts its memory while it starts
         body = SpawnWorker(model=model.name, mode=mode, memory=memory, device=device,
-                           **_shape(model.name).model_dump()).model_dump_json()
+                           **_shape(model.name, shape.at_least if shape else None).model_dump()).model_dump_json()
         try:
             raw = await self.call("POST", "/v1/hive/workers", body, wait_s=START_TIMEOUT_S + 30)
         except HiveCallFailed as exc:

@@ -2,7 +2,9 @@
 
 For each request:
   (1) the hives to consider: the one pinned with `X-Rbee-Hive`, else all of them;
-  (2) a ready worker of the model with a free slot, the least loaded one, serves it at once;
+  (2) a ready worker of the model with a free slot, the least loaded one, serves it at once; a request that
+      needs a context per slot (a prompt its worker refused as too long, Ollama's num_ctx) only one with
+      that much (context_fit.py), and (4) loads one with it when there is none;
   (3) else the model must be known to a hive (404 naming it and how to get it otherwise); a request
       pinned to one hive that lacks it waits, within its timeout, while it is copied there from another
       hive over the LAN (copies.py; the hub only with RBEE_API_PULLS=hub);
@@ -39,14 +41,14 @@ from typing import Any
 
 from rbee.common import settings
 from rbee.common.jobs import JobFailed
-from rbee.contracts.hives import DeviceInfo, HiveState
+from rbee.contracts.hives import DeviceInfo, HiveState, WorkerShape
 from rbee.contracts.models import DEMO_MODEL, ModelEntry, ModelSettings
 from rbee.contracts.workers import WorkerMode, WorkerState
 from rbee.hive import model_refs
 from rbee.hive.service import ModelUnavailable
 from rbee.hive.worker import WorkerStartError
+from rbee.queen import context_fit, copy_placement
 from rbee.queen import copies as copies_mod
-from rbee.queen import copy_placement
 from rbee.queen import keep_alive as keep_alive_mod
 from rbee.queen import spill as spill_mod
 from rbee.queen.device_views import device_views as _device_views
@@ -71,7 +73,13 @@ AnyWorker = spill_mod.AnyWorker
 _HOLDING = spill_mod.HOLDING
 
 
-def _too_large(name: str, exc: ModelTooLarge) -> ModelTooLargeError:
+def _too_large(name: str, exc: ModelTooLarge, context: int | None = None) -> ModelTooLargeError:
+    if context is not None:  # loaded for a request longer than the model's workers' context
+        return ModelTooLargeError(
+            f"a worker of '{name}' with at least {context} tokens per slot needs {exc.need / 2**20:.0f} MiB, but the "
+            f"largest device has {exc.largest / 2**20:.0f} MiB: free memory there (RBEE_MEMORY_BUDGET bounds a CPU "
+            "hive), or give it fewer slots (RBEE_WORKER_SLOTS, or `slots` in models.toml)", param="messages",
+            code="context_length_exceeded")
     return ModelTooLargeError(f"'{name}' cannot be loaded anywhere: it {exc}. Use a smaller quantization, or "
                               "fewer slots or less context per slot.", param="model")
 
@@ -320,20 +328,24 @@ class Scheduler:
 
 
     def try_acquire(self, model: str, mode: WorkerMode = WorkerMode.GENERATE, pinned: str | None = None,
-                    keep_alive: str | int | float | None = None, request: PolicyRequest | None = None
-                    ) -> Lease | None:
-        """(2) without waiting: a lease on a ready worker with a free slot, or None (the hot path)."""
+                    keep_alive: str | int | float | None = None, request: PolicyRequest | None = None,
+                    context: int | None = None) -> Lease | None:
+        """(2) without waiting: a lease on a ready worker with a free slot (and at least `context` tokens per
+        slot, when given), or None (the hot path)."""
         if self._queues.get((model, mode)):
             return None  # others are waiting for this model: queue behind them
         own = self._own(model)  # one read of the settings per request: the pin, then keep_alive
-        ready = self._allowed(self.ready_workers(model, mode, self.hives_for(pinned or own.hive)), request)
+        ready = self._allowed([w for w in self.ready_workers(model, mode, self.hives_for(pinned or own.hive))
+                               if _fits(w, context)], request)
         free = [w for w in ready if w.in_flight < w.spec.slots]
         return self._lease(free, self._hold(keep_alive, own)) if free else None
 
     async def acquire(self, model: str, mode: WorkerMode = WorkerMode.GENERATE, pinned: str | None = None,
                       keep_alive: str | int | float | None = None, exclude: frozenset[str] = frozenset(),
-                      request: PolicyRequest | None = None) -> Lease:
-        """A worker with a free slot for `model`, loading it first if needed; waits in the queue."""
+                      request: PolicyRequest | None = None, context: int | None = None) -> Lease:
+        """A worker with a free slot for `model`, loading it first if needed; waits in the queue. `context`: the
+        request needs at least that many tokens per slot (context_fit.py): only such a worker serves it, and
+        one is loaded with it (capped by the trained context) when none is there."""
         own = self._own(model)
         hold = self._hold(keep_alive, own)
         hives = self.hives_for(pinned or own.hive)  # the request's pin, else the model's settings' pin
@@ -347,8 +359,8 @@ class Scheduler:
                 woken = place_in_line is not None and place_in_line.is_set()
                 if place_in_line is not None:
                     place_in_line.clear()
-                ready = self._allowed([w for w in self.ready_workers(name, mode, hives) if w.id not in exclude],
-                                      request)
+                ready = self._allowed([w for w in self.ready_workers(name, mode, hives)
+                                       if w.id not in exclude and _fits(w, context)], request)
                 free = [w for w in ready if w.in_flight < w.spec.slots]
                 line = self._queues.get((name, mode))
                 # (2), in turn: a newcomer only when nobody waits; in the line, its front or the one handed
@@ -371,7 +383,9 @@ class Scheduler:
                 if may_load and resolved is not None:  # (4)
                     # no worker yet; or every replica is saturated: one more, but only into free memory
                     await self._start_loading(resolved, mode, started, evict=not ready, request=request,
-                                              spill=copy_placement.may_copy(pinned or own.hive, None))
+                                              spill=context is None and copy_placement.may_copy(pinned or own.hive,
+                                                                                               None),
+                                              context=context)
                 if not queued:  # (5)
                     if self._waiting[name] >= per_model or self._waiting.total() >= overall:
                         raise QueueFull(f"Too many requests are waiting for '{name}'; retry shortly.",
@@ -395,8 +409,11 @@ class Scheduler:
                 for fut in waits:
                     if fut is not loading:
                         fut.cancel()
-                if loading is not None and loading in done and loading.exception() is not None:
-                    raise WorkerUnavailable(str(loading.exception())) from loading.exception()
+                failed = loading.exception() if loading is not None and loading in done else None
+                if isinstance(failed, InvalidRequest):  # a worker without the context this request needs
+                    raise InvalidRequest(failed.message, param=failed.param, code=failed.code) from failed
+                if failed is not None:
+                    raise WorkerUnavailable(str(failed)) from failed
         finally:
             if queued:
                 self._waiting[name] -= 1
@@ -425,14 +442,17 @@ class Scheduler:
 
     async def _start_loading(self, candidates: list[tuple[AnyHive, ModelEntry]], mode: WorkerMode,
                              waiting_since: float, evict: bool = True, request: PolicyRequest | None = None,
-                             spill: bool = False) -> None:
+                             spill: bool = False, context: int | None = None) -> None:
         """Decide which hive (and device) gets a worker of the model and start loading it there; returns at
         once if memory is not free yet (or, with `evict=False`, if it is not free without evicting anything).
         `spill`: the request is pinned nowhere, so when the hives holding the file cannot make room, another
-        hive may get a LAN copy of it and the worker (copy_placement.py)."""
+        hive may get a LAN copy of it and the worker (copy_placement.py). `context`: the worker gets at least that
+        many tokens per slot, at most its model's trained context."""
         _check_mode(candidates[0][1], mode)
         usable = self._usable(candidates, mode)
-        needs = {hive.alias: await hive.need(entry) for hive, entry in usable}
+        trained = usable[0][1].context_length
+        shape = None if context is None else WorkerShape(at_least=min(context, trained or context))
+        needs = {hive.alias: await hive.need(entry, shape) for hive, entry in usable}
         name = usable[0][1].name
         key = (name, mode)
         if key in self._loading:  # another request started it while we read the header
@@ -459,7 +479,7 @@ class Scheduler:
             decision = self._place(name, need, devices, workers, protect, request)
         except ModelTooLarge as exc:
             if not spill:
-                raise _too_large(name, exc) from exc
+                raise _too_large(name, exc, shape.at_least if shape else None) from exc
         if decision is None or decision.device is None or (decision.evict and not evict):
             if spill:
                 try:
@@ -472,7 +492,7 @@ class Scheduler:
         for w in victims:
             w.begin_drain()  # now, so no request leases it before the load task stops it
         task = asyncio.get_running_loop().create_task(
-            self._load(hive, entry, mode, needs[hive.alias], victims, decision.device.device))
+            self._load(hive, entry, mode, needs[hive.alias], victims, decision.device.device, shape))
         self._loading[key] = task
 
     def _copy_instead(self, candidates: list[tuple[AnyHive, ModelEntry]], mode: WorkerMode, need: int,
@@ -525,7 +545,7 @@ class Scheduler:
         return place(need, allowed, workers, protect)
 
     async def _load(self, hive: AnyHive, entry: ModelEntry, mode: WorkerMode, need: int,
-                    evict: list[AnyWorker], device: str) -> AnyWorker:
+                    evict: list[AnyWorker], device: str, shape: WorkerShape | None = None) -> AnyWorker:
         key = (entry.name, mode)
         try:
             for w in evict:
@@ -533,13 +553,18 @@ class Scheduler:
             await asyncio.gather(*(hive.supervisor.stop(w.id) for w in evict))
             log.info("loading %s on %s:%s (%s, ~%.0f MiB)", entry.name, hive.alias, device, mode, need / 2**20)
             try:
-                worker = await hive.spawn_worker(entry, mode, memory=need, device=device)
+                worker = await hive.spawn_worker(entry, mode, memory=need, shape=shape, device=device)
             except (WorkerStartError, JobFailed) as exc:
                 raise WorkerUnavailable(f"Could not start a worker for '{entry.name}' on hive "
                                         f"'{hive.alias}': {exc}") from exc
             # its keep_alive runs from now, in case no request comes (one started for min_replicas)
             hold = self._hold(None, self._own(entry.name))
             worker.expires_at = None if hold == keep_alive_mod.FOREVER else time.monotonic() + hold
+            if shape is not None and shape.at_least and worker.spec.context_per_slot < shape.at_least:
+                raise InvalidRequest(f"hive '{hive.alias}' started '{entry.name}' with {worker.spec.context_per_slot} "
+                                     f"tokens per slot, not the {shape.at_least} this request needs: its own settings "
+                                     "fix the context (RBEE_WORKER_CONTEXT, or `context` in its models.toml)",
+                                     param="messages", code="context_length_exceeded")
             return worker
         finally:
             self._loading.pop(key, None)
@@ -568,6 +593,11 @@ class Scheduler:
             raise WorkerUnavailable(f"Could not start a worker for '{entry.name}': {exc}") from exc
         finally:
             self.notify()
+
+
+def _fits(worker: AnyWorker, context: int | None) -> bool:
+    """Whether `worker` has the context per slot a request needs (context_fit.satisfies)."""
+    return context_fit.satisfies(worker.spec.context_per_slot, context, worker.spec.model.context_length)
 
 
 def _check_mode(entry: ModelEntry, mode: WorkerMode) -> None:

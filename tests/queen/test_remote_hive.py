@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from rbee.contracts.hives import HiveReport, HiveState, HostedWorker
+import httpx
+
+from rbee.contracts.hives import HiveReport, HiveState, HostedWorker, WorkerShape
 from rbee.contracts.models import ModelEntry
 from rbee.contracts.status import EngineInfo
 from rbee.contracts.workers import WorkerInfo, WorkerState
@@ -102,3 +105,22 @@ async def test_a_spread_worker_on_a_remote_hive_holds_what_its_hive_says_on_each
     starting = RemoteWorker("h1", worker_id="h1-starting", memory=10, placeholder=True)
     starting.device = "cuda0+cuda1"
     assert starting.held() == {"cuda0": 5, "cuda1": 5}
+
+
+async def test_a_request_that_needs_a_larger_context_asks_the_hive_for_it() -> None:
+    asked: list[dict[str, object]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        asked.append(body)
+        need = 2000 if body["at_least"] else 1000  # as the hive estimates, with the context asked for
+        return httpx.Response(200, json={"entry": ENTRY.model_dump(mode="json"), "need": need})
+
+    hive = RemoteHive(report(), "token")
+    await hive._client.aclose()
+    hive._client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    assert await hive.need(ENTRY) == 1000
+    assert await hive.need(ENTRY, WorkerShape(at_least=1024)) == 2000
+    assert await hive.need(ENTRY, WorkerShape(at_least=1024)) == 2000  # asked once per shape
+    assert [(a["model"], a["at_least"]) for a in asked] == [("tiny", None), ("tiny", 1024)]
+    await hive.close()
