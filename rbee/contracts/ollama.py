@@ -1,15 +1,36 @@
 """Ollama API request shapes (`/api/*`), as the queen checks them before it translates them.
 
-Unknown fields are kept but not forwarded: the queen writes the worker's OpenAI body itself.
+Unknown fields are kept but not forwarded: the queen writes the worker's OpenAI body itself. A model named
+the way Ollama names Hugging Face models (`hf.co/org/repo:QUANT`) is read as rbee's name for it
+(`rbee_name`), on every route: pulled under one, a model is asked for under the same name.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rbee.contracts.openai import MAX_TOKENS, ChatMessage, ModelRequest
+
+_HUB_NAME = re.compile(r"^(?:https?://)?(?:hf\.co|huggingface\.co)/(?P<name>[^/].*)$", re.IGNORECASE)
+
+
+def rbee_name(text: str) -> str:
+    """Ollama's `hf.co/org/repo:QUANT` (or `huggingface.co/...`) as rbee's `org/repo:QUANT`; `:latest`, Ollama's
+    default tag, is the default quantization (`org/repo`). Any other name is rbee's already: as it is."""
+    match = _HUB_NAME.match(text.strip())
+    return text if match is None else match["name"].removesuffix(":latest")
+
+
+class _OllamaNamed(BaseModel):
+    """A request whose `model` may be in Ollama's form: read as rbee's name."""
+
+    @field_validator("model", check_fields=False)
+    @classmethod
+    def _rbee_name(cls, value: str) -> str:
+        return rbee_name(value)
 
 
 class OllamaOptions(BaseModel):
@@ -31,7 +52,7 @@ class OllamaMessage(ChatMessage):
     images: list[str] | None = None
 
 
-class _Generating(ModelRequest):
+class _Generating(_OllamaNamed, ModelRequest):
     stream: bool = True  # Ollama streams unless told not to
     options: OllamaOptions | None = None
     format: str | dict[str, Any] | None = None
@@ -49,23 +70,23 @@ class OllamaGenerateRequest(_Generating):
     images: list[str] | None = None
 
 
-class OllamaEmbedRequest(ModelRequest):
+class OllamaEmbedRequest(_OllamaNamed, ModelRequest):
     input: str | list[str] = Field(min_length=1)
 
 
-class OllamaEmbeddingsRequest(ModelRequest):
+class OllamaEmbeddingsRequest(_OllamaNamed, ModelRequest):
     """The older `/api/embeddings`: one `prompt`, one `embedding`."""
 
     prompt: str = Field(min_length=1)
 
 
-class OllamaShowRequest(BaseModel):
+class OllamaShowRequest(_OllamaNamed):
     model_config = ConfigDict(extra="allow", strict=True)
 
     model: str = Field(min_length=1, max_length=512)
 
 
-class _Named(BaseModel):
+class _Named(_OllamaNamed):
     """A model management request: `model` (older clients send `name`)."""
 
     model_config = ConfigDict(extra="allow", strict=True)

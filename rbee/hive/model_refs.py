@@ -9,7 +9,7 @@
     name                                     anything else: a name in the hive's catalog
 
 Ollama's names for Hugging Face models (`hf.co/org/repo:QUANT`, `huggingface.co/...`, `:latest` for the
-default quantization) become rbee's with `from_ollama`, at the Ollama API.
+default quantization) become rbee's as the Ollama API's requests are read (rbee/contracts/ollama.py).
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ _REPO = r"(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)"
 _REV = r"(?:@(?P<rev>[\w./-]+?))?"
 _HF_QUANT = re.compile(rf"^(?:hf://)?{_REPO}{_REV}(?::(?P<quant>[\w.-]+))?$")
 _HF_FILE = re.compile(rf"^(?:hf://)?{_REPO}{_REV}/(?P<file>[^@:]+\.gguf)$")
-_OLLAMA_HUB = re.compile(r"^(?:https?://)?(?:hf\.co|huggingface\.co)/(?P<name>[^/].*)$", re.IGNORECASE)
 
 
 class BadModelRef(ValueError):
@@ -137,13 +136,6 @@ def _save(name: str, own: ModelSettings) -> None:
         models[name] = table
     paths.write_private(path, tomlkit.dumps(doc).encode())
     models_file.check(force=True)  # the next request has it, on the event loop too
-
-
-def from_ollama(text: str) -> str:
-    """Ollama's `hf.co/org/repo:QUANT` (or `huggingface.co/...`) as rbee's `org/repo:QUANT`; `:latest`, Ollama's
-    default tag, is the default quantization (`org/repo`). Any other name is rbee's already: as it is."""
-    match = _OLLAMA_HUB.match(text.strip())
-    return text if match is None else match["name"].removesuffix(":latest")
 
 
 def looks_like_path(text: str) -> bool:

@@ -11,7 +11,7 @@ pull` and `POST /v1/jobs` start (the queen chooses the hive; a peer hive's copy 
     /api/delete   the model, from the hive whose catalog has it (its files too, when rbee downloaded them)
 
 Names are rbee's (`org/repo:QUANT`, an alias, a catalog name) or Ollama's `hf.co/org/repo:QUANT`
-(model_refs.from_ollama); one that can be neither is a 400, and a plain name no hive holds (Ollama's library,
+(contracts/ollama.rbee_name); one that can be neither is a 400, and a plain name no hive holds (Ollama's library,
 `llama3.2`) a 404, before anything starts.
 """
 
@@ -57,7 +57,7 @@ def _in_ollamas_shape(handler: Handler) -> Handler:
 
 async def _pullable(request: Request, asked: str) -> str:
     """rbee's name for `asked`, once it is known to be something a pull can find."""
-    name = model_refs.from_ollama(asked)
+    name = asked
     try:
         ref = model_refs.parse(name)
     except model_refs.BadModelRef as exc:
@@ -128,7 +128,7 @@ async def pull(request: Request) -> Response:
 async def delete(request: Request) -> Response:
     """Remove a model from the hive that holds it (as `rbee model rm`)."""
     _, asked = await read_json(request, OllamaDeleteRequest)
-    await remove_from_catalog(request, model_refs.from_ollama(asked.model),
+    await remove_from_catalog(request, asked.model,
                               not_found=f"model '{asked.model}' not found")
     return Response(status_code=200)
 

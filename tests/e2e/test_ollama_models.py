@@ -66,6 +66,12 @@ def test_pull_streams_the_progress_of_rbees_own_job(queen: Queen, client: ollama
     assert (queen.home / "data" / "models" / REPO / "tiny-Q8_0.gguf").read_bytes() == models["tiny-Q8_0.gguf"]
     assert f"{REPO}:Q8_0" in {m.model for m in client.list().models}
     assert client.generate(model=f"{REPO}:Q8_0", prompt="hi", options={"num_predict": 2}).done
+    # the name it was pulled under works on every route, as with Ollama
+    assert client.generate(model=f"hf.co/{REPO}:Q8_0", prompt="hi", options={"num_predict": 2}).done
+    chat = client.chat(model=f"hf.co/{REPO}:Q8_0", messages=[{"role": "user", "content": "hi"}],
+                       options={"num_predict": 2})
+    assert chat.done and chat.model == f"{REPO}:Q8_0"
+    assert client.show(f"hf.co/{REPO}:Q8_0").capabilities
 
 
 def test_pull_without_streaming_answers_success_once_done(queen: Queen, client: ollama.Client) -> None:
@@ -148,7 +154,7 @@ def test_delete_removes_the_model_and_its_files(queen: Queen, client: ollama.Cli
     assert not [w for w in queen.workers() if w["model"] == f"{REPO}:Q8_0"]
     with pytest.raises(ollama.ResponseError) as caught:
         client.delete(f"hf.co/{REPO}:Q8_0")
-    assert caught.value.status_code == 404 and caught.value.error == f"model 'hf.co/{REPO}:Q8_0' not found"
+    assert caught.value.status_code == 404 and caught.value.error == f"model '{REPO}:Q8_0' not found"  # named as rbee names it
 
 
 def test_delete_with_a_bad_body_is_400(queen: Queen) -> None:

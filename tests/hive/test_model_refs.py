@@ -6,7 +6,7 @@ import pytest
 
 from rbee.common.jobs import JobFailed
 from rbee.hive.downloads import RemoteFile, catalog_name_guess, choose_files
-from rbee.hive.model_refs import BUILTIN_ALIASES, BadModelRef, from_ollama, parse, quant_of
+from rbee.hive.model_refs import BUILTIN_ALIASES, BadModelRef, parse, quant_of
 
 ALIASES = {"llama-3-8b": "bartowski/Meta-Llama-3-8B-Instruct-GGUF:Q4_K_M", "local": "/models/x.gguf"}
 
@@ -115,17 +115,3 @@ def test_settings_written_at_once_are_all_kept(tmp_path: Path, monkeypatch: pyte
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda n: model_refs.save_model_settings(n, ModelSettings(slots=2)), names))
     assert sorted(model_refs.all_model_settings()) == sorted(names)
-
-
-@pytest.mark.parametrize(("ollama", "rbee"), [
-    ("hf.co/org/repo:Q4_K_M", "org/repo:Q4_K_M"),
-    ("huggingface.co/org/repo:q8_0", "org/repo:q8_0"),
-    ("https://hf.co/org/repo", "org/repo"),
-    ("HF.CO/org/repo:latest", "org/repo"),  # Ollama's default tag: the default quantization
-    ("hf.co/org/repo/sub/m-Q4_K_M.gguf", "org/repo/sub/m-Q4_K_M.gguf"),
-    ("org/repo:Q4_K_M", "org/repo:Q4_K_M"),  # rbee's own names, as they are
-    ("tiny", "tiny"),
-    ("hf.com/org/repo", "hf.com/org/repo"),
-])
-def test_ollamas_hub_names_become_rbees(ollama: str, rbee: str) -> None:
-    assert from_ollama(ollama) == rbee
