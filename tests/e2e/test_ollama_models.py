@@ -154,7 +154,7 @@ def test_delete_removes_the_model_and_its_files(queen: Queen, client: ollama.Cli
     assert not [w for w in queen.workers() if w["model"] == f"{REPO}:Q8_0"]
     with pytest.raises(ollama.ResponseError) as caught:
         client.delete(f"hf.co/{REPO}:Q8_0")
-    assert caught.value.status_code == 404 and caught.value.error == f"model '{REPO}:Q8_0' not found"  # named as rbee names it
+    assert caught.value.status_code == 404 and caught.value.error == f"model '{REPO}:Q8_0' not found"
 
 
 def test_delete_with_a_bad_body_is_400(queen: Queen) -> None:
