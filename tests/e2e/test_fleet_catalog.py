@@ -21,11 +21,11 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tests.conftest import Queen, free_port, queen_env, wait_for
+from tests.conftest import Queen, wait_for
 from tests.fixtures.browser import Tab
 from tests.fixtures.fake_hub import FakeHub, HubFile
-from tests.fixtures.lan import Host, Lan, keeper_env, lan_hosts
-from tests.fixtures.tiny_gguf import write_tiny_model
+from tests.fixtures.fleet import installed_fleet, padded_tiny_model
+from tests.fixtures.lan import Host, Lan, lan_hosts
 
 HEARTBEAT_MS = 5000
 TIMEOUT_MS = 30000
@@ -41,9 +41,7 @@ def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lan]:
 
 @pytest.fixture(scope="module")
 def payload(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    """The tiny model, padded to 3 MiB: three of the hive's 1 MiB download chunks, so progress shows mid-way."""
-    model = write_tiny_model(tmp_path_factory.mktemp("fleetmodel") / "m.gguf").read_bytes()
-    return model + b"\0" * (3 * MIB - len(model))
+    return padded_tiny_model(tmp_path_factory.mktemp("fleetmodel"))
 
 
 @pytest.fixture(scope="module")
@@ -63,16 +61,9 @@ def hub(lan: Lan, payload: bytes) -> Iterator[FakeHub]:
 def fleet(lan: Lan, hub: FakeHub, tmp_path_factory: pytest.TempPathFactory, llama_server: Path) -> Iterator[Queen]:
     """A keeper (and its queen, which `rbee hive install` starts) with both hives installed."""
     home = tmp_path_factory.mktemp("keeper")
-    port = free_port()
-    env = keeper_env(lan, home, queen_env(home, port, llama_server), llama_server, HEARTBEAT_MS, TIMEOUT_MS)
-    queen = Queen(home, port, {**env, **hub.env(home), "HF_TOKEN": HF_SECRET})
-    try:
-        for host in lan.hosts:
-            result = queen.cli("hive", "install", host.name, timeout=600)
-            assert result.returncode == 0, result.stderr
+    with installed_fleet(lan, home, llama_server, {**hub.env(home), "HF_TOKEN": HF_SECRET},
+                         HEARTBEAT_MS, TIMEOUT_MS) as queen:
         yield queen
-    finally:
-        queen.cli("queen", "stop", timeout=60)
 
 
 def models_dir(host: Host) -> Path:

@@ -12,11 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Queen, free_port, queen_env, wait_for
+from tests.conftest import Queen, wait_for
 from tests.e2e.test_fleet_catalog import catalog, models_dir, pull_job
 from tests.fixtures.fake_hub import FakeHub
-from tests.fixtures.lan import Host, Lan, keeper_env, lan_hosts
-from tests.fixtures.tiny_gguf import write_tiny_model
+from tests.fixtures.fleet import installed_fleet, padded_tiny_model
+from tests.fixtures.lan import Host, Lan, lan_hosts
 
 MIB = 2**20
 PINNED = "rbee-test/pinned-GGUF:Q4_K_M"
@@ -34,8 +34,7 @@ def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lan]:
 
 @pytest.fixture(scope="module")
 def payload(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    model = write_tiny_model(tmp_path_factory.mktemp("copymodel") / "m.gguf").read_bytes()
-    return model + b"\0" * (3 * MIB - len(model))
+    return padded_tiny_model(tmp_path_factory.mktemp("copymodel"))
 
 
 @pytest.fixture(scope="module")
@@ -49,16 +48,8 @@ def hub(lan: Lan, payload: bytes) -> Iterator[FakeHub]:
 @pytest.fixture(scope="module")
 def fleet(lan: Lan, hub: FakeHub, tmp_path_factory: pytest.TempPathFactory, llama_server: Path) -> Iterator[Queen]:
     home = tmp_path_factory.mktemp("keeper")
-    port = free_port()
-    env = keeper_env(lan, home, queen_env(home, port, llama_server), llama_server, 5000, 30000)
-    queen = Queen(home, port, {**env, **hub.env(home)})
-    try:
-        for host in lan.hosts:
-            result = queen.cli("hive", "install", host.name, timeout=600)
-            assert result.returncode == 0, result.stderr
+    with installed_fleet(lan, home, llama_server, hub.env(home)) as queen:
         yield queen
-    finally:
-        queen.cli("queen", "stop", timeout=60)
 
 
 def hub_gets(hub: FakeHub, model: str) -> int:

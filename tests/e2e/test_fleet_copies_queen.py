@@ -16,11 +16,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Queen, free_port, queen_env, wait_for
+from tests.conftest import Queen, wait_for
 from tests.e2e.test_fleet_catalog import catalog, models_dir, pull_job
 from tests.e2e.test_fleet_copies import hub_gets
 from tests.fixtures.fake_hub import FakeHub
-from tests.fixtures.lan import Lan, keeper_env, lan_hosts
+from tests.fixtures.fleet import installed_fleet, padded
+from tests.fixtures.lan import Lan, lan_hosts
 from tests.fixtures.tiny_gguf import write_tiny_model
 
 MIB = 2**20
@@ -28,10 +29,6 @@ QUEENS = "rbee-test/queens-GGUF:Q4_K_M"  # only on the queen's machine
 BIG = "rbee-test/big-GGUF:Q4_K_M"  # on h1 and the queen's machine; h1 is cut off while h2 copies it
 FILE = "m-Q4_K_M.gguf"
 RATE = "32mbit"  # into h2: a 24 MiB copy takes ~6 s, long enough to cut its source mid-way
-
-
-def padded(model: bytes, size: int) -> bytes:
-    return model + b"\0" * (size - len(model))
 
 
 @pytest.fixture(scope="module")
@@ -56,16 +53,8 @@ def hub(lan: Lan, model: bytes) -> Iterator[FakeHub]:
 @pytest.fixture(scope="module")
 def fleet(lan: Lan, hub: FakeHub, tmp_path_factory: pytest.TempPathFactory, llama_server: Path) -> Iterator[Queen]:
     home = tmp_path_factory.mktemp("keeper")
-    port = free_port()
-    env = keeper_env(lan, home, queen_env(home, port, llama_server), llama_server, 5000, 30000)
-    queen = Queen(home, port, {**env, **hub.env(home), "RBEE_LOCAL_HIVE": "1"})
-    try:
-        for host in lan.hosts:
-            result = queen.cli("hive", "install", host.name, timeout=600)
-            assert result.returncode == 0, result.stderr
+    with installed_fleet(lan, home, llama_server, {**hub.env(home), "RBEE_LOCAL_HIVE": "1"}) as queen:
         yield queen
-    finally:
-        queen.cli("queen", "stop", timeout=60)
 
 
 def test_a_model_only_on_the_queens_machine_is_copied_from_the_queen_to_a_pinned_hive(

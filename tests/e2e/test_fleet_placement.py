@@ -17,9 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Queen, free_port, queen_env
+from tests.conftest import Queen
 from tests.fixtures.fake_hub import FakeHub, HubFile
-from tests.fixtures.lan import Lan, keeper_env, lan_hosts
+from tests.fixtures.fleet import installed_fleet, padded
+from tests.fixtures.lan import Lan, lan_hosts
 from tests.fixtures.tiny_gguf import write_tiny_model
 
 MIB = 2**20
@@ -51,7 +52,7 @@ def lan(small_disk: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 @pytest.fixture(scope="module")
 def hub(lan: Lan, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeHub]:
     small = write_tiny_model(tmp_path_factory.mktemp("placemodel") / "m.gguf").read_bytes()
-    big = small + b"\0" * (3 * MIB - len(small))
+    big = padded(small, 3 * MIB)
     with FakeHub().start(lan.gateway) as hub:
         for repo in ("big-GGUF", "all-GGUF", "infer-GGUF", "both-GGUF"):
             hub.add_repo(f"rbee-test/{repo}", {"m-Q4_K_M.gguf": big})
@@ -64,17 +65,9 @@ def hub(lan: Lan, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeHub]
 def fleet(lan: Lan, hub: FakeHub, small_disk: Path, tmp_path_factory: pytest.TempPathFactory,
           llama_server: Path) -> Iterator[Queen]:
     home = tmp_path_factory.mktemp("keeper")
-    port = free_port()
-    env = keeper_env(lan, home, queen_env(home, port, llama_server), llama_server, 5000, 30000)
-    lan.write_hives_conf(Path(env["RBEE_HIVES_CONF"]), extra={"h1": {"ModelsDir": str(small_disk)}})
-    queen = Queen(home, port, {**env, **hub.env(home)})
-    try:
-        for host in lan.hosts:
-            result = queen.cli("hive", "install", host.name, timeout=600)
-            assert result.returncode == 0, result.stderr
+    with installed_fleet(lan, home, llama_server, hub.env(home),
+                         hosts_extra={"h1": {"ModelsDir": str(small_disk)}}) as queen:
         yield queen
-    finally:
-        queen.cli("queen", "stop", timeout=60)
 
 
 def models_dir(lan: Lan, host: str, small_disk: Path) -> Path:
