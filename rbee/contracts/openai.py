@@ -67,7 +67,7 @@ class CompletionRequest(_Sampling):
 
 class EmbeddingRequest(ModelRequest):
     input: str | list[str] | list[TokenId] | list[list[TokenId]]
-    encoding_format: Literal["float", "base64"] | None = None
+    encoding_format: Literal["float", "base64"] = "float"  # left out, not null: the engine fails on a null (500)
 
 
 class RerankRequest(ModelRequest):

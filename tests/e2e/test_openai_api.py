@@ -98,6 +98,17 @@ def test_embeddings_work_for_a_catalog_model(queen: Queen, tiny: str, client: op
     assert modes == {"generate", "embed"}
 
 
+def test_a_null_encoding_format_is_400_naming_it_not_the_engine_s_500(queen: Queen, tiny: str) -> None:
+    # found by the fuzzer: llama-server answers `"encoding_format": null` with a 500 (json type_error)
+    resp = httpx.post(f"{queen.url}/v1/embeddings", timeout=60,
+                      json={"model": tiny, "input": "hello", "encoding_format": None})
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"] == "encoding_format"
+    assert "'float' or 'base64'" in resp.json()["error"]["message"]
+    left_out = httpx.post(f"{queen.url}/v1/embeddings", json={"model": tiny, "input": "hello"}, timeout=60)
+    assert left_out.status_code == 200 and left_out.json()["data"][0]["embedding"]
+
+
 def test_unknown_model_is_404_naming_it(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as info:
         client.chat.completions.create(model="no-such-model", messages=CHAT)
