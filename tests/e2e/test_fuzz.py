@@ -143,6 +143,11 @@ def test_the_openapi_spec_covers_every_route(fuzzed_queen: Queen) -> None:
             ("POST", "/v1/responses/input_tokens"), ("POST", "/v1/chat/completions"), ("POST", "/v1/keys"),
             ("GET", "/v1/audit"),
             ("DELETE", "/v1/catalog/{name}"), ("GET", "/v1/models/{model}")} <= operations
+    assert {("POST", "/v1/rerank"), ("POST", "/rerank"), ("POST", "/v2/rerank"), ("POST", "/infill"),
+            ("POST", "/api/chat"), ("POST", "/api/generate"), ("POST", "/api/embed"), ("POST", "/api/embeddings"),
+            ("POST", "/api/show"), ("GET", "/api/tags"), ("GET", "/api/ps"), ("GET", "/api/version")} <= operations
+    for path in ("/v1/messages", "/v1/responses", "/v2/rerank", "/infill", "/api/chat"):  # with their bodies
+        assert "$ref" in spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
     chat = spec["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert chat["$ref"] == "#/components/schemas/ChatCompletionRequest"
     assert spec["components"]["schemas"]["ChatCompletionRequest"]["properties"]["temperature"]
