@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rbee.contracts.openai import MAX_TOKENS, ChatMessage, ModelRequest
+from rbee.contracts.openai import MAX_TOKENS, ChatMessage, ModelRequest, Tool
 
 
 class OllamaOptions(BaseModel):
@@ -37,7 +37,7 @@ class _Generating(ModelRequest):
 
 class OllamaChatRequest(_Generating):
     messages: list[OllamaMessage] = Field(min_length=1)
-    tools: list[dict[str, Any]] | None = None
+    tools: list[Tool] | None = None  # OpenAI's shape
 
 
 class OllamaGenerateRequest(_Generating):

@@ -55,8 +55,22 @@ class _Sampling(ModelRequest):
     stop: str | list[str] | None = None
 
 
+class ToolFunction(_Open):
+    name: str = Field(min_length=1)
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=dict)  # a JSON schema
+
+
+class Tool(_Open):
+    """A function the model may call: the engine answers any other shape with a 500 ("Failed to parse tools")."""
+
+    type: Literal["function"]
+    function: ToolFunction
+
+
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
+    tools: list[Tool] | None = None
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
 
 

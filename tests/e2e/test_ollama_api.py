@@ -90,3 +90,19 @@ def test_images_for_a_text_model_are_a_clear_400(tiny: str, client: ollama.Clien
 def test_a_bad_body_is_400(queen: Queen, tiny: str) -> None:
     resp = httpx.post(f"{queen.url}/api/chat", json={"model": tiny, "messages": []}, timeout=60)
     assert resp.status_code == 400 and "messages" in resp.json()["error"]
+
+
+@pytest.mark.parametrize("tool", [{}, {"type": "function"}, {"type": "function", "function": {}}])
+def test_a_malformed_tool_is_400_not_the_engine_s_500(queen: Queen, tiny: str, tool: dict[str, object]) -> None:
+    # found by the fuzzer: llama-server answers a tool without type, function or name with a 500
+    resp = httpx.post(f"{queen.url}/api/chat", timeout=60,
+                      json={"model": tiny, "messages": HELLO, "stream": False, "tools": [tool]})
+    assert resp.status_code == 400, resp.text
+    assert "tools.0" in resp.json()["error"]
+
+
+def test_a_tool_reaches_the_worker(tiny: str, client: ollama.Client) -> None:
+    weather = {"type": "function", "function": {"name": "weather", "description": "the weather in a city",
+                                                "parameters": {"type": "object",
+                                                               "properties": {"city": {"type": "string"}}}}}
+    assert client.chat(model=tiny, messages=HELLO, tools=[weather], options=GREEDY).done
