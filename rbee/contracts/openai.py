@@ -89,7 +89,7 @@ class RerankRequest(ModelRequest):
 
     query: str = Field(min_length=1)
     documents: list[str | dict[str, Any]] = Field(min_length=1, max_length=10000)
-    top_n: int | None = Field(default=None, ge=1)
+    top_n: int | None = Field(default=None, ge=1, lt=2**31)  # the engine's int: larger ones overflow (a 500)
     return_documents: bool | None = None
 
 

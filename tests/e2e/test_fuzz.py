@@ -132,7 +132,7 @@ def test_no_body_a_worker_reads_makes_the_queen_fail(fuzzed_queen: Queen, admin_
     assert httpx.get(f"{fuzzed_queen.url}/health", timeout=5).status_code == 200
     listed = httpx.get(f"{fuzzed_queen.url}/v1/workers", timeout=10, headers=admin_headers).json()
     workers = {w["model"] for w in listed if w["state"] == "ready"}
-    assert {"tiny", "tiny-rerank", "tiny-fim"} <= workers, workers
+    assert {"tiny", "tiny-rerank", "tiny-fim"} <= workers, (workers, fuzzed_queen.log.read_text()[-3000:])
 
 
 def test_the_openapi_spec_covers_every_route(fuzzed_queen: Queen) -> None:
