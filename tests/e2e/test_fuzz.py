@@ -130,6 +130,8 @@ def test_no_body_a_worker_reads_makes_the_queen_fail(fuzzed_queen: Queen, admin_
     tested = _fuzz(fuzzed_queen, EXAMPLES_REACHING_A_WORKER, with_served_model, REACHING)
     assert sorted(tested) == sorted(f"POST {path}" for path in REACHING)
     assert httpx.get(f"{fuzzed_queen.url}/health", timeout=5).status_code == 200
+    for view in ("/v1/workers", "/v1/status", "/api/ps"):  # what the bodies left behind can still be shown
+        assert httpx.get(f"{fuzzed_queen.url}{view}", timeout=10, headers=admin_headers).status_code == 200, view
     listed = httpx.get(f"{fuzzed_queen.url}/v1/workers", timeout=10, headers=admin_headers).json()
     workers = {w["model"] for w in listed if w["state"] == "ready"}
     assert {"tiny", "tiny-rerank", "tiny-fim"} <= workers, (workers, fuzzed_queen.log.read_text()[-3000:])
