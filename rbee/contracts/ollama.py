@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from rbee.contracts.openai import MAX_TOKENS, ChatMessage, ModelRequest
+from rbee.contracts.openai import MAX_TOKENS, ChatMessage, ModelRequest, Tool
 
 _HUB_NAME = re.compile(r"^(?:https?://)?(?:hf\.co|huggingface\.co)/(?P<name>[^/].*)$", re.IGNORECASE)
 
@@ -60,7 +60,7 @@ class _Generating(_OllamaNamed, ModelRequest):
 
 class OllamaChatRequest(_Generating):
     messages: list[OllamaMessage] = Field(min_length=1)
-    tools: list[dict[str, Any]] | None = None
+    tools: list[Tool] | None = None  # OpenAI's shape
 
 
 class OllamaGenerateRequest(_Generating):

@@ -55,8 +55,22 @@ class _Sampling(ModelRequest):
     stop: str | list[str] | None = None
 
 
+class ToolFunction(_Open):
+    name: str = Field(min_length=1)
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=dict)  # a JSON schema
+
+
+class Tool(_Open):
+    """A function the model may call: the engine answers any other shape with a 500 ("Failed to parse tools")."""
+
+    type: Literal["function"]
+    function: ToolFunction
+
+
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
+    tools: list[Tool] | None = None
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
 
 
@@ -67,7 +81,7 @@ class CompletionRequest(_Sampling):
 
 class EmbeddingRequest(ModelRequest):
     input: str | list[str] | list[TokenId] | list[list[TokenId]]
-    encoding_format: Literal["float", "base64"] | None = None
+    encoding_format: Literal["float", "base64"] = "float"  # left out, not null: the engine fails on a null (500)
 
 
 class RerankRequest(ModelRequest):
@@ -75,7 +89,7 @@ class RerankRequest(ModelRequest):
 
     query: str = Field(min_length=1)
     documents: list[str | dict[str, Any]] = Field(min_length=1, max_length=10000)
-    top_n: int | None = Field(default=None, ge=1)
+    top_n: int | None = Field(default=None, ge=1, lt=2**31)  # the engine's int: larger ones overflow (a 500)
     return_documents: bool | None = None
 
 

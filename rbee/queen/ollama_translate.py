@@ -37,7 +37,7 @@ def chat_body(parsed: OllamaChatRequest) -> dict[str, Any]:
     messages = [m.model_dump(exclude={"images"}, exclude_none=True) for m in parsed.messages]
     body: dict[str, Any] = {"model": parsed.model, "messages": messages, **sampling(parsed.options)}
     if parsed.tools:
-        body["tools"] = parsed.tools
+        body["tools"] = [tool.model_dump(exclude_unset=True) for tool in parsed.tools]
     if parsed.format == "json":
         body["response_format"] = {"type": "json_object"}
     elif isinstance(parsed.format, dict):

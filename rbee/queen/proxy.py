@@ -10,14 +10,16 @@ generating for it, which frees its slot.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
+import socket
 import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 from starlette.responses import Response, StreamingResponse
@@ -50,6 +52,20 @@ class Outcome:
 OnEnd = Callable[[Outcome], None]
 
 WORKER_CONNECT_S = 1.0  # workers are on this machine or the LAN: a connect that takes longer will not come
+
+AddrInfo = tuple[int, int, int, str, tuple[Any, ...]]  # one of getaddrinfo()'s answers
+
+
+def _worker_socket(addr_info: AddrInfo) -> socket.socket:
+    """A socket to a worker that gives up when what it sent is not acknowledged within WORKER_CONNECT_S
+    (TCP_USER_TIMEOUT): a request written on a kept-alive connection to a hive whose link was cut fails
+    at once, for the retry on another worker, instead of waiting minutes for TCP to give up."""
+    family, kind, proto, _, _ = addr_info
+    sock = socket.socket(family, kind, proto)
+    if hasattr(socket, "TCP_USER_TIMEOUT") and family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(WORKER_CONNECT_S * 1000))
+    return sock
+
 
 class Translation(Protocol):
     """How a worker's answer becomes the client's protocol, where the engine does not speak it (one per request:
@@ -183,7 +199,7 @@ class Forwarder:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 # Shorter than llama-server's 5 s keep-alive, so we rarely pick a connection it is closing.
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=3.0),
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=3.0, socket_factory=_worker_socket),
                 # a worker that does not accept within a second (its link cut) is given up for another at once
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=WORKER_CONNECT_S),
                 auto_decompress=False,
@@ -206,12 +222,13 @@ class Forwarder:
 
     async def _send(self, url: str, body: bytes, headers: dict[str, str],
                     tls: ssl.SSLContext | None) -> aiohttp.ClientResponse:
-        """POST, retrying once when a pooled keep-alive connection turns out to be closed already."""
+        """POST, retrying once when a pooled keep-alive connection turns out to be closed already (not when
+        the worker stopped acknowledging: its link is cut, and another worker should be asked)."""
         check = tls or self._tls
         try:
             return await self._client().post(url, data=body, headers=headers, ssl=check)
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-            if isinstance(exc, aiohttp.ClientSSLError):
+            if isinstance(exc, aiohttp.ClientSSLError) or getattr(exc, "errno", None) == errno.ETIMEDOUT:
                 raise
             return await self._client().post(url, data=body, headers=headers, ssl=check)
 

@@ -19,8 +19,8 @@ from tests.conftest import REPO, Queen
 CHAT = [{"role": "user", "content": "hello there"}]
 
 
-def _samples(queen: Queen) -> dict[str, list[tuple[dict[str, str], float]]]:
-    resp = httpx.get(f"{queen.url}/metrics", timeout=10)
+def _samples(queen: Queen, headers: dict[str, str] | None = None) -> dict[str, list[tuple[dict[str, str], float]]]:
+    resp = httpx.get(f"{queen.url}/metrics", timeout=10, headers=headers)
     assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/plain")
     found: dict[str, list[tuple[dict[str, str], float]]] = {}
     for family in text_string_to_metric_families(resp.text):  # parses, so the text is well-formed

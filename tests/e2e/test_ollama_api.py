@@ -134,3 +134,19 @@ def test_root_says_ollama_is_running_and_a_browser_still_gets_the_dashboard(quee
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
         assert "accept" in page.headers["vary"] and "accept" in probe.headers["vary"]
     assert "<html" in httpx.get(f"{queen.url}/", headers={"accept": "text/html"}, timeout=10).text.lower()
+
+
+@pytest.mark.parametrize("tool", [{}, {"type": "function"}, {"type": "function", "function": {}}])
+def test_a_malformed_tool_is_400_not_the_engine_s_500(queen: Queen, tiny: str, tool: dict[str, object]) -> None:
+    # found by the fuzzer: llama-server answers a tool without type, function or name with a 500
+    resp = httpx.post(f"{queen.url}/api/chat", timeout=60,
+                      json={"model": tiny, "messages": HELLO, "stream": False, "tools": [tool]})
+    assert resp.status_code == 400, resp.text
+    assert "tools.0" in resp.json()["error"]
+
+
+def test_a_tool_reaches_the_worker(tiny: str, client: ollama.Client) -> None:
+    weather = {"type": "function", "function": {"name": "weather", "description": "the weather in a city",
+                                                "parameters": {"type": "object",
+                                                               "properties": {"city": {"type": "string"}}}}}
+    assert client.chat(model=tiny, messages=HELLO, tools=[weather], options=GREEDY).done

@@ -98,6 +98,34 @@ def test_embeddings_work_for_a_catalog_model(queen: Queen, tiny: str, client: op
     assert modes == {"generate", "embed"}
 
 
+def test_a_null_encoding_format_is_400_naming_it_not_the_engine_s_500(queen: Queen, tiny: str) -> None:
+    # found by the fuzzer: llama-server answers `"encoding_format": null` with a 500 (json type_error)
+    resp = httpx.post(f"{queen.url}/v1/embeddings", timeout=60,
+                      json={"model": tiny, "input": "hello", "encoding_format": None})
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"] == "encoding_format"
+    assert "'float' or 'base64'" in resp.json()["error"]["message"]
+    left_out = httpx.post(f"{queen.url}/v1/embeddings", json={"model": tiny, "input": "hello"}, timeout=60)
+    assert left_out.status_code == 200 and left_out.json()["data"][0]["embedding"]
+
+
+@pytest.mark.parametrize(("tool", "param"), [({}, "tools.0.type"), ({"type": "function"}, "tools.0.function"),
+                                             ({"type": "function", "function": {}}, "tools.0.function.name")])
+def test_a_malformed_tool_is_400_naming_it_not_the_engine_s_500(queen: Queen, tiny: str, tool: dict[str, object],
+                                                                 param: str) -> None:
+    # found by the fuzzer (on /api/chat): llama-server answers a tool it cannot parse with a 500
+    resp = httpx.post(f"{queen.url}/v1/chat/completions", timeout=60,
+                      json={"model": tiny, "messages": CHAT, "max_tokens": 2, "tools": [tool]})
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"] == param
+
+
+def test_a_tool_reaches_the_worker(tiny: str, client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(model=tiny, messages=CHAT, max_tokens=2, tools=[
+        {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}, "strict": False}}])
+    assert reply.choices[0].finish_reason in ("length", "tool_calls")
+
+
 def test_unknown_model_is_404_naming_it(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as info:
         client.chat.completions.create(model="no-such-model", messages=CHAT)

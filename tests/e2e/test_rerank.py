@@ -66,3 +66,12 @@ def test_a_bad_body_is_400_naming_the_field(queen: Queen, body: dict[str, object
 def test_an_unknown_model_is_404(queen: Queen) -> None:
     resp = httpx.post(f"{queen.url}/v1/rerank", json={"model": "no-such-reranker", **QUERY}, timeout=60)
     assert resp.status_code == 404 and resp.json()["error"]["code"] == "model_not_found"
+
+
+def test_a_top_n_past_the_engine_s_int_is_400_not_its_500(queen: Queen, reranker: dict[str, object]) -> None:
+    # found by the fuzzer: llama-server answers top_n >= 2**31 with a 500 (vector::_M_default_append)
+    resp = httpx.post(f"{queen.url}/v1/rerank", json={"model": "tiny-rerank", **QUERY, "top_n": 2**31}, timeout=60)
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "top_n", resp.text
+    largest = httpx.post(f"{queen.url}/v1/rerank", json={"model": "tiny-rerank", **QUERY, "top_n": 2**31 - 1},
+                         timeout=60)
+    assert largest.status_code == 200 and largest.json()["results"] == reranker["results"]

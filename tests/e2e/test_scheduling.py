@@ -106,6 +106,18 @@ def test_keep_alive_default_expires_and_negative_keeps(make_queen: Callable[...,
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "keep_alive"
 
 
+def test_a_keep_alive_longer_than_35000_years_is_forever(make_queen: Callable[..., Queen], tiny_model: Path) -> None:
+    # found by the fuzzer: after keep_alive 1.2e133, GET /v1/workers failed (a countdown past its bound)
+    queen = make_queen().start()
+    assert chat(queen, tiny_model, keep_alive=1.2e133).status_code == 200
+    listed = httpx.get(f"{queen.url}/v1/workers", timeout=10)
+    assert listed.status_code == 200, listed.text
+    assert [w["idle_unload_in_s"] for w in listed.json()] == [None]  # kept, as for -1
+    nan = httpx.post(f"{queen.url}/v1/chat/completions", timeout=60, headers={"content-type": "application/json"},
+                     content=b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "keep_alive": NaN}')
+    assert nan.status_code == 400 and nan.json()["error"]["param"] == "keep_alive", nan.text
+
+
 @needs_smollm2
 def test_queue_is_bounded_and_a_client_that_leaves_is_removed(make_queen: Callable[..., Queen]) -> None:
     queen = make_queen(RBEE_WORKER_SLOTS="1", RBEE_QUEUE_PER_MODEL="1").start()

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from rbee.contracts.ollama import OllamaOptions
+from rbee.contracts.ollama import OllamaChatRequest, OllamaOptions
 from rbee.queen.infill_routes import SuffixCompletion
-from rbee.queen.ollama_translate import Chained, OllamaAnswer, sampling
+from rbee.queen.ollama_translate import Chained, OllamaAnswer, chat_body, sampling
 
 STREAM = (b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":"Hel"}}]}\n\n'
           b'data: {"choices":[{"index":0,"delta":{"content":"lo"}}]}\n\n'
@@ -37,6 +37,13 @@ def test_a_whole_answer_is_one_object() -> None:
     reply = json.loads(OllamaAnswer("tiny", generate=True).whole(json.dumps(body).encode()))
     assert reply["response"] == "Hi" and reply["done"] is True and reply["done_reason"] == "stop"
     assert reply["eval_count"] == 1 and reply["prompt_eval_count"] == 3
+
+
+def test_tools_reach_the_worker_as_sent() -> None:
+    tool = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}, "strict": True}}
+    asked = OllamaChatRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                                              "tools": [tool]})
+    assert json.loads(json.dumps(chat_body(asked)))["tools"] == [tool]
 
 
 def test_options_map_onto_the_engine() -> None:

@@ -51,13 +51,16 @@ def test_prefers_the_device_needing_fewest_evictions() -> None:
 @pytest.mark.parametrize(
     ("value", "seconds"),
     [("5m", 300), ("1h30m", 5400), ("90s", 90), ("500ms", 0.5), (0, 0), ("0", 0), (-1, keep_alive.FOREVER),
-     ("-1m", keep_alive.FOREVER), (12.5, 12.5), (None, None)],
+     ("-1m", keep_alive.FOREVER), (12.5, 12.5), (None, None),
+     # longer than a worker's info can count down (found by the fuzzer: GET /v1/workers failed then)
+     (1.2e133, keep_alive.FOREVER), (10**400, keep_alive.FOREVER), ("1e400", keep_alive.FOREVER),
+     ("99999999999999h", keep_alive.FOREVER), (2.0**40, 2.0**40)],
 )
 def test_keep_alive_durations(value: str | float | None, seconds: float | None) -> None:
     assert keep_alive.parse(value) == seconds
 
 
-@pytest.mark.parametrize("value", ["soon", "5 minutes", "m5", True])
+@pytest.mark.parametrize("value", ["soon", "5 minutes", "m5", True, float("nan"), "nan"])
 def test_keep_alive_nonsense_is_refused(value: object) -> None:
     with pytest.raises(ValueError, match="keep_alive"):
         keep_alive.parse(value)  # type: ignore[arg-type]
