@@ -28,6 +28,7 @@ from rbee.contracts.status import EngineInfo, HiveInfo
 from rbee.contracts.workers import WorkerMode
 from rbee.hive import devices, downloads, engine, model_refs, peer_fetch, shares
 from rbee.hive.catalog import Catalog, describe_file
+from rbee.hive.engine_sources import SOURCES, WHISPER
 from rbee.hive.estimate import OVERHEAD, estimate, fitting_context
 from rbee.hive.gguf_info import GGUFSummary, NotAGGUFError, read_summary
 from rbee.hive.supervisor import Supervisor
@@ -161,8 +162,11 @@ class Hive:
         return HiveInfo(alias=self.alias, state="ready", address=self.address,
                         version=current_version(), engine=await self.engine())
 
-    async def install_engine(self, emit: Emit, force: bool = False, backend: str | None = None) -> dict[str, str]:
-        result = await engine.install(emit, force=force, backend=backend)
+    async def install_engine(self, emit: Emit, force: bool = False, backend: str | None = None,
+                             engine_name: str = "llama") -> dict[str, str]:
+        result = await engine.install(emit, force=force, backend=backend, src=SOURCES[engine_name])
+        if engine_name != "llama":
+            return result
         self._listed.clear()  # a rebuild in the same place may drive other devices
         self._list_failed.clear()
         await self.engine(refresh=True)
