@@ -391,6 +391,8 @@ class Hive:
     async def shape(self, model: ModelEntry, given: WorkerShape | None = None) -> tuple[int, int]:
         """`worker_shape`, with a context nobody set taken from the model's trained context, as far as the
         memory of this hive's roomiest device allows (`estimate.fitting_context`)."""
+        if model.kind == "speech":
+            return 0, 1  # whisper-server answers one request at a time, and has no context to size
         context, slots = self.worker_shape(model.name, given)
         if context is None:
             room = max([d.free_bytes or d.total_bytes for d in self.devices() if not d.failed]
