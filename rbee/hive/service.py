@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import importlib.util
+import ipaddress
 import logging
 import shutil
 import time
@@ -415,16 +416,30 @@ class Hive:
         summary = await self.summary(model)
         return estimate(summary, model.size_bytes, *await self.shape(model, shape)).total
 
+    async def _speech_engine(self) -> Path:
+        """whisper-server, for a speech worker: it takes no API key, so it runs only where workers listen on
+        loopback (this machine's queen reaches it; a hive's LAN address would expose it unguarded)."""
+        if not _is_loopback(self.address):
+            raise JobFailed(f"speech models are served on hives whose workers listen on loopback only (whisper-server "
+                            f"has no API key), and hive '{self.alias}' serves its workers at {self.address}")
+        found = await asyncio.to_thread(engine.locate, WHISPER)
+        if found is None:
+            raise JobFailed("no whisper-server for speech models: run `rbee engine install --engine whisper` "
+                            "(or set RBEE_WHISPER_SERVER)")
+        return found[0]
+
     async def spawn_worker(self, model: ModelEntry, mode: WorkerMode, memory: int = 0,
                            shape: WorkerShape | None = None, device: str | None = None) -> WorkerProcess:
         info = await self.engine()
-        if info.path is None or info.problem:
+        speech = await self._speech_engine() if mode is WorkerMode.TRANSCRIBE else None
+        if speech is None and (info.path is None or info.problem):
             raise JobFailed(info.problem or "no engine")
         context, slots = await self.shape(model, shape)
         on = self.devices_for(device, memory)
         memory += OVERHEAD * (len(on) - 1)  # each GPU it spreads over holds a runtime of its own
         spec = WorkerSpec(
-            model=model, mode=mode, engine=self._engine_for.get(on[0].id, Path(info.path)), slots=slots,
+            model=model, mode=mode, engine=speech or self._engine_for.get(on[0].id, Path(info.path or "")),
+            slots=slots,
             context_per_slot=context, threads=settings.worker_threads(), host=self.address, tls=self.tls,
             device="+".join(d.id for d in on), engine_device=",".join(d.engine_name or "" for d in on) or None,
             tensor_split=tuple(d.total_bytes // 2**20 for d in on) if len(on) > 1 else (),
@@ -433,6 +448,13 @@ class Hive:
         worker = await self.supervisor.spawn(spec, memory)
         await self.catalog.touch(model.name)
         return worker
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"
 
 
 def _is_file(path: Path) -> bool:
