@@ -214,10 +214,10 @@ class Forwarder:
                 raise
             return await self._client().post(url, data=body, headers=headers, ssl=check)
 
-    async def _open(self, lease: Lease, path: str, body: bytes, stream: bool,
-                    request_id: str | None, deadline: float | None) -> aiohttp.ClientResponse:
+    async def _open(self, lease: Lease, path: str, body: bytes, stream: bool, request_id: str | None,
+                    deadline: float | None, content_type: str = "application/json") -> aiohttp.ClientResponse:
         worker = lease.worker
-        headers = {"Authorization": f"Bearer {worker.api_key}", "Content-Type": "application/json", **HOP}
+        headers = {"Authorization": f"Bearer {worker.api_key}", "Content-Type": content_type, **HOP}
         if request_id:
             headers["X-Request-Id"] = request_id
         if deadline is not None:  # the deadline travels with the request: what is left of it
@@ -251,8 +251,10 @@ class Forwarder:
 
     async def forward(self, lease: Lease, path: str, body: bytes, stream: bool, *, deadline: float | None = None,
                       on_end: OnEnd | None = None, request_id: str | None = None,
-                      errors: ErrorStyle = OPENAI, translation: Translation | None = None) -> Response:
-        """POST `body` unchanged to the worker's `path`; the lease is released when the response ends.
+                      errors: ErrorStyle = OPENAI, translation: Translation | None = None,
+                      content_type: str = "application/json") -> Response:
+        """POST `body` unchanged (of `content_type`) to the worker's `path`; the lease is released when the
+        response ends.
 
         `deadline` (event-loop time) bounds the whole exchange: past it the worker's connection is
         closed, which stops its generation, and the client gets a 504 (or, mid-stream, an error event).
@@ -261,7 +263,7 @@ class Forwarder:
         started = time.monotonic()
         try:
             async with asyncio.timeout_at(deadline):  # a non-streamed answer arrives whole: bound the wait
-                upstream = await self._open(lease, path, body, stream, request_id, deadline)
+                upstream = await self._open(lease, path, body, stream, request_id, deadline, content_type)
                 if not (stream and upstream.status == 200):
                     content = await self._read(lease, upstream)
         except BaseException as exc:
