@@ -260,3 +260,27 @@ def test_an_engine_that_keeps_crashing_is_an_error_and_the_next_request_restarts
     assert wait_for(lambda: answered.append(transcribe(queen, tone_wav(0.5))) or answered[-1].status_code == 200,
                     30), answered[-1].text  # after crashes in a row the next start waits a second or two
     assert answered[-1].headers["x-rbee-worker"] not in crashed
+
+
+def test_keys_scopes_and_deadlines_apply_to_audio(make_queen: Callable[..., Queen], whisper_server: Path,
+                                                  tiny_whisper: Path) -> None:
+    queen = make_queen(RBEE_WHISPER_SERVER=str(whisper_server)).start()
+    assert transcribe(queen, tone_wav(0.5), model=str(tiny_whisper)).status_code == 200  # the owner adds it
+    allowed = queen.cli("key", "create", "--name", "ears", "--models", MODEL, check=True).stdout.strip()
+    other = queen.cli("key", "create", "--name", "eyes", "--models", "tiny", check=True).stdout.strip()
+
+    def as_key(secret: str | None, **headers: str) -> httpx.Response:
+        auth = {"Authorization": f"Bearer {secret}"} if secret else {}
+        return httpx.post(f"{queen.url}/v1/audio/transcriptions", data={"model": MODEL}, timeout=60,
+                          files={"file": ("a.wav", tone_wav(0.5))}, headers={**auth, **headers})
+
+    assert as_key(allowed).status_code == 200
+    assert as_key(other).status_code == 403
+    assert as_key(None).status_code == 401 and as_key("sk-wrong").status_code == 401
+    assert _error(as_key(allowed, **{"x-rbee-timeout": "nonsense"}), 400)["param"] == "x-rbee-timeout"
+    assert _error(as_key(allowed, **{"x-rbee-timeout": "0.2"}), 504)["code"] == "deadline_exceeded"
+    admin = {"Authorization": "Bearer " + (queen.home / "config" / "admin.token").read_text().strip()}
+    rows = httpx.get(f"{queen.url}/v1/usage", headers=admin, timeout=10).json()
+    usage = {r["name"]: r for r in rows if r["model"] == MODEL}
+    assert (usage["ears"]["requests"], usage["ears"]["errors"]) == (2, 1)  # the 504 counts, its audio does not
+    assert usage["ears"]["audio_seconds"] == pytest.approx(0.5)
