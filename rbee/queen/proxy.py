@@ -24,6 +24,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from rbee.common.hop import HOP
+from rbee.contracts.workers import WorkerMode
 from rbee.queen.error_styles import OPENAI, ErrorStyle
 from rbee.queen.errors import DeadlineExceeded, UpstreamError, WorkerUnavailable
 from rbee.queen.scheduler import Lease
@@ -311,6 +312,11 @@ def _normalise_error(status: int, content: bytes, headers: dict[str, str], error
         message += (f" (the worker of '{lease.worker.spec.model.name}' has {lease.worker.info().context_size} "
                     "tokens per slot: RBEE_WORKER_CONTEXT, or `context` for this model in models.toml, gives more)")
     headers.pop("content-type", None)
+    if status == 400 and lease.worker.spec.mode is WorkerMode.TRANSCRIBE:  # whisper-server says "Invalid request"
+        return errors.response(400, "The speech worker could not decode the audio: the file looks like WAV, MP3 or "
+                               "FLAC but is damaged or in an encoding whisper-server does not read (convert it, "
+                               "e.g. `ffmpeg -i IN -ar 16000 OUT.wav`).", param="file", code="invalid_audio",
+                               headers=headers)
     if status == 501:  # the engine's "not supported": this model cannot do that (no FIM tokens, say): the caller's
         return errors.response(400, message, param="model", code="model_unsupported", headers=headers)
     return errors.response(status, message, code="worker_error", headers=headers)

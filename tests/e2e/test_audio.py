@@ -187,6 +187,13 @@ def test_an_upload_that_is_not_audio_is_400(queen: Queen, speech: dict[str, obje
     assert error["code"] == code and error["param"] == "file"
 
 
+def test_audio_that_only_looks_like_audio_is_400(queen: Queen, speech: dict[str, object]) -> None:
+    damaged = b"RIFF\x24\x00\x00\x00WAVE" + b"junk" * 64  # a WAV's signature, then no fmt or data chunk
+    error = _error(transcribe(queen, damaged), 400)  # whisper-server's own refusal, in OpenAI's shape
+    assert error["code"] == "invalid_audio" and error["param"] == "file" and "could not decode" in error["message"]
+    assert transcribe(queen, tone_wav(0.5)).status_code == 200  # the worker is fine
+
+
 def test_an_unknown_response_format_is_400(queen: Queen, speech: dict[str, object], wav: bytes) -> None:
     error = _error(transcribe(queen, wav, response_format="docx"), 400)
     assert error["param"] == "response_format" and error["code"] == "invalid_value"
