@@ -29,7 +29,7 @@ from rbee.common import paths
 from rbee.common.jobs import Emit, JobFailed
 from rbee.contracts.jobs import JobEventType
 from rbee.contracts.status import EngineInfo
-from rbee.hive.engine_sources import LLAMA, EngineSource
+from rbee.hive.engine_sources import LLAMA, WHISPER, EngineSource
 
 SOURCE_PACKAGE, SOURCE_VERSION, BINARY, COMMON_FLAGS = LLAMA.package, LLAMA.version, LLAMA.binary, LLAMA.flags
 PREFERENCE = ("cuda", "rocm", "metal", "vulkan", "cpu")  # the best build first, when several are here
@@ -256,7 +256,13 @@ def locate(src: EngineSource = LLAMA) -> tuple[Path, str] | None:
 
 
 async def describe() -> EngineInfo:
-    """Which binary is used, its version, or what is wrong with it; and rbee's builds here."""
+    """Which binary is used, its version, or what is wrong with it; rbee's builds here; the speech engine."""
+    info = await _describe_llama()
+    speech = await asyncio.to_thread(locate, WHISPER)
+    return info.model_copy(update={"speech": str(speech[0]) if speech else None})
+
+
+async def _describe_llama() -> EngineInfo:
     built = {backend: str(path) for backend, path in (await asyncio.to_thread(builds)).items()}
     found = await asyncio.to_thread(locate)  # file lookups, and ldconfig for a CUDA build's id
     if found is None:

@@ -74,6 +74,8 @@ def status(
         else:
             ctx.out.out.print(f"{hive['alias']}: {engine['path']} ({engine['source']}), "
                               f"version {engine.get('version') or 'unknown'}")
+        speech = engine.get("speech") or "none (rbee engine install --engine whisper)"
+        ctx.out.out.print(f"  speech: {speech}")
         others = {b: p for b, p in (engine.get("builds") or {}).items() if p != engine.get("path")}
         for backend, path in others.items():
             ctx.out.out.print(f"  also built: {backend} {path}")
