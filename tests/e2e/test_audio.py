@@ -4,6 +4,7 @@ alongside, and every way an upload can be wrong."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -108,6 +109,11 @@ def test_models_say_their_kind(queen: Queen, speech: dict[str, object], tiny_mod
     assert kinds[MODEL] == "speech" and kinds["tiny"] == "text"
     entry = next(e for e in httpx.get(f"{queen.url}/v1/catalog", timeout=10).json() if e["name"] == MODEL)
     assert entry["architecture"] == "whisper" and entry["kind"] == "speech"
+    info = json.loads(queen.cli("model", "info", MODEL, "--json", check=True).stdout)
+    memory, size = info["memory"], info["entry"]["size_bytes"]
+    assert (memory["slots"], memory["kv_cache"]) == (1, 0)
+    assert memory["total"] == size + size * 2 // 5 + 220 * 2**20  # weights + 40 % + 220 MiB
+    assert MODEL in queen.cli("model", "ls", check=True).stdout
 
 
 def test_usage_counts_the_seconds_of_audio(queen: Queen, speech: dict[str, object]) -> None:
