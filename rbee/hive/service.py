@@ -423,10 +423,13 @@ class Hive:
             raise JobFailed(f"speech models are served on hives whose workers listen on loopback only (whisper-server "
                             f"has no API key), and hive '{self.alias}' serves its workers at {self.address}")
         found = await asyncio.to_thread(engine.locate, WHISPER)
-        if found is None:
+        if found is not None:
+            return found[0]
+        built = await asyncio.to_thread(engine.builds, WHISPER)  # not the main engine's backend: another one
+        if not built:
             raise JobFailed("no whisper-server for speech models: run `rbee engine install --engine whisper` "
                             "(or set RBEE_WHISPER_SERVER)")
-        return found[0]
+        return next(iter(built.values()))
 
     async def spawn_worker(self, model: ModelEntry, mode: WorkerMode, memory: int = 0,
                            shape: WorkerShape | None = None, device: str | None = None) -> WorkerProcess:
@@ -434,6 +437,8 @@ class Hive:
         speech = await self._speech_engine() if mode is WorkerMode.TRANSCRIBE else None
         if speech is None and (info.path is None or info.problem):
             raise JobFailed(info.problem or "no engine")
+        if speech is not None and (await asyncio.to_thread(engine.builds, WHISPER)).get("cpu") == speech:
+            device = "cpu"  # rbee's CPU build of whisper-server drives no GPU, whatever the placement preferred
         context, slots = await self.shape(model, shape)
         on = self.devices_for(device, memory)
         memory += OVERHEAD * (len(on) - 1)  # each GPU it spreads over holds a runtime of its own
