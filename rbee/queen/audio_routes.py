@@ -83,6 +83,15 @@ async def _read(request: Request, limit: int) -> tuple[bytes, dict[str, object],
     return body, fields, data
 
 
+def _with_translate(body: bytes, boundary: bytes) -> bytes:
+    """The form with whisper-server's `translate=true` as one more part, before its closing boundary."""
+    end = body.rfind(b"--" + boundary + b"--")
+    if end < 0:
+        raise InvalidRequest("The multipart form does not end with its closing boundary.", code="invalid_form")
+    extra = b'--%s\r\nContent-Disposition: form-data; name="translate"\r\n\r\ntrue\r\n' % boundary
+    return body[:end] + extra + body[end:]
+
+
 async def _audio(request: Request, translate: bool) -> Response:
     deadline = deadline_of(request)
     content_type = request.headers.get("content-type", "")
@@ -90,9 +99,7 @@ async def _audio(request: Request, translate: bool) -> Response:
     body, fields, data = await _read(request, settings.audio_max_bytes())
     parsed = validate(fields, TranscriptionRequest)
     if translate:
-        end = body.rfind(b"--" + boundary + b"--")
-        extra = b'--%s\r\nContent-Disposition: form-data; name="translate"\r\n\r\ntrue\r\n' % boundary
-        body = body[:end] + extra + body[end:]
+        body = _with_translate(body, boundary)
     translation = _PlainText() if parsed.response_format == "text" else None
     return await serve(request, body, parsed, INFERENCE_PATH, WorkerMode.TRANSCRIBE, deadline,
                        translation=translation, content_type=content_type, audio_s=audio_seconds(data))
