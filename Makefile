@@ -44,6 +44,7 @@ test: engine agents lint
 bench: engine
 	$(BIN)/python benchmarks/proxy_overhead.py
 	$(BIN)/python benchmarks/load.py
+	$(BIN)/python benchmarks/audio_overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache $(AGENTS)/node_modules
