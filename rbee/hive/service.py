@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import importlib.util
-import ipaddress
 import logging
 import shutil
 import time
@@ -29,9 +28,10 @@ from rbee.contracts.status import EngineInfo, HiveInfo
 from rbee.contracts.workers import WorkerMode
 from rbee.hive import devices, downloads, engine, model_refs, peer_fetch, shares
 from rbee.hive.catalog import Catalog, describe_file
-from rbee.hive.engine_sources import SOURCES, WHISPER
+from rbee.hive.engine_sources import SOURCES
 from rbee.hive.estimate import OVERHEAD, estimate, fitting_context
 from rbee.hive.gguf_info import GGUFSummary, NotAGGUFError, read_summary
+from rbee.hive.speech import speech_device, speech_engine
 from rbee.hive.supervisor import Supervisor
 from rbee.hive.worker import WorkerProcess, WorkerSpec
 
@@ -416,29 +416,14 @@ class Hive:
         summary = await self.summary(model)
         return estimate(summary, model.size_bytes, *await self.shape(model, shape)).total
 
-    async def _speech_engine(self) -> Path:
-        """whisper-server, for a speech worker: it takes no API key, so it runs only where workers listen on
-        loopback (this machine's queen reaches it; a hive's LAN address would expose it unguarded)."""
-        if not _is_loopback(self.address):
-            raise JobFailed(f"speech models are served on hives whose workers listen on loopback only (whisper-server "
-                            f"has no API key), and hive '{self.alias}' serves its workers at {self.address}")
-        found = await asyncio.to_thread(engine.locate, WHISPER)
-        if found is not None:
-            return found[0]
-        built = await asyncio.to_thread(engine.builds, WHISPER)  # not the main engine's backend: another one
-        if not built:
-            raise JobFailed("no whisper-server for speech models: run `rbee engine install --engine whisper` "
-                            "(or set RBEE_WHISPER_SERVER)")
-        return next(iter(built.values()))
-
     async def spawn_worker(self, model: ModelEntry, mode: WorkerMode, memory: int = 0,
                            shape: WorkerShape | None = None, device: str | None = None) -> WorkerProcess:
         info = await self.engine()
-        speech = await self._speech_engine() if mode is WorkerMode.TRANSCRIBE else None
+        speech = await speech_engine(self.alias, self.address) if mode is WorkerMode.TRANSCRIBE else None
         if speech is None and (info.path is None or info.problem):
             raise JobFailed(info.problem or "no engine")
-        if speech is not None and (await asyncio.to_thread(engine.builds, WHISPER)).get("cpu") == speech:
-            device = "cpu"  # rbee's CPU build of whisper-server drives no GPU, whatever the placement preferred
+        if speech is not None:
+            device = await speech_device(speech, device)
         context, slots = await self.shape(model, shape)
         on = self.devices_for(device, memory)
         memory += OVERHEAD * (len(on) - 1)  # each GPU it spreads over holds a runtime of its own
@@ -453,13 +438,6 @@ class Hive:
         worker = await self.supervisor.spawn(spec, memory)
         await self.catalog.touch(model.name)
         return worker
-
-
-def _is_loopback(address: str) -> bool:
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return address == "localhost"
 
 
 def _is_file(path: Path) -> bool:
