@@ -297,3 +297,10 @@ def test_keys_scopes_and_deadlines_apply_to_audio(make_queen: Callable[..., Quee
     usage = {r["name"]: r for r in rows if r["model"] == MODEL}
     assert (usage["ears"]["requests"], usage["ears"]["errors"]) == (2, 1)  # the 504 counts, its audio does not
     assert usage["ears"]["audio_seconds"] == pytest.approx(0.5)
+
+
+def test_a_web_page_cannot_upload_to_a_keyless_queen(queen: Queen, speech: dict[str, object]) -> None:
+    """A form post needs no CORS preflight: the queen refuses it by its Origin before reading the upload."""
+    resp = httpx.post(f"{queen.url}/v1/audio/transcriptions", data={"model": MODEL},
+                      files={"file": ("a.wav", tone_wav(0.5))}, headers={"Origin": "https://evil.example"}, timeout=30)
+    assert _error(resp, 403)["message"]
