@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine (Python >= 3.11, a C/C++ toolchain, CMake):
-#   make demo   create .venv, install rbee and the demo model, build the engine, ask the demo model
+#   make demo   create .venv, install rbee and the demo model, build the engines, ask the demo model
 #   make test   the same set-up, then lint and the whole test suite (what .ci/run calls); it also installs
 #               the agent CLIs the suite runs (Claude Code, Codex) from tests/agents' npm lock file
 
@@ -21,6 +21,7 @@ setup: $(BIN)/rbee
 
 engine: setup
 	$(BIN)/rbee engine install --local
+	$(BIN)/rbee engine install --local --engine whisper
 
 demo: engine
 	$(BIN)/rbee infer -p "$(PROMPT)"
@@ -43,6 +44,7 @@ test: engine agents lint
 bench: engine
 	$(BIN)/python benchmarks/proxy_overhead.py
 	$(BIN)/python benchmarks/load.py
+	$(BIN)/python benchmarks/audio_overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache $(AGENTS)/node_modules

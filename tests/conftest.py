@@ -18,7 +18,9 @@ import psutil
 import pytest
 
 from rbee.hive import engine
+from rbee.hive.engine_sources import WHISPER
 from tests.fixtures.tiny_gguf import write_tiny_model
+from tests.fixtures.tiny_whisper import write_tiny_whisper
 
 REPO = Path(__file__).resolve().parent.parent
 pytest_plugins = ["tests.fixtures.browser", "tests.fixtures.other_user"]
@@ -37,6 +39,23 @@ def llama_server() -> Path:
     if found is None:
         pytest.fail("no llama-server: run `rbee engine install --local` (make test does) or set RBEE_LLAMA_SERVER")
     return found[0]
+
+
+@pytest.fixture(scope="session")
+def whisper_server() -> Path:
+    """The speech engine the suite runs: RBEE_WHISPER_SERVER, or the one `rbee engine install --engine whisper`
+    built."""
+    found = engine.locate(WHISPER)
+    if found is None:
+        pytest.fail("no whisper-server: run `rbee engine install --local --engine whisper` (make test does) or set "
+                    "RBEE_WHISPER_SERVER")
+    return found[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A whisper.cpp ggml model with seeded weights that transcribes any audio as " rbee rbee ..."."""
+    return write_tiny_whisper(tmp_path_factory.mktemp("models") / "ggml-tiny-test.bin")
 
 
 @pytest.fixture(scope="session")
@@ -160,6 +179,9 @@ def queen_env(home: Path, port: int, llama_server: Path) -> dict[str, str]:
         RBEE_WORKER_THREADS="1", RBEE_WORKER_SLOTS="2", RBEE_WORKER_CONTEXT="512", PYTHONPATH=str(REPO),
         NO_COLOR="1", COLUMNS="200",
     )
+    whisper = engine.locate(WHISPER)
+    if whisper is not None:
+        env["RBEE_WHISPER_SERVER"] = str(whisper[0])
     return env
 
 

@@ -174,6 +174,12 @@ def max_body_bytes() -> int:
     return env_int("RBEE_MAX_BODY_MB", 32, maximum=4096) * 2**20
 
 
+def audio_max_bytes() -> int:
+    """The largest audio file /v1/audio/* takes (RBEE_AUDIO_MAX_MB, default 25: OpenAI's own bound). The whole
+    request is also bounded by RBEE_MAX_BODY_MB."""
+    return env_int("RBEE_AUDIO_MAX_MB", 25, maximum=4096) * 2**20
+
+
 def audit_retention_s() -> float:
     """How long the audit log keeps an entry (RBEE_AUDIT_RETENTION_DAYS, default 365)."""
     return env_int("RBEE_AUDIT_RETENTION_DAYS", 365, maximum=100_000) * 86400.0

@@ -51,6 +51,7 @@ class KeyUsage(BaseModel):
     errors: int
     prompt_tokens: int
     completion_tokens: int
+    audio_seconds: float = 0.0  # speech transcribed or translated
 
 
 class AuditEntry(BaseModel):

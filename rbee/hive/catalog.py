@@ -18,7 +18,8 @@ from pathlib import Path
 
 from rbee.common import paths
 from rbee.contracts.models import ModelEntry
-from rbee.hive.gguf_info import read_summary, split_parts
+from rbee.hive.ggml_whisper import read_whisper
+from rbee.hive.gguf_info import GGUFSummary, NotAGGUFError, read_summary, split_parts
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS catalog (
@@ -36,14 +37,26 @@ class CatalogError(RuntimeError):
 
 
 def name_for_file(path: Path) -> str:
-    """A catalog name for a file: its stem, lower-cased, without a trailing `.gguf`."""
-    return re.sub(r"[^a-z0-9._-]+", "-", path.name.removesuffix(".gguf").lower()).strip("-") or "model"
+    """A catalog name for a file: its stem, lower-cased, without a trailing `.gguf` (or a whisper model's `.bin`)."""
+    stem = path.name.removesuffix(".gguf").removesuffix(".bin")
+    return re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-") or "model"
+
+
+def read_header(path: Path) -> GGUFSummary:
+    """What a model file says about itself: a GGUF header, or a whisper.cpp ggml model's. Blocking."""
+    try:
+        return read_summary(path)
+    except NotAGGUFError as exc:
+        whisper = read_whisper(path)
+        if whisper is None:
+            raise NotAGGUFError(f"{exc} (nor a whisper.cpp ggml model)") from exc
+        return whisper
 
 
 def describe_file(path: Path, name: str | None = None, source: str = "local", **extra: object) -> ModelEntry:
-    """A catalog entry for a GGUF file (and its other parts, when split), from its header. Blocking."""
+    """A catalog entry for a model file (and its other parts, when split), from its header. Blocking."""
     path = path.expanduser().resolve()
-    summary = read_summary(path)
+    summary = read_header(path)
     files = split_parts(path)
     return ModelEntry.model_validate({
         "name": name or name_for_file(path),

@@ -115,6 +115,12 @@ def _gguf_groups(files: list[RemoteFile]) -> dict[str, list[RemoteFile]]:
 
 def choose_files(ref: ModelRef, files: list[RemoteFile]) -> tuple[list[RemoteFile], str | None]:
     """The files a reference means, and their quantization; `JobFailed` says what to choose instead."""
+    if ref.filename and ref.filename.endswith(".bin"):  # a whisper.cpp ggml model: one file, read when it lands
+        chosen = [f for f in files if f.path == ref.filename]
+        if not chosen:
+            raise JobFailed(f"{ref.repo} has no file {ref.filename}; its model files: "
+                            f"{', '.join(f.path for f in files if f.path.endswith(('.bin', '.gguf'))) or 'none'}")
+        return chosen, None
     groups = _gguf_groups(files)
     if not groups:
         raise JobFailed(f"{ref.repo} has no .gguf files; rbee serves GGUF models only")

@@ -1,9 +1,10 @@
-"""Getting the engine: llama.cpp's `llama-server` (DESIGN.md decisions 1-2).
+"""Getting the engines: llama.cpp's `llama-server`, and whisper.cpp's `whisper-server` (DESIGN.md decisions 1-2,
+14; `engine_sources` says where each comes from). Every function takes the engine (`src`), llama.cpp's when not.
 
-Order of preference: a configured path (`RBEE_LLAMA_SERVER`), `llama-server` on PATH, then
-one rbee built from source into its data folder. The source is llama.cpp as vendored by the
-PyPI source distribution of llama-cpp-python at a pinned version, so the build needs nothing
-but the package registry. Builds are cached by version and flags: a machine builds once.
+Order of preference: a configured path (`RBEE_LLAMA_SERVER`, `RBEE_WHISPER_SERVER`), the binary on PATH, then
+one rbee built from source into its data folder. The source is vendored by a PyPI source distribution at a
+pinned version, so the build needs nothing but the package registry. Builds are cached by version and flags:
+a machine builds each once.
 """
 
 from __future__ import annotations
@@ -28,23 +29,9 @@ from rbee.common import paths
 from rbee.common.jobs import Emit, JobFailed
 from rbee.contracts.jobs import JobEventType
 from rbee.contracts.status import EngineInfo
+from rbee.hive.engine_sources import LLAMA, WHISPER, EngineSource
 
-SOURCE_PACKAGE = "llama-cpp-python"
-SOURCE_VERSION = "0.3.36"
-BINARY = "llama-server"
-
-# Never -DGGML_NATIVE=ON: a native build on CPUs that report AMX dies with SIGILL.
-COMMON_FLAGS = (
-    "-DCMAKE_BUILD_TYPE=Release",
-    "-DGGML_NATIVE=OFF",
-    "-DBUILD_SHARED_LIBS=OFF",
-    "-DLLAMA_CURL=OFF",
-    "-DLLAMA_OPENSSL=ON",  # HTTPS for workers on TLS hives (built without it when OpenSSL is missing)
-    "-DLLAMA_USE_PREBUILT_UI=OFF",
-    "-DLLAMA_BUILD_UI=OFF",
-    "-DLLAMA_BUILD_TESTS=OFF",
-    "-DLLAMA_BUILD_EXAMPLES=OFF",
-)
+SOURCE_PACKAGE, SOURCE_VERSION, BINARY, COMMON_FLAGS = LLAMA.package, LLAMA.version, LLAMA.binary, LLAMA.flags
 PREFERENCE = ("cuda", "rocm", "metal", "vulkan", "cpu")  # the best build first, when several are here
 BACKEND_FLAGS: dict[str, tuple[str, ...]] = {
     "cpu": ("-DGGML_METAL=OFF",) if sys.platform == "darwin" else (),
@@ -207,17 +194,17 @@ def default_backend() -> str:
     return next(iter(builds()), None) or detect_backend()
 
 
-def builds() -> dict[str, Path]:
+def builds(src: EngineSource = LLAMA) -> dict[str, Path]:
     """rbee's builds of the pinned source on this machine, by backend, the best first."""
     found = {}
     for backend in PREFERENCE:
-        binary = paths.engines_dir() / build_id(backend) / "bin" / BINARY
+        binary = paths.engines_dir() / build_id(backend, src) / "bin" / src.binary
         if binary.is_file():
             found[backend] = binary
     return found
 
 
-def build_flags(backend: str) -> tuple[str, ...]:
+def build_flags(backend: str, src: EngineSource = LLAMA) -> tuple[str, ...]:
     if backend not in BACKEND_FLAGS:
         raise JobFailed(f"unknown backend {backend!r}; choose one of: {', '.join(BACKEND_FLAGS)}")
     extra: tuple[str, ...] = ()
@@ -226,7 +213,7 @@ def build_flags(backend: str) -> tuple[str, ...]:
         extra = _cuda_flags(nvcc)
         if _nvidia_driver():
             extra += ("-DCMAKE_CUDA_ARCHITECTURES=native",)  # this machine's GPUs only: minutes, not an hour
-    return COMMON_FLAGS + BACKEND_FLAGS[backend] + extra
+    return src.flags + BACKEND_FLAGS[backend] + extra
 
 
 def _nvidia_driver() -> bool:
@@ -244,32 +231,38 @@ def _gpu_for(backend: str) -> bool:
     return False
 
 
-def build_id(backend: str) -> str:
-    """The cache key of a build: source version, backend and flags, OS and architecture."""
-    key = json.dumps([SOURCE_VERSION, backend, build_flags(backend), sys.platform, platform.machine()])
-    return f"llama.cpp-{SOURCE_VERSION}-{backend}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+def build_id(backend: str, src: EngineSource = LLAMA) -> str:
+    """The cache key of a build: the engine's source version, backend and flags, OS and architecture."""
+    key = json.dumps([src.version, backend, build_flags(backend, src), sys.platform, platform.machine()])
+    return f"{src.project}-{src.version}-{backend}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 
-def built_binary(backend: str | None = None) -> Path:
-    return paths.engines_dir() / build_id(backend or default_backend()) / "bin" / BINARY
+def built_binary(backend: str | None = None, src: EngineSource = LLAMA) -> Path:
+    return paths.engines_dir() / build_id(backend or default_backend(), src) / "bin" / src.binary
 
 
-def locate() -> tuple[Path, str] | None:
+def locate(src: EngineSource = LLAMA) -> tuple[Path, str] | None:
     """The engine to use and where it came from, or None when there is none yet."""
-    configured = os.environ.get("RBEE_LLAMA_SERVER")
+    configured = os.environ.get(src.env)
     if configured:
         return Path(configured), "configured"
-    on_path = shutil.which(BINARY)
+    on_path = shutil.which(src.binary)
     if on_path:
         return Path(on_path), "path"
-    built = built_binary()
+    built = built_binary(src=src)
     if built.is_file():
         return built, "built"
     return None
 
 
 async def describe() -> EngineInfo:
-    """Which binary is used, its version, or what is wrong with it; and rbee's builds here."""
+    """Which binary is used, its version, or what is wrong with it; rbee's builds here; the speech engine."""
+    info = await _describe_llama()
+    speech = await asyncio.to_thread(locate, WHISPER)
+    return info.model_copy(update={"speech": str(speech[0]) if speech else None})
+
+
+async def _describe_llama() -> EngineInfo:
     built = {backend: str(path) for backend, path in (await asyncio.to_thread(builds)).items()}
     found = await asyncio.to_thread(locate)  # file lookups, and ldconfig for a CUDA build's id
     if found is None:
@@ -327,57 +320,60 @@ async def _run(argv: Sequence[str], emit: Emit, cwd: Path | None = None, *, step
         raise JobFailed(f"`{' '.join(argv[:3])} ...` failed with exit code {code}:\n" + "\n".join(tail[-15:]))
 
 
-async def fetch_source(emit: Emit) -> Path:
-    """The pinned source archive, downloaded once into the cache through pip."""
+async def fetch_source(emit: Emit, src: EngineSource = LLAMA) -> Path:
+    """The pinned source archive, downloaded once into the cache through pip (only that package's sdist:
+    its build requirements, never built here, may come as wheels)."""
     src_dir = paths.ensure(paths.cache_dir() / "src")
-    archive = src_dir / f"{SOURCE_PACKAGE.replace('-', '_')}-{SOURCE_VERSION}.tar.gz"
+    archive = src_dir / f"{src.package.replace('-', '_')}-{src.version}.tar.gz"
     if archive.is_file():
         emit(message=f"using cached source {archive.name}")
         return archive
-    emit(message=f"downloading {SOURCE_PACKAGE}=={SOURCE_VERSION} source from the package index")
+    emit(message=f"downloading {src.package}=={src.version} source from the package index")
     with tempfile.TemporaryDirectory(dir=src_dir) as tmp:
-        await _run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                    f"{SOURCE_PACKAGE}=={SOURCE_VERSION}", "-d", tmp], emit)
+        await _run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", src.package,
+                    f"{src.package}=={src.version}", "-d", tmp], emit)
         found = await asyncio.to_thread(lambda: list(Path(tmp).glob("*.tar.gz")))
         if not found:
-            raise JobFailed(f"pip did not download a source archive of {SOURCE_PACKAGE}")
+            raise JobFailed(f"pip did not download a source archive of {src.package}")
         found[0].replace(archive)
     return archive
 
 
-def _extract(archive: Path, dest: Path) -> Path:
-    prefix = f"{archive.name.removesuffix('.tar.gz')}/vendor/llama.cpp/"
+def _extract(archive: Path, dest: Path, src: EngineSource = LLAMA) -> Path:
+    prefix = f"{archive.name.removesuffix('.tar.gz')}/{src.vendored}/"
     with tarfile.open(archive) as tar:
         members = [m for m in tar.getmembers() if m.name.startswith(prefix)]
         if not members:
-            raise JobFailed(f"{archive.name} does not contain vendor/llama.cpp")
+            raise JobFailed(f"{archive.name} does not contain {src.vendored}")
         tar.extractall(dest, members=members, filter="data")
     return dest / prefix
 
 
-def _publish(build: Path, staging: Path, final: Path, backend: str) -> None:
+def _publish(build: Path, staging: Path, final: Path, backend: str, src: EngineSource = LLAMA) -> None:
     """Move a finished build into place as `final` (blocking)."""
     (staging / "bin").mkdir(parents=True)
-    shutil.copy2(build / "bin" / BINARY, staging / "bin" / BINARY)
+    shutil.copy2(build / "bin" / src.binary, staging / "bin" / src.binary)
     (staging / "build.json").write_text(json.dumps(
-        {"source": f"{SOURCE_PACKAGE}=={SOURCE_VERSION}", "backend": backend,
-         "flags": build_flags(backend), "built_at": time.time()}, indent=2))
+        {"source": f"{src.package}=={src.version}", "backend": backend,
+         "flags": build_flags(backend, src), "built_at": time.time()}, indent=2))
     if final.exists():
         shutil.rmtree(final)
     staging.rename(final)
 
 
-def _already_there(target: Path, backend_asked: bool) -> tuple[Path, str] | None:
+def _already_there(target: Path, backend_asked: bool, src: EngineSource = LLAMA) -> tuple[Path, str] | None:
     """An engine that makes building `target` unnecessary: `target` itself; else, unless a backend was asked
     for by name, one that is configured or on PATH (not another backend's build: builds coexist)."""
     if target.is_file():
         return target, "built"
-    found = locate()
+    found = locate(src)
     return found if found is not None and found[1] != "built" and not backend_asked else None
 
 
-async def install(emit: Emit, *, backend: str | None = None, force: bool = False) -> dict[str, str]:
-    """Build `llama-server` from the pinned source into the engines folder (a job body).
+async def install(emit: Emit, *, backend: str | None = None, force: bool = False,
+                  src: EngineSource = LLAMA) -> dict[str, str]:
+    """Build the engine `src` (llama-server unless told) from the pinned source into the engines folder (a job
+    body).
 
     Nothing is built when a usable engine is already there (rbee's build, a configured path, or
     one on PATH), unless `force`, or unless `backend` is asked for and not built yet: builds coexist.
@@ -385,34 +381,39 @@ async def install(emit: Emit, *, backend: str | None = None, force: bool = False
     chosen = backend if backend else await asyncio.to_thread(detect_backend)
     missing = await asyncio.to_thread(missing_for, chosen)  # looks at the toolkit: files, nvcc
     if missing is not None:
-        raise JobFailed(f"cannot build llama-server for {chosen}: {missing}")
-    target = await asyncio.to_thread(built_binary, chosen)
-    found = None if force else await asyncio.to_thread(_already_there, target, backend is not None)
+        raise JobFailed(f"cannot build {src.binary} for {chosen}: {missing}")
+    target = await asyncio.to_thread(built_binary, chosen, src)
+    found = None if force else await asyncio.to_thread(_already_there, target, backend is not None, src)
     if found is not None:
-        where = {"configured": "RBEE_LLAMA_SERVER", "path": "PATH", "built": "rbee's build"}[found[1]]
+        where = {"configured": src.env, "path": "PATH", "built": "rbee's build"}[found[1]]
         emit(message=f"using {found[0]} ({where}); --force builds rbee's own anyway")
-        return {"path": str(found[0]), "build": build_id(chosen), "cached": "yes", "source": found[1]}
+        return {"path": str(found[0]), "build": build_id(chosen, src), "cached": "yes", "source": found[1]}
     for tool in ("cmake", "c++"):
         if not shutil.which(tool):
             raise JobFailed(f"`{tool}` was not found; install a C/C++ toolchain and CMake "
                             "(Debian/Ubuntu: apt install build-essential cmake; macOS: xcode-select --install "
                             "and brew install cmake)")
-    archive = await fetch_source(emit)
+    archive = await fetch_source(emit, src)
     build_root = await asyncio.to_thread(paths.ensure, paths.engines_dir())
     started = time.monotonic()
     tmp = Path(await asyncio.to_thread(tempfile.mkdtemp, ".build", ".build-", build_root))
     try:
-        emit(message="unpacking llama.cpp source")
-        source = await asyncio.to_thread(_extract, archive, tmp / "src")
-        build = tmp / "build"
-        generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-        emit(message=f"configuring ({chosen})")
-        await _run(["cmake", "-S", str(source), "-B", str(build), *generator, *build_flags(chosen)], emit)
-        jobs = str(os.cpu_count() or 2)
-        emit(message=f"compiling {BINARY} with {jobs} jobs (several minutes on a small machine)")
-        await _run(["cmake", "--build", str(build), "--target", BINARY, "-j", jobs], emit, steps=True)
-        await asyncio.to_thread(_publish, build, tmp / "out", target.parent.parent, chosen)
+        await _build(src, chosen, archive, tmp, emit)
+        await asyncio.to_thread(_publish, tmp / "build", tmp / "out", target.parent.parent, chosen, src)
     finally:
         await asyncio.to_thread(shutil.rmtree, tmp, True)
     emit(message=f"built {target} in {time.monotonic() - started:.0f} s")
-    return {"path": str(target), "build": build_id(chosen), "cached": "no", "source": "built"}
+    return {"path": str(target), "build": build_id(chosen, src), "cached": "no", "source": "built"}
+
+
+async def _build(src: EngineSource, backend: str, archive: Path, tmp: Path, emit: Emit) -> None:
+    """Unpack, configure and compile only the engine's own target, in `tmp`."""
+    emit(message=f"unpacking {src.project} source")
+    source = await asyncio.to_thread(_extract, archive, tmp / "src", src)
+    build = tmp / "build"
+    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+    emit(message=f"configuring ({backend})")
+    await _run(["cmake", "-S", str(source), "-B", str(build), *generator, *build_flags(backend, src)], emit)
+    jobs = str(os.cpu_count() or 2)
+    emit(message=f"compiling {src.binary} with {jobs} jobs (several minutes on a small machine)")
+    await _run(["cmake", "--build", str(build), "--target", src.binary, "-j", jobs], emit, steps=True)

@@ -4,6 +4,7 @@
     org/repo:QUANT                           a Hugging Face GGUF repo and a quantization (as llama-server's -hf)
     org/repo                                 the same, Q4_K_M when the repo has it
     org/repo/path/file.gguf                  one file of a repo (the first part, for a split model)
+    org/repo/path/ggml-NAME.bin              a whisper.cpp speech model (one file)
     org/repo@revision...                     any of the two above, at a branch, tag or commit
     alias                                    a short name from the built-in list or ~/.config/rbee/models.toml
     name                                     anything else: a name in the hive's catalog
@@ -41,7 +42,7 @@ BUILTIN_ALIASES: dict[str, str] = {
 _REPO = r"(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)"
 _REV = r"(?:@(?P<rev>[\w./-]+?))?"
 _HF_QUANT = re.compile(rf"^(?:hf://)?{_REPO}{_REV}(?::(?P<quant>[\w.-]+))?$")
-_HF_FILE = re.compile(rf"^(?:hf://)?{_REPO}{_REV}/(?P<file>[^@:]+\.gguf)$")
+_HF_FILE = re.compile(rf"^(?:hf://)?{_REPO}{_REV}/(?P<file>[^@:]+\.(?:gguf|bin))$")  # .bin: whisper.cpp's ggml
 
 
 class BadModelRef(ValueError):

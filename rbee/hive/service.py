@@ -28,8 +28,10 @@ from rbee.contracts.status import EngineInfo, HiveInfo
 from rbee.contracts.workers import WorkerMode
 from rbee.hive import devices, downloads, engine, model_refs, peer_fetch, shares
 from rbee.hive.catalog import Catalog, describe_file
+from rbee.hive.engine_sources import SOURCES
 from rbee.hive.estimate import OVERHEAD, estimate, fitting_context
 from rbee.hive.gguf_info import GGUFSummary, NotAGGUFError, read_summary
+from rbee.hive.speech import speech_device, speech_engine
 from rbee.hive.supervisor import Supervisor
 from rbee.hive.worker import WorkerProcess, WorkerSpec
 
@@ -161,8 +163,11 @@ class Hive:
         return HiveInfo(alias=self.alias, state="ready", address=self.address,
                         version=current_version(), engine=await self.engine())
 
-    async def install_engine(self, emit: Emit, force: bool = False, backend: str | None = None) -> dict[str, str]:
-        result = await engine.install(emit, force=force, backend=backend)
+    async def install_engine(self, emit: Emit, force: bool = False, backend: str | None = None,
+                             engine_name: str = "llama") -> dict[str, str]:
+        result = await engine.install(emit, force=force, backend=backend, src=SOURCES[engine_name])
+        if engine_name != "llama":
+            return result
         self._listed.clear()  # a rebuild in the same place may drive other devices
         self._list_failed.clear()
         await self.engine(refresh=True)
@@ -388,6 +393,8 @@ class Hive:
         """`worker_shape`, with a context nobody set taken from the model's trained context, as far as the
         memory of this hive's roomiest device allows (`estimate.fitting_context`), and at least what the
         request it is loaded for needs (`at_least`, which the queen caps by the trained context)."""
+        if model.kind == "speech":
+            return 0, 1  # whisper-server answers one request at a time, and has no context to size
         context, slots = self.worker_shape(model.name, given)
         if context is None:
             room = max([d.free_bytes or d.total_bytes for d in self.devices() if not d.failed]
@@ -415,13 +422,17 @@ class Hive:
     async def spawn_worker(self, model: ModelEntry, mode: WorkerMode, memory: int = 0,
                            shape: WorkerShape | None = None, device: str | None = None) -> WorkerProcess:
         info = await self.engine()
-        if info.path is None or info.problem:
+        speech = await speech_engine(self.alias, self.address) if mode is WorkerMode.TRANSCRIBE else None
+        if speech is None and (info.path is None or info.problem):
             raise JobFailed(info.problem or "no engine")
+        if speech is not None:
+            device = await speech_device(speech, device)
         context, slots = await self.shape(model, shape)
         on = self.devices_for(device, memory)
         memory += OVERHEAD * (len(on) - 1)  # each GPU it spreads over holds a runtime of its own
         spec = WorkerSpec(
-            model=model, mode=mode, engine=self._engine_for.get(on[0].id, Path(info.path)), slots=slots,
+            model=model, mode=mode, engine=speech or self._engine_for.get(on[0].id, Path(info.path or "")),
+            slots=slots,
             context_per_slot=context, threads=settings.worker_threads(), host=self.address, tls=self.tls,
             device="+".join(d.id for d in on), engine_device=",".join(d.engine_name or "" for d in on) or None,
             tensor_split=tuple(d.total_bytes // 2**20 for d in on) if len(on) > 1 else (),

@@ -1,4 +1,4 @@
-"""One worker: a `llama-server` process serving one model.
+"""One worker: a `llama-server` (or, for a speech model, `whisper-server`) process serving one model.
 
 The process is started in its own process group (so stopping it stops its children),
 with its own random API key, on a free port of the hive's address. Readiness is a `/health`
@@ -34,7 +34,7 @@ from rbee.hive import devices
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 300.0
-BINARY_NAME = "llama-server"
+BINARY_NAMES = ("llama-server", "whisper-server")
 STOP_GRACE_S = 5.0
 
 
@@ -69,12 +69,24 @@ def free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
+def whisper_argv(spec: WorkerSpec, port: int) -> list[str]:
+    """The whisper-server command line for `spec` (a pure function): the model, loopback only (it takes no API
+    key, so the hive never lets it listen elsewhere), its threads, and the GPU it runs on or none."""
+    argv = [str(spec.engine), "--model", spec.model.path, "--host", spec.host, "--port", str(port)]
+    if spec.threads:
+        argv += ["--threads", str(spec.threads)]
+    gpu = "".join(c for c in (spec.engine_device or "") if c.isdigit())
+    return argv + (["--device", gpu] if gpu else ["--no-gpu"])
+
+
 def build_argv(spec: WorkerSpec, port: int) -> list[str]:
-    """The llama-server command line for `spec` (a pure function, tested on its own).
+    """The engine's command line for `spec` (a pure function, tested on its own).
 
     The API key is not on it: command lines are visible to every local user, so the key
     travels in the environment (`worker_env`).
     """
+    if spec.mode is WorkerMode.TRANSCRIBE:
+        return whisper_argv(spec, port)
     argv = [
         str(spec.engine),
         "--model", spec.model.path,
@@ -199,7 +211,7 @@ class WorkerProcess:
         try:
             await asyncio.wait_for(self._wait_healthy(), self.start_timeout_s)
         except TimeoutError:
-            self._fail(f"llama-server was not healthy after {self.start_timeout_s:g} s")
+            self._fail(f"{self.spec.engine.name} was not healthy after {self.start_timeout_s:g} s")
             await self._kill()
             raise WorkerStartError(await self._with_log(self.error or "")) from None
         except asyncio.CancelledError:
@@ -229,7 +241,7 @@ class WorkerProcess:
         code = await self._proc.wait()
         if self.state in (WorkerState.DRAINING, WorkerState.STOPPED, WorkerState.ERROR):
             return
-        self._fail(await self._with_log(f"llama-server exited with code {code}"))
+        self._fail(await self._with_log(f"{self.spec.engine.name} exited with code {code}"))
 
     def _fail(self, message: str) -> None:
         log.warning("worker %s failed: %s", self.id, message)
@@ -292,14 +304,15 @@ def _die_with_parent() -> None:
 
 
 def reap_orphans(folder: Path) -> list[int]:
-    """Kill llama-servers left running by a hive that died uncleanly (recorded in `*.pid`). Blocking."""
+    """Kill engines (llama-server, whisper-server) left running by a hive that died uncleanly (recorded in
+    `*.pid`). Blocking."""
     import psutil
 
     killed = []
     for pid_file in folder.glob("*.pid"):
         try:
             proc = psutil.Process(int(pid_file.read_text().strip()))
-            if any(Path(arg).name.startswith(BINARY_NAME) for arg in proc.cmdline()[:2]):
+            if any(Path(arg).name.startswith(BINARY_NAMES) for arg in proc.cmdline()[:2]):
                 os.killpg(proc.pid, signal.SIGKILL)
                 killed.append(proc.pid)
         except (ValueError, OSError, IndexError, psutil.Error):

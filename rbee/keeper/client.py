@@ -130,6 +130,11 @@ class QueenClient:
     def post(self, path: str, json: Any = None) -> Any:
         return self.request("POST", path, json=json)
 
+    def upload(self, path: str, fields: dict[str, str], files: dict[str, Any], **kwargs: Any) -> httpx.Response:
+        """POST a multipart form (an audio file, say); the checked response, whatever its type."""
+        with self._errors():
+            return self._check(self._http.post(path, data=fields, files=files, **kwargs))
+
     def delete(self, path: str) -> Any:
         return self.request("DELETE", path)
 

@@ -8,11 +8,13 @@ import typer
 
 from rbee.contracts.jobs import JobCreate, JobKind
 from rbee.hive import engine
+from rbee.hive.engine_sources import SOURCES
 from rbee.keeper.context import App
 from rbee.keeper.jobs_view import follow, run_here
 from rbee.keeper.output import CLIError
 
-app = typer.Typer(help="Build or inspect the inference engine (llama.cpp's llama-server).",
+app = typer.Typer(help="Build or inspect the inference engines (llama.cpp's llama-server, whisper.cpp's "
+                  "whisper-server).",
                   no_args_is_help=True)
 
 
@@ -26,26 +28,33 @@ def install(
     backend: Annotated[str | None, typer.Option("--backend", help="cpu, cuda, metal, vulkan or rocm (default: "
                                                 "the GPU this machine has, when its toolkit is installed)")]
     = None,
+    which: Annotated[str, typer.Option("--engine", help="llama (llama-server, for text models) or whisper "
+                                       "(whisper-server, for speech-to-text models)")] = "llama",
 ) -> None:
-    """Build llama-server from the pinned llama.cpp source (cached per backend: a machine builds each once;
-    several builds coexist, and each worker runs on the build that drives its device)."""
+    """Build llama-server (or, with --engine whisper, whisper-server) from its pinned source (cached per
+    backend: a machine builds each once; several builds coexist, and each worker runs on the build that
+    drives its device)."""
     ctx = App()
     if backend is not None and backend not in engine.BACKEND_FLAGS:
         raise CLIError(f"--backend takes one of: {', '.join(engine.BACKEND_FLAGS)}; not {backend!r}")
+    if which not in SOURCES:
+        raise CLIError(f"--engine takes one of: {', '.join(SOURCES)}; not {which!r}")
+    src = SOURCES[which]
     title = f"engine install on {hive}"
     if local:
         if hive != "localhost":
             raise CLIError("--local builds on this machine only; drop -a/--hive")
-        done = run_here(JobKind.ENGINE_INSTALL, lambda emit: engine.install(emit, force=force, backend=backend),
-                        ctx.out, title, verbose)
+        done = run_here(JobKind.ENGINE_INSTALL,
+                        lambda emit: engine.install(emit, force=force, backend=backend, src=src), ctx.out, title,
+                        verbose)
     else:
         client = ctx.queen()
         job = client.post("/v1/jobs", json=JobCreate(kind=JobKind.ENGINE_INSTALL, hive=hive, force=force,
-                                                     backend=backend).model_dump(mode="json"))
+                                                     backend=backend, engine=which).model_dump(mode="json"))
         done = follow(client, job["job_id"], ctx.out, title, verbose=verbose)
     data = done.data or {}
     how = {"configured": "is configured", "path": "is on PATH"}.get(str(data.get("source")), "was already built")
-    ctx.out.success(f"llama-server {'built' if data.get('cached') == 'no' else how}: {data.get('path')}")
+    ctx.out.success(f"{src.binary} {'built' if data.get('cached') == 'no' else how}: {data.get('path')}")
 
 
 @app.command()
@@ -65,6 +74,8 @@ def status(
         else:
             ctx.out.out.print(f"{hive['alias']}: {engine['path']} ({engine['source']}), "
                               f"version {engine.get('version') or 'unknown'}")
+        speech = engine.get("speech") or "none (rbee engine install --engine whisper)"
+        ctx.out.out.print(f"  speech: {speech}")
         others = {b: p for b, p in (engine.get("builds") or {}).items() if p != engine.get("path")}
         for backend, path in others.items():
             ctx.out.out.print(f"  also built: {backend} {path}")

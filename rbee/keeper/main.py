@@ -21,6 +21,7 @@ from rbee.keeper import (
     queen_cmd,
     status_cmd,
     tls_cmd,
+    transcribe_cmd,
     worker_cmd,
 )
 from rbee.keeper.output import CLIError, Output
@@ -34,6 +35,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command("infer")(infer_cmd.infer)
+app.command("transcribe")(transcribe_cmd.transcribe)
 app.command("status")(status_cmd.status)
 app.command("dashboard")(dashboard_cmd.dashboard)
 app.add_typer(queen_cmd.app, name="queen")

@@ -77,7 +77,8 @@ def _job_body(state: QueenState, spec: JobCreate) -> JobBody:
         raise NotFound("No hive is ready to run this job; `rbee hive list` shows them.")
     hive = hives[0]
     if spec.kind is JobKind.ENGINE_INSTALL:
-        return lambda emit: hive.install_engine(emit, force=spec.force, backend=spec.backend)
+        return lambda emit: hive.install_engine(emit, force=spec.force, backend=spec.backend,
+                                                 engine_name=spec.engine)
     if not spec.model:
         raise InvalidRequest(f"A {spec.kind} job needs a 'model'.", param="model")
     model = spec.model

@@ -59,7 +59,7 @@ async def client_gone(request: Request) -> None:
         pass
 
 
-def _deadline(request: Request) -> float | None:
+def deadline_of(request: Request) -> float | None:
     """Event-loop time by which the request must be done, from the client's X-Rbee-Timeout (seconds)."""
     raw = request.headers.get(TIMEOUT_HEADER)
     if raw is None:
@@ -141,15 +141,18 @@ async def _larger(request: Request, parsed: ModelRequest, mode: WorkerMode, dead
         raise refused.explained(exc.message) from exc
 
 
-def _metering(state: QueenState, who: Principal, stream: bool, request_id: str, path: str) -> OnEnd:
-    """What to do when a forwarded request ends: count it, and its tokens, for whoever sent it."""
+def _metering(state: QueenState, who: Principal, stream: bool, request_id: str, path: str,
+              audio_s: float = 0.0) -> OnEnd:
+    """What to do when a forwarded request ends: count it, and its tokens (or seconds of audio), for whoever
+    sent it."""
     def ended(outcome: Outcome) -> None:
         prompt, completion = tokens_in(outcome.tail, stream, outcome.head)
         if stream and not completion:  # cut short, before the closing event that reports the counts
             completion = outcome.events
         state.metrics.served(outcome, prompt, completion)
         status = outcome.status
-        state.usage.record(who.usage_name, outcome.model, prompt=prompt, completion=completion, error=status >= 400)
+        state.usage.record(who.usage_name, outcome.model, prompt=prompt, completion=completion, error=status >= 400,
+                           audio_s=audio_s if status < 400 else 0.0)
         state.keyring.spent(who, prompt + completion)
         log.debug("request %s %s model=%s hive=%s worker=%s status=%d ttft=%.3fs took=%.3fs tokens=%d+%d by %s",
                   request_id, path, outcome.model, outcome.hive, outcome.worker, status, outcome.ttft_s,
@@ -192,15 +195,23 @@ async def _bounded_keep_alive(request: Request, who: Principal, asked: str | int
 
 async def infer(request: Request, contract: type[ModelRequest], path: str, mode: WorkerMode,
                 errors: ErrorStyle = OPENAI, translator: Translator | None = None) -> Response:
-    """Serve one request: `translator`, where the engine does not speak the client's protocol, gives the
+    """Serve one JSON request: `translator`, where the engine does not speak the client's protocol, gives the
     worker's path and body for it, and how its answer is turned back."""
-    state = queen_state(request)
-    who = principal_of(request.scope)
-    deadline = _deadline(request)
+    deadline = deadline_of(request)
     body, parsed = await read_json(request, contract)
     translation = None
     if translator is not None:
         path, body, translation = translator(body, parsed)
+    return await serve(request, body, parsed, path, mode, deadline, errors=errors, translation=translation)
+
+
+async def serve(request: Request, body: bytes, parsed: ModelRequest, path: str, mode: WorkerMode,
+                deadline: float | None, *, errors: ErrorStyle = OPENAI, translation: Translation | None = None,
+                content_type: str = "application/json", audio_s: float = 0.0) -> Response:
+    """Serve a request whose body was read and checked: `body` goes to the worker's `path` as it is (a
+    `content_type` of its own: an upload's multipart form; `audio_s`: the seconds of audio it carries, for usage)."""
+    state = queen_state(request)
+    who = principal_of(request.scope)
     stream = bool(getattr(parsed, "stream", False))
     state.keyring.admit(who, parsed.model)
     who = await _may_open_files(request, who, parsed.model)
@@ -208,13 +219,14 @@ async def infer(request: Request, contract: type[ModelRequest], path: str, mode:
     if bounded != parsed.keep_alive:
         parsed = parsed.model_copy(update={"keep_alive": bounded})
     request_id = request_id_of(request)
-    ended = _metering(state, who, stream, request_id, path)
+    ended = _metering(state, who, stream, request_id, path, audio_s)
     pinned = request.headers.get(HIVE_HEADER)
     asked = PolicyRequest(parsed.model, str(mode), len(body) // 4, getattr(parsed, "max_tokens", None), pinned)
 
     async def send(lease: Lease) -> Response:
         return await state.forwarder.forward(lease, path, body, stream=stream, deadline=deadline, on_end=ended,
-                                             request_id=request_id, errors=errors, translation=translation)
+                                             request_id=request_id, errors=errors, translation=translation,
+                                             content_type=content_type)
 
     try:
         context = _context_asked(parsed)

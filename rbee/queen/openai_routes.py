@@ -25,7 +25,8 @@ async def _models(state: QueenState, who: Principal) -> list[ModelObject]:
         for entry in await hive.catalog.entries():
             if entry.missing or (allowed is not None and entry.name not in allowed):
                 continue
-            obj = found.setdefault(entry.name, ModelObject(id=entry.name, created=int(entry.added_at)))
+            obj = found.setdefault(entry.name, ModelObject(id=entry.name, created=int(entry.added_at),
+                                                           kind=entry.kind))
             obj.hives.append(hive.alias)
             obj.loaded = obj.loaded or entry.name in loaded
     return sorted(found.values(), key=lambda m: m.id)

@@ -33,6 +33,7 @@ from rbee.contracts.openai import (
     EmbeddingRequest,
     InfillRequest,
     RerankRequest,
+    TranscriptionRequest,
 )
 from rbee.contracts.responses import InputTokensRequest, ResponsesRequest
 
@@ -62,6 +63,10 @@ BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("POST", "/v1/hives/heartbeat"): HiveReport,
     ("POST", "/v1/keys"): KeyCreate,
 }
+UPLOADS: dict[tuple[str, str], type[BaseModel]] = {  # multipart/form-data: these fields and a `file`
+    ("POST", "/v1/audio/transcriptions"): TranscriptionRequest,
+    ("POST", "/v1/audio/translations"): TranscriptionRequest,
+}
 QUERIES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     ("GET", "/v1/catalog"): {"hive": {"type": "string"}},
     ("GET", "/v1/catalog/{name}"): {"hive": {"type": "string"}, "ctx": {"type": "integer", "minimum": 1},
@@ -74,13 +79,13 @@ QUERIES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
 }
 INFERENCE = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages",
                        "/v1/messages/count_tokens", "/v1/responses", "/v1/responses/input_tokens", "/v1/rerank",
-                       "/rerank", "/v2/rerank", "/infill"})
+                       "/rerank", "/v2/rerank", "/infill", "/v1/audio/transcriptions", "/v1/audio/translations"})
 HEADERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     (method, path): {
         "x-rbee-hive": {"type": "string", "description": "serve the request on this hive only"},
         "x-rbee-timeout": {"type": "number", "minimum": 0.1, "maximum": 86400,
                            "description": "seconds until the request is abandoned (504 or an error event)"},
-    } for method, path in BODIES if path in INFERENCE
+    } for method, path in (*BODIES, *UPLOADS) if path in INFERENCE
 }
 OPEN = {"/health", "/openapi.json"}
 _CONVERTER = re.compile(r"\{(\w+)(?::\w+)?\}")
@@ -106,6 +111,13 @@ def _operation(method: str, path: str, route: Route, schemas: dict[str, Any]) ->
         schemas[model.__name__] = schema
         op["requestBody"] = {"required": True, "content": {
             "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
+    upload = UPLOADS.get((method, path))
+    if upload is not None:
+        schema = upload.model_json_schema()
+        schema["properties"]["file"] = {"type": "string", "contentMediaType": "application/octet-stream",
+                                        "description": "the recording: WAV, MP3 or FLAC"}
+        schema["required"] = [*schema.get("required", []), "file"]
+        op["requestBody"] = {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
     if path in OPEN:
         op["security"] = []
     return op

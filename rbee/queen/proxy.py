@@ -26,6 +26,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from rbee.common.hop import HOP
+from rbee.contracts.workers import WorkerMode
 from rbee.queen import context_fit
 from rbee.queen.error_styles import OPENAI, ErrorStyle
 from rbee.queen.errors import DeadlineExceeded, PromptTooLong, UpstreamError, WorkerUnavailable
@@ -232,10 +233,10 @@ class Forwarder:
                 raise
             return await self._client().post(url, data=body, headers=headers, ssl=check)
 
-    async def _open(self, lease: Lease, path: str, body: bytes, stream: bool,
-                    request_id: str | None, deadline: float | None) -> aiohttp.ClientResponse:
+    async def _open(self, lease: Lease, path: str, body: bytes, stream: bool, request_id: str | None,
+                    deadline: float | None, content_type: str = "application/json") -> aiohttp.ClientResponse:
         worker = lease.worker
-        headers = {"Authorization": f"Bearer {worker.api_key}", "Content-Type": "application/json", **HOP}
+        headers = {"Authorization": f"Bearer {worker.api_key}", "Content-Type": content_type, **HOP}
         if request_id:
             headers["X-Request-Id"] = request_id
         if deadline is not None:  # the deadline travels with the request: what is left of it
@@ -269,8 +270,10 @@ class Forwarder:
 
     async def forward(self, lease: Lease, path: str, body: bytes, stream: bool, *, deadline: float | None = None,
                       on_end: OnEnd | None = None, request_id: str | None = None,
-                      errors: ErrorStyle = OPENAI, translation: Translation | None = None) -> Response:
-        """POST `body` unchanged to the worker's `path`; the lease is released when the response ends.
+                      errors: ErrorStyle = OPENAI, translation: Translation | None = None,
+                      content_type: str = "application/json") -> Response:
+        """POST `body` unchanged (of `content_type`) to the worker's `path`; the lease is released when the
+        response ends.
 
         `deadline` (event-loop time) bounds the whole exchange: past it the worker's connection is
         closed, which stops its generation, and the client gets a 504 (or, mid-stream, an error event).
@@ -280,7 +283,7 @@ class Forwarder:
         started = time.monotonic()
         try:
             async with asyncio.timeout_at(deadline):  # a non-streamed answer arrives whole: bound the wait
-                upstream = await self._open(lease, path, body, stream, request_id, deadline)
+                upstream = await self._open(lease, path, body, stream, request_id, deadline, content_type)
                 if not (stream and upstream.status == 200):
                     content = await self._read(lease, upstream)
         except BaseException as exc:
@@ -310,7 +313,7 @@ class Forwarder:
             on_end(Outcome(upstream.status, content, lease.worker.spec.model.name, lease.worker.hive,
                            lease.worker.id, took, took))
         if upstream.status >= 400:
-            return _normalise_error(upstream.status, said, headers, errors)
+            return _normalise_error(upstream.status, said, headers, errors, lease.worker.spec.mode)
         if translation is not None:
             try:
                 content = translation.whole(content)
@@ -336,9 +339,15 @@ def _prompt_too_long(said: str, numbers: tuple[int, int], lease: Lease, headers:
                          said=said, tokens=tokens, context=context, headers=headers)
 
 
-def _normalise_error(status: int, message: str, headers: dict[str, str], errors: ErrorStyle) -> Response:
+def _normalise_error(status: int, message: str, headers: dict[str, str], errors: ErrorStyle,
+                     mode: WorkerMode) -> Response:
     """A worker's error, with its message, in the shape of the client's protocol."""
     headers.pop("content-type", None)
+    if status == 400 and mode is WorkerMode.TRANSCRIBE:  # whisper-server says "Invalid request"
+        return errors.response(400, "The speech worker could not decode the audio: the file looks like WAV, MP3 or "
+                               "FLAC but is damaged or in an encoding whisper-server does not read (convert it, "
+                               "e.g. `ffmpeg -i IN -ar 16000 OUT.wav`).", param="file", code="invalid_audio",
+                               headers=headers)
     if status == 501:  # the engine's "not supported": this model cannot do that (no FIM tokens, say): the caller's
         return errors.response(400, message, param="model", code="model_unsupported", headers=headers)
     return errors.response(status, message, code="worker_error", headers=headers)

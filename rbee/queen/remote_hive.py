@@ -550,7 +550,8 @@ class RemoteHive:
             if event.type.terminal:
                 return
 
-    async def install_engine(self, emit: Emit, force: bool = False, backend: str | None = None) -> dict[str, str]:
+    async def install_engine(self, emit: Emit, force: bool = False, backend: str | None = None,
+                             engine_name: str = "llama") -> dict[str, str]:
         raise JobFailed(f"the engine of remote hive '{self.alias}' is installed by `rbee hive install {self.alias}`")
 
     async def start(self) -> None:

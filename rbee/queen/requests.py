@@ -23,6 +23,12 @@ def parse_body(body: bytes, model: type[M]) -> M:
         raise InvalidRequest("The request body is nested too deeply to be read.") from exc
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    return validate(data, model)
+
+
+def validate(data: dict[str, object], model: type[M]) -> M:
+    """Validate a request's fields (a JSON object's, or a form's); raise `InvalidRequest` naming the first bad
+    field."""
     try:
         return model.model_validate(data)
     except RecursionError as exc:

@@ -600,8 +600,18 @@ def _fits(worker: AnyWorker, context: int | None) -> bool:
     return context_fit.satisfies(worker.spec.context_per_slot, context, worker.spec.model.context_length)
 
 
+_SPEECH_HINT = "whisper.cpp's ggml models, e.g. ggerganov/whisper.cpp/ggml-base.en.bin"
+
+
 def _check_mode(entry: ModelEntry, mode: WorkerMode) -> None:
-    """A reranking worker needs a reranker: llama-server would score with any model, meaninglessly."""
+    """A reranking worker needs a reranker: llama-server would score with any model, meaninglessly. Speech goes
+    to a speech (whisper) model and nothing else does: each engine loads only its own kind."""
+    if mode is WorkerMode.TRANSCRIBE and entry.kind != "speech":
+        raise InvalidRequest(f"'{entry.name}' is a {entry.kind} model; transcription and translation need a speech "
+                             f"model ({_SPEECH_HINT}).", param="model", code="model_not_speech")
+    if mode is not WorkerMode.TRANSCRIBE and entry.kind == "speech":
+        raise InvalidRequest(f"'{entry.name}' is a speech model: it serves /v1/audio/transcriptions and "
+                             "/v1/audio/translations only.", param="model", code="model_is_speech")
     pooling = entry.pooling or entry.header.get("pooling")
     if mode is WorkerMode.RERANK and pooling != "rank":
         raise InvalidRequest(f"'{entry.name}' is not a reranker (its GGUF says pooling '{pooling}', a reranker's "

