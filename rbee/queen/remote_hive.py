@@ -39,7 +39,7 @@ from rbee.contracts.status import HiveInfo
 from rbee.contracts.workers import WorkerMode, WorkerState
 from rbee.hive import model_refs
 from rbee.hive.downloads import catalog_names
-from rbee.hive.service import Hive, ModelUnavailable
+from rbee.hive.service import ModelUnavailable
 from rbee.hive.worker import START_TIMEOUT_S, WorkerStartError
 from rbee.queen import hive_errors, hive_trust, remote_jobs
 from rbee.queen.errors import QueenError
@@ -284,6 +284,3 @@ class RemoteHive:
 
     async def close(self) -> None:
         await self.client.close()
-
-
-AnyHive = Hive | RemoteHive
