@@ -1,10 +1,12 @@
 """The worker: one llama-server process holding one model, and its state machine.
 
-    pending -> downloading -> starting -> ready -> draining -> stopped
-                    |             |          |         |
-                    +-------------+----------+---------+--> error | unreachable
+    pending -> starting -> ready -> draining -> stopped
+                   |          |         |
+                   +----------+---------+--> error | unreachable
 
-`error` and `stopped` are terminal for a worker id; a restart is a new worker.
+`error` and `stopped` are terminal for a worker id; a restart is a new worker. A worker exists once its
+model is on its hive: getting the model there (a pull, a LAN copy) is a job with its own progress, and a
+request waiting for it is counted among the waiting (`/v1/status`), so there is no "downloading" worker.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from rbee.contracts.bounds import Bytes, Count, Name, Seconds, Text, WorkerId
 
 class WorkerState(StrEnum):
     PENDING = "pending"
-    DOWNLOADING = "downloading"
     STARTING = "starting"
     READY = "ready"
     DRAINING = "draining"
@@ -41,8 +42,7 @@ class WorkerMode(StrEnum):
 
 _S = WorkerState
 WORKER_TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
-    _S.PENDING: frozenset({_S.DOWNLOADING, _S.STARTING, _S.STOPPED, _S.ERROR}),
-    _S.DOWNLOADING: frozenset({_S.STARTING, _S.STOPPED, _S.ERROR}),
+    _S.PENDING: frozenset({_S.STARTING, _S.STOPPED, _S.ERROR}),
     _S.STARTING: frozenset({_S.READY, _S.DRAINING, _S.STOPPED, _S.ERROR}),
     _S.READY: frozenset({_S.DRAINING, _S.STOPPED, _S.ERROR, _S.UNREACHABLE}),
     _S.DRAINING: frozenset({_S.STOPPED, _S.ERROR}),

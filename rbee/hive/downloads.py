@@ -35,7 +35,7 @@ from typing import Any
 from rbee.common import settings
 from rbee.common.jobs import Emit, JobFailed
 from rbee.hive.gguf_info import SPLIT_RE
-from rbee.hive.model_refs import DEFAULT_QUANT, ModelRef, quant_of
+from rbee.hive.model_refs import DEFAULT_QUANT, BadModelRef, ModelRef, parse, quant_of
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,15 @@ def catalog_name(ref: ModelRef, quant: str | None) -> str:
 def catalog_name_guess(ref: ModelRef) -> str:
     """The name a pulled `ref` would have, without asking the hub."""
     return catalog_name(ref, ref.quant)
+
+
+def catalog_names(model: str) -> set[str]:
+    """The catalog names `model` may have on a hive: itself, and the name a hub pull of it gets."""
+    try:
+        ref = parse(model)
+    except BadModelRef:
+        return {model}
+    return {model, catalog_name_guess(ref)} if ref.is_hub else {model}
 
 
 def _gguf_groups(files: list[RemoteFile]) -> dict[str, list[RemoteFile]]:

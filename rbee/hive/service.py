@@ -22,10 +22,10 @@ from rbee.common.tls import TLSFiles
 from rbee.common.version import current as current_version
 from rbee.contracts.catalog import HiveDisk
 from rbee.contracts.copies import HiveFetch, ShareOpen, ShareOpened
-from rbee.contracts.hives import DeviceInfo, HiveReport, HostedWorker, WorkerShape
+from rbee.contracts.hives import DeviceInfo, HiveReport, HiveState, HiveStatus, HostedWorker, WorkerShape
 from rbee.contracts.models import DEMO_MODEL, MemoryNeed, ModelDetail, ModelEntry
 from rbee.contracts.status import EngineInfo, HiveInfo
-from rbee.contracts.workers import WorkerMode
+from rbee.contracts.workers import WorkerMode, WorkerState
 from rbee.hive import devices, downloads, engine, model_refs, peer_fetch, shares
 from rbee.hive.catalog import Catalog, describe_file
 from rbee.hive.engine_sources import SOURCES
@@ -159,9 +159,19 @@ class Hive:
             self._engine = await engine.describe()
         return self._engine
 
+    @property
+    def state(self) -> HiveState:
+        """Always ready: the queen embeds it, so it answers as long as the queen does."""
+        return HiveState.READY
+
     async def info(self) -> HiveInfo:
         return HiveInfo(alias=self.alias, state="ready", address=self.address,
                         version=current_version(), engine=await self.engine())
+
+    def status(self) -> HiveStatus:
+        ready = sum(1 for w in self.supervisor.workers() if w.state is WorkerState.READY)
+        return HiveStatus(alias=self.alias, state=self.state, address=self.address, version=current_version(),
+                          devices=self.devices(), workers=ready, last_seen_s=0.0)
 
     async def install_engine(self, emit: Emit, force: bool = False, backend: str | None = None,
                              engine_name: str = "llama") -> dict[str, str]:
@@ -211,6 +221,20 @@ class Hive:
                 "put the file back or add the model again"
             )
         return entry
+
+    async def holds(self, model: str) -> ModelEntry | None:
+        """What its catalog holds under `model` (a name, the hub name it was pulled as, or a path added before)
+        with its file still there; unlike `find`, a path it does not hold is not added."""
+        for name in downloads.catalog_names(model):
+            entry = await self.catalog.get(name)
+            if entry is not None and not entry.missing:
+                return entry
+        try:
+            ref = model_refs.parse(model)
+        except model_refs.BadModelRef:
+            return None
+        entry = await self.catalog.find_path(ref.path) if ref.path is not None else None
+        return entry if entry is not None and not entry.missing else None
 
     async def pull(self, model: str, emit: Emit, hub: downloads.Hub | None = None) -> ModelEntry:
         """Make `model` available on this hive, downloading it from the hub when needed (a job body).

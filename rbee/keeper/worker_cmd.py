@@ -14,7 +14,7 @@ from rbee.keeper.output import CLIError, table
 
 app = typer.Typer(help="List, start and stop workers (one loaded model each).", no_args_is_help=True)
 
-STATE_STYLE = {"ready": "green", "starting": "yellow", "pending": "yellow", "downloading": "yellow",
+STATE_STYLE = {"ready": "green", "starting": "yellow", "pending": "yellow",
                "draining": "yellow", "error": "red", "unreachable": "red", "stopped": "dim"}
 
 

@@ -15,6 +15,7 @@ from rbee.common.metrics import engine_metrics
 from rbee.contracts.jobs import JobCreate, JobCreated, JobKind
 from rbee.contracts.status import StatusReport
 from rbee.contracts.workers import WorkerMode
+from rbee.hive.service import Hive
 from rbee.queen import openapi, pull_targets
 from rbee.queen.errors import InvalidRequest, NotFound, QueenError
 from rbee.queen.guard import principal_of
@@ -77,8 +78,11 @@ def _job_body(state: QueenState, spec: JobCreate) -> JobBody:
         raise NotFound("No hive is ready to run this job; `rbee hive list` shows them.")
     hive = hives[0]
     if spec.kind is JobKind.ENGINE_INSTALL:
-        return lambda emit: hive.install_engine(emit, force=spec.force, backend=spec.backend,
-                                                 engine_name=spec.engine)
+        if not isinstance(hive, Hive):  # the kind matters: the queen builds only its own machine's engine
+            raise InvalidRequest(f"The engine of remote hive '{hive.alias}' is installed on its machine, by "
+                                 f"`rbee hive install {hive.alias}`.", param="hive")
+        local = hive
+        return lambda emit: local.install_engine(emit, force=spec.force, backend=spec.backend, engine_name=spec.engine)
     if not spec.model:
         raise InvalidRequest(f"A {spec.kind} job needs a 'model'.", param="model")
     model = spec.model

@@ -11,13 +11,15 @@ from starlette.routing import Route
 
 from rbee.contracts.models import ModelEntry
 from rbee.hive.service import ModelInUse, ModelUnavailable
-from rbee.queen.errors import Conflict, InvalidRequest, ModelNotFound, UpstreamError
+from rbee.queen import hive_errors
+from rbee.queen.errors import InvalidRequest, ModelNotFound, UpstreamError
 from rbee.queen.guard import principal_of
-from rbee.queen.remote_hive import AnyHive, HiveCallFailed
+from rbee.queen.hive_client import HiveCallFailed
+from rbee.queen.hive_seam import HiveSeam
 from rbee.queen.state import queen_state
 
 
-def _hives(request: Request) -> list[AnyHive]:
+def _hives(request: Request) -> list[HiveSeam]:
     return queen_state(request).scheduler.hives_for(request.query_params.get("hive"))
 
 
@@ -51,7 +53,7 @@ async def model_detail(request: Request) -> Response:
     raise ModelNotFound(reasons[0] if len(reasons) == 1 else f"No hive has the model '{name}'", param="model")
 
 
-async def remove_from_catalog(request: Request, name: str, not_found: str | None = None) -> tuple[AnyHive, ModelEntry]:
+async def remove_from_catalog(request: Request, name: str, not_found: str | None = None) -> tuple[HiveSeam, ModelEntry]:
     """Remove `name` from the first hive (of those the request names) whose catalog has it, audited; the hive and
     the entry removed. ModelNotFound (with `not_found` as its message, when given) when no hive has it."""
     failed: list[str] = []  # hives that could not be asked: the model may be there
@@ -61,7 +63,7 @@ async def remove_from_catalog(request: Request, name: str, not_found: str | None
         except ModelUnavailable:
             continue
         except ModelInUse as exc:
-            raise Conflict(str(exc)) from exc
+            raise hive_errors.queen_error(exc) from exc
         except HiveCallFailed as exc:
             failed.append(f"hive '{hive.alias}': {exc}")
             continue

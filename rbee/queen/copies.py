@@ -36,10 +36,12 @@ from rbee.contracts.copies import HiveFetch, ShareOpen
 from rbee.contracts.hives import HiveState
 from rbee.contracts.jobs import JobEventType
 from rbee.contracts.models import ModelEntry
-from rbee.hive import downloads, model_refs
-from rbee.hive.service import Hive, ModelUnavailable
-from rbee.queen.errors import QueueFull, WorkerUnavailable
-from rbee.queen.remote_hive import AnyHive, RemoteHive
+from rbee.hive import model_refs
+from rbee.hive.service import Hive
+from rbee.queen import hive_errors
+from rbee.queen.errors import QueueFull
+from rbee.queen.hive_seam import HiveSeam
+from rbee.queen.remote_hive import RemoteHive
 
 log = logging.getLogger(__name__)
 
@@ -52,48 +54,6 @@ class Placed:
 
     entry: ModelEntry
     origin: str
-
-
-def _names(model: str) -> set[str]:
-    """The catalog names `model` may have on a hive: itself, and the name a hub pull of it gets."""
-    names = {model}
-    try:
-        ref = model_refs.parse(model)
-    except model_refs.BadModelRef:
-        return names
-    if ref.is_hub:
-        names.add(downloads.catalog_name_guess(ref))
-    return names
-
-
-def _held(hive: RemoteHive, model: str) -> ModelEntry | None:
-    names = _names(model)
-    return next((m for m in hive.catalog.models if m.name in names and not m.missing), None)
-
-
-async def _on(target: AnyHive, model: str) -> ModelEntry | None:
-    if isinstance(target, RemoteHive):
-        return _held(target, model)
-    try:
-        entry = await target.find(model)
-    except ModelUnavailable:
-        return None
-    return entry if entry is not None and not entry.missing else None
-
-
-async def _catalogued(hive: Hive, model: str) -> ModelEntry | None:
-    """What the embedded hive's catalog holds under `model` (a name, the hub name it was pulled as, or a path
-    added before); a path it does not hold is not added here: a request names it, not the queen's user."""
-    for name in _names(model):
-        entry = await hive.catalog.get(name)
-        if entry is not None and not entry.missing:
-            return entry
-    try:
-        ref = model_refs.parse(model)
-    except model_refs.BadModelRef:
-        return None
-    entry = await hive.catalog.find_path(ref.path) if ref.path is not None else None
-    return entry if entry is not None and not entry.missing else None
 
 
 def _address_towards(host: str, port: int) -> str:
@@ -122,26 +82,20 @@ class _Copy:
 
 
 class Copies:
-    def __init__(self, hives: Mapping[str, AnyHive]) -> None:
+    def __init__(self, hives: Mapping[str, HiveSeam]) -> None:
         self._hives = hives
         self._running: dict[tuple[str, str], _Copy] = {}
 
-    async def sources(self, model: str, target: AnyHive) -> list[tuple[AnyHive, ModelEntry]]:
+    async def sources(self, model: str, target: HiveSeam) -> list[tuple[HiveSeam, ModelEntry]]:
         """The reachable hives other than `target` that hold `model`: remote ones by alias, then the embedded
         one (for a remote target: its share is served on the queen's port)."""
-        found: list[tuple[AnyHive, ModelEntry]] = []
-        for hive in sorted(self._hives.values(), key=lambda h: h.alias):
-            if isinstance(hive, RemoteHive) and hive is not target and hive.state is HiveState.READY:
-                entry = _held(hive, model)
-                if entry is not None:
-                    found.append((hive, entry))
-        if isinstance(target, RemoteHive):
-            for hive in self._hives.values():
-                if isinstance(hive, Hive) and (entry := await _catalogued(hive, model)) is not None:
-                    found.append((hive, entry))
+        found: list[tuple[HiveSeam, ModelEntry]] = []
+        for hive in sorted(self._hives.values(), key=lambda h: (isinstance(h, Hive), h.alias)):
+            if hive is not target and hive.state is HiveState.READY and (entry := await hive.holds(model)):
+                found.append((hive, entry))
         return found
 
-    async def ensure_on(self, target: AnyHive, model: str, emit: Emit, *, allow_hub: bool,
+    async def ensure_on(self, target: HiveSeam, model: str, emit: Emit, *, allow_hub: bool,
                         keep: bool = False) -> Placed:
         """`model` on `target`: already there, copied from a peer, or (when allowed) pulled from the hub."""
         key = (target.alias, model)
@@ -167,11 +121,11 @@ class Copies:
         finally:
             running.emits.remove(emit)
 
-    async def _place(self, target: AnyHive, model: str, allow_hub: bool, emit: Emit) -> Placed:
+    async def _place(self, target: HiveSeam, model: str, allow_hub: bool, emit: Emit) -> Placed:
         if _revision(model) and allow_hub:  # a hub revision: only the hub knows which files it means
             return Placed(await target.pull(model, emit), "the hub")
         # (1)
-        entry = await _on(target, model)
+        entry = await target.holds(model)
         if entry is not None:
             emit(message=f"{entry.name} is already on {target.alias}")
             return Placed(entry, "already there")
@@ -197,7 +151,7 @@ class Copies:
             "and it is not a hub name"
         raise JobFailed(f"no reachable hive other than {target.alias} has {model}, {why}")
 
-    async def _copy(self, source: AnyHive, held: ModelEntry, target: AnyHive, emit: Emit) -> ModelEntry:
+    async def _copy(self, source: HiveSeam, held: ModelEntry, target: HiveSeam, emit: Emit) -> ModelEntry:
         if isinstance(target, RemoteHive):
             peer = target.report.address
         else:
@@ -234,7 +188,7 @@ def _logged(type: JobEventType = JobEventType.PROGRESS, message: str = "", **kw:
         log.info("%s", message)
 
 
-async def for_request(copies: Copies, target: AnyHive, model: str, deadline: float) -> bool:
+async def for_request(copies: Copies, target: HiveSeam, model: str, deadline: float) -> bool:
     """For a request pinned to `target`, which lacks `model`: copy it there from another hive (or the hub with
     RBEE_API_PULLS=hub), waiting until `deadline` (time.monotonic()). False when no copy can help (no source,
     and no hub allowed): the caller reports the model as not found. The copy goes on if the request leaves."""
@@ -249,21 +203,21 @@ async def for_request(copies: Copies, target: AnyHive, model: str, deadline: flo
         raise QueueFull(f"The request timed out while '{model}' was copied onto hive '{target.alias}'; the copy "
                         "goes on: retry shortly.", headers={"Retry-After": "10"}) from None
     except JobFailed as exc:
-        raise WorkerUnavailable(f"'{model}' is not on hive '{target.alias}' and could not be brought there: "
-                                f"{exc}") from None
+        raise hive_errors.queen_error(exc, f"'{model}' is not on hive '{target.alias}' and could not be brought "
+                                      "there") from exc
     return True
 
 
-async def ensure_on(copies: Copies, target: AnyHive, model: str, emit: Emit, *, allow_hub: bool) -> Placed:
+async def ensure_on(copies: Copies, target: HiveSeam, model: str, emit: Emit, *, allow_hub: bool) -> Placed:
     """See `Copies.ensure_on`."""
     return await copies.ensure_on(target, model, emit, allow_hub=allow_hub)
 
 
-async def for_placement(copies: Copies, target: AnyHive, model: str) -> Placed:
+async def for_placement(copies: Copies, target: HiveSeam, model: str) -> Placed:
     """A copy the scheduler's placement chose (copy_placement.py): from a peer (the hub only with
     RBEE_API_PULLS=hub). It goes on when the request that caused it leaves: the next one uses it."""
     try:
         return await copies.ensure_on(target, model, _logged, allow_hub=settings.api_pulls_from_hub(), keep=True)
     except JobFailed as exc:
-        raise WorkerUnavailable(f"'{model}' could not be copied onto hive '{target.alias}', where placement "
-                                f"chose to run it: {exc}") from None
+        raise hive_errors.queen_error(exc, f"'{model}' could not be copied onto hive '{target.alias}', where "
+                                      "placement chose to run it") from exc

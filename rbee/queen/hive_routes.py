@@ -69,13 +69,7 @@ async def list_hives(request: Request) -> Response:
     state = queen_state(request)
     seen: dict[str, HiveStatus] = {}
     for hive in list(state.hives.values()):
-        if isinstance(hive, RemoteHive):
-            seen[hive.alias] = hive.status()
-        else:
-            info = await hive.info()
-            seen[hive.alias] = HiveStatus(alias=hive.alias, state=HiveState.READY, address=info.address,
-                                          version=info.version, devices=hive.devices(),
-                                          workers=len(hive.supervisor.workers()), last_seen_s=0.0)
+        seen[hive.alias] = hive.status()
     for enrolment in await state.db.hives():
         seen.setdefault(enrolment.alias, HiveStatus(alias=enrolment.alias, state=HiveState.ENROLLED))
     return JSONResponse([s.model_dump(mode="json") for s in seen.values()])

@@ -38,7 +38,7 @@ from rbee.queen.errors import request_id as request_id_of
 from rbee.queen.guard import as_owner, principal_of
 from rbee.queen.policy import PolicyRequest
 from rbee.queen.proxy import OnEnd, Outcome, Translation
-from rbee.queen.remote_hive import RemoteWorker
+from rbee.queen.remote_workers import RemoteWorker
 from rbee.queen.requests import read_json
 from rbee.queen.scheduler import AnyWorker, Lease
 from rbee.queen.state import QueenState, queen_state

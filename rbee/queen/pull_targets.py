@@ -6,21 +6,20 @@ as the scheduler sees them, its free disk, its catalog, whether it answers) and 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Mapping
 
 from rbee.common.jobs import Emit, JobFailed
 from rbee.contracts.hives import HiveState
 from rbee.hive import downloads, model_refs
 from rbee.queen.device_views import device_views as _device_views
+from rbee.queen.hive_seam import HiveSeam
 from rbee.queen.pull_placement import PullCandidate, PullChoice, choose, estimate_need
-from rbee.queen.remote_hive import AnyHive, RemoteHive
 from rbee.queen.scheduler import _HOLDING
 
 
-async def _candidate(hive: AnyHive, need: int, names: set[str]) -> PullCandidate:
-    if isinstance(hive, RemoteHive) and hive.state is not HiveState.READY:
-        silent = time.monotonic() - hive.last_seen
+async def _candidate(hive: HiveSeam, need: int, names: set[str]) -> PullCandidate:
+    if hive.state is not HiveState.READY:
+        silent = hive.status().last_seen_s or 0
         return PullCandidate(hive.alias, problem=f"is {hive.state}: no heartbeat for {silent:.0f} s")
     holding = [w for w in hive.supervisor.workers() if w.state in _HOLDING]
     views = tuple(_device_views(hive, holding, need, 0))
@@ -29,8 +28,8 @@ async def _candidate(hive: AnyHive, need: int, names: set[str]) -> PullCandidate
     return PullCandidate(hive.alias, views, disk.free_bytes, held)
 
 
-async def place_pull(hives: Mapping[str, AnyHive], model: str, emit: Emit, hub: downloads.Hub | None = None
-                     ) -> tuple[AnyHive, PullChoice] | None:
+async def place_pull(hives: Mapping[str, HiveSeam], model: str, emit: Emit, hub: downloads.Hub | None = None
+                     ) -> tuple[HiveSeam, PullChoice] | None:
     """The hive a pull of `model` goes to, and the choice with its reasons (emitted as a progress message);
     None for a name that is not a hub model (it is looked up in a catalog, there is nothing to place), or
     when there is one hive only. `hub`:

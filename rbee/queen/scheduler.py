@@ -61,9 +61,9 @@ from rbee.queen.errors import (
     QueueFull,
     WorkerUnavailable,
 )
+from rbee.queen.hive_seam import HiveSeam
 from rbee.queen.placement import DeviceView, ModelTooLarge, Placement, WorkerView, place
 from rbee.queen.policy import Candidate, Policy, PolicyRequest
-from rbee.queen.remote_hive import AnyHive, RemoteHive
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class Lease:
 
 
 class Scheduler:
-    def __init__(self, hives: Mapping[str, AnyHive], policy: Policy | None = None) -> None:
+    def __init__(self, hives: Mapping[str, HiveSeam], policy: Policy | None = None) -> None:
         self._hives = hives
         self.policy = policy or Policy(None)
         self._tick = asyncio.Event()
@@ -223,10 +223,10 @@ class Scheduler:
             log.warning("%s", message)
 
     # -- (1) and (3) ------------------------------------------------------------------------------
-    def _reachable(self) -> list[AnyHive]:
-        return [h for h in self._hives.values() if not isinstance(h, RemoteHive) or h.state is HiveState.READY]
+    def _reachable(self) -> list[HiveSeam]:
+        return [h for h in self._hives.values() if h.state is HiveState.READY]
 
-    def hives_for(self, pinned: str | None) -> list[AnyHive]:
+    def hives_for(self, pinned: str | None) -> list[HiveSeam]:
         """The hives a request may use: the pinned one, else every reachable one."""
         if pinned is None:
             return self._reachable()
@@ -234,15 +234,15 @@ class Scheduler:
         if hive is None:
             known = ", ".join(sorted(self._hives)) or "none (the queen has no hive yet: `rbee hive install ALIAS`)"
             raise HiveNotFound(f"There is no hive '{pinned}'. Known hives: {known}", param="hive")
-        if isinstance(hive, RemoteHive) and hive.state is not HiveState.READY:
+        if hive.state is not HiveState.READY:
             raise WorkerUnavailable(f"Hive '{pinned}' is {hive.state}: no heartbeat for "
-                                    f"{time.monotonic() - hive.last_seen:.0f} s. Check it with "
+                                    f"{hive.status().last_seen_s or 0:.0f} s. Check it with "
                                     f"`rbee hive logs {pinned}`, or leave out the pin.", headers={"Retry-After": "5"})
         return [hive]
 
-    async def resolve(self, model: str, hives: list[AnyHive]) -> list[tuple[AnyHive, ModelEntry]]:
+    async def resolve(self, model: str, hives: list[HiveSeam]) -> list[tuple[HiveSeam, ModelEntry]]:
         """Every hive that can serve `model`, with its entry; `ModelNotFound` when none can."""
-        found: list[tuple[AnyHive, ModelEntry]] = []
+        found: list[tuple[HiveSeam, ModelEntry]] = []
         reasons: list[str] = []
         for hive in hives:
             try:
@@ -263,8 +263,8 @@ class Scheduler:
         detail = reasons[0] if len(reasons) == 1 else f"The model '{model}' does not exist on any hive"
         raise ModelNotFound(f"{detail}. {hint}; `rbee status` lists the models rbee knows.", param="model")
 
-    async def _resolve_or_copy(self, model: str, hives: list[AnyHive], pin: str | None,
-                               deadline: float) -> list[tuple[AnyHive, ModelEntry]]:
+    async def _resolve_or_copy(self, model: str, hives: list[HiveSeam], pin: str | None,
+                               deadline: float) -> list[tuple[HiveSeam, ModelEntry]]:
         """(3) `resolve`; for a request pinned to one hive that lacks the model, after a LAN copy there."""
         try:
             return await self.resolve(model, hives)
@@ -274,7 +274,7 @@ class Scheduler:
                 raise
         return await self.resolve(model, hives)
 
-    def ready_workers(self, name: str, mode: WorkerMode, hives: list[AnyHive]) -> list[AnyWorker]:
+    def ready_workers(self, name: str, mode: WorkerMode, hives: list[HiveSeam]) -> list[AnyWorker]:
         return [
             w for hive in hives for w in hive.supervisor.workers()
             if w.state is WorkerState.READY and w.spec.model.name == name and w.spec.mode is mode
@@ -425,8 +425,8 @@ class Scheduler:
                 else:  # the next in line looks: at a slot this one left unused, or one more still free
                     self._wake_next((name, mode))
 
-    def _usable(self, candidates: list[tuple[AnyHive, ModelEntry]], mode: WorkerMode
-                ) -> list[tuple[AnyHive, ModelEntry]]:
+    def _usable(self, candidates: list[tuple[HiveSeam, ModelEntry]], mode: WorkerMode
+                ) -> list[tuple[HiveSeam, ModelEntry]]:
         """The candidates not waiting out a back-off; the back-off's error when all are."""
         usable, backoff = [], None
         for hive, entry in candidates:
@@ -440,7 +440,7 @@ class Scheduler:
             raise backoff
         return usable
 
-    async def _start_loading(self, candidates: list[tuple[AnyHive, ModelEntry]], mode: WorkerMode,
+    async def _start_loading(self, candidates: list[tuple[HiveSeam, ModelEntry]], mode: WorkerMode,
                              waiting_since: float, evict: bool = True, request: PolicyRequest | None = None,
                              spill: bool = False, context: int | None = None) -> None:
         """Decide which hive (and device) gets a worker of the model and start loading it there; returns at
@@ -495,7 +495,7 @@ class Scheduler:
             self._load(hive, entry, mode, needs[hive.alias], victims, decision.device.device, shape))
         self._loading[key] = task
 
-    def _copy_instead(self, candidates: list[tuple[AnyHive, ModelEntry]], mode: WorkerMode, need: int,
+    def _copy_instead(self, candidates: list[tuple[HiveSeam, ModelEntry]], mode: WorkerMode, need: int,
                       devices: list[DeviceView], holding: list[AnyWorker], grouping: bool, replica: bool) -> None:
         """(4) The hives holding the model cannot make room: copy it to another hive that has room and load it
         there, or wait (copy_placement.py decides, and says why: logged when it changes)."""
@@ -512,7 +512,7 @@ class Scheduler:
             self._loading[(name, mode)] = asyncio.get_running_loop().create_task(
                 self._copy_then_load(self._hives[choice.target], name, mode, choice.device))
 
-    async def _copy_then_load(self, target: AnyHive, name: str, mode: WorkerMode, device: str) -> AnyWorker:
+    async def _copy_then_load(self, target: HiveSeam, name: str, mode: WorkerMode, device: str) -> AnyWorker:
         """The model's load task when placement chose a hive without the file: the LAN copy, then the worker."""
         assert self.copies is not None
         try:
@@ -544,7 +544,7 @@ class Scheduler:
                     return decision
         return place(need, allowed, workers, protect)
 
-    async def _load(self, hive: AnyHive, entry: ModelEntry, mode: WorkerMode, need: int,
+    async def _load(self, hive: HiveSeam, entry: ModelEntry, mode: WorkerMode, need: int,
                     evict: list[AnyWorker], device: str, shape: WorkerShape | None = None) -> AnyWorker:
         key = (entry.name, mode)
         try:
@@ -571,7 +571,7 @@ class Scheduler:
             self.notify()
 
     @staticmethod
-    def _check_backoff(hive: AnyHive, entry: ModelEntry, mode: WorkerMode) -> None:
+    def _check_backoff(hive: HiveSeam, entry: ModelEntry, mode: WorkerMode) -> None:
         """A model whose last workers all failed waits 1, 2, 4... (at most 60) seconds before the next try."""
         history = sorted((w for w in hive.supervisor.workers() if w.spec.model.name == entry.name
                           and w.spec.mode is mode), key=lambda w: w.started_at, reverse=True)

@@ -6,14 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from rbee.contracts.workers import WorkerState
-from rbee.hive.worker import WorkerProcess
 from rbee.queen import copy_placement
 from rbee.queen.copies import Copies
 from rbee.queen.device_views import device_views
+from rbee.queen.hive_seam import AnyWorker, HiveSeam
 from rbee.queen.placement import DeviceView, WorkerView
-from rbee.queen.remote_hive import AnyHive, RemoteWorker
 
-AnyWorker = WorkerProcess | RemoteWorker
 HOLDING = (WorkerState.STARTING, WorkerState.READY, WorkerState.DRAINING, WorkerState.UNREACHABLE)
 
 
@@ -23,7 +21,7 @@ def worker_views(holding: Sequence[AnyWorker]) -> list[WorkerView]:
 
 
 def choose(copies: Copies, name: str, need: int, holders: Sequence[DeviceView], holding: Sequence[AnyWorker],
-           reachable: Sequence[AnyHive], held_by: set[str], unmovable: Callable[[AnyWorker], bool],
+           reachable: Sequence[HiveSeam], held_by: set[str], unmovable: Callable[[AnyWorker], bool],
            has_waiters: Callable[[AnyWorker], bool], replica: bool) -> copy_placement.CopyChoice:
     """copy_placement.choose over `holders` (the devices of the hives that hold `name`, aliases `held_by`) and
     the reachable hives a peer can copy it to. `unmovable`: never evicted (starting, min_replicas); `has_waiters`:

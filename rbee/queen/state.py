@@ -25,10 +25,11 @@ from rbee.queen.auth import Keyring, Principal, read_or_create_admin_token
 from rbee.queen.copies import Copies
 from rbee.queen.db import QueenDB
 from rbee.queen.errors import QueenError
+from rbee.queen.hive_seam import HiveSeam
 from rbee.queen.metrics import QueenMetrics
 from rbee.queen.policy import Policy
 from rbee.queen.proxy import Forwarder
-from rbee.queen.remote_hive import AnyHive, RemoteHive
+from rbee.queen.remote_hive import RemoteHive
 from rbee.queen.scheduler import REAP_INTERVAL_S, Scheduler
 from rbee.queen.usage import UsageMeter
 
@@ -41,7 +42,7 @@ def queen_state(request: Request) -> QueenState:
 
 @dataclass
 class QueenState:
-    hives: dict[str, AnyHive]  # the embedded local hive (unless RBEE_LOCAL_HIVE=0) and the registered remote ones
+    hives: dict[str, HiveSeam]  # the embedded local hive (unless RBEE_LOCAL_HIVE=0) and the registered remote ones
     scheduler: Scheduler
     db: QueenDB
     keyring: Keyring
@@ -58,7 +59,7 @@ class QueenState:
 
     @classmethod
     def create(cls) -> QueenState:
-        hives: dict[str, AnyHive] = {}
+        hives: dict[str, HiveSeam] = {}
         if settings.local_hive():
             hives["localhost"] = Hive("localhost")
         db = QueenDB(paths.queen_db_file())
@@ -116,7 +117,7 @@ class QueenState:
             await self.db.prune_audit(time.time() - settings.audit_retention_s())
 
     async def _watch_hives(self) -> None:
-        """One pass: mark remote hives unreachable whose heartbeats stopped."""
+        """One pass: mark remote hives unreachable whose heartbeats stopped (the embedded one has none)."""
         timeout = settings.hive_timeout_s()
         for hive in list(self.hives.values()):
             if isinstance(hive, RemoteHive):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 import rbee.contracts as contracts
 from rbee.contracts import InvalidTransition, WorkerState, check_transition
@@ -12,7 +13,7 @@ S = WorkerState
 @pytest.mark.parametrize(
     ("current", "new"),
     [(S.PENDING, S.STARTING), (S.STARTING, S.READY), (S.READY, S.DRAINING), (S.DRAINING, S.STOPPED),
-     (S.STARTING, S.ERROR), (S.READY, S.UNREACHABLE), (S.UNREACHABLE, S.READY), (S.PENDING, S.DOWNLOADING)],
+     (S.STARTING, S.ERROR), (S.READY, S.UNREACHABLE), (S.UNREACHABLE, S.READY), (S.PENDING, S.STOPPED)],
 )
 def test_allowed_transitions(current: WorkerState, new: WorkerState) -> None:
     check_transition(current, new)
@@ -53,3 +54,11 @@ def test_a_worker_holds_its_memory_on_its_device_or_spread_by_size() -> None:
     info = WorkerInfo(id="w", model="m", hive="h", state=WorkerState.READY, slots=1, context_size=1, started_at=0,
                       memory_bytes=1000, device="cuda0+cuda1")
     assert info.device_memory == {"cuda0": 500, "cuda1": 500}  # filled in when the sender did not say
+
+
+def test_there_is_no_downloading_worker() -> None:
+    """A worker exists once its model is on its hive (the pull or copy is a job): a report of one is refused."""
+    assert "downloading" not in {s.value for s in WorkerState}
+    with pytest.raises(ValidationError, match="state"):
+        WorkerInfo(id="w", model="m", hive="h", state="downloading", slots=1, context_size=1,  # type: ignore[arg-type]
+                   started_at=0)

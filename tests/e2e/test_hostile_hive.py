@@ -188,3 +188,35 @@ def test_a_certificate_to_pin_must_be_one(queen: Queen) -> None:
     assert resp.status_code == 400 and resp.json()["error"]["param"] == "certificate"
     gone = httpx.put(f"{queen.url}/v1/hives/nobody/certificate", json={"certificate": "junk"}, timeout=10)
     assert gone.status_code == 400  # checked before the hive is looked up: nothing to learn from it
+
+
+def heartbeat(queen: Queen, token: str, body: dict[str, Any]) -> httpx.Response:
+    return httpx.post(f"{queen.url}/v1/hives/heartbeat", content=json.dumps(body), timeout=30,
+                      headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+
+
+def listed(queen: Queen) -> tuple[str, str | None, str | None]:
+    (only,) = httpx.get(f"{queen.url}/v1/workers", timeout=10).json()
+    return only["state"], only["url"], only["error"]
+
+
+def test_a_hive_cannot_move_its_workers_where_a_worker_cannot_go(queen: Queen) -> None:
+    """The worker state machine holds for a remote hive's workers: a report that moves one backwards or out of
+    a terminal state changes nothing of the queen's view of it, and is logged."""
+    token = enrol(queen)
+    assert register(queen, token, report(worker("http://127.0.0.1:4000"))).status_code == 200
+    assert listed(queen) == ("ready", "http://127.0.0.1:4000", None)
+    back = {**worker("http://127.0.0.1:4001", state="starting"), "api_key": "other"}
+    assert heartbeat(queen, token, report(back)).status_code == 200
+    assert listed(queen) == ("ready", "http://127.0.0.1:4000", None)  # not taken back to starting, nor moved
+    died = worker("http://127.0.0.1:4000", state="error", error="llama-server exited with code 1")
+    assert heartbeat(queen, token, report(died)).status_code == 200
+    assert listed(queen) == ("error", "http://127.0.0.1:4000", "llama-server exited with code 1")
+    revived = worker("http://127.0.0.1:4002", state="ready")
+    assert heartbeat(queen, token, report(revived)).status_code == 200
+    assert listed(queen) == ("error", "http://127.0.0.1:4000", "llama-server exited with code 1")
+    assert "worker evil-w1 as ready, but it is error here and a worker cannot go from error to ready" in \
+        queen.log.read_text()
+    unknown = heartbeat(queen, token, report(worker("http://127.0.0.1:4000", worker_id="evil-w2", state="downloading")))
+    assert unknown.status_code == 400 and "state" in unknown.json()["error"]["message"], unknown.text
+    still_serving(queen)

@@ -25,7 +25,7 @@ def remote(alias: str, handler: Any, **update: Any) -> RemoteHive:
     report = HiveReport(alias=alias, version="0.1.0", address="10.0.0.5", port=7835, engine=EngineInfo(path="/e"),
                         devices=[], memory_total=10**9).model_copy(update=update)
     hive = RemoteHive(report, "t")
-    hive._client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    hive.client.http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
     return hive
 
 

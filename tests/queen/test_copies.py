@@ -78,7 +78,7 @@ class Fake:
 
 def remote(fake: Fake) -> RemoteHive:
     hive = RemoteHive(report(alias=fake.alias, address=fake.address, models=fake.models), "join")
-    hive._client = httpx.AsyncClient(transport=httpx.MockTransport(fake))
+    hive.client.http = httpx.AsyncClient(transport=httpx.MockTransport(fake))
     return hive
 
 

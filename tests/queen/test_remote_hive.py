@@ -13,7 +13,8 @@ from rbee.contracts.hives import HiveReport, HiveState, HostedWorker, WorkerShap
 from rbee.contracts.models import ModelEntry
 from rbee.contracts.status import EngineInfo
 from rbee.contracts.workers import WorkerInfo, WorkerState
-from rbee.queen.remote_hive import RemoteHive, RemoteWorker
+from rbee.queen.remote_hive import RemoteHive
+from rbee.queen.remote_workers import RemoteWorker
 
 ENTRY = ModelEntry.model_validate({"name": "tiny", "path": "/m/tiny.gguf", "size_bytes": 1, "source": "local",
                                    "added_at": 0.0})
@@ -117,8 +118,8 @@ async def test_a_request_that_needs_a_larger_context_asks_the_hive_for_it() -> N
         return httpx.Response(200, json={"entry": ENTRY.model_dump(mode="json"), "need": need})
 
     hive = RemoteHive(report(), "token")
-    await hive._client.aclose()
-    hive._client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    await hive.client.http.aclose()
+    hive.client.http = httpx.AsyncClient(transport=httpx.MockTransport(answer))
     assert await hive.need(ENTRY) == 1000
     assert await hive.need(ENTRY, WorkerShape(at_least=1024)) == 2000
     assert await hive.need(ENTRY, WorkerShape(at_least=1024)) == 2000  # asked once per shape

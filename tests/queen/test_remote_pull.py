@@ -19,7 +19,8 @@ from rbee.contracts.jobs import JobEvent, JobEventType
 from rbee.contracts.models import ModelEntry
 from rbee.contracts.status import EngineInfo
 from rbee.hive.service import ModelInUse, ModelUnavailable
-from rbee.queen.remote_hive import HiveCallFailed, RemoteHive
+from rbee.queen.hive_client import HiveCallFailed
+from rbee.queen.remote_hive import RemoteHive
 
 JOB = "job-0123456789ab"
 ENTRY = ModelEntry(name="org/m-GGUF:Q4_K_M", path="/h/models/org/m-GGUF/m.gguf", size_bytes=1000, source="hf",
@@ -91,7 +92,7 @@ class FakeHive:
 
 def remote(fake: FakeHive, **update: Any) -> RemoteHive:
     hive = RemoteHive(report(**update), "join-token")
-    hive._client = httpx.AsyncClient(transport=httpx.MockTransport(fake),
+    hive.client.http = httpx.AsyncClient(transport=httpx.MockTransport(fake),
                                      headers={"Authorization": "Bearer join-token"})
     return hive
 
@@ -141,7 +142,7 @@ async def test_a_dropped_event_stream_is_followed_again_from_its_last_event() ->
 async def test_a_hive_whose_stream_keeps_dropping_fails_the_pull_and_is_told_to_stop(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("rbee.queen.remote_hive.FOLLOW_RETRIES", 1)
+    monkeypatch.setattr("rbee.queen.remote_jobs.FOLLOW_RETRIES", 1)
     fake = FakeHive(b"", drops=10)  # every stream ends before a terminal event
     hive = remote(fake)
     with pytest.raises(JobFailed, match="lost hive 'h1' during the pull"):
@@ -200,7 +201,7 @@ async def test_info_and_rm_are_asked_of_the_hive() -> None:
 
 async def test_a_hive_too_old_for_remote_catalogs_is_told_to_upgrade() -> None:
     hive = remote(FakeHive(b""), version="0.0.9")
-    hive._client = httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(404, text="Not Found")))
+    hive.client.http = httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(404, text="Not Found")))
     with pytest.raises(JobFailed, match=r"runs rbee 0\.0\.9.*`rbee hive upgrade h1`"):
         await hive.pull("org/m-GGUF:Q4_K_M", Recorder())
     with pytest.raises(ModelUnavailable, match="rbee hive upgrade h1"):
