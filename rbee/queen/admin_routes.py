@@ -65,6 +65,7 @@ async def stop_worker(request: Request) -> Response:
     for hive in queen_state(request).hives.values():
         worker = await hive.supervisor.stop(worker_id)
         if worker is not None:
+            queen_state(request).scheduler.notify()  # its memory is free: waiters may load there now
             await queen_state(request).audit(principal_of(request.scope), request, "worker.stop", worker_id,
                                              f"{worker.spec.model.name} on {hive.alias}")
             return JSONResponse(worker.info().model_dump(mode="json"))
