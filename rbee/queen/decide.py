@@ -155,13 +155,9 @@ class Room:
 
 def load(room: Room) -> Load | CopyThenLoad | Wait | Refuse:
     """(4) Where a worker of the model goes, whom to evict for it, or a copy to another hive, or wait."""
-    devices = list(room.devices)
-    if room.pinned_device is not None:
-        devices = [d for d in devices if d.device == room.pinned_device.lower()]
-        if not devices:
-            return Refuse(WorkerUnavailable(
-                f"'{room.model}' is pinned to device '{room.pinned_device}' (its settings in models.toml), which no "
-                f"hive it may use has working; devices: {', '.join(f'{d.hive}:{d.device}' for d in room.devices)}"))
+    devices = _pinned(room)
+    if isinstance(devices, Refuse):
+        return devices
     decision: Placement | None = None
     try:
         decision = _place(room.need, devices, room.workers, room.hard | room.soon, room.rank)
@@ -181,6 +177,18 @@ def load(room: Room) -> Load | CopyThenLoad | Wait | Refuse:
     if choice.target is not None and choice.device is not None:
         return CopyThenLoad(choice.target, choice.device, choice.reason)
     return Wait(choice.reason)
+
+
+def _pinned(room: Room) -> list[DeviceView] | Refuse:
+    """The devices a worker of the model may go to: the one its settings pin it to, if any."""
+    if room.pinned_device is None:
+        return list(room.devices)
+    devices = [d for d in room.devices if d.device == room.pinned_device.lower()]
+    if devices:
+        return devices
+    return Refuse(WorkerUnavailable(
+        f"'{room.model}' is pinned to device '{room.pinned_device}' (its settings in models.toml), which no "
+        f"hive it may use has working; devices: {', '.join(f'{d.hive}:{d.device}' for d in room.devices)}"))
 
 
 def _place(need: int, devices: list[DeviceView], workers: Sequence[WorkerView], protect: frozenset[str],

@@ -12,7 +12,6 @@ Idle workers are unloaded when their keep_alive runs out (default 5 min; per req
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 from collections.abc import Hashable, Mapping
@@ -21,22 +20,20 @@ from functools import partial
 
 from rbee.common import settings
 from rbee.common.jobs import JobFailed
-from rbee.contracts.hives import DeviceInfo, HiveState, WorkerShape
+from rbee.contracts.hives import HiveState, WorkerShape
 from rbee.contracts.models import DEMO_MODEL, ModelEntry
 from rbee.contracts.workers import WorkerMode, WorkerState
 from rbee.hive import model_refs
 from rbee.hive.service import ModelUnavailable
 from rbee.hive.worker import WorkerStartError
-from rbee.queen import context_fit, copy_placement, decide
+from rbee.queen import context_fit, copy_placement, decide, views
 from rbee.queen import copies as copies_mod
 from rbee.queen import keep_alive as keep_alive_mod
 from rbee.queen import spill as spill_mod
 from rbee.queen.admission import Admission, Waiter
-from rbee.queen.device_views import device_views as _device_views
 from rbee.queen.errors import HiveNotFound, InvalidRequest, ModelNotFound, QueenError, WorkerUnavailable
 from rbee.queen.executor import REAP_INTERVAL_S, Executor, hold, own_settings
-from rbee.queen.placement import DeviceView
-from rbee.queen.policy import Candidate, Policy, PolicyRequest
+from rbee.queen.policy import Policy, PolicyRequest
 from rbee.queen.remote_hive import AnyHive, RemoteHive
 
 __all__ = ["REAP_INTERVAL_S", "AnyWorker", "Lease", "Scheduler"]
@@ -69,6 +66,27 @@ class Lease:
             if self.keep_alive == 0 and worker.in_flight == 0:
                 self.scheduler.executor.unload_soon(worker)
             self.scheduler.slot_freed(worker)
+
+
+@dataclass
+class _Ask:
+    """One request's question to the scheduler: what it asks for, where, and since when."""
+
+    name: str  # the model's name as asked, then as its hive's catalog has it
+    mode: WorkerMode
+    hives: list[AnyHive]
+    exclude: frozenset[str]
+    context: int | None
+    request: PolicyRequest | None
+    hold: float  # its keep_alive, in seconds
+    pin: str | None = None
+    started: float = 0.0
+    deadline: float | None = None
+    resolved: Candidates | None = None
+
+    def may_copy(self) -> bool:
+        """Whether a LAN copy to another hive may serve it: nothing pins it, and it needs no larger context."""
+        return self.context is None and copy_placement.may_copy(self.pin, None)
 
 
 class Scheduler:
@@ -208,32 +226,17 @@ class Scheduler:
             if w.state is WorkerState.READY and w.spec.model.name == name and w.spec.mode is mode
         ]
 
-    # -- (2): the views and the lease -----------------------------------------------------------------------
-    def _usable_workers(self, name: str, mode: WorkerMode, hives: list[AnyHive], exclude: frozenset[str],
-                        context: int | None, request: PolicyRequest | None) -> list[AnyWorker]:
+    # -- (2): a lease ---------------------------------------------------------------------------------------
+    def _usable_workers(self, ask: _Ask) -> list[AnyWorker]:
         """The ready workers this request may use, in the user policy's order when there is one."""
-        return self._allowed([w for w in self.ready_workers(name, mode, hives)
-                              if w.id not in exclude and _fits(w, context)], request)
-
-    def _allowed(self, workers: list[AnyWorker], request: PolicyRequest | None) -> list[AnyWorker]:
-        """`workers` as the user policy filters and orders them (unchanged without one)."""
-        if not self.policy.active or not workers:
-            return workers
-        by_candidate = {}
-        for w in workers:
-            device = self._device(w.hive, w.device)
-            by_candidate[Candidate(w.hive, w.device, device.name if device else w.device,
-                                   device.total_bytes if device else 0, w.id, w.in_flight, w.spec.slots)] = w
-        return [by_candidate[c] for c in self.policy.rank(request, list(by_candidate))]
-
-    def _device(self, alias: str, device_id: str) -> DeviceInfo | None:
-        hive = self._hives.get(alias)
-        return next((d for d in hive.devices() if d.id == device_id), None) if hive else None
+        return views.allowed(self.policy, self._hives, [
+            w for w in self.ready_workers(ask.name, ask.mode, ask.hives)
+            if w.id not in ask.exclude and _fits(w, ask.context)], ask.request)
 
     def _serve(self, ready: list[AnyWorker], turn: bool, seconds: float) -> Lease | None:
         """(2) decide.serve over `ready`, and a lease on the worker it chose."""
-        views = [decide.Ready(w.id, w.in_flight, w.spec.slots, w.started_at) for w in ready]
-        choice = decide.serve(views, self.policy.active, turn)
+        choice = decide.serve([decide.Ready(w.id, w.in_flight, w.spec.slots, w.started_at) for w in ready],
+                              self.policy.active, turn)
         if choice is None:
             return None
         worker = next(w for w in ready if w.id == choice.worker)
@@ -241,10 +244,9 @@ class Scheduler:
         worker.expires_at = None
         return Lease(worker, seconds, self)
 
-    def _grant(self, name: str, mode: WorkerMode, hives: list[AnyHive], exclude: frozenset[str],
-               context: int | None, request: PolicyRequest | None, seconds: float) -> Lease | None:
+    def _grant(self, ask: _Ask) -> Lease | None:
         """A lease for a waiter in line, on a worker with a free slot it may use (admission.py `offer`)."""
-        return self._serve(self._usable_workers(name, mode, hives, exclude, context, request), True, seconds)
+        return self._serve(self._usable_workers(ask), True, ask.hold)
 
     def try_acquire(self, model: str, mode: WorkerMode = WorkerMode.GENERATE, pinned: str | None = None,
                     keep_alive: str | int | float | None = None, request: PolicyRequest | None = None,
@@ -254,8 +256,9 @@ class Scheduler:
         if self.admission.busy((model, mode)):
             return None  # others are waiting for this model: queue behind them
         own = own_settings(model)  # one read of the settings per request: the pin, then keep_alive
-        ready = self._usable_workers(model, mode, self.hives_for(pinned or own.hive), frozenset(), context, request)
-        return self._serve(ready, True, hold(keep_alive, own))
+        ask = _Ask(model, mode, self.hives_for(pinned or own.hive), frozenset(), context, request,
+                   hold(keep_alive, own))
+        return self._serve(self._usable_workers(ask), True, ask.hold)
 
     async def acquire(self, model: str, mode: WorkerMode = WorkerMode.GENERATE, pinned: str | None = None,
                       keep_alive: str | int | float | None = None, exclude: frozenset[str] = frozenset(),
@@ -266,67 +269,54 @@ class Scheduler:
         `context`: the request needs at least that many tokens per slot (context_fit.py): only such a worker
         serves it, and one is loaded with it (capped by the trained context) when none is there."""
         own = own_settings(model)
-        seconds = hold(keep_alive, own)
-        hives = self.hives_for(pinned or own.hive)  # (1) the request's pin, else the model's settings' pin
         clock = asyncio.get_running_loop().time
-        started = clock()
-        until = started + self.admission.timeout()
-        name, resolved, tried = model, None, False
+        ask = _Ask(model, mode, self.hives_for(pinned or own.hive), exclude, context, request,  # (1)
+                   hold(keep_alive, own), pinned or own.hive, clock(), deadline)
+        until = ask.started + self.admission.timeout()
+        tried = False
         waiter: Waiter[Lease] | None = None
         try:
             while True:  # no await between a look at the workers and the wait: no wake-up is missed
-                ready = self._usable_workers(name, mode, hives, exclude, context, request)
-                turn = self.admission.first(waiter) if waiter else not self.admission.busy((name, mode))
-                lease = self._serve(ready, turn, seconds)
+                lease, ready, may_load = self._look(ask, waiter)
                 if lease is not None:
                     return lease
-                replicas = own_settings(name).max_replicas or settings.max_replicas()
-                may_load = decide.may_load(len(ready), (name, mode) in self.executor.loading, replicas)
-                if resolved is None and (may_load or not ready):  # (3), only when a load may follow
-                    resolved = await self._resolve_or_copy(model, hives, pinned or own.hive,
-                                                           min(until, deadline or until))
-                    name = resolved[0][1].name
-                    continue
-                if may_load and resolved is not None and not tried:  # (4), once per turn
+                if ask.resolved is None and (may_load or not ready):  # (3), only when a load may follow
+                    ask.resolved = await self._resolve_or_copy(model, ask.hives, ask.pin, min(until, deadline or until))
+                    ask.name = ask.resolved[0][1].name
+                elif may_load and ask.resolved is not None and not tried:  # (4), once per turn
                     tried = True
-                    spill = context is None and copy_placement.may_copy(pinned or own.hive, None)
-                    await self._start_loading(resolved, mode, started, evict=not ready, request=request,
-                                              spill=spill, context=context)
-                    continue
-                if waiter is None:  # (5)
-                    grant = partial(self._grant, name, mode, hives, exclude, context, request, seconds)
-                    waiter = self.admission.join((name, mode), name, grant, started)
-                cap = started + decide.GROUPING_CAP_S
-                lease = await self.admission.wait(waiter, until, deadline, gone, clock,
-                                                  recheck=cap if clock() < cap else None)
-                tried = False
-                if lease is not None:
-                    return lease
+                    await self._start_loading(ask.resolved, mode, ask.started, evict=not ready, request=request,
+                                              spill=ask.may_copy(), context=context)
+                else:  # (5)
+                    waiter = waiter or self.admission.join((ask.name, mode), ask.name, partial(self._grant, ask),
+                                                           ask.started)
+                    tried = False
+                    if (lease := await self._wait(waiter, ask, until, gone)) is not None:
+                        return lease
         finally:
             if waiter is not None:
                 self.admission.leave(waiter)
 
-    # -- (4): the views of the load step, and its decision carried out --------------------------------------
-    def _usable(self, candidates: Candidates, mode: WorkerMode) -> Candidates:
-        """The candidates not waiting out a back-off; the back-off's refusal when all are."""
-        usable, refused = [], None
-        now = time.monotonic()
-        for hive, entry in candidates:
-            history = sorted((w for w in hive.supervisor.workers() if w.spec.model.name == entry.name
-                              and w.spec.mode is mode), key=lambda w: w.started_at, reverse=True)
-            streak = list(itertools.takewhile(lambda w: w.state is WorkerState.ERROR, history))
-            last = streak[0] if streak else None
-            wait = decide.backoff(entry.name, len(streak), last.failed_at if last else None,
-                                  last.error if last else None, now)
-            if wait is None:
-                usable.append((hive, entry))
-            else:
-                refused = refused or wait
-        if not usable:
-            assert refused is not None
-            raise refused.error
-        return usable
+    def _look(self, ask: _Ask, waiter: Waiter[Lease] | None) -> tuple[Lease | None, list[AnyWorker], bool]:
+        """(2) A lease, in turn (a newcomer only when nobody waits; in line, its front); else the workers it may
+        use, and whether (4) a worker may be loaded for it."""
+        ready = self._usable_workers(ask)
+        turn = self.admission.first(waiter) if waiter else not self.admission.busy((ask.name, ask.mode))
+        lease = self._serve(ready, turn, ask.hold)
+        if lease is not None:
+            return lease, ready, False
+        replicas = own_settings(ask.name).max_replicas or settings.max_replicas()
+        return lease, ready, decide.may_load(len(ready), (ask.name, ask.mode) in self.executor.loading, replicas)
 
+    async def _wait(self, waiter: Waiter[Lease], ask: _Ask, until: float, gone: asyncio.Future[None] | None
+                    ) -> Lease | None:
+        """(5) Its lease, or None to look again (woken, or at its grouping cap: then it may evict for itself)."""
+        clock = asyncio.get_running_loop().time
+        cap = ask.started + decide.GROUPING_CAP_S
+        return await self.admission.wait(waiter, until, ask.deadline, gone, clock,
+                                         recheck=cap if clock() < cap else None)
+
+    # -- (4): the load step, decided and carried out --------------------------------------------------------
     async def _start_loading(self, candidates: Candidates, mode: WorkerMode, waiting_since: float,
                              evict: bool = True, request: PolicyRequest | None = None, spill: bool = False,
                              context: int | None = None) -> None:
@@ -335,66 +325,36 @@ class Scheduler:
         `spill`: the request is pinned nowhere, so another hive may get a LAN copy of it and the worker.
         `context`: the worker gets at least that many tokens per slot, at most its model's trained context."""
         _check_mode(candidates[0][1], mode)
-        usable = self._usable(candidates, mode)
-        trained = usable[0][1].context_length
+        usable = views.not_backing_off(candidates, mode, time.monotonic())
+        name, trained = usable[0][1].name, usable[0][1].context_length
         shape = None if context is None else WorkerShape(at_least=min(context, trained or context))
-        needs = {hive.alias: await hive.need(entry, shape) for hive, entry in usable}
-        name = usable[0][1].name
-        holding = [w for hive, _ in usable for w in hive.supervisor.workers() if w.state in _HOLDING]
-        room = await self._room(usable, needs, holding, waiting_since, evict, request, spill, shape)
-        if (name, mode) in self.executor.loading:  # another request started it while we read the views
-            return
-        decision = decide.load(room)
+        load = views.Load(usable, {hive.alias: await hive.need(entry, shape) for hive, entry in usable},
+                          [w for hive, _ in usable for w in hive.supervisor.workers() if w.state in _HOLDING], shape)
+        room = await views.room(
+            load, evict, decide.grouping(waiting_since, asyncio.get_running_loop().time()), self.waiting(),
+            self.executor.kept, views.device_rank(self.policy, self._hives, request, partial(
+                self._warn_once, f"the policy left out every device for '{name}'; the built-in choice is used")),
+            self.copies if spill else None, self._reachable())
+        if (name, mode) not in self.executor.loading:  # else another request started it while we read the views
+            told = None if room.elsewhere is None else "a worker" if evict else "a replica"
+            self._carry_out(decide.load(room), load, mode, told)
+
+    def _carry_out(self, decision: decide.Decision, load: views.Load, mode: WorkerMode, told: str | None) -> None:
+        """The load step's decision, carried out; `told`: what the copy-or-wait reason is logged for, if any."""
+        name = load.usable[0][1].name
         if isinstance(decision, decide.Refuse):
             raise decision.error
         if isinstance(decision, decide.Load):
-            hive, entry = next((h, e) for h, e in usable if h.alias == decision.hive)
-            victims = [w for w in holding if w.id in decision.evict]
-            self.executor.load(hive, entry, mode, needs[hive.alias], victims, decision.device, shape)
+            hive, entry = next((h, e) for h, e in load.usable if h.alias == decision.hive)
+            victims = [w for w in load.holding if w.id in decision.evict]
+            self.executor.load(hive, entry, mode, load.needs[hive.alias], victims, decision.device, load.shape)
             return
-        if room.elsewhere is not None and self._told.get(name) != decision.reason:
-            self._told[name] = decision.reason
-            log.info("%s for %s: %s", "a worker" if evict else "a replica", name, decision.reason)
+        reason = getattr(decision, "reason", "")
+        if told is not None and self._told.get(name) != reason:  # the copy-or-wait choice, when it changes
+            self._told[name] = reason
+            log.info("%s for %s: %s", told, name, reason)
         if isinstance(decision, decide.CopyThenLoad):
             self.executor.copy_then_load(self._hives[decision.hive], name, mode, decision.device)
-
-    async def _room(self, usable: Candidates, needs: dict[str, int], holding: list[AnyWorker], waiting_since: float,
-                    evict: bool, request: PolicyRequest | None, spill: bool, shape: WorkerShape | None) -> decide.Room:
-        """decide.Room from the hives: their devices, the workers there, whom not to evict, where a copy may go."""
-        name = usable[0][1].name
-        grouping = decide.grouping(waiting_since, asyncio.get_running_loop().time())
-        need = max(needs.values())
-        pinned_device = own_settings(name).device
-        devices = [view for hive, _ in usable
-                   for view in _device_views(hive, holding, need, need - needs[hive.alias], pinned_device)]
-        everyone = list(holding)
-        others = None
-        if spill and copy_placement.may_copy(None, pinned_device) and self.copies is not None:
-            views, on_others = await spill_mod.elsewhere(self.copies, name, need, self._reachable(),
-                                                         {h.alias for h, _ in usable})
-            others = decide.Elsewhere(views, spill_mod.worker_views(on_others))
-            everyone += on_others
-        hard = frozenset(w.id for w in everyone if w.state is not WorkerState.READY or self.executor.kept(w))
-        waited = self.admission.waiting()
-        soon = frozenset(w.id for w in everyone if grouping and waited.get(w.spec.model.name, 0) > 0) - hard
-        return decide.Room(name, need, devices, spill_mod.worker_views(holding), hard, soon, evict, pinned_device,
-                           shape.at_least if shape else None, self._rank(request, name), others)
-
-    def _rank(self, request: PolicyRequest | None, name: str) -> decide.Rank | None:
-        """The user policy's order of the devices a worker of `name` may go to (None without a policy)."""
-        if not self.policy.active:
-            return None
-
-        def rank(devices: list[DeviceView]) -> list[DeviceView]:
-            by_candidate = {}
-            for d in devices:
-                info = self._device(d.hive, d.device)
-                by_candidate[Candidate(d.hive, d.device, info.name if info else d.device, d.total)] = d
-            allowed = [by_candidate[c] for c in self.policy.rank(request, list(by_candidate))]
-            if not allowed:
-                self._warn_once(f"the policy left out every device for '{name}'; the built-in choice is used")
-            return allowed
-        return rank
 
     async def spawn(self, model: str, mode: WorkerMode, pinned: str | None, device: str | None = None) -> AnyWorker:
         """Start one more worker for `model` (what `worker.spawn` jobs do), on `device` if given."""
