@@ -23,7 +23,7 @@ For each request:
       (`GROUPING_CAP_S`), so A B A B is served as A A B B without starving anyone.
 
 Views in, decision out: no I/O, no awaits, no clock but the `now` given (tests/queen/test_scheduler.py).
-The scheduler (scheduler.py) builds the views and carries the decisions out.
+The scheduler (scheduler.py) asks it, with the views views.py builds; executor.py carries the decisions out.
 """
 
 from __future__ import annotations
