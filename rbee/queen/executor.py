@@ -24,6 +24,7 @@ from rbee.hive.worker import WorkerStartError
 from rbee.queen import copies as copies_mod
 from rbee.queen import keep_alive as keep_alive_mod
 from rbee.queen.errors import InvalidRequest, QueenError, WorkerUnavailable
+from rbee.queen.loads import Loads
 from rbee.queen.remote_hive import AnyHive
 from rbee.queen.spill import AnyWorker
 
@@ -64,9 +65,10 @@ def own_settings(name: str) -> ModelSettings:
 
 
 class Executor:
-    def __init__(self, hives: Mapping[str, AnyHive], changed: Callable[[], None],
+    def __init__(self, hives: Mapping[str, AnyHive], loads: Loads, changed: Callable[[], None],
                  failed: Callable[[Key, QueenError], None]) -> None:
         self._hives = hives
+        self._loads = loads
         self._changed = changed
         self._failed = failed
         self.loading: dict[Key, asyncio.Task[AnyWorker]] = {}
@@ -118,8 +120,7 @@ class Executor:
             raise WorkerUnavailable(f"Could not start a worker for '{entry.name}' on hive "
                                     f"'{hive.alias}': {exc}") from exc
         # its keep_alive runs from now, in case no request comes (one started for min_replicas)
-        seconds = hold(None, own_settings(entry.name))
-        worker.expires_at = None if seconds == keep_alive_mod.FOREVER else time.monotonic() + seconds
+        self._loads.started(worker, hold(None, own_settings(entry.name)))
         if shape is not None and shape.at_least and worker.spec.context_per_slot < shape.at_least:
             raise InvalidRequest(f"hive '{hive.alias}' started '{entry.name}' with {worker.spec.context_per_slot} "
                                  f"tokens per slot, not the {shape.at_least} this request needs: its own settings "
@@ -155,10 +156,16 @@ class Executor:
         self._changed()
 
     async def unload_expired(self) -> None:
-        """Unload the idle workers whose keep_alive ran out."""
+        """Unload the idle workers whose keep_alive ran out; a worker found running (adopted from a remote hive)
+        gets the default keep_alive; the counters of workers that are gone are dropped."""
         now = time.monotonic()
-        for hive in list(self._hives.values()):
-            for w in hive.supervisor.workers():
-                if w.state is WorkerState.READY and w.in_flight == 0 and w.expires_at is not None \
-                        and w.expires_at <= now and not self.kept(w):
-                    await self.unload(w, "keep_alive expired")
+        workers = [w for hive in list(self._hives.values()) for w in hive.supervisor.workers()]
+        self._loads.forget(w.id for w in workers)
+        default = hold(None, ModelSettings())
+        for w in workers:
+            if w.state is not WorkerState.READY:
+                continue
+            self._loads.adopted(w, default)
+            load = self._loads.peek(w)
+            if load.in_flight == 0 and load.expires_at is not None and load.expires_at <= now and not self.kept(w):
+                await self.unload(w, "keep_alive expired")

@@ -27,7 +27,7 @@ from urllib.parse import quote, urlencode
 import httpx
 from pydantic import ValidationError
 
-from rbee.common import settings, tls
+from rbee.common import tls
 from rbee.common.hop import HOP
 from rbee.common.jobs import Emit, JobFailed
 from rbee.contracts.catalog import HiveDisk, HivePull
@@ -50,7 +50,7 @@ from rbee.contracts.workers import WorkerInfo, WorkerMode, WorkerState, memory_h
 from rbee.hive import model_refs
 from rbee.hive.service import Hive, ModelInUse, ModelUnavailable
 from rbee.hive.worker import START_TIMEOUT_S, WorkerStartError
-from rbee.queen import hive_trust, keep_alive
+from rbee.queen import hive_trust
 from rbee.queen.errors import QueenError
 from rbee.queen.hive_trust import ReportRefused
 
@@ -78,15 +78,12 @@ def _shape(model: str, at_least: int | None = None) -> WorkerShape:
     return WorkerShape(context=own.context, slots=own.slots, at_least=at_least)
 
 class RemoteWorker:
-    """A worker on a remote hive; its state comes from the hive, its load counters live here."""
+    """A worker on a remote hive; its state comes from the hive (its load counters: the queen's, loads.py)."""
 
     def __init__(self, hive: str, hosted: HostedWorker | None = None, *, worker_id: str = "",
                  spec: RemoteSpec | None = None, memory: int = 0, placeholder: bool = False) -> None:
         self.hive = hive
         self.placeholder = placeholder  # stands for a worker the hive is starting, until it answers
-        self.in_flight = 0
-        self.last_used = time.monotonic()
-        self.expires_at: float | None = None
         self.failed_at: float | None = None
         self.error: str | None = None
         self.id = worker_id
@@ -140,9 +137,8 @@ class RemoteWorker:
         return WorkerInfo(
             id=self.id, model=self.spec.model.name, hive=self.hive, mode=self.spec.mode, state=self.state,
             url=self.url, slots=self.spec.slots, context_size=self.spec.context_per_slot,
-            started_at=self.started_at, in_flight=self.in_flight, error=self.error, memory_bytes=self.memory,
-            device=self.device, device_memory=self.held(),
-            idle_unload_in_s=max(0.0, self.expires_at - time.monotonic()) if self.expires_at is not None else None,
+            started_at=self.started_at, error=self.error, memory_bytes=self.memory, device=self.device,
+            device_memory=self.held(),
         )
 
 
@@ -195,9 +191,7 @@ class RemoteSupervisor:
                 if hosted.info.state in (WorkerState.STOPPED, WorkerState.ERROR) or hosted.info.id in self._stopped:
                     continue
                 log.info("adopting worker %s (%s) on %s", hosted.info.id, hosted.entry.name, self._hive.alias)
-                adopted = RemoteWorker(self._hive.alias, hosted)
-                hold = keep_alive.parse(settings.keep_alive_default()) or 0.0
-                adopted.expires_at = None if hold == keep_alive.FOREVER else time.monotonic() + hold
+                adopted = RemoteWorker(self._hive.alias, hosted)  # unloaded when idle too (queen/executor.py)
                 self.add(adopted)
                 adopted_ids.append(hosted.info.id)
             else:

@@ -33,6 +33,7 @@ from rbee.queen import spill as spill_mod
 from rbee.queen.admission import Admission, Waiter
 from rbee.queen.errors import HiveNotFound, InvalidRequest, ModelNotFound, QueenError, WorkerUnavailable
 from rbee.queen.executor import REAP_INTERVAL_S, Executor, hold, own_settings
+from rbee.queen.loads import Loads
 from rbee.queen.policy import Policy, PolicyRequest
 from rbee.queen.remote_hive import AnyHive, RemoteHive
 
@@ -51,21 +52,20 @@ class Lease:
 
     worker: AnyWorker
     keep_alive: float
-    scheduler: Scheduler | None = None
+    scheduler: Scheduler
     _released: bool = field(default=False, repr=False)
 
     def release(self) -> None:
         if self._released:
             return
         self._released = True
-        worker = self.worker
-        worker.in_flight -= 1
-        worker.last_used = now = time.monotonic()
-        worker.expires_at = None if self.keep_alive == keep_alive_mod.FOREVER else now + self.keep_alive
-        if self.scheduler is not None:
-            if self.keep_alive == 0 and worker.in_flight == 0:
-                self.scheduler.executor.unload_soon(worker)
-            self.scheduler.slot_freed(worker)
+        load = self.scheduler.loads.of(self.worker)
+        load.in_flight -= 1
+        load.last_used = now = time.monotonic()
+        load.expires_at = None if self.keep_alive == keep_alive_mod.FOREVER else now + self.keep_alive
+        if self.keep_alive == 0 and load.in_flight == 0:
+            self.scheduler.executor.unload_soon(self.worker)
+        self.scheduler.slot_freed(self.worker)
 
 
 @dataclass
@@ -93,8 +93,9 @@ class Scheduler:
     def __init__(self, hives: Mapping[str, AnyHive], policy: Policy | None = None) -> None:
         self._hives = hives
         self.policy = policy or Policy(None)
+        self.loads = Loads()  # the queen's counters per worker: in flight, last used, keep_alive
         self.admission: Admission[Lease] = Admission(settings.queue_limits, self._free_slots)
-        self.executor = Executor(hives, self.notify, self.admission.fail)
+        self.executor = Executor(hives, self.loads, self.notify, self.admission.fail)
         self._warned: set[str] = set()
         self._told: dict[str, str] = {}  # the last reason logged for waiting or copying, per model
 
@@ -116,14 +117,14 @@ class Scheduler:
     def slot_freed(self, worker: AnyWorker) -> None:
         """A slot of `worker` is free: it goes to the first waiter in line that may use it."""
         handed = self.admission.offer((worker.spec.model.name, worker.spec.mode))
-        if not handed or worker.in_flight == 0:  # an idle worker may be evicted for another model's waiters
+        if not handed or self.loads.peek(worker).in_flight == 0:  # an idle one may be evicted for another model
             self.notify()
 
     def _free_slots(self, key: Hashable) -> int:
         assert isinstance(key, tuple)
         name, mode = key
-        return sum(w.spec.slots - w.in_flight for w in self.ready_workers(name, mode, self._reachable())
-                   if w.in_flight < w.spec.slots)
+        busy = (self.loads.peek(w).in_flight - w.spec.slots for w in self.ready_workers(name, mode, self._reachable()))
+        return sum(-n for n in busy if n < 0)
 
     def is_known(self, model: str) -> bool:
         """Whether some worker, in any state, serves `model` under that name (a bounded set of names)."""
@@ -229,19 +230,20 @@ class Scheduler:
     # -- (2): a lease ---------------------------------------------------------------------------------------
     def _usable_workers(self, ask: _Ask) -> list[AnyWorker]:
         """The ready workers this request may use, in the user policy's order when there is one."""
-        return views.allowed(self.policy, self._hives, [
+        return views.allowed(self.policy, self._hives, self.loads, [
             w for w in self.ready_workers(ask.name, ask.mode, ask.hives)
             if w.id not in ask.exclude and _fits(w, ask.context)], ask.request)
 
     def _serve(self, ready: list[AnyWorker], turn: bool, seconds: float) -> Lease | None:
         """(2) decide.serve over `ready`, and a lease on the worker it chose."""
-        choice = decide.serve([decide.Ready(w.id, w.in_flight, w.spec.slots, w.started_at) for w in ready],
-                              self.policy.active, turn)
+        choice = decide.serve([decide.Ready(w.id, self.loads.peek(w).in_flight, w.spec.slots, w.started_at)
+                               for w in ready], self.policy.active, turn)
         if choice is None:
             return None
         worker = next(w for w in ready if w.id == choice.worker)
-        worker.in_flight += 1
-        worker.expires_at = None
+        load = self.loads.of(worker)
+        load.in_flight += 1
+        load.expires_at = None
         return Lease(worker, seconds, self)
 
     def _grant(self, ask: _Ask) -> Lease | None:
@@ -328,7 +330,7 @@ class Scheduler:
         usable = views.not_backing_off(candidates, mode, time.monotonic())
         name, trained = usable[0][1].name, usable[0][1].context_length
         shape = None if context is None else WorkerShape(at_least=min(context, trained or context))
-        load = views.Load(usable, {hive.alias: await hive.need(entry, shape) for hive, entry in usable},
+        load = views.Load(self.loads, usable, {hive.alias: await hive.need(entry, shape) for hive, entry in usable},
                           [w for hive, _ in usable for w in hive.supervisor.workers() if w.state in _HOLDING], shape)
         room = await views.room(
             load, evict, decide.grouping(waiting_since, asyncio.get_running_loop().time()), self.waiting(),
@@ -360,7 +362,9 @@ class Scheduler:
         """Start one more worker for `model` (what `worker.spawn` jobs do), on `device` if given."""
         hive, entry = (await self.resolve(model, self.hives_for(pinned)))[0]
         try:
-            return await hive.spawn_worker(entry, mode, memory=await hive.need(entry), device=device)
+            worker = await hive.spawn_worker(entry, mode, memory=await hive.need(entry), device=device)
+            self.loads.of(worker).expires_at = None  # never unloaded for idleness before its first request
+            return worker
         except (WorkerStartError, JobFailed) as exc:
             raise WorkerUnavailable(f"Could not start a worker for '{entry.name}': {exc}") from exc
         finally:

@@ -10,6 +10,7 @@ from rbee.contracts.workers import WorkerState
 from rbee.hive.worker import WorkerProcess
 from rbee.queen.copies import Copies
 from rbee.queen.device_views import device_views
+from rbee.queen.loads import Loads
 from rbee.queen.placement import DeviceView, WorkerView
 from rbee.queen.remote_hive import AnyHive, RemoteWorker
 
@@ -17,9 +18,13 @@ AnyWorker = WorkerProcess | RemoteWorker
 HOLDING = (WorkerState.STARTING, WorkerState.READY, WorkerState.DRAINING, WorkerState.UNREACHABLE)
 
 
-def worker_views(holding: Sequence[AnyWorker]) -> list[WorkerView]:
-    return [WorkerView(w.id, w.hive, w.device, w.memory, w.in_flight, w.last_used,
-                       w.held() if "+" in w.device else None) for w in holding]
+def worker_views(holding: Sequence[AnyWorker], loads: Loads) -> list[WorkerView]:
+    views = []
+    for w in holding:
+        load = loads.peek(w)
+        views.append(WorkerView(w.id, w.hive, w.device, w.memory, load.in_flight, load.last_used,
+                                w.held() if "+" in w.device else None))
+    return views
 
 
 async def elsewhere(copies: Copies, name: str, need: int, reachable: Sequence[AnyHive], held_by: set[str]

@@ -15,6 +15,7 @@ from rbee.queen import copy_placement, decide
 from rbee.queen import spill as spill_mod
 from rbee.queen.device_views import device_views
 from rbee.queen.executor import own_settings
+from rbee.queen.loads import Loads
 from rbee.queen.placement import DeviceView
 from rbee.queen.policy import Candidate, Policy, PolicyRequest
 from rbee.queen.remote_hive import AnyHive
@@ -28,7 +29,7 @@ def device_of(hives: Mapping[str, AnyHive], alias: str, device_id: str) -> Devic
     return next((d for d in hive.devices() if d.id == device_id), None) if hive else None
 
 
-def allowed(policy: Policy, hives: Mapping[str, AnyHive], workers: list[AnyWorker],
+def allowed(policy: Policy, hives: Mapping[str, AnyHive], loads: Loads, workers: list[AnyWorker],
             request: PolicyRequest | None) -> list[AnyWorker]:
     """`workers` as the user policy filters and orders them (unchanged without one)."""
     if not policy.active or not workers:
@@ -37,7 +38,8 @@ def allowed(policy: Policy, hives: Mapping[str, AnyHive], workers: list[AnyWorke
     for w in workers:
         device = device_of(hives, w.hive, w.device)
         by_candidate[Candidate(w.hive, w.device, device.name if device else w.device,
-                               device.total_bytes if device else 0, w.id, w.in_flight, w.spec.slots)] = w
+                               device.total_bytes if device else 0, w.id, loads.peek(w).in_flight,
+                               w.spec.slots)] = w
     return [by_candidate[c] for c in policy.rank(request, list(by_candidate))]
 
 
@@ -85,6 +87,7 @@ class Load:
     """A load step's question: the hives that hold the model (not backing off), what a worker needs on each,
     the workers holding memory there."""
 
+    loads: Loads
     usable: Candidates
     needs: dict[str, int]
     holding: list[AnyWorker]
@@ -104,9 +107,9 @@ async def room(load: Load, evict: bool, grouping: bool, waiting: dict[str, int],
     others = None
     if copies is not None and copy_placement.may_copy(None, pinned_device):
         views, on_others = await spill_mod.elsewhere(copies, name, need, reachable, {h.alias for h, _ in load.usable})
-        others = decide.Elsewhere(views, spill_mod.worker_views(on_others))
+        others = decide.Elsewhere(views, spill_mod.worker_views(on_others, load.loads))
         everyone += on_others
     hard = frozenset(w.id for w in everyone if w.state is not WorkerState.READY or kept(w))
     soon = frozenset(w.id for w in everyone if grouping and waiting.get(w.spec.model.name, 0) > 0) - hard
-    return decide.Room(name, need, devices, spill_mod.worker_views(load.holding), hard, soon, evict, pinned_device,
-                       load.shape.at_least if load.shape else None, rank, others)
+    return decide.Room(name, need, devices, spill_mod.worker_views(load.holding, load.loads), hard, soon, evict,
+                       pinned_device, load.shape.at_least if load.shape else None, rank, others)

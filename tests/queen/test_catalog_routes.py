@@ -16,6 +16,7 @@ from rbee.contracts.status import EngineInfo
 from rbee.queen import catalog_routes
 from rbee.queen.auth import Principal
 from rbee.queen.errors import QueenError, handle_queen_error
+from rbee.queen.loads import Loads
 from rbee.queen.remote_hive import RemoteHive
 
 ENTRY = ModelEntry(name="org/m-GGUF:Q4_K_M", path="/h/m.gguf", size_bytes=1000, source="hf", added_at=0.0)
@@ -51,7 +52,7 @@ def app_over(*hives: RemoteHive) -> tuple[Starlette, list[tuple[str, ...]]]:
 
     app = Starlette(routes=catalog_routes.routes, exception_handlers={QueenError: handle_queen_error})
     app.state.queen = SimpleNamespace(audit=audit, scheduler=SimpleNamespace(
-        hives_for=lambda pinned: [h for h in hives if pinned in (None, h.alias)]))
+        hives_for=lambda pinned: [h for h in hives if pinned in (None, h.alias)], loads=Loads()))
 
     async def with_principal(scope: Scope, receive: Receive, send: Send) -> None:
         scope.setdefault("state", {})["principal"] = Principal("admin")

@@ -1,10 +1,11 @@
-"""The scheduler's decision (rbee/queen/decide.py) and its admission queue (rbee/queen/admission.py), alone: fake
-hives, views and a fake clock, no processes."""
+"""The scheduler's decision (rbee/queen/decide.py), its admission queue (rbee/queen/admission.py) and the queen's
+counters per worker (rbee/queen/loads.py), alone: fake hives, views and a fake clock, no processes."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +14,11 @@ from rbee.queen import decide
 from rbee.queen.admission import Admission
 from rbee.queen.device_views import device_views
 from rbee.queen.errors import ClientGone, DeadlineExceeded, ModelTooLargeError, QueueFull, WorkerUnavailable
+from rbee.queen.executor import Executor
+from rbee.queen.loads import Loads
 from rbee.queen.placement import DeviceView, WorkerView
+from rbee.queen.remote_hive import RemoteHive
+from tests.queen.test_remote_hive import hosted, report
 
 GiB = 2**30
 
@@ -274,3 +279,24 @@ async def test_a_client_that_leaves_is_taken_out_of_line_and_a_late_lease_is_rel
     admission.offer("A")  # handed a lease, but its request is cancelled before it takes it
     admission.leave(late)
     assert late.woken.result() is not None and late.woken.result().released  # type: ignore[union-attr]
+
+
+# -- the queen's counters per worker ----------------------------------------------------------------------------
+async def test_the_queen_keeps_each_workers_counters_and_adopted_workers_get_the_default_keep_alive(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RBEE_HOME", str(tmp_path))
+    monkeypatch.setenv("RBEE_KEEP_ALIVE", "90s")
+    hive = RemoteHive(report(hosted("h1-w1")), "token")  # a heartbeat reports a worker the queen did not start
+    adopted = hive.supervisor.get("h1-w1")
+    assert adopted is not None
+    loads = Loads()
+    assert loads.shown(adopted).in_flight == 0 and loads.shown(adopted).idle_unload_in_s is None
+    executor = Executor({"h1": hive}, loads, lambda: None, lambda key, error: None)
+    await executor.unload_expired()  # the reaper's pass: adopted, so unloaded when idle too
+    left = loads.shown(adopted).idle_unload_in_s
+    assert left is not None and 85 < left <= 90
+    loads.of(adopted).in_flight += 1  # what a lease does
+    assert loads.shown(adopted).in_flight == 1 and adopted.info().in_flight == 0  # the hive's view has no counters
+    hive.heard_from(report(), "token")  # the hive no longer lists it
+    await executor.unload_expired()
+    assert loads.peek(adopted).in_flight == 0  # its counters were dropped with it
