@@ -5,7 +5,8 @@
   - decide.py: the policy, numbered (1) to (5), as pure functions: serve this worker, load there evicting
     those, copy then load, wait, or refuse with the numbers;
   - executor.py: carries the decisions out (loads, evictions, copies, keep_alive unloads, min_replicas).
-This module builds decide.py's views from the hives and runs each request through them (`acquire`).
+views.py builds what decide.py sees from the hives; loads.py keeps the queen's counters per worker (in flight,
+last used, keep_alive). This module runs each request through them (`acquire`).
 Idle workers are unloaded when their keep_alive runs out (default 5 min; per request).
 """
 
