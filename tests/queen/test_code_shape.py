@@ -9,7 +9,8 @@ import pytest
 from radon.complexity import cc_visit
 
 QUEEN = Path(__file__).resolve().parents[2] / "rbee" / "queen"
-MODULES = ["scheduler.py", "decide.py", "admission.py", "executor.py", "views.py", "spill.py", "inference.py"]
+MODULES = ["scheduler.py", "decide.py", "admission.py", "executor.py", "views.py", "spill.py", "loads.py",
+           "inference.py"]
 
 
 @pytest.mark.parametrize("module", MODULES)
