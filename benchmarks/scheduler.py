@@ -4,7 +4,8 @@ replicas of a model serve together against one.
     python benchmarks/scheduler.py            # 100 hives x 8 devices, 500 workers (target <= 1 ms median)
     python benchmarks/scheduler.py --e2e      # 1 and 2 real tiny-model workers (target >= 0.9 x N)
 
-Decision: three cases: a model that fits somewhere at once, one that needs evictions, and one that must wait.
+Decision (decide.load, placement included): three cases: a model that fits somewhere at once, one that
+needs evictions, and one that must wait.
 End to end: for N = 1 and 2, a queen starts N workers of the generated tiny model (one thread each); the
 same streaming clients then run against the workers directly (split evenly) and through the queen. The
 direct column says what this machine can give N workers; the queen's, what rbee gets of it.
@@ -23,7 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rbee.queen.placement import DeviceView, WorkerView, place
+from rbee.queen import decide
+from rbee.queen.placement import DeviceView, WorkerView
 
 GiB = 2**30
 
@@ -41,10 +43,12 @@ def cluster(hives: int, devices: int, workers: int, seed: int = 1) -> tuple[list
 
 
 def measure(need: int, devs: list[DeviceView], ws: list[WorkerView], runs: int) -> list[float]:
+    """The scheduler's load decision (rbee/queen/decide.py `load`, placement included), `runs` times."""
+    room = decide.Room("bench", need, devs, ws)
     times = []
     for _ in range(runs):
         started = time.perf_counter()
-        place(need, devs, ws)
+        decide.load(room)
         times.append(time.perf_counter() - started)
     return times
 

@@ -317,11 +317,7 @@ class Hive:
         entry = await self.catalog.get(name)
         if entry is None:
             raise ModelUnavailable(f"The model '{name}' is not in the catalog of hive '{self.alias}'")
-        serving = [w for w in self.supervisor.workers() if w.spec.model.name == name]
-        busy = [w.id for w in serving if w.in_flight]
-        if busy:
-            raise ModelInUse(f"'{name}' is answering requests on {', '.join(busy)}; try again when they finish "
-                             "or stop those workers first")
+        serving = [w for w in self.supervisor.workers() if w.spec.model.name == name]  # the queen checked they idle
         for worker in serving:
             await self.supervisor.stop(worker.id)
         await self.catalog.remove(name)

@@ -133,10 +133,7 @@ class WorkerProcess:
         self.state = WorkerState.PENDING
         self.error: str | None = None
         self.started_at = time.time()
-        self.in_flight = 0
-        self.memory = 0  # estimated bytes it holds (DESIGN.md decision 6)
-        self.last_used = time.monotonic()
-        self.expires_at: float | None = None  # monotonic; None: never unloaded for idleness
+        self.memory = 0  # estimated bytes it holds (DESIGN.md decision 6); its load: the queen's (queen/loads.py)
         self.failed_at: float | None = None
         self.start_timeout_s = START_TIMEOUT_S
         self._proc: asyncio.subprocess.Process | None = None
@@ -171,9 +168,7 @@ class WorkerProcess:
             id=self.id, model=self.spec.model.name, hive=self.hive, mode=self.spec.mode, state=self.state,
             url=self.url, pid=self.pid, slots=self.spec.slots,
             context_size=self.spec.context_per_slot, started_at=self.started_at,
-            in_flight=self.in_flight, error=self.error, memory_bytes=self.memory, device=self.spec.device,
-            device_memory=self.held(),
-            idle_unload_in_s=max(0.0, self.expires_at - time.monotonic()) if self.expires_at is not None else None,
+            error=self.error, memory_bytes=self.memory, device=self.spec.device, device_memory=self.held(),
         )
 
     def _set(self, state: WorkerState, error: str | None = None) -> None:

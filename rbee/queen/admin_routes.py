@@ -46,7 +46,8 @@ async def status(request: Request) -> Response:
     report = StatusReport(
         queen=state.health(),
         hives=[await hive.info() for hive in list(state.hives.values())],
-        workers=[w.info() for hive in list(state.hives.values()) for w in hive.supervisor.workers()],
+        workers=[state.scheduler.loads.shown(w) for hive in list(state.hives.values())
+                 for w in hive.supervisor.workers()],
         models=[m for hive in list(state.hives.values()) for m in await hive.catalog.entries()],
         traffic=state.metrics.traffic.model_copy(update={"waiting": state.scheduler.waiting()}),
         policy=state.scheduler.policy.status(),
@@ -57,7 +58,8 @@ async def status(request: Request) -> Response:
 
 async def list_workers(request: Request) -> Response:
     state = queen_state(request)
-    workers = [w.info().model_dump(mode="json") for h in state.hives.values() for w in h.supervisor.workers()]
+    workers = [state.scheduler.loads.shown(w).model_dump(mode="json") for h in state.hives.values()
+               for w in h.supervisor.workers()]
     return JSONResponse(workers)
 
 
@@ -66,9 +68,10 @@ async def stop_worker(request: Request) -> Response:
     for hive in queen_state(request).hives.values():
         worker = await hive.supervisor.stop(worker_id)
         if worker is not None:
+            queen_state(request).scheduler.notify()  # its memory is free: waiters may load there now
             await queen_state(request).audit(principal_of(request.scope), request, "worker.stop", worker_id,
                                              f"{worker.spec.model.name} on {hive.alias}")
-            return JSONResponse(worker.info().model_dump(mode="json"))
+            return JSONResponse(queen_state(request).scheduler.loads.shown(worker).model_dump(mode="json"))
     raise NotFound(f"There is no worker '{worker_id}'; `rbee worker list` shows the running ones.")
 
 
@@ -102,7 +105,7 @@ def _job_body(state: QueenState, spec: JobCreate) -> JobBody:
             worker = await state.scheduler.spawn(model, WorkerMode.GENERATE, hive.alias, spec.device)
         except QueenError as exc:
             raise JobFailed(exc.message) from exc
-        return worker.info().model_dump(mode="json")
+        return state.scheduler.loads.shown(worker).model_dump(mode="json")
 
     return pull if spec.kind is JobKind.MODEL_PULL else spawn
 

@@ -12,7 +12,7 @@ from starlette.routing import Route
 from rbee.contracts.models import ModelEntry
 from rbee.hive.service import ModelInUse, ModelUnavailable
 from rbee.queen import hive_errors
-from rbee.queen.errors import InvalidRequest, ModelNotFound, UpstreamError
+from rbee.queen.errors import Conflict, InvalidRequest, ModelNotFound, UpstreamError
 from rbee.queen.guard import principal_of
 from rbee.queen.hive_client import HiveCallFailed
 from rbee.queen.hive_seam import HiveSeam
@@ -57,7 +57,12 @@ async def remove_from_catalog(request: Request, name: str, not_found: str | None
     """Remove `name` from the first hive (of those the request names) whose catalog has it, audited; the hive and
     the entry removed. ModelNotFound (with `not_found` as its message, when given) when no hive has it."""
     failed: list[str] = []  # hives that could not be asked: the model may be there
+    loads = queen_state(request).scheduler.loads
     for hive in _hives(request):
+        busy = [w.id for w in hive.supervisor.workers() if w.spec.model.name == name and loads.peek(w).in_flight]
+        if busy:
+            raise Conflict(f"'{name}' is answering requests on {', '.join(busy)}; try again when they finish or "
+                           "stop those workers first")
         try:
             entry = await hive.remove(name)
         except ModelUnavailable:

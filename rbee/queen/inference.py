@@ -10,7 +10,6 @@ render in its protocol's shape.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
@@ -26,8 +25,6 @@ from rbee.queen import context_fit, keep_alive
 from rbee.queen.auth import LOCAL, Forbidden, Principal
 from rbee.queen.error_styles import OPENAI, ErrorStyle
 from rbee.queen.errors import (
-    ClientGone,
-    DeadlineExceeded,
     InvalidRequest,
     ModelTooLargeError,
     PromptTooLong,
@@ -76,34 +73,15 @@ def deadline_of(request: Request) -> float | None:
 
 async def _acquire(request: Request, parsed: ModelRequest, mode: WorkerMode, exclude: frozenset[str],
                    deadline: float | None, asked: PolicyRequest, context: int | None = None) -> Lease:
-    """Wait for a worker, but stop waiting (and leave the queue) when the client goes away or its deadline passes."""
-    state = queen_state(request)
-    acquiring = asyncio.ensure_future(state.scheduler.acquire(
-        parsed.model, mode, request.headers.get(HIVE_HEADER), parsed.keep_alive, exclude, asked, context))
+    """Wait for a worker; the queue (admission.py) stops the wait when the client goes away or its deadline
+    passes."""
     gone = asyncio.ensure_future(client_gone(request))
-    timeout = None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
     try:
-        await asyncio.wait({acquiring, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:  # this request was cancelled: its place in the queue (or its lease) goes too
-        acquiring.cancel()
-        acquiring.add_done_callback(_release_granted)
-        raise
+        return await queen_state(request).scheduler.acquire(
+            parsed.model, mode, request.headers.get(HIVE_HEADER), parsed.keep_alive, exclude, asked, context,
+            deadline=deadline, gone=gone)
     finally:
         gone.cancel()
-    if not acquiring.done():
-        acquiring.cancel()
-        with contextlib.suppress(BaseException):
-            (await acquiring).release()
-        if gone.done() and not gone.cancelled():
-            raise ClientGone("The client left while its request was queued.")
-        raise DeadlineExceeded("The request's deadline (X-Rbee-Timeout) passed while it waited for a worker.")
-    return acquiring.result()
-
-
-def _release_granted(acquiring: asyncio.Future[Lease]) -> None:
-    """The done-callback of an acquire whose request went away: a lease it got after all is released."""
-    if not acquiring.cancelled() and acquiring.exception() is None:
-        acquiring.result().release()
 
 
 def _hand_set(model: str, remote: bool) -> str | None:

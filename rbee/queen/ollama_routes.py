@@ -90,7 +90,7 @@ async def ps(request: Request) -> Response:
     loaded = []
     for hive in list(queen_state(request).hives.values()):
         for worker in hive.supervisor.workers():
-            info = worker.info()
+            info = queen_state(request).scheduler.loads.shown(worker)
             if info.state is not WorkerState.READY or info.model not in held:
                 continue
             expires = None if info.idle_unload_in_s is None else _stamp(time.time() + info.idle_unload_in_s)

@@ -49,7 +49,7 @@ class PullCandidate:
     """One hive as the choice sees it."""
 
     hive: str
-    devices: tuple[DeviceView, ...] = ()  # as the scheduler builds them (rbee/queen/scheduler.py _device_views)
+    devices: tuple[DeviceView, ...] = ()  # as the scheduler builds them (rbee/queen/device_views.py)
     free_disk: int | None = None  # free under its models folder; None: the hive does not say
     has_model: bool = False
     problem: str | None = None  # why it cannot take a download now (unreachable); None: it can

@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from rbee.common import settings
 from rbee.contracts.hives import HostedWorker
 from rbee.contracts.models import ModelEntry
 from rbee.contracts.workers import (
@@ -26,7 +25,6 @@ from rbee.contracts.workers import (
     check_transition,
     memory_held,
 )
-from rbee.queen import keep_alive
 from rbee.queen.hive_client import HiveCallFailed, HiveClient
 
 log = logging.getLogger(__name__)
@@ -45,15 +43,12 @@ class RemoteSpec:
 
 
 class RemoteWorker:
-    """A worker on a remote hive; its state comes from the hive, its load counters live here."""
+    """A worker on a remote hive; its state comes from the hive (its load counters: the queen's, loads.py)."""
 
     def __init__(self, hive: str, hosted: HostedWorker | None = None, *, worker_id: str = "",
                  spec: RemoteSpec | None = None, memory: int = 0, placeholder: bool = False) -> None:
         self.hive = hive
         self.placeholder = placeholder  # stands for a worker the hive is starting, until it answers
-        self.in_flight = 0
-        self.last_used = time.monotonic()
-        self.expires_at: float | None = None
         self.failed_at: float | None = None
         self.error: str | None = None
         self.id = worker_id
@@ -136,9 +131,8 @@ class RemoteWorker:
         return WorkerInfo(
             id=self.id, model=self.spec.model.name, hive=self.hive, mode=self.spec.mode, state=self.state,
             url=self.url, slots=self.spec.slots, context_size=self.spec.context_per_slot,
-            started_at=self.started_at, in_flight=self.in_flight, error=self.error, memory_bytes=self.memory,
-            device=self.device, device_memory=self.held(),
-            idle_unload_in_s=max(0.0, self.expires_at - time.monotonic()) if self.expires_at is not None else None,
+            started_at=self.started_at, error=self.error, memory_bytes=self.memory, device=self.device,
+            device_memory=self.held(),
         )
 
 
@@ -207,10 +201,7 @@ class RemoteSupervisor:
 
     def _adopt(self, hosted: HostedWorker) -> None:
         log.info("adopting worker %s (%s) on %s", hosted.info.id, hosted.entry.name, self._alias)
-        adopted = RemoteWorker(self._alias, hosted)
-        hold = keep_alive.parse(settings.keep_alive_default()) or 0.0
-        adopted.expires_at = None if hold == keep_alive.FOREVER else time.monotonic() + hold
-        self.add(adopted)
+        self.add(RemoteWorker(self._alias, hosted))  # unloaded when idle too (queen/executor.py)
 
     def mark_unreachable(self) -> None:
         for worker in self._workers.values():

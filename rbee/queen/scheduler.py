@@ -1,87 +1,50 @@
-"""Which worker serves a request; load, queue, evict and unload as needed (DESIGN.md decision 5).
+"""Which worker serves a request (DESIGN.md decision 5): the scheduler's three parts, put together here.
 
-For each request:
-  (1) the hives to consider: the one pinned with `X-Rbee-Hive`, else all of them;
-  (2) a ready worker of the model with a free slot, the least loaded one, serves it at once; a request that
-      needs a context per slot (a prompt its worker refused as too long, Ollama's num_ctx) only one with
-      that much (context_fit.py), and (4) loads one with it when there is none;
-  (3) else the model must be known to a hive (404 naming it and how to get it otherwise); a request
-      pinned to one hive that lacks it waits, within its timeout, while it is copied there from another
-      hive over the LAN (copies.py; the hub only with RBEE_API_PULLS=hub);
-  (4) a model with no worker is loaded: placement by memory (placement.py) picks the device and the
-      idle workers to evict, least recently used first; a model no device can hold is refused
-      with the numbers; a model whose workers keep dying waits out an exponential back-off;
-      when every replica of a model is saturated, one more starts if memory is free without
-      evicting anything (up to RBEE_MAX_REPLICAS);
-      for a request pinned nowhere, when the hives holding the file cannot make room without killing
-      in-flight requests (or can never hold it), or have no free memory for a replica, another hive
-      with room gets a LAN copy and the worker (copy_placement.py decides; `_copy_instead`);
-      a model's settings (models.toml) may pin it to a hive or a device, and keep some workers
-      loaded (min_replicas: started when missing, never unloaded or evicted);
-      a user policy (policy.py, RBEE_POLICY) may filter and rank the workers and devices;
-  (5) meanwhile the request waits in a bounded queue (503 with Retry-After when it is full, or
-      when the wait exceeds RBEE_QUEUE_TIMEOUT_S); workers of a model that has requests waiting
-      are not evicted for another model unless that one has waited longer than the grouping
-      cap, so A B A B is served as A A B B without starving anyone.
+  - admission.py: the bounded queue, FIFO per model, that hands each waiter its lease, and ends its wait at its
+    deadline or when its client leaves;
+  - decide.py: the policy, numbered (1) to (5), as pure functions: serve this worker, load there evicting
+    those, copy then load, wait, or refuse with the numbers;
+  - executor.py: carries the decisions out (loads, evictions, copies, keep_alive unloads, min_replicas).
+views.py builds what decide.py sees from the hives; loads.py keeps the queen's counters per worker (in flight,
+last used, keep_alive). This module runs each request through them (`acquire`).
 Idle workers are unloaded when their keep_alive runs out (default 5 min; per request).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import logging
-import math
 import time
-from collections import Counter, defaultdict, deque
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
 
 from rbee.common import settings
 from rbee.common.jobs import JobFailed
-from rbee.contracts.hives import DeviceInfo, HiveState, WorkerShape
-from rbee.contracts.models import DEMO_MODEL, ModelEntry, ModelSettings
+from rbee.contracts.hives import HiveState, WorkerShape
+from rbee.contracts.models import DEMO_MODEL, ModelEntry
 from rbee.contracts.workers import WorkerMode, WorkerState
 from rbee.hive import model_refs
 from rbee.hive.service import ModelUnavailable
 from rbee.hive.worker import WorkerStartError
-from rbee.queen import context_fit, copy_placement
+from rbee.queen import context_fit, copy_placement, decide, views
 from rbee.queen import copies as copies_mod
 from rbee.queen import keep_alive as keep_alive_mod
 from rbee.queen import spill as spill_mod
-from rbee.queen.device_views import device_views as _device_views
-from rbee.queen.errors import (
-    HiveNotFound,
-    InvalidRequest,
-    ModelNotFound,
-    ModelTooLargeError,
-    QueenError,
-    QueueFull,
-    WorkerUnavailable,
-)
+from rbee.queen.admission import Admission, Waiter
+from rbee.queen.errors import HiveNotFound, InvalidRequest, ModelNotFound, QueenError, WorkerUnavailable
+from rbee.queen.executor import REAP_INTERVAL_S, Executor, hold, own_settings
 from rbee.queen.hive_seam import HiveSeam
-from rbee.queen.placement import DeviceView, ModelTooLarge, Placement, WorkerView, place
-from rbee.queen.policy import Candidate, Policy, PolicyRequest
+from rbee.queen.loads import Loads
+from rbee.queen.policy import Policy, PolicyRequest
+
+__all__ = ["REAP_INTERVAL_S", "AnyWorker", "Lease", "Scheduler"]
 
 log = logging.getLogger(__name__)
 
-GROUPING_CAP_S = 30.0
-REAP_INTERVAL_S = 1.0
 AnyWorker = spill_mod.AnyWorker
 _HOLDING = spill_mod.HOLDING
-
-
-def _too_large(name: str, exc: ModelTooLarge, context: int | None = None) -> ModelTooLargeError:
-    if context is not None:  # loaded for a request longer than the model's workers' context
-        return ModelTooLargeError(
-            f"a worker of '{name}' with at least {context} tokens per slot needs {exc.need / 2**20:.0f} MiB, but the "
-            f"largest device has {exc.largest / 2**20:.0f} MiB: free memory there (RBEE_MEMORY_BUDGET bounds a CPU "
-            "hive), or give it fewer slots (RBEE_WORKER_SLOTS, or `slots` in models.toml)", param="messages",
-            code="context_length_exceeded")
-    return ModelTooLargeError(f"'{name}' cannot be loaded anywhere: it {exc}. Use a smaller quantization, or "
-                              "fewer slots or less context per slot.", param="model")
+Candidates = list[tuple[HiveSeam, ModelEntry]]
 
 
 @dataclass
@@ -90,41 +53,79 @@ class Lease:
 
     worker: AnyWorker
     keep_alive: float
-    scheduler: Scheduler | None = None
+    scheduler: Scheduler
     _released: bool = field(default=False, repr=False)
 
     def release(self) -> None:
         if self._released:
             return
         self._released = True
-        worker = self.worker
-        worker.in_flight -= 1
-        worker.last_used = now = time.monotonic()
-        worker.expires_at = None if self.keep_alive == keep_alive_mod.FOREVER else now + self.keep_alive
-        if self.scheduler is not None:
-            if self.keep_alive == 0 and worker.in_flight == 0:
-                self.scheduler.unload_soon(worker)
-            self.scheduler.slot_freed(worker)
+        load = self.scheduler.loads.of(self.worker)
+        load.in_flight -= 1
+        load.last_used = now = time.monotonic()
+        load.expires_at = None if self.keep_alive == keep_alive_mod.FOREVER else now + self.keep_alive
+        if self.keep_alive == 0 and load.in_flight == 0:
+            self.scheduler.executor.unload_soon(self.worker)
+        self.scheduler.slot_freed(self.worker)
+
+
+@dataclass
+class _Ask:
+    """One request's question to the scheduler: what it asks for, where, and since when."""
+
+    name: str  # the model's name as asked, then as its hive's catalog has it
+    mode: WorkerMode
+    hives: list[HiveSeam]
+    exclude: frozenset[str]
+    context: int | None
+    request: PolicyRequest | None
+    hold: float  # its keep_alive, in seconds
+    pin: str | None = None
+    started: float = 0.0
+    deadline: float | None = None
+    resolved: Candidates | None = None
+
+    def may_copy(self) -> bool:
+        """Whether a LAN copy to another hive may serve it: nothing pins it, and it needs no larger context."""
+        return self.context is None and copy_placement.may_copy(self.pin, None)
 
 
 class Scheduler:
     def __init__(self, hives: Mapping[str, HiveSeam], policy: Policy | None = None) -> None:
         self._hives = hives
         self.policy = policy or Policy(None)
-        self._tick = asyncio.Event()
-        self._loading: dict[tuple[str, WorkerMode], asyncio.Task[AnyWorker]] = {}
-        self._waiting: Counter[str] = Counter()
-        self._queues: dict[tuple[str, WorkerMode], deque[asyncio.Event]] = defaultdict(deque)
-        self._background: set[asyncio.Task[None]] = set()
+        self.loads = Loads()  # the queen's counters per worker: in flight, last used, keep_alive
+        self.admission: Admission[Lease] = Admission(settings.queue_limits, self._free_slots)
+        self.executor = Executor(hives, self.loads, self.notify, self.admission.fail)
         self._warned: set[str] = set()
         self._told: dict[str, str] = {}  # the last reason logged for waiting or copying, per model
-        self.copies: copies_mod.Copies | None = None  # set by the queen: brings a pinned request's model over
 
-    # -- waking waiters ---------------------------------------------------------------------------
+    @property
+    def copies(self) -> copies_mod.Copies | None:
+        """Set by the queen: brings a pinned request's model over, or a model to a hive with room."""
+        return self.executor.copies
+
+    @copies.setter
+    def copies(self, copies: copies_mod.Copies | None) -> None:
+        self.executor.copies = copies
+
+    # -- waking waiters (admission.py) ----------------------------------------------------------------------
     def notify(self) -> None:
-        """Something changed (a slot, a worker, memory): every waiting request looks again."""
-        self._tick.set()
-        self._tick = asyncio.Event()
+        """Something changed (a slot, a worker, memory, settings): free slots go to the waiters, and the front
+        of each line decides again."""
+        self.admission.look_again()
+
+    def slot_freed(self, worker: AnyWorker) -> None:
+        """A slot of `worker` is free: it goes to the first waiter in line that may use it."""
+        handed = self.admission.offer((worker.spec.model.name, worker.spec.mode))
+        if not handed or self.loads.peek(worker).in_flight == 0:  # an idle one may be evicted for another model
+            self.notify()
+
+    def _free_slots(self, key: Hashable) -> int:
+        assert isinstance(key, tuple)
+        name, mode = key
+        busy = (self.loads.peek(w).in_flight - w.spec.slots for w in self.ready_workers(name, mode, self._reachable()))
+        return sum(-n for n in busy if n < 0)
 
     def is_known(self, model: str) -> bool:
         """Whether some worker, in any state, serves `model` under that name (a bounded set of names)."""
@@ -132,69 +133,16 @@ class Scheduler:
 
     def waiting(self) -> dict[str, int]:
         """Requests waiting for a worker, per model."""
-        return {name: n for name, n in self._waiting.items() if n > 0}
+        return self.admission.waiting()
 
-    def slot_freed(self, worker: AnyWorker) -> None:
-        """A slot of `worker` is free: wake the longest-waiting request for its model, not all of them
-        (a stampede of hundreds of waiters per finished request costs more CPU than the requests)."""
-        woke = self._wake_next((worker.spec.model.name, worker.spec.mode))
-        if not woke or worker.in_flight == 0:  # an idle worker may be evicted for another model's waiters
-            self.notify()
-
-    def _wake_next(self, key: tuple[str, WorkerMode], after: asyncio.Event | None = None) -> bool:
-        """Wake the first waiter for `key` not woken yet (only those behind `after`, when given)."""
-        line = list(self._queues.get(key, ()))
-        if after is not None:
-            line = line[line.index(after) + 1:] if after in line else []
-        for wake in line:
-            if not wake.is_set():
-                wake.set()
-                return True
-        return False
-
-    def unload_soon(self, worker: AnyWorker) -> None:
-        if self._kept(worker):
-            return
-        task = asyncio.get_running_loop().create_task(self._unload(worker, "keep_alive 0"))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _unload(self, worker: AnyWorker, why: str) -> None:
-        for hive in list(self._hives.values()):
-            if hive.supervisor.get(worker.id) is worker:
-                log.info("unloading %s (%s): %s", worker.spec.model.name, worker.id, why)
-                await hive.supervisor.stop(worker.id)
-        self.notify()
-
+    # -- the periodic pass (executor.py) --------------------------------------------------------------------
     async def reap_idle(self) -> None:
         """One pass of the reaper (run every REAP_INTERVAL_S for the queen's lifetime): unload idle workers
         whose keep_alive ran out, start the workers `min_replicas` asks for, and reload the user policy if
         its file changed."""
         await asyncio.to_thread(self.policy.reload_if_changed)
-        now = time.monotonic()
-        for hive in list(self._hives.values()):
-            for w in hive.supervisor.workers():
-                if w.state is WorkerState.READY and w.in_flight == 0 and w.expires_at is not None \
-                        and w.expires_at <= now and not self._kept(w):
-                    await self._unload(w, "keep_alive expired")
+        await self.executor.unload_expired()
         await self.keep_min_replicas()
-
-    def _minimum(self, name: str) -> int:
-        try:
-            return model_refs.model_settings(name).min_replicas or 0
-        except model_refs.BadModelRef:
-            return 0
-
-    def _kept(self, worker: AnyWorker) -> bool:
-        """Whether `worker` is one of the `min_replicas` its model keeps loaded."""
-        name = worker.spec.model.name
-        minimum = self._minimum(name)
-        if not minimum or worker.spec.mode is not WorkerMode.GENERATE:
-            return False
-        ready = sorted((w for h in self._hives.values() for w in h.supervisor.workers()
-                        if w.spec.model.name == name and w.spec.mode is WorkerMode.GENERATE
-                        and w.state is WorkerState.READY), key=lambda w: w.started_at)
-        return worker in ready[:minimum]
 
     async def keep_min_replicas(self) -> None:
         """Start a worker for each model with fewer loaded than its `min_replicas` (one load at a time per
@@ -205,7 +153,7 @@ class Scheduler:
             self._warn_once(str(exc))
             return
         for name, own in wanted.items():
-            if not own.min_replicas or (name, WorkerMode.GENERATE) in self._loading:
+            if not own.min_replicas or (name, WorkerMode.GENERATE) in self.executor.loading:
                 continue
             try:
                 hives = self.hives_for(own.hive)
@@ -213,7 +161,7 @@ class Scheduler:
                            and w.spec.model.name == name and w.spec.mode is WorkerMode.GENERATE]
                 if len(holding) < own.min_replicas:
                     await self._start_loading(await self.resolve(name, hives), WorkerMode.GENERATE,
-                                              time.monotonic(), evict=False)
+                                              asyncio.get_running_loop().time(), evict=False)
             except (QueenError, ModelUnavailable) as exc:  # e.g. its hive stopped answering mid-way
                 self._warn_once(f"min_replicas of '{name}': {getattr(exc, 'message', exc)}")
 
@@ -240,9 +188,9 @@ class Scheduler:
                                     f"`rbee hive logs {pinned}`, or leave out the pin.", headers={"Retry-After": "5"})
         return [hive]
 
-    async def resolve(self, model: str, hives: list[HiveSeam]) -> list[tuple[HiveSeam, ModelEntry]]:
+    async def resolve(self, model: str, hives: list[HiveSeam]) -> Candidates:
         """Every hive that can serve `model`, with its entry; `ModelNotFound` when none can."""
-        found: list[tuple[HiveSeam, ModelEntry]] = []
+        found: Candidates = []
         reasons: list[str] = []
         for hive in hives:
             try:
@@ -264,7 +212,7 @@ class Scheduler:
         raise ModelNotFound(f"{detail}. {hint}; `rbee status` lists the models rbee knows.", param="model")
 
     async def _resolve_or_copy(self, model: str, hives: list[HiveSeam], pin: str | None,
-                               deadline: float) -> list[tuple[HiveSeam, ModelEntry]]:
+                               deadline: float) -> Candidates:
         """(3) `resolve`; for a request pinned to one hive that lacks the model, after a LAN copy there."""
         try:
             return await self.resolve(model, hives)
@@ -280,315 +228,144 @@ class Scheduler:
             if w.state is WorkerState.READY and w.spec.model.name == name and w.spec.mode is mode
         ]
 
-    # -- (2) to (5) -------------------------------------------------------------------------------
-    @staticmethod
-    def _own(name: str) -> ModelSettings:
-        try:
-            return model_refs.model_settings(name)
-        except model_refs.BadModelRef as exc:
-            raise WorkerUnavailable(str(exc)) from exc
+    # -- (2): a lease ---------------------------------------------------------------------------------------
+    def _usable_workers(self, ask: _Ask) -> list[AnyWorker]:
+        """The ready workers this request may use, in the user policy's order when there is one."""
+        return views.allowed(self.policy, self._hives, self.loads, [
+            w for w in self.ready_workers(ask.name, ask.mode, ask.hives)
+            if w.id not in ask.exclude and _fits(w, ask.context)], ask.request)
 
-    @staticmethod
-    def _hold(keep_alive: str | int | float | None, own: ModelSettings) -> float:
-        """keep_alive from the request, else the model's settings, else RBEE_KEEP_ALIVE (5m)."""
-        for value, param in ((keep_alive, "keep_alive"), (own.keep_alive, None)):
-            if value is not None:
-                try:
-                    hold = keep_alive_mod.parse(value)
-                except ValueError as exc:
-                    if param is None:
-                        raise WorkerUnavailable(f"models.toml: {exc}") from exc
-                    raise InvalidRequest(str(exc), param=param) from exc
-                assert hold is not None
-                return hold
-        return keep_alive_mod.parse(settings.keep_alive_default()) or 0.0
+    def _serve(self, ready: list[AnyWorker], turn: bool, seconds: float) -> Lease | None:
+        """(2) decide.serve over `ready`, and a lease on the worker it chose."""
+        choice = decide.serve([decide.Ready(w.id, self.loads.peek(w).in_flight, w.spec.slots, w.started_at)
+                               for w in ready], self.policy.active, turn)
+        if choice is None:
+            return None
+        worker = next(w for w in ready if w.id == choice.worker)
+        load = self.loads.of(worker)
+        load.in_flight += 1
+        load.expires_at = None
+        return Lease(worker, seconds, self)
 
-    def _allowed(self, workers: list[AnyWorker], request: PolicyRequest | None) -> list[AnyWorker]:
-        """`workers` as the user policy filters and orders them (unchanged without one)."""
-        if not self.policy.active or not workers:
-            return workers
-        by_candidate = {}
-        for w in workers:
-            device = self._device(w.hive, w.device)
-            by_candidate[Candidate(w.hive, w.device, device.name if device else w.device,
-                                   device.total_bytes if device else 0, w.id, w.in_flight, w.spec.slots)] = w
-        return [by_candidate[c] for c in self.policy.rank(request, list(by_candidate))]
-
-    def _device(self, alias: str, device_id: str) -> DeviceInfo | None:
-        hive = self._hives.get(alias)
-        return next((d for d in hive.devices() if d.id == device_id), None) if hive else None
-
-    def _lease(self, free: list[AnyWorker], hold: float) -> Lease:
-        """The least busy of `free` (the first: they are in the user policy's order when there is one)."""
-        worker = free[0] if self.policy.active else min(free, key=lambda w: (w.in_flight / w.spec.slots,
-                                                                             w.started_at))
-        worker.in_flight += 1
-        worker.expires_at = None
-        return Lease(worker, hold, self)
-
+    def _grant(self, ask: _Ask) -> Lease | None:
+        """A lease for a waiter in line, on a worker with a free slot it may use (admission.py `offer`)."""
+        return self._serve(self._usable_workers(ask), True, ask.hold)
 
     def try_acquire(self, model: str, mode: WorkerMode = WorkerMode.GENERATE, pinned: str | None = None,
                     keep_alive: str | int | float | None = None, request: PolicyRequest | None = None,
                     context: int | None = None) -> Lease | None:
         """(2) without waiting: a lease on a ready worker with a free slot (and at least `context` tokens per
         slot, when given), or None (the hot path)."""
-        if self._queues.get((model, mode)):
+        if self.admission.busy((model, mode)):
             return None  # others are waiting for this model: queue behind them
-        own = self._own(model)  # one read of the settings per request: the pin, then keep_alive
-        ready = self._allowed([w for w in self.ready_workers(model, mode, self.hives_for(pinned or own.hive))
-                               if _fits(w, context)], request)
-        free = [w for w in ready if w.in_flight < w.spec.slots]
-        return self._lease(free, self._hold(keep_alive, own)) if free else None
+        own = own_settings(model)  # one read of the settings per request: the pin, then keep_alive
+        ask = _Ask(model, mode, self.hives_for(pinned or own.hive), frozenset(), context, request,
+                   hold(keep_alive, own))
+        return self._serve(self._usable_workers(ask), True, ask.hold)
 
     async def acquire(self, model: str, mode: WorkerMode = WorkerMode.GENERATE, pinned: str | None = None,
                       keep_alive: str | int | float | None = None, exclude: frozenset[str] = frozenset(),
-                      request: PolicyRequest | None = None, context: int | None = None) -> Lease:
-        """A worker with a free slot for `model`, loading it first if needed; waits in the queue. `context`: the
-        request needs at least that many tokens per slot (context_fit.py): only such a worker serves it, and
-        one is loaded with it (capped by the trained context) when none is there."""
-        own = self._own(model)
-        hold = self._hold(keep_alive, own)
-        hives = self.hives_for(pinned or own.hive)  # the request's pin, else the model's settings' pin
-        per_model, overall, timeout = settings.queue_limits()
-        started = time.monotonic()
-        name, resolved, queued = model, None, False
-        place_in_line: asyncio.Event | None = None  # set when it is this request's turn to look again
+                      request: PolicyRequest | None = None, context: int | None = None,
+                      deadline: float | None = None, gone: asyncio.Future[None] | None = None) -> Lease:
+        """A worker with a free slot for `model`, loading it first if needed; waits in the queue until the
+        queue's timeout, the request's `deadline` (event-loop time) or its client leaving (`gone` done).
+        `context`: the request needs at least that many tokens per slot (context_fit.py): only such a worker
+        serves it, and one is loaded with it (capped by the trained context) when none is there."""
+        own = own_settings(model)
+        clock = asyncio.get_running_loop().time
+        ask = _Ask(model, mode, self.hives_for(pinned or own.hive), exclude, context, request,  # (1)
+                   hold(keep_alive, own), pinned or own.hive, clock(), deadline)
+        until = ask.started + self.admission.timeout()
+        tried = False
+        waiter: Waiter[Lease] | None = None
         try:
-            while True:
-                tick = self._tick
-                woken = place_in_line is not None and place_in_line.is_set()
-                if place_in_line is not None:
-                    place_in_line.clear()
-                ready = self._allowed([w for w in self.ready_workers(name, mode, hives)
-                                       if w.id not in exclude and _fits(w, context)], request)
-                free = [w for w in ready if w.in_flight < w.spec.slots]
-                line = self._queues.get((name, mode))
-                # (2), in turn: a newcomer only when nobody waits; in the line, its front or the one handed
-                # the turn (a general wake-up, when a worker becomes ready, must not let a later one overtake)
-                my_turn = woken or (place_in_line is not None and bool(line and line[0] is place_in_line))
-                if free and (my_turn or (place_in_line is None and not line)):
-                    return self._lease(free, hold)
-                if my_turn and any(w.in_flight < w.spec.slots
-                                   for w in self.ready_workers(name, mode, self._reachable())):
-                    # a free slot this request cannot use (it is pinned elsewhere, or a retry avoiding that
-                    # worker): the turn goes to the next in line
-                    self._wake_next((name, mode), after=place_in_line)
-                key = (name, mode)
-                replicas = self._own(name).max_replicas or settings.max_replicas()
-                may_load = key not in self._loading and (not ready or len(ready) < replicas)
-                if resolved is None and (may_load or not ready):  # (3), only when a load may follow: it
-                    resolved = await self._resolve_or_copy(model, hives, pinned or own.hive, started + timeout)
-                    name = resolved[0][1].name
-                    continue
-                if may_load and resolved is not None:  # (4)
-                    # no worker yet; or every replica is saturated: one more, but only into free memory
-                    await self._start_loading(resolved, mode, started, evict=not ready, request=request,
-                                              spill=context is None and copy_placement.may_copy(pinned or own.hive,
-                                                                                               None),
-                                              context=context)
-                if not queued:  # (5)
-                    if self._waiting[name] >= per_model or self._waiting.total() >= overall:
-                        raise QueueFull(f"Too many requests are waiting for '{name}'; retry shortly.",
-                                        headers={"Retry-After": "2"})
-                    self._waiting[name] += 1
-                    queued = True
-                    place_in_line = asyncio.Event()
-                    self._queues[key].append(place_in_line)
-                remaining = started + timeout - time.monotonic()
-                if remaining <= 0:
-                    raise QueueFull(f"Waited {timeout:.0f} s for a free slot on '{name}'; retry shortly.",
-                                    headers={"Retry-After": "5"})
-                loading = self._loading.get(key)
-                waits: set[asyncio.Future[Any]] = {asyncio.ensure_future(tick.wait())}
-                if place_in_line is not None:
-                    waits.add(asyncio.ensure_future(place_in_line.wait()))
-                if loading is not None:
-                    waits.add(loading)
-                done, _ = await asyncio.wait(waits, timeout=min(remaining, 1.0),
-                                             return_when=asyncio.FIRST_COMPLETED)
-                for fut in waits:
-                    if fut is not loading:
-                        fut.cancel()
-                failed = loading.exception() if loading is not None and loading in done else None
-                if isinstance(failed, InvalidRequest):  # a worker without the context this request needs
-                    raise InvalidRequest(failed.message, param=failed.param, code=failed.code) from failed
-                if failed is not None:
-                    raise WorkerUnavailable(str(failed)) from failed
+            while True:  # no await between a look at the workers and the wait: no wake-up is missed
+                lease, ready, may_load = self._look(ask, waiter)
+                if lease is not None:
+                    return lease
+                if ask.resolved is None and (may_load or not ready):  # (3), only when a load may follow
+                    ask.resolved = await self._resolve_or_copy(model, ask.hives, ask.pin, min(until, deadline or until))
+                    ask.name = ask.resolved[0][1].name
+                elif may_load and ask.resolved is not None and not tried:  # (4), once per turn
+                    tried = True
+                    await self._start_loading(ask.resolved, mode, ask.started, evict=not ready, request=request,
+                                              spill=ask.may_copy(), context=context)
+                else:  # (5)
+                    waiter = waiter or self.admission.join((ask.name, mode), ask.name, partial(self._grant, ask),
+                                                           ask.started)
+                    tried = False
+                    if (lease := await self._wait(waiter, ask, until, gone)) is not None:
+                        return lease
         finally:
-            if queued:
-                self._waiting[name] -= 1
-            if place_in_line is not None:
-                line = self._queues[(name, mode)]
-                line.remove(place_in_line)
-                if not line:
-                    del self._queues[(name, mode)]
-                else:  # the next in line looks: at a slot this one left unused, or one more still free
-                    self._wake_next((name, mode))
+            if waiter is not None:
+                self.admission.leave(waiter)
 
-    def _usable(self, candidates: list[tuple[HiveSeam, ModelEntry]], mode: WorkerMode
-                ) -> list[tuple[HiveSeam, ModelEntry]]:
-        """The candidates not waiting out a back-off; the back-off's error when all are."""
-        usable, backoff = [], None
-        for hive, entry in candidates:
-            try:
-                self._check_backoff(hive, entry, mode)
-                usable.append((hive, entry))
-            except WorkerUnavailable as exc:
-                backoff = backoff or exc
-        if not usable:
-            assert backoff is not None
-            raise backoff
-        return usable
+    def _look(self, ask: _Ask, waiter: Waiter[Lease] | None) -> tuple[Lease | None, list[AnyWorker], bool]:
+        """(2) A lease, in turn (a newcomer only when nobody waits; in line, its front); else the workers it may
+        use, and whether (4) a worker may be loaded for it."""
+        ready = self._usable_workers(ask)
+        turn = self.admission.first(waiter) if waiter else not self.admission.busy((ask.name, ask.mode))
+        lease = self._serve(ready, turn, ask.hold)
+        if lease is not None:
+            return lease, ready, False
+        replicas = own_settings(ask.name).max_replicas or settings.max_replicas()
+        return lease, ready, decide.may_load(len(ready), (ask.name, ask.mode) in self.executor.loading, replicas)
 
-    async def _start_loading(self, candidates: list[tuple[HiveSeam, ModelEntry]], mode: WorkerMode,
-                             waiting_since: float, evict: bool = True, request: PolicyRequest | None = None,
-                             spill: bool = False, context: int | None = None) -> None:
-        """Decide which hive (and device) gets a worker of the model and start loading it there; returns at
-        once if memory is not free yet (or, with `evict=False`, if it is not free without evicting anything).
-        `spill`: the request is pinned nowhere, so when the hives holding the file cannot make room, another
-        hive may get a LAN copy of it and the worker (copy_placement.py). `context`: the worker gets at least that
-        many tokens per slot, at most its model's trained context."""
+    async def _wait(self, waiter: Waiter[Lease], ask: _Ask, until: float, gone: asyncio.Future[None] | None
+                    ) -> Lease | None:
+        """(5) Its lease, or None to look again (woken, or at its grouping cap: then it may evict for itself)."""
+        clock = asyncio.get_running_loop().time
+        cap = ask.started + decide.GROUPING_CAP_S
+        return await self.admission.wait(waiter, until, ask.deadline, gone, clock,
+                                         recheck=cap if clock() < cap else None)
+
+    # -- (4): the load step, decided and carried out --------------------------------------------------------
+    async def _start_loading(self, candidates: Candidates, mode: WorkerMode, waiting_since: float,
+                             evict: bool = True, request: PolicyRequest | None = None, spill: bool = False,
+                             context: int | None = None) -> None:
+        """Decide which hive (and device) gets a worker of the model (decide.load) and start loading it there;
+        returns at once if memory is not free yet (or, with `evict=False`, not free without evicting anything).
+        `spill`: the request is pinned nowhere, so another hive may get a LAN copy of it and the worker.
+        `context`: the worker gets at least that many tokens per slot, at most its model's trained context."""
         _check_mode(candidates[0][1], mode)
-        usable = self._usable(candidates, mode)
-        trained = usable[0][1].context_length
+        usable = views.not_backing_off(candidates, mode, time.monotonic())
+        name, trained = usable[0][1].name, usable[0][1].context_length
         shape = None if context is None else WorkerShape(at_least=min(context, trained or context))
-        needs = {hive.alias: await hive.need(entry, shape) for hive, entry in usable}
-        name = usable[0][1].name
-        key = (name, mode)
-        if key in self._loading:  # another request started it while we read the header
+        load = views.Load(self.loads, usable, {hive.alias: await hive.need(entry, shape) for hive, entry in usable},
+                          [w for hive, _ in usable for w in hive.supervisor.workers() if w.state in _HOLDING], shape)
+        room = await views.room(
+            load, evict, decide.grouping(waiting_since, asyncio.get_running_loop().time()), self.waiting(),
+            self.executor.kept, views.device_rank(self.policy, self._hives, request, partial(
+                self._warn_once, f"the policy left out every device for '{name}'; the built-in choice is used")),
+            self.copies if spill else None, self._reachable())
+        if (name, mode) not in self.executor.loading:  # else another request started it while we read the views
+            told = None if room.elsewhere is None else "a worker" if evict else "a replica"
+            self._carry_out(decide.load(room), load, mode, told)
+
+    def _carry_out(self, decision: decide.Decision, load: views.Load, mode: WorkerMode, told: str | None) -> None:
+        """The load step's decision, carried out; `told`: what the copy-or-wait reason is logged for, if any."""
+        name = load.usable[0][1].name
+        if isinstance(decision, decide.Refuse):
+            raise decision.error
+        if isinstance(decision, decide.Load):
+            hive, entry = next((h, e) for h, e in load.usable if h.alias == decision.hive)
+            victims = [w for w in load.holding if w.id in decision.evict]
+            self.executor.load(hive, entry, mode, load.needs[hive.alias], victims, decision.device, load.shape)
             return
-        holding = [w for hive, _ in usable for w in hive.supervisor.workers() if w.state in _HOLDING]
-        grouping = time.monotonic() - waiting_since < GROUPING_CAP_S
-        protect = frozenset(w.id for w in holding if w.state is not WorkerState.READY or self._kept(w)
-                            or (grouping and self._waiting[w.spec.model.name] > 0))
-        need = max(needs.values())
-        pinned_device = self._own(name).device
-        devices = [view for hive, _ in usable
-                   for view in _device_views(hive, holding, need, need - needs[hive.alias], pinned_device)]
-        if pinned_device is not None:
-            on_it = [d for d in devices if d.device == pinned_device.lower()]
-            if not on_it:
-                raise WorkerUnavailable(
-                    f"'{name}' is pinned to device '{pinned_device}' (its settings in models.toml), which no hive "
-                    f"it may use has working; devices: {', '.join(f'{d.hive}:{d.device}' for d in devices)}")
-            devices = on_it
-        workers = spill_mod.worker_views(holding)
-        spill = spill and copy_placement.may_copy(None, pinned_device) and self.copies is not None
-        decision: Placement | None = None
-        try:
-            decision = self._place(name, need, devices, workers, protect, request)
-        except ModelTooLarge as exc:
-            if not spill:
-                raise _too_large(name, exc, shape.at_least if shape else None) from exc
-        if decision is None or decision.device is None or (decision.evict and not evict):
-            if spill:
-                try:
-                    self._copy_instead(candidates, mode, need, devices, holding, grouping, replica=not evict)
-                except ModelTooLarge as exc:  # no hive at all could ever hold it
-                    raise _too_large(name, exc) from exc
-            return  # (5) wait until memory is really free, or (4) for the copy to another hive
-        hive, entry = next((h, e) for h, e in usable if h.alias == decision.device.hive)
-        victims = [w for w in holding if w.id in decision.evict]
-        for w in victims:
-            w.begin_drain()  # now, so no request leases it before the load task stops it
-        task = asyncio.get_running_loop().create_task(
-            self._load(hive, entry, mode, needs[hive.alias], victims, decision.device.device, shape))
-        self._loading[key] = task
-
-    def _copy_instead(self, candidates: list[tuple[HiveSeam, ModelEntry]], mode: WorkerMode, need: int,
-                      devices: list[DeviceView], holding: list[AnyWorker], grouping: bool, replica: bool) -> None:
-        """(4) The hives holding the model cannot make room: copy it to another hive that has room and load it
-        there, or wait (copy_placement.py decides, and says why: logged when it changes)."""
-        assert self.copies is not None
-        name = candidates[0][1].name
-        choice = spill_mod.choose(
-            self.copies, name, need, devices, holding, self._reachable(), {h.alias for h, _ in candidates},
-            unmovable=lambda w: w.state is not WorkerState.READY or self._kept(w),
-            has_waiters=lambda w: grouping and self._waiting[w.spec.model.name] > 0, replica=replica)
-        if self._told.get(name) != choice.reason:
-            self._told[name] = choice.reason
-            log.info("%s for %s: %s", "a replica" if replica else "a worker", name, choice.reason)
-        if choice.target is not None and choice.device is not None:
-            self._loading[(name, mode)] = asyncio.get_running_loop().create_task(
-                self._copy_then_load(self._hives[choice.target], name, mode, choice.device))
-
-    async def _copy_then_load(self, target: HiveSeam, name: str, mode: WorkerMode, device: str) -> AnyWorker:
-        """The model's load task when placement chose a hive without the file: the LAN copy, then the worker."""
-        assert self.copies is not None
-        try:
-            placed = await copies_mod.for_placement(self.copies, target, name)
-            need = await target.need(placed.entry)
-            return await self._load(target, placed.entry, mode, need, [], device)
-        finally:
-            self._loading.pop((name, mode), None)
-            self.notify()
-
-    def _place(self, name: str, need: int, devices: list[DeviceView], workers: list[WorkerView],
-               protect: frozenset[str], request: PolicyRequest | None) -> Placement:
-        """placement.place, over the devices the user policy allows: the first of them in its order that has
-        room now, else the built-in choice among them (with evictions)."""
-        if not self.policy.active:
-            return place(need, devices, workers, protect)
-        by_candidate = {}
-        for d in devices:
-            info = self._device(d.hive, d.device)
-            by_candidate[Candidate(d.hive, d.device, info.name if info else d.device, d.total)] = d
-        allowed = [by_candidate[c] for c in self.policy.rank(request, list(by_candidate))]
-        if not allowed:
-            self._warn_once(f"the policy left out every device for '{name}'; the built-in choice is used")
-            return place(need, devices, workers, protect)
-        for device in allowed:
-            with contextlib.suppress(ModelTooLarge):
-                decision = place(need, [device], workers, protect)
-                if decision.device is not None and not decision.evict:
-                    return decision
-        return place(need, allowed, workers, protect)
-
-    async def _load(self, hive: HiveSeam, entry: ModelEntry, mode: WorkerMode, need: int,
-                    evict: list[AnyWorker], device: str, shape: WorkerShape | None = None) -> AnyWorker:
-        key = (entry.name, mode)
-        try:
-            for w in evict:
-                log.info("evicting %s (%s, idle) to make room for %s", w.spec.model.name, w.id, entry.name)
-            await asyncio.gather(*(hive.supervisor.stop(w.id) for w in evict))
-            log.info("loading %s on %s:%s (%s, ~%.0f MiB)", entry.name, hive.alias, device, mode, need / 2**20)
-            try:
-                worker = await hive.spawn_worker(entry, mode, memory=need, shape=shape, device=device)
-            except (WorkerStartError, JobFailed) as exc:
-                raise WorkerUnavailable(f"Could not start a worker for '{entry.name}' on hive "
-                                        f"'{hive.alias}': {exc}") from exc
-            # its keep_alive runs from now, in case no request comes (one started for min_replicas)
-            hold = self._hold(None, self._own(entry.name))
-            worker.expires_at = None if hold == keep_alive_mod.FOREVER else time.monotonic() + hold
-            if shape is not None and shape.at_least and worker.spec.context_per_slot < shape.at_least:
-                raise InvalidRequest(f"hive '{hive.alias}' started '{entry.name}' with {worker.spec.context_per_slot} "
-                                     f"tokens per slot, not the {shape.at_least} this request needs: its own settings "
-                                     "fix the context (RBEE_WORKER_CONTEXT, or `context` in its models.toml)",
-                                     param="messages", code="context_length_exceeded")
-            return worker
-        finally:
-            self._loading.pop(key, None)
-            self.notify()
-
-    @staticmethod
-    def _check_backoff(hive: HiveSeam, entry: ModelEntry, mode: WorkerMode) -> None:
-        """A model whose last workers all failed waits 1, 2, 4... (at most 60) seconds before the next try."""
-        history = sorted((w for w in hive.supervisor.workers() if w.spec.model.name == entry.name
-                          and w.spec.mode is mode), key=lambda w: w.started_at, reverse=True)
-        streak = list(itertools.takewhile(lambda w: w.state is WorkerState.ERROR, history))
-        if len(streak) < 2 or streak[0].failed_at is None:
-            return
-        wait = min(2 ** (len(streak) - 2), 60) - (time.monotonic() - streak[0].failed_at)
-        if wait > 0:
-            raise WorkerUnavailable(
-                f"Workers for '{entry.name}' failed {len(streak)} times in a row; the next try is in "
-                f"{wait:.0f} s. Last error: {streak[0].error}", headers={"Retry-After": str(math.ceil(wait))})
+        reason = getattr(decision, "reason", "")
+        if told is not None and self._told.get(name) != reason:  # the copy-or-wait choice, when it changes
+            self._told[name] = reason
+            log.info("%s for %s: %s", told, name, reason)
+        if isinstance(decision, decide.CopyThenLoad):
+            self.executor.copy_then_load(self._hives[decision.hive], name, mode, decision.device)
 
     async def spawn(self, model: str, mode: WorkerMode, pinned: str | None, device: str | None = None) -> AnyWorker:
         """Start one more worker for `model` (what `worker.spawn` jobs do), on `device` if given."""
         hive, entry = (await self.resolve(model, self.hives_for(pinned)))[0]
         try:
-            return await hive.spawn_worker(entry, mode, memory=await hive.need(entry), device=device)
+            worker = await hive.spawn_worker(entry, mode, memory=await hive.need(entry), device=device)
+            self.loads.of(worker).expires_at = None  # never unloaded for idleness before its first request
+            return worker
         except (WorkerStartError, JobFailed) as exc:
             raise WorkerUnavailable(f"Could not start a worker for '{entry.name}': {exc}") from exc
         finally:

@@ -1,35 +1,34 @@
-"""The views rbee/queen/copy_placement.py decides on, built from the queen's hives and workers (the scheduler's
-load step calls `choose`; the copy itself is copies.py `for_placement`)."""
+"""The views rbee/queen/copy_placement.py decides on (through decide.py's load step), built from the queen's hives
+and workers: the hives a LAN copy of a model could go to, and the workers on them (the copy itself is copies.py
+`for_placement`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from rbee.contracts.workers import WorkerState
-from rbee.queen import copy_placement
 from rbee.queen.copies import Copies
 from rbee.queen.device_views import device_views
 from rbee.queen.hive_seam import AnyWorker, HiveSeam
+from rbee.queen.loads import Loads
 from rbee.queen.placement import DeviceView, WorkerView
 
 HOLDING = (WorkerState.STARTING, WorkerState.READY, WorkerState.DRAINING, WorkerState.UNREACHABLE)
 
 
-def worker_views(holding: Sequence[AnyWorker]) -> list[WorkerView]:
-    return [WorkerView(w.id, w.hive, w.device, w.memory, w.in_flight, w.last_used,
-                       w.held() if "+" in w.device else None) for w in holding]
+def worker_views(holding: Sequence[AnyWorker], loads: Loads) -> list[WorkerView]:
+    views = []
+    for w in holding:
+        load = loads.peek(w)
+        views.append(WorkerView(w.id, w.hive, w.device, w.memory, load.in_flight, load.last_used,
+                                w.held() if "+" in w.device else None))
+    return views
 
 
-def choose(copies: Copies, name: str, need: int, holders: Sequence[DeviceView], holding: Sequence[AnyWorker],
-           reachable: Sequence[HiveSeam], held_by: set[str], unmovable: Callable[[AnyWorker], bool],
-           has_waiters: Callable[[AnyWorker], bool], replica: bool) -> copy_placement.CopyChoice:
-    """copy_placement.choose over `holders` (the devices of the hives that hold `name`, aliases `held_by`) and
-    the reachable hives a peer can copy it to. `unmovable`: never evicted (starting, min_replicas); `has_waiters`:
-    protected for now only (its model has requests waiting, within the grouping cap)."""
-    others = [h for h in reachable if h.alias not in held_by and copies.sources(name, h)]
+async def elsewhere(copies: Copies, name: str, need: int, reachable: Sequence[HiveSeam], held_by: set[str]
+                    ) -> tuple[list[DeviceView], list[AnyWorker]]:
+    """The devices of the reachable hives that do not hold `name` (aliases `held_by`) but that a peer can copy it
+    to, and the workers holding memory there."""
+    others = [h for h in reachable if h.alias not in held_by and await copies.sources(name, h)]
     on_others = [w for h in others for w in h.supervisor.workers() if w.state in HOLDING]
-    views = [v for h in others for v in device_views(h, on_others, need, 0)]
-    everyone = [*holding, *on_others]
-    hard = frozenset(w.id for w in everyone if unmovable(w))
-    soon = frozenset(w.id for w in everyone if has_waiters(w)) - hard
-    return copy_placement.choose(need, holders, views, worker_views(everyone), hard, soon, replica)
+    return [v for h in others for v in device_views(h, on_others, need, 0)], on_others

@@ -25,12 +25,13 @@ from rbee.queen.auth import Keyring, Principal, read_or_create_admin_token
 from rbee.queen.copies import Copies
 from rbee.queen.db import QueenDB
 from rbee.queen.errors import QueenError
+from rbee.queen.executor import REAP_INTERVAL_S
 from rbee.queen.hive_seam import HiveSeam
 from rbee.queen.metrics import QueenMetrics
 from rbee.queen.policy import Policy
 from rbee.queen.proxy import Forwarder
 from rbee.queen.remote_hive import RemoteHive
-from rbee.queen.scheduler import REAP_INTERVAL_S, Scheduler
+from rbee.queen.scheduler import Scheduler
 from rbee.queen.usage import UsageMeter
 
 

@@ -257,8 +257,8 @@ def test_requests_for_two_models_are_grouped_not_thrashed(make_queen: Callable[.
     served = re.findall(r"request ([AB][12]) /v1/chat/completions model=\S+ hive=\S+ worker=(\S+) status=200", log)
     order = [label for label, _ in served]
     assert order == ["A1", "A2", "B1", "B2"], served  # A A B B, not A B A B; and in arrival order within a model
-    assert re.findall(r"scheduler: loading (\S+) on", log) == ["tiny", "tiny-b"]  # two loads, not four
-    assert re.findall(r"scheduler: evicting (\S+) ", log) == ["tiny"]
+    assert re.findall(r"executor: loading (\S+) on", log) == ["tiny", "tiny-b"]  # two loads, not four
+    assert re.findall(r"executor: evicting (\S+) ", log) == ["tiny"]
     assert ready_models(queen) == ["tiny-b"]
 
 

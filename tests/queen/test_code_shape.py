@@ -1,0 +1,25 @@
+"""The scheduler's modules stay small enough to read apart (issue 19): no function over cyclomatic complexity 15
+(radon) or 60 lines, no module over 400 lines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from radon.complexity import cc_visit
+
+QUEEN = Path(__file__).resolve().parents[2] / "rbee" / "queen"
+MODULES = ["scheduler.py", "decide.py", "admission.py", "executor.py", "views.py", "spill.py", "loads.py",
+           "inference.py"]
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_the_scheduler_modules_are_small_and_simple(module: str) -> None:
+    source = (QUEEN / module).read_text()
+    assert len(source.splitlines()) <= 400, f"{module} has {len(source.splitlines())} lines"
+    blocks = [b for b in cc_visit(source) if not hasattr(b, "methods")]  # functions and methods, not classes
+    blocks += [m for b in cc_visit(source) for m in getattr(b, "methods", [])]
+    assert blocks  # radon read the module
+    too_complex = {b.name: b.complexity for b in blocks if b.complexity > 15}
+    too_long = {b.name: b.endline - b.lineno + 1 for b in blocks if b.endline - b.lineno + 1 > 60}
+    assert not too_complex and not too_long, (too_complex, too_long)
