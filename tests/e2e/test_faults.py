@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from rbee.hive.service import DEMO_MODEL, demo_model_file
-from tests.conftest import Queen
+from tests.conftest import Queen, wait_for
 
 CHAT = [{"role": "user", "content": "hello there"}]
 
@@ -172,11 +172,12 @@ def test_a_deadline_stops_generation_and_frees_the_slot(make_queen: Callable[...
     assert len(events) > 10  # it did stream until then
     worker = queen.workers()[0]
     assert worker["in_flight"] == 0
-    assert _cpu_seconds(int(worker["pid"]), 1.0) < 0.3  # type: ignore[call-overload]  # the engine stopped
+    pid = int(worker["pid"])  # type: ignore[call-overload]
+    assert wait_for(lambda: _cpu_seconds(pid, 0.5) < 0.15, 10)  # the engine stopped (a loaded box: within seconds)
     whole = httpx.post(f"{queen.url}/v1/chat/completions", json={**endless, "stream": False}, timeout=60,
                        headers={"X-Rbee-Timeout": "1"})
     assert whole.status_code == 504 and whole.json()["error"]["code"] == "deadline_exceeded"
-    assert _cpu_seconds(int(worker["pid"]), 1.0) < 0.3  # type: ignore[call-overload]
+    assert wait_for(lambda: _cpu_seconds(pid, 0.5) < 0.15, 10)
     bad = httpx.post(f"{queen.url}/v1/chat/completions", json=endless, headers={"X-Rbee-Timeout": "soon"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "x-rbee-timeout"
     quick = httpx.post(f"{queen.url}/v1/chat/completions", timeout=60, headers={"X-Rbee-Timeout": "30"},
