@@ -34,35 +34,57 @@ def device_views(hive: _Hive, holding: Sequence[_Worker], need: int, extra: int,
     context) gets the difference as room. A model larger than each of the hive's GPUs may spread over all
     of one backend's GPUs there (one view, "cuda0+cuda1"), as may one `pinned` to such a spread; each GPU
     after the first holds a runtime more."""
-    views, rooms = [], {}
-    ours: dict[str, int] = defaultdict(int)  # what rbee's workers hold on each device of this hive
+    working = [d for d in hive.devices() if not d.failed]
+    rooms = _rooms(hive, working, _ours(hive.alias, holding))
+    views = [DeviceView(hive.alias, d.id, rooms[d.id] + extra, has_model=True) for d in working]
+    for group in _spreads([d for d in working if d.id != CPU], need - extra, pinned):
+        views.append(_spread_view(hive.alias, group, rooms, extra))
+    return views
+
+
+def _ours(alias: str, holding: Sequence[_Worker]) -> dict[str, int]:
+    """What rbee's workers hold on each device of the hive `alias`."""
+    ours: dict[str, int] = defaultdict(int)
     for w in holding:
-        if w.hive == hive.alias:
+        if w.hive == alias:
             for device, memory in w.held().items():
                 ours[device] += memory
-    working = [d for d in hive.devices() if not d.failed]
+    return ours
+
+
+def _rooms(hive: _Hive, working: list[DeviceInfo], ours: dict[str, int]) -> dict[str, int]:
+    """Each working device's room: its total (the CPU's: the hive's budget), at most what rbee's workers
+    hold there plus what it reports free."""
+    rooms = {}
     for d in working:
         total = hive.memory_total() if d.id == CPU else d.total_bytes
         if d.free_bytes is not None:
             total = min(total, ours[d.id] + d.free_bytes)
         rooms[d.id] = total
-        views.append(DeviceView(hive.alias, d.id, total + extra, has_model=True))
-    for group in _spreads([d for d in working if d.id != CPU], need - extra, pinned):
-        parts = tuple(Part(d.id, rooms[d.id] + (extra if i == 0 else -OVERHEAD), d.total_bytes)
-                      for i, d in enumerate(group))
-        views.append(DeviceView(hive.alias, "+".join(d.id for d in group), sum(p.room for p in parts),
-                                has_model=True, parts=parts))
-    return views
+    return rooms
+
+
+def _spread_view(alias: str, group: list[DeviceInfo], rooms: dict[str, int], extra: int) -> DeviceView:
+    """One view over a group of GPUs: the first gets `extra`, each one after it holds a runtime more."""
+    parts = tuple(Part(d.id, rooms[d.id] + (extra if i == 0 else -OVERHEAD), d.total_bytes)
+                  for i, d in enumerate(group))
+    return DeviceView(alias, "+".join(d.id for d in group), sum(p.room for p in parts), has_model=True,
+                      parts=parts)
 
 
 def _spreads(gpus: list[DeviceInfo], need: int, pinned: str | None) -> list[list[DeviceInfo]]:
     """The GPU groups a worker may spread over: the one it is pinned to, if all there; else, when the model
     is larger than each GPU, all of one backend's GPUs."""
     if pinned is not None and "+" in pinned:
-        by_id = {d.id: d for d in gpus}
-        group = [by_id[part] for part in pinned.lower().split("+") if part in by_id]
-        return [group] if len(group) == len(pinned.split("+")) else []
+        return _pinned_group(gpus, pinned)
     if any(d.total_bytes >= need for d in gpus):
         return []
     groups = ([d for d in gpus if d.backend == backend] for backend in dict.fromkeys(d.backend for d in gpus))
     return [group for group in groups if len(group) > 1]
+
+
+def _pinned_group(gpus: list[DeviceInfo], pinned: str) -> list[list[DeviceInfo]]:
+    """The group a spread pin ("cuda0+cuda1") names, when each of its GPUs is there; else none."""
+    by_id = {d.id: d for d in gpus}
+    group = [by_id[part] for part in pinned.lower().split("+") if part in by_id]
+    return [group] if len(group) == len(pinned.split("+")) else []

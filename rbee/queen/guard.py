@@ -112,9 +112,6 @@ def _identify(scope: Scope, headers: dict[str, str], access: Access) -> Principa
     """The caller, or the QueenError that refuses it."""
     keyring = scope["app"].state.queen.keyring
     path = scope["path"]
-    client = scope.get("client")
-    address: str | None = client[0] if client is not None else None
-    remote = address is not None and not is_loopback(address)
     token = _bearer(headers.get("authorization", "")) or headers.get("x-api-key", "").strip()  # Anthropic's
     who = keyring.identify(token) if token else None
     if who is not None:
@@ -128,7 +125,16 @@ def _identify(scope: Scope, headers: dict[str, str], access: Access) -> Principa
         raise Unauthorized("This queen requires an API key: send `Authorization: Bearer <key>` (or `x-api-key`) "
                            "(`rbee key create --name NAME` on the queen's machine makes one)."
                            if not token else "The API key is not valid.")
-    if remote:
+    _check_local(scope, headers)
+    return LOCAL
+
+
+def _check_local(scope: Scope, headers: dict[str, str]) -> None:
+    """A caller without a credential, while the queen has no API keys, must be on this machine and not a web
+    page it happens to show (another origin, a DNS-rebound name); else a 403."""
+    client = scope.get("client")
+    address: str | None = client[0] if client is not None else None
+    if address is not None and not is_loopback(address):
         raise Forbidden(f"{address} is not this machine: over the network this queen answers its hives only. "
                         "To serve the network, create an API key (`rbee key create`) and start the queen with "
                         "--host; or use it through an SSH tunnel.", code="forbidden_origin")
@@ -146,7 +152,6 @@ def _identify(scope: Scope, headers: dict[str, str], access: Access) -> Principa
     fetched_from = headers.get("sec-fetch-site")
     if fetched_from is not None and fetched_from not in ("same-origin", "none"):
         raise Forbidden(f"requests from other web pages ({fetched_from}) are refused", code="forbidden_origin")
-    return LOCAL
 
 
 def _is_own_origin(origin: str, host: str | None, scope: Scope) -> bool:
@@ -231,43 +236,69 @@ class Guard:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]
                    if k in (b"host", b"origin", b"content-length", b"authorization", b"content-type",
                             b"transfer-encoding", b"sec-fetch-site", b"x-api-key", _HOP)}
-        length = headers.get("content-length", "")
-        path = scope["path"]
         try:
-            if _HOP_NAME in headers:
-                raise LoopDetected("This request comes from a queen (it carries X-Rbee-Hop): a worker or hive address "
-                                   "leads back to a queen. The hive that reported it is misconfigured or hostile.")
-            if path in HIVE_ONLY_PATHS:  # the route checks the join token, after reading the body: bound it
-                client = scope.get("client")
-                if client is not None and not is_loopback(client[0]) and not (
-                        length.isdigit() and int(length) <= MAX_HIVE_REPORT_BYTES):
-                    raise RequestTooLarge(f"a hive report must state its length and be at most "
-                                          f"{MAX_HIVE_REPORT_BYTES} bytes")
-                principal = ANONYMOUS
-            elif scope["method"] in ("GET", "HEAD") and _SHARE_FILE.fullmatch(path):
-                if length not in ("", "0") or "transfer-encoding" in headers:
-                    raise RequestTooLarge("a share's file is read with a GET without a body")
-                principal = ANONYMOUS
-            elif path in OPEN_PATHS or path.startswith("/ui/"):
-                principal = ANONYMOUS
-            else:
-                if not _is_client_path(path):
-                    _check_json_body(scope["method"], headers)
-                principal = _identify(scope, headers, self.access)
-                if principal is LOCAL and not _is_client_path(path):
-                    scope.setdefault("state", {})["principal"] = principal
-                    principal = await as_owner(scope)
-                    if principal is LOCAL:
-                        raise _admin_token_required(path)
-            if length.isdigit() and int(length) > self.max_body:
-                raise RequestTooLarge(f"The request body ({length} bytes) is larger than {self.max_body} bytes "
-                                      "(RBEE_MAX_BODY_MB).")
+            principal = await self._admit(scope, headers)
         except QueenError as exc:
-            headers_out = dict(exc.headers)
-            if exc.status == 401:
-                headers_out["WWW-Authenticate"] = "Bearer"
-            await style_for(path).response(exc.status, exc.message, param=exc.param, code=exc.code,
-                                           headers=headers_out)(scope, receive, send)
+            await _refuse(exc, scope, receive, send)
             return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, _bounded(receive, self.max_body), send)
+
+    async def _admit(self, scope: Scope, headers: dict[str, str]) -> Principal:
+        """The caller, or the QueenError that refuses it: a hop is a loop; an unguarded route (`_unguarded`)
+        answers anyone; every other route needs a caller (`_caller`); any body within RBEE_MAX_BODY_MB."""
+        if _HOP_NAME in headers:
+            raise LoopDetected("This request comes from a queen (it carries X-Rbee-Hop): a worker or hive address "
+                               "leads back to a queen. The hive that reported it is misconfigured or hostile.")
+        principal = _unguarded(scope, headers)
+        if principal is None:
+            principal = await self._caller(scope, headers)
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_body:
+            raise RequestTooLarge(f"The request body ({length} bytes) is larger than {self.max_body} bytes "
+                                  "(RBEE_MAX_BODY_MB).")
+        return principal
+
+    async def _caller(self, scope: Scope, headers: dict[str, str]) -> Principal:
+        """Who calls a guarded route: a management route wants a JSON body and, from `local`, the queen's own
+        user (`owner`)."""
+        path = scope["path"]
+        if not _is_client_path(path):
+            _check_json_body(scope["method"], headers)
+        principal = _identify(scope, headers, self.access)
+        if principal is LOCAL and not _is_client_path(path):
+            scope.setdefault("state", {})["principal"] = principal
+            principal = await as_owner(scope)
+            if principal is LOCAL:
+                raise _admin_token_required(path)
+        return principal
+
+
+def _unguarded(scope: Scope, headers: dict[str, str]) -> Principal | None:
+    """`ANONYMOUS` for the routes that check their callers themselves (hive reports: a bounded body; a share's
+    files: no body) or need none (OPEN_PATHS, the dashboard's files); None for every other route."""
+    path = scope["path"]
+    length = headers.get("content-length", "")
+    if path in HIVE_ONLY_PATHS:  # the route checks the join token, after reading the body: bound it
+        client = scope.get("client")
+        if client is not None and not is_loopback(client[0]) and not (
+                length.isdigit() and int(length) <= MAX_HIVE_REPORT_BYTES):
+            raise RequestTooLarge(f"a hive report must state its length and be at most "
+                                  f"{MAX_HIVE_REPORT_BYTES} bytes")
+        return ANONYMOUS
+    if scope["method"] in ("GET", "HEAD") and _SHARE_FILE.fullmatch(path):
+        if length not in ("", "0") or "transfer-encoding" in headers:
+            raise RequestTooLarge("a share's file is read with a GET without a body")
+        return ANONYMOUS
+    if path in OPEN_PATHS or path.startswith("/ui/"):
+        return ANONYMOUS
+    return None
+
+
+async def _refuse(exc: QueenError, scope: Scope, receive: Receive, send: Send) -> None:
+    """The refusal, in the style of the API the path belongs to; a 401 says to send a bearer token."""
+    headers_out = dict(exc.headers)
+    if exc.status == 401:
+        headers_out["WWW-Authenticate"] = "Bearer"
+    await style_for(scope["path"]).response(exc.status, exc.message, param=exc.param, code=exc.code,
+                                            headers=headers_out)(scope, receive, send)

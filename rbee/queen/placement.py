@@ -9,6 +9,13 @@
         a worker with requests in flight (or one the caller protects); the fewest evictions win
     (4) else nothing: the request waits until memory is really free
 
+`place` runs these as small pure steps: `_fitting` (1) keeps the views that could ever hold the model,
+and the shares of the spread ones (`_shares`: what each GPU would hold); `_totals` adds up, in one pass
+over the workers, the memory held, the requests in flight and the idle (evictable) workers per
+(hive, device); `_with_room` (2) ranks the views with room now; `_with_evictions` (3) asks `_victims`
+which idle workers, least recently used first, would make room on each view, and keeps the view that
+needs the fewest.
+
 Views in, decision out: no I/O, no clock, no logging, so it is fast (see benchmarks/scheduler.py)
 and tested on its own.
 """
@@ -71,9 +78,10 @@ class ModelTooLarge(ValueError):
 
 
 Key = tuple[str, str]  # (hive, device)
+Share = tuple[Key, int, int]  # a device a view uses: its key, its room, what a worker would hold there
 
 
-def _shares(d: DeviceView, need: int) -> tuple[tuple[Key, int, int], ...]:
+def _shares(d: DeviceView, need: int) -> tuple[Share, ...]:
     """Each device a view uses: its key, its room, and what a worker of `need` bytes would hold there."""
     if not d.parts:
         return (((d.hive, d.device), d.total, need),)
@@ -81,11 +89,35 @@ def _shares(d: DeviceView, need: int) -> tuple[tuple[Key, int, int], ...]:
     return tuple(((d.hive, p.device), p.room, held[p.device]) for p in d.parts)
 
 
+@dataclass
+class _Totals:
+    """Per (hive, device): memory the workers hold, requests in flight, and the idle workers (and their memory)
+    that may be evicted."""
+
+    used: dict[Key, int] = field(default_factory=lambda: defaultdict(int))
+    busy: dict[Key, int] = field(default_factory=lambda: defaultdict(int))
+    idle: dict[Key, list[WorkerView]] = field(default_factory=lambda: defaultdict(list))
+    idle_memory: dict[Key, int] = field(default_factory=lambda: defaultdict(int))
+
+
 def place(need: int, devices: Iterable[DeviceView], workers: Iterable[WorkerView],
           protect: frozenset[str] = frozenset()) -> Placement:
-    devices = list(devices)
-    fitting: list[DeviceView] = []  # (1)
-    spreads: dict[Key, tuple[tuple[Key, int, int], ...]] = {}
+    fitting, spreads = _fitting(need, list(devices))
+    totals = _totals(workers, protect)
+    chosen = _with_room(need, fitting, spreads, totals)
+    if chosen is not None:
+        return Placement(chosen)
+    return _with_evictions(need, fitting, spreads, totals) or Placement(None)  # (4)
+
+
+Spreads = dict[Key, tuple[Share, ...]]  # the shares of each spread view that fits
+
+
+def _fitting(need: int, devices: list[DeviceView]) -> tuple[list[DeviceView], Spreads]:
+    """(1) The views that could ever hold the model, and the shares of the spread ones; none -> `ModelTooLarge`.
+    A single device needs no shares: the common case stays free of loops and tuples (the decision's time)."""
+    fitting: list[DeviceView] = []
+    spreads: Spreads = {}
     for d in devices:
         if not d.parts:
             if d.total >= need:
@@ -98,13 +130,16 @@ def place(need: int, devices: Iterable[DeviceView], workers: Iterable[WorkerView
     if not fitting:
         largest = max(devices, key=lambda d: d.total, default=None)
         raise ModelTooLarge(need, largest.total if largest else 0, bool(largest and largest.parts))
-    used: dict[Key, int] = defaultdict(int)
-    busy: dict[Key, int] = defaultdict(int)
-    idle: dict[Key, list[WorkerView]] = defaultdict(list)
-    idle_memory: dict[Key, int] = defaultdict(int)
-    for w in workers:  # one pass: per-device totals
+    return fitting, spreads
+
+
+def _totals(workers: Iterable[WorkerView], protect: frozenset[str]) -> _Totals:
+    """One pass over the workers: per-device totals (this pass dominates the decision's time)."""
+    t = _Totals()
+    used, busy, idle, idle_memory = t.used, t.busy, t.idle, t.idle_memory
+    for w in workers:
         is_idle = w.in_flight == 0 and w.id not in protect
-        if w.held is None:  # the common case, kept free of loops: this pass dominates the decision's time
+        if w.held is None:  # the common case, kept free of loops
             key = (w.hive, w.device)
             used[key] += w.memory
             busy[key] += w.in_flight
@@ -119,9 +154,15 @@ def place(need: int, devices: Iterable[DeviceView], workers: Iterable[WorkerView
             if is_idle:
                 idle[key].append(w)
                 idle_memory[key] += memory
+    return t
+
+
+def _with_room(need: int, fitting: list[DeviceView], spreads: Spreads, t: _Totals) -> DeviceView | None:
+    """(2) The view with room now: a GPU before the CPU, the least left over, the file at hand, the least busy."""
     best: tuple[bool, int, bool, int] | None = None
     chosen: DeviceView | None = None
-    for d in fitting:  # (2)
+    used, busy = t.used, t.busy
+    for d in fitting:
         key = (d.hive, d.device)
         if d.parts:
             spare = [room - used[k] - share for k, room, share in spreads[key]]
@@ -132,32 +173,42 @@ def place(need: int, devices: Iterable[DeviceView], workers: Iterable[WorkerView
             rank = (d.device == CPU, left, not d.has_model, load)
             if best is None or rank < best:
                 best, chosen = rank, d
-    if chosen is not None:
-        return Placement(chosen)
-    options: list[tuple[int, bool, int, DeviceView, list[str]]] = []  # (3)
+    return chosen
+
+
+def _with_evictions(need: int, fitting: list[DeviceView], spreads: Spreads, t: _Totals) -> Placement | None:
+    """(3) The view where evicting idle workers makes room: the fewest evictions, the file at hand, the best fit."""
+    options: list[tuple[int, bool, int, DeviceView, list[str]]] = []
     for d in fitting:
         key = (d.hive, d.device)
-        if not d.parts and d.total - used[key] + idle_memory[key] < need:
+        if not d.parts and d.total - t.used[key] + t.idle_memory[key] < need:
             continue  # even evicting every idle worker would not make room
         shares = spreads.get(key) or ((key, d.total, need),)
-        if any(room - used[k] + idle_memory[k] < share for k, room, share in shares):
-            continue
-        free = {key: room - used[key] for key, room, _ in shares}
-        wanted = {key: share for key, _, share in shares}
-        evict: list[str] = []
-        for w in sorted({w.id: w for key in wanted for w in idle[key]}.values(), key=lambda w: w.last_used):
-            short = {device for (_, device), share in wanted.items() if free[(d.hive, device)] < share}
-            if not short:
-                break
-            if short.isdisjoint(w.on()):
-                continue  # it holds nothing where room is missing
-            evict.append(w.id)
-            for device, memory in w.on().items():
-                if (d.hive, device) in free:
-                    free[(d.hive, device)] += memory
-        if all(free[key] >= share for key, share in wanted.items()):
+        if any(room - t.used[k] + t.idle_memory[k] < share for k, room, share in shares):
+            continue  # even evicting every idle worker would not make room
+        evict, free = _victims(d.hive, shares, t)
+        if all(free[k] >= share for k, _, share in shares):
             options.append((len(evict), not d.has_model, sum(free.values()) - need, d, evict))
-    if options:
-        best_option = min(options, key=lambda o: o[:3])
-        return Placement(best_option[3], best_option[4])
-    return Placement(None)  # (4)
+    if not options:
+        return None
+    best = min(options, key=lambda o: o[:3])
+    return Placement(best[3], best[4])
+
+
+def _victims(hive: str, shares: tuple[Share, ...], t: _Totals) -> tuple[list[str], dict[Key, int]]:
+    """Idle workers to evict, least recently used first, until each device has room for its share; a worker
+    that holds nothing where room is missing is kept. Returns them and the room each device then has."""
+    free = {k: room - t.used[k] for k, room, _ in shares}
+    wanted = {k: share for k, _, share in shares}
+    evict: list[str] = []
+    for w in sorted({w.id: w for k in wanted for w in t.idle[k]}.values(), key=lambda w: w.last_used):
+        short = {device for (_, device), share in wanted.items() if free[(hive, device)] < share}
+        if not short:
+            break
+        if short.isdisjoint(w.on()):
+            continue
+        evict.append(w.id)
+        for device, memory in w.on().items():
+            if (hive, device) in free:
+                free[(hive, device)] += memory
+    return evict, free
