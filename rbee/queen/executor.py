@@ -15,13 +15,12 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from rbee.common import settings
-from rbee.common.jobs import JobFailed
 from rbee.contracts.hives import WorkerShape
 from rbee.contracts.models import ModelEntry, ModelSettings
 from rbee.contracts.workers import WorkerMode, WorkerState
 from rbee.hive import model_refs
-from rbee.hive.worker import WorkerStartError
 from rbee.queen import copies as copies_mod
+from rbee.queen import hive_errors
 from rbee.queen import keep_alive as keep_alive_mod
 from rbee.queen.errors import InvalidRequest, QueenError, WorkerUnavailable
 from rbee.queen.hive_seam import HiveSeam
@@ -114,11 +113,8 @@ class Executor:
             log.info("evicting %s (%s, idle) to make room for %s", w.spec.model.name, w.id, entry.name)
         await asyncio.gather(*(hive.supervisor.stop(w.id) for w in evict))
         log.info("loading %s on %s:%s (%s, ~%.0f MiB)", entry.name, hive.alias, device, mode, need / 2**20)
-        try:
+        with hive_errors.to_queen(f"Could not start a worker for '{entry.name}' on hive '{hive.alias}'"):
             worker = await hive.spawn_worker(entry, mode, memory=need, shape=shape, device=device)
-        except (WorkerStartError, JobFailed) as exc:
-            raise WorkerUnavailable(f"Could not start a worker for '{entry.name}' on hive "
-                                    f"'{hive.alias}': {exc}") from exc
         # its keep_alive runs from now, in case no request comes (one started for min_replicas)
         self._loads.started(worker, hold(None, own_settings(entry.name)))
         if shape is not None and shape.at_least and worker.spec.context_per_slot < shape.at_least:

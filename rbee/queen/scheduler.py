@@ -20,14 +20,12 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from rbee.common import settings
-from rbee.common.jobs import JobFailed
 from rbee.contracts.hives import HiveState, WorkerShape
 from rbee.contracts.models import DEMO_MODEL, ModelEntry
 from rbee.contracts.workers import WorkerMode, WorkerState
 from rbee.hive import model_refs
 from rbee.hive.service import ModelUnavailable
-from rbee.hive.worker import WorkerStartError
-from rbee.queen import context_fit, copy_placement, decide, views
+from rbee.queen import context_fit, copy_placement, decide, hive_errors, views
 from rbee.queen import copies as copies_mod
 from rbee.queen import keep_alive as keep_alive_mod
 from rbee.queen import spill as spill_mod
@@ -162,8 +160,10 @@ class Scheduler:
                 if len(holding) < own.min_replicas:
                     await self._start_loading(await self.resolve(name, hives), WorkerMode.GENERATE,
                                               asyncio.get_running_loop().time(), evict=False)
-            except (QueenError, ModelUnavailable) as exc:  # e.g. its hive stopped answering mid-way
-                self._warn_once(f"min_replicas of '{name}': {getattr(exc, 'message', exc)}")
+            except hive_errors.HIVE_ERRORS as exc:  # e.g. its hive stopped answering mid-way
+                self._warn_once(f"min_replicas of '{name}': {hive_errors.queen_error(exc).message}")
+            except QueenError as exc:
+                self._warn_once(f"min_replicas of '{name}': {exc.message}")
 
     def _warn_once(self, message: str) -> None:
         if message not in self._warned:
@@ -363,11 +363,10 @@ class Scheduler:
         """Start one more worker for `model` (what `worker.spawn` jobs do), on `device` if given."""
         hive, entry = (await self.resolve(model, self.hives_for(pinned)))[0]
         try:
-            worker = await hive.spawn_worker(entry, mode, memory=await hive.need(entry), device=device)
+            with hive_errors.to_queen(f"Could not start a worker for '{entry.name}'"):
+                worker = await hive.spawn_worker(entry, mode, memory=await hive.need(entry), device=device)
             self.loads.of(worker).expires_at = None  # never unloaded for idleness before its first request
             return worker
-        except (WorkerStartError, JobFailed) as exc:
-            raise WorkerUnavailable(f"Could not start a worker for '{entry.name}': {exc}") from exc
         finally:
             self.notify()
 
