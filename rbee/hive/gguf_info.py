@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
 import mmap
 import re
@@ -9,6 +11,11 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+GGUF_MAGIC = 0x46554747  # b"GGUF", read little-endian
+# GGUF's value types (the file format's own numbering, gguf.GGUFValueType): the numeric ones' struct formats
+_STRING, _ARRAY = 8, 9
+_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_SIZES = {kind: struct.calcsize(fmt) for kind, fmt in _FORMATS.items()}
 POOLING_NAMES = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
 SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
 
@@ -67,21 +74,10 @@ class _Header:
 
     `gguf.GGUFReader` builds numpy views for every array element, which takes seconds for a real
     tokenizer (4.6 s for SmolLM2's 49k tokens); this walks the same layout and skips arrays it does
-    not need, in milliseconds. Type codes and sizes come from the gguf package.
+    not need, in milliseconds, without importing the gguf package (and numpy: ~20 MB in the daemon).
     """
 
     def __init__(self, path: Path) -> None:
-        from gguf import GGUF_MAGIC, GGUFValueType
-
-        self._types = GGUFValueType
-        self._sizes = {GGUFValueType.UINT8: 1, GGUFValueType.INT8: 1, GGUFValueType.UINT16: 2,
-                       GGUFValueType.INT16: 2, GGUFValueType.UINT32: 4, GGUFValueType.INT32: 4,
-                       GGUFValueType.FLOAT32: 4, GGUFValueType.BOOL: 1, GGUFValueType.UINT64: 8,
-                       GGUFValueType.INT64: 8, GGUFValueType.FLOAT64: 8}
-        self._formats = {GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H",
-                         GGUFValueType.INT16: "<h", GGUFValueType.UINT32: "<I", GGUFValueType.INT32: "<i",
-                         GGUFValueType.FLOAT32: "<f", GGUFValueType.BOOL: "<?", GGUFValueType.UINT64: "<Q",
-                         GGUFValueType.INT64: "<q", GGUFValueType.FLOAT64: "<d"}
         # The messages never quote the file: its first bytes could be a secret (/etc/shadow begins "root:").
         try:
             with path.open("rb") as fh:
@@ -128,25 +124,26 @@ class _Header:
         return self._buf[start:self._pos].decode()
 
     def _value(self, kind: int) -> object:
-        t = self._types(kind)
-        if t is self._types.STRING:
+        if kind == _STRING:
             return self._string()
-        if t is self._types.ARRAY:
-            item = self._types(self._u32())
+        if kind == _ARRAY:
+            item = self._u32()
             (count,) = struct.unpack_from("<Q", self._buf, self._pos)
             self._pos += 8
-            if item in self._sizes and count <= 1024:  # small numeric arrays (per-layer values): keep
-                values = struct.unpack_from(f"<{count}{self._formats[item][1]}", self._buf, self._pos)
-                self._pos += count * self._sizes[item]
+            if item in _SIZES and count <= 1024:  # small numeric arrays (per-layer values): keep
+                values = struct.unpack_from(f"<{count}{_FORMATS[item][1]}", self._buf, self._pos)
+                self._pos += count * _SIZES[item]
                 return list(values)
-            if item in self._sizes:
-                self._pos += count * self._sizes[item]
-            else:  # strings (tokens, merges) or nested arrays: walk past them
+            if item in _SIZES:
+                self._pos += count * _SIZES[item]
+            elif item in (_STRING, _ARRAY):  # strings (tokens, merges) or nested arrays: walk past them
                 for _ in range(count):
                     self._value(item)
+            else:
+                raise ValueError(f"unknown GGUF value type {item}")
             return _Skipped(count)
-        (value,) = struct.unpack_from(self._formats[t], self._buf, self._pos)
-        self._pos += self._sizes[t]
+        (value,) = struct.unpack_from(_FORMATS[kind], self._buf, self._pos)  # KeyError: an unknown type
+        self._pos += _SIZES[kind]
         return value
 
 
@@ -157,10 +154,22 @@ class _Skipped:
     count: int
 
 
+@functools.cache
+def _file_type_names() -> dict[int, str]:
+    """gguf.LlamaFileType's names by number ("Q4_K_M"), read from the gguf package's constants module alone: its
+    `__init__` imports numpy and the whole writer, ~20 MB that the daemon would keep for one table."""
+    spec = importlib.util.find_spec("gguf")
+    assert spec is not None and spec.submodule_search_locations, "the gguf package is a dependency of rbee"
+    found = importlib.util.spec_from_file_location("_rbee_gguf_constants",
+                                                   Path(spec.submodule_search_locations[0]) / "constants.py")
+    assert found is not None and found.loader is not None
+    constants = importlib.util.module_from_spec(found)
+    found.loader.exec_module(constants)
+    return {int(kind): kind.name.removeprefix("MOSTLY_") for kind in constants.LlamaFileType}
+
+
 def read_summary(path: Path) -> GGUFSummary:
     """Parse the header of `path` (and of its other parts, if split). Blocking: call it in a thread."""
-    from gguf import LlamaFileType
-
     header = _Header(path)
     fields = header.fields
 
@@ -174,10 +183,7 @@ def read_summary(path: Path) -> GGUFSummary:
     for part in split_parts(path)[1:]:
         parameters += sum(_Header(part).tensor_elements)
     file_type = _int(fields.get("general.file_type"))
-    try:
-        quant = LlamaFileType(file_type).name.removeprefix("MOSTLY_") if file_type is not None else None
-    except ValueError:
-        quant = f"type {file_type}"
+    quant = None if file_type is None else _file_type_names().get(file_type, f"type {file_type}")
     pooling = arch_int("pooling_type")
     tokens = fields.get("tokenizer.ggml.tokens")
     name = fields.get("general.name")
