@@ -11,7 +11,7 @@ from rbee.common.version import current as current_version
 from rbee.common.version import parse as parse_version
 from rbee.keeper.context import App
 from rbee.keeper.daemon import ensure_queen, stop_queen
-from rbee.keeper.output import CLIError
+from rbee.keeper.queen_foreground import serve_foreground
 
 app = typer.Typer(help="Start, stop and inspect the queen (the API on port 7833).", no_args_is_help=True)
 
@@ -33,16 +33,7 @@ def start(
     port = port or settings.queen_port()
     host = host or settings.queen_host()
     if foreground:
-        from rbee.queen.db import QueenDBError
-        from rbee.queen.server import PortInUseError, StartRefused, serve
-
-        try:
-            serve(host, port, insecure_no_auth=insecure_no_auth)
-        except (QueenDBError, StartRefused) as exc:
-            raise CLIError(str(exc)) from exc
-        except PortInUseError as exc:
-            raise CLIError(f"{exc.strerror}: another program is listening there. Stop it, or start the "
-                           f"queen on another port with --port (and RBEE_QUEEN_PORT for the CLI).") from exc
+        serve_foreground(host, port, insecure_no_auth)
         return
     scheme = "https" if settings.queen_tls() else "http"
     ctx = App(queen_url=f"{scheme}://127.0.0.1:{port}")  # a queen on any address also answers on loopback
