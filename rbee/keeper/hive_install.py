@@ -22,7 +22,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from rbee import __version__
-from rbee.common import paths, settings, tls
+from rbee.common import paths, settings, tls, tls_ca
 from rbee.common.daemon import is_loopback
 from rbee.hive import engine
 from rbee.hive.config import HiveConfig
@@ -265,14 +265,15 @@ class Installer:
             return None, False
         names = [remote.own_ip, self.host.alias] + ([self.host.hostname] if self.host.hostname else [])
         try:
-            cert, key = await asyncio.to_thread(tls.issue, f"rbee hive {self.host.alias}", names)
+            cert, key = await asyncio.to_thread(tls_ca.issue, f"rbee hive {self.host.alias}", names)
             ca = await asyncio.to_thread(tls.cluster_ca().read_bytes)
             queen_cert = paths.tls_dir() / "queen.pem"
             wanted = [remote.queen_side_ip] + ([given] if (given := urlsplit(self.queen_url or "").hostname) else [])
-            missing = [name for name in wanted if name not in tls.names_in(queen_cert)] if queen_cert.is_file() else []
+            has = tls_ca.names_in(queen_cert) if queen_cert.is_file() else set()
+            missing = [name for name in wanted if name not in has] if queen_cert.is_file() else []
             reissue = bool(missing)
             if reissue:  # every name it had, and those it lacked
-                await asyncio.to_thread(tls.issue_queen_cert, sorted(tls.names_in(queen_cert) | set(missing)))
+                await asyncio.to_thread(tls_ca.issue_queen_cert, sorted(has | set(missing)))
         except (tls.TLSError, OSError) as exc:
             raise CLIError(f"cannot make a certificate for {self.host.alias}: {exc}") from exc
         folder = f"{remote.config_dir}/tls"

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from cryptography import x509
 
-from rbee.common import paths, settings, tls
+from rbee.common import paths, settings, tls, tls_ca
 from rbee.keeper import hives_conf
 from rbee.keeper.client import QueenClient
 from rbee.keeper.context import App
@@ -41,12 +41,12 @@ def init(force: Annotated[bool, typer.Option("--force", help="Make a new CA (the
     if force and folder.exists():
         shutil.rmtree(folder)
     try:
-        made = tls.ensure_ca()
-        tls.issue_queen_cert()
+        made = tls_ca.ensure_ca()
+        tls_ca.issue_queen_cert()
     except tls.TLSError as exc:
         raise CLIError(str(exc)) from exc
     ctx.out.success(("made the cluster CA " if made else "the cluster CA is ") + str(tls.cluster_ca()))
-    ctx.out.success(f"the queen's certificate names: {', '.join(sorted(tls.names_in(folder / 'queen.pem')))}")
+    ctx.out.success(f"the queen's certificate names: {', '.join(sorted(tls_ca.names_in(folder / 'queen.pem')))}")
     if running is not None:
         stop_queen(ctx.client, ctx.out, quiet=True)
         ensure_queen(QueenClient(_local_url("https")), ctx.out)
@@ -111,4 +111,4 @@ def status() -> None:
         except (OSError, ValueError) as exc:
             raise CLIError(f"{label} {path} cannot be read: {exc}") from exc
         ctx.out.out.print(f"{label}: {path} (valid until {cert.not_valid_after_utc:%Y-%m-%d})")
-    ctx.out.out.print(f"names: {', '.join(sorted(tls.names_in(files.cert)))}")
+    ctx.out.out.print(f"names: {', '.join(sorted(tls_ca.names_in(files.cert)))}")

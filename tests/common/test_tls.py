@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from rbee.common import tls
+from rbee.common import tls, tls_ca
 
 
 def _make_ca(folder: Path) -> Path:
-    assert tls.ensure_ca(folder)
-    assert not tls.ensure_ca(folder)  # kept, not remade
+    assert tls_ca.ensure_ca(folder)
+    assert not tls_ca.ensure_ca(folder)  # kept, not remade
     return folder
 
 
 def _leaf(ca: Path, names: list[str], out: Path) -> tls.TLSFiles:
-    cert, key = tls.issue("test", names, ca)
+    cert, key = tls_ca.issue("test", names, ca)
     out.mkdir(parents=True, exist_ok=True)
     (out / "leaf.pem").write_bytes(cert)
     (out / "leaf.key").write_bytes(key)
@@ -58,7 +58,7 @@ def test_the_ca_key_is_private_and_certificates_name_their_hosts(tmp_path: Path)
     ca = _make_ca(tmp_path / "ca")
     assert stat.S_IMODE((ca / "ca.key").stat().st_mode) == 0o600
     files = _leaf(ca, ["127.0.0.1", "gpu-box", "10.0.0.7"], tmp_path / "leaf")
-    assert tls.names_in(files.cert) == {"127.0.0.1", "gpu-box", "10.0.0.7"}
+    assert tls_ca.names_in(files.cert) == {"127.0.0.1", "gpu-box", "10.0.0.7"}
 
 
 def test_a_certificate_from_the_cluster_ca_is_accepted(tmp_path: Path) -> None:
@@ -89,7 +89,7 @@ def test_missing_files_are_named(tmp_path: Path) -> None:
     with pytest.raises(tls.TLSError, match=r"nope\.pem"):
         tls.TLSFiles(tmp_path / "nope.pem", tmp_path / "nope.key", tmp_path / "ca.pem").server_context()
     with pytest.raises(tls.TLSError, match="cannot be read"):
-        tls.issue("x", ["a"], tmp_path / "no-ca-here")
+        tls_ca.issue("x", ["a"], tmp_path / "no-ca-here")
 
 
 def test_a_refused_certificate_is_named_as_such_through_httpx(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rbee.common import tls
+from rbee.common import tls, tls_ca
 from tests.conftest import Queen, free_port, queen_env
 from tests.fixtures.lan import Lan, keeper_env, lan_hosts, model_every_host_reads
 from tests.fixtures.tiny_gguf import write_tiny_model
@@ -113,7 +113,7 @@ def test_a_hive_that_does_not_trust_the_queens_certificate_cannot_join(installed
     # Swap the hive's CA for another one: its heartbeats fail the TLS check and the queen marks it unreachable.
     other = Path(tempfile.mkdtemp(prefix="rbee-other-ca-"))
     try:
-        tls.ensure_ca(other)
+        tls_ca.ensure_ca(other)
         rogue = (other / "ca.pem").read_text()
     finally:
         shutil.rmtree(other, ignore_errors=True)

@@ -86,13 +86,13 @@ def test_the_cli_never_sends_the_admin_token_in_clear_to_another_machine(
 
 async def test_the_queens_certificate_is_reissued_for_the_queen_url_host(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from rbee.common import tls
+    from rbee.common import tls_ca
     from rbee.keeper.hive_install import Installer
     from rbee.keeper.output import Output
 
     monkeypatch.setenv("RBEE_HOME", str(tmp_path))
-    tls.ensure_ca()
-    queen_pem = tls.issue_queen_cert(["10.0.0.2"])
+    tls_ca.ensure_ca()
+    queen_pem = tls_ca.issue_queen_cert(["10.0.0.2"])
     shipped: dict[str, str] = {}
 
     class FakeSSH:
@@ -102,7 +102,7 @@ async def test_the_queens_certificate_is_reissued_for_the_queen_url_host(
     installer = Installer(HOST, None, Output(), queen_url="https://queen.lan:7833")  # type: ignore[arg-type]
     installer.ssh = FakeSSH()  # type: ignore[assignment]
     certificate, reissued = await installer.ship_certificates(parse_probe(HOST, PROBE))
-    assert reissued and {"queen.lan", "10.0.0.2"} <= tls.names_in(queen_pem)  # the old names stay
+    assert reissued and {"queen.lan", "10.0.0.2"} <= tls_ca.names_in(queen_pem)  # the old names stay
     assert certificate is not None and shipped["/home/me/.config/rbee/tls/hive.pem"] == certificate
     again, reissued = await installer.ship_certificates(parse_probe(HOST, PROBE))
     assert not reissued and again is not None
