@@ -1,0 +1,49 @@
+"""The daemon imports only what it needs: the CLI's libraries, the hub client, the GGUF writer (numpy) and
+certificate making (cryptography) stay out of a running queen."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import Queen
+
+REPO = Path(__file__).resolve().parents[2]
+KEPT_OUT = ("huggingface_hub", "cryptography", "rich", "typer", "pygments", "numpy", "gguf", "yaml", "rbee.keeper.cli")
+
+
+def _loaded_after(statement: str) -> list[str]:
+    """Which of KEPT_OUT a fresh interpreter has in sys.modules after `statement`."""
+    probe = f"import json, sys\n{statement}\nprint(json.dumps([m for m in {KEPT_OUT!r} if m in sys.modules]))"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          check=True)
+    return list(json.loads(done.stdout.splitlines()[-1]))
+
+
+def test_the_queens_server_module_imports_none_of_the_heavy_packages() -> None:
+    assert _loaded_after("import rbee.queen.server") == []
+
+
+def test_the_daemons_entry_point_imports_none_of_them_either() -> None:
+    assert _loaded_after("import rbee.keeper.main, rbee.keeper.queen_foreground") == []
+
+
+def test_the_cli_still_has_them_where_it_needs_them() -> None:  # the probe above can fail: it sees these
+    assert set(_loaded_after("import rbee.keeper.cli, rbee.common.tls_ca")) >= {"typer", "rich", "cryptography"}
+
+
+def test_a_queen_that_served_a_model_maps_neither_numpy_nor_cryptography(
+        make_queen: Callable[..., Queen], tiny_model: Path) -> None:
+    queen = make_queen().start()
+    body = {"model": str(tiny_model), "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    answer = httpx.post(f"{queen.url}/v1/chat/completions", json=body, timeout=120)  # added: its header was read
+    assert answer.status_code == 200, answer.text
+    assert queen.proc is not None
+    maps = Path(f"/proc/{queen.proc.pid}/maps").read_text()
+    assert "/cryptography/" not in maps and "/numpy" not in maps
+    assert "/uvloop/" in maps  # the probe sees the queen's own libraries: it would see those too
