@@ -304,23 +304,30 @@ class Forwarder:
                 forwarded.cut(SHUTDOWN)
             return forwarded
         lease.release()
-        said = _worker_message(upstream.status, content) if upstream.status >= 400 else ""
-        too_long = context_fit.exceeded(said) if upstream.status == 400 else None
-        if too_long is not None:  # not metered here: a worker with a larger context may serve it (inference.py)
-            raise _prompt_too_long(said, too_long, lease, headers)
-        if on_end is not None:
-            took = time.monotonic() - started
-            on_end(Outcome(upstream.status, content, lease.worker.spec.model.name, lease.worker.hive,
-                           lease.worker.id, took, took))
-        if upstream.status >= 400:
-            return _normalise_error(upstream.status, said, headers, errors, lease.worker.spec.mode)
-        if translation is not None:
-            try:
-                content = translation.whole(content)
-            except (ValueError, KeyError, TypeError, IndexError) as exc:
-                raise UpstreamError(f"Worker {lease.worker.id} answered with something rbee could not "
-                                    "translate for this protocol.") from exc
-        return Response(content, status_code=upstream.status, headers=headers)
+        return _whole(upstream.status, content, lease, headers, started, on_end, errors, translation)
+
+
+def _whole(status: int, content: bytes, lease: Lease, headers: dict[str, str], started: float,
+           on_end: OnEnd | None, errors: ErrorStyle, translation: Translation | None) -> Response:
+    """A worker's answer that came whole (not a stream): metered, then as it is, as the client's protocol's
+    error, or translated; a prompt too long for the worker's context raises `PromptTooLong` unmetered (a worker
+    with a larger context may serve it: inference.py)."""
+    said = _worker_message(status, content) if status >= 400 else ""
+    too_long = context_fit.exceeded(said) if status == 400 else None
+    if too_long is not None:
+        raise _prompt_too_long(said, too_long, lease, headers)
+    if on_end is not None:
+        took = time.monotonic() - started
+        on_end(Outcome(status, content, lease.worker.spec.model.name, lease.worker.hive, lease.worker.id, took, took))
+    if status >= 400:
+        return _normalise_error(status, said, headers, errors, lease.worker.spec.mode)
+    if translation is not None:
+        try:
+            content = translation.whole(content)
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            raise UpstreamError(f"Worker {lease.worker.id} answered with something rbee could not "
+                                "translate for this protocol.") from exc
+    return Response(content, status_code=status, headers=headers)
 
 
 def _worker_message(status: int, content: bytes) -> str:
