@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +22,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.proxy_overhead import free_port, pct  # noqa: E402
+from benchmarks.proxy_overhead import pct, running_queen  # noqa: E402
 from rbee.hive import engine  # noqa: E402
 from rbee.hive.engine_sources import WHISPER  # noqa: E402
 from tests.e2e.test_audio import tone_wav  # noqa: E402
@@ -68,23 +66,10 @@ def main() -> None:
     wav = tone_wav(args.seconds)
     with tempfile.TemporaryDirectory() as tmp:
         model = str(write_tiny_whisper(Path(tmp) / "ggml-bench.bin"))
-        port = free_port()
-        env = {**os.environ, "RBEE_HOME": tmp, "RBEE_LLAMA_SERVER": str(llama[0]),
-               "RBEE_WHISPER_SERVER": str(whisper[0]), "RBEE_WORKER_THREADS": "1", "RBEE_LOG_LEVEL": "WARNING"}
-        queen_proc = subprocess.Popen([sys.executable, "-m", "rbee", "queen", "start", "--foreground", "--port",
-                                       str(port)], env=env, start_new_session=True)
-        queen = f"http://127.0.0.1:{port}"
-        try:
-            for _ in range(300):
-                try:
-                    if httpx.get(f"{queen}/health").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.05)
+        env = {"RBEE_HOME": tmp, "RBEE_LLAMA_SERVER": str(llama[0]), "RBEE_WHISPER_SERVER": str(whisper[0]),
+               "RBEE_WORKER_THREADS": "1"}
+        with running_queen(env) as queen:
             rows = measure(queen, model, wav, args.requests)
-        finally:
-            queen_proc.send_signal(signal.SIGTERM)
-            queen_proc.wait(30)
     print(f"\ntranscription overhead: {args.requests} requests per path, a {args.seconds:g} s WAV "
           f"({len(wav)} bytes), {os.cpu_count()} cores\n")
     header = ("metric", "direct", "via queen", "queen vs direct")

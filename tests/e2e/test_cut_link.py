@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 
 from rbee.queen.proxy import WORKER_CONNECT_S
-from tests.conftest import Queen, free_port, queen_env, wait_for
+from tests.conftest import Queen, wait_for
 from tests.e2e.test_many_machines import chat, hives, worker_on
-from tests.fixtures.lan import Lan, keeper_env, lan_hosts, model_every_host_reads
+from tests.fixtures.fleet import installed_fleet
+from tests.fixtures.lan import Lan, lan_hosts, model_every_host_reads
 from tests.fixtures.tiny_gguf import write_tiny_model
 
 REQUESTS = 40
@@ -44,16 +45,9 @@ def shared_model() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def fleet(lan: Lan, tmp_path_factory: pytest.TempPathFactory, llama_server: Path) -> Iterator[Queen]:
-    home = tmp_path_factory.mktemp("keeper")
-    port = free_port()
-    queen = Queen(home, port, keeper_env(lan, home, queen_env(home, port, llama_server), llama_server, 2000, 6000))
-    try:
-        for host in lan.hosts:
-            result = queen.cli("hive", "install", host.name, timeout=600)
-            assert result.returncode == 0, result.stderr
+    with installed_fleet(lan, tmp_path_factory.mktemp("keeper"), llama_server, heartbeat_ms=2000,
+                         timeout_ms=6000) as queen:
         yield queen
-    finally:
-        queen.cli("queen", "stop", timeout=60)
 
 
 def test_a_cut_link_stalls_a_request_about_a_second_and_loses_none(fleet: Queen, lan: Lan, shared_model: str) -> None:
