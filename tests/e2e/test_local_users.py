@@ -164,3 +164,14 @@ def test_an_api_key_cannot_pin_a_worker_forever(make_queen: Callable[..., Queen]
     assert resp.status_code == 200, resp.text
     assert wait_for(lambda: not [w for w in httpx.get(f"{queen.url}/v1/workers", headers=admin).json()
                                  if w["state"] == "ready"], 10)
+
+
+def test_another_user_cannot_pull_or_delete_through_the_ollama_api(loaded: Queen, other_user: OtherUser) -> None:
+    url = loaded.url
+    for method, path, body in (("POST", "/api/pull", {"model": "hf.co/rbee-test/tiny-GGUF:Q4_K_M"}),
+                               ("DELETE", "/api/delete", {"model": "tiny"})):
+        answer = other_user.request(method, f"{url}{path}", body)
+        assert answer.status in (401, 403), (path, answer.body)
+        assert "admin token" in answer.body, (path, answer.body)
+    assert "tiny" in {m["name"] for m in httpx.get(f"{url}/v1/catalog", timeout=10).json()}  # nothing was removed
+    assert not [j for j in httpx.get(f"{url}/v1/jobs", timeout=10).json() if j["kind"] == "model.pull"]

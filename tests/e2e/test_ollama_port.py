@@ -32,6 +32,8 @@ def test_the_ollama_port_serves_the_ollama_api_under_the_same_keys(make_queen: C
     key = queen.cli("key", "create", "--name", "webui", check=True).stdout.strip()
     refused = httpx.get(f"{there}/api/tags", timeout=10)
     assert refused.status_code == 401 and "API key" in refused.json()["error"]
+    wrong = httpx.get(f"{there}/api/tags", timeout=10, headers={"Authorization": "Bearer rbee-sk-guessed"})
+    assert wrong.status_code == 401 and "tiny" not in wrong.text
     keyed = ollama.Client(host=there, headers={"Authorization": f"Bearer {key}"}, timeout=120)
     assert "tiny" in {m.model for m in keyed.list().models}
     assert keyed.generate(model="tiny", prompt="hi", options={"num_predict": 2}).done
