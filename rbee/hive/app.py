@@ -46,7 +46,7 @@ from rbee.hive import downloads, model_refs, shares
 from rbee.hive.config import HiveConfig
 from rbee.hive.models_file import CHECK_INTERVAL_S
 from rbee.hive.queen_link import QueenLink
-from rbee.hive.service import Hive, ModelInUse, ModelUnavailable
+from rbee.hive.service import Hive, ModelUnavailable
 from rbee.hive.worker import WorkerStartError
 
 log = logging.getLogger(__name__)
@@ -228,8 +228,6 @@ async def remove_model(request: Request) -> Response:
         entry = await _hive(request).remove(request.path_params["name"])
     except ModelUnavailable as exc:
         raise _Refusal(404, str(exc), "model_not_found") from exc
-    except ModelInUse as exc:
-        raise _Refusal(409, str(exc), "model_in_use") from exc
     return JSONResponse(entry.model_dump(mode="json"))
 
 
