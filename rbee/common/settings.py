@@ -193,3 +193,10 @@ def usage_flush_s() -> float:
 def log_max_bytes() -> int:
     """How large a daemon's log grows before it is rotated to LOG.1 (RBEE_LOG_MAX_MB, default 50)."""
     return env_int("RBEE_LOG_MAX_MB", 50, minimum=1, maximum=100_000) * 2**20
+
+
+def spread_bounds() -> tuple[float, float]:
+    """The worst link a spread across hives uses: (RBEE_SPREAD_MAX_RTT_MS, default 5: median round trip;
+    RBEE_SPREAD_MIN_MBPS, default 100: megabytes per second). rbee/queen/spread_plan.py says why."""
+    return (float(env_int("RBEE_SPREAD_MAX_RTT_MS", 5, minimum=1, maximum=10_000)),
+            float(env_int("RBEE_SPREAD_MIN_MBPS", 100, minimum=1, maximum=1_000_000)))
