@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator, model_validator
 
 from rbee.contracts.bounds import Bytes, FilePath, Name, Seconds
+from rbee.contracts.spread_plans import parse_spread
 
 ALIAS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 """A hive's alias: what `rbee hive install ALIAS` names a machine."""
@@ -118,6 +119,13 @@ class ModelSettings(BaseModel):
                                            "GPUs each of them spreads over ('cuda0+cuda1')")
     min_replicas: int | None = Field(default=None, ge=0, le=64, description="workers kept loaded, idle or not")
     max_replicas: int | None = Field(default=None, ge=1, le=64, description="the most workers it gets under load")
+    spread: str | None = Field(default=None, max_length=1200, description="the hives' devices each of its workers "
+                               "spreads over ('gaming-pc:cuda0+mac:metal'), even when one hive would hold it")
+
+    @field_validator("spread")
+    @classmethod
+    def _spread(cls, value: str | None) -> str | None:
+        return None if value is None else "+".join(map(str, parse_spread(value)))
 
     @model_validator(mode="after")
     def _replicas(self) -> ModelSettings:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel, Field, SecretStr, field_serializer
+from pydantic import BaseModel, Field, SecretStr, field_serializer, field_validator
 
 from rbee.contracts.bounds import HostAddress, Name
 
@@ -97,7 +97,7 @@ class LinkMeasure(BaseModel):
     echo_id: str = Field(pattern=ECHO_ID_PATTERN)
     token: SecretStr = Field(max_length=128)
     rounds: int = Field(default=10, ge=1, le=MAX_ROUNDS)
-    bulk_bytes: int = Field(default=4 << 20, ge=0, le=MAX_BULK_BYTES)
+    bulk_bytes: int = Field(default=4 << 20, ge=1 << 16, le=MAX_BULK_BYTES)
 
     @field_serializer("token", when_used="json")
     def _reveal(self, token: SecretStr) -> str:
@@ -129,6 +129,11 @@ class SpreadAsk(BaseModel):
     spread: str | None = Field(default=None, max_length=1200, description="a forced spread, HIVE:DEV+HIVE:DEV")
     context: int | None = Field(default=None, ge=16, le=2**20)
     slots: int | None = Field(default=None, ge=1, le=512)
+
+    @field_validator("spread")
+    @classmethod
+    def _spread(cls, value: str | None) -> str | None:
+        return None if value is None else "+".join(map(str, parse_spread(value)))
 
 
 class PlannedDevice(BaseModel):

@@ -11,9 +11,12 @@ Inference never passes here; the queen talks to the workers directly with their 
     POST   /v1/hive/shares              ShareOpen -> ShareOpened: serve one model's files to one peer hive
     GET    /v1/hive/shares/{id}/files/{index}   a shared file (Range); the share's token, not the join token
     POST   /v1/hive/fetches             HiveFetch -> JobCreated: copy a model from a peer's share, as a job
+    POST   /v1/hive/links/echoes        EchoOpen -> EchoOpened: answer one peer hive's link measure for a while
+    POST   /v1/hive/links/echo/{id}     an echo (a bounded body, dropped); the echo's token, not the join token
+    POST   /v1/hive/links/measure       LinkMeasure -> LinkMeasured: measure the link to a peer hive's echo
 
-The share file route is the only one the join token does not guard: rbee/hive/shares.py checks the
-share's own token and the peer's address there.
+The share file and echo routes are the only ones the join token does not guard: rbee/hive/shares.py and
+rbee/hive/links.py check their own tokens and the peer's address there.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ from rbee.contracts.catalog import HivePull
 from rbee.contracts.copies import HiveFetch, ShareOpen
 from rbee.contracts.hives import HostedWorker, ResolvedModel, ResolveModel, SpawnWorker
 from rbee.contracts.jobs import JobCreated, JobKind
-from rbee.hive import downloads, model_refs, shares
+from rbee.contracts.spread_plans import EchoOpen, LinkMeasure
+from rbee.hive import downloads, links, model_refs, shares
 from rbee.hive.config import HiveConfig
 from rbee.hive.models_file import CHECK_INTERVAL_S
 from rbee.hive.queen_link import QueenLink
@@ -55,6 +59,7 @@ M = TypeVar("M", bound=BaseModel)
 
 
 _SHARE_FILE = re.compile(shares.FILE_ROUTE)
+_ECHO = re.compile(links.ECHO_ROUTE)
 
 
 class TokenGuard:
@@ -67,7 +72,8 @@ class TokenGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         share_file = scope["type"] == "http" and scope["method"] in ("GET", "HEAD") and \
             _SHARE_FILE.fullmatch(scope["path"])
-        if scope["type"] == "http" and not share_file:
+        echo = scope["type"] == "http" and scope["method"] == "POST" and _ECHO.fullmatch(scope["path"])
+        if scope["type"] == "http" and not share_file and not echo:
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self._expected):
                 client = scope.get("client") or ("?", 0)
@@ -186,6 +192,32 @@ async def start_fetch(request: Request) -> Response:
     return JSONResponse(JobCreated(job_id=job.id).model_dump(), status_code=201)
 
 
+async def open_echo(request: Request) -> Response:
+    """Answer one peer hive's link measure for a while (the queen asks, before it asks that peer to measure)."""
+    asked = await _parse(request, EchoOpen)
+    try:
+        opened = request.app.state.echoes.open(asked)
+    except links.LinkFailed as exc:
+        raise _Refusal(409, str(exc), "too_many_echoes") from exc
+    return JSONResponse(opened.model_dump(mode="json"), status_code=201)
+
+
+async def echo(request: Request) -> Response:
+    echoes: links.Echoes = request.app.state.echoes
+    return await echoes.serve(request)
+
+
+async def measure_link(request: Request) -> Response:
+    """Measure the link from here to a peer hive's echo (its URL and token from the queen)."""
+    hive = _hive(request)
+    asked = await _parse(request, LinkMeasure)
+    try:
+        measured = await links.measure(hive.alias, asked, hive.tls.client_context() if hive.tls else None)
+    except links.LinkFailed as exc:
+        raise _Refusal(502, str(exc), "link_failed") from exc
+    return JSONResponse(measured.model_dump(mode="json"))
+
+
 def _job(request: Request) -> Job:
     job = _jobs(request).get(request.path_params["job_id"])
     if job is None:
@@ -284,6 +316,9 @@ def create_app(config: HiveConfig, hive: Hive | None = None,
             Route("/v1/hive/shares", open_share, methods=["POST"]),
             Route("/v1/hive/shares/{share_id}/files/{index:int}", share_file, methods=["GET", "HEAD"]),
             Route("/v1/hive/fetches", start_fetch, methods=["POST"]),
+            Route("/v1/hive/links/echoes", open_echo, methods=["POST"]),
+            Route("/v1/hive/links/echo/{echo_id}", echo, methods=["POST"]),
+            Route("/v1/hive/links/measure", measure_link, methods=["POST"]),
             Route("/metrics", metrics, methods=["GET"]),
         ],
         exception_handlers={_Refusal: _refused},
@@ -294,5 +329,6 @@ def create_app(config: HiveConfig, hive: Hive | None = None,
     app.state.port = config.port
     app.state.link = link
     app.state.jobs = jobs
+    app.state.echoes = links.Echoes()
     app.state.queen_url = config.queen_url.rstrip("/")
     return app

@@ -62,7 +62,7 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-def _same_address(a: str, b: str) -> bool:
+def same_address(a: str, b: str) -> bool:
     try:
         x, y = ipaddress.ip_address(a), ipaddress.ip_address(b)
     except ValueError:
@@ -136,7 +136,7 @@ class Shares:
                         "unknown or expired share" if share is None or share.expires_at <= time.monotonic()
                         else "wrong token")
             return error_response(401, "A valid share token is required.", code="invalid_token")
-        if not _same_address(client, share.peer):
+        if not same_address(client, share.peer):
             log.warning("refused %s to %s: it was opened for %s", share.id, client, share.peer)
             return error_response(403, "This share is for another address.", code="forbidden")
         index = int(request.path_params["index"])

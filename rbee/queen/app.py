@@ -24,6 +24,7 @@ from rbee.queen import (
     responses_routes,
     settings_routes,
     share_routes,
+    spread_routes,
     web_routes,
 )
 from rbee.queen.errors import QueenError, handle_http_exception, handle_queen_error, handle_unexpected
@@ -53,7 +54,7 @@ def create_app(state: QueenState | None = None, on_shutdown: Callable[[], None] 
                 *audio_routes.routes,
                 *infill_routes.routes, *ollama_routes.routes, *ollama_models.routes, *catalog_routes.routes,
                 *hive_routes.routes, *key_routes.routes, *settings_routes.routes, *admin_routes.routes,
-                *web_routes.routes, *share_routes.routes],
+                *web_routes.routes, *share_routes.routes, *spread_routes.routes],
         exception_handlers={QueenError: handle_queen_error, HTTPException: handle_http_exception,
                             Exception: handle_unexpected},
         middleware=[Middleware(OllamaPort, port=ollama_port, queen_port=queen_port), Middleware(Guard, access=access)],

@@ -56,7 +56,7 @@ class Placed:
     origin: str
 
 
-def _address_towards(host: str, port: int) -> str:
+def address_towards(host: str, port: int) -> str:
     """This machine's address on the way to `host` (what a hive there sees the queen's process come from)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as probe:
@@ -65,7 +65,7 @@ def _address_towards(host: str, port: int) -> str:
 
 
 def _queen_url_towards(target: RemoteHive) -> str:
-    address = _address_towards(target.report.address, target.report.port)
+    address = address_towards(target.report.address, target.report.port)
     host = f"[{address}]" if ":" in address else address
     return f"{'https' if settings.queen_tls() else 'http'}://{host}:{settings.queen_port()}"
 
@@ -156,7 +156,7 @@ class Copies:
             peer = target.report.address
         else:
             assert isinstance(source, RemoteHive)
-            peer = await asyncio.to_thread(_address_towards, source.report.address, source.report.port)
+            peer = await asyncio.to_thread(address_towards, source.report.address, source.report.port)
         emit(message=f"copying {held.name} from hive '{source.alias}' onto {target.alias} over the LAN")
         share = await source.open_share(ShareOpen(model=held.name, peer_address=peer, expires_s=SHARE_S))
         if isinstance(source, RemoteHive):

@@ -27,6 +27,7 @@ from rbee.queen.db import QueenDB
 from rbee.queen.errors import QueenError
 from rbee.queen.executor import REAP_INTERVAL_S
 from rbee.queen.hive_seam import HiveSeam
+from rbee.queen.links import LinkBook
 from rbee.queen.metrics import QueenMetrics
 from rbee.queen.policy import Policy
 from rbee.queen.proxy import Forwarder
@@ -56,6 +57,7 @@ class QueenState:
     listen_host: str | None = None
     loop_health: dict[str, LoopHealth] = field(default_factory=dict)  # the background loops, for /v1/status
     copies: Copies = field(init=False)  # models onto the hive that needs them: peers first (rbee/queen/copies.py)
+    links: LinkBook = field(init=False)  # the links between hives as last measured (rbee/queen/links.py)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -72,6 +74,7 @@ class QueenState:
     def __post_init__(self) -> None:
         self.metrics = QueenMetrics(ColonyCollector(lambda: self.hives, self.scheduler.waiting))
         self.copies = Copies(self.hives)
+        self.links = LinkBook(self.hives)
         self.scheduler.copies = self.copies
 
     def health(self) -> QueenHealth:
