@@ -125,10 +125,10 @@ class LinksAsk(BaseModel):
 
 
 class SpreadAsk(BaseModel):
+    """The model's need is what the queen estimates for its workers today (its models.toml context and slots)."""
+
     model: Name = Field(min_length=1)
     spread: str | None = Field(default=None, max_length=1200, description="a forced spread, HIVE:DEV+HIVE:DEV")
-    context: int | None = Field(default=None, ge=16, le=2**20)
-    slots: int | None = Field(default=None, ge=1, le=512)
 
     @field_validator("spread")
     @classmethod

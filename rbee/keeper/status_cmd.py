@@ -9,6 +9,7 @@ import typer
 
 from rbee.keeper.context import App
 from rbee.keeper.output import CLIError, human_bytes, table
+from rbee.keeper.spread_view import links_table
 from rbee.keeper.watch import devices_table
 from rbee.keeper.watch import watch as watch_colony
 from rbee.keeper.worker_cmd import workers_table
@@ -20,9 +21,14 @@ def status(
                                         "tokens/s, redrawn until Ctrl-C.")] = False,
     interval: Annotated[float, typer.Option(help="Seconds between redraws with --watch.", min=0.2)] = 1.0,
     count: Annotated[int | None, typer.Option(help="With --watch: stop after this many redraws.", min=1)] = None,
+    links: Annotated[bool, typer.Option("--links", help="Only the links between hives: measure the pairs with "
+                                        "no fresh measure, then show round trips and bandwidth.")] = False,
 ) -> None:
     """Show the queen, its hives, the workers with their state, and the known models."""
     ctx = App()
+    if links:
+        _links(ctx, as_json)
+        return
     if watch:
         if ctx.running_queen() is None:
             raise CLIError(f"no queen is running at {ctx.queen_url}; `rbee queen start` starts one")
@@ -62,3 +68,18 @@ def status(
         models.add_row(m["name"], human_bytes(m["size_bytes"]), m.get("architecture") or "?",
                        "yes" if m["name"] in loaded else "", path)
     ctx.out.out.print(models if report["models"] else "[dim]Models: none yet[/dim]")
+
+
+def _links(ctx: App, as_json: bool) -> None:
+    if ctx.running_queen() is None:
+        raise CLIError(f"no queen is running at {ctx.queen_url}; `rbee queen start` starts one")
+    found = ctx.client.post("/v1/links/measure", json={})
+    if as_json:
+        ctx.out.json(found)
+        return
+    if found["links"]:
+        ctx.out.out.print(links_table(found["links"]))
+    else:
+        ctx.out.info("no links measured: a link joins two ready hives (`rbee hive list` shows them)")
+    for failure in found["failures"]:
+        ctx.out.warn(f"not measured: {failure}")

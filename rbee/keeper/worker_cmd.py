@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from rbee.contracts.jobs import JobCreate, JobKind
+from rbee.contracts.spread_plans import BadSpread, is_spread, parse_spread
 from rbee.keeper.context import App
 from rbee.keeper.jobs_view import follow
 from rbee.keeper.output import CLIError, table
+from rbee.keeper.spread_view import plan_lines, plan_table
 
 app = typer.Typer(help="List, start and stop workers (one loaded model each).", no_args_is_help=True)
 
@@ -54,17 +56,43 @@ def start(
     device: Annotated[str | None, typer.Option("--device", help="The device (cpu, cuda0, ...; `rbee hive list` "
                                                "shows them), or GPUs to spread the model over (cuda0+cuda1); "
                                                "default: the first GPU with room, else GPUs together, else the "
-                                               "CPU.")]
+                                               "CPU; devices of several hives: HIVE:DEV+HIVE:DEV.")]
     = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print where the model would go across hives "
+                                          "(devices, shares, links) and start nothing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="With --dry-run: print the plan as JSON.")] = False,
 ) -> None:
     """Start one more worker for a model now (requests also start them on demand)."""
     ctx = App()
+    spread = is_spread(device)
+    if spread:
+        try:
+            parse_spread(device or "")
+        except BadSpread as exc:
+            raise CLIError(f"--device: {exc}") from None
     client = ctx.queen()
+    if dry_run or spread:
+        plan = client.post("/v1/spreads/plan", json={"model": model, "spread": device if spread else None})
+        _show_plan(ctx, plan, as_json)
+        if not dry_run:
+            raise CLIError("spreads across hives are planned but not started yet; the plan is above "
+                           "(--dry-run prints it without this error)")
+        return
     job = client.post("/v1/jobs", json=JobCreate(kind=JobKind.WORKER_SPAWN, hive=hive, model=model, device=device)
                       .model_dump(mode="json"))
     done = follow(client, job["job_id"], ctx.out, f"worker for {model} on {hive}")
     info = done.data or {}
     ctx.out.success(f"{info.get('id')} serves {info.get('model')} on {info.get('hive')}:{info.get('device')}")
+
+
+def _show_plan(ctx: App, plan: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        ctx.out.json(plan)
+        return
+    if plan["devices"]:
+        ctx.out.out.print(plan_table(plan))
+    for line in plan_lines(plan):
+        ctx.out.out.print(line, markup=False)
 
 
 @app.command()

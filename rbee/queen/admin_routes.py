@@ -13,6 +13,7 @@ from rbee.common import sse
 from rbee.common.jobs import Emit, Job, JobBody, JobFailed
 from rbee.common.metrics import engine_metrics
 from rbee.contracts.jobs import JobCreate, JobCreated, JobKind
+from rbee.contracts.spread_plans import is_spread
 from rbee.contracts.status import StatusReport
 from rbee.contracts.workers import WorkerMode
 from rbee.hive.service import Hive
@@ -88,6 +89,10 @@ def _job_body(state: QueenState, spec: JobCreate) -> JobBody:
         return lambda emit: local.install_engine(emit, force=spec.force, backend=spec.backend, engine_name=spec.engine)
     if not spec.model:
         raise InvalidRequest(f"A {spec.kind} job needs a 'model'.", param="model")
+    if is_spread(spec.device):
+        raise InvalidRequest("Spreads across hives are planned but not started yet: POST /v1/spreads/plan "
+                             "(`rbee worker start MODEL --device HIVE:DEV+HIVE:DEV --dry-run`) shows the plan.",
+                             param="device")
     model = spec.model
 
     async def pull(emit: Emit) -> dict[str, object]:

@@ -135,22 +135,28 @@ def plan(model: str, need: int, hives: Mapping[str, Sequence[DeviceView]], links
     return _grow(model, need, main, views, rooms, links, bounds)
 
 
+def _judged(main: str, others: list[str], links: Links,
+            bounds: Bounds) -> tuple[list[tuple[str, LinkMeasured]], list[RefusedLink]]:
+    """(3) The hives of `others` whose link to `main` is within the bound, best link first; the refused ones."""
+    refused, usable = [], []
+    for hive in sorted(others):
+        link = link_between(links, main, hive)
+        why = _why_not(link, bounds)
+        if why is not None or link is None:
+            refused.append(RefusedLink(hive=hive, reason=why or "not measured"))
+        else:
+            usable.append((link.rtt_ms_median, -link.mbps, hive, link))
+    return [(hive, link) for *_, hive, link in sorted(usable)], refused
+
+
 def _grow(model: str, need: int, main: str, views: Mapping[str, Sequence[DeviceView]], rooms: dict[str, int],
           links: Links, bounds: Bounds) -> SpreadPlan:
     """(3)-(5): helpers by link quality added to `main` until the devices hold `need`."""
-    refused, usable = [], []
-    for hive in sorted(h for h in views if h != main):
-        link = link_between(links, main, hive)
-        why = _why_not(link, bounds)
-        if why is not None:
-            refused.append(RefusedLink(hive=hive, reason=why))
-        elif link is not None:
-            usable.append((link.rtt_ms_median, -link.mbps, hive, link))
-    usable.sort()
+    usable, refused = _judged(main, [h for h in views if h != main], links, bounds)
     chosen = _main_first(main, views[main])
     helpers: list[str] = []
     used: list[LinkMeasured] = []
-    for _, _, hive, link in usable:
+    for hive, link in usable:
         if _room([d for _, d in chosen]) >= need:
             break
         chosen += [(hive, d) for d in views[hive]]
@@ -171,10 +177,8 @@ class SpreadRefused(ValueError):
     """A forced spread that names what is not there: the message lists what is."""
 
 
-def forced(model: str, need: int, asked: list[SpreadDevice], hives: Mapping[str, Sequence[DeviceView]],
-           links: Links, bounds: Bounds = Bounds()) -> SpreadPlan:
-    """The plan for a forced spread (`HIVE:DEV+HIVE:DEV`, parsed by contracts.spread_plans.parse_spread): those
-    devices only, even for a model that fits one hive; `SpreadRefused` for a hive or device not there."""
+def _picked(asked: list[SpreadDevice], hives: Mapping[str, Sequence[DeviceView]]) -> dict[str, list[DeviceView]]:
+    """The views of the forced devices, by hive; `SpreadRefused` naming a hive or device that is not there."""
     picked: dict[str, list[DeviceView]] = {}
     for d in asked:
         if d.hive not in hives:
@@ -185,24 +189,23 @@ def forced(model: str, need: int, asked: list[SpreadDevice], hives: Mapping[str,
             has = ", ".join(v.device for v in hives[d.hive] if not v.parts) or "none"
             raise SpreadRefused(f"{d}: hive '{d.hive}' has no device '{d.device}' (it has: {has})")
         picked.setdefault(d.hive, []).append(view)
+    return picked
+
+
+def forced(model: str, need: int, asked: list[SpreadDevice], hives: Mapping[str, Sequence[DeviceView]],
+           links: Links, bounds: Bounds = Bounds()) -> SpreadPlan:
+    """The plan for a forced spread (`HIVE:DEV+HIVE:DEV`, parsed by contracts.spread_plans.parse_spread): those
+    devices only, even for a model that fits one hive; `SpreadRefused` for a hive or device not there."""
+    picked = _picked(asked, hives)
+    named = "+".join(map(str, asked))
     rooms = {h: _room(ds) for h, ds in picked.items()}
     main = min(rooms, key=lambda h: (-rooms[h], h))
-    refused: list[RefusedLink] = []
-    used: list[tuple[float, float, str, LinkMeasured]] = []
-    for hive in sorted(h for h in picked if h != main):
-        link = link_between(links, main, hive)
-        why = _why_not(link, bounds)
-        if why is not None or link is None:
-            refused.append(RefusedLink(hive=hive, reason=why or "not measured"))
-        else:
-            used.append((link.rtt_ms_median, -link.mbps, hive, link))
+    usable, refused = _judged(main, [h for h in picked if h != main], links, bounds)
     if refused:
-        return _refusal(model, need, rooms, refused, f"the spread {'+'.join(map(str, asked))} has a link over "
-                        "the bound")
-    used.sort()
-    helpers = [hive for _, _, hive, _ in used]
+        return _refusal(model, need, rooms, refused, f"the spread {named} has a link over the bound")
+    helpers = [hive for hive, _ in usable]
     chosen = _main_first(main, picked[main]) + [(h, d) for h in helpers for d in picked[h]]
     if _room([d for _, d in chosen]) < need:
-        return _refusal(model, need, rooms, [], f"the devices of {'+'.join(map(str, asked))} do not hold it")
-    done = _plan(model, need, main, helpers, chosen, rooms, [link for *_, link in used], [])
-    return done.model_copy(update={"reason": f"forced spread over {'+'.join(map(str, asked))}"})
+        return _refusal(model, need, rooms, [], f"the devices of {named} do not hold it")
+    done = _plan(model, need, main, helpers, chosen, rooms, [link for _, link in usable], [])
+    return done.model_copy(update={"reason": f"forced spread over {named}"})

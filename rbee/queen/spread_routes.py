@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from rbee.common import settings
-from rbee.contracts.hives import HiveState, WorkerShape
+from rbee.contracts.hives import HiveState
 from rbee.contracts.models import ModelEntry
 from rbee.contracts.spread_plans import LinksAsk, SpreadAsk, SpreadPlan, parse_spread
 from rbee.queen import spread_plan
@@ -67,8 +67,7 @@ async def plan_for(state: QueenState, asked: SpreadAsk) -> SpreadPlan:
     """The plan for `asked`: the ready hives' devices now, the links (stale ones measured first), the need."""
     ready = [h for h in state.hives.values() if h.state is HiveState.READY]
     holders = await _holders(ready, asked.model)
-    shape = WorkerShape(context=asked.context, slots=asked.slots)
-    need = max([await h.need(entry, shape) for h, entry in holders])
+    need = max([await h.need(entry) for h, entry in holders])
     holding = [w for h in ready for w in h.supervisor.workers() if w.state in HOLDING]
     views: dict[str, list[DeviceView]] = {h.alias: device_views(h, holding, need, 0) for h in ready}
     text = asked.spread or own_settings(holders[0][1].name).spread

@@ -20,3 +20,20 @@ def test_a_bad_rbee_worker_max_context_is_named(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("RBEE_WORKER_MAX_CONTEXT", raw)
     with pytest.raises(settings.SettingsError, match=f"RBEE_WORKER_MAX_CONTEXT='{raw}' {said}"):
         settings.max_context()
+
+
+def test_the_spread_bounds_default_to_5_ms_and_100_mbps(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RBEE_SPREAD_MAX_RTT_MS", raising=False)
+    monkeypatch.delenv("RBEE_SPREAD_MIN_MBPS", raising=False)
+    assert settings.spread_bounds() == (5.0, 100.0)
+    monkeypatch.setenv("RBEE_SPREAD_MAX_RTT_MS", "20")
+    monkeypatch.setenv("RBEE_SPREAD_MIN_MBPS", "10")
+    assert settings.spread_bounds() == (20.0, 10.0)
+
+
+@pytest.mark.parametrize(("name", "raw", "said"), [("RBEE_SPREAD_MAX_RTT_MS", "0", "must be between 1 and 10000"),
+                                                   ("RBEE_SPREAD_MIN_MBPS", "fast", "is not a whole number")])
+def test_a_bad_spread_bound_is_named(monkeypatch: pytest.MonkeyPatch, name: str, raw: str, said: str) -> None:
+    monkeypatch.setenv(name, raw)
+    with pytest.raises(settings.SettingsError, match=f"{name}='{raw}' {said}"):
+        settings.spread_bounds()
