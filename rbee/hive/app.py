@@ -11,6 +11,8 @@ Inference never passes here; the queen talks to the workers directly with their 
     POST   /v1/hive/shares              ShareOpen -> ShareOpened: serve one model's files to one peer hive
     GET    /v1/hive/shares/{id}/files/{index}   a shared file (Range); the share's token, not the join token
     POST   /v1/hive/fetches             HiveFetch -> JobCreated: copy a model from a peer's share, as a job
+    POST   /v1/hive/channels            ChannelOpen -> ChannelInfo: one end of a spread's RPC channel
+    DELETE /v1/hive/channels/{id}       close it and its connections (rbee/hive/rpc_channel.py)
 
 The share file route is the only one the join token does not guard: rbee/hive/shares.py checks the
 share's own token and the peer's address there.
@@ -42,10 +44,12 @@ from rbee.contracts.catalog import HivePull
 from rbee.contracts.copies import HiveFetch, ShareOpen
 from rbee.contracts.hives import HostedWorker, ResolvedModel, ResolveModel, SpawnWorker
 from rbee.contracts.jobs import JobCreated, JobKind
+from rbee.contracts.spreads import ChannelOpen
 from rbee.hive import downloads, model_refs, shares
 from rbee.hive.config import HiveConfig
 from rbee.hive.models_file import CHECK_INTERVAL_S
 from rbee.hive.queen_link import QueenLink
+from rbee.hive.rpc_channel import ChannelRefused
 from rbee.hive.service import Hive, ModelUnavailable
 from rbee.hive.worker import WorkerStartError
 
@@ -231,6 +235,24 @@ async def remove_model(request: Request) -> Response:
     return JSONResponse(entry.model_dump(mode="json"))
 
 
+async def open_channel(request: Request) -> Response:
+    """One end of a spread's channel (the queen opens the helper's listen end first, then the main's dial end)."""
+    asked = await _parse(request, ChannelOpen)
+    try:
+        opened = await _hive(request).channels.open(asked, api_port=request.app.state.port)
+    except ChannelRefused as exc:
+        raise _Refusal(exc.status, str(exc), exc.code) from exc
+    return JSONResponse(opened.model_dump(mode="json"), status_code=201)
+
+
+async def close_channel(request: Request) -> Response:
+    closed = await _hive(request).channels.close(request.path_params["channel_id"])
+    if closed is None:
+        raise _Refusal(404, f"There is no channel '{request.path_params['channel_id'][:80]}' on this hive.",
+                       "not_found")
+    return JSONResponse(closed.model_dump(mode="json"))
+
+
 async def metrics(request: Request) -> Response:
     """Prometheus metrics of this hive: its workers, its memory, and its workers' own."""
     hive = _hive(request)
@@ -284,6 +306,8 @@ def create_app(config: HiveConfig, hive: Hive | None = None,
             Route("/v1/hive/shares", open_share, methods=["POST"]),
             Route("/v1/hive/shares/{share_id}/files/{index:int}", share_file, methods=["GET", "HEAD"]),
             Route("/v1/hive/fetches", start_fetch, methods=["POST"]),
+            Route("/v1/hive/channels", open_channel, methods=["POST"]),
+            Route("/v1/hive/channels/{channel_id}", close_channel, methods=["DELETE"]),
             Route("/metrics", metrics, methods=["GET"]),
         ],
         exception_handlers={_Refusal: _refused},
