@@ -57,4 +57,4 @@ class ChannelInfo(BaseModel):
     peer_port: int | None = Field(default=None, ge=1, le=65535)
     target_port: int | None = Field(default=None, ge=1, le=65535)
     connections: int = Field(default=0, ge=0, le=2**31)  # open now
-    refused: int = Field(default=0, ge=0, le=2**62)  # connections turned away (wrong address, certificate, ...)
+    refused: int = Field(default=0, ge=0, le=2**62)  # turned away after a handshake (address, target) or dial

@@ -6,9 +6,10 @@ helper hive it listens on 127.0.0.1 only and the hives carry its bytes between t
     main hive                                                    helper hive
     llama-server --rpc 127.0.0.1:P ──> dial end 127.0.0.1:P ══TLS══> listen end ADDR:Q ──> rpc-server 127.0.0.1:T
 
-* **listen** (helper): a TCP server on the hive's own address (ADDR; the port is the kernel's) that takes
-  connections from the dialer's address only, completes mutual TLS, and relays each connection to
-  127.0.0.1:T, a port that a process this hive started listens on, on loopback (its rpc-server).
+* **listen** (helper): a TLS server on the hive's own address (ADDR; the port is the kernel's) that completes
+  mutual TLS (a client without the pinned certificate fails the handshake there), then takes the connection
+  only from the dialer's address, and relays it to 127.0.0.1:T, a port that a process this hive started
+  listens on, on loopback (its rpc-server).
 * **dial** (main): a TCP server on 127.0.0.1 (the answer's port P) that relays each local connection over
   TLS to the listen end.
 
@@ -226,7 +227,11 @@ class Channel:
 
     async def start(self, host: str) -> int:
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(self._accepted, host, 0, backlog=MAX_CONNECTIONS)
+        if self.role == "listen":  # TLS from the first byte; connection_made sees the handshake's result
+            self.server = await loop.create_server(self._accepted, host, 0, backlog=MAX_CONNECTIONS, ssl=self.ctx,
+                                                   ssl_handshake_timeout=HANDSHAKE_S)
+        else:
+            self.server = await loop.create_server(self._accepted, host, 0, backlog=MAX_CONNECTIONS)
         port: int = self.server.sockets[0].getsockname()[1]
         return port
 
@@ -254,7 +259,12 @@ class Channel:
             return self.refuse(transport, f"already {MAX_CONNECTIONS} connections")
         if self.role == "listen" and not same_address(peer[0], self.asked.peer_address):
             return self.refuse(transport, f"not from the spread's peer {self.asked.peer_address}")
-        transport.pause_reading()  # nothing is read until the TLS handshake (listen) or the dial is done
+        if self.role == "listen":
+            try:
+                self._pinned(transport)
+            except ChannelRefused as exc:
+                return self.refuse(transport, str(exc))
+        transport.pause_reading()  # nothing is read until the target (listen) or the peer (dial) is reached
         self.connections.add(conn)
         task = asyncio.get_running_loop().create_task(self._relay(conn, transport), name=f"{self.id}-conn")
         self.tasks.add(task)
@@ -288,13 +298,6 @@ class Channel:
 
     async def _listen_side(self, conn: _Connection, transport: asyncio.Transport) -> None:
         loop = asyncio.get_running_loop()
-        tls = await loop.start_tls(transport, conn.first, self.ctx, server_side=True,
-                                   ssl_handshake_timeout=HANDSHAKE_S)
-        if tls is None:
-            raise ChannelRefused("the connection closed during the handshake")
-        conn.first.transport = tls
-        tls.set_write_buffer_limits(high=WRITE_BUFFER)
-        self._pinned(tls)
         port = self.asked.target_port
         assert port is not None
         if not await self.target_check(port):

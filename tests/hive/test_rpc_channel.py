@@ -44,7 +44,20 @@ def lan_address() -> str | None:
 
 
 LAN = lan_address() or ""
-pytestmark = pytest.mark.skipif(not LAN, reason="a channel runs between machines: this one has no LAN address")
+pytestmark = [
+    pytest.mark.skipif(not LAN, reason="a channel runs between machines: this one has no LAN address"),
+    # pytest-asyncio 1.x would have a hook in a conftest instead; >= 0.23 (pyproject) knows only this fixture
+    pytest.mark.filterwarnings("ignore:Overriding the \"event_loop_policy\" fixture:DeprecationWarning"),
+]
+
+
+@pytest.fixture(scope="module", params=["asyncio", "uvloop"])
+def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
+    """Each test on asyncio's own loop and on uvloop, which a hive runs under uvicorn (their transports differ)."""
+    if request.param == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        return uvloop.EventLoopPolicy()  # type: ignore[no-any-return]
+    return asyncio.DefaultEventLoopPolicy()
 
 
 @dataclass
@@ -204,7 +217,7 @@ async def only_a_legitimate_connection_reached(echo: Echo, dial_port: int) -> No
 
 async def test_a_third_party_cannot_complete_a_handshake_nor_reach_the_target(ends: Ends, echo: Echo,
                                                                              tmp_path: Path) -> None:
-    listen, dial, _, _ = await ends.spread(echo.port)
+    listen, dial, _, main = await ends.spread(echo.port)
     other_spread = Pair(*tls_ca.channel_pair("s2", "main"))
     await ends.open(ends.helper, listen_asked(Pair(*tls_ca.channel_pair("s2", "helper")), other_spread, echo.port,
                                               "s2"))
@@ -216,12 +229,13 @@ async def test_a_third_party_cannot_complete_a_handshake_nor_reach_the_target(en
         "a certificate of the cluster CA": await attack(listen.port, attacker_context(tmp_path, cluster_cert)),
         "the dialer's certificate of another spread": await attack(
             listen.port, attacker_context(tmp_path, (other_spread.cert, other_spread.key))),
-        "from another address": await attack(listen.port, attacker_context(tmp_path, None), source="127.0.0.1"),
+        "the right certificate from another address": await attack(
+            listen.port, attacker_context(tmp_path, (main.cert, main.key)), source="127.0.0.1"),
     }
     assert attempts == dict.fromkeys(attempts, b"")
     await only_a_legitimate_connection_reached(echo, dial.port)
     report = (await ends.call(ends.helper, "GET", "/v1/hive/report")).json()
-    assert next(c for c in report["channels"] if c["channel_id"] == listen.channel_id)["refused"] == 5
+    assert next(c for c in report["channels"] if c["channel_id"] == listen.channel_id)["refused"] == 1  # the last
 
 
 async def test_a_dial_end_relays_nothing_to_a_listener_without_the_pinned_certificate(ends: Ends) -> None:
