@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import statistics
@@ -61,15 +62,19 @@ def run_end() -> None:
         return True  # the benchmark's echo server is not this process's child
 
     async def serve() -> None:
+        logging.basicConfig(level=logging.INFO, format="end: %(message)s")
         channels = Channels(lan_address(), target_check=always)
         print((await channels.open(asked)).port, flush=True)
         await asyncio.Event().wait()
 
     try:
+        if os.environ.get("RBEE_BENCH_LOOP") == "asyncio":
+            raise ImportError
         import uvloop
-        uvloop.run(serve())
     except ImportError:
         asyncio.run(serve())
+    else:
+        uvloop.run(serve())
 
 
 @contextlib.contextmanager
@@ -122,7 +127,10 @@ def ping_pong(port: int, size: int, count: int) -> list[float]:
             sock.sendall(message)
             got = 0
             while got < size:
-                got += sock.recv_into(view[got:])
+                n = sock.recv_into(view[got:])
+                if not n:
+                    raise ConnectionError("the connection ended mid-message")
+                got += n
             if i >= 50:
                 times.append(time.perf_counter() - started)
     assert bytes(buffer) == message
@@ -142,7 +150,10 @@ def bulk(port: int, total: int) -> float:
         sender.start()
         got = 0
         while got < total:
-            got += sock.recv_into(buffer)
+            n = sock.recv_into(buffer)
+            if not n:
+                raise ConnectionError(f"the connection ended after {got} of {total} bytes")
+            got += n
         sender.join()
         return total / (time.perf_counter() - started) / 1e6
 

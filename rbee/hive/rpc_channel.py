@@ -114,6 +114,8 @@ class _Pipe(asyncio.Protocol):
         self.pending.append(data)  # the partner is still connecting (microseconds on loopback)
         self.pending_bytes += len(data)
         if self.pending_bytes > PENDING_MAX:
+            log.warning("channel %s: more than %d bytes came before the other side was reached; closed",
+                        self.conn.channel.id, PENDING_MAX)
             self.conn.close(abort=True)
 
     def eof_received(self) -> bool:
@@ -128,6 +130,9 @@ class _Pipe(asyncio.Protocol):
             self.partner.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None and not self.conn.closed:
+            log.info("channel %s: a connection's %s side failed: %s", self.conn.channel.id,
+                     "LAN" if self.lan else "loopback", str(exc)[:200] or type(exc).__name__)
         self.conn.close()
 
 
