@@ -196,6 +196,11 @@ def attacker_context(tmp: Path, pair: tuple[bytes, bytes] | None) -> ssl.SSLCont
     return ctx
 
 
+def tls12(ctx: ssl.SSLContext) -> ssl.SSLContext:
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
 async def attack(port: int, ctx: ssl.SSLContext | None, source: str = "") -> bytes:
     """Connect as a third party, send a request and read; what came back (nothing, if refused)."""
     try:
@@ -229,6 +234,8 @@ async def test_a_third_party_cannot_complete_a_handshake_nor_reach_the_target(en
         "a certificate of the cluster CA": await attack(listen.port, attacker_context(tmp_path, cluster_cert)),
         "the dialer's certificate of another spread": await attack(
             listen.port, attacker_context(tmp_path, (other_spread.cert, other_spread.key))),
+        "the right certificate over TLS 1.2": await attack(listen.port, tls12(attacker_context(tmp_path, (
+            main.cert, main.key)))),
         "the right certificate from another address": await attack(
             listen.port, attacker_context(tmp_path, (main.cert, main.key)), source="127.0.0.1"),
     }
