@@ -113,6 +113,8 @@ class _Pipe(asyncio.Protocol):
             return
         self.pending.append(data)  # the partner is still connecting (microseconds on loopback)
         self.pending_bytes += len(data)
+        if self.transport is not None:  # again: uvloop may start reading after connection_made paused it
+            self.transport.pause_reading()
         if self.pending_bytes > PENDING_MAX:
             log.warning("channel %s: more than %d bytes came before the other side was reached; closed",
                         self.conn.channel.id, PENDING_MAX)
@@ -151,8 +153,9 @@ class _Connection:
             held, pipe.pending, pipe.pending_bytes = pipe.pending, [], 0
             if held and pipe.partner is not None and pipe.partner.transport is not None:
                 pipe.partner.transport.write(b"".join(held))
-        if self.first.transport is not None:
-            self.first.transport.resume_reading()
+        for pipe in (self.first, self.second):
+            if pipe.transport is not None:
+                pipe.transport.resume_reading()
 
     def close(self, abort: bool = False) -> None:
         if self.closed:

@@ -374,3 +374,38 @@ async def test_killing_the_dial_ends_hive_closes_the_listen_ends_connections(end
         if proc.returncode is None:
             proc.kill()
         await proc.wait()
+
+
+async def test_a_client_that_sends_at_once_waits_for_the_peer_instead_of_being_buffered(ends: Ends, echo: Echo) -> None:
+    """llama-server writes as soon as it connects; the dial end reads none of it until the peer is reached
+    (uvloop may start reading after connection_made paused it: the channel pauses again)."""
+    listen, _, helper, main = await ends.spread(echo.port)
+    hello, release = asyncio.Event(), asyncio.Event()
+
+    async def held(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        first = await reader.read(1 << 16)  # the dial end's ClientHello, held until released
+        hello.set()
+        await release.wait()
+        up_reader, up_writer = await asyncio.open_connection(LAN, listen.port)
+        up_writer.write(first)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await src.read(1 << 18):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    stall = await asyncio.start_server(held, LAN, 0)
+    dial = await ends.open(ends.main, ChannelOpen(
+        role="dial", spread="s1", certificate=main.cert.decode(), key=main.key.decode(),
+        peer_certificate=helper.cert.decode(), peer_address=LAN, peer_port=stall.sockets[0].getsockname()[1]))
+    payload = os.urandom(24 << 20)  # far more than the channel holds for a side that is not joined yet
+    reader, writer = await asyncio.open_connection("127.0.0.1", dial.port)
+    writer.write(payload)
+    await asyncio.wait_for(hello.wait(), 15)
+    release.set()
+    assert await asyncio.wait_for(reader.readexactly(len(payload)), 60) == payload
+    writer.close()
+    stall.close()
