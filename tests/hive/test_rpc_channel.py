@@ -409,3 +409,14 @@ async def test_a_client_that_sends_at_once_waits_for_the_peer_instead_of_being_b
     assert await asyncio.wait_for(reader.readexactly(len(payload)), 60) == payload
     writer.close()
     stall.close()
+
+
+async def test_a_listen_end_whose_rpc_server_is_gone_refuses_and_its_port_is_not_relayed_again(ends: Ends) -> None:
+    async with echo_server() as gone:
+        listen, dial, _, _ = await ends.spread(gone.port)
+    with contextlib.suppress(ConnectionError):  # the target is checked again for each connection
+        reader, writer = await asyncio.open_connection("127.0.0.1", dial.port)
+        writer.write(b"graph")
+        assert await asyncio.wait_for(reader.read(), 15) == b""
+    report = (await ends.call(ends.helper, "GET", "/v1/hive/report")).json()
+    assert next(c for c in report["channels"] if c["channel_id"] == listen.channel_id)["refused"] == 1
