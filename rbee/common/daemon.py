@@ -26,6 +26,19 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def same_address(a: str, b: str) -> bool:
+    """Whether two IP literals name one address (an IPv4 address and its IPv6-mapped form do)."""
+    try:
+        first, second = ipaddress.ip_address(a), ipaddress.ip_address(b)
+    except ValueError:
+        return False
+    if isinstance(first, ipaddress.IPv6Address) and first.ipv4_mapped:
+        first = first.ipv4_mapped
+    if isinstance(second, ipaddress.IPv6Address) and second.ipv4_mapped:
+        second = second.ipv4_mapped
+    return first == second
+
+
 def check_port_free(host: str, port: int) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

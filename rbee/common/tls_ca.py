@@ -113,3 +113,22 @@ def issue_queen_cert(extra: list[str] | None = None, folder: Path | None = None)
     paths.write_private(folder / "queen.key", key)
     (folder / "queen.pem").write_bytes(cert)
     return folder / "queen.pem"
+
+
+def channel_pair(spread: str, end: str, days: int = 30) -> tuple[bytes, bytes]:
+    """A self-signed certificate (PEM) and its key (PEM) for one end of a spread's RPC channel (see
+    rbee/hive/rpc_channel.py). No CA signs it: the other end pins this exact certificate, so it works the
+    same whether the cluster has a CA or not, and it opens nothing but that spread's channel."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"rbee channel {spread} {end}"[:64])])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                       critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)

@@ -27,6 +27,7 @@ from rbee.contracts.bounds import (
     Text,
 )
 from rbee.contracts.models import ALIAS_PATTERN, ModelEntry
+from rbee.contracts.spreads import ChannelInfo
 from rbee.contracts.status import EngineInfo
 from rbee.contracts.workers import WorkerInfo, WorkerMode
 
@@ -74,6 +75,7 @@ class HiveReport(BaseModel):
     models: list[ModelEntry] = Field(default=[], max_length=MAX_MODELS)
     workers: list[HostedWorker] = Field(default=[], max_length=MAX_WORKERS)
     models_free_bytes: Bytes | None = None  # free disk under its models folder
+    channels: list[ChannelInfo] = Field(default=[], max_length=64)  # its ends of spreads' RPC channels
 
 
 class HiveAck(BaseModel):

@@ -14,6 +14,8 @@ Inference never passes here; the queen talks to the workers directly with their 
     POST   /v1/hive/links/echoes        EchoOpen -> EchoOpened: answer one peer hive's link measure for a while
     POST   /v1/hive/links/echo/{id}     an echo (a bounded body, dropped); the echo's token, not the join token
     POST   /v1/hive/links/measure       LinkMeasure -> LinkMeasured: measure the link to a peer hive's echo
+    POST   /v1/hive/channels            ChannelOpen -> ChannelInfo: one end of a spread's RPC channel
+    DELETE /v1/hive/channels/{id}       close it and its connections (rbee/hive/rpc_channel.py)
 
 The share file and echo routes are the only ones the join token does not guard: rbee/hive/shares.py and
 rbee/hive/links.py check their own tokens and the peer's address there.
@@ -46,10 +48,12 @@ from rbee.contracts.copies import HiveFetch, ShareOpen
 from rbee.contracts.hives import HostedWorker, ResolvedModel, ResolveModel, SpawnWorker
 from rbee.contracts.jobs import JobCreated, JobKind
 from rbee.contracts.spread_plans import EchoOpen, LinkMeasure
+from rbee.contracts.spreads import ChannelOpen
 from rbee.hive import downloads, links, model_refs, shares
 from rbee.hive.config import HiveConfig
 from rbee.hive.models_file import CHECK_INTERVAL_S
 from rbee.hive.queen_link import QueenLink
+from rbee.hive.rpc_channel import ChannelRefused
 from rbee.hive.service import Hive, ModelUnavailable
 from rbee.hive.worker import WorkerStartError
 
@@ -263,6 +267,24 @@ async def remove_model(request: Request) -> Response:
     return JSONResponse(entry.model_dump(mode="json"))
 
 
+async def open_channel(request: Request) -> Response:
+    """One end of a spread's channel (the queen opens the helper's listen end first, then the main's dial end)."""
+    asked = await _parse(request, ChannelOpen)
+    try:
+        opened = await _hive(request).channels.open(asked, api_port=request.app.state.port)
+    except ChannelRefused as exc:
+        raise _Refusal(exc.status, str(exc), exc.code) from exc
+    return JSONResponse(opened.model_dump(mode="json"), status_code=201)
+
+
+async def close_channel(request: Request) -> Response:
+    closed = await _hive(request).channels.close(request.path_params["channel_id"])
+    if closed is None:
+        raise _Refusal(404, f"There is no channel '{request.path_params['channel_id'][:80]}' on this hive.",
+                       "not_found")
+    return JSONResponse(closed.model_dump(mode="json"))
+
+
 async def metrics(request: Request) -> Response:
     """Prometheus metrics of this hive: its workers, its memory, and its workers' own."""
     hive = _hive(request)
@@ -319,6 +341,8 @@ def create_app(config: HiveConfig, hive: Hive | None = None,
             Route("/v1/hive/links/echoes", open_echo, methods=["POST"]),
             Route("/v1/hive/links/echo/{echo_id}", echo, methods=["POST"]),
             Route("/v1/hive/links/measure", measure_link, methods=["POST"]),
+            Route("/v1/hive/channels", open_channel, methods=["POST"]),
+            Route("/v1/hive/channels/{channel_id}", close_channel, methods=["DELETE"]),
             Route("/metrics", metrics, methods=["GET"]),
         ],
         exception_handlers={_Refusal: _refused},

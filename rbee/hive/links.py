@@ -40,6 +40,7 @@ from pydantic import SecretStr
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from rbee.common.daemon import same_address
 from rbee.common.error_responses import error_response
 from rbee.common.hop import HOP
 from rbee.contracts.spread_plans import (
@@ -50,7 +51,6 @@ from rbee.contracts.spread_plans import (
     LinkMeasure,
     LinkMeasured,
 )
-from rbee.hive.shares import same_address
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from rbee.contracts.hives import DeviceInfo, HiveReport, HiveState, HiveStatus, 
 from rbee.contracts.models import DEMO_MODEL, MemoryNeed, ModelDetail, ModelEntry
 from rbee.contracts.status import EngineInfo, HiveInfo
 from rbee.contracts.workers import WorkerMode, WorkerState
-from rbee.hive import devices, downloads, engine, model_refs, peer_fetch, shares
+from rbee.hive import devices, downloads, engine, model_refs, peer_fetch, rpc_channel, shares
 from rbee.hive.catalog import Catalog, describe_file
 from rbee.hive.engine_sources import SOURCES
 from rbee.hive.estimate import OVERHEAD, estimate, fitting_context
@@ -97,6 +97,7 @@ class Hive:
         self._engine_for: dict[str, Path] = {}  # device id -> the build that drives it
         self._watch: asyncio.Task[None] | None = None
         self.shares = shares.Shares()  # what it serves to peers: the hive app's route, or the queen's for its own
+        self.channels = rpc_channel.Channels(address, self._channel_target)  # spreads' RPC traffic (/v1/hive/channels)
 
     async def start(self) -> None:
         await self.refresh_devices()
@@ -111,7 +112,12 @@ class Hive:
     async def close(self) -> None:
         if self._watch is not None:
             self._watch.cancel()
+        await self.channels.close_all()
         await self.supervisor.stop_all()
+
+    async def _channel_target(self, port: int) -> bool:
+        """A listen channel's target: a loopback port of a process this hive started, not one of its workers."""
+        return port not in {w.port for w in self.supervisor.workers()} and await rpc_channel.started_here(port)
 
     async def refresh_devices(self) -> list[DeviceInfo]:
         """Detect the devices again: each engine build's list once per build, live figures every time."""
@@ -396,6 +402,7 @@ class Hive:
             models_free_bytes=await asyncio.to_thread(downloads.free_bytes, settings.models_dir()),
             workers=[HostedWorker(info=w.info(), api_key=w.api_key, entry=w.spec.model)
                      for w in self.supervisor.workers()],
+            channels=self.channels.infos(),
         )
 
     def worker_shape(self, name: str, given: WorkerShape | None = None) -> tuple[int | None, int]:

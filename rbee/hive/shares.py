@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import ipaddress
 import logging
 import secrets
 import time
@@ -31,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
 from rbee.common import settings
+from rbee.common.daemon import same_address
 from rbee.common.error_responses import error_response
 from rbee.common.jobs import JobFailed
 from rbee.contracts.copies import ShareFile, ShareOpen, ShareOpened
@@ -60,16 +60,6 @@ class Share:
 
 def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
-
-
-def same_address(a: str, b: str) -> bool:
-    try:
-        x, y = ipaddress.ip_address(a), ipaddress.ip_address(b)
-    except ValueError:
-        return False
-    x = x.ipv4_mapped or x if isinstance(x, ipaddress.IPv6Address) else x
-    y = y.ipv4_mapped or y if isinstance(y, ipaddress.IPv6Address) else y
-    return x == y
 
 
 def shared_files(entry: ModelEntry, models: Path) -> list[tuple[Path, str]]:

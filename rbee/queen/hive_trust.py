@@ -16,10 +16,10 @@ These functions are pure: the route turns their errors into answers, and logs th
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Sequence
 
+from rbee.common.daemon import same_address
 from rbee.contracts.hives import HiveReport, HostedWorker
 from rbee.contracts.models import ModelEntry
 from rbee.queen.errors import InvalidRequest, QueenError
@@ -32,19 +32,6 @@ class ReportRefused(QueenError):
 
     status = 403
     code = "hive_report_refused"
-
-
-def same_address(a: str, b: str) -> bool:
-    """Whether two IP literals name one address (an IPv4 address and its IPv6-mapped form do)."""
-    try:
-        first, second = ipaddress.ip_address(a), ipaddress.ip_address(b)
-    except ValueError:
-        return False
-    if isinstance(first, ipaddress.IPv6Address) and first.ipv4_mapped:
-        first = first.ipv4_mapped
-    if isinstance(second, ipaddress.IPv6Address) and second.ipv4_mapped:
-        second = second.ipv4_mapped
-    return first == second
 
 
 def check_origin(report: HiveReport, peer: str, enrolled: str | None) -> None:

@@ -8,12 +8,13 @@ import math
 import pytest
 from pydantic import ValidationError
 
+from rbee.common.daemon import same_address
 from rbee.contracts.hives import HiveReport, HostedWorker
 from rbee.contracts.models import ModelEntry
 from rbee.contracts.status import EngineInfo
 from rbee.contracts.workers import WorkerInfo, WorkerState
 from rbee.queen.errors import InvalidRequest
-from rbee.queen.hive_trust import ReportRefused, check_origin, check_tls, same_address, trusted_workers
+from rbee.queen.hive_trust import ReportRefused, check_origin, check_tls, trusted_workers
 
 ENTRY = ModelEntry(name="tiny", path="/m/tiny.gguf", size_bytes=1, added_at=0.0)
 
