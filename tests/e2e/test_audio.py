@@ -297,6 +297,15 @@ def test_keys_scopes_and_deadlines_apply_to_audio(make_queen: Callable[..., Quee
     usage = {r["name"]: r for r in rows if r["model"] == MODEL}
     assert (usage["ears"]["requests"], usage["ears"]["errors"]) == (2, 1)  # the 504 counts, its audio does not
     assert usage["ears"]["audio_seconds"] == pytest.approx(0.5)
+    # A second of audio counts as AUDIO_TOKENS_PER_SECOND (10) tokens against the key's tpm: 6 s are 60 > 50.
+    budget = queen.cli("key", "create", "--name", "budget", "--models", MODEL, "--tpm", "50", check=True).stdout.strip()
+    heard = httpx.post(f"{queen.url}/v1/audio/transcriptions", data={"model": MODEL}, timeout=120,
+                       files={"file": ("a.wav", tone_wav(6.0))}, headers={"Authorization": f"Bearer {budget}"})
+    assert heard.status_code == 200, heard.text
+    over = _error(as_key(budget), 429)
+    assert over["type"] == "rate_limit_error" and over["code"] == "rate_limit_exceeded"
+    assert "50 tokens per minute" in over["message"]
+    assert as_key(allowed).status_code == 200  # another key's budget is its own
 
 
 def test_a_web_page_cannot_upload_to_a_keyless_queen(queen: Queen, speech: dict[str, object]) -> None:
