@@ -11,9 +11,10 @@ Inference never passes here; the queen talks to the workers directly with their 
     POST   /v1/hive/shares              ShareOpen -> ShareOpened: serve one model's files to one peer hive
     GET    /v1/hive/shares/{id}/files/{index}   a shared file (Range); the share's token, not the join token
     POST   /v1/hive/fetches             HiveFetch -> JobCreated: copy a model from a peer's share, as a job
+    ANY    /v1/workers/{id}/engine/{path}   a fronted worker's engine (whisper-server), on loopback behind it
 
-The share file route is the only one the join token does not guard: rbee/hive/shares.py checks the
-share's own token and the peer's address there.
+Two routes are not guarded by the join token alone: rbee/hive/shares.py checks a share's own token and the
+peer's address on the share file route, and rbee/hive/front.py takes the worker's key (or the join token).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from rbee.contracts.catalog import HivePull
 from rbee.contracts.copies import HiveFetch, ShareOpen
 from rbee.contracts.hives import HostedWorker, ResolvedModel, ResolveModel, SpawnWorker
 from rbee.contracts.jobs import JobCreated, JobKind
-from rbee.hive import downloads, model_refs, shares
+from rbee.hive import downloads, front, model_refs, shares
 from rbee.hive.config import HiveConfig
 from rbee.hive.models_file import CHECK_INTERVAL_S
 from rbee.hive.queen_link import QueenLink
@@ -55,6 +56,7 @@ M = TypeVar("M", bound=BaseModel)
 
 
 _SHARE_FILE = re.compile(shares.FILE_ROUTE)
+_FRONT = re.compile(front.ROUTE)
 
 
 class TokenGuard:
@@ -67,7 +69,7 @@ class TokenGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         share_file = scope["type"] == "http" and scope["method"] in ("GET", "HEAD") and \
             _SHARE_FILE.fullmatch(scope["path"])
-        if scope["type"] == "http" and not share_file:
+        if scope["type"] == "http" and not share_file and not _FRONT.fullmatch(scope["path"]):
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self._expected):
                 client = scope.get("client") or ("?", 0)
@@ -240,6 +242,11 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(registry) + engines.encode(), media_type=CONTENT_TYPE_LATEST)
 
 
+async def engine(request: Request) -> Response:
+    engine_front: front.EngineFront = request.app.state.front
+    return await engine_front.serve(request)
+
+
 async def stop(request: Request) -> Response:
     worker = await _hive(request).supervisor.stop(request.path_params["worker_id"])
     if worker is None:
@@ -250,8 +257,10 @@ async def stop(request: Request) -> Response:
 def create_app(config: HiveConfig, hive: Hive | None = None,
                on_shutdown: Callable[[], None] | None = None) -> Starlette:
     hive = hive or Hive(config.alias, address=config.address, tls=config.tls_files())
+    hive.front = front.hive_url(config.address, config.port, config.tls)
     link = QueenLink(hive, config)
     jobs = JobRunner()
+    engine_front = front.EngineFront(config.token)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -267,6 +276,7 @@ def create_app(config: HiveConfig, hive: Hive | None = None,
             await asyncio.gather(*tasks, return_exceptions=True)
             await jobs.close()
             await hive.close()
+            await engine_front.close()
             if on_shutdown:
                 on_shutdown()
 
@@ -285,6 +295,8 @@ def create_app(config: HiveConfig, hive: Hive | None = None,
             Route("/v1/hive/shares/{share_id}/files/{index:int}", share_file, methods=["GET", "HEAD"]),
             Route("/v1/hive/fetches", start_fetch, methods=["POST"]),
             Route("/metrics", metrics, methods=["GET"]),
+            Route("/v1/workers/{worker_id}/engine{path:path}", engine,
+                  methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]),
         ],
         exception_handlers={_Refusal: _refused},
         lifespan=lifespan,
@@ -294,5 +306,6 @@ def create_app(config: HiveConfig, hive: Hive | None = None,
     app.state.port = config.port
     app.state.link = link
     app.state.jobs = jobs
+    app.state.front = engine_front
     app.state.queen_url = config.queen_url.rstrip("/")
     return app
