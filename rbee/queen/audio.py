@@ -59,14 +59,24 @@ _BITRATES = {
 _RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}  # by version bits
 
 
-def _mp3_frame(data: bytes, pos: int) -> tuple[int, int, int, int] | None:
-    """(frame length in bytes, samples in it, sample rate, side-info size) of the frame header at `pos`."""
+def _mp3_fields(data: bytes, pos: int) -> tuple[int, int, int, int] | None:
+    """(version bits, layer, bit-rate index, sample-rate index) of a frame header at `pos`; None for anything
+    that is not one (no sync, a reserved version or layer, free format, a bad index)."""
     if pos + 4 > len(data) or data[pos] != 0xFF or data[pos + 1] & 0xE0 != 0xE0:
         return None
     version, layer = (data[pos + 1] >> 3) & 3, 4 - ((data[pos + 1] >> 1) & 3)  # layer bits 01 = III
     index, rate_index = data[pos + 2] >> 4, (data[pos + 2] >> 2) & 3
-    if version == 1 or layer == 4 or index in (0, 15) or rate_index == 3:  # reserved, free format, bad
+    if version == 1 or layer == 4 or index in (0, 15) or rate_index == 3:
         return None
+    return version, layer, index, rate_index
+
+
+def _mp3_frame(data: bytes, pos: int) -> tuple[int, int, int, int] | None:
+    """(frame length in bytes, samples in it, sample rate, side-info size) of the frame header at `pos`."""
+    fields = _mp3_fields(data, pos)
+    if fields is None:
+        return None
+    version, layer, index, rate_index = fields
     mpeg1, padding, mono = version == 3, (data[pos + 2] >> 1) & 1, data[pos + 3] >> 6 == 3
     bitrate = _BITRATES[(1 if mpeg1 else 2, min(layer, 2) if not mpeg1 else layer)][index - 1] * 1000
     rate = _RATES[version][rate_index]

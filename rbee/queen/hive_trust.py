@@ -91,18 +91,23 @@ def trusted_worker(report: HiveReport, hosted: HostedWorker,
                              "which is not in its catalog", param="workers")
     if info.url is None:
         return hosted
-    match = _WORKER_URL.match(info.url)
+    return hosted.model_copy(update={"info": info.model_copy(update={"url": _rebuilt_url(report, info.id, info.url)})})
+
+
+def _rebuilt_url(report: HiveReport, worker_id: str, given: str) -> str:
+    """(4) The URL the queen uses for worker `worker_id`, which the report places at `given`, built from
+    validated parts; an InvalidRequest for a place that is not this hive's own."""
+    match = _WORKER_URL.match(given)
     expected = worker_url(report, 1).rsplit(":", 1)[0]
     if (match is None or match["scheme"] != ("https" if report.tls else "http")
             or not same_address(match["host"].strip("[]"), report.address) or not 0 < int(match["port"]) < 65536):
-        raise InvalidRequest(f"hive '{report.alias}' reports worker {info.id} at {info.url[:80]!r}, not on its "
+        raise InvalidRequest(f"hive '{report.alias}' reports worker {worker_id} at {given[:80]!r}, not on its "
                              f"own address ({expected}:PORT)", param="workers")
     fronted = match["path"] is not None
-    if fronted and (match["path"] != front_path(info.id) or int(match["port"]) != report.port):
-        raise InvalidRequest(f"hive '{report.alias}' reports worker {info.id} at {info.url[:80]!r}: a worker it "
-                             f"fronts is at {expected}:{report.port}{front_path(info.id)}", param="workers")
-    url = worker_url(report, int(match["port"])) + (front_path(info.id) if fronted else "")
-    return hosted.model_copy(update={"info": info.model_copy(update={"url": url})})
+    if fronted and (match["path"] != front_path(worker_id) or int(match["port"]) != report.port):
+        raise InvalidRequest(f"hive '{report.alias}' reports worker {worker_id} at {given[:80]!r}: a worker it "
+                             f"fronts is at {expected}:{report.port}{front_path(worker_id)}", param="workers")
+    return worker_url(report, int(match["port"])) + (front_path(worker_id) if fronted else "")
 
 
 def trusted_workers(report: HiveReport) -> list[HostedWorker]:
