@@ -122,6 +122,17 @@ def test_usage_counts_the_seconds_of_audio(queen: Queen, speech: dict[str, objec
     assert wait_for(lambda: _audio_seconds(queen) >= before + 1.99, 10)
 
 
+@pytest.mark.skipif(shutil.which("lame") is None, reason="needs lame (Debian's `lame`; .ci/run installs it)")
+def test_usage_counts_the_seconds_of_an_mp3(queen: Queen, speech: dict[str, object], tmp_path: Path) -> None:
+    (tmp_path / "a.wav").write_bytes(tone_wav(3.0))
+    subprocess.run(["lame", "--quiet", "-V", "5", str(tmp_path / "a.wav"), str(tmp_path / "a.mp3")], check=True)
+    before = _audio_seconds(queen)
+    heard = transcribe(queen, (tmp_path / "a.mp3").read_bytes(), filename="a.mp3")
+    assert heard.status_code == 200, heard.text  # whisper-server decodes MP3 itself
+    assert wait_for(lambda: _audio_seconds(queen) >= before + 3.0, 10)
+    assert _audio_seconds(queen) < before + 3.2  # lame's padding, not a guess
+
+
 def _audio_seconds(queen: Queen) -> float:
     rows = httpx.get(f"{queen.url}/v1/usage", timeout=10).json()
     return sum(r["audio_seconds"] for r in rows if r["model"] == MODEL)
