@@ -74,6 +74,12 @@ def memory_held(device: str, memory: int, weights: Sequence[int] = ()) -> dict[s
     return held
 
 
+def front_path(worker_id: str) -> str:
+    """Where a hive serves a worker whose engine has no key or TLS of its own (rbee/hive/front.py): the path
+    of that worker's URL on the hive's own port."""
+    return f"/v1/workers/{worker_id}/engine"
+
+
 class WorkerInfo(BaseModel):
     """A worker as its hive (or the queen) shows it; bounded, since remote hives report these."""
 

@@ -16,9 +16,11 @@ Inference never passes here; the queen talks to the workers directly with their 
     POST   /v1/hive/links/measure       LinkMeasure -> LinkMeasured: measure the link to a peer hive's echo
     POST   /v1/hive/channels            ChannelOpen -> ChannelInfo: one end of a spread's RPC channel
     DELETE /v1/hive/channels/{id}       close it and its connections (rbee/hive/rpc_channel.py)
+    ANY    /v1/workers/{id}/engine/{path}   a fronted worker's engine (whisper-server), on loopback behind it
 
-The share file and echo routes are the only ones the join token does not guard: rbee/hive/shares.py and
-rbee/hive/links.py check their own tokens and the peer's address there.
+Three routes are not guarded by the join token alone: rbee/hive/shares.py checks a share's own token and the
+peer's address on the share file route, rbee/hive/links.py an echo's token and peer on the echo route, and
+rbee/hive/front.py takes the worker's key (or the join token).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from rbee.contracts.hives import HostedWorker, ResolvedModel, ResolveModel, Spaw
 from rbee.contracts.jobs import JobCreated, JobKind
 from rbee.contracts.spread_plans import EchoOpen, LinkMeasure
 from rbee.contracts.spreads import ChannelOpen
-from rbee.hive import downloads, links, model_refs, shares
+from rbee.hive import downloads, front, links, model_refs, shares
 from rbee.hive.config import HiveConfig
 from rbee.hive.models_file import CHECK_INTERVAL_S
 from rbee.hive.queen_link import QueenLink
@@ -64,6 +66,7 @@ M = TypeVar("M", bound=BaseModel)
 
 _SHARE_FILE = re.compile(shares.FILE_ROUTE)
 _ECHO = re.compile(links.ECHO_ROUTE)
+_FRONT = re.compile(front.ROUTE)
 
 
 class TokenGuard:
@@ -77,7 +80,7 @@ class TokenGuard:
         share_file = scope["type"] == "http" and scope["method"] in ("GET", "HEAD") and \
             _SHARE_FILE.fullmatch(scope["path"])
         echo = scope["type"] == "http" and scope["method"] == "POST" and _ECHO.fullmatch(scope["path"])
-        if scope["type"] == "http" and not share_file and not echo:
+        if scope["type"] == "http" and not share_file and not echo and not _FRONT.fullmatch(scope["path"]):
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self._expected):
                 client = scope.get("client") or ("?", 0)
@@ -294,6 +297,11 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(registry) + engines.encode(), media_type=CONTENT_TYPE_LATEST)
 
 
+async def engine(request: Request) -> Response:
+    engine_front: front.EngineFront = request.app.state.front
+    return await engine_front.serve(request)
+
+
 async def stop(request: Request) -> Response:
     worker = await _hive(request).supervisor.stop(request.path_params["worker_id"])
     if worker is None:
@@ -304,8 +312,10 @@ async def stop(request: Request) -> Response:
 def create_app(config: HiveConfig, hive: Hive | None = None,
                on_shutdown: Callable[[], None] | None = None) -> Starlette:
     hive = hive or Hive(config.alias, address=config.address, tls=config.tls_files())
+    hive.front = front.hive_url(config.address, config.port, config.tls)
     link = QueenLink(hive, config)
     jobs = JobRunner()
+    engine_front = front.EngineFront(config.token)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -321,6 +331,7 @@ def create_app(config: HiveConfig, hive: Hive | None = None,
             await asyncio.gather(*tasks, return_exceptions=True)
             await jobs.close()
             await hive.close()
+            await engine_front.close()
             if on_shutdown:
                 on_shutdown()
 
@@ -344,6 +355,8 @@ def create_app(config: HiveConfig, hive: Hive | None = None,
             Route("/v1/hive/channels", open_channel, methods=["POST"]),
             Route("/v1/hive/channels/{channel_id}", close_channel, methods=["DELETE"]),
             Route("/metrics", metrics, methods=["GET"]),
+            Route("/v1/workers/{worker_id}/engine{path:path}", engine,
+                  methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]),
         ],
         exception_handlers={_Refusal: _refused},
         lifespan=lifespan,
@@ -354,5 +367,6 @@ def create_app(config: HiveConfig, hive: Hive | None = None,
     app.state.link = link
     app.state.jobs = jobs
     app.state.echoes = links.Echoes()
+    app.state.front = engine_front
     app.state.queen_url = config.queen_url.rstrip("/")
     return app

@@ -8,6 +8,7 @@
     models_dir = "/data/models"              # optional
     memory_budget = "24GiB"                  # optional
     tls = true                               # optional: HTTPS with ~/.config/rbee/tls/{hive.pem,hive.key,ca.pem}
+    worker_threads = 4                       # optional: threads per worker (hives.conf's WorkerThreads)
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class HiveConfig:
     models_dir: str | None = None
     memory_budget: str | None = None
     tls: bool = False
+    worker_threads: int | None = None
 
     def tls_files(self) -> TLSFiles | None:
         folder = paths.tls_dir()
@@ -55,6 +57,8 @@ class HiveConfig:
             os.environ["RBEE_MODELS_DIR"] = self.models_dir
         if self.memory_budget:
             os.environ["RBEE_MEMORY_BUDGET"] = self.memory_budget
+        if self.worker_threads:
+            os.environ["RBEE_WORKER_THREADS"] = str(self.worker_threads)
 
 
 def _toml_value(value: object) -> str:

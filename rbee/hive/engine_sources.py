@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rbee.contracts.workers import WorkerMode
+
 
 @dataclass(frozen=True)
 class EngineSource:
@@ -27,6 +29,9 @@ class EngineSource:
     binary: str
     flags: tuple[str, ...]
     env: str
+    # No API key and no TLS of its own: it listens on 127.0.0.1 only, and a remote hive serves it through its
+    # own API (rbee/hive/front.py), which has both.
+    fronted: bool = False
 
 
 # Never -DGGML_NATIVE=ON: a native build on CPUs that report AMX dies with SIGILL.
@@ -48,7 +53,7 @@ LLAMA = EngineSource(
 
 WHISPER = EngineSource(
     name="whisper", project="whisper.cpp", package="pywhispercpp", version="1.5.1", vendored="whisper.cpp",
-    binary="whisper-server", env="RBEE_WHISPER_SERVER",
+    binary="whisper-server", env="RBEE_WHISPER_SERVER", fronted=True,
     flags=(
         "-DCMAKE_BUILD_TYPE=Release",
         "-DGGML_NATIVE=OFF",
@@ -63,3 +68,8 @@ WHISPER = EngineSource(
 )
 
 SOURCES = {s.name: s for s in (LLAMA, WHISPER)}
+
+
+def source_for(mode: WorkerMode) -> EngineSource:
+    """The engine a worker of `mode` runs."""
+    return WHISPER if mode is WorkerMode.TRANSCRIBE else LLAMA

@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 
 from rbee.common import logs, paths, settings, supervise, tls
+from rbee.common.daemon import is_loopback
 from rbee.common.jobs import Emit, JobFailed
 from rbee.common.tls import TLSFiles
 from rbee.common.version import current as current_version
@@ -28,7 +29,7 @@ from rbee.contracts.status import EngineInfo, HiveInfo
 from rbee.contracts.workers import WorkerMode, WorkerState
 from rbee.hive import devices, downloads, engine, model_refs, peer_fetch, rpc_channel, shares
 from rbee.hive.catalog import Catalog, describe_file
-from rbee.hive.engine_sources import SOURCES
+from rbee.hive.engine_sources import SOURCES, EngineSource, source_for
 from rbee.hive.estimate import OVERHEAD, estimate, fitting_context
 from rbee.hive.gguf_info import GGUFSummary, NotAGGUFError, read_summary
 from rbee.hive.speech import speech_device, speech_engine
@@ -86,6 +87,7 @@ class Hive:
         self.alias = alias
         self.address = address  # where its workers listen: loopback, or the LAN address of a remote hive
         self.tls = tls  # a remote hive with TLS: its workers speak HTTPS with its certificate
+        self.front: str | None = None  # its API's URL (a remote hive's app sets it): fronted engines are served there
         state = paths.private_dir(state or paths.state_dir())  # catalog, workers' logs: 700 down from here
         self.catalog = Catalog(state / "hive" / "catalog.sqlite")
         self.supervisor = Supervisor(alias, state / "hive" / "workers")
@@ -446,21 +448,33 @@ class Hive:
         summary = await self.summary(model)
         return estimate(summary, model.size_bytes, *await self.shape(model, shape)).total
 
+    def front_for(self, source: EngineSource) -> str | None:
+        """Where this hive serves an engine of `source` when it needs a front (no key or TLS of its own): its
+        API; None when it needs none, or runs on the queen's own hive (reached on loopback); `JobFailed` when
+        its workers listen beyond loopback and nothing fronts them."""
+        if not source.fronted or (self.front is None and is_loopback(self.address)):
+            return None
+        if self.front is None:
+            raise JobFailed(f"{source.binary} takes no API key, and hive '{self.alias}' serves its workers at "
+                            f"{self.address} with no front for it")
+        return self.front
+
     async def spawn_worker(self, model: ModelEntry, mode: WorkerMode, memory: int = 0,
                            shape: WorkerShape | None = None, device: str | None = None) -> WorkerProcess:
         info = await self.engine()
-        speech = await speech_engine(self.alias, self.address) if mode is WorkerMode.TRANSCRIBE else None
+        speech = await speech_engine() if mode is WorkerMode.TRANSCRIBE else None
         if speech is None and (info.path is None or info.problem):
             raise JobFailed(info.problem or "no engine")
         if speech is not None:
             device = await speech_device(speech, device)
+        front = self.front_for(source_for(mode))
         context, slots = await self.shape(model, shape)
         on = self.devices_for(device, memory)
         memory += OVERHEAD * (len(on) - 1)  # each GPU it spreads over holds a runtime of its own
         spec = WorkerSpec(
             model=model, mode=mode, engine=speech or self._engine_for.get(on[0].id, Path(info.path or "")),
-            slots=slots,
-            context_per_slot=context, threads=settings.worker_threads(), host=self.address, tls=self.tls,
+            slots=slots, front=front, context_per_slot=context, threads=settings.worker_threads(),
+            host="127.0.0.1" if front else self.address, tls=None if front else self.tls,
             device="+".join(d.id for d in on), engine_device=",".join(d.engine_name or "" for d in on) or None,
             tensor_split=tuple(d.total_bytes // 2**20 for d in on) if len(on) > 1 else (),
         )

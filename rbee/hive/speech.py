@@ -1,7 +1,7 @@
-"""Which whisper-server a speech worker runs, and where (mechanism for service.Hive.spawn_worker).
+"""Which whisper-server a speech worker runs, and on which device (mechanism for service.Hive.spawn_worker).
 
-whisper-server takes no API key, so a speech worker runs only on a hive whose workers listen on loopback
-(this machine's queen reaches it there; a hive's LAN address would expose it unguarded). The binary is
+whisper-server takes no API key, so it listens on loopback only: the queen's own hive is reached there, and a
+remote hive serves it through its front (rbee/hive/front.py; WHISPER is `fronted`). The binary is
 RBEE_WHISPER_SERVER, one on PATH, or rbee's build for the main engine's backend, else any build rbee made;
 rbee's CPU build drives no GPU, so its worker goes on the CPU device whatever the placement preferred.
 """
@@ -9,7 +9,6 @@ rbee's CPU build drives no GPU, so its worker goes on the CPU device whatever th
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 from pathlib import Path
 
 from rbee.common.jobs import JobFailed
@@ -17,19 +16,8 @@ from rbee.hive import engine
 from rbee.hive.engine_sources import WHISPER
 
 
-def is_loopback(address: str) -> bool:
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return address == "localhost"
-
-
-async def speech_engine(alias: str, address: str) -> Path:
-    """The whisper-server for a speech worker on hive `alias` (its workers listen at `address`); `JobFailed`
-    says why there is none."""
-    if not is_loopback(address):
-        raise JobFailed(f"speech models are served on hives whose workers listen on loopback only (whisper-server "
-                        f"has no API key), and hive '{alias}' serves its workers at {address}")
+async def speech_engine() -> Path:
+    """The whisper-server for a speech worker; `JobFailed` says why there is none."""
     found = await asyncio.to_thread(engine.locate, WHISPER)
     if found is not None:
         return found[0]

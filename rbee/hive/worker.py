@@ -28,7 +28,7 @@ from rbee.common import paths
 from rbee.common.logs import tail
 from rbee.common.tls import TLSFiles
 from rbee.contracts.models import ModelEntry
-from rbee.contracts.workers import WorkerInfo, WorkerMode, WorkerState, check_transition, memory_held
+from rbee.contracts.workers import WorkerInfo, WorkerMode, WorkerState, check_transition, front_path, memory_held
 from rbee.hive import devices
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class WorkerSpec:
     device: str = "cpu"  # the hive's id of the device it runs on ("cuda0+cuda1": spread over both)
     engine_device: str | None = None  # what llama-server's --device calls it ("CUDA0", "CUDA0,CUDA1"); None: CPU
     tensor_split: tuple[int, ...] = ()  # a spread worker's share of layers per device (their sizes in MiB)
+    front: str | None = None  # the hive's API that serves this engine (rbee/hive/front.py); it listens on loopback
 
 
 def free_port(host: str) -> int:
@@ -70,8 +71,8 @@ def free_port(host: str) -> int:
 
 
 def whisper_argv(spec: WorkerSpec, port: int) -> list[str]:
-    """The whisper-server command line for `spec` (a pure function): the model, loopback only (it takes no API
-    key, so the hive never lets it listen elsewhere), its threads, and the GPU it runs on or none."""
+    """The whisper-server command line for `spec` (a pure function): the model, its address (loopback: it takes
+    no API key, so the hive serves it through its front beyond this machine), its threads, and its GPU or none."""
     argv = [str(spec.engine), "--model", spec.model.path, "--host", spec.host, "--port", str(port)]
     if spec.threads:
         argv += ["--threads", str(spec.threads)]
@@ -143,8 +144,16 @@ class WorkerProcess:
 
     @property
     def url(self) -> str | None:
+        """Where the engine listens (what this hive uses: its health, its metrics)."""
         scheme = "https" if self.spec.tls else "http"
         return f"{scheme}://{self.spec.host}:{self.port}" if self.port else None
+
+    @property
+    def public_url(self) -> str | None:
+        """Where the queen reaches it: the engine itself, or the hive's front for it."""
+        if self.spec.front is None or self.port is None:
+            return self.url
+        return f"{self.spec.front}{front_path(self.id)}"
 
     @property
     def device(self) -> str:
@@ -166,7 +175,7 @@ class WorkerProcess:
     def info(self) -> WorkerInfo:
         return WorkerInfo(
             id=self.id, model=self.spec.model.name, hive=self.hive, mode=self.spec.mode, state=self.state,
-            url=self.url, pid=self.pid, slots=self.spec.slots,
+            url=self.public_url, pid=self.pid, slots=self.spec.slots,
             context_size=self.spec.context_per_slot, started_at=self.started_at,
             error=self.error, memory_bytes=self.memory, device=self.spec.device, device_memory=self.held(),
         )

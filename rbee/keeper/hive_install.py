@@ -290,7 +290,7 @@ class Installer:
             "alias": self.host.alias, "address": remote.own_ip, "certificate": certificate})
         config = HiveConfig(alias=self.host.alias, queen_url=self.queen_url_for(remote), token=enrolled["token"],
                             address=remote.own_ip, port=self.host.hive_port, models_dir=self.host.models_dir,
-                            tls=settings.queen_tls())
+                            tls=settings.queen_tls(), worker_threads=self.host.worker_threads)
         await self.ssh.put_text(config.to_toml(), f"{remote.config_dir}/hive.toml", mode="0600")
         self.out.success(f"{self.host.alias} enrolled; it reports to {config.queen_url}")
         health = await asyncio.to_thread(self.client.health)

@@ -68,6 +68,7 @@ class HostConfig:
     backend: str | None = None
     devices: str | None = None
     models_dir: str | None = None
+    worker_threads: int | None = None  # threads per worker on that machine (its RBEE_WORKER_THREADS)
     ssh_options: tuple[tuple[str, str], ...] = ()  # every other ssh_config keyword, for ssh -o Key=Value
     source: str = HIVES_CONF_SOURCE  # HIVES_CONF_SOURCE or SSH_CONFIG_SOURCE
 
@@ -105,7 +106,8 @@ class UnknownHost(LookupError):
 # Characters a remote shell would give meaning to; refused in aliases, host names and users.
 _SHELL_META = frozenset(";&|$`<>(){}[]'\"\\*?!~#^")
 _KEY_VALUE = re.compile(r"^\s*([^\s=]+)(?:\s*=\s*|\s+|\s*$)(.*)$")
-_SINGLE_VALUED = {"hostname", "user", "port", "hiveport", "identityfile", "backend", "devices", "modelsdir"}
+_SINGLE_VALUED = {"hostname", "user", "port", "hiveport", "identityfile", "backend", "devices", "modelsdir",
+                  "workerthreads"}
 # ssh_config keywords whose values add up rather than "first one wins"; passed through in order.
 _ACCUMULATING = {"localforward", "remoteforward", "dynamicforward", "sendenv", "setenv", "certificatefile"}
 _MAX_INCLUDE_DEPTH = 16
@@ -181,6 +183,12 @@ def _is_pattern(word: str) -> bool:
 
 def _check_pattern(word: str) -> None:
     _check_name("Host pattern", word.removeprefix("!").replace("*", "x").replace("?", "x"))
+
+
+def _threads(key: str, value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 1024:
+        raise _LineError(f"{key} must be a number of threads (1-1024), not {value!r}")
+    return int(value)
 
 
 def _port(key: str, value: str) -> int:
@@ -270,6 +278,8 @@ def _parse_line(keyword: str, rest: str, blocks: list[_Block], aliases: list[str
         _check_name("User", value, allow_at=True)
     elif key in ("port", "hiveport"):
         _port(keyword, value)
+    elif key == "workerthreads":
+        _threads(keyword, value)
     blocks[-1].settings.append(_Setting(keyword, value))
 
 
@@ -309,6 +319,7 @@ def _resolve(alias: str, blocks: list[_Block]) -> HostConfig:
         backend=get("backend"),
         devices=get("devices"),
         models_dir=get("modelsdir"),
+        worker_threads=int(threads) if (threads := get("workerthreads")) else None,
         ssh_options=tuple(passed),
     )
 

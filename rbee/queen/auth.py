@@ -30,6 +30,7 @@ from rbee.queen.db import QueenDB, StoredKey, digest
 from rbee.queen.errors import NotFound, QueenError
 
 WINDOW_S = 60.0
+AUDIO_TOKENS_PER_SECOND = 10  # what a second of transcribed or translated audio counts against a key's tpm
 
 
 class Unauthorized(QueenError):
@@ -164,8 +165,10 @@ class Keyring:
             raise _limited(f"The API key '{key.name}' is limited to {key.tpm} tokens per minute.", wait)
         window.requests.append(now)
 
-    def spent(self, who: Principal, tokens: int) -> None:
-        """Count tokens a finished request used against its key's per-minute budget."""
+    def spent(self, who: Principal, tokens: int, audio_s: float = 0.0) -> None:
+        """Count tokens a finished request used against its key's per-minute budget, and its seconds of audio
+        as AUDIO_TOKENS_PER_SECOND tokens each (rounded up)."""
+        tokens += math.ceil(audio_s * AUDIO_TOKENS_PER_SECOND)
         if who.key is None or who.key.tpm is None or tokens <= 0:
             return
         window = self._windows.setdefault(who.key.name, _Window())

@@ -8,7 +8,9 @@ A hive says where it is, which models it holds and which workers it runs. The qu
      in clear on the network, or on a local port another user may hold);
   3. takes a worker only if it is this hive's, listed once, and serves a model of this hive's catalog;
   4. builds each worker's URL itself from the hive's address and the worker's port, so no path, query,
-     user or host of the hive's choosing reaches a request the queen makes.
+     user or host of the hive's choosing reaches a request the queen makes. A worker the hive fronts
+     (an engine with no key or TLS of its own, rbee/hive/front.py) is reached on the hive's own port, at
+     that worker's own front path and no other.
 
 Sizes and numbers are bounded by the contracts (rbee/contracts/bounds.py) before anything here runs.
 These functions are pure: the route turns their errors into answers, and logs them with the real peer.
@@ -22,9 +24,11 @@ from collections.abc import Sequence
 from rbee.common.daemon import same_address
 from rbee.contracts.hives import HiveReport, HostedWorker
 from rbee.contracts.models import ModelEntry
+from rbee.contracts.workers import front_path
 from rbee.queen.errors import InvalidRequest, QueenError
 
-_WORKER_URL = re.compile(r"^(?P<scheme>https?)://(?P<host>\[[0-9A-Fa-f:.%]+\]|[0-9.]+):(?P<port>\d{1,5})/?$")
+_WORKER_URL = re.compile(r"^(?P<scheme>https?)://(?P<host>\[[0-9A-Fa-f:.%]+\]|[0-9.]+):(?P<port>\d{1,5})"
+                         r"(?P<path>/v1/workers/[^/?#]+/engine)?/?$")
 
 
 class ReportRefused(QueenError):
@@ -74,14 +78,23 @@ def trusted_worker(report: HiveReport, hosted: HostedWorker,
                              "which is not in its catalog", param="workers")
     if info.url is None:
         return hosted
-    match = _WORKER_URL.match(info.url)
+    return hosted.model_copy(update={"info": info.model_copy(update={"url": _rebuilt_url(report, info.id, info.url)})})
+
+
+def _rebuilt_url(report: HiveReport, worker_id: str, given: str) -> str:
+    """(4) The URL the queen uses for worker `worker_id`, which the report places at `given`, built from
+    validated parts; an InvalidRequest for a place that is not this hive's own."""
+    match = _WORKER_URL.match(given)
     expected = worker_url(report, 1).rsplit(":", 1)[0]
     if (match is None or match["scheme"] != ("https" if report.tls else "http")
             or not same_address(match["host"].strip("[]"), report.address) or not 0 < int(match["port"]) < 65536):
-        raise InvalidRequest(f"hive '{report.alias}' reports worker {info.id} at {info.url[:80]!r}, not on its "
+        raise InvalidRequest(f"hive '{report.alias}' reports worker {worker_id} at {given[:80]!r}, not on its "
                              f"own address ({expected}:PORT)", param="workers")
-    url = worker_url(report, int(match["port"]))
-    return hosted.model_copy(update={"info": info.model_copy(update={"url": url})})
+    fronted = match["path"] is not None
+    if fronted and (match["path"] != front_path(worker_id) or int(match["port"]) != report.port):
+        raise InvalidRequest(f"hive '{report.alias}' reports worker {worker_id} at {given[:80]!r}: a worker it "
+                             f"fronts is at {expected}:{report.port}{front_path(worker_id)}", param="workers")
+    return worker_url(report, int(match["port"])) + (front_path(worker_id) if fronted else "")
 
 
 def trusted_workers(report: HiveReport) -> list[HostedWorker]:

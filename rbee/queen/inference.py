@@ -128,10 +128,10 @@ def _metering(state: QueenState, who: Principal, stream: bool, request_id: str, 
         if stream and not completion:  # cut short, before the closing event that reports the counts
             completion = outcome.events
         state.metrics.served(outcome, prompt, completion)
-        status = outcome.status
+        status, heard = outcome.status, audio_s if outcome.status < 400 else 0.0
         state.usage.record(who.usage_name, outcome.model, prompt=prompt, completion=completion, error=status >= 400,
-                           audio_s=audio_s if status < 400 else 0.0)
-        state.keyring.spent(who, prompt + completion)
+                           audio_s=heard)
+        state.keyring.spent(who, prompt + completion, heard)
         log.debug("request %s %s model=%s hive=%s worker=%s status=%d ttft=%.3fs took=%.3fs tokens=%d+%d by %s",
                   request_id, path, outcome.model, outcome.hive, outcome.worker, status, outcome.ttft_s,
                   outcome.duration_s, prompt, completion, who.actor)

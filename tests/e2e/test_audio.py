@@ -122,6 +122,17 @@ def test_usage_counts_the_seconds_of_audio(queen: Queen, speech: dict[str, objec
     assert wait_for(lambda: _audio_seconds(queen) >= before + 1.99, 10)
 
 
+@pytest.mark.skipif(shutil.which("lame") is None, reason="needs lame (Debian's `lame`; .ci/run installs it)")
+def test_usage_counts_the_seconds_of_an_mp3(queen: Queen, speech: dict[str, object], tmp_path: Path) -> None:
+    (tmp_path / "a.wav").write_bytes(tone_wav(3.0))
+    subprocess.run(["lame", "--quiet", "-V", "5", str(tmp_path / "a.wav"), str(tmp_path / "a.mp3")], check=True)
+    before = _audio_seconds(queen)
+    heard = transcribe(queen, (tmp_path / "a.mp3").read_bytes(), filename="a.mp3")
+    assert heard.status_code == 200, heard.text  # whisper-server decodes MP3 itself
+    assert wait_for(lambda: _audio_seconds(queen) >= before + 3.0, 10)
+    assert _audio_seconds(queen) < before + 3.2  # lame's padding, not a guess
+
+
 def _audio_seconds(queen: Queen) -> float:
     rows = httpx.get(f"{queen.url}/v1/usage", timeout=10).json()
     return sum(r["audio_seconds"] for r in rows if r["model"] == MODEL)
@@ -297,6 +308,15 @@ def test_keys_scopes_and_deadlines_apply_to_audio(make_queen: Callable[..., Quee
     usage = {r["name"]: r for r in rows if r["model"] == MODEL}
     assert (usage["ears"]["requests"], usage["ears"]["errors"]) == (2, 1)  # the 504 counts, its audio does not
     assert usage["ears"]["audio_seconds"] == pytest.approx(0.5)
+    # A second of audio counts as AUDIO_TOKENS_PER_SECOND (10) tokens against the key's tpm: 6 s are 60 > 50.
+    budget = queen.cli("key", "create", "--name", "budget", "--models", MODEL, "--tpm", "50", check=True).stdout.strip()
+    heard = httpx.post(f"{queen.url}/v1/audio/transcriptions", data={"model": MODEL}, timeout=120,
+                       files={"file": ("a.wav", tone_wav(6.0))}, headers={"Authorization": f"Bearer {budget}"})
+    assert heard.status_code == 200, heard.text
+    over = _error(as_key(budget), 429)
+    assert over["type"] == "rate_limit_error" and over["code"] == "rate_limit_exceeded"
+    assert "50 tokens per minute" in over["message"]
+    assert as_key(allowed).status_code == 200  # another key's budget is its own
 
 
 def test_a_web_page_cannot_upload_to_a_keyless_queen(queen: Queen, speech: dict[str, object]) -> None:

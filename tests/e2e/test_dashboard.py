@@ -16,6 +16,7 @@ from playwright.sync_api import expect
 
 from rbee.hive.service import DEMO_MODEL, demo_model_file
 from tests.conftest import Queen, free_port, queen_env
+from tests.e2e.test_audio import tone_wav
 from tests.fixtures.browser import Tab
 from tests.fixtures.fake_gpu import fake_mixed_gpus
 from tests.fixtures.fake_hub import FakeHub
@@ -208,6 +209,35 @@ def test_playground_with_the_tiny_model_and_an_unknown_one(queen: Queen, tiny_mo
     expect(page.locator("#chat-log .msg.assistant")).to_have_count(1)  # the failed reply is not left behind
     expect(page.locator("#chat-send")).to_be_visible()
     assert tab.errors(allow="status of 404") == []
+
+
+def test_playground_transcribes_an_uploaded_file(queen: Queen, tiny_whisper: Path, whisper_server: Path,
+                                                new_tab: NewTab, tmp_path: Path) -> None:
+    first = httpx.post(f"{queen.url}/v1/audio/transcriptions", data={"model": str(tiny_whisper)}, timeout=180,
+                       files={"file": ("a.wav", tone_wav(0.5))})  # the owner puts the speech model in the catalog
+    assert first.status_code == 200, first.text
+    recording, not_audio = tmp_path / "talk.wav", tmp_path / "notes.wav"
+    recording.write_bytes(tone_wav(1.0))
+    not_audio.write_text("a shopping list, not a recording\n")
+    tab = new_tab()
+    page = tab.page
+    page.goto(f"{queen.url}/#playground")
+    expect(page.locator("#transcribe-model option[value=ggml-tiny-test]")).to_be_attached()
+    assert page.locator("#transcribe-model option").all_text_contents() == ["ggml-tiny-test"]  # speech models only
+    page.select_option("#transcribe-model", "ggml-tiny-test")
+    page.set_input_files("#transcribe-file", str(recording))
+    with page.expect_response(lambda r: r.url.endswith("/v1/audio/transcriptions"), timeout=180_000) as answered:
+        page.click("#transcribe-send")
+    assert answered.value.status == 200
+    assert answered.value.request.headers["content-type"].startswith("multipart/form-data; boundary=")
+    expect(page.locator("#transcribe-text")).to_contain_text("rbee", timeout=30_000)
+    expect(page.locator("#transcribe-stats")).to_contain_text(re.compile(r"served by localhost-w\d+ on localhost"))
+    page.set_input_files("#transcribe-file", str(not_audio))  # the queen's refusal is shown, not a blank
+    page.click("#transcribe-send")
+    expect(page.locator("#transcribe-error")).to_contain_text("not audio rbee can transcribe")
+    expect(page.locator("#transcribe-text")).to_have_text("")
+    expect(page.locator("#transcribe-send")).to_be_enabled()
+    assert tab.errors(allow="status of 400") == []
 
 
 def test_models_page_pulls_with_progress_and_loads(queen: Queen, hub: FakeHub, new_tab: NewTab) -> None:

@@ -1,4 +1,5 @@
-"""Which whisper-server a speech worker runs, and on which device (rbee/hive/speech.py)."""
+"""Which whisper-server a speech worker runs, on which device (rbee/hive/speech.py), and where it listens
+(service.Hive.front_for)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from pathlib import Path
 import pytest
 
 from rbee.common.jobs import JobFailed
+from rbee.contracts.workers import WorkerMode
 from rbee.hive import engine
-from rbee.hive.engine_sources import WHISPER
-from rbee.hive.speech import is_loopback, speech_device, speech_engine
+from rbee.hive.engine_sources import LLAMA, WHISPER, source_for
+from rbee.hive.service import Hive
+from rbee.hive.speech import speech_device, speech_engine
 from tests.hive.test_engine import _executable
 
 
@@ -24,18 +27,23 @@ def no_whisper(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 async def test_any_build_serves_when_the_main_backend_has_none(no_whisper: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(JobFailed, match="rbee engine install --engine whisper"):
-        await speech_engine("localhost", "127.0.0.1")
+        await speech_engine()
     cpu = _executable(engine.built_binary("cpu", WHISPER))
     monkeypatch.setenv("RBEE_ENGINE_BACKEND", "cuda")  # llama-server's CUDA build is the main engine
     assert engine.locate(WHISPER) is None
-    assert await speech_engine("localhost", "127.0.0.1") == cpu
+    assert await speech_engine() == cpu
     assert await speech_device(cpu, "cuda0") == "cpu"  # rbee's CPU build drives no GPU
     assert await speech_device(Path("/opt/whisper-server"), "cuda0") == "cuda0"  # a binary of one's own: trusted
 
 
-async def test_never_beyond_loopback(no_whisper: Path) -> None:
-    _executable(engine.built_binary("cpu", WHISPER))
-    with pytest.raises(JobFailed, match=r"hive 'far' serves its workers at 10\.1\.2\.3"):
-        await speech_engine("far", "10.1.2.3")
-    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
-    assert not is_loopback("192.168.1.9") and not is_loopback("gaming-pc.lan")
+def test_a_fronted_engine_is_served_by_the_hive_api_beyond_loopback(no_whisper: Path) -> None:
+    whisper = source_for(WorkerMode.TRANSCRIBE)
+    assert whisper.fronted and not LLAMA.fronted and source_for(WorkerMode.EMBED) is LLAMA
+    local = Hive("localhost", state=no_whisper / "a")
+    assert local.front_for(whisper) is None  # the queen's own hive: reached on loopback directly
+    far = Hive("far", state=no_whisper / "b", address="10.1.2.3")
+    with pytest.raises(JobFailed, match=r"whisper-server takes no API key, and hive 'far' serves its workers at "
+                                        r"10\.1\.2\.3 with no front"):
+        far.front_for(whisper)
+    far.front = "https://10.1.2.3:7835"
+    assert far.front_for(whisper) == "https://10.1.2.3:7835" and far.front_for(LLAMA) is None

@@ -54,6 +54,7 @@ Host h1
     Backend cuda
     Devices 0,1
     ModelsDir /data/models
+    WorkerThreads 2
     ServerAliveInterval 30
 
 Host h2
@@ -64,7 +65,7 @@ Host h2
     assert hosts["h1"] == HostConfig(
         "h1", hostname="10.0.0.5", user="rbee-h1", port=2222, hive_port=9000,
         identity_file=os.path.expanduser("~/.ssh/rbee_ed25519"), backend="cuda", devices="0,1",
-        models_dir="/data/models", ssh_options=(("ServerAliveInterval", "30"),),
+        models_dir="/data/models", worker_threads=2, ssh_options=(("ServerAliveInterval", "30"),),
     )
     assert hosts["h1"].destination() == "10.0.0.5"
     h2 = hosts["h2"]
@@ -212,6 +213,8 @@ def test_unknown_alias_lists_the_known_ones_and_says_how_to_add_it(tmp_path: Pat
         ("Host h1\n  HostName a\rb\n", 2, "control character"),
         ("Host h1\n  Backend cuda\x00\n", 2, "control character"),
         ("Host h1\n  ServerAliveInterval 3\x85\n", 2, "control character"),
+        ("Host h1\n  WorkerThreads 0\n", 2, "WorkerThreads must be a number of threads (1-1024), not '0'"),
+        ("Host h1\n  WorkerThreads many\n", 2, "not 'many'"),
     ],
 )
 def test_bad_values_are_refused_naming_file_and_line(tmp_path: Path, text: str, line: int, words: str) -> None:

@@ -75,6 +75,26 @@ def test_the_queen_builds_each_worker_url_from_the_address_and_port() -> None:
     assert v6.info.url == "http://[fe80::1]:4000"
 
 
+def test_a_fronted_worker_is_reached_at_its_own_front_on_the_hive_port_only() -> None:
+    (worker,) = trusted_workers(report(hosted(url="http://10.0.0.5:7835/v1/workers/h1-w1/engine/")))
+    assert worker.info.url == "http://10.0.0.5:7835/v1/workers/h1-w1/engine"
+    (tls,) = trusted_workers(report(hosted(url="https://10.0.0.5:7835/v1/workers/h1-w1/engine"), tls=True))
+    assert tls.info.url == "https://10.0.0.5:7835/v1/workers/h1-w1/engine"
+
+
+@pytest.mark.parametrize("url", [
+    "http://10.0.0.5:7835/v1/workers/h1-w2/engine",  # another worker's front: its key would reach the wrong engine
+    "http://10.0.0.5:4000/v1/workers/h1-w1/engine",  # a port that is not the hive's API
+    "http://10.0.0.5:7835/v1/workers/localhost-w1/engine",
+    "http://10.0.0.5:7835/v1/workers/..%2f..%2fv1/engine",
+])
+def test_a_front_url_of_another_worker_or_port_is_refused(url: str) -> None:
+    with pytest.raises(InvalidRequest, match=r"a worker it fronts is at http://10\.0\.0\.5:7835/v1/workers/h1-w1/"):
+        trusted_workers(report(hosted(url=url)))
+    with pytest.raises(InvalidRequest, match="not on its own address"):  # and never another host's
+        trusted_workers(report(hosted(url=url.replace("10.0.0.5", "10.0.0.9"))))
+
+
 def test_a_hive_claims_only_its_own_workers_once_and_only_models_it_holds() -> None:
     with pytest.raises(InvalidRequest, match="only its own workers"):
         trusted_workers(report(hosted(hive="h2")))

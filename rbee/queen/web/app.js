@@ -142,7 +142,7 @@ function showTab() {
   }
   $("#signout").hidden = !auth.token;
   if (tab === "keys") loadKeys();
-  if (tab === "playground") loadChatModels();
+  if (tab === "playground") { loadChatModels(); loadSpeechModels(); }
 }
 
 // ---- polling -----------------------------------------------------------------------------------------
@@ -473,6 +473,52 @@ $("#chat-input").addEventListener("keydown", (event) => {
 });
 $("#chat-stop").addEventListener("click", () => chat.controller?.abort());
 $("#chat-clear").addEventListener("click", () => { chat.messages = []; $("#chat-log").replaceChildren(); $("#chat-stats").textContent = ""; });
+
+// ---- playground: transcribe ------------------------------------------------------------------------
+
+async function loadSpeechModels() {
+  const select = $("#transcribe-model");
+  if (select.dataset.loaded && performance.now() - Number(select.dataset.loaded) < 10000) return;
+  select.dataset.loaded = String(performance.now());
+  try {
+    const { data } = await api("/v1/models");
+    const chosen = select.value;
+    const ids = data.filter((m) => m.kind === "speech").map((m) => m.id);
+    select.replaceChildren(...ids.map((id) => h("option", { value: id }, id)));
+    if (ids.includes(chosen)) select.value = chosen;
+    $("#transcribe-send").disabled = !ids.length;
+    alertIn("#transcribe-error", ids.length ? null : { message: "No speech models yet: pull a whisper.cpp model (e.g. ggerganov/whisper.cpp/ggml-base.en.bin) under Models first." });
+  } catch (err) { alertIn("#transcribe-error", err); }
+}
+
+async function transcribe(event) {
+  event.preventDefault();
+  const file = $("#transcribe-file").files[0];
+  if (!file) return;
+  alertIn("#transcribe-error", null);
+  $("#transcribe-text").textContent = "";
+  $("#transcribe-stats").textContent = `sending ${file.name} (${bytes(file.size)})…`;
+  $("#transcribe-send").disabled = true;
+  const form = new FormData();
+  form.append("model", $("#transcribe-model").value);
+  form.append("file", file, file.name);
+  const path = $("#transcribe-translate").checked ? "/v1/audio/translations" : "/v1/audio/transcriptions";
+  const started = performance.now();
+  try {
+    const response = await api(path, { method: "POST", body: form, raw: true }); // the browser sets the boundary
+    const { text } = await response.json();
+    $("#transcribe-text").textContent = text.trim();
+    $("#transcribe-stats").textContent = `served by ${response.headers.get("x-rbee-worker") || "?"} on `
+      + `${response.headers.get("x-rbee-hive") || "?"} · ${((performance.now() - started) / 1000).toFixed(2)} s`;
+  } catch (err) {
+    $("#transcribe-stats").textContent = "";
+    alertIn("#transcribe-error", err);
+  } finally {
+    $("#transcribe-send").disabled = false;
+  }
+}
+
+$("#transcribe-form").addEventListener("submit", transcribe);
 
 // ---- keys ---------------------------------------------------------------------------------------
 
