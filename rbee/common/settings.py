@@ -193,3 +193,15 @@ def usage_flush_s() -> float:
 def log_max_bytes() -> int:
     """How large a daemon's log grows before it is rotated to LOG.1 (RBEE_LOG_MAX_MB, default 50)."""
     return env_int("RBEE_LOG_MAX_MB", 50, minimum=1, maximum=100_000) * 2**20
+
+
+def slot_cache_bytes() -> int:
+    """RBEE_SLOT_CACHE_MIB: the disk a hive gives to saved KV caches of unloaded workers' slots (default 2048 MiB;
+    the least recently used file goes first; 0: nothing is saved)."""
+    return env_int("RBEE_SLOT_CACHE_MIB", 2048, minimum=0, maximum=2**24) * 2**20
+
+
+def slot_save_timeout_s() -> float:
+    """RBEE_SLOT_SAVE_TIMEOUT_MS: how long saving a worker's slots may delay its stop, all slots together (default
+    2000); a save still running then is abandoned and its partial file deleted."""
+    return env_int("RBEE_SLOT_SAVE_TIMEOUT_MS", 2000, minimum=1, maximum=600_000) / 1000
