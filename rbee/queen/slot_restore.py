@@ -106,6 +106,9 @@ async def save_then_stop(hive: HiveSeam, worker: AnyWorker, slots: list[tuple[in
 async def restore(hive: HiveSeam, worker: AnyWorker, slot: int, key: str, record: SlotRecord | None = None) -> bool:
     """Read the slot saved under `key` into `slot` of `worker` (idle, same model); whether it was restored."""
     model = worker.spec.model.name
+    if hive.supervisor.get(worker.id) is not worker:
+        log.info("no restore of %s for %s: worker %s is gone from %s", key, model, worker.id, hive.alias)
+        return False  # (so a 404 below means the key: the hive holds nothing under it for that model)
     try:
         got = await hive.restore_slot(worker.id, slot, key)
     except Exception as exc:  # never raising: a failed restore costs a prefill, never the request
