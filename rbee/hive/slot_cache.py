@@ -132,7 +132,11 @@ class SlotCache:
         entries = await self._entries()
         saved = sorted((e.public() for e in entries.values()), key=lambda s: -s.last_used_at)
         used = sum(e.bytes for e in entries.values())
-        return SlotCacheList(budget_bytes=settings.slot_cache_bytes(), used_bytes=used, saved=saved)
+        try:
+            budget = settings.slot_cache_bytes()
+        except settings.SettingsError:
+            budget = 0  # nothing is saved while the setting is wrong (each stop says why)
+        return SlotCacheList(budget_bytes=budget, used_bytes=used, saved=saved)
 
     async def _drop(self, name: str) -> None:
         (await self._entries()).pop(name, None)
@@ -170,7 +174,10 @@ class SlotCache:
         return Stopped(worker=worker.info(), saved=saved, skipped=skipped, save_s=save_s)
 
     async def _save_all(self, worker: WorkerProcess, slots: list[SlotSave]) -> tuple[list[SavedSlot], list[str]]:
-        budget, bound = settings.slot_cache_bytes(), settings.slot_save_timeout_s()
+        try:
+            budget, bound = settings.slot_cache_bytes(), settings.slot_save_timeout_s()
+        except settings.SettingsError as exc:  # the worker is stopped all the same
+            return [], [f"nothing saved: {exc}"]
         if budget == 0:
             return [], ["saving is off (RBEE_SLOT_CACHE_MIB=0)"]
         saved: list[SavedSlot] = []

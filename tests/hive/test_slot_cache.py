@@ -152,6 +152,19 @@ async def test_a_budget_of_zero_saves_nothing(unit: Unit, monkeypatch: pytest.Mo
     assert body["worker"]["state"] == "stopped" and await unit.saved() == []
 
 
+@pytest.mark.parametrize(("name", "value"), [("RBEE_SLOT_CACHE_MIB", "lots"), ("RBEE_SLOT_CACHE_MIB", "-1"),
+                                             ("RBEE_SLOT_SAVE_TIMEOUT_MS", "0")])
+async def test_a_bad_setting_saves_nothing_says_why_and_still_stops(unit: Unit, monkeypatch: pytest.MonkeyPatch,
+                                                                     name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    worker = await unit.spawn(context=256, slots=1)
+    await complete(unit, worker, "the river", 0)
+    resp = await unit.stop(worker, [{"slot": 0, "key": KEY}])
+    assert resp.status_code == 200 and resp.json()["worker"]["state"] == "stopped"
+    assert name in resp.json()["skipped"][0] and await unit.saved() == []
+    assert (await unit.api.get("/v1/hive/slot-cache")).status_code == 200
+
+
 async def test_a_save_that_cannot_finish_in_time_is_abandoned_and_the_worker_stops(
     unit: Unit, monkeypatch: pytest.MonkeyPatch
 ) -> None:
