@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -208,7 +209,7 @@ class SlotCache:
 
     async def _save_one(self, client: httpx.AsyncClient, worker: WorkerProcess, ask: SlotSave) -> SavedSlot:
         name = file_name(worker.spec.model, ask.key)
-        partial = f"{name}.part"
+        partial = f"{name}.{secrets.token_hex(4)}.part"  # two workers of one model may save one key at once
         self._saving.add(partial)
         try:
             resp = await client.post(f"/slots/{ask.slot}", params={"action": "save"}, json={"filename": partial})
