@@ -200,3 +200,15 @@ def spread_bounds() -> tuple[float, float]:
     RBEE_SPREAD_MIN_MBPS, default 100: megabytes per second). rbee/queen/spread_plan.py says why."""
     return (float(env_int("RBEE_SPREAD_MAX_RTT_MS", 5, minimum=1, maximum=10_000)),
             float(env_int("RBEE_SPREAD_MIN_MBPS", 100, minimum=1, maximum=1_000_000)))
+
+
+def slot_cache_bytes() -> int:
+    """RBEE_SLOT_CACHE_MIB: the disk a hive gives to saved KV caches of unloaded workers' slots (default 2048 MiB;
+    the least recently used file goes first; 0: nothing is saved)."""
+    return env_int("RBEE_SLOT_CACHE_MIB", 2048, minimum=0, maximum=2**24) * 2**20
+
+
+def slot_save_timeout_s() -> float:
+    """RBEE_SLOT_SAVE_TIMEOUT_MS: how long saving a worker's slots may delay its stop, all slots together (default
+    2000); a save still running then is abandoned and its partial file deleted."""
+    return env_int("RBEE_SLOT_SAVE_TIMEOUT_MS", 2000, minimum=1, maximum=600_000) / 1000

@@ -17,6 +17,9 @@ Inference never passes here; the queen talks to the workers directly with their 
     POST   /v1/hive/channels            ChannelOpen -> ChannelInfo: one end of a spread's RPC channel
     DELETE /v1/hive/channels/{id}       close it and its connections (rbee/hive/rpc_channel.py)
     ANY    /v1/workers/{id}/engine/{path}   a fronted worker's engine (whisper-server), on loopback behind it
+    POST   /v1/hive/workers/{id}/stop   SaveAndStop -> Stopped: save these slots' KV caches (time-bounded), then stop
+    POST   /v1/hive/workers/{id}/slots/{n}/restore   SlotRestore -> SlotRestored: a saved slot into an idle one
+    GET    /v1/hive/slot-cache          SlotCacheList: the saved slots, per model and key (rbee/hive/slot_cache.py)
 
 Three routes are not guarded by the join token alone: rbee/hive/shares.py checks a share's own token and the
 peer's address on the share file route, rbee/hive/links.py an echo's token and peer on the echo route, and
@@ -49,6 +52,7 @@ from rbee.contracts.catalog import HivePull
 from rbee.contracts.copies import HiveFetch, ShareOpen
 from rbee.contracts.hives import HostedWorker, ResolvedModel, ResolveModel, SpawnWorker
 from rbee.contracts.jobs import JobCreated, JobKind
+from rbee.contracts.slots import MAX_SLOT, SaveAndStop, SlotRestore
 from rbee.contracts.spread_plans import EchoOpen, LinkMeasure
 from rbee.contracts.spreads import ChannelOpen
 from rbee.hive import downloads, front, links, model_refs, shares
@@ -57,6 +61,7 @@ from rbee.hive.models_file import CHECK_INTERVAL_S
 from rbee.hive.queen_link import QueenLink
 from rbee.hive.rpc_channel import ChannelRefused
 from rbee.hive.service import Hive, ModelUnavailable
+from rbee.hive.slot_cache import SlotRefused
 from rbee.hive.worker import WorkerStartError
 
 log = logging.getLogger(__name__)
@@ -309,6 +314,35 @@ async def stop(request: Request) -> Response:
     return JSONResponse(worker.info().model_dump(mode="json"))
 
 
+async def save_and_stop(request: Request) -> Response:
+    asked = await _parse(request, SaveAndStop)
+    try:
+        stopped = await _hive(request).save_and_stop(request.path_params["worker_id"], asked.save)
+    except SlotRefused as exc:
+        raise _Refusal(exc.status, str(exc), "not_found" if exc.status == 404 else "invalid_value") from exc
+    return JSONResponse(stopped.model_dump(mode="json"))
+
+
+_SLOT = re.compile(r"^(0|[1-9][0-9]{0,2})$")
+
+
+async def restore_slot(request: Request) -> Response:
+    raw = request.path_params["slot"]
+    if not _SLOT.fullmatch(raw) or int(raw) > MAX_SLOT:
+        raise _Refusal(400, f"'slot' must be a slot number from 0 to {MAX_SLOT}", "invalid_value")
+    asked = await _parse(request, SlotRestore)
+    try:
+        restored = await _hive(request).restore_slot(request.path_params["worker_id"], int(raw), asked.key)
+    except SlotRefused as exc:
+        raise _Refusal(exc.status, str(exc), {404: "not_found", 409: "conflict"}.get(exc.status, "invalid_value")) \
+            from exc
+    return JSONResponse(restored.model_dump(mode="json"))
+
+
+async def slot_cache(request: Request) -> Response:
+    return JSONResponse((await _hive(request).slot_cache()).model_dump(mode="json"))
+
+
 def create_app(config: HiveConfig, hive: Hive | None = None,
                on_shutdown: Callable[[], None] | None = None) -> Starlette:
     hive = hive or Hive(config.alias, address=config.address, tls=config.tls_files())
@@ -341,6 +375,9 @@ def create_app(config: HiveConfig, hive: Hive | None = None,
             Route("/v1/hive/resolve", resolve, methods=["POST"]),
             Route("/v1/hive/workers", spawn, methods=["POST"]),
             Route("/v1/hive/workers/{worker_id}", stop, methods=["DELETE"]),
+            Route("/v1/hive/workers/{worker_id}/stop", save_and_stop, methods=["POST"]),
+            Route("/v1/hive/workers/{worker_id}/slots/{slot}/restore", restore_slot, methods=["POST"]),
+            Route("/v1/hive/slot-cache", slot_cache, methods=["GET"]),
             Route("/v1/hive/pulls", start_pull, methods=["POST"]),
             Route("/v1/hive/jobs/{job_id}/events", job_events, methods=["GET"]),
             Route("/v1/hive/jobs/{job_id}", cancel_job, methods=["DELETE"]),

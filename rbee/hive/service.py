@@ -25,6 +25,7 @@ from rbee.contracts.catalog import HiveDisk
 from rbee.contracts.copies import HiveFetch, ShareOpen, ShareOpened
 from rbee.contracts.hives import DeviceInfo, HiveReport, HiveState, HiveStatus, HostedWorker, WorkerShape
 from rbee.contracts.models import DEMO_MODEL, MemoryNeed, ModelDetail, ModelEntry
+from rbee.contracts.slots import SlotCacheList, SlotRestored, SlotSave, Stopped
 from rbee.contracts.status import EngineInfo, HiveInfo
 from rbee.contracts.workers import WorkerMode, WorkerState
 from rbee.hive import devices, downloads, engine, model_refs, peer_fetch, rpc_channel, shares
@@ -32,6 +33,7 @@ from rbee.hive.catalog import Catalog, describe_file
 from rbee.hive.engine_sources import SOURCES, EngineSource, source_for
 from rbee.hive.estimate import OVERHEAD, estimate, fitting_context
 from rbee.hive.gguf_info import GGUFSummary, NotAGGUFError, read_summary
+from rbee.hive.slot_cache import SlotCache
 from rbee.hive.speech import speech_device, speech_engine
 from rbee.hive.supervisor import Supervisor
 from rbee.hive.worker import WorkerProcess, WorkerSpec
@@ -91,6 +93,7 @@ class Hive:
         state = paths.private_dir(state or paths.state_dir())  # catalog, workers' logs: 700 down from here
         self.catalog = Catalog(state / "hive" / "catalog.sqlite")
         self.supervisor = Supervisor(alias, state / "hive" / "workers")
+        self.slots = SlotCache(state / "hive" / "slot-cache")  # text workers' saved KV caches
         self._engine: EngineInfo | None = None
         self._pulls: dict[str, asyncio.Lock] = {}
         self._devices: list[DeviceInfo] = [devices.cpu_device(settings.memory_budget())]
@@ -477,11 +480,23 @@ class Hive:
             host="127.0.0.1" if front else self.address, tls=None if front else self.tls,
             device="+".join(d.id for d in on), engine_device=",".join(d.engine_name or "" for d in on) or None,
             tensor_split=tuple(d.total_bytes // 2**20 for d in on) if len(on) > 1 else (),
+            slot_save_path=await asyncio.to_thread(self.slots.path) if mode is WorkerMode.GENERATE else None,
         )
         self.supervisor.forget_dead()
         worker = await self.supervisor.spawn(spec, memory)
         await self.catalog.touch(model.name)
         return worker
+
+    async def save_and_stop(self, worker_id: str, slots: list[SlotSave]) -> Stopped:
+        """Save `slots` of a worker (within RBEE_SLOT_SAVE_TIMEOUT_MS), then stop it; `SlotRefused` if unknown."""
+        return await self.slots.save_and_stop(self.supervisor, worker_id, slots)
+
+    async def restore_slot(self, worker_id: str, slot: int, key: str) -> SlotRestored:
+        """The slot saved under `key` for the worker's model, read into its idle `slot`; `SlotRefused` if not."""
+        return await self.slots.restore(self.supervisor.get(worker_id), slot, key)
+
+    async def slot_cache(self) -> SlotCacheList:
+        return await self.slots.listing()
 
 
 def _is_file(path: Path) -> bool:

@@ -62,6 +62,7 @@ class WorkerSpec:
     engine_device: str | None = None  # what llama-server's --device calls it ("CUDA0", "CUDA0,CUDA1"); None: CPU
     tensor_split: tuple[int, ...] = ()  # a spread worker's share of layers per device (their sizes in MiB)
     front: str | None = None  # the hive's API that serves this engine (rbee/hive/front.py); it listens on loopback
+    slot_save_path: Path | None = None  # a text worker's folder for saved slots (rbee/hive/slot_cache.py)
 
 
 def free_port(host: str) -> int:
@@ -106,6 +107,8 @@ def build_argv(spec: WorkerSpec, port: int) -> list[str]:
         argv += ["--split-mode", "layer", "--tensor-split", ",".join(map(str, spec.tensor_split))]
     if spec.threads:
         argv += ["--threads", str(spec.threads), "--threads-batch", str(spec.threads)]
+    if spec.mode is WorkerMode.GENERATE and spec.slot_save_path is not None:
+        argv += ["--slot-save-path", str(spec.slot_save_path)]
     if spec.mode is WorkerMode.EMBED:
         argv += ["--embeddings", "--pooling", "mean"]
     elif spec.mode is WorkerMode.RERANK:

@@ -20,7 +20,7 @@ from rbee.contracts.models import ModelEntry, ModelSettings
 from rbee.contracts.workers import WorkerMode, WorkerState
 from rbee.hive import model_refs
 from rbee.queen import copies as copies_mod
-from rbee.queen import hive_errors
+from rbee.queen import hive_errors, slot_restore
 from rbee.queen import keep_alive as keep_alive_mod
 from rbee.queen.errors import InvalidRequest, QueenError, WorkerUnavailable
 from rbee.queen.hive_seam import HiveSeam
@@ -73,6 +73,9 @@ class Executor:
         self.loading: dict[Key, asyncio.Task[AnyWorker]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self.copies: copies_mod.Copies | None = None  # set by the queen
+        # the slots (slot, key) of a worker's most recent conversations, saved when it is unloaded; none by default
+        self.recent_slots: slot_restore.RecentSlots = slot_restore.no_recent_slots
+        self.slot_record = slot_restore.SlotRecord()  # which hive holds which saved slots
 
     # -- loads ----------------------------------------------------------------------------------------------
     def load(self, hive: HiveSeam, entry: ModelEntry, mode: WorkerMode, need: int, victims: list[AnyWorker],
@@ -111,7 +114,7 @@ class Executor:
                     evict: list[AnyWorker], device: str, shape: WorkerShape | None = None) -> AnyWorker:
         for w in evict:
             log.info("evicting %s (%s, idle) to make room for %s", w.spec.model.name, w.id, entry.name)
-        await asyncio.gather(*(hive.supervisor.stop(w.id) for w in evict))
+        await asyncio.gather(*(self._stop(hive, w) for w in evict))
         log.info("loading %s on %s:%s (%s, ~%.0f MiB)", entry.name, hive.alias, device, mode, need / 2**20)
         with hive_errors.to_queen(f"Could not start a worker for '{entry.name}' on hive '{hive.alias}'"):
             worker = await hive.spawn_worker(entry, mode, memory=need, shape=shape, device=device)
@@ -148,8 +151,12 @@ class Executor:
         for hive in list(self._hives.values()):
             if hive.supervisor.get(worker.id) is worker:
                 log.info("unloading %s (%s): %s", worker.spec.model.name, worker.id, why)
-                await hive.supervisor.stop(worker.id)
+                await self._stop(hive, worker)
         self._changed()
+
+    async def _stop(self, hive: HiveSeam, worker: AnyWorker) -> None:
+        """Stop a worker, saving its recent conversations' slots first (slot_restore.py) when there are any."""
+        await slot_restore.save_then_stop(hive, worker, self.recent_slots(worker.id), self.slot_record)
 
     async def unload_expired(self) -> None:
         """Unload the idle workers whose keep_alive ran out; a worker found running (adopted from a remote hive)

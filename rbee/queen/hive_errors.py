@@ -6,6 +6,7 @@ The seam's errors, which both kinds of hive raise (the embedded one directly, a 
     ModelInUse          the model is answering requests there, so it cannot be removed
     JobFailed           a step of a job failed (pull, copy, share, a device asked for), with the reason
     WorkerStartError    a worker did not start there (the cause from its log)
+    SlotRefused         a saved-slot call asked for what cannot be: no such worker, slot or key (400/404/409)
     HiveCallFailed      a remote hive could not be asked (no answer, TLS), or failed in a way none of the above says
 
 `from_remote` turns a remote hive's HTTP failure into the error the embedded hive raises for the same thing;
@@ -19,15 +20,18 @@ from contextlib import contextmanager
 
 from rbee.common.jobs import JobFailed
 from rbee.hive.service import ModelInUse, ModelUnavailable
+from rbee.hive.slot_cache import SlotRefused
 from rbee.hive.worker import WorkerStartError
 from rbee.queen.errors import Conflict, ModelNotFound, QueenError, UpstreamError, WorkerUnavailable
 from rbee.queen.hive_client import HiveCallFailed
 
-HiveError = ModelUnavailable | ModelInUse | JobFailed | WorkerStartError | HiveCallFailed
-HIVE_ERRORS = (ModelUnavailable, ModelInUse, JobFailed, WorkerStartError, HiveCallFailed)
+HiveError = ModelUnavailable | ModelInUse | JobFailed | WorkerStartError | HiveCallFailed | SlotRefused
+HIVE_ERRORS = (ModelUnavailable, ModelInUse, JobFailed, WorkerStartError, HiveCallFailed, SlotRefused)
 
 # The statuses rbee/hive/app.py answers with for the seam's errors (its own error_response mapping).
 BY_STATUS: Mapping[int, Callable[[str], Exception]] = {404: ModelUnavailable, 409: ModelInUse}
+SLOT_STATUS: Mapping[int, Callable[[str], Exception]] = {
+    400: lambda m: SlotRefused(m, 400), 404: lambda m: SlotRefused(m, 404), 409: lambda m: SlotRefused(m, 409)}
 
 
 def upgrade_hint(alias: str, version: str) -> str:
@@ -57,7 +61,7 @@ def queen_error(exc: HiveError, what: str = "") -> QueenError:
     message = f"{what}: {exc}" if what else str(exc)
     if isinstance(exc, ModelUnavailable):
         return ModelNotFound(message, param="model")
-    if isinstance(exc, ModelInUse):
+    if isinstance(exc, ModelInUse | SlotRefused):
         return Conflict(message)
     if isinstance(exc, HiveCallFailed):
         return UpstreamError(message)

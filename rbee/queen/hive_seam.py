@@ -19,6 +19,7 @@ from rbee.contracts.catalog import HiveDisk
 from rbee.contracts.copies import HiveFetch, ShareOpen, ShareOpened
 from rbee.contracts.hives import DeviceInfo, HiveState, HiveStatus, WorkerShape
 from rbee.contracts.models import ModelDetail, ModelEntry
+from rbee.contracts.slots import SlotCacheList, SlotRestored, SlotSave, Stopped
 from rbee.contracts.status import HiveInfo
 from rbee.contracts.workers import WorkerMode
 from rbee.hive.service import Hive
@@ -99,6 +100,20 @@ class HiveSeam(Protocol):
     async def copy_in(self, asked: HiveFetch, emit: Emit) -> ModelEntry: ...
 
     async def open_share(self, asked: ShareOpen) -> ShareOpened: ...
+
+    async def save_and_stop(self, worker_id: str, slots: list[SlotSave]) -> Stopped:
+        """Save those slots' KV caches (bounded in time by the hive), then stop the worker whatever happened;
+        `SlotRefused` for a worker it does not know (rbee/queen/slot_restore.py is the caller)."""
+        ...
+
+    async def restore_slot(self, worker_id: str, slot: int, key: str) -> SlotRestored:
+        """The slot saved under `key` for the worker's model, read into its idle `slot`: restored or why not;
+        `SlotRefused` for no such worker, slot or key."""
+        ...
+
+    async def slot_cache(self) -> SlotCacheList:
+        """The saved slots it holds, per model and key."""
+        ...
 
 
 def _both_kinds_conform(local: Hive, remote: RemoteHive) -> list[HiveSeam]:

@@ -20,6 +20,7 @@ from urllib.parse import quote, urlencode
 
 from pydantic import ValidationError
 
+from rbee.common import settings
 from rbee.common.jobs import Emit, JobFailed
 from rbee.contracts.catalog import HiveDisk, HivePull
 from rbee.contracts.copies import HiveFetch, ShareOpen, ShareOpened
@@ -35,12 +36,14 @@ from rbee.contracts.hives import (
     WorkerShape,
 )
 from rbee.contracts.models import ModelDetail, ModelEntry
+from rbee.contracts.slots import SlotCacheList, SlotRestore, SlotRestored, SlotSave, Stopped
 from rbee.contracts.status import HiveInfo
 from rbee.contracts.workers import WorkerMode, WorkerState
 from rbee.hive import model_refs
 from rbee.hive.downloads import catalog_names
 from rbee.hive.service import ModelUnavailable
-from rbee.hive.worker import START_TIMEOUT_S, WorkerStartError
+from rbee.hive.slot_cache import RESTORE_TIMEOUT_S, SlotRefused
+from rbee.hive.worker import START_TIMEOUT_S, STOP_GRACE_S, WorkerStartError
 from rbee.queen import hive_errors, hive_trust, remote_jobs
 from rbee.queen.errors import QueenError
 from rbee.queen.hive_client import HiveCallFailed, HiveClient
@@ -278,6 +281,28 @@ class RemoteHive:
         self.catalog.models = [m for m in self.catalog.models if m.name != entry.name] + [entry]
         await self.refresh()
         return entry
+
+    # -- saved slots (rbee/hive/slot_cache.py) -------------------------------------------------------
+    async def save_and_stop(self, worker_id: str, slots: list[SlotSave]) -> Stopped:
+        """The hive bounds the saving (its RBEE_SLOT_SAVE_TIMEOUT_MS); the queen waits its own bound and a stop."""
+        wait_s = settings.slot_save_timeout_s() + STOP_GRACE_S + 10
+        with self._errors(HiveCallFailed, by_status=hive_errors.SLOT_STATUS):
+            stopped = await self.supervisor.save_and_stop(worker_id, slots, wait_s)
+        if stopped is None:
+            raise SlotRefused(f"There is no worker '{worker_id}' on hive '{self.alias}'.", 404)
+        return stopped
+
+    async def restore_slot(self, worker_id: str, slot: int, key: str) -> SlotRestored:
+        path = f"/v1/hive/workers/{quote(worker_id, safe='')}/slots/{slot}/restore"
+        with self._errors(HiveCallFailed, by_status=hive_errors.SLOT_STATUS):
+            raw = await self.client.call("POST", path, SlotRestore(key=key).model_dump_json(),
+                                         wait_s=RESTORE_TIMEOUT_S + 5)
+        return SlotRestored.model_validate_json(raw)
+
+    async def slot_cache(self) -> SlotCacheList:
+        with self._errors(HiveCallFailed):
+            raw = await self.client.call("GET", "/v1/hive/slot-cache")
+        return SlotCacheList.model_validate_json(raw)
 
     async def start(self) -> None:
         """Nothing to start: the hive runs on its own machine."""

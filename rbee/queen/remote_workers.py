@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 from rbee.contracts.hives import HostedWorker
 from rbee.contracts.models import ModelEntry
+from rbee.contracts.slots import SaveAndStop, SlotSave, Stopped
 from rbee.contracts.workers import (
     WORKER_TRANSITIONS,
     WorkerInfo,
@@ -175,6 +176,20 @@ class RemoteSupervisor:
                 log.warning("could not stop %s on %s: %s", worker_id, self._alias, exc)
         worker.stopped()
         return worker
+
+    async def save_and_stop(self, worker_id: str, save: list[SlotSave], wait_s: float) -> Stopped | None:
+        """Ask the hive to save `save` then stop the worker (rbee/hive/slot_cache.py); None if it is not known
+        here. `HiveCallFailed` leaves the worker as it was, for a plain `stop`; its answer is validated."""
+        worker = self._workers.get(worker_id)
+        if worker is None or worker.placeholder:
+            return None
+        worker.begin_drain()
+        raw = await self._client.call("POST", f"/v1/hive/workers/{quote(worker_id, safe='')}/stop",
+                                      SaveAndStop(save=save).model_dump_json(), wait_s=wait_s)
+        self._workers.pop(worker_id, None)
+        self._stopped.add(worker_id)
+        worker.stopped()
+        return Stopped.model_validate_json(raw)
 
     def forget_dead(self, keep: int = 20) -> None:
         dead = [w for w in self._workers.values() if w.state in _TERMINAL]

@@ -31,6 +31,14 @@ def test_argv_for_embeddings_and_threads() -> None:
     assert argv[argv.index("--threads") + 1] == "1"
 
 
+def test_only_text_workers_get_the_slot_cache_folder() -> None:
+    folder = Path("/state/hive/slot-cache")
+    text = build_argv(dataclasses.replace(_spec(WorkerMode.GENERATE), slot_save_path=folder), 5555)
+    assert text[text.index("--slot-save-path") + 1] == str(folder)
+    embed = build_argv(dataclasses.replace(_spec(WorkerMode.EMBED), slot_save_path=folder), 5555)
+    assert "--slot-save-path" not in embed and "--slot-save-path" not in build_argv(_spec(WorkerMode.GENERATE), 1)
+
+
 def test_the_key_is_never_on_the_command_line() -> None:
     argv = build_argv(_spec(WorkerMode.GENERATE), 5555)
     assert not any("key" in part for part in argv)
