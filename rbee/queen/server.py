@@ -114,6 +114,9 @@ def serve(host: str, port: int, insecure_no_auth: bool = False) -> None:
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", access_log=False,
         loop="auto", http="auto", timeout_graceful_shutdown=5,
+        # the caller's address is the connection's (the guard, the audit log): an X-Forwarded-For from a local
+        # process is not believed, and no middleware reads headers for it on every request
+        proxy_headers=False,
         ssl_certfile=files.cert if files else None, ssl_keyfile=files.key if files else None,
     )
     server = _Server(config, state)
