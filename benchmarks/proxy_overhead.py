@@ -142,6 +142,17 @@ def running_queen(env: dict[str, str]) -> Iterator[str]:
         queen_proc.wait(30)
 
 
+def _queen_cpu_s() -> float:
+    """CPU seconds (user + system) the queen, this script's child, has used so far: a figure that a busy box
+    inflates far less than wall-clock time. Linux's schedstat counts nanoseconds (cpu_times: 10 ms ticks)."""
+    queen = next(p for p in psutil.Process().children() if "queen" in p.cmdline())
+    tasks = Path(f"/proc/{queen.pid}/task")
+    if tasks.is_dir():
+        return sum(int((t / "schedstat").read_text().split()[0]) for t in tasks.iterdir()) / 1e9
+    times = queen.cpu_times()
+    return float(times.user + times.system)
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -179,12 +190,16 @@ async def measure(queen: str, model: str, apis: list[str], args: argparse.Namesp
     async with httpx.AsyncClient(timeout=300, limits=limits) as client:
         targets = await _targets(client, queen, model, apis)
         ttft: dict[str, dict[str, list[float]]] = {api: {"direct": [], "queen": []} for api in apis}
+        cpu_before = 0.0
         for round_ in range(args.warmup + args.requests):
+            if round_ == args.warmup:
+                cpu_before = _queen_cpu_s()
             for api, paths in targets.items():
                 for name, target in paths.items():
                     took = await first_token_s(client, target)
                     if round_ >= args.warmup:
                         ttft[api][name].append(took)
+        cpu_per_request = (_queen_cpu_s() - cpu_before) / (args.requests * len(apis))
         tables = {}
         for api, paths in targets.items():
             rates: dict[tuple[str, int], float] = {}
@@ -194,6 +209,12 @@ async def measure(queen: str, model: str, apis: list[str], args: argparse.Namesp
                         rate = await throughput(client, target, streams, args.max_tokens)
                         rates[(name, streams)] = max(rates.get((name, streams), 0.0), rate)
             tables[api] = _rows(ttft[api], rates, args.streams)
+        cpu_before = _queen_cpu_s()
+        streamed = sum([await stream_tokens(client, paths["queen"], args.max_tokens)
+                        for paths in targets.values() for _ in range(10)])
+        per_token = (_queen_cpu_s() - cpu_before) / streamed
+        tables["queen CPU"] = [("per request, TTFT rounds (2 tokens)", f"{cpu_per_request * 1000:.3f} ms"),
+                               ("per streamed token (10 streams, one at a time)", f"{per_token * 1e6:.1f} us")]
         if len(apis) > 1 and "chat" in apis:  # the difference that the targets are about
             added = {api: statistics.median(t["queen"]) - statistics.median(t["direct"]) for api, t in ttft.items()}
             tables["added TTFT against chat's"] = [
@@ -251,7 +272,9 @@ def main() -> None:
         header = ("metric", "direct", "via queen", "queen vs direct")
         if title.startswith("added"):
             header = ("api", "added TTFT median", "minus chat's")
-        _print_table(title if title.startswith("added") else f"api={title}", rows, header)
+        if title == "queen CPU":  # user + system time of the queen process: what a busy box distorts least
+            header = ("queen CPU (user + system)", "")
+        _print_table(title if title.startswith(("added", "queen")) else f"api={title}", rows, header)
 
 
 if __name__ == "__main__":

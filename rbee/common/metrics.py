@@ -8,14 +8,16 @@ import contextlib
 import re
 import ssl
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import httpx
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from rbee.common.hop import HOP
 from rbee.contracts.workers import WorkerState
+
+if TYPE_CHECKING:
+    import httpx  # imported where a scrape runs: an idle daemon does without it (~5 MB)
 
 ENGINE_SCRAPE_TIMEOUT_S = 2.0
 MAX_SCRAPED = 512  # workers scraped per /metrics request
@@ -153,6 +155,8 @@ async def engine_metrics(workers: Sequence[_Worker], tls: ssl.SSLContext | None 
     ready = [w for w in workers if w.state is WorkerState.READY and w.url][:MAX_SCRAPED]
     if not ready:
         return ""
+    import httpx
+
     gate = asyncio.Semaphore(SCRAPE_CONCURRENCY)
     limits = httpx.Limits(max_connections=SCRAPE_CONCURRENCY, max_keepalive_connections=0)
     async with contextlib.AsyncExitStack() as stack:

@@ -21,9 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomlkit
 from pydantic import ValidationError
-from tomlkit.exceptions import TOMLKitError
 
 from rbee.common import paths
 from rbee.contracts.models import ModelSettings
@@ -120,6 +118,9 @@ def save_model_settings(name: str, own: ModelSettings) -> None:
 
 
 def _save(name: str, own: ModelSettings) -> None:
+    import tomlkit  # only a settings write needs it (reading is tomllib): the daemons start without it
+    from tomlkit.exceptions import TOMLKitError
+
     path = user_aliases_file()
     try:
         doc = tomlkit.parse(path.read_text()) if path.exists() else tomlkit.document()

@@ -22,9 +22,7 @@ import shutil
 import ssl
 import time
 from pathlib import Path
-from typing import BinaryIO
-
-import httpx
+from typing import TYPE_CHECKING, BinaryIO
 
 from rbee.common import settings
 from rbee.common.hop import HOP
@@ -34,6 +32,9 @@ from rbee.contracts.models import ModelEntry
 from rbee.hive import downloads
 from rbee.hive.catalog import Catalog, describe_file
 from rbee.hive.gguf_info import NotAGGUFError
+
+if TYPE_CHECKING:  # imported when a copy starts: the queen's embedded hive does without it when idle
+    import httpx
 
 CHUNK = 1 << 20
 RESUMES = 3  # a cut connection is resumed with Range this many times, as long as bytes keep coming
@@ -50,6 +51,8 @@ def check_names(files: list[ShareFile]) -> None:
 
 
 def _client(asked: HiveFetch, context: ssl.SSLContext | None) -> httpx.AsyncClient:
+    import httpx
+
     if asked.source_url.startswith("http://") and context is not None:
         raise JobFailed(f"hive '{asked.source}' was named with a plain http:// URL while this hive uses TLS; "
                         "refused (the model would travel in clear)")
@@ -85,6 +88,8 @@ class _Part:
 
 async def _one(client: httpx.AsyncClient, url: str, path: Path, f: ShareFile, progress: _Progress) -> _Part:
     """Fetch one file into `path`; a connection cut after some bytes is resumed there with Range (a few times)."""
+    import httpx  # loaded already: `client` is one (_client)
+
     part = await asyncio.to_thread(_Part, path)
     progress.add(part.size)
     try:
@@ -159,6 +164,8 @@ def _failure(exc: Exception, asked: HiveFetch, models: Path) -> JobFailed | None
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return JobFailed(f"the disk under {models} filled up while copying {asked.entry.name} from hive "
                          f"'{asked.source}'; the partial copy was deleted and nothing else changed")
+    import httpx
+
     if isinstance(exc, httpx.HTTPError):
         return JobFailed(f"lost hive '{asked.source}' while copying {asked.entry.name} ({type(exc).__name__})")
     return None

@@ -31,6 +31,7 @@ def serve(config: HiveConfig) -> None:
         files.server_context()  # a missing or broken certificate stops the start with the file's name
     server = uvicorn.Server(uvicorn.Config(
         app, host=LISTEN_HOST, port=config.port, log_level="warning", access_log=False, timeout_graceful_shutdown=5,
+        proxy_headers=False,  # the peer's address is the connection's: no X-Forwarded-For
         ssl_certfile=files.cert if files else None, ssl_keyfile=files.key if files else None,
     ))
     write_pid_file(pid_file)

@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-import httpx
-
 from rbee.common import paths
 from rbee.common.logs import tail
 from rbee.common.tls import TLSFiles
@@ -231,6 +229,8 @@ class WorkerProcess:
         self._set(WorkerState.READY)
 
     async def _wait_healthy(self) -> None:
+        import httpx  # here, not at the top: an idle queen (its embedded hive) does without it (~5 MB)
+
         assert self.url is not None
         verify = self.spec.tls.client_context() if self.spec.tls else True
         async with httpx.AsyncClient(timeout=2.0, verify=verify) as client:

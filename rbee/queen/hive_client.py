@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import AsyncIterator, Callable
-
-import httpx
+from typing import TYPE_CHECKING
 
 from rbee.common import tls
 from rbee.common.hop import HOP
 from rbee.contracts.jobs import JobEvent
+
+if TYPE_CHECKING:  # imported when the first client to a remote hive is made: a queen without any does without it
+    import httpx
 
 
 class HiveCallFailed(RuntimeError):
@@ -46,6 +48,8 @@ class HiveClient:
         self.http = self._new(token)
 
     def _new(self, token: str) -> httpx.AsyncClient:
+        import httpx
+
         return httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0), verify=self.tls or True,
                                  headers={"Authorization": f"Bearer {token}", **HOP})
 
@@ -65,6 +69,8 @@ class HiveClient:
         await old.aclose()
 
     async def call(self, method: str, path: str, body: str | None = None, wait_s: float | None = None) -> bytes:
+        import httpx
+
         try:
             resp = await self.http.request(
                 method, f"{self.base_url}{path}", content=body,
@@ -86,6 +92,8 @@ class HiveClient:
     async def events(self, job_id: str, after: int) -> AsyncIterator[JobEvent]:
         """A hive job's events after `after`, as they come (no read timeout: a job never ends by silence).
         `HiveCallFailed` when the hive answers with an error; a dropped stream raises httpx's error."""
+        import httpx
+
         headers = {"Last-Event-ID": str(after)} if after >= 0 else None
         async with self.http.stream("GET", f"{self.base_url}/v1/hive/jobs/{job_id}/events", headers=headers,
                                     timeout=httpx.Timeout(30.0, connect=5.0, read=None)) as resp:

@@ -12,8 +12,6 @@ import asyncio
 import contextlib
 import re
 
-import httpx
-
 from rbee.common.jobs import Emit, JobFailed
 from rbee.contracts.jobs import JobCreated, JobEvent, JobEventType
 from rbee.contracts.models import ModelEntry
@@ -48,6 +46,8 @@ def job_id_of(raw: bytes) -> str:
 async def _follow(client: HiveClient, job_id: str, emit: Emit) -> JobEvent:
     """Re-emit the hive job's progress until its terminal event, which is returned. A dropped stream is
     followed again from its last event; a hive that stays away fails the job (and is told to stop it)."""
+    import httpx  # loaded with the hive client that made the stream (hive_client.py imports it lazily)
+
     after, failures = -1, 0
     while True:
         try:

@@ -10,6 +10,7 @@ import socket
 from collections.abc import Callable
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from rbee.common import logs, paths, settings, tls
 from rbee.common.daemon import PortInUseError, check_port_free, is_loopback, remove_pid_file, write_pid_file
@@ -111,12 +112,7 @@ def serve(host: str, port: int, insecure_no_auth: bool = False) -> None:
     app = create_app(state, on_shutdown=functools.partial(remove_pid_file, paths.queen_pid_file()),
                      access=Access(insecure_no_auth=insecure_no_auth), ollama_port=ollama_port, queen_port=port)
     state.listen_host = host
-    config = uvicorn.Config(
-        app, host=host, port=port, log_level="warning", access_log=False,
-        loop="auto", http="auto", timeout_graceful_shutdown=5,
-        ssl_certfile=files.cert if files else None, ssl_keyfile=files.key if files else None,
-    )
-    server = _Server(config, state)
+    server = _Server(_config(app, host, port, files), state)
     app.state.server = server
     write_pid_file(paths.queen_pid_file())
     log.info("queen listening on %s://%s:%d (pid %d)", "https" if files else "http", host, port, os.getpid())
@@ -125,6 +121,17 @@ def serve(host: str, port: int, insecure_no_auth: bool = False) -> None:
         return
     log.info("the Ollama API also on port %d (RBEE_OLLAMA_PORT)", ollama_port)
     server.run(sockets=[_listening(host, port), _listening(host, ollama_port)])
+
+
+def _config(app: ASGIApp, host: str, port: int, files: tls.TLSFiles | None) -> uvicorn.Config:
+    return uvicorn.Config(
+        app, host=host, port=port, log_level="warning", access_log=False,
+        loop="auto", http="auto", timeout_graceful_shutdown=5,
+        # the caller's address is the connection's (the guard, the audit log): an X-Forwarded-For from a local
+        # process is not believed, and no middleware reads headers for it on every request
+        proxy_headers=False,
+        ssl_certfile=files.cert if files else None, ssl_keyfile=files.key if files else None,
+    )
 
 
 def _listening(host: str, port: int) -> socket.socket:

@@ -182,6 +182,18 @@ def test_the_audit_log_records_who_did_what_from_where(make_queen: Callable[...,
         db.execute("UPDATE audit SET actor = 'someone else'")
 
 
+def test_an_x_forwarded_for_header_changes_neither_who_may_call_nor_the_audited_source(
+        make_queen: Callable[..., Queen]) -> None:
+    # The queen is no reverse proxy's backend: the address it checks and records is the connection's own.
+    queen = make_queen().start()
+    forged = {"X-Forwarded-For": "203.0.113.7"}
+    models = httpx.get(f"{queen.url}/v1/models", headers=forged)
+    assert models.status_code == 200, models.text  # still this machine, served keyless
+    assert httpx.post(f"{queen.url}/v1/hives", json={"alias": "gpu-box"}, headers=forged).status_code == 201
+    entries = json.loads(queen.cli("audit", "--json", check=True).stdout)
+    assert [(e["action"], e["source"]) for e in entries] == [("hive.enrol", "127.0.0.1")]
+
+
 def test_a_queen_on_the_network_needs_keys_unless_told_otherwise(make_queen: Callable[..., Queen]) -> None:
     address = _lan_address()
     if address is None:

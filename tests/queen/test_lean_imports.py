@@ -1,5 +1,6 @@
 """The daemon imports only what it needs: the CLI's libraries, the hub client, the GGUF writer (numpy) and
-certificate making (cryptography) stay out of a running queen."""
+certificate making (cryptography) stay out of a running queen; httpx (clients to remote hives, a starting worker's
+health poll, the engines' metrics scrape, copies between hives) and tomlkit (writing models.toml) until first used."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import httpx
 from tests.conftest import Queen
 
 REPO = Path(__file__).resolve().parents[2]
-KEPT_OUT = ("huggingface_hub", "cryptography", "rich", "typer", "pygments", "numpy", "gguf", "yaml", "rbee.keeper.cli")
+KEPT_OUT = ("huggingface_hub", "cryptography", "rich", "typer", "pygments", "numpy", "gguf", "yaml", "rbee.keeper.cli",
+             "httpx", "tomlkit")
 
 
 def _loaded_after(statement: str) -> list[str]:
