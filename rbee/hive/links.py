@@ -35,7 +35,6 @@ import statistics
 import time
 from dataclasses import dataclass
 
-import httpx
 from pydantic import SecretStr
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -145,6 +144,8 @@ async def measure(source: str, asked: LinkMeasure, context: ssl.SSLContext | Non
 
 
 async def _measure(source: str, asked: LinkMeasure, context: ssl.SSLContext | None) -> LinkMeasured:
+    import httpx  # imported where a measure runs, as the hive's other clients are
+
     token = asked.token.get_secret_value()
     url = f"{asked.peer_url}/v1/hive/links/echo/{asked.echo_id}"
     plain = asked.peer_url.startswith("http://")

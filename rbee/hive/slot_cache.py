@@ -28,8 +28,7 @@ import secrets
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import httpx
+from typing import TYPE_CHECKING
 
 from rbee.common import paths, settings
 from rbee.contracts.models import ModelEntry
@@ -37,6 +36,9 @@ from rbee.contracts.slots import SavedSlot, SlotCacheList, SlotRestored, SlotSav
 from rbee.contracts.workers import WorkerMode, WorkerState
 from rbee.hive.supervisor import Supervisor
 from rbee.hive.worker import WorkerProcess
+
+if TYPE_CHECKING:
+    import httpx  # imported where a save or restore runs: a daemon that never unloads does without it
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +185,8 @@ class SlotCache:
             return [], ["saving is off (RBEE_SLOT_CACHE_MIB=0)"]
         saved: list[SavedSlot] = []
         skipped: list[str] = []
+        import httpx
+
         deadline = time.monotonic() + bound
         async with self._client(worker) as client:
             for ask in slots:
@@ -203,6 +207,8 @@ class SlotCache:
         return saved, skipped
 
     def _client(self, worker: WorkerProcess) -> httpx.AsyncClient:
+        import httpx
+
         verify = worker.spec.tls.client_context() if worker.spec.tls else True
         return httpx.AsyncClient(base_url=worker.url or "", verify=verify, timeout=None,
                                  headers={"Authorization": f"Bearer {worker.api_key}"})
@@ -266,6 +272,8 @@ class SlotCache:
             problem = await asyncio.to_thread(self._check, name, entry)
             if problem:
                 return await self._refused(name, problem)
+        import httpx
+
         async with self._client(worker) as client:
             try:
                 resp = await client.post(f"/slots/{slot}", params={"action": "restore"}, json={"filename": name},
