@@ -31,7 +31,7 @@ from rbee.hive.catalog import Catalog, describe_file
 from rbee.hive.engine_sources import SOURCES
 from rbee.hive.estimate import OVERHEAD, estimate, fitting_context
 from rbee.hive.gguf_info import GGUFSummary, NotAGGUFError, read_summary
-from rbee.hive.speech import speech_device, speech_engine
+from rbee.hive.speech import keyless_device, keyless_engine
 from rbee.hive.supervisor import Supervisor
 from rbee.hive.worker import WorkerProcess, WorkerSpec
 
@@ -413,8 +413,8 @@ class Hive:
         """`worker_shape`, with a context nobody set taken from the model's trained context, as far as the
         memory of this hive's roomiest device allows (`estimate.fitting_context`), and at least what the
         request it is loaded for needs (`at_least`, which the queen caps by the trained context)."""
-        if model.kind == "speech":
-            return 0, 1  # whisper-server answers one request at a time, and has no context to size
+        if model.kind in ("speech", "image"):
+            return 0, 1  # whisper-server and sd-server answer one request at a time, and have no context to size
         context, slots = self.worker_shape(model.name, given)
         if context is None:
             room = max([d.free_bytes or d.total_bytes for d in self.devices() if not d.failed]
@@ -442,16 +442,17 @@ class Hive:
     async def spawn_worker(self, model: ModelEntry, mode: WorkerMode, memory: int = 0,
                            shape: WorkerShape | None = None, device: str | None = None) -> WorkerProcess:
         info = await self.engine()
-        speech = await speech_engine(self.alias, self.address) if mode is WorkerMode.TRANSCRIBE else None
-        if speech is None and (info.path is None or info.problem):
+        kind = KEYLESS_MODES.get(mode)
+        keyless = await keyless_engine(kind, self.alias, self.address) if kind else None
+        if keyless is None and (info.path is None or info.problem):
             raise JobFailed(info.problem or "no engine")
-        if speech is not None:
-            device = await speech_device(speech, device)
+        if kind and keyless is not None:
+            device = await keyless_device(kind, keyless, device)
         context, slots = await self.shape(model, shape)
         on = self.devices_for(device, memory)
         memory += OVERHEAD * (len(on) - 1)  # each GPU it spreads over holds a runtime of its own
         spec = WorkerSpec(
-            model=model, mode=mode, engine=speech or self._engine_for.get(on[0].id, Path(info.path or "")),
+            model=model, mode=mode, engine=keyless or self._engine_for.get(on[0].id, Path(info.path or "")),
             slots=slots,
             context_per_slot=context, threads=settings.worker_threads(), host=self.address, tls=self.tls,
             device="+".join(d.id for d in on), engine_device=",".join(d.engine_name or "" for d in on) or None,
@@ -461,6 +462,10 @@ class Hive:
         worker = await self.supervisor.spawn(spec, memory)
         await self.catalog.touch(model.name)
         return worker
+
+
+KEYLESS_MODES = {WorkerMode.TRANSCRIBE: "speech", WorkerMode.IMAGE: "image"}
+"""The modes whose engine takes no API key -> the model kind it serves (speech.keyless_engine)."""
 
 
 def _is_file(path: Path) -> bool:

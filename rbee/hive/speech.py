@@ -1,9 +1,11 @@
-"""Which whisper-server a speech worker runs, and where (mechanism for service.Hive.spawn_worker).
+"""Which keyless engine (whisper-server for speech, sd-server for images) a worker runs, and where (mechanism for
+service.Hive.spawn_worker).
 
-whisper-server takes no API key, so a speech worker runs only on a hive whose workers listen on loopback
-(this machine's queen reaches it there; a hive's LAN address would expose it unguarded). The binary is
-RBEE_WHISPER_SERVER, one on PATH, or rbee's build for the main engine's backend, else any build rbee made;
-rbee's CPU build drives no GPU, so its worker goes on the CPU device whatever the placement preferred.
+Neither engine takes an API key, so their workers run only on a hive whose workers listen on loopback (this
+machine's queen reaches them there; a hive's LAN address would expose them unguarded): `keyless_engine` is that
+rule, for both. The binary is the engine's variable (RBEE_WHISPER_SERVER, RBEE_SD_SERVER), one on PATH, or
+rbee's build for the main engine's backend, else any build rbee made; rbee's CPU build drives no GPU, so its
+worker goes on the CPU device whatever the placement preferred.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ from pathlib import Path
 
 from rbee.common.jobs import JobFailed
 from rbee.hive import engine
-from rbee.hive.engine_sources import WHISPER
+from rbee.hive.engine_sources import SD, WHISPER, EngineSource
+
+KEYLESS: dict[str, tuple[EngineSource, str]] = {"speech": (WHISPER, "whisper"), "image": (SD, "sd")}
+"""A model kind served by a keyless engine -> (the engine, its `rbee engine install --engine` name)."""
 
 
 def is_loopback(address: str) -> bool:
@@ -24,22 +29,33 @@ def is_loopback(address: str) -> bool:
         return address == "localhost"
 
 
-async def speech_engine(alias: str, address: str) -> Path:
-    """The whisper-server for a speech worker on hive `alias` (its workers listen at `address`); `JobFailed`
-    says why there is none."""
+async def keyless_engine(kind: str, alias: str, address: str) -> Path:
+    """The engine for a worker of a `kind` model (speech, image) on hive `alias` (its workers listen at
+    `address`); `JobFailed` says why there is none."""
+    src, name = KEYLESS[kind]
     if not is_loopback(address):
-        raise JobFailed(f"speech models are served on hives whose workers listen on loopback only (whisper-server "
+        raise JobFailed(f"{kind} models are served on hives whose workers listen on loopback only ({src.binary} "
                         f"has no API key), and hive '{alias}' serves its workers at {address}")
-    found = await asyncio.to_thread(engine.locate, WHISPER)
+    found = await asyncio.to_thread(engine.locate, src)
     if found is not None:
         return found[0]
-    built = await asyncio.to_thread(engine.builds, WHISPER)  # not the main engine's backend: another one
+    built = await asyncio.to_thread(engine.builds, src)  # not the main engine's backend: another one
     if not built:
-        raise JobFailed("no whisper-server for speech models: run `rbee engine install --engine whisper` "
-                        "(or set RBEE_WHISPER_SERVER)")
+        raise JobFailed(f"no {src.binary} for {kind} models: run `rbee engine install --engine {name}` "
+                        f"(or set {src.env})")
     return next(iter(built.values()))
 
 
+async def speech_engine(alias: str, address: str) -> Path:
+    """The whisper-server for a speech worker (`keyless_engine`)."""
+    return await keyless_engine("speech", alias, address)
+
+
+async def keyless_device(kind: str, binary: Path, asked: str | None) -> str | None:
+    """The device a `kind` worker of `binary` runs on: the CPU for rbee's CPU build, else what was asked."""
+    src = KEYLESS[kind][0]
+    return "cpu" if (await asyncio.to_thread(engine.builds, src)).get("cpu") == binary else asked
+
+
 async def speech_device(binary: Path, asked: str | None) -> str | None:
-    """The device a speech worker of `binary` runs on: the CPU for rbee's CPU build, else what was asked."""
-    return "cpu" if (await asyncio.to_thread(engine.builds, WHISPER)).get("cpu") == binary else asked
+    return await keyless_device("speech", binary, asked)
