@@ -8,14 +8,15 @@ import pytest
 
 from rbee.common.jobs import JobFailed
 from rbee.hive import engine
-from rbee.hive.engine_sources import WHISPER
-from rbee.hive.speech import is_loopback, speech_device, speech_engine
+from rbee.hive.engine_sources import SD, WHISPER
+from rbee.hive.speech import is_loopback, keyless_device, keyless_engine, speech_device, speech_engine
 from tests.hive.test_engine import _executable
 
 
 @pytest.fixture
 def no_whisper(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.delenv("RBEE_WHISPER_SERVER", raising=False)
+    monkeypatch.delenv("RBEE_SD_SERVER", raising=False)
     monkeypatch.setenv("RBEE_ENGINES_DIR", str(tmp_path / "engines"))
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     return tmp_path
@@ -39,3 +40,14 @@ async def test_never_beyond_loopback(no_whisper: Path) -> None:
         await speech_engine("far", "10.1.2.3")
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("192.168.1.9") and not is_loopback("gaming-pc.lan")
+
+
+async def test_image_workers_follow_the_same_rule_with_their_own_engine(no_whisper: Path) -> None:
+    with pytest.raises(JobFailed, match="rbee engine install --engine sd"):
+        await keyless_engine("image", "localhost", "127.0.0.1")
+    cpu = _executable(engine.built_binary("cpu", SD))
+    assert await keyless_engine("image", "localhost", "127.0.0.1") == cpu
+    assert await keyless_device("image", cpu, "cuda0") == "cpu"
+    with pytest.raises(JobFailed, match=r"image models are served on hives whose workers listen on loopback only "
+                                        r"\(sd-server has no API key\)"):
+        await keyless_engine("image", "far", "10.1.2.3")
