@@ -5,6 +5,7 @@ request can be wrong. One step without guidance (cfg_scale 1) at 64 pixels keeps
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
 import struct
@@ -82,6 +83,10 @@ def test_the_model_says_its_kind(queen: Queen, drawn: dict[str, Any]) -> None:
     assert kinds[MODEL] == "image"
     entry = next(e for e in httpx.get(f"{queen.url}/v1/catalog", timeout=10).json() if e["name"] == MODEL)
     assert entry["architecture"] == "stable-diffusion" and entry["kind"] == "image"
+    info = json.loads(queen.cli("model", "info", MODEL, "--json", check=True).stdout)
+    memory, size = info["memory"], info["entry"]["size_bytes"]
+    assert (memory["slots"], memory["kv_cache"]) == (1, 0)
+    assert memory["total"] == size + 256 * 256 * 6400 + 256 * 2**20  # weights + the VAE's buffer + overhead
 
 
 def test_usage_counts_images(queen: Queen, drawn: dict[str, Any]) -> None:
