@@ -18,6 +18,11 @@ _OWN_KIND = {  # a mode whose engine loads only its own kind -> (that kind, an e
 }
 
 
+def own_mode(kind: str) -> WorkerMode | None:
+    """The mode a model of `kind` is served in when its engine loads only its own kind (speech, image)."""
+    return next((mode for mode, (own, _, _) in _OWN_KIND.items() if own == kind), None)
+
+
 def check_mode(entry: ModelEntry, mode: WorkerMode) -> None:
     """Refuse a model of the wrong kind for `mode`, naming its kind (InvalidRequest)."""
     if mode in _OWN_KIND and entry.kind != _OWN_KIND[mode][0]:

@@ -34,7 +34,7 @@ from rbee.queen.errors import HiveNotFound, ModelNotFound, QueenError, WorkerUna
 from rbee.queen.executor import REAP_INTERVAL_S, Executor, hold, own_settings
 from rbee.queen.hive_seam import HiveSeam
 from rbee.queen.loads import Loads
-from rbee.queen.model_kinds import check_mode
+from rbee.queen.model_kinds import check_mode, own_mode
 from rbee.queen.policy import Policy, PolicyRequest
 
 __all__ = ["REAP_INTERVAL_S", "AnyWorker", "Lease", "Scheduler"]
@@ -363,6 +363,7 @@ class Scheduler:
     async def spawn(self, model: str, mode: WorkerMode, pinned: str | None, device: str | None = None) -> AnyWorker:
         """Start one more worker for `model` (what `worker.spawn` jobs do), on `device` if given."""
         hive, entry = (await self.resolve(model, self.hives_for(pinned)))[0]
+        mode = own_mode(entry.kind) or mode  # a speech or image model runs on its own engine
         try:
             with hive_errors.to_queen(f"Could not start a worker for '{entry.name}'"):
                 worker = await hive.spawn_worker(entry, mode, memory=await hive.need(entry), device=device)

@@ -134,6 +134,16 @@ def test_the_cli_writes_the_png(queen: Queen, drawn: dict[str, Any], tmp_path: P
     assert bad.returncode != 0 and "multiples of 64" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_worker_start_runs_an_image_model_on_its_engine(queen: Queen, drawn: dict[str, Any]) -> None:
+    before = {str(w["id"]) for w in queen.workers()}
+    queen.cli("worker", "start", MODEL, timeout=300, check=True)
+    started = [w for w in queen.workers() if str(w["id"]) not in before]
+    assert [(w["model"], w["mode"], w["state"]) for w in started] == [(MODEL, "image", "ready")]
+    queen.cli("worker", "stop", str(started[0]["id"]), check=True)
+    assert wait_for(lambda: all(w["id"] != started[0]["id"] or w["state"] == "stopped" for w in queen.workers()),
+                    30)
+
+
 def _busy_image_workers(queen: Queen) -> list[dict[str, object]]:
     return [w for w in queen.workers() if w["mode"] == "image" and w["in_flight"] and w["state"] == "ready"]
 
