@@ -22,6 +22,7 @@ setup: $(BIN)/rbee
 engine: setup
 	$(BIN)/rbee engine install --local
 	$(BIN)/rbee engine install --local --engine whisper
+	$(BIN)/rbee engine install --local --engine sd
 
 demo: engine
 	$(BIN)/rbee infer -p "$(PROMPT)"
@@ -45,6 +46,7 @@ bench: engine
 	$(BIN)/python benchmarks/proxy_overhead.py
 	$(BIN)/python benchmarks/load.py
 	$(BIN)/python benchmarks/audio_overhead.py
+	$(BIN)/python benchmarks/image_overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache $(AGENTS)/node_modules

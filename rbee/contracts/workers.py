@@ -32,12 +32,14 @@ class WorkerState(StrEnum):
 class WorkerMode(StrEnum):
     """What a worker was started for: llama-server needs `--embeddings` for vectors, `--reranking` for
     scores of documents against a query (a reranker: a model whose GGUF says pooling `rank`); a TRANSCRIBE
-    worker is whisper.cpp's whisper-server with a speech model (speech to text, and translation to English)."""
+    worker is whisper.cpp's whisper-server with a speech model (speech to text, and translation to English); an
+    IMAGE worker is stable-diffusion.cpp's sd-server with an image model (text to image)."""
 
     GENERATE = "generate"
     EMBED = "embed"
     RERANK = "rerank"
     TRANSCRIBE = "transcribe"
+    IMAGE = "image"
 
 
 _S = WorkerState

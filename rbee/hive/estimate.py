@@ -14,12 +14,20 @@ A whisper.cpp model (speech-to-text; one request at a time, no KV cache to size)
 for its compute buffers and KV caches, plus SPEECH_OVERHEAD: that covers whisper.cpp's own table of total
 memory by model (tiny 75 MB file / 273 MB, base 142 / 388, small 466 / 852, medium 1.5 G / 2.1 G, large
 2.9 G / 3.9 G); the generated test model (7 MB) measured 105 MB of buffers here.
+
+A stable-diffusion.cpp model (text-to-image; one request at a time) needs its weights (loaded into its own
+buffers as stored) plus its compute buffers for the largest image a request may ask (RBEE_IMAGE_MAX_PIXELS):
+IMAGE_BYTES_PER_PIXEL covers the largest of them, the VAE decoding the image (stable-diffusion.cpp logs ~1.6 GB
+for a 512x512 SD1.x image without tiling, ~6.4 kB a pixel; the UNet's buffer comes first and is smaller), plus
+OVERHEAD.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rbee.common import settings
+from rbee.contracts.models import IMAGE_ARCHITECTURE
 from rbee.hive.gguf_info import GGUFSummary
 
 MiB = 1024 * 1024
@@ -28,6 +36,7 @@ KV_BYTES = 2  # f16 cache
 OVERHEAD = 256 * MiB
 SPEECH_OVERHEAD = 220 * MiB
 SPEECH_ARCHITECTURE = "whisper"
+IMAGE_BYTES_PER_PIXEL = 6400
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,9 @@ def estimate(summary: GGUFSummary, weights_bytes: int, context_per_slot: int, sl
     if summary.architecture == SPEECH_ARCHITECTURE:
         return MemoryEstimate(weights=weights_bytes, kv_cache=0, compute=weights_bytes * 2 // 5,
                               overhead=SPEECH_OVERHEAD)
+    if summary.architecture == IMAGE_ARCHITECTURE:
+        compute = max(64 * MiB, settings.image_max_pixels() * IMAGE_BYTES_PER_PIXEL)
+        return MemoryEstimate(weights=weights_bytes, kv_cache=0, compute=compute, overhead=OVERHEAD)
     tokens = context_per_slot * slots
     kv = 0
     dims = summary.head_dims

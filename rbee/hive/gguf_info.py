@@ -11,6 +11,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from rbee.contracts.models import IMAGE_ARCHITECTURE
+
 GGUF_MAGIC = 0x46554747  # b"GGUF", read little-endian
 # GGUF's value types (the file format's own numbering, gguf.GGUFValueType): the numeric ones' struct formats
 _STRING, _ARRAY = 8, 9
@@ -18,6 +20,11 @@ _FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<
 _SIZES = {kind: struct.calcsize(fmt) for kind, fmt in _FORMATS.items()}
 POOLING_NAMES = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
 SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
+
+
+DIFFUSION_PREFIXES = ("model.diffusion_model.", "unet.")
+"""Tensor names of a diffusion model, as stable-diffusion.cpp's own GGUF conversions (and city96's) name them;
+such files carry no `general.architecture`, so gguf_info calls them IMAGE_ARCHITECTURE."""
 
 
 class NotAGGUFError(ValueError):
@@ -100,8 +107,9 @@ class _Header:
                 key = self._string()
                 self.fields[key] = self._value(self._u32())
             self.tensor_elements = []
+            self.diffusion = False  # a stable-diffusion.cpp model: its UNet's (or DiT's) tensors are here
             for _ in range(n_tensors):
-                self._string()
+                self.diffusion = self._string().startswith(DIFFUSION_PREFIXES) or self.diffusion
                 dims = struct.unpack_from(f"<{self._u32()}Q", self._buf, self._pos)
                 self._pos += 8 * len(dims) + 4 + 8  # dims, type, offset
                 self.tensor_elements.append(math.prod(dims))
@@ -174,7 +182,7 @@ def read_summary(path: Path) -> GGUFSummary:
     fields = header.fields
 
     arch = fields.get("general.architecture")
-    arch_s = str(arch) if arch is not None else None
+    arch_s = str(arch) if arch else IMAGE_ARCHITECTURE if header.diffusion else None
 
     def arch_int(key: str) -> int | None:
         return _int(fields.get(f"{arch_s}.{key}")) if arch_s else None

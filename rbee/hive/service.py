@@ -34,7 +34,7 @@ from rbee.hive.engine_sources import SOURCES, EngineSource, source_for
 from rbee.hive.estimate import OVERHEAD, estimate, fitting_context
 from rbee.hive.gguf_info import GGUFSummary, NotAGGUFError, read_summary
 from rbee.hive.slot_cache import SlotCache
-from rbee.hive.speech import speech_device, speech_engine
+from rbee.hive.speech import keyless_device, keyless_engine
 from rbee.hive.supervisor import Supervisor
 from rbee.hive.worker import WorkerProcess, WorkerSpec
 
@@ -425,8 +425,8 @@ class Hive:
         """`worker_shape`, with a context nobody set taken from the model's trained context, as far as the
         memory of this hive's roomiest device allows (`estimate.fitting_context`), and at least what the
         request it is loaded for needs (`at_least`, which the queen caps by the trained context)."""
-        if model.kind == "speech":
-            return 0, 1  # whisper-server answers one request at a time, and has no context to size
+        if model.kind in ("speech", "image"):
+            return 0, 1  # whisper-server and sd-server answer one request at a time, and have no context to size
         context, slots = self.worker_shape(model.name, given)
         if context is None:
             room = max([d.free_bytes or d.total_bytes for d in self.devices() if not d.failed]
@@ -465,17 +465,18 @@ class Hive:
     async def spawn_worker(self, model: ModelEntry, mode: WorkerMode, memory: int = 0,
                            shape: WorkerShape | None = None, device: str | None = None) -> WorkerProcess:
         info = await self.engine()
-        speech = await speech_engine() if mode is WorkerMode.TRANSCRIBE else None
-        if speech is None and (info.path is None or info.problem):
+        kind = KEYLESS_MODES.get(mode)
+        keyless = await keyless_engine(kind) if kind else None
+        if keyless is None and (info.path is None or info.problem):
             raise JobFailed(info.problem or "no engine")
-        if speech is not None:
-            device = await speech_device(speech, device)
+        if kind and keyless is not None:
+            device = await keyless_device(kind, keyless, device)
         front = self.front_for(source_for(mode))
         context, slots = await self.shape(model, shape)
         on = self.devices_for(device, memory)
         memory += OVERHEAD * (len(on) - 1)  # each GPU it spreads over holds a runtime of its own
         spec = WorkerSpec(
-            model=model, mode=mode, engine=speech or self._engine_for.get(on[0].id, Path(info.path or "")),
+            model=model, mode=mode, engine=keyless or self._engine_for.get(on[0].id, Path(info.path or "")),
             slots=slots, front=front, context_per_slot=context, threads=settings.worker_threads(),
             host="127.0.0.1" if front else self.address, tls=None if front else self.tls,
             device="+".join(d.id for d in on), engine_device=",".join(d.engine_name or "" for d in on) or None,
@@ -497,6 +498,10 @@ class Hive:
 
     async def slot_cache(self) -> SlotCacheList:
         return await self.slots.listing()
+
+
+KEYLESS_MODES = {WorkerMode.TRANSCRIBE: "speech", WorkerMode.IMAGE: "image"}
+"""The modes whose engine takes no API key -> the model kind it serves (speech.keyless_engine)."""
 
 
 def _is_file(path: Path) -> bool:

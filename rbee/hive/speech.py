@@ -1,9 +1,11 @@
-"""Which whisper-server a speech worker runs, and on which device (mechanism for service.Hive.spawn_worker).
+"""Which keyless engine (whisper-server for speech, sd-server for images) a worker runs, and on which device
+(mechanism for service.Hive.spawn_worker).
 
-whisper-server takes no API key, so it listens on loopback only: the queen's own hive is reached there, and a
-remote hive serves it through its front (rbee/hive/front.py; WHISPER is `fronted`). The binary is
-RBEE_WHISPER_SERVER, one on PATH, or rbee's build for the main engine's backend, else any build rbee made;
-rbee's CPU build drives no GPU, so its worker goes on the CPU device whatever the placement preferred.
+Neither engine takes an API key, so each listens on loopback only: the queen's own hive is reached there, and a
+remote hive serves it through its front (rbee/hive/front.py; WHISPER and SD are `fronted`). The binary is the
+engine's variable (RBEE_WHISPER_SERVER, RBEE_SD_SERVER), one on PATH, or rbee's build for the main engine's
+backend, else any build rbee made; rbee's CPU build drives no GPU, so its worker goes on the CPU device whatever
+the placement preferred.
 """
 
 from __future__ import annotations
@@ -13,21 +15,26 @@ from pathlib import Path
 
 from rbee.common.jobs import JobFailed
 from rbee.hive import engine
-from rbee.hive.engine_sources import WHISPER
+from rbee.hive.engine_sources import SD, WHISPER, EngineSource
+
+KEYLESS: dict[str, tuple[EngineSource, str]] = {"speech": (WHISPER, "whisper"), "image": (SD, "sd")}
+"""A model kind served by a keyless engine -> (the engine, its `rbee engine install --engine` name)."""
 
 
-async def speech_engine() -> Path:
-    """The whisper-server for a speech worker; `JobFailed` says why there is none."""
-    found = await asyncio.to_thread(engine.locate, WHISPER)
+async def keyless_engine(kind: str) -> Path:
+    """The engine for a worker of a `kind` model (speech, image); `JobFailed` says why there is none."""
+    src, name = KEYLESS[kind]
+    found = await asyncio.to_thread(engine.locate, src)
     if found is not None:
         return found[0]
-    built = await asyncio.to_thread(engine.builds, WHISPER)  # not the main engine's backend: another one
+    built = await asyncio.to_thread(engine.builds, src)  # not the main engine's backend: another one
     if not built:
-        raise JobFailed("no whisper-server for speech models: run `rbee engine install --engine whisper` "
-                        "(or set RBEE_WHISPER_SERVER)")
+        raise JobFailed(f"no {src.binary} for {kind} models: run `rbee engine install --engine {name}` "
+                        f"(or set {src.env})")
     return next(iter(built.values()))
 
 
-async def speech_device(binary: Path, asked: str | None) -> str | None:
-    """The device a speech worker of `binary` runs on: the CPU for rbee's CPU build, else what was asked."""
-    return "cpu" if (await asyncio.to_thread(engine.builds, WHISPER)).get("cpu") == binary else asked
+async def keyless_device(kind: str, binary: Path, asked: str | None) -> str | None:
+    """The device a `kind` worker of `binary` runs on: the CPU for rbee's CPU build, else what was asked."""
+    src = KEYLESS[kind][0]
+    return "cpu" if (await asyncio.to_thread(engine.builds, src)).get("cpu") == binary else asked

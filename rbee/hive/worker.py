@@ -1,4 +1,5 @@
-"""One worker: a `llama-server` (or, for a speech model, `whisper-server`) process serving one model.
+"""One worker: a `llama-server` (or, for a speech model, `whisper-server`; for an image model, `sd-server`)
+process serving one model.
 
 The process is started in its own process group (so stopping it stops its children),
 with its own random API key, on a free port of the hive's address. Readiness is a `/health`
@@ -32,7 +33,7 @@ from rbee.hive import devices
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 300.0
-BINARY_NAMES = ("llama-server", "whisper-server")
+BINARY_NAMES = ("llama-server", "whisper-server", "sd-server")
 STOP_GRACE_S = 5.0
 
 
@@ -79,6 +80,19 @@ def whisper_argv(spec: WorkerSpec, port: int) -> list[str]:
     return argv + (["--device", gpu] if gpu else ["--no-gpu"])
 
 
+def sd_argv(spec: WorkerSpec, port: int) -> list[str]:
+    """The sd-server command line for `spec` (a pure function): the model, loopback only (it takes no API key
+    either), its threads. Its CPU build drives no GPU; a GPU build uses its backend's first device."""
+    argv = [str(spec.engine), "--model", spec.model.path, "--listen-ip", spec.host, "--listen-port", str(port)]
+    return argv + (["--threads", str(spec.threads)] if spec.threads else [])
+
+
+def health_path(mode: WorkerMode) -> str:
+    """Where a started worker answers once its model is loaded: sd-server has no /health, but it listens only
+    after loading, and answers `/` then."""
+    return "/" if mode is WorkerMode.IMAGE else "/health"
+
+
 def build_argv(spec: WorkerSpec, port: int) -> list[str]:
     """The engine's command line for `spec` (a pure function, tested on its own).
 
@@ -87,6 +101,8 @@ def build_argv(spec: WorkerSpec, port: int) -> list[str]:
     """
     if spec.mode is WorkerMode.TRANSCRIBE:
         return whisper_argv(spec, port)
+    if spec.mode is WorkerMode.IMAGE:
+        return sd_argv(spec, port)
     argv = [
         str(spec.engine),
         "--model", spec.model.path,
@@ -236,7 +252,7 @@ class WorkerProcess:
         async with httpx.AsyncClient(timeout=2.0, verify=verify) as client:
             while self.state is WorkerState.STARTING:
                 try:
-                    resp = await client.get(f"{self.url}/health")
+                    resp = await client.get(f"{self.url}{health_path(self.spec.mode)}")
                     if resp.status_code == 200:
                         return
                 except httpx.TransportError:

@@ -143,6 +143,12 @@ class QueenClient:
         with self._errors():
             return self._http.get(f"/v1/models/{name}").status_code == 200
 
+    def model_kind(self, name: str) -> str | None:
+        """What `GET /v1/models/{name}` says the model is for (text, image...); None when it does not know it."""
+        with self._errors():
+            resp = self._http.get(f"/v1/models/{name}")
+        return str(resp.json().get("kind", "text")) if resp.status_code == 200 else None
+
     def stream_lines(self, method: str, path: str, **kwargs: Any) -> Iterator[str]:
         """The lines of a streamed response, as they arrive."""
         with self._errors(), self._http.stream(method, path, timeout=httpx.Timeout(10.0, read=None),

@@ -14,7 +14,7 @@ from rbee.keeper.jobs_view import follow, run_here
 from rbee.keeper.output import CLIError
 
 app = typer.Typer(help="Build or inspect the inference engines (llama.cpp's llama-server, whisper.cpp's "
-                  "whisper-server).",
+                  "whisper-server, stable-diffusion.cpp's sd-server).",
                   no_args_is_help=True)
 
 
@@ -28,10 +28,12 @@ def install(
     backend: Annotated[str | None, typer.Option("--backend", help="cpu, cuda, metal, vulkan or rocm (default: "
                                                 "the GPU this machine has, when its toolkit is installed)")]
     = None,
-    which: Annotated[str, typer.Option("--engine", help="llama (llama-server, for text models) or whisper "
-                                       "(whisper-server, for speech-to-text models)")] = "llama",
+    which: Annotated[str, typer.Option("--engine", help="llama (llama-server, for text models), whisper "
+                                       "(whisper-server, for speech-to-text models) or sd (sd-server, for "
+                                       "text-to-image models)")] = "llama",
 ) -> None:
-    """Build llama-server (or, with --engine whisper, whisper-server) from its pinned source (cached per
+    """Build llama-server (or, with --engine whisper, whisper-server; with --engine sd, sd-server) from its pinned
+    source (cached per
     backend: a machine builds each once; several builds coexist, and each worker runs on the build that
     drives its device)."""
     ctx = App()
@@ -76,6 +78,8 @@ def status(
                               f"version {engine.get('version') or 'unknown'}")
         speech = engine.get("speech") or "none (rbee engine install --engine whisper)"
         ctx.out.out.print(f"  speech: {speech}")
+        image = engine.get("image") or "none (rbee engine install --engine sd)"
+        ctx.out.out.print(f"  image: {image}")
         others = {b: p for b, p in (engine.get("builds") or {}).items() if p != engine.get("path")}
         for backend, path in others.items():
             ctx.out.out.print(f"  also built: {backend} {path}")

@@ -1,17 +1,22 @@
-"""`rbee infer`: one prompt, tokens streamed to the terminal as they come."""
+"""`rbee infer`: one prompt, tokens streamed to the terminal as they come; for an image model, the PNG it draws
+written to a file whose path is printed."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import time
+from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import typer
 
-from rbee.contracts.models import DEMO_MODEL
+from rbee.contracts.models import DEMO_MODEL, kind_of
 from rbee.contracts.openai import HIVE_HEADER
 from rbee.hive import downloads, model_refs
+from rbee.hive.gguf_info import NotAGGUFError, read_summary
 from rbee.keeper.client import QueenClient
 from rbee.keeper.context import App
 from rbee.keeper.model_pull import pull_model
@@ -58,15 +63,24 @@ def infer(
     system: Annotated[str | None, typer.Option("--system", help="A system prompt.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole response object, not a stream.")]
     = False,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="An image model's PNG goes here "
+                                                "(default: rbee-image-TIME.png in this folder).")] = None,
+    size: Annotated[str, typer.Option("--size", help="An image's WIDTHxHEIGHT.")] = "512x512",
 ) -> None:
-    """Ask a model something; the tokens stream back as they are generated.
+    """Ask a model something; the tokens stream back as they are generated. An image model draws the prompt
+    instead: the PNG is written to a file (-o) and its path printed.
 
     The queen starts itself if it is not running, and loads the model on first use.
     """
     ctx = App()
     client = ctx.queen()
+    target = _model_arg(client, ctx.out, model, hive)
+    if _kind(client, target) == "image":
+        _image(ctx, {"model": target, "prompt": prompt, "size": size, **({"seed": seed} if seed is not None else {})},
+               hive, output or Path(f"rbee-image-{time.strftime('%Y%m%d-%H%M%S')}.png"))
+        return
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    body: dict[str, Any] = {"model": _model_arg(client, ctx.out, model, hive), "messages": messages}
+    body: dict[str, Any] = {"model": target, "messages": messages}
     for key, value in (("max_tokens", max_tokens), ("temperature", temperature), ("top_p", top_p),
                        ("seed", seed)):
         if value is not None:
@@ -116,3 +130,30 @@ def _stream(ctx: App, body: dict[str, Any], headers: dict[str, str], model: str)
         tokens = usage.get("completion_tokens", 0)
         rate = f", {tokens / elapsed:.0f} tokens/s" if elapsed > 0 and tokens > 1 else ""
         ctx.out.err.print(f"[dim]{tokens} tokens, first after {first - started:.2f} s{rate}[/dim]")
+
+
+def _kind(client: QueenClient, model: str) -> str:
+    """The model's kind: a file's from its header, read here; a name's as the queen lists it."""
+    if model_refs.looks_like_path(model):
+        try:
+            summary = read_summary(Path(model))
+        except NotAGGUFError:
+            return "text"  # the queen names what is wrong with it
+        return kind_of(summary.architecture, summary.pooling)
+    return client.model_kind(model) or "text"
+
+
+def _image(ctx: App, body: dict[str, Any], hive: str | None, output: Path) -> None:
+    """Draw `body`'s prompt; the PNG is written to `output`, whose path goes to stdout."""
+    headers = {HIVE_HEADER: hive} if hive else {}
+    with ctx.out.err.status(f"drawing with {body['model']} (it loads on first use)…"):
+        response = ctx.client.request("POST", "/v1/images/generations", json=body, headers=headers, timeout=None)
+    try:
+        png = base64.b64decode(response["data"][0]["b64_json"], validate=True)
+    except (KeyError, IndexError, TypeError, binascii.Error) as exc:
+        raise CLIError("the queen's answer carries no image") from exc
+    try:
+        output.write_bytes(png)
+    except OSError as exc:
+        raise CLIError(f"cannot write {output}: {exc.strerror or exc}") from exc
+    ctx.out.out.print(str(output.resolve()), soft_wrap=True)

@@ -15,6 +15,7 @@ from rbee.queen import (
     audio_routes,
     catalog_routes,
     hive_routes,
+    image_routes,
     infill_routes,
     key_routes,
     ollama_models,
@@ -51,7 +52,7 @@ def create_app(state: QueenState | None = None, on_shutdown: Callable[[], None] 
 
     app = Starlette(
         routes=[*openai_routes.routes, *anthropic_routes.routes, *responses_routes.routes, *rerank_routes.routes,
-                *audio_routes.routes,
+                *audio_routes.routes, *image_routes.routes,
                 *infill_routes.routes, *ollama_routes.routes, *ollama_models.routes, *catalog_routes.routes,
                 *hive_routes.routes, *key_routes.routes, *settings_routes.routes, *admin_routes.routes,
                 *web_routes.routes, *share_routes.routes, *spread_routes.routes],

@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS usage (
     prompt_tokens INTEGER NOT NULL DEFAULT 0,
     completion_tokens INTEGER NOT NULL DEFAULT 0,
     audio_seconds REAL NOT NULL DEFAULT 0,
+    images INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (name, model)
 );
 CREATE TABLE IF NOT EXISTS audit (
@@ -112,6 +113,7 @@ class UsageDelta:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     audio_seconds: float = 0.0
+    images: int = 0
 
 
 def digest(secret: str) -> str:
@@ -130,8 +132,11 @@ def _migrate(db: sqlite3.Connection) -> None:
     for column in ("address", "certificate"):
         if column not in columns:
             db.execute(f"ALTER TABLE hives ADD COLUMN {column} TEXT")
-    if "audio_seconds" not in {row[1] for row in db.execute("PRAGMA table_info(usage)")}:
+    usage_columns = {row[1] for row in db.execute("PRAGMA table_info(usage)")}
+    if "audio_seconds" not in usage_columns:
         db.execute("ALTER TABLE usage ADD COLUMN audio_seconds REAL NOT NULL DEFAULT 0")
+    if "images" not in usage_columns:
+        db.execute("ALTER TABLE usage ADD COLUMN images INTEGER NOT NULL DEFAULT 0")
 
 
 def _key_info(row: sqlite3.Row) -> KeyInfo:
@@ -254,14 +259,14 @@ class QueenDB:
         """Add counters (one transaction: all of them or none, so a failed flush can be retried whole)."""
         def add(db: sqlite3.Connection) -> None:
             db.executemany(
-                "INSERT INTO usage (name, model, requests, errors, prompt_tokens, completion_tokens, audio_seconds) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name, model) DO UPDATE SET "
+                "INSERT INTO usage (name, model, requests, errors, prompt_tokens, completion_tokens, audio_seconds, "
+                "images) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name, model) DO UPDATE SET "
                 "requests = requests + excluded.requests, errors = errors + excluded.errors, "
                 "prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
                 "completion_tokens = completion_tokens + excluded.completion_tokens, "
-                "audio_seconds = audio_seconds + excluded.audio_seconds",
-                [(d.name, d.model, d.requests, d.errors, d.prompt_tokens, d.completion_tokens, d.audio_seconds)
-                 for d in deltas])
+                "audio_seconds = audio_seconds + excluded.audio_seconds, images = images + excluded.images",
+                [(d.name, d.model, d.requests, d.errors, d.prompt_tokens, d.completion_tokens, d.audio_seconds,
+                  d.images) for d in deltas])
             db.executemany("UPDATE api_keys SET last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE name = ?",
                            [(at, name) for name, at in last_used.items()])
         await self._run(add)

@@ -49,7 +49,7 @@ CLIENT_PATHS = frozenset({"/v1/models", "/v1/chat/completions", "/v1/completions
                           "/v1/responses", "/v1/responses/input_tokens", "/v1/rerank", "/rerank", "/v2/rerank",
                           "/infill", "/api/version", "/api/tags", "/api/ps", "/api/show", "/api/chat",
                           "/api/generate", "/api/embed", "/api/embeddings", "/v1/audio/transcriptions",
-                          "/v1/audio/translations", *ANTHROPIC_PATHS})
+                          "/v1/audio/translations", "/v1/images/generations", *ANTHROPIC_PATHS})
 OPEN_PATHS = frozenset({"/health", "/openapi.json", "/"})  # and the dashboard's files, /ui/...
 DEFAULT_PORTS = {"http": 80, "https": 443}
 MAX_HIVE_REPORT_BYTES = 4 * 2**20  # a report lists models and workers: kilobytes, even for a big hive

@@ -120,9 +120,9 @@ async def _larger(request: Request, parsed: ModelRequest, mode: WorkerMode, dead
 
 
 def _metering(state: QueenState, who: Principal, stream: bool, request_id: str, path: str,
-              audio_s: float = 0.0) -> OnEnd:
-    """What to do when a forwarded request ends: count it, and its tokens (or seconds of audio), for whoever
-    sent it."""
+              audio_s: float = 0.0, images: int = 0) -> OnEnd:
+    """What to do when a forwarded request ends: count it, and its tokens (or seconds of audio, or images), for
+    whoever sent it."""
     def ended(outcome: Outcome) -> None:
         prompt, completion = tokens_in(outcome.tail, stream, outcome.head)
         if stream and not completion:  # cut short, before the closing event that reports the counts
@@ -130,7 +130,7 @@ def _metering(state: QueenState, who: Principal, stream: bool, request_id: str, 
         state.metrics.served(outcome, prompt, completion)
         status, heard = outcome.status, audio_s if outcome.status < 400 else 0.0
         state.usage.record(who.usage_name, outcome.model, prompt=prompt, completion=completion, error=status >= 400,
-                           audio_s=heard)
+                           audio_s=heard, images=images if status < 400 else 0)
         state.keyring.spent(who, prompt + completion, heard)
         log.debug("request %s %s model=%s hive=%s worker=%s status=%d ttft=%.3fs took=%.3fs tokens=%d+%d by %s",
                   request_id, path, outcome.model, outcome.hive, outcome.worker, status, outcome.ttft_s,
@@ -185,9 +185,10 @@ async def infer(request: Request, contract: type[ModelRequest], path: str, mode:
 
 async def serve(request: Request, body: bytes, parsed: ModelRequest, path: str, mode: WorkerMode,
                 deadline: float | None, *, errors: ErrorStyle = OPENAI, translation: Translation | None = None,
-                content_type: str = "application/json", audio_s: float = 0.0) -> Response:
+                content_type: str = "application/json", audio_s: float = 0.0, images: int = 0) -> Response:
     """Serve a request whose body was read and checked: `body` goes to the worker's `path` as it is (a
-    `content_type` of its own: an upload's multipart form; `audio_s`: the seconds of audio it carries, for usage)."""
+    `content_type` of its own: an upload's multipart form; `audio_s`: the seconds of audio it carries, `images`:
+    the images it asks for, for usage)."""
     state = queen_state(request)
     who = principal_of(request.scope)
     stream = bool(getattr(parsed, "stream", False))
@@ -197,7 +198,7 @@ async def serve(request: Request, body: bytes, parsed: ModelRequest, path: str, 
     if bounded != parsed.keep_alive:
         parsed = parsed.model_copy(update={"keep_alive": bounded})
     request_id = request_id_of(request)
-    ended = _metering(state, who, stream, request_id, path, audio_s)
+    ended = _metering(state, who, stream, request_id, path, audio_s, images)
     pinned = request.headers.get(HIVE_HEADER)
     asked = PolicyRequest(parsed.model, str(mode), len(body) // 4, getattr(parsed, "max_tokens", None), pinned)
 

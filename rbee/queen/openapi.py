@@ -31,6 +31,7 @@ from rbee.contracts.openai import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
+    ImageRequest,
     InfillRequest,
     RerankRequest,
     TranscriptionRequest,
@@ -62,6 +63,7 @@ BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("POST", "/v1/hives/register"): HiveReport,
     ("POST", "/v1/hives/heartbeat"): HiveReport,
     ("POST", "/v1/keys"): KeyCreate,
+    ("POST", "/v1/images/generations"): ImageRequest,
 }
 UPLOADS: dict[tuple[str, str], type[BaseModel]] = {  # multipart/form-data: these fields and a `file`
     ("POST", "/v1/audio/transcriptions"): TranscriptionRequest,
@@ -79,7 +81,8 @@ QUERIES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
 }
 INFERENCE = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages",
                        "/v1/messages/count_tokens", "/v1/responses", "/v1/responses/input_tokens", "/v1/rerank",
-                       "/rerank", "/v2/rerank", "/infill", "/v1/audio/transcriptions", "/v1/audio/translations"})
+                       "/rerank", "/v2/rerank", "/infill", "/v1/audio/transcriptions", "/v1/audio/translations",
+                       "/v1/images/generations"})
 HEADERS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     (method, path): {
         "x-rbee-hive": {"type": "string", "description": "serve the request on this hive only"},

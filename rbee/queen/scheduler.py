@@ -30,10 +30,11 @@ from rbee.queen import copies as copies_mod
 from rbee.queen import keep_alive as keep_alive_mod
 from rbee.queen import spill as spill_mod
 from rbee.queen.admission import Admission, Waiter
-from rbee.queen.errors import HiveNotFound, InvalidRequest, ModelNotFound, QueenError, WorkerUnavailable
+from rbee.queen.errors import HiveNotFound, ModelNotFound, QueenError, WorkerUnavailable
 from rbee.queen.executor import REAP_INTERVAL_S, Executor, hold, own_settings
 from rbee.queen.hive_seam import HiveSeam
 from rbee.queen.loads import Loads
+from rbee.queen.model_kinds import check_mode, own_mode
 from rbee.queen.policy import Policy, PolicyRequest
 
 __all__ = ["REAP_INTERVAL_S", "AnyWorker", "Lease", "Scheduler"]
@@ -327,7 +328,7 @@ class Scheduler:
         returns at once if memory is not free yet (or, with `evict=False`, not free without evicting anything).
         `spill`: the request is pinned nowhere, so another hive may get a LAN copy of it and the worker.
         `context`: the worker gets at least that many tokens per slot, at most its model's trained context."""
-        _check_mode(candidates[0][1], mode)
+        check_mode(candidates[0][1], mode)
         usable = views.not_backing_off(candidates, mode, time.monotonic())
         name, trained = usable[0][1].name, usable[0][1].context_length
         shape = None if context is None else WorkerShape(at_least=min(context, trained or context))
@@ -362,6 +363,7 @@ class Scheduler:
     async def spawn(self, model: str, mode: WorkerMode, pinned: str | None, device: str | None = None) -> AnyWorker:
         """Start one more worker for `model` (what `worker.spawn` jobs do), on `device` if given."""
         hive, entry = (await self.resolve(model, self.hives_for(pinned)))[0]
+        mode = own_mode(entry.kind) or mode  # a speech or image model runs on its own engine
         try:
             with hive_errors.to_queen(f"Could not start a worker for '{entry.name}'"):
                 worker = await hive.spawn_worker(entry, mode, memory=await hive.need(entry), device=device)
@@ -374,22 +376,3 @@ class Scheduler:
 def _fits(worker: AnyWorker, context: int | None) -> bool:
     """Whether `worker` has the context per slot a request needs (context_fit.satisfies)."""
     return context_fit.satisfies(worker.spec.context_per_slot, context, worker.spec.model.context_length)
-
-
-_SPEECH_HINT = "whisper.cpp's ggml models, e.g. ggerganov/whisper.cpp/ggml-base.en.bin"
-
-
-def _check_mode(entry: ModelEntry, mode: WorkerMode) -> None:
-    """A reranking worker needs a reranker: llama-server would score with any model, meaninglessly. Speech goes
-    to a speech (whisper) model and nothing else does: each engine loads only its own kind."""
-    if mode is WorkerMode.TRANSCRIBE and entry.kind != "speech":
-        raise InvalidRequest(f"'{entry.name}' is a {entry.kind} model; transcription and translation need a speech "
-                             f"model ({_SPEECH_HINT}).", param="model", code="model_not_speech")
-    if mode is not WorkerMode.TRANSCRIBE and entry.kind == "speech":
-        raise InvalidRequest(f"'{entry.name}' is a speech model: it serves /v1/audio/transcriptions and "
-                             "/v1/audio/translations only.", param="model", code="model_is_speech")
-    pooling = entry.pooling or entry.header.get("pooling")
-    if mode is WorkerMode.RERANK and pooling != "rank":
-        raise InvalidRequest(f"'{entry.name}' is not a reranker (its GGUF says pooling '{pooling}', a reranker's "
-                             "says 'rank': bge-reranker or Qwen3-Reranker GGUFs, for example).", param="model",
-                             code="model_not_reranker")

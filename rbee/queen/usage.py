@@ -87,23 +87,25 @@ def tokens_in(content: bytes, stream: bool, head: bytes = b"") -> tuple[int, int
 class UsageMeter:
     def __init__(self, db: QueenDB) -> None:
         self._db = db
-        self._pending: dict[tuple[str, str], list[float]] = {}  # requests, errors, tokens in and out, audio s
+        self._pending: dict[tuple[str, str], list[float]] = {}  # requests, errors, tokens in, out, audio s, images
         self._last_used: dict[str, float] = {}
 
     def record(self, name: str, model: str, *, prompt: int = 0, completion: int = 0, error: bool = False,
-               audio_s: float = 0.0) -> None:
-        counters = self._pending.setdefault((name, model), [0, 0, 0, 0, 0.0])
+               audio_s: float = 0.0, images: int = 0) -> None:
+        counters = self._pending.setdefault((name, model), [0, 0, 0, 0, 0.0, 0])
         counters[0] += 1
         counters[1] += int(error)
         counters[2] += prompt
         counters[3] += completion
         counters[4] += audio_s
+        counters[5] += images
         self._last_used[name] = time.time()
 
     def _merge(self, deltas: Iterable[UsageDelta], last_used: dict[str, float]) -> None:
         for d in deltas:
-            counters = self._pending.setdefault((d.name, d.model), [0, 0, 0, 0, 0.0])
-            for i, value in enumerate((d.requests, d.errors, d.prompt_tokens, d.completion_tokens, d.audio_seconds)):
+            counters = self._pending.setdefault((d.name, d.model), [0, 0, 0, 0, 0.0, 0])
+            for i, value in enumerate((d.requests, d.errors, d.prompt_tokens, d.completion_tokens, d.audio_seconds,
+                                       d.images)):
                 counters[i] += value
         for name, at in last_used.items():
             self._last_used[name] = max(at, self._last_used.get(name, 0.0))
@@ -112,7 +114,7 @@ class UsageMeter:
         """Write what was counted since the last flush; on failure keep it for the next one."""
         if not self._pending:
             return
-        deltas = [UsageDelta(name, model, int(c[0]), int(c[1]), int(c[2]), int(c[3]), c[4])
+        deltas = [UsageDelta(name, model, int(c[0]), int(c[1]), int(c[2]), int(c[3]), c[4], int(c[5]))
                   for (name, model), c in self._pending.items()]
         last_used = {name: at for name, at in self._last_used.items() if not name.startswith("(")}
         self._pending, self._last_used = {}, {}

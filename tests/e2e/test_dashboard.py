@@ -182,6 +182,28 @@ def test_playground_streams_a_reply_from_a_real_worker(queen: Queen, new_tab: Ne
     assert tab.errors() == []
 
 
+def test_playground_draws_with_an_image_model(queen: Queen, tiny_sd: Path, new_tab: NewTab) -> None:
+    assert httpx.post(f"{queen.url}/v1/images/generations", timeout=300,  # puts the image model in the catalog
+                      json={"model": str(tiny_sd), "prompt": "a bee", "size": "64x64", "steps": 1}).status_code == 200
+    tab = new_tab()
+    page = tab.page
+    page.goto(f"{queen.url}/#playground")
+    expect(page.locator("#image-model option[value=tiny-sd-v2]")).to_be_attached()
+    assert page.locator("#chat-form").is_visible()  # the chat is still there, above it
+    page.select_option("#image-size", "256x256")
+    page.fill("#image-steps", "1")
+    page.fill("#image-prompt", "a bee on a sunflower")
+    with page.expect_response(lambda r: r.url.endswith("/v1/images/generations"), timeout=300_000) as answered:
+        page.click("#image-send")
+    assert answered.value.status == 200
+    expect(page.locator("#image-out")).to_be_visible()
+    size = page.evaluate("() => { const i = document.querySelector('#image-out'); "
+                         "return i.decode().then(() => [i.naturalWidth, i.naturalHeight]); }")
+    assert size == [256, 256]
+    expect(page.locator("#image-stats")).to_contain_text(re.compile(r"drawn by localhost-w\d+ on localhost"))
+    assert tab.errors() == []
+
+
 def test_playground_with_the_tiny_model_and_an_unknown_one(queen: Queen, tiny_model: Path, new_tab: NewTab) -> None:
     assert httpx.post(f"{queen.url}/v1/chat/completions", timeout=60,  # puts "tiny" in the catalog
                       json={"model": str(tiny_model), "messages": CHAT, "max_tokens": 1}).status_code == 200

@@ -2,8 +2,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+from gguf import GGUFWriter
 
+from rbee.contracts.models import kind_of
 from rbee.hive.catalog import Catalog, name_for_file
 from rbee.hive.gguf_info import NotAGGUFError, read_summary
 
@@ -100,3 +103,18 @@ def test_header_reader_agrees_with_ggufreader(tiny_model: Path, tmp_path: Path) 
     empty.write_bytes(b"")
     with pytest.raises(NotAGGUFError, match="not a GGUF model file"):
         read_summary(empty)
+
+
+@pytest.mark.parametrize(("tensor", "kind"), [("model.diffusion_model.input_blocks.0.0.weight", "image"),
+                                              ("cond_stage_model.transformer.x.weight", "text")])
+def test_a_gguf_of_diffusion_tensors_is_an_image_model(tmp_path: Path, tensor: str, kind: str) -> None:
+    path = tmp_path / "sd.gguf"
+    writer = GGUFWriter(str(path), arch="")  # as sd.cpp's conversions: no general.architecture to go by
+    writer.add_tensor(tensor, np.zeros(4, np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    summary = read_summary(path)
+    assert kind_of(summary.architecture, summary.pooling) == kind
+    assert (summary.architecture == "stable-diffusion") == (kind == "image")

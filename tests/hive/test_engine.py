@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from rbee.hive import engine
-from rbee.hive.engine_sources import WHISPER
+from rbee.hive.engine_sources import SD, WHISPER
 
 
 @pytest.fixture
@@ -154,3 +154,33 @@ def test_the_speech_engine_source_has_the_server(whisper_server: Path) -> None:
         names = set(tar.getnames())
     root = f"{WHISPER.package}-{WHISPER.version}/{WHISPER.vendored}"
     assert f"{root}/examples/server/server.cpp" in names and f"{root}/CMakeLists.txt" in names
+
+
+def test_the_image_engine_has_its_own_source_cache_key_and_locations(clean_env: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RBEE_SD_SERVER", raising=False)
+    assert engine.build_id("cpu", SD).startswith(f"stable-diffusion.cpp-{SD.version}-cpu-")
+    assert len({engine.build_id("cpu", SD), engine.build_id("cpu", WHISPER), engine.build_id("cpu")}) == 3
+    flags = engine.build_flags("cuda", SD)
+    assert "-DGGML_NATIVE=OFF" in flags and "-DGGML_CUDA=ON" in flags and "-DSD_SERVER_BUILD_FRONTEND=OFF" in flags
+    assert engine.locate(SD) is None
+    built = _executable(engine.built_binary("cpu", SD))
+    assert built.name == "sd-server" and engine.locate(SD) == (built, "built")
+    monkeypatch.setenv("RBEE_SD_SERVER", "/opt/sd-server")
+    assert engine.locate(SD) == (Path("/opt/sd-server"), "configured")
+
+
+def test_the_image_engine_source_has_the_server(sd_server: Path) -> None:
+    """The cached stable-diffusion-cpp-python sdist (fetched by `rbee engine install --engine sd`) holds the
+    server's source where the build looks for it."""
+    import tarfile
+
+    from rbee.common import paths
+
+    archive = paths.cache_dir() / "src" / f"{SD.package.replace('-', '_')}-{SD.version}.tar.gz"
+    if not archive.is_file():
+        pytest.skip(f"{archive} is not cached here (RBEE_SD_SERVER is used instead of rbee's build)")
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+    root = f"{SD.package.replace('-', '_')}-{SD.version}/{SD.vendored}"
+    assert f"{root}/examples/server/main.cpp" in names and f"{root}/CMakeLists.txt" in names

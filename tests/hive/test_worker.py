@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rbee.contracts.models import ModelEntry
 from rbee.contracts.workers import WorkerMode
-from rbee.hive.worker import WorkerSpec, build_argv, worker_env
+from rbee.hive.worker import WorkerSpec, build_argv, health_path, worker_env
 
 
 def _spec(mode: WorkerMode, threads: int | None = None) -> WorkerSpec:
@@ -56,6 +56,14 @@ def test_argv_pins_one_device_or_spreads_over_several_by_size() -> None:
     assert argv[argv.index("--tensor-split") + 1] == "24154,8188"
     cpu = build_argv(_spec(WorkerMode.GENERATE), 1)
     assert cpu[cpu.index("--device") + 1] == "none" and cpu[cpu.index("--n-gpu-layers") + 1] == "0"
+
+
+def test_argv_for_an_image_worker_is_sd_servers() -> None:
+    image = dataclasses.replace(_spec(WorkerMode.IMAGE, threads=2), engine=Path("/bin/sd-server"))
+    argv = build_argv(image, 5555)
+    assert argv == ["/bin/sd-server", "--model", "/models/tiny.gguf", "--listen-ip", "127.0.0.1", "--listen-port",
+                    "5555", "--threads", "2"]
+    assert health_path(WorkerMode.IMAGE) == "/" and health_path(WorkerMode.TRANSCRIBE) == "/health"
 
 
 def test_argv_for_a_speech_worker_is_whisper_servers() -> None:

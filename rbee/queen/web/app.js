@@ -142,7 +142,7 @@ function showTab() {
   }
   $("#signout").hidden = !auth.token;
   if (tab === "keys") loadKeys();
-  if (tab === "playground") { loadChatModels(); loadSpeechModels(); }
+  if (tab === "playground") { loadChatModels(); loadSpeechModels(); loadImageModels(); }
 }
 
 // ---- polling -----------------------------------------------------------------------------------------
@@ -468,6 +468,42 @@ async function send(event) {
 }
 
 $("#chat-form").addEventListener("submit", send);
+
+// ---- playground: images (an image model's PNG, shown inline) -------------------------------------
+
+async function loadImageModels() {
+  try {
+    const { data } = await api("/v1/models");
+    const ids = data.filter((m) => m.kind === "image").map((m) => m.id);
+    const select = $("#image-model");
+    const chosen = select.value;
+    select.replaceChildren(...ids.map((id) => h("option", { value: id }, id)));
+    if (ids.includes(chosen)) select.value = chosen;
+    $("#image-form").hidden = !ids.length;
+  } catch (err) { alertIn("#image-error", err); }
+}
+
+async function draw(event) {
+  event.preventDefault();
+  alertIn("#image-error", null);
+  $("#image-send").disabled = true;
+  const started = performance.now();
+  try {
+    const response = await api("/v1/images/generations", {
+      method: "POST", raw: true,
+      json: { model: $("#image-model").value, prompt: $("#image-prompt").value, size: $("#image-size").value,
+        steps: Number($("#image-steps").value) || 20 },
+    });
+    const { data } = await response.json();
+    const out = $("#image-out");
+    out.src = `data:image/png;base64,${data[0].b64_json}`;
+    out.hidden = false;
+    $("#image-stats").textContent = `drawn by ${response.headers.get("x-rbee-worker") || "?"} on `
+      + `${response.headers.get("x-rbee-hive") || "?"} in ${((performance.now() - started) / 1000).toFixed(1)} s`;
+  } catch (err) { alertIn("#image-error", err); } finally { $("#image-send").disabled = false; }
+}
+
+$("#image-form").addEventListener("submit", draw);
 $("#chat-input").addEventListener("keydown", (event) => {
   if (event.key === "Enter" && !event.shiftKey) { event.preventDefault(); $("#chat-form").requestSubmit(); }
 });
