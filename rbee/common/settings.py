@@ -144,6 +144,11 @@ def api_pulls_from_hub() -> bool:
     return value == "hub"
 
 
+def affinity() -> bool:
+    """RBEE_AFFINITY=0: requests go to the least-loaded worker, without prefix-cache affinity (issue 20)."""
+    return os.environ.get("RBEE_AFFINITY", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 def local_hive() -> bool:
     """RBEE_LOCAL_HIVE=0: the queen's own machine runs no workers (only remote hives serve)."""
     return os.environ.get("RBEE_LOCAL_HIVE", "1").strip().lower() not in ("0", "false", "no", "off")
