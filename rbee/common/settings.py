@@ -145,8 +145,11 @@ def api_pulls_from_hub() -> bool:
 
 
 def affinity() -> bool:
-    """RBEE_AFFINITY=0: requests go to the least-loaded worker, without prefix-cache affinity (issue 20)."""
-    return os.environ.get("RBEE_AFFINITY", "1").strip().lower() not in ("0", "false", "no", "off")
+    """RBEE_AFFINITY=0: requests go to the least-loaded worker, without prefix-cache affinity (default 1: on)."""
+    value = os.environ.get("RBEE_AFFINITY", "1").strip().lower()
+    if value not in ("0", "1", "false", "true", "no", "yes", "off", "on"):
+        raise SettingsError(f"RBEE_AFFINITY must be 1 (on) or 0 (off), not {value[:40]!r}")
+    return value in ("1", "true", "yes", "on")
 
 
 def local_hive() -> bool:

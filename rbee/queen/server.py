@@ -47,7 +47,7 @@ _SETTINGS: tuple[Callable[[], object], ...] = (
     settings.queen_port, settings.worker_slots, settings.worker_context, settings.max_context, settings.worker_threads,
     settings.memory_budget, settings.queue_limits, settings.max_replicas, settings.heartbeat_s,
     settings.hive_timeout_s, settings.max_body_bytes, settings.audit_retention_s, settings.usage_flush_s,
-    settings.log_max_bytes, settings.hive_register_timeout_s, settings.ollama_port,
+    settings.log_max_bytes, settings.hive_register_timeout_s, settings.ollama_port, settings.affinity,
 )
 
 
