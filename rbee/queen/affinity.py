@@ -113,12 +113,12 @@ def _elements(value: object, items: bool) -> list[bytes]:
     return _pieces(json.dumps(value))  # token ids
 
 
-def key_of(model: str, parsed: object, session: str | None = None) -> Key | None:
-    """The chain of `parsed` (a request of chat, completions, Anthropic Messages, Responses or Ollama), or None
-    when it carries nothing to match on."""
+def key_of(model: str, parsed: object, session: str | None = None) -> Key:
+    """The chain of `parsed` (a request of chat, completions, Anthropic Messages, Responses or Ollama); empty
+    when it carries nothing to match on (its slot then holds nothing the table knows)."""
     shared, elements = _parts(parsed)
     if not elements and not shared:
-        return None
+        return Key((), False)
     head = _step(0, model.encode(), *shared)
     chain = [head]
     for i, element in enumerate(elements[:MAX_CHAIN]):
@@ -178,11 +178,12 @@ class Affinity:
         order = {k: i for i, k in enumerate(self._slots)}
         return min(free, key=lambda s: order[(worker, s)])
 
-    def record(self, worker: str, slot: int, key: Key | None) -> None:
-        """`worker`'s `slot` was given a request of `key` (None: one that tells nothing; its old chain is gone)."""
+    def record(self, worker: str, slot: int, key: Key) -> None:
+        """`worker`'s `slot` was given a request of `key` (an empty chain: one that tells nothing; the slot's old
+        chain is gone all the same)."""
         where = (worker, slot)
         self._drop(where)
-        if key is None:
+        if not key.chain:
             return
         self._slots[where] = key.chain
         for element in key.chain:

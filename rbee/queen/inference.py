@@ -140,9 +140,13 @@ def _metering(state: QueenState, who: Principal, stream: bool, request_id: str, 
     return ended
 
 
-def _key_of(request: Request, parsed: ModelRequest, mode: WorkerMode) -> affinity.Key | None:
-    """The request's prefix chain for affinity (affinity.py): generating requests only, while it is on."""
-    if mode is not WorkerMode.GENERATE or queen_state(request).scheduler.affinity is None:
+_COUNTING = ("/v1/messages/count_tokens", "/v1/responses/input_tokens")  # no slot runs these
+
+
+def _key_of(request: Request, parsed: ModelRequest, mode: WorkerMode, path: str) -> affinity.Key | None:
+    """The request's prefix chain for affinity (affinity.py): generating requests only, while it is on (None:
+    its lease names no slot)."""
+    if mode is not WorkerMode.GENERATE or path in _COUNTING or queen_state(request).scheduler.affinity is None:
         return None
     return affinity.key_of(parsed.model, parsed, affinity.session_of(request.headers))
 
@@ -210,7 +214,7 @@ async def serve(request: Request, body: bytes, parsed: ModelRequest, path: str, 
     pinned = request.headers.get(HIVE_HEADER)
     asked = PolicyRequest(parsed.model, str(mode), len(body) // 4, getattr(parsed, "max_tokens", None), pinned)
 
-    key = _key_of(request, parsed, mode)
+    key = _key_of(request, parsed, mode, path)
 
     async def send(lease: Lease) -> Response:
         state.metrics.affinity(lease.worker.spec.model.name, lease.hit)

@@ -62,17 +62,18 @@ def free_slots(scheduler: Scheduler, ready: list[AnyWorker]) -> dict[str, list[i
 
 def take(scheduler: Scheduler, worker: AnyWorker, seconds: float, key: Key | None, preference: Preference,
          free: dict[str, list[int]]) -> Lease:
-    """Reserve `worker` (and a free slot of it) for one request of `key`."""
+    """Reserve `worker` (and a free slot of it) for one request of `key` (None: a request that runs on no slot,
+    such as counting tokens)."""
     load = scheduler.loads.of(worker)
     load.in_flight += 1
     load.expires_at = None
     table = scheduler.affinity
-    if table is None or not free.get(worker.id):
+    if table is None or key is None or not free.get(worker.id):
         return Lease(worker, seconds, scheduler)
     slot = table.slot_for(worker.id, free[worker.id], preference)
     load.busy.add(slot)
     table.record(worker.id, slot, key)
-    return Lease(worker, seconds, scheduler, slot, None if key is None else preference.worker == worker.id)
+    return Lease(worker, seconds, scheduler, slot, preference.worker == worker.id if key.chain else None)
 
 
 def with_slot(body: bytes, slot: int | None) -> bytes:

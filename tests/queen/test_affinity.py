@@ -4,13 +4,18 @@ the choice it makes in decide.serve, alone: parsed requests in, preferences out,
 from __future__ import annotations
 
 import json
+import time
+from types import SimpleNamespace
+from typing import Any, cast
 
 from rbee.contracts.anthropic import MessagesRequest
 from rbee.contracts.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from rbee.contracts.responses import ResponsesRequest
+from rbee.contracts.workers import WorkerMode
 from rbee.queen import decide
 from rbee.queen.affinity import CHUNK, Affinity, Key, Preference, key_of, session_of
-from rbee.queen.leases import with_slot
+from rbee.queen.leases import free_slots, take, with_slot
+from rbee.queen.loads import Loads
 
 SYSTEM = {"role": "system", "content": "You are a careful coding agent."}
 
@@ -22,9 +27,7 @@ def chat(*contents: str, system: bool = True) -> ChatCompletionRequest:
 
 
 def key(*contents: str, system: bool = True, session: str | None = None) -> Key:
-    found = key_of("m", chat(*contents, system=system), session)
-    assert found is not None
-    return found
+    return key_of("m", chat(*contents, system=system), session)
 
 
 def test_a_later_turn_extends_the_chain_of_the_one_before() -> None:
@@ -52,14 +55,15 @@ def test_every_protocol_gives_a_chain() -> None:
                                                  "input": [{"role": "user", "content": "hi"}]})
     later = ResponsesRequest.model_validate({"model": "m", "instructions": "be brief", "input": [
         {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})
-    assert [len(k.chain) for k in (key_of("m", anthropic), key_of("m", responses))] == [2, 2]  # type: ignore[union-attr]
-    assert key_of("m", later).chain[:2] == key_of("m", responses).chain  # type: ignore[union-attr]
+    assert [len(k.chain) for k in (key_of("m", anthropic), key_of("m", responses))] == [2, 2]
+    assert key_of("m", later).chain[:2] == key_of("m", responses).chain
     prompt = "x" * (CHUNK * 2 + 10)
     raw = key_of("m", CompletionRequest.model_validate({"model": "m", "prompt": prompt}))
     longer = key_of("m", CompletionRequest.model_validate({"model": "m", "prompt": prompt + "y" * CHUNK}))
-    assert raw is not None and longer is not None and len(raw.chain) == 3 and longer.chain[:3] == raw.chain
-    assert key_of("m", CompletionRequest.model_validate({"model": "m", "prompt": "short"})) is None
-    assert key_of("m", EmbeddingRequest.model_validate({"model": "m", "input": "text"})) is None
+    assert len(raw.chain) == 3 and longer.chain[:3] == raw.chain
+    assert key_of("m", CompletionRequest.model_validate({"model": "m", "prompt": "short"})) == Key((), False)
+    assert key_of("m", CompletionRequest.model_validate({"model": "m", "prompt": ["a" * CHUNK] * 2})).chain == ()
+    assert key_of("m", EmbeddingRequest.model_validate({"model": "m", "input": "text"})).chain == ()
 
 
 def test_the_slot_holding_the_longest_prefix_is_preferred() -> None:
@@ -101,8 +105,10 @@ def test_the_table_is_bounded_and_forgets_stopped_workers() -> None:
     assert table.prefer(key("d", "x", "y"), {"w1": [3]}).worker == "w1"
     table.record("w2", 0, key("e"))
     table.forget(["w2"])
+    table.record("w2", 0, key("e"))
     assert len(table) == 1 and table.prefer(key("d", "x", "y"), {"w1": [3]}).worker is None
-    table.record("w2", 0, None)  # a request that tells nothing: the slot's old chain is gone
+    assert table.prefer(key("e", "x", "y"), {"w2": [0]}).worker == "w2"
+    table.record("w2", 0, Key((), False))  # a request that tells nothing: the slot's old chain is gone
     assert len(table) == 0
 
 
@@ -133,3 +139,25 @@ def test_the_body_names_the_slot() -> None:
     assert json.loads(with_slot(b"{ }", 0)) == {"id_slot": 0}
     assert with_slot(b'{"model": "m", "id_slot": 9}', 1).endswith(b',"id_slot":1}')  # the last key wins there
     assert with_slot(b'{"model": "m"}', None) == b'{"model": "m"}'
+
+
+def test_a_lease_names_a_free_slot_for_a_generating_request_only() -> None:
+    freed: list[str] = []
+    scheduler = cast(Any, SimpleNamespace(loads=Loads(), affinity=Affinity(), slot_freed=freed.append,
+                                          executor=SimpleNamespace(unload_soon=freed.append)))
+    worker = cast(Any, SimpleNamespace(id="w1", started_at=time.time(),
+                                       spec=SimpleNamespace(mode=WorkerMode.GENERATE, slots=2)))
+
+    def lease(asked: Key | None) -> Any:
+        free = free_slots(scheduler, [worker])
+        return take(scheduler, worker, 60.0, asked, scheduler.affinity.prefer(asked, free), free)
+
+    first = lease(key("a"))
+    assert (first.slot, first.hit) == (0, False)  # a first turn: no prefix held anywhere, a miss
+    counting = lease(None)  # counting tokens: no slot, nothing recorded
+    assert counting.slot is None and scheduler.loads.peek(worker).busy == {0}
+    later = lease(key("a", "x", "y"))  # its slot is busy: the same worker, another slot
+    assert (later.slot, later.hit) == (1, True) and lease(key("b")).slot is None  # no slot left to name
+    first.release()
+    assert scheduler.loads.peek(worker).busy == {1} and freed == [worker]
+    assert (lease(key("a", "x", "y", "z", "w")).slot, scheduler.loads.peek(worker).in_flight) == (0, 4)
