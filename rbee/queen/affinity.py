@@ -41,7 +41,7 @@ from pydantic import BaseModel
 __all__ = ["CHUNK", "SESSION_HEADERS", "Affinity", "Key", "Preference", "key_of", "session_of"]
 
 CHUNK = 1024  # characters of a raw prompt per chain element
-MAX_CHAIN = 4096  # elements kept per request: the rest of a longer one is not needed to tell it apart
+MAX_CHAIN = 1024  # elements kept per request: the rest of a longer one is not needed to tell it apart
 SESSION_HEADERS = ("x-session-id", "x-claude-code-session-id", "session_id", "conversation_id")
 _SYSTEM_ROLES = ("system", "developer")
 
@@ -94,7 +94,7 @@ def _parts(parsed: object) -> tuple[list[bytes], list[bytes]]:
         lead = 0
         while lead < len(messages) and getattr(messages[lead], "role", None) in _SYSTEM_ROLES:
             lead += 1
-        return shared + [_bytes(m) for m in messages[:lead]], [_bytes(m) for m in messages[lead:]]
+        return shared + [_bytes(m) for m in messages[:lead]], [_bytes(m) for m in messages[lead:lead + MAX_CHAIN]]
     for field in ("input", "prompt"):
         value = getattr(parsed, field, None)
         if value:
