@@ -144,6 +144,14 @@ def api_pulls_from_hub() -> bool:
     return value == "hub"
 
 
+def affinity() -> bool:
+    """RBEE_AFFINITY=0: requests go to the least-loaded worker, without prefix-cache affinity (default 1: on)."""
+    value = os.environ.get("RBEE_AFFINITY", "1").strip().lower()
+    if value not in ("0", "1", "false", "true", "no", "yes", "off", "on"):
+        raise SettingsError(f"RBEE_AFFINITY must be 1 (on) or 0 (off), not {value[:40]!r}")
+    return value in ("1", "true", "yes", "on")
+
+
 def local_hive() -> bool:
     """RBEE_LOCAL_HIVE=0: the queen's own machine runs no workers (only remote hives serve)."""
     return os.environ.get("RBEE_LOCAL_HIVE", "1").strip().lower() not in ("0", "false", "no", "off")

@@ -3,7 +3,8 @@
 For each request:
   (1) the hives to consider: the one pinned with `X-Rbee-Hive`, else all of them (the model's settings in
       models.toml may pin it too); the scheduler builds the views below from those hives only;
-  (2) a ready worker of the model with a free slot, the least loaded one, serves it at once (`serve`), in turn:
+  (2) a ready worker of the model with a free slot serves it at once (`serve`): the one whose slot holds the
+      start of its conversation (prefix affinity, affinity.py), else the least loaded one; in turn:
       a newcomer only when nobody waits for the model; a request that needs a context per slot (a prompt its
       worker refused as too long, Ollama's num_ctx) only one with that much (context_fit.py), and (4) loads
       one with it when there is none;
@@ -91,15 +92,20 @@ Decision = Serve | Load | CopyThenLoad | Wait | Refuse
 
 
 # -- (2) ------------------------------------------------------------------------------------------------------
-def serve(ready: Sequence[Ready], ordered: bool, turn: bool) -> Serve | None:
-    """(2) The worker that serves the request now, if it is its turn and one has a free slot: the least busy
-    (then the oldest), or the first free one when `ordered` (the user policy's order)."""
+def serve(ready: Sequence[Ready], ordered: bool, turn: bool, prefer: str | None = None,
+          tie: str | None = None) -> Serve | None:
+    """(2) The worker that serves the request now, if it is its turn and one has a free slot: `prefer` (the one
+    holding the request's prefix, affinity.py) if it has one free, else the least busy (then the one holding
+    the request's system prompt, `tie`, then the oldest), or the first free one when `ordered` (the user
+    policy's order). A preference never makes a request wait: only free workers are chosen from."""
     if not turn:
         return None
     free = [w for w in ready if w.in_flight < w.slots]
     if not free:
         return None
-    chosen = free[0] if ordered else min(free, key=lambda w: (w.in_flight / w.slots, w.started_at))
+    if prefer is not None and any(w.id == prefer for w in free):
+        return Serve(prefer)
+    chosen = free[0] if ordered else min(free, key=lambda w: (w.in_flight / w.slots, w.id != tie, w.started_at))
     return Serve(chosen.id)
 
 

@@ -21,7 +21,7 @@ from rbee.contracts.openai import HIVE_HEADER, ModelRequest
 from rbee.contracts.workers import WorkerMode
 from rbee.hive import model_refs
 from rbee.hive.model_refs import looks_like_path
-from rbee.queen import context_fit, keep_alive
+from rbee.queen import affinity, context_fit, keep_alive
 from rbee.queen.auth import LOCAL, Forbidden, Principal
 from rbee.queen.error_styles import OPENAI, ErrorStyle
 from rbee.queen.errors import (
@@ -33,13 +33,14 @@ from rbee.queen.errors import (
 )
 from rbee.queen.errors import request_id as request_id_of
 from rbee.queen.guard import as_owner, principal_of
+from rbee.queen.leases import with_slot
 from rbee.queen.policy import PolicyRequest
 from rbee.queen.proxy import OnEnd, Outcome, Translation
 from rbee.queen.remote_workers import RemoteWorker
 from rbee.queen.requests import read_json
 from rbee.queen.scheduler import AnyWorker, Lease
 from rbee.queen.state import QueenState, queen_state
-from rbee.queen.usage import tokens_in
+from rbee.queen.usage import counts_in
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +73,15 @@ def deadline_of(request: Request) -> float | None:
 
 
 async def _acquire(request: Request, parsed: ModelRequest, mode: WorkerMode, exclude: frozenset[str],
-                   deadline: float | None, asked: PolicyRequest, context: int | None = None) -> Lease:
+                   deadline: float | None, asked: PolicyRequest, context: int | None = None,
+                   key: affinity.Key | None = None) -> Lease:
     """Wait for a worker; the queue (admission.py) stops the wait when the client goes away or its deadline
     passes."""
     gone = asyncio.ensure_future(client_gone(request))
     try:
         return await queen_state(request).scheduler.acquire(
             parsed.model, mode, request.headers.get(HIVE_HEADER), parsed.keep_alive, exclude, asked, context,
-            deadline=deadline, gone=gone)
+            deadline=deadline, gone=gone, key=key)
     finally:
         gone.cancel()
 
@@ -124,10 +126,10 @@ def _metering(state: QueenState, who: Principal, stream: bool, request_id: str, 
     """What to do when a forwarded request ends: count it, and its tokens (or seconds of audio, or images), for
     whoever sent it."""
     def ended(outcome: Outcome) -> None:
-        prompt, completion = tokens_in(outcome.tail, stream, outcome.head)
+        prompt, completion, cached = counts_in(outcome.tail, stream, outcome.head)
         if stream and not completion:  # cut short, before the closing event that reports the counts
             completion = outcome.events
-        state.metrics.served(outcome, prompt, completion)
+        state.metrics.served(outcome, prompt, completion, cached)
         status, heard = outcome.status, audio_s if outcome.status < 400 else 0.0
         state.usage.record(who.usage_name, outcome.model, prompt=prompt, completion=completion, error=status >= 400,
                            audio_s=heard, images=images if status < 400 else 0)
@@ -136,6 +138,17 @@ def _metering(state: QueenState, who: Principal, stream: bool, request_id: str, 
                   request_id, path, outcome.model, outcome.hive, outcome.worker, status, outcome.ttft_s,
                   outcome.duration_s, prompt, completion, who.actor)
     return ended
+
+
+_COUNTING = ("/v1/messages/count_tokens", "/v1/responses/input_tokens")  # no slot runs these
+
+
+def _key_of(request: Request, parsed: ModelRequest, mode: WorkerMode, path: str) -> affinity.Key | None:
+    """The request's prefix chain for affinity (affinity.py): generating requests only, while it is on (None:
+    its lease names no slot)."""
+    if mode is not WorkerMode.GENERATE or path in _COUNTING or queen_state(request).scheduler.affinity is None:
+        return None
+    return affinity.key_of(parsed.model, parsed, affinity.session_of(request.headers))
 
 
 async def _may_open_files(request: Request, who: Principal, model: str) -> Principal:
@@ -202,16 +215,20 @@ async def serve(request: Request, body: bytes, parsed: ModelRequest, path: str, 
     pinned = request.headers.get(HIVE_HEADER)
     asked = PolicyRequest(parsed.model, str(mode), len(body) // 4, getattr(parsed, "max_tokens", None), pinned)
 
+    key = _key_of(request, parsed, mode, path)
+
     async def send(lease: Lease) -> Response:
-        return await state.forwarder.forward(lease, path, body, stream=stream, deadline=deadline, on_end=ended,
+        state.metrics.affinity(lease.worker.spec.model.name, lease.hit)
+        return await state.forwarder.forward(lease, path, with_slot(body, lease.slot), stream=stream,
+                                             deadline=deadline, on_end=ended,
                                              request_id=request_id, errors=errors, translation=translation,
                                              content_type=content_type)
 
     try:
         context = _context_asked(parsed)
-        lease = state.scheduler.try_acquire(parsed.model, mode, pinned, parsed.keep_alive, asked, context)
+        lease = state.scheduler.try_acquire(parsed.model, mode, pinned, parsed.keep_alive, asked, context, key)
         if lease is None:
-            lease = await _acquire(request, parsed, mode, frozenset(), deadline, asked, context)
+            lease = await _acquire(request, parsed, mode, frozenset(), deadline, asked, context, key)
         try:
             return await send(lease)
         except WorkerUnavailable as exc:
@@ -219,7 +236,7 @@ async def serve(request: Request, body: bytes, parsed: ModelRequest, path: str, 
             log.warning("worker %s failed before answering (%r); retrying once elsewhere", lease.worker.id,
                         exc.__cause__)
             return await send(await _acquire(request, parsed, mode, frozenset({lease.worker.id}), deadline, asked,
-                                             context))
+                                             context, key))
         except PromptTooLong as exc:  # before any byte too: once more on a worker with a larger context
             return await send(await _larger(request, parsed, mode, deadline, asked, lease.worker, exc))
     except QueenError as exc:

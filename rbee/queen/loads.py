@@ -1,12 +1,13 @@
-"""The queen's own counters per worker (issue 19): its requests in flight, when it was last used, and when its
-keep_alive runs out. The hives' workers (rbee/hive/worker.py, remote_hive.py RemoteWorker) hold what their hive
-reports; what the queen's leases do to a worker is kept here, keyed by the worker's id."""
+"""The queen's own counters per worker (issue 19): its requests in flight, the slots they hold (issue 20), when
+it was last used, and when its keep_alive runs out. The hives' workers (rbee/hive/worker.py, remote_hive.py
+RemoteWorker) hold what their hive reports; what the queen's leases do to a worker is kept here, keyed by the
+worker's id."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from rbee.contracts.workers import WorkerInfo
@@ -24,6 +25,11 @@ class Load:
     in_flight: int
     last_used: float  # monotonic
     expires_at: float | None  # monotonic; None: never unloaded for idleness
+    busy: set[int] = field(default_factory=set)  # the slot ids its leases hold (affinity.py)
+
+    def free_slots(self, slots: int) -> list[int]:
+        """The slot ids (0 to `slots` - 1) no lease holds."""
+        return [s for s in range(slots) if s not in self.busy] if len(self.busy) < slots else []
 
 
 class Loads:

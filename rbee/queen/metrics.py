@@ -26,12 +26,20 @@ class QueenMetrics:
         self.traffic = Traffic()  # the same counts, summed, for /v1/status and the dashboard
         self.loop_failures = Counter("rbee_background_failures", "Failures of the queen's background loops (each "
                                      "is started again)", ["loop"], registry=self.registry)
+        self.hits = Counter("rbee_affinity_hits", "Requests served by the worker holding their prompt's prefix "
+                            "(prefix-cache affinity)", ["model"], registry=self.registry)
+        self.misses = Counter("rbee_affinity_misses", "Requests with a prompt whose prefix no free worker held",
+                              ["model"], registry=self.registry)
+        self.cached = Counter("rbee_prompt_tokens_cached", "Prompt tokens the engines took from their KV cache",
+                              ["model", "hive"], registry=self.registry)
         self.speed = Histogram("rbee_generation_tokens_per_second", "Completion tokens per second of each answer",
                                ["model", "hive"], buckets=SPEED_BUCKETS, registry=self.registry)
 
-    def served(self, outcome: Outcome, prompt: int, completion: int) -> None:
+    def served(self, outcome: Outcome, prompt: int, completion: int, cached: int = 0) -> None:
         model, hive = outcome.model, outcome.hive
         self.requests.labels(model, hive, str(outcome.status)).inc()
+        if cached:
+            self.cached.labels(model, hive).inc(cached)
         self._count(outcome.status, prompt, completion)
         self.tokens.labels(model, hive, "prompt").inc(prompt)
         self.tokens.labels(model, hive, "completion").inc(completion)
@@ -43,6 +51,11 @@ class QueenMetrics:
             self.speed.labels(model, hive).observe((completion - 1) / generating)
         elif completion > 0 and outcome.duration_s > 0:
             self.speed.labels(model, hive).observe(completion / outcome.duration_s)
+
+    def affinity(self, model: str, hit: bool | None) -> None:
+        """A request was given a worker: where its prefix was (`hit`), or not; None: nothing to match."""
+        if hit is not None:
+            (self.hits if hit else self.misses).labels(model).inc()
 
     def refused(self, model: str, status: int) -> None:
         """A request answered before any worker: `model` must be a known name (labels are kept forever)."""

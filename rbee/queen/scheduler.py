@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 
 from rbee.common import settings
@@ -25,14 +25,15 @@ from rbee.contracts.models import DEMO_MODEL, ModelEntry
 from rbee.contracts.workers import WorkerMode, WorkerState
 from rbee.hive import model_refs
 from rbee.hive.service import ModelUnavailable
-from rbee.queen import context_fit, copy_placement, decide, hive_errors, views
+from rbee.queen import context_fit, copy_placement, decide, hive_errors, leases, views
 from rbee.queen import copies as copies_mod
-from rbee.queen import keep_alive as keep_alive_mod
 from rbee.queen import spill as spill_mod
 from rbee.queen.admission import Admission, Waiter
+from rbee.queen.affinity import Affinity, Key, Preference
 from rbee.queen.errors import HiveNotFound, ModelNotFound, QueenError, WorkerUnavailable
 from rbee.queen.executor import REAP_INTERVAL_S, Executor, hold, own_settings
 from rbee.queen.hive_seam import HiveSeam
+from rbee.queen.leases import Lease
 from rbee.queen.loads import Loads
 from rbee.queen.model_kinds import check_mode, own_mode
 from rbee.queen.policy import Policy, PolicyRequest
@@ -44,28 +45,6 @@ log = logging.getLogger(__name__)
 AnyWorker = spill_mod.AnyWorker
 _HOLDING = spill_mod.HOLDING
 Candidates = list[tuple[HiveSeam, ModelEntry]]
-
-
-@dataclass
-class Lease:
-    """A worker reserved for one request; `release()` exactly once when the request ends."""
-
-    worker: AnyWorker
-    keep_alive: float
-    scheduler: Scheduler
-    _released: bool = field(default=False, repr=False)
-
-    def release(self) -> None:
-        if self._released:
-            return
-        self._released = True
-        load = self.scheduler.loads.of(self.worker)
-        load.in_flight -= 1
-        load.last_used = now = time.monotonic()
-        load.expires_at = None if self.keep_alive == keep_alive_mod.FOREVER else now + self.keep_alive
-        if self.keep_alive == 0 and load.in_flight == 0:
-            self.scheduler.executor.unload_soon(self.worker)
-        self.scheduler.slot_freed(self.worker)
 
 
 @dataclass
@@ -83,6 +62,7 @@ class _Ask:
     started: float = 0.0
     deadline: float | None = None
     resolved: Candidates | None = None
+    key: Key | None = None  # its prefix chain (affinity.py)
 
     def may_copy(self) -> bool:
         """Whether a LAN copy to another hive may serve it: nothing pins it, and it needs no larger context."""
@@ -94,6 +74,7 @@ class Scheduler:
         self._hives = hives
         self.policy = policy or Policy(None)
         self.loads = Loads()  # the queen's counters per worker: in flight, last used, keep_alive
+        self.affinity = Affinity() if settings.affinity() else None  # which slot holds which prefix
         self.admission: Admission[Lease] = Admission(settings.queue_limits, self._free_slots)
         self.executor = Executor(hives, self.loads, self.notify, self.admission.fail)
         self._warned: set[str] = set()
@@ -141,6 +122,9 @@ class Scheduler:
         its file changed."""
         await asyncio.to_thread(self.policy.reload_if_changed)
         await self.executor.unload_expired()
+        if self.affinity is not None:
+            self.affinity.forget(w.id for h in list(self._hives.values()) for w in h.supervisor.workers()
+                                 if w.state in _HOLDING)
         await self.keep_min_replicas()
 
     async def keep_min_replicas(self) -> None:
@@ -236,38 +220,39 @@ class Scheduler:
             w for w in self.ready_workers(ask.name, ask.mode, ask.hives)
             if w.id not in ask.exclude and _fits(w, ask.context)], ask.request)
 
-    def _serve(self, ready: list[AnyWorker], turn: bool, seconds: float) -> Lease | None:
-        """(2) decide.serve over `ready`, and a lease on the worker it chose."""
+    def _serve(self, ready: list[AnyWorker], turn: bool, ask: _Ask) -> Lease | None:
+        """(2) decide.serve over `ready`, with the worker holding the request's prefix preferred (affinity.py),
+        and a lease on the worker it chose (and on one of its slots, leases.py)."""
+        free = leases.free_slots(self, ready) if turn else {}
+        prefer = self.affinity.prefer(ask.key, free) if self.affinity is not None and turn else Preference()
         choice = decide.serve([decide.Ready(w.id, self.loads.peek(w).in_flight, w.spec.slots, w.started_at)
-                               for w in ready], self.policy.active, turn)
+                               for w in ready], self.policy.active, turn, prefer.worker, prefer.tie)
         if choice is None:
             return None
         worker = next(w for w in ready if w.id == choice.worker)
-        load = self.loads.of(worker)
-        load.in_flight += 1
-        load.expires_at = None
-        return Lease(worker, seconds, self)
+        return leases.take(self, worker, ask.hold, ask.key, prefer, free)
 
     def _grant(self, ask: _Ask) -> Lease | None:
         """A lease for a waiter in line, on a worker with a free slot it may use (admission.py `offer`)."""
-        return self._serve(self._usable_workers(ask), True, ask.hold)
+        return self._serve(self._usable_workers(ask), True, ask)
 
     def try_acquire(self, model: str, mode: WorkerMode = WorkerMode.GENERATE, pinned: str | None = None,
                     keep_alive: str | int | float | None = None, request: PolicyRequest | None = None,
-                    context: int | None = None) -> Lease | None:
+                    context: int | None = None, key: Key | None = None) -> Lease | None:
         """(2) without waiting: a lease on a ready worker with a free slot (and at least `context` tokens per
-        slot, when given), or None (the hot path)."""
+        slot, when given), or None (the hot path). `key`: the request's prefix chain (affinity.py)."""
         if self.admission.busy((model, mode)):
             return None  # others are waiting for this model: queue behind them
         own = own_settings(model)  # one read of the settings per request: the pin, then keep_alive
         ask = _Ask(model, mode, self.hives_for(pinned or own.hive), frozenset(), context, request,
-                   hold(keep_alive, own))
-        return self._serve(self._usable_workers(ask), True, ask.hold)
+                   hold(keep_alive, own), key=key)
+        return self._serve(self._usable_workers(ask), True, ask)
 
     async def acquire(self, model: str, mode: WorkerMode = WorkerMode.GENERATE, pinned: str | None = None,
                       keep_alive: str | int | float | None = None, exclude: frozenset[str] = frozenset(),
                       request: PolicyRequest | None = None, context: int | None = None,
-                      deadline: float | None = None, gone: asyncio.Future[None] | None = None) -> Lease:
+                      deadline: float | None = None, gone: asyncio.Future[None] | None = None,
+                      key: Key | None = None) -> Lease:
         """A worker with a free slot for `model`, loading it first if needed; waits in the queue until the
         queue's timeout, the request's `deadline` (event-loop time) or its client leaving (`gone` done).
         `context`: the request needs at least that many tokens per slot (context_fit.py): only such a worker
@@ -275,7 +260,7 @@ class Scheduler:
         own = own_settings(model)
         clock = asyncio.get_running_loop().time
         ask = _Ask(model, mode, self.hives_for(pinned or own.hive), exclude, context, request,  # (1)
-                   hold(keep_alive, own), pinned or own.hive, clock(), deadline)
+                   hold(keep_alive, own), pinned or own.hive, clock(), deadline, key=key)
         until = ask.started + self.admission.timeout()
         tried = False
         waiter: Waiter[Lease] | None = None
@@ -306,7 +291,7 @@ class Scheduler:
         use, and whether (4) a worker may be loaded for it."""
         ready = self._usable_workers(ask)
         turn = self.admission.first(waiter) if waiter else not self.admission.busy((ask.name, ask.mode))
-        lease = self._serve(ready, turn, ask.hold)
+        lease = self._serve(ready, turn, ask)
         if lease is not None:
             return lease, ready, False
         replicas = own_settings(ask.name).max_replicas or settings.max_replicas()

@@ -49,6 +49,7 @@ _SETTINGS: tuple[Callable[[], object], ...] = (
     settings.memory_budget, settings.queue_limits, settings.max_replicas, settings.heartbeat_s,
     settings.hive_timeout_s, settings.max_body_bytes, settings.audit_retention_s, settings.usage_flush_s,
     settings.log_max_bytes, settings.hive_register_timeout_s, settings.ollama_port, settings.spread_bounds,
+    settings.affinity,
 )
 
 

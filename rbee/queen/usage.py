@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from rbee.queen.db import QueenDB, UsageDelta
 from rbee.queen.errors import QueenError
@@ -38,24 +39,41 @@ def _usage_of(event: dict[str, object]) -> object:
     return None
 
 
-def _tokens_of(event: object) -> tuple[int, int] | None:
+class Counts(NamedTuple):
+    """The tokens one answer reports: its prompt's (`cached` of them taken from the engine's KV cache), its own."""
+
+    prompt: int
+    completion: int
+    cached: int = 0
+
+
+def _details(usage: dict[str, object], field: str) -> int:
+    details = usage.get(field)
+    return _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
+
+
+def _tokens_of(event: object) -> Counts | None:
     if not isinstance(event, dict):
         return None
     usage = _usage_of(event)
+    timings = event.get("timings")
     if isinstance(usage, dict):
         if "prompt_tokens" in usage or "completion_tokens" in usage:  # OpenAI chat and completions
-            return _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+            cached = _details(usage, "prompt_tokens_details") or (
+                _count(timings.get("cache_n")) if isinstance(timings, dict) else 0)
+            return Counts(_count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")), cached)
         # Responses and Anthropic; Anthropic counts the cached part of the prompt apart
         prompt = sum(_count(usage.get(k)) for k in ("input_tokens", "cache_read_input_tokens",
                                                     "cache_creation_input_tokens"))
-        return min(prompt, MAX_COUNT), _count(usage.get("output_tokens"))
-    timings = event.get("timings")
+        cached = _count(usage.get("cache_read_input_tokens")) or _details(usage, "input_tokens_details")
+        return Counts(min(prompt, MAX_COUNT), _count(usage.get("output_tokens")), cached)
     if isinstance(timings, dict):
-        return _count(timings.get("prompt_n")) + _count(timings.get("cache_n")), _count(timings.get("predicted_n"))
+        cached = _count(timings.get("cache_n"))
+        return Counts(_count(timings.get("prompt_n")) + cached, _count(timings.get("predicted_n")), cached)
     return None
 
 
-def _stream_tokens(content: bytes) -> tuple[int, int] | None:
+def _stream_tokens(content: bytes) -> Counts | None:
     """The counts of the last SSE event that reports them (`data:` alone, or after an `event:` line)."""
     for event in reversed(content.split(b"\n\n")):
         start = event.find(b"data: {")
@@ -70,18 +88,25 @@ def _stream_tokens(content: bytes) -> tuple[int, int] | None:
     return None
 
 
-def tokens_in(content: bytes, stream: bool, head: bytes = b"") -> tuple[int, int]:
-    """(prompt, completion) tokens reported in a JSON answer or in the tail of an SSE stream; a stream
-    that names its prompt's tokens only at its start (Anthropic's `message_start`) has them in `head`."""
+def counts_in(content: bytes, stream: bool, head: bytes = b"") -> Counts:
+    """The tokens reported in a JSON answer or in the tail of an SSE stream; a stream that names its prompt's
+    tokens only at its start (Anthropic's `message_start`) has them in `head`."""
     if not stream:
         try:
-            return _tokens_of(json.loads(content)) or (0, 0)
+            return _tokens_of(json.loads(content)) or Counts(0, 0)
         except (ValueError, RecursionError):  # a worker's answer nested too deeply is not counted
-            return 0, 0
-    prompt, completion = _stream_tokens(content) or (0, 0)
-    if not prompt and head:
-        prompt = (_stream_tokens(head) or (0, 0))[0]
-    return prompt, completion
+            return Counts(0, 0)
+    found = _stream_tokens(content) or Counts(0, 0)
+    if head and not (found.prompt and found.cached):
+        start = _stream_tokens(head) or Counts(0, 0)
+        found = Counts(found.prompt or start.prompt, found.completion, found.cached or start.cached)
+    return found
+
+
+def tokens_in(content: bytes, stream: bool, head: bytes = b"") -> tuple[int, int]:
+    """(prompt, completion) tokens reported in a JSON answer or in the tail of an SSE stream (`counts_in`)."""
+    counts = counts_in(content, stream, head)
+    return counts.prompt, counts.completion
 
 
 class UsageMeter:

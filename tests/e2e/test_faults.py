@@ -247,6 +247,7 @@ def test_a_damaged_database_stops_the_queen_with_the_recovery_steps(make_queen: 
     ({"RBEE_KEEP_ALIVE": "a while"}, "RBEE_KEEP_ALIVE='a while'"),
     ({"RBEE_MEMORY_BUDGET": "huge"}, "RBEE_MEMORY_BUDGET"),
     ({"RBEE_HEARTBEAT_MS": "0"}, "RBEE_HEARTBEAT_MS='0' must be at least 100"),
+    ({"RBEE_AFFINITY": "sometimes"}, "RBEE_AFFINITY must be 1 (on) or 0 (off), not 'sometimes'"),
     ({"RBEE_TLS_CA": "/nonexistent/ca.pem"}, "RBEE_TLS_CA names /nonexistent/ca.pem, which is not a file"),
 ])
 def test_a_bad_setting_stops_the_start_naming_it(make_queen: Callable[..., Queen], env: dict[str, str],

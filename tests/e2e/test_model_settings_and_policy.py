@@ -115,14 +115,14 @@ def test_a_user_policy_ranks_workers_and_a_broken_one_falls_back(make_queen: Cal
     assert wait_for(lambda: httpx.get(f"{queen.url}/v1/status", timeout=10).json()["policy"]["error"] is not None, 5)
     status = httpx.get(f"{queen.url}/v1/status", timeout=10).json()["policy"]
     assert not status["loaded"] and "SyntaxError" in status["error"] and "line 1" in status["error"]
-    served = chat(queen, "tiny", "bees " * 40)
+    served = chat(queen, "tiny", "wasps " * 40)  # a new prompt: no worker holds its prefix (affinity.py)
     assert served.status_code == 200 and served.headers["x-rbee-worker"] == oldest
 
     # A rank() that raises: the same.
     policy.write_text("def rank(request, candidates):\n    raise RuntimeError('no idea')\n")
     os.utime(policy, (before + 2, before + 2))
     assert wait_for(lambda: httpx.get(f"{queen.url}/v1/status", timeout=10).json()["policy"]["loaded"], 5)
-    served = chat(queen, "tiny", "bees " * 40)
+    served = chat(queen, "tiny", "ants " * 40)
     assert served.status_code == 200 and served.headers["x-rbee-worker"] == oldest
     error = httpx.get(f"{queen.url}/v1/status", timeout=10).json()["policy"]["error"]
     assert "RuntimeError: no idea" in error and "line 2" in error
