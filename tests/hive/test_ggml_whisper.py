@@ -55,15 +55,16 @@ def test_names_drop_the_bin_suffix_too() -> None:
     assert name_for_file(Path("Qwen2.5-7B.gguf")) == "qwen2.5-7b"
 
 
-async def test_speech_workers_start_only_where_workers_listen_on_loopback(tmp_path: Path, tiny_whisper: Path) -> None:
-    """whisper-server takes no API key: a hive whose workers listen on its LAN address refuses to start one."""
+async def test_speech_workers_beyond_loopback_need_the_hives_front(tmp_path: Path, tiny_whisper: Path) -> None:
+    """whisper-server takes no API key: a hive whose workers listen on its LAN address and that has no front
+    (rbee/hive/front.py) for it refuses to start one."""
     from rbee.common.jobs import JobFailed
     from rbee.contracts.workers import WorkerMode
     from rbee.hive.service import Hive
 
     hive = Hive("far", state=tmp_path / "state", address="192.0.2.7")
     entry = await hive.catalog.add_file(tiny_whisper)
-    with pytest.raises(JobFailed, match="listen on loopback only"):
+    with pytest.raises(JobFailed, match="takes no API key, and hive .far. serves its workers at 192.0.2.7 with no front"):
         await hive.spawn_worker(entry, WorkerMode.TRANSCRIBE)
     assert hive.supervisor.workers() == []
     assert await hive.shape(entry) == (0, 1)  # one request at a time, no context to size
