@@ -76,6 +76,7 @@ def status(
                               f"version {engine.get('version') or 'unknown'}")
         speech = engine.get("speech") or "none (rbee engine install --engine whisper)"
         ctx.out.out.print(f"  speech: {speech}")
+        ctx.out.out.print(f"  rpc: {engine.get('rpc') or 'none (rbee engine install --force)'}")
         others = {b: p for b, p in (engine.get("builds") or {}).items() if p != engine.get("path")}
         for backend, path in others.items():
             ctx.out.out.print(f"  also built: {backend} {path}")

@@ -39,8 +39,11 @@ def test_builds_coexist_and_the_best_is_the_default(clean_env: Path, monkeypatch
     monkeypatch.delenv("RBEE_ENGINE_BACKEND", raising=False)
     assert engine.builds() == {}
     cpu = _executable(engine.built_binary("cpu"))
+    assert engine.builds() == {}  # a build is complete with its RPC server only
+    _executable(cpu.parent / "ggml-rpc-server")
     assert engine.builds() == {"cpu": cpu} and engine.default_backend() == "cpu"
     vulkan = _executable(engine.built_binary("vulkan"))
+    _executable(vulkan.parent / "ggml-rpc-server")
     assert engine.builds() == {"vulkan": vulkan, "cpu": cpu}
     assert engine.default_backend() == "vulkan" and engine.locate() == (vulkan, "built")
     monkeypatch.setenv("RBEE_ENGINE_BACKEND", "cpu")
