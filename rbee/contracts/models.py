@@ -118,6 +118,8 @@ class ModelSettings(BaseModel):
                                            "GPUs each of them spreads over ('cuda0+cuda1')")
     min_replicas: int | None = Field(default=None, ge=0, le=64, description="workers kept loaded, idle or not")
     max_replicas: int | None = Field(default=None, ge=1, le=64, description="the most workers it gets under load")
+    offload: bool | None = Field(default=None, description="false: never put some of its layers in RAM when its "
+                                 "GPUs are too small (unset: allowed)")
 
     @model_validator(mode="after")
     def _replicas(self) -> ModelSettings:

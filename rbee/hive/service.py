@@ -26,7 +26,7 @@ from rbee.contracts.hives import DeviceInfo, HiveReport, HiveState, HiveStatus, 
 from rbee.contracts.models import DEMO_MODEL, MemoryNeed, ModelDetail, ModelEntry
 from rbee.contracts.status import EngineInfo, HiveInfo
 from rbee.contracts.workers import WorkerMode, WorkerState
-from rbee.hive import devices, downloads, engine, model_refs, peer_fetch, shares
+from rbee.hive import devices, downloads, engine, model_refs, offload_plan, peer_fetch, shares
 from rbee.hive.catalog import Catalog, describe_file
 from rbee.hive.engine_sources import SOURCES
 from rbee.hive.estimate import OVERHEAD, estimate, fitting_context
@@ -448,14 +448,20 @@ class Hive:
         if speech is not None:
             device = await speech_device(speech, device)
         context, slots = await self.shape(model, shape)
-        on = self.devices_for(device, memory)
+        asked, with_ram = offload_plan.split_asked(device)
+        on = self.devices_for(asked, memory)
         memory += OVERHEAD * (len(on) - 1)  # each GPU it spreads over holds a runtime of its own
+        layers = None if speech is not None else (await self.summary(model)).block_count
+        placed = offload_plan.plan(on, self.devices(), asked, with_ram, memory, layers)
+        gpus = placed.gpus
         spec = WorkerSpec(
             model=model, mode=mode, engine=speech or self._engine_for.get(on[0].id, Path(info.path or "")),
             slots=slots,
             context_per_slot=context, threads=settings.worker_threads(), host=self.address, tls=self.tls,
-            device="+".join(d.id for d in on), engine_device=",".join(d.engine_name or "" for d in on) or None,
-            tensor_split=tuple(d.total_bytes // 2**20 for d in on) if len(on) > 1 else (),
+            device=placed.device, engine_device=",".join(d.engine_name or "" for d in gpus) or None,
+            tensor_split=tuple(d.total_bytes // 2**20 for d in gpus) if len(gpus) > 1 else (),
+            gpu_layers=placed.offload.gpu_layers if placed.offload else None, shares=placed.shares(memory),
+            offload=placed.describe(),
         )
         self.supervisor.forget_dead()
         worker = await self.supervisor.spawn(spec, memory)

@@ -131,7 +131,7 @@ def info(
     ctx.out.out.print(t)
 
 
-SETTINGS = ("context", "slots", "keep_alive", "hive", "device", "min_replicas", "max_replicas")
+SETTINGS = ("context", "slots", "keep_alive", "hive", "device", "min_replicas", "max_replicas", "offload")
 
 
 @app.command("set")
@@ -149,6 +149,9 @@ def set_(
                                                      "idle or not.")] = None,
     max_replicas: Annotated[int | None, typer.Option("--max-replicas", min=1, help="The most workers it gets "
                                                      "under load.")] = None,
+    offload: Annotated[bool | None, typer.Option("--offload/--no-offload", help="Whether layers that do not fit "
+                                                 "on its GPUs may go to RAM (the default) or it waits for GPU "
+                                                 "room.")] = None,
     unset: Annotated[list[str] | None, typer.Option("--unset", help=f"Forget a setting ({', '.join(SETTINGS)}); "
                                                     "repeatable.")] = None,
     reset: Annotated[bool, typer.Option("--reset", help="Forget all of its settings.")] = False,
@@ -161,7 +164,7 @@ def set_(
         raise CLIError(f"--unset takes {', '.join(SETTINGS)}; not {', '.join(unknown)}")
     own: dict[str, Any] = {} if reset else client.get(f"/v1/settings/models/{quote(name, safe='')}")
     given = {"context": context, "slots": slots, "keep_alive": keep_alive, "hive": on_hive, "device": device,
-             "min_replicas": min_replicas, "max_replicas": max_replicas}
+             "min_replicas": min_replicas, "max_replicas": max_replicas, "offload": offload}
     own.update({k: v for k, v in given.items() if v is not None})
     for key in unset or ():
         own.pop(key, None)

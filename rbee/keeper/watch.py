@@ -70,7 +70,8 @@ def devices_table(hives: list[dict[str, Any]], workers: list[dict[str, Any]]) ->
                 name.append(f" FAILED: {d['failed']}", style="red")
             t.add_row(h["alias"] if i == 0 else "", h["state"] if i == 0 else "", name,
                       bar(used, int(d["total_bytes"])), ", ".join(live),
-                      ", ".join(f"{w['id']} ({w['model']})" for w in on) or "-")
+                      ", ".join(f"{w['id']} ({w['model']})" + (f" [{w['offload']}]" if w.get("offload") else "")
+                                for w in on) or "-")
     return t
 
 

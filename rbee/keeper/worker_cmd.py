@@ -22,10 +22,11 @@ def workers_table(workers: list[dict[str, object]]) -> Table:
     t = table("Workers", "ID", "MODEL", "HIVE", "DEVICE", "MODE", "STATE", "URL", "PID", "IN FLIGHT")
     for w in workers:
         style = STATE_STYLE.get(str(w["state"]), "")
-        t.add_row(str(w["id"]), str(w["model"]), str(w["hive"]), str(w.get("device") or "cpu"), str(w["mode"]),
-                      f"[{style}]{w['state']}[/{style}]" if style else str(w["state"]),
-                      str(w.get("url") or "-"), str(w.get("pid") or "-"),
-                      f"{w['in_flight']}/{w['slots']}")
+        t.add_row(str(w["id"]), str(w["model"]), str(w["hive"]),
+                  str(w.get("offload") or w.get("device") or "cpu"), str(w["mode"]),
+                  f"[{style}]{w['state']}[/{style}]" if style else str(w["state"]),
+                  str(w.get("url") or "-"), str(w.get("pid") or "-"),
+                  f"{w['in_flight']}/{w['slots']}")
     return t
 
 
