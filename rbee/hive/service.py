@@ -384,7 +384,8 @@ class Hive:
         if len(chosen) > 1 and (any(d.engine_name is None for d in chosen) or len({d.id for d in chosen}) < len(chosen)
                                 or len({self._engine_for.get(d.id) for d in chosen}) > 1):
             raise JobFailed(f"'{device_id}' cannot run one worker: a model spreads over different GPUs that one "
-                            f"engine build drives, not the CPU; its devices: {names}")
+                            f"engine build drives, with the CPU last for layers offloaded to RAM ('cuda0+cpu'); "
+                            f"its devices: {names}")
         return chosen
 
     async def report(self, port: int) -> HiveReport:
