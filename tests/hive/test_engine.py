@@ -157,3 +157,18 @@ def test_the_speech_engine_source_has_the_server(whisper_server: Path) -> None:
         names = set(tar.getnames())
     root = f"{WHISPER.package}-{WHISPER.version}/{WHISPER.vendored}"
     assert f"{root}/examples/server/server.cpp" in names and f"{root}/CMakeLists.txt" in names
+
+
+def test_the_rpc_server_is_configured_else_beside_the_engine_else_on_path(clean_env: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RBEE_RPC_SERVER", raising=False)
+    assert "-DGGML_RPC=ON" in engine.build_flags("cpu") and "-DGGML_RPC=ON" not in engine.build_flags("cpu", WHISPER)
+    assert engine.rpc_server() is None
+    on_path = _executable(clean_env / "bin" / "ggml-rpc-server")
+    assert engine.rpc_server() == on_path
+    built = _executable(engine.built_binary("cpu"))
+    assert engine.rpc_server() == on_path  # the build lacks its RPC server (incomplete): not beside it
+    beside = _executable(built.parent / "ggml-rpc-server")
+    assert engine.rpc_server() == beside and engine.builds() == {"cpu": built}
+    monkeypatch.setenv("RBEE_RPC_SERVER", "/opt/ggml-rpc-server")
+    assert engine.rpc_server() == Path("/opt/ggml-rpc-server")
