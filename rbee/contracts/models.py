@@ -100,6 +100,8 @@ class ModelDetail(BaseModel):
     head_count: int | None = None
     head_count_kv: int | None = None
     memory: MemoryNeed
+    runs_on: str | None = Field(default=None, max_length=200)  # with the hive's free memory now: "cuda0", "cpu",
+    # or the layers split between GPUs and RAM ("cuda0 12/33 layers + cpu 21/33")
 
 
 class ModelSettings(BaseModel):

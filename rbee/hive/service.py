@@ -338,7 +338,15 @@ class Hive:
             head_count_kv=summary.head_count_kv,
             memory=MemoryNeed(context_per_slot=ctx, slots=n, weights=need.weights, kv_cache=need.kv_cache,
                               compute=need.compute, overhead=need.overhead, total=need.total),
+            runs_on=self._runs_on(need.total, summary),
         )
+
+    def _runs_on(self, memory: int, summary: GGUFSummary) -> str:
+        """Where a worker of `memory` bytes would go now, as spawn_worker places one that no device is asked for."""
+        on = self.devices_for(None, memory)
+        placed = offload_plan.plan(on, self.devices(), None, False, memory + OVERHEAD * (len(on) - 1),
+                                   summary.block_count)
+        return placed.describe() or placed.device
 
     async def disk(self) -> HiveDisk:
         """What its models take on disk, and what is free under its models folder."""

@@ -124,6 +124,7 @@ def info(
          f"{human_bytes(mem['total'])} = weights {human_bytes(mem['weights'])} + KV cache "
          f"{human_bytes(mem['kv_cache'])} + compute {human_bytes(mem['compute'])} + overhead "
          f"{human_bytes(mem['overhead'])}"),
+        ("runs on (memory free now)", detail.get("runs_on") or "?"),
     ]
     t = table(e["name"], "", "")
     for key, value in rows:

@@ -6,6 +6,7 @@ The tiny model with 48k of context needs ~655 MiB: more than the card holds and,
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -61,6 +62,9 @@ def test_a_model_larger_than_the_gpu_runs_with_the_rest_of_its_layers_in_ram(
     shown = queen.cli("hive", "status", "localhost", check=True).stdout
     rows = {line.split("│")[3].split(":")[0].strip(): line for line in shown.splitlines() if ": " in line}
     assert f"{worker['id']} (tiny)" in rows["cuda0"] and f"{worker['id']} (tiny)" in rows["cpu"], shown
+    # The estimate (`rbee model info`) shows the same plan.
+    detail = json.loads(queen.cli("model", "info", "tiny", "--json", check=True).stdout)
+    assert detail["runs_on"] == plan.describe("cuda0") and detail["memory"]["total"] == worker["memory_bytes"]
 
     # A second model that would overcommit RAM beside it does not start beside it: the idle first is
     # evicted for it (the RAM holds one offloaded part, not two).
