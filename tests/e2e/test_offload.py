@@ -61,7 +61,8 @@ def test_a_model_larger_than_the_gpu_runs_with_the_rest_of_its_layers_in_ram(
     assert "cuda0 1/3 layers + cpu 2/3" in listed.replace("\n", ""), listed
     shown = queen.cli("hive", "status", "localhost", check=True).stdout
     rows = {line.split("│")[3].split(":")[0].strip(): line for line in shown.splitlines() if ": " in line}
-    assert f"{worker['id']} (tiny)" in rows["cuda0"] and f"{worker['id']} (tiny)" in rows["cpu"], shown
+    shown_as = f"{worker['id']} (tiny: cuda0 1/3 layers + cpu 2/3)"
+    assert shown_as in rows["cuda0"] and shown_as in rows["cpu"], shown
     # The estimate (`rbee model info`) shows the same plan.
     detail = json.loads(queen.cli("model", "info", "tiny", "--json", check=True).stdout)
     assert detail["runs_on"] == plan.describe("cuda0") and detail["memory"]["total"] == worker["memory_bytes"]
