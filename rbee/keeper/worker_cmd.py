@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from rbee.contracts.jobs import JobCreate, JobKind
@@ -23,7 +24,7 @@ def workers_table(workers: list[dict[str, object]]) -> Table:
     for w in workers:
         style = STATE_STYLE.get(str(w["state"]), "")
         t.add_row(str(w["id"]), str(w["model"]), str(w["hive"]),
-                  str(w.get("offload") or w.get("device") or "cpu"), str(w["mode"]),
+                  escape(str(w.get("offload") or w.get("device") or "cpu")), str(w["mode"]),  # a hive's words
                   f"[{style}]{w['state']}[/{style}]" if style else str(w["state"]),
                   str(w.get("url") or "-"), str(w.get("pid") or "-"),
                   f"{w['in_flight']}/{w['slots']}")
