@@ -53,7 +53,7 @@ class DeviceView:
     @property
     def tier(self) -> int:
         """GPUs only first, then GPUs with RAM (layers offloaded), then the CPU alone."""
-        return 2 if self.device == CPU else 1 if self.device.endswith("+" + CPU) else 0
+        return 2 if self.device == CPU else 1 if self.parts and self.parts[-1].device == CPU else 0
 
 
 @dataclass(frozen=True)
@@ -181,9 +181,10 @@ def _with_room(need: int, fitting: list[DeviceView], spreads: Spreads, t: _Total
         else:
             left, load = d.total - used[key] - need, busy[key]
         if left >= 0:
-            if d.tier == 1:  # GPUs with RAM: the most on the GPUs (the fastest), not the best fit
+            tier = 2 if d.device == CPU else 1 if d.parts and d.parts[-1].device == CPU else 0  # d.tier, inlined
+            if tier == 1:  # GPUs with RAM: the most on the GPUs (the fastest), not the best fit
                 left = -sum(share for (_, device), _, share in spreads[key] if device != CPU)
-            rank = (d.tier, left, not d.has_model, load)
+            rank = (tier, left, not d.has_model, load)
             if best is None or rank < best:
                 best, chosen = rank, d
     return chosen
