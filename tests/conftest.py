@@ -43,6 +43,16 @@ def llama_server() -> Path:
 
 
 @pytest.fixture(scope="session")
+def rpc_server() -> Path:
+    """llama.cpp's RPC server that `rbee engine install` builds beside llama-server (or RBEE_RPC_SERVER)."""
+    found = engine.rpc_server()
+    if found is None:
+        pytest.fail("no ggml-rpc-server: run `rbee engine install --local --force` (make test does) or set "
+                    "RBEE_RPC_SERVER")
+    return found
+
+
+@pytest.fixture(scope="session")
 def whisper_server() -> Path:
     """The speech engine the suite runs: RBEE_WHISPER_SERVER, or the one `rbee engine install --engine whisper`
     built."""

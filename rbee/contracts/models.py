@@ -106,6 +106,8 @@ class ModelDetail(BaseModel):
     head_count: int | None = None
     head_count_kv: int | None = None
     memory: MemoryNeed
+    runs_on: str | None = Field(default=None, max_length=200)  # with the hive's free memory now: "cuda0", "cpu",
+    # or the layers split between GPUs and RAM ("cuda0 12/33 layers + cpu 21/33")
 
 
 class ModelSettings(BaseModel):
@@ -126,6 +128,8 @@ class ModelSettings(BaseModel):
     max_replicas: int | None = Field(default=None, ge=1, le=64, description="the most workers it gets under load")
     spread: str | None = Field(default=None, max_length=1200, description="the hives' devices each of its workers "
                                "spreads over ('gaming-pc:cuda0+mac:metal'), even when one hive would hold it")
+    offload: bool | None = Field(default=None, description="false: never put some of its layers in RAM when its "
+                                 "GPUs are too small (unset: allowed)")
 
     @field_validator("spread")
     @classmethod

@@ -26,6 +26,7 @@ class EngineInfo(BaseModel):
     builds: dict[Name, FilePath] = Field(default={}, max_length=16)  # backend -> path: each drives its devices
     speech: FilePath | None = None  # the whisper-server speech workers run (None: none found)
     image: FilePath | None = None  # the sd-server image workers run (None: none found)
+    rpc: FilePath | None = None  # llama.cpp's ggml-rpc-server, built beside llama-server (None: none found)
 
 
 class HiveInfo(BaseModel):

@@ -100,6 +100,7 @@ class WorkerInfo(BaseModel):
     memory_bytes: Bytes = 0
     device: str = Field(default="cpu", pattern=r"^[A-Za-z0-9_.+-]{1,256}$")  # "cuda0+cuda1": spread over both
     device_memory: dict[str, Bytes] = Field(default={}, max_length=64)  # memory_bytes per device (filled in)
+    offload: str | None = Field(default=None, max_length=200)  # "cuda0 24/33 layers + cpu 9/33": layers in RAM
     idle_unload_in_s: Seconds | None = None
 
     @model_validator(mode="after")

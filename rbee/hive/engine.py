@@ -199,9 +199,9 @@ def builds(src: EngineSource = LLAMA) -> dict[str, Path]:
     """rbee's builds of the pinned source on this machine, by backend, the best first."""
     found = {}
     for backend in PREFERENCE:
-        binary = paths.engines_dir() / build_id(backend, src) / "bin" / src.binary
-        if binary.is_file():
-            found[backend] = binary
+        folder = paths.engines_dir() / build_id(backend, src) / "bin"
+        if all((folder / name).is_file() for name in src.binaries):
+            found[backend] = folder / src.binary
     return found
 
 
@@ -261,8 +261,25 @@ async def describe() -> EngineInfo:
     info = await _describe_llama()
     speech = await asyncio.to_thread(locate, WHISPER)
     image = await asyncio.to_thread(locate, SD)
+    rpc = await asyncio.to_thread(rpc_server)
     return info.model_copy(update={"speech": str(speech[0]) if speech else None,
-                                   "image": str(image[0]) if image else None})
+                                   "image": str(image[0]) if image else None, "rpc": str(rpc) if rpc else None})
+
+
+def rpc_server(src: EngineSource = LLAMA) -> Path | None:
+    """llama.cpp's RPC server (ggml-rpc-server, which lends this machine's devices to a llama-server elsewhere):
+    the configured one (RBEE_RPC_SERVER), else the one beside the llama-server in use (rbee's builds have
+    both), else one on PATH; None when there is none."""
+    name, env = src.companions[0]
+    configured = os.environ.get(env)
+    if configured:
+        return Path(configured)
+    found = locate(src)
+    beside = found[0].parent / name if found else None
+    if beside is not None and beside.is_file():
+        return beside
+    on_path = shutil.which(name)
+    return Path(on_path) if on_path else None
 
 
 async def _describe_llama() -> EngineInfo:
@@ -355,7 +372,8 @@ def _extract(archive: Path, dest: Path, src: EngineSource = LLAMA) -> Path:
 def _publish(build: Path, staging: Path, final: Path, backend: str, src: EngineSource = LLAMA) -> None:
     """Move a finished build into place as `final` (blocking)."""
     (staging / "bin").mkdir(parents=True)
-    shutil.copy2(build / "bin" / src.binary, staging / "bin" / src.binary)
+    for name in src.binaries:
+        shutil.copy2(build / "bin" / name, staging / "bin" / name)
     (staging / "build.json").write_text(json.dumps(
         {"source": f"{src.package}=={src.version}", "backend": backend,
          "flags": build_flags(backend, src), "built_at": time.time()}, indent=2))
@@ -367,7 +385,7 @@ def _publish(build: Path, staging: Path, final: Path, backend: str, src: EngineS
 def _already_there(target: Path, backend_asked: bool, src: EngineSource = LLAMA) -> tuple[Path, str] | None:
     """An engine that makes building `target` unnecessary: `target` itself; else, unless a backend was asked
     for by name, one that is configured or on PATH (not another backend's build: builds coexist)."""
-    if target.is_file():
+    if all((target.parent / name).is_file() for name in src.binaries):
         return target, "built"
     found = locate(src)
     return found if found is not None and found[1] != "built" and not backend_asked else None
@@ -418,5 +436,5 @@ async def _build(src: EngineSource, backend: str, archive: Path, tmp: Path, emit
     emit(message=f"configuring ({backend})")
     await _run(["cmake", "-S", str(source), "-B", str(build), *generator, *build_flags(backend, src)], emit)
     jobs = str(os.cpu_count() or 2)
-    emit(message=f"compiling {src.binary} with {jobs} jobs (several minutes on a small machine)")
-    await _run(["cmake", "--build", str(build), "--target", src.binary, "-j", jobs], emit, steps=True)
+    emit(message=f"compiling {' and '.join(src.binaries)} with {jobs} jobs (several minutes on a small machine)")
+    await _run(["cmake", "--build", str(build), "--target", *src.binaries, "-j", jobs], emit, steps=True)

@@ -34,12 +34,19 @@ class EngineSource:
     # No API key and no TLS of its own: it listens on 127.0.0.1 only, and a remote hive serves it through its
     # own API (rbee/hive/front.py), which has both.
     fronted: bool = False
+    companions: tuple[tuple[str, str], ...] = ()  # other binaries of the same build: (CMake target, its variable)
+
+    @property
+    def binaries(self) -> tuple[str, ...]:
+        """Every binary a build of it holds; the build is complete only when all are there."""
+        return (self.binary, *(name for name, _ in self.companions))
 
 
 # Never -DGGML_NATIVE=ON: a native build on CPUs that report AMX dies with SIGILL.
 LLAMA = EngineSource(
     name="llama", project="llama.cpp", package="llama-cpp-python", version="0.3.36", vendored="vendor/llama.cpp",
     binary="llama-server", env="RBEE_LLAMA_SERVER",
+    companions=(("ggml-rpc-server", "RBEE_RPC_SERVER"),),  # ggml RPC: a hive lends its devices to another
     flags=(
         "-DCMAKE_BUILD_TYPE=Release",
         "-DGGML_NATIVE=OFF",
@@ -50,6 +57,7 @@ LLAMA = EngineSource(
         "-DLLAMA_BUILD_UI=OFF",
         "-DLLAMA_BUILD_TESTS=OFF",
         "-DLLAMA_BUILD_EXAMPLES=OFF",
+        "-DGGML_RPC=ON",  # llama-server's --rpc, and the rpc-server target
     ),
 )
 

@@ -84,3 +84,35 @@ def fitting_context(summary: GGUFSummary, weights_bytes: int, slots: int, room: 
     while context > floor and estimate(summary, weights_bytes, context, slots).total > room:
         context = max(floor, context // 2)
     return context
+
+
+@dataclass(frozen=True)
+class Offload:
+    """A worker too large for its GPU(s), split by layers as Ollama does: `gpu_layers` of `layers` (what
+    llama-server's --n-gpu-layers counts: the repeating layers, and the output layer as one more) on the GPUs
+    with the runtime, the rest of the layers in RAM."""
+
+    layers: int
+    gpu_layers: int
+    gpu: int  # bytes on the GPU(s)
+    cpu: int  # bytes in RAM
+
+    def describe(self, gpus: str) -> str:
+        """"cuda0 24/33 layers + cpu 9/33"."""
+        return f"{gpus} {self.gpu_layers}/{self.layers} layers + cpu {self.layers - self.gpu_layers}/{self.layers}"
+
+
+def offload(need: int, block_count: int | None, gpu_room: int) -> Offload | None:
+    """How a worker of `need` bytes (estimate().total) splits between GPUs with `gpu_room` bytes and RAM: the
+    runtime (OVERHEAD) and as many layers as fit on the GPUs, each layer an equal share of the rest (its
+    weights, its KV cache and its part of the compute buffer), the other layers in RAM. None when every layer
+    fits (no offload needed), when not one does, or when the header names no layer count."""
+    if not block_count:
+        return None
+    layers = block_count + 1
+    per_layer = max(1, -(-(need - OVERHEAD) // layers))
+    fit = (gpu_room - OVERHEAD) // per_layer
+    if fit < 1 or fit >= layers:
+        return None
+    gpu = OVERHEAD + fit * per_layer
+    return Offload(layers=layers, gpu_layers=fit, gpu=gpu, cpu=need - gpu)

@@ -28,7 +28,7 @@ from rbee.contracts.models import DEMO_MODEL, MemoryNeed, ModelDetail, ModelEntr
 from rbee.contracts.slots import SlotCacheList, SlotRestored, SlotSave, Stopped
 from rbee.contracts.status import EngineInfo, HiveInfo
 from rbee.contracts.workers import WorkerMode, WorkerState
-from rbee.hive import devices, downloads, engine, model_refs, peer_fetch, rpc_channel, shares
+from rbee.hive import devices, downloads, engine, model_refs, offload_plan, peer_fetch, rpc_channel, shares
 from rbee.hive.catalog import Catalog, describe_file
 from rbee.hive.engine_sources import SOURCES, EngineSource, source_for
 from rbee.hive.estimate import OVERHEAD, estimate, fitting_context
@@ -349,7 +349,15 @@ class Hive:
             head_count_kv=summary.head_count_kv,
             memory=MemoryNeed(context_per_slot=ctx, slots=n, weights=need.weights, kv_cache=need.kv_cache,
                               compute=need.compute, overhead=need.overhead, total=need.total),
+            runs_on=self._runs_on(need.total, summary),
         )
+
+    def _runs_on(self, memory: int, summary: GGUFSummary) -> str:
+        """Where a worker of `memory` bytes would go now, as spawn_worker places one that no device is asked for."""
+        on = self.devices_for(None, memory)
+        placed = offload_plan.plan(on, self.devices(), None, False, memory + OVERHEAD * (len(on) - 1),
+                                   summary.block_count)
+        return placed.describe() or placed.device
 
     async def disk(self) -> HiveDisk:
         """What its models take on disk, and what is free under its models folder."""
@@ -395,7 +403,8 @@ class Hive:
         if len(chosen) > 1 and (any(d.engine_name is None for d in chosen) or len({d.id for d in chosen}) < len(chosen)
                                 or len({self._engine_for.get(d.id) for d in chosen}) > 1):
             raise JobFailed(f"'{device_id}' cannot run one worker: a model spreads over different GPUs that one "
-                            f"engine build drives, not the CPU; its devices: {names}")
+                            f"engine build drives, with the CPU last for layers offloaded to RAM ('cuda0+cpu'); "
+                            f"its devices: {names}")
         return chosen
 
     async def report(self, port: int) -> HiveReport:
@@ -473,14 +482,20 @@ class Hive:
             device = await keyless_device(kind, keyless, device)
         front = self.front_for(source_for(mode))
         context, slots = await self.shape(model, shape)
-        on = self.devices_for(device, memory)
+        asked, with_ram = offload_plan.split_asked(device)
+        on = self.devices_for(asked, memory)
         memory += OVERHEAD * (len(on) - 1)  # each GPU it spreads over holds a runtime of its own
+        layers = None if kind else (await self.summary(model)).block_count
+        placed = offload_plan.plan(on, self.devices(), asked, with_ram, memory, layers)
+        gpus = placed.gpus
         spec = WorkerSpec(
             model=model, mode=mode, engine=keyless or self._engine_for.get(on[0].id, Path(info.path or "")),
             slots=slots, front=front, context_per_slot=context, threads=settings.worker_threads(),
             host="127.0.0.1" if front else self.address, tls=None if front else self.tls,
-            device="+".join(d.id for d in on), engine_device=",".join(d.engine_name or "" for d in on) or None,
-            tensor_split=tuple(d.total_bytes // 2**20 for d in on) if len(on) > 1 else (),
+            device=placed.device, engine_device=",".join(d.engine_name or "" for d in gpus) or None,
+            tensor_split=tuple(d.total_bytes // 2**20 for d in gpus) if len(gpus) > 1 else (),
+            gpu_layers=placed.offload.gpu_layers if placed.offload else None, shares=placed.shares(memory),
+            offload=placed.describe(),
             slot_save_path=await asyncio.to_thread(self.slots.path) if mode is WorkerMode.GENERATE else None,
         )
         self.supervisor.forget_dead()

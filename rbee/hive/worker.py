@@ -62,6 +62,9 @@ class WorkerSpec:
     tensor_split: tuple[int, ...] = ()  # a spread worker's share of layers per device (their sizes in MiB)
     front: str | None = None  # the hive's API that serves this engine (rbee/hive/front.py); it listens on loopback
     slot_save_path: Path | None = None  # a text worker's folder for saved slots (rbee/hive/slot_cache.py)
+    gpu_layers: int | None = None  # layers on the GPUs when the rest are in RAM (device "cuda0+cpu"); None: all
+    shares: tuple[int, ...] = ()  # bytes held on each part of `device` when planned so (offloaded)
+    offload: str | None = None  # the split in words: "cuda0 24/33 layers + cpu 9/33"
 
 
 def free_port(host: str) -> int:
@@ -115,7 +118,8 @@ def build_argv(spec: WorkerSpec, port: int) -> list[str]:
         "--no-webui",
     ]
     # Every layer on the GPU the scheduler chose (or spread over its GPUs by size), or none off the CPU.
-    argv += ["--device", spec.engine_device, "--n-gpu-layers", "999"] if spec.engine_device else \
+    layers = "999" if spec.gpu_layers is None else str(spec.gpu_layers)  # the rest in RAM (offloaded)
+    argv += ["--device", spec.engine_device, "--n-gpu-layers", layers] if spec.engine_device else \
         ["--device", "none", "--n-gpu-layers", "0"]
     if len(spec.tensor_split) > 1:
         argv += ["--split-mode", "layer", "--tensor-split", ",".join(map(str, spec.tensor_split))]
@@ -178,7 +182,7 @@ class WorkerProcess:
 
     def held(self) -> dict[str, int]:
         """The memory it holds on each of its devices."""
-        return memory_held(self.spec.device, self.memory, self.spec.tensor_split)
+        return memory_held(self.spec.device, self.memory, self.spec.shares or self.spec.tensor_split)
 
     @property
     def pid(self) -> int | None:
@@ -195,6 +199,7 @@ class WorkerProcess:
             url=self.public_url, pid=self.pid, slots=self.spec.slots,
             context_size=self.spec.context_per_slot, started_at=self.started_at,
             error=self.error, memory_bytes=self.memory, device=self.spec.device, device_memory=self.held(),
+            offload=self.spec.offload,
         )
 
     def _set(self, state: WorkerState, error: str | None = None) -> None:

@@ -80,6 +80,7 @@ def status(
         ctx.out.out.print(f"  speech: {speech}")
         image = engine.get("image") or "none (rbee engine install --engine sd)"
         ctx.out.out.print(f"  image: {image}")
+        ctx.out.out.print(f"  rpc: {engine.get('rpc') or 'none (rbee engine install --force)'}")
         others = {b: p for b, p in (engine.get("builds") or {}).items() if p != engine.get("path")}
         for backend, path in others.items():
             ctx.out.out.print(f"  also built: {backend} {path}")

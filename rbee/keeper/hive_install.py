@@ -26,6 +26,7 @@ from rbee.common import paths, settings, tls, tls_ca
 from rbee.common.daemon import is_loopback
 from rbee.hive import engine
 from rbee.hive.config import HiveConfig
+from rbee.hive.engine_sources import LLAMA
 from rbee.keeper import wheelhouse
 from rbee.keeper.client import QueenClient
 from rbee.keeper.daemon import ensure_queen, stop_queen
@@ -217,21 +218,19 @@ class Installer:
                                    "'from rbee.hive import engine; print(engine.detect_backend())'", check=False)
         backend = asked.stdout.strip() if asked.rc == 0 and asked.stdout.strip() else "cpu"
         local = engine.built_binary("cpu")
-        remote_binary = f"{remote.data_dir}/engines/{engine.build_id('cpu')}/bin/{engine.BINARY}"
-        if same_platform and local.is_file() and backend == "cpu":
-            digest = await asyncio.to_thread(_sha256, local)
-            there = (await self.ssh.run(f"sha256sum {shlex.quote(remote_binary)} 2>/dev/null", check=False)).stdout
-            copy = there.split()[:1] != [digest]
-            if copy:
-                with self.out.err.status(f"copying llama-server ({local.stat().st_size / 1e6:.0f} MB) to "
-                                         f"{self.host.alias}…"):
-                    await self.ssh.put(local, remote_binary, mode="0755")
+        remote_bin = f"{remote.data_dir}/engines/{engine.build_id('cpu')}/bin"
+        remote_binary = f"{remote_bin}/{engine.BINARY}"
+        if same_platform and all((local.parent / n).is_file() for n in LLAMA.binaries) and backend == "cpu":
+            copy = False
+            for name in LLAMA.binaries:  # llama-server and the RPC server beside it
+                copy = await self._copy_binary(local.parent / name, f"{remote_bin}/{name}") or copy
             runs = await self.ssh.run(f"{shlex.quote(remote_binary)} --version", check=False)
             if runs.rc == 0:
                 self.out.success(f"engine copied to {self.host.alias}: {remote_binary}" if copy
                                  else f"the engine is already on {self.host.alias}")
                 return
-            await self.ssh.run(f"rm -f {shlex.quote(remote_binary)}", check=False)
+            await self.ssh.run("rm -f " + " ".join(shlex.quote(f"{remote_bin}/{n}") for n in LLAMA.binaries),
+                               check=False)
             why = f"the copied build does not run there ({(runs.stderr or runs.stdout).strip()[-200:]})"
         else:
             why = (f"{remote.system} {remote.machine} differs from here" if not same_platform
@@ -244,6 +243,18 @@ class Installer:
             raise CLIError(f"building the engine on {self.host.alias} failed (exit {rc}); the lines above say why. "
                            "It needs a C/C++ toolchain, CMake and the package index there; or put llama-server "
                            "on its PATH.")
+
+    async def _copy_binary(self, local: Path, there: str) -> bool:
+        """Copy one binary of the engine's build to `there` unless the same file is there; whether it did."""
+        digest = await asyncio.to_thread(_sha256, local)
+        found = (await self.ssh.run(f"sha256sum {shlex.quote(there)} 2>/dev/null", check=False)).stdout
+        if found.split()[:1] == [digest]:
+            return False
+        size = (await asyncio.to_thread(local.stat)).st_size
+        with self.out.err.status(f"copying {local.name} ({size / 1e6:.0f} MB) to "
+                                 f"{self.host.alias}…"):
+            await self.ssh.put(local, there, mode="0755")
+        return True
 
     def queen_url_for(self, remote: Remote) -> str:
         if self.queen_url:

@@ -124,6 +124,7 @@ def info(
          f"{human_bytes(mem['total'])} = weights {human_bytes(mem['weights'])} + KV cache "
          f"{human_bytes(mem['kv_cache'])} + compute {human_bytes(mem['compute'])} + overhead "
          f"{human_bytes(mem['overhead'])}"),
+        ("runs on (memory free now)", detail.get("runs_on") or "?"),
     ]
     t = table(e["name"], "", "")
     for key, value in rows:
@@ -131,7 +132,8 @@ def info(
     ctx.out.out.print(t)
 
 
-SETTINGS = ("context", "slots", "keep_alive", "hive", "device", "min_replicas", "max_replicas", "spread")
+SETTINGS = ("context", "slots", "keep_alive", "hive", "device", "min_replicas", "max_replicas", "spread",
+            "offload")
 
 
 @app.command("set")
@@ -152,6 +154,9 @@ def set_(
     spread: Annotated[str | None, typer.Option("--spread", help="Spread each of its workers over these devices "
                                                "of several hives (HIVE:DEV+HIVE:DEV), even when one hive would "
                                                "hold it.")] = None,
+    offload: Annotated[bool | None, typer.Option("--offload/--no-offload", help="Whether layers that do not fit "
+                                                 "on its GPUs may go to RAM (the default) or it waits for GPU "
+                                                 "room.")] = None,
     unset: Annotated[list[str] | None, typer.Option("--unset", help=f"Forget a setting ({', '.join(SETTINGS)}); "
                                                     "repeatable.")] = None,
     reset: Annotated[bool, typer.Option("--reset", help="Forget all of its settings.")] = False,
@@ -164,7 +169,7 @@ def set_(
         raise CLIError(f"--unset takes {', '.join(SETTINGS)}; not {', '.join(unknown)}")
     own: dict[str, Any] = {} if reset else client.get(f"/v1/settings/models/{quote(name, safe='')}")
     given = {"context": context, "slots": slots, "keep_alive": keep_alive, "hive": on_hive, "device": device,
-             "min_replicas": min_replicas, "max_replicas": max_replicas, "spread": spread}
+             "min_replicas": min_replicas, "max_replicas": max_replicas, "spread": spread, "offload": offload}
     own.update({k: v for k, v in given.items() if v is not None})
     for key in unset or ():
         own.pop(key, None)

@@ -10,6 +10,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Group, RenderableType
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -70,7 +71,8 @@ def devices_table(hives: list[dict[str, Any]], workers: list[dict[str, Any]]) ->
                 name.append(f" FAILED: {d['failed']}", style="red")
             t.add_row(h["alias"] if i == 0 else "", h["state"] if i == 0 else "", name,
                       bar(used, int(d["total_bytes"])), ", ".join(live),
-                      ", ".join(f"{w['id']} ({w['model']})" for w in on) or "-")
+                      escape(", ".join(f"{w['id']} ({w['model']}" + (f": {w['offload']})" if w.get("offload") else ")")
+                                       for w in on)) or "-")
     return t
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from rbee.contracts.jobs import JobCreate, JobKind
@@ -24,10 +25,11 @@ def workers_table(workers: list[dict[str, object]]) -> Table:
     t = table("Workers", "ID", "MODEL", "HIVE", "DEVICE", "MODE", "STATE", "URL", "PID", "IN FLIGHT")
     for w in workers:
         style = STATE_STYLE.get(str(w["state"]), "")
-        t.add_row(str(w["id"]), str(w["model"]), str(w["hive"]), str(w.get("device") or "cpu"), str(w["mode"]),
-                      f"[{style}]{w['state']}[/{style}]" if style else str(w["state"]),
-                      str(w.get("url") or "-"), str(w.get("pid") or "-"),
-                      f"{w['in_flight']}/{w['slots']}")
+        t.add_row(str(w["id"]), str(w["model"]), str(w["hive"]),
+                  escape(str(w.get("offload") or w.get("device") or "cpu")), str(w["mode"]),  # a hive's words
+                  f"[{style}]{w['state']}[/{style}]" if style else str(w["state"]),
+                  str(w.get("url") or "-"), str(w.get("pid") or "-"),
+                  f"{w['in_flight']}/{w['slots']}")
     return t
 
 

@@ -189,7 +189,8 @@ def _pinned(room: Room) -> list[DeviceView] | Refuse:
     """The devices a worker of the model may go to: the one its settings pin it to, if any."""
     if room.pinned_device is None:
         return list(room.devices)
-    devices = [d for d in room.devices if d.device == room.pinned_device.lower()]
+    pin = room.pinned_device.lower()
+    devices = [d for d in room.devices if d.device in (pin, f"{pin}+cpu")]  # too small: the rest in RAM
     if devices:
         return devices
     return Refuse(WorkerUnavailable(

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from rbee.contracts.hives import DeviceInfo
-from rbee.hive.estimate import OVERHEAD
+from rbee.contracts.workers import memory_held
+from rbee.hive.estimate import OVERHEAD, offload
 from rbee.queen.placement import CPU, DeviceView, Part
 
 
@@ -27,18 +28,42 @@ class _Worker(Protocol):
 
 
 def device_views(hive: _Hive, holding: Sequence[_Worker], need: int, extra: int,
-                  pinned: str | None = None) -> list[DeviceView]:
+                  pinned: str | None = None, block_count: int | None = None) -> list[DeviceView]:
     """The hive's working devices as placement sees them. A device's room is its total (the CPU's: what the
     hive may give workers), but never more than what its workers hold plus what it reports free now, so
     memory other programs took counts too. `extra`: a hive that needs less for the model (its own slots and
     context) gets the difference as room. A model larger than each of the hive's GPUs may spread over all
     of one backend's GPUs there (one view, "cuda0+cuda1"), as may one `pinned` to such a spread; each GPU
-    after the first holds a runtime more."""
+    after the first holds a runtime more. A model larger than a GPU's (or such a group's) room, whose header
+    names its `block_count`, may also run there with the layers that do not fit in RAM ("cuda0+cpu")."""
     working = [d for d in hive.devices() if not d.failed]
     rooms = _rooms(hive, working, _ours(hive.alias, holding))
     views = [DeviceView(hive.alias, d.id, rooms[d.id] + extra, has_model=True) for d in working]
     for group in _spreads([d for d in working if d.id != CPU], need - extra, pinned):
         views.append(_spread_view(hive.alias, group, rooms, extra))
+    if block_count and CPU in rooms:
+        views += _offload_views(hive.alias, [d for d in working if d.id != CPU], rooms, need - extra, block_count)
+    return views
+
+
+def _offload_views(alias: str, gpus: list[DeviceInfo], rooms: dict[str, int], need: int,
+                   block_count: int) -> list[DeviceView]:
+    """A view "GPUS+cpu" for each GPU, and each group of one backend's GPUs, whose room is too small for a
+    worker of `need` bytes (this hive's own), with the shares estimate.offload plans on each part."""
+    groups = [[d] for d in gpus]
+    groups += [g for g in ([d for d in gpus if d.backend == b] for b in dict.fromkeys(d.backend for d in gpus))
+               if len(g) > 1]
+    views = []
+    for group in groups:
+        runtimes = OVERHEAD * (len(group) - 1)  # each GPU after the first holds a runtime more
+        plan = offload(need + runtimes, block_count, sum(rooms[d.id] for d in group))
+        if plan is None:
+            continue
+        name = "+".join(d.id for d in group)
+        on_gpus = memory_held(name, plan.gpu, [d.total_bytes for d in group])
+        parts = (*(Part(d.id, rooms[d.id], d.total_bytes, on_gpus[d.id]) for d in group),
+                 Part(CPU, rooms[CPU], 0, plan.cpu))
+        views.append(DeviceView(alias, f"{name}+{CPU}", sum(p.room for p in parts), has_model=True, parts=parts))
     return views
 
 

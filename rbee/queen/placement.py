@@ -2,9 +2,10 @@
 
     (1) devices that could ever hold the model (total >= need); none -> `ModelTooLarge` with the numbers.
         A view may be a spread over several GPUs of one hive ("cuda0+cuda1"): it holds the model when each
-        GPU has room for its share (shares in proportion to the GPUs' sizes, as llama.cpp's --tensor-split)
-    (2) devices with room now: a GPU before the CPU, then the best fit (least memory left over),
-        preferring hives that already hold the file, then the least busy
+        GPU has room for its share (shares in proportion to the GPUs' sizes, as llama.cpp's --tensor-split);
+        a model larger than its GPU(s) may offload layers to RAM ("cuda0+cpu": planned shares per part)
+    (2) devices with room now: GPUs alone, then GPUs with layers in RAM, then the CPU; then the best fit
+        (least memory left over), preferring hives that already hold the file, then the least busy
     (3) else devices where evicting idle workers makes room: evict least-recently-used first, never
         a worker with requests in flight (or one the caller protects); the fewest evictions win
     (4) else nothing: the request waits until memory is really free
@@ -38,6 +39,7 @@ class Part:
     device: str
     room: int
     size: int
+    share: int | None = None  # what a worker holds here when planned, not in proportion (GPU+CPU offload)
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,12 @@ class DeviceView:
     device: str
     total: int
     has_model: bool = False
-    parts: tuple[Part, ...] = ()  # a model spread over several GPUs of one hive; empty for one device
+    parts: tuple[Part, ...] = ()  # a model spread over several GPUs of one hive (or GPUs + RAM: "cuda0+cpu")
+
+    @property
+    def tier(self) -> int:
+        """GPUs only first, then GPUs with RAM (layers offloaded), then the CPU alone."""
+        return 2 if self.device == CPU else 1 if self.parts and self.parts[-1].device == CPU else 0
 
 
 @dataclass(frozen=True)
@@ -70,8 +77,9 @@ class Placement:
 
 
 class ModelTooLarge(ValueError):
-    def __init__(self, need: int, largest: int, spread: bool = False) -> None:
-        where = "a hive's GPUs together hold at most" if spread else "the largest device has"
+    def __init__(self, need: int, largest: int, spread: bool = False, offload: bool = False) -> None:
+        where = ("a hive's GPUs and RAM together hold at most" if offload else
+                 "a hive's GPUs together hold at most" if spread else "the largest device has")
         super().__init__(f"needs {need / 2**30:.2f} GiB but {where} {largest / 2**30:.2f} GiB")
         self.need = need
         self.largest = largest
@@ -85,6 +93,8 @@ def _shares(d: DeviceView, need: int) -> tuple[Share, ...]:
     """Each device a view uses: its key, its room, and what a worker of `need` bytes would hold there."""
     if not d.parts:
         return (((d.hive, d.device), d.total, need),)
+    if d.parts[0].share is not None:
+        return tuple(((d.hive, p.device), p.room, p.share or 0) for p in d.parts)
     held = memory_held(d.device, need, [p.size for p in d.parts])
     return tuple(((d.hive, p.device), p.room, held[p.device]) for p in d.parts)
 
@@ -129,7 +139,8 @@ def _fitting(need: int, devices: list[DeviceView]) -> tuple[list[DeviceView], Sp
             spreads[(d.hive, d.device)] = shares
     if not fitting:
         largest = max(devices, key=lambda d: d.total, default=None)
-        raise ModelTooLarge(need, largest.total if largest else 0, bool(largest and largest.parts))
+        raise ModelTooLarge(need, largest.total if largest else 0, bool(largest and largest.parts),
+                            bool(largest and largest.tier == 1))
     return fitting, spreads
 
 
@@ -159,7 +170,7 @@ def _totals(workers: Iterable[WorkerView], protect: frozenset[str]) -> _Totals:
 
 def _with_room(need: int, fitting: list[DeviceView], spreads: Spreads, t: _Totals) -> DeviceView | None:
     """(2) The view with room now: a GPU before the CPU, the least left over, the file at hand, the least busy."""
-    best: tuple[bool, int, bool, int] | None = None
+    best: tuple[int, int, bool, int] | None = None
     chosen: DeviceView | None = None
     used, busy = t.used, t.busy
     for d in fitting:
@@ -170,15 +181,19 @@ def _with_room(need: int, fitting: list[DeviceView], spreads: Spreads, t: _Total
         else:
             left, load = d.total - used[key] - need, busy[key]
         if left >= 0:
-            rank = (d.device == CPU, left, not d.has_model, load)
+            tier = 2 if d.device == CPU else 1 if d.parts and d.parts[-1].device == CPU else 0  # d.tier, inlined
+            if tier == 1:  # GPUs with RAM: the most on the GPUs (the fastest), not the best fit
+                left = -sum(share for (_, device), _, share in spreads[key] if device != CPU)
+            rank = (tier, left, not d.has_model, load)
             if best is None or rank < best:
                 best, chosen = rank, d
     return chosen
 
 
 def _with_evictions(need: int, fitting: list[DeviceView], spreads: Spreads, t: _Totals) -> Placement | None:
-    """(3) The view where evicting idle workers makes room: the fewest evictions, the file at hand, the best fit."""
-    options: list[tuple[int, bool, int, DeviceView, list[str]]] = []
+    """(3) The view where evicting idle workers makes room: the fewest evictions, GPUs before RAM, the file at
+    hand, the best fit."""
+    options: list[tuple[int, int, bool, int, DeviceView, list[str]]] = []
     for d in fitting:
         key = (d.hive, d.device)
         if not d.parts and d.total - t.used[key] + t.idle_memory[key] < need:
@@ -188,11 +203,11 @@ def _with_evictions(need: int, fitting: list[DeviceView], spreads: Spreads, t: _
             continue  # even evicting every idle worker would not make room
         evict, free = _victims(d.hive, shares, t)
         if all(free[k] >= share for k, _, share in shares):
-            options.append((len(evict), not d.has_model, sum(free.values()) - need, d, evict))
+            options.append((len(evict), d.tier, not d.has_model, sum(free.values()) - need, d, evict))
     if not options:
         return None
-    best = min(options, key=lambda o: o[:3])
-    return Placement(best[3], best[4])
+    best = min(options, key=lambda o: o[:4])
+    return Placement(best[4], best[5])
 
 
 def _victims(hive: str, shares: tuple[Share, ...], t: _Totals) -> tuple[list[str], dict[Key, int]]:

@@ -60,6 +60,7 @@ class RemoteWorker:
         self.memory = memory
         self.device = "cpu"
         self.device_memory: dict[str, int] = {}
+        self.offload: str | None = None
         self.tls: ssl.SSLContext | None = None  # how the queen checks it: its hive's pinned certificate
         self._refused: set[tuple[WorkerState, WorkerState]] = set()  # moves already logged as refused
         if spec is not None:
@@ -77,6 +78,7 @@ class RemoteWorker:
         self.memory = info.memory_bytes
         self.device = info.device
         self.device_memory = info.device_memory
+        self.offload = info.offload
 
     def update(self, hosted: HostedWorker) -> bool:
         """Its hive's report of it: taken when the state it says is this one or one this worker can reach from
@@ -133,7 +135,7 @@ class RemoteWorker:
             id=self.id, model=self.spec.model.name, hive=self.hive, mode=self.spec.mode, state=self.state,
             url=self.url, slots=self.spec.slots, context_size=self.spec.context_per_slot,
             started_at=self.started_at, error=self.error, memory_bytes=self.memory, device=self.device,
-            device_memory=self.held(),
+            device_memory=self.held(), offload=self.offload,
         )
 
 

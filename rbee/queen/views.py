@@ -101,8 +101,9 @@ async def room(load: Load, evict: bool, grouping: bool, waiting: dict[str, int],
     name = load.usable[0][1].name
     need = max(load.needs.values())
     pinned_device = own_settings(name).device
-    devices = [view for hive, _ in load.usable
-               for view in device_views(hive, load.holding, need, need - load.needs[hive.alias], pinned_device)]
+    devices = [view for hive, entry in load.usable
+               for view in device_views(hive, load.holding, need, need - load.needs[hive.alias], pinned_device,
+                                        _block_count(entry))]
     everyone = list(load.holding)
     others = None
     if copies is not None and copy_placement.may_copy(None, pinned_device):
@@ -113,3 +114,10 @@ async def room(load: Load, evict: bool, grouping: bool, waiting: dict[str, int],
     soon = frozenset(w.id for w in everyone if grouping and waiting.get(w.spec.model.name, 0) > 0) - hard
     return decide.Room(name, need, devices, spill_mod.worker_views(load.holding, load.loads), hard, soon, evict,
                        pinned_device, load.shape.at_least if load.shape else None, rank, others)
+
+
+def _block_count(entry: ModelEntry) -> int | None:
+    """The model's layer count from its header (None for one that may not offload layers to RAM)."""
+    count = entry.header.get("block_count")
+    allowed = entry.kind != "speech" and own_settings(entry.name).offload is not False
+    return count if isinstance(count, int) and allowed else None

@@ -62,3 +62,13 @@ def test_there_is_no_downloading_worker() -> None:
     with pytest.raises(ValidationError, match="state"):
         WorkerInfo(id="w", model="m", hive="h", state="downloading", slots=1, context_size=1,  # type: ignore[arg-type]
                    started_at=0)
+
+
+def test_an_offloaded_worker_holds_its_planned_shares_and_a_hive_cannot_send_a_huge_label() -> None:
+    assert memory_held("cuda0+cpu", 1000, [389, 611]) == {"cuda0": 389, "cpu": 611}  # the plan's bytes as weights
+    info = WorkerInfo(id="w", model="m", hive="h", state=WorkerState.READY, slots=1, context_size=1, started_at=0,
+                      device="cuda0+cpu", offload="cuda0 1/3 layers + cpu 2/3")
+    assert info.offload == "cuda0 1/3 layers + cpu 2/3"
+    with pytest.raises(ValidationError, match="offload"):  # a hostile hive's report is bounded
+        WorkerInfo(id="w", model="m", hive="h", state=WorkerState.READY, slots=1, context_size=1, started_at=0,
+                   offload="x" * 201)

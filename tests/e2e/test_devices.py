@@ -147,7 +147,7 @@ def test_a_model_larger_than_each_gpu_spreads_over_them(
     assert used == {"cuda0": held["cuda0"], "cuda1": held["cuda1"], "cpu": 0}
 
     # By hand: a spread over GPUs is asked for like a device; one that is not a GPU, or not there, is refused.
-    for asked, said in (("cuda0+cpu", "spreads over different GPUs"), ("cuda0+cuda5", "no device 'cuda5'")):
+    for asked, said in (("cpu+cuda0", "spreads over different GPUs"), ("cuda0+cuda5", "no device 'cuda5'")):
         refused = queen.cli("worker", "start", "tiny", "--device", asked, timeout=60)
         assert refused.returncode != 0 and said in refused.stderr and "cuda1 (NVIDIA Made-up Card)" in refused.stderr
     placed = queen.cli("worker", "start", "tiny", "--device", "cuda1+cuda0", timeout=120)
@@ -159,8 +159,8 @@ def test_a_model_larger_than_each_gpu_spreads_over_them(
 
 
 def test_a_cuda_build_and_a_cpu_build_each_drive_their_own_devices(
-        make_queen: Callable[..., Queen], gpus: FakeGPUs, llama_server: Path, tiny_model: Path,
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        make_queen: Callable[..., Queen], gpus: FakeGPUs, llama_server: Path, rpc_server: Path,
+        tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Two of rbee's builds side by side, where `rbee engine install --backend cuda|cpu` puts them: the
     # simulated CUDA one, and the real CPU one. No engine is configured: the hive finds both.
     smi = tmp_path / "bin" / "nvidia-smi"  # nvidia-smi on PATH, but not the simulated engine beside it
@@ -173,6 +173,7 @@ def test_a_cuda_build_and_a_cpu_build_each_drive_their_own_devices(
     for build, binary in ((cuda_build, gpus.engine), (cpu_build, llama_server)):
         build.parent.mkdir(parents=True)
         build.symlink_to(binary)
+        (build.parent / "ggml-rpc-server").symlink_to(rpc_server)  # a build is complete with both
     queen = make_queen(RBEE_LLAMA_SERVER="", RBEE_ENGINES_DIR=str(tmp_path / "engines"), PATH=path).start()
 
     status = queen.cli("engine", "status", check=True).stdout

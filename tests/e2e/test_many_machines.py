@@ -82,6 +82,10 @@ def test_install_registers_every_hive(installed: Queen, lan: Lan) -> None:
     listing = installed.cli("hive", "list", check=True).stdout
     for host in lan.hosts:
         assert host.name in listing and host.address in listing
+    engines = {h["alias"]: h["engine"] for h in httpx.get(f"{installed.url}/v1/status", timeout=10).json()["hives"]}
+    for host in lan.hosts:  # the RPC server came with the engine, beside it
+        engine = engines[host.name]
+        assert engine["rpc"] == str(Path(engine["path"]).parent / "ggml-rpc-server"), engine
 
 
 def test_install_again_repairs_without_reinstalling(installed: Queen, lan: Lan) -> None:

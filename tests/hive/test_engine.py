@@ -39,8 +39,11 @@ def test_builds_coexist_and_the_best_is_the_default(clean_env: Path, monkeypatch
     monkeypatch.delenv("RBEE_ENGINE_BACKEND", raising=False)
     assert engine.builds() == {}
     cpu = _executable(engine.built_binary("cpu"))
+    assert engine.builds() == {}  # a build is complete with its RPC server only
+    _executable(cpu.parent / "ggml-rpc-server")
     assert engine.builds() == {"cpu": cpu} and engine.default_backend() == "cpu"
     vulkan = _executable(engine.built_binary("vulkan"))
+    _executable(vulkan.parent / "ggml-rpc-server")
     assert engine.builds() == {"vulkan": vulkan, "cpu": cpu}
     assert engine.default_backend() == "vulkan" and engine.locate() == (vulkan, "built")
     monkeypatch.setenv("RBEE_ENGINE_BACKEND", "cpu")
@@ -184,3 +187,18 @@ def test_the_image_engine_source_has_the_server(sd_server: Path) -> None:
         names = set(tar.getnames())
     root = f"{SD.package.replace('-', '_')}-{SD.version}/{SD.vendored}"
     assert f"{root}/examples/server/main.cpp" in names and f"{root}/CMakeLists.txt" in names
+
+
+def test_the_rpc_server_is_configured_else_beside_the_engine_else_on_path(clean_env: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RBEE_RPC_SERVER", raising=False)
+    assert "-DGGML_RPC=ON" in engine.build_flags("cpu") and "-DGGML_RPC=ON" not in engine.build_flags("cpu", WHISPER)
+    assert engine.rpc_server() is None
+    on_path = _executable(clean_env / "bin" / "ggml-rpc-server")
+    assert engine.rpc_server() == on_path
+    built = _executable(engine.built_binary("cpu"))
+    assert engine.rpc_server() == on_path  # the build lacks its RPC server (incomplete): not beside it
+    beside = _executable(built.parent / "ggml-rpc-server")
+    assert engine.rpc_server() == beside and engine.builds() == {"cpu": built}
+    monkeypatch.setenv("RBEE_RPC_SERVER", "/opt/ggml-rpc-server")
+    assert engine.rpc_server() == Path("/opt/ggml-rpc-server")

@@ -177,7 +177,8 @@ def test_engine_install_of_whisper_uses_the_configured_one(idle_queen: Queen, wh
     assert wrong.returncode != 0 and "--engine takes one of: llama, whisper" in wrong.stderr
 
 
-def test_engine_install_job_uses_the_cached_build(idle_queen: Queen, llama_server: Path, tmp_path: Path) -> None:
+def test_engine_install_job_uses_the_cached_build(idle_queen: Queen, llama_server: Path, rpc_server: Path,
+                                                  tmp_path: Path) -> None:
     from rbee.hive.engine import build_id
 
     configured = idle_queen.cli("engine", "install", check=True)
@@ -188,16 +189,19 @@ def test_engine_install_job_uses_the_cached_build(idle_queen: Queen, llama_serve
     cached = engines / build_id("cpu") / "bin" / "llama-server"
     cached.parent.mkdir(parents=True)
     cached.symlink_to(llama_server)
-    env = {"RBEE_ENGINES_DIR": str(engines), "RBEE_LLAMA_SERVER": ""}
+    (cached.parent / "ggml-rpc-server").symlink_to(rpc_server)  # a build is complete with both
+    env = {"RBEE_ENGINES_DIR": str(engines), "RBEE_LLAMA_SERVER": "", "RBEE_RPC_SERVER": ""}
     idle_queen.env.update(env)
     result = idle_queen.cli("engine", "install", check=True)
     assert "already built" in result.stderr and str(cached) in result.stderr
     status = idle_queen.cli("engine", "status", check=True)
     assert str(cached) in status.stdout and "(built)" in status.stdout
+    assert f"rpc: {cached.parent / 'ggml-rpc-server'}" in status.stdout.replace("\n", "")
     # A GPU build beside it becomes the default; the CPU build asked for by name is still found, not rebuilt.
     gpu = engines / build_id("vulkan") / "bin" / "llama-server"
     gpu.parent.mkdir(parents=True)
     gpu.symlink_to(llama_server)
+    (gpu.parent / "ggml-rpc-server").symlink_to(rpc_server)
     again = idle_queen.cli("engine", "install", "--backend", "cpu", check=True)
     assert "already built" in again.stderr and str(cached) in again.stderr.replace("\n", "")
 

@@ -248,7 +248,7 @@ function renderOverview() {
     h("td", {}, h("code", {}, w.id)),
     h("td", {}, w.model),
     h("td", {}, w.hive),
-    h("td", {}, w.device),
+    h("td", {}, w.offload || w.device),
     h("td", {}, h("span", { class: `pill ${w.state}`, title: w.error || "" }, w.state)),
     h("td", {}, `${w.in_flight} / ${w.slots}`),
     h("td", {}, bytes(w.memory_bytes)),
@@ -283,7 +283,7 @@ function renderHive(hive) {
         h("div", { class: "sub" }, [`workers hold ${bytes(used)} of ${bytes(d.total_bytes)}`, ...live].filter(Boolean).join(" · ")),
         d.failed ? h("div", { class: "error" }, d.failed) : null,
         h("div", { class: "sub" }, `${on.length} worker${on.length === 1 ? "" : "s"}: `
-          + (on.map((w) => `${w.model} (${w.state})`).join(", ") || "none")));
+          + (on.map((w) => `${w.model} (${w.state}${w.offload ? `, ${w.offload}` : ""})`).join(", ") || "none")));
     }));
 }
 
