@@ -157,6 +157,7 @@ class Room:
     context: int | None = None  # the tokens per slot the worker is loaded with, when a request asked
     rank: Rank | None = None
     elsewhere: Elsewhere | None = None  # None: no LAN copy allowed
+    prefer: str | None = None  # a hive holding the request's saved KV cache (kv_resume.py): first, if it has room
 
 
 def load(room: Room) -> Load | CopyThenLoad | Wait | Refuse:
@@ -164,6 +165,8 @@ def load(room: Room) -> Load | CopyThenLoad | Wait | Refuse:
     devices = _pinned(room)
     if isinstance(devices, Refuse):
         return devices
+    if (there := _there(room, devices)) is not None:
+        return there
     decision: Placement | None = None
     try:
         decision = _place(room.need, devices, room.workers, room.hard | room.soon, room.rank)
@@ -183,6 +186,18 @@ def load(room: Room) -> Load | CopyThenLoad | Wait | Refuse:
     if choice.target is not None and choice.device is not None:
         return CopyThenLoad(choice.target, choice.device, choice.reason)
     return Wait(choice.reason)
+
+
+def _there(room: Room, devices: list[DeviceView]) -> Load | None:
+    """A load on the preferred hive (`room.prefer`), when one of its devices has room without evicting."""
+    if room.prefer is None:
+        return None
+    with contextlib.suppress(ModelTooLarge):
+        decision = _place(room.need, [d for d in devices if d.hive == room.prefer], room.workers,
+                          room.hard | room.soon, room.rank)
+        if decision.device is not None and not decision.evict:
+            return Load(decision.device.hive, decision.device.device)
+    return None
 
 
 def _pinned(room: Room) -> list[DeviceView] | Refuse:

@@ -72,7 +72,8 @@ class QueenState:
                    usage=UsageMeter(db), hive_tls=client_tls, forwarder=Forwarder(client_tls))
 
     def __post_init__(self) -> None:
-        self.metrics = QueenMetrics(ColonyCollector(lambda: self.hives, self.scheduler.waiting))
+        self.metrics = QueenMetrics(ColonyCollector(lambda: self.hives, self.scheduler.waiting),
+                                    self.scheduler.executor.slot_record)
         self.copies = Copies(self.hives)
         self.links = LinkBook(self.hives)
         self.scheduler.copies = self.copies
