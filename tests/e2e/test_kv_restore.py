@@ -38,14 +38,14 @@ def saved_files(queen: Queen) -> list[Path]:
     return sorted((queen.home / "state" / "hive" / "slot-cache").glob("*.bin"))
 
 
-def first_turn(queen: Queen, model: Path, **extra: object) -> int:
-    """Turn 1 of conversation "a" (`extra`: keep_alive 0 unloads its worker right after): its prompt tokens.
+def first_turn(queen: Queen, model: Path, keep_alive: int | str = "5m") -> int:
+    """Turn 1 of conversation "a" (keep_alive 0: its worker unloads right after): its prompt tokens.
     The model is added by its path first, with a prompt too short to be a conversation (nothing to save): a
     conversation's key starts with the model as asked, so its turns all name it alike."""
     warm = httpx.post(f"{queen.url}/v1/completions", timeout=120,
                       json={"model": str(model), "prompt": "hi", "max_tokens": 1})
     assert warm.status_code == 200, warm.text
-    resp = turn(queen, "a", messages("a", 1), **extra)
+    resp = turn(queen, "a", messages("a", 1), keep_alive=keep_alive)
     assert resp.status_code == 200, resp.text
     prompt = int(resp.json()["usage"]["prompt_tokens"])
     assert prompt > 200 and cached(resp) < 8

@@ -4,10 +4,20 @@ a request restores and which worker it prefers; the load step's preference for t
 
 from __future__ import annotations
 
+import asyncio
+import time
+from types import SimpleNamespace
+from typing import cast
+
+import pytest
+
 from rbee.contracts.slots import SavedSlot
 from rbee.queen import decide, kv_resume
 from rbee.queen.affinity import Affinity, key_of
+from rbee.queen.hive_seam import AnyWorker, HiveSeam
+from rbee.queen.leases import Lease
 from rbee.queen.metrics import SlotCollector
+from rbee.queen.scheduler import Scheduler
 from rbee.queen.slot_restore import SlotRecord
 from tests.queen.test_affinity import chat
 from tests.queen.test_scheduler import FakeHive, room, views, worker
@@ -86,3 +96,31 @@ def test_the_record_counts_what_metrics_shows() -> None:
     assert {s.labels["result"]: s.value for s in families["rbee_slot_restores"].samples} == \
         {"failed": 2, "restored": 0}
     assert {s.labels["hive"]: s.value for s in families["rbee_slot_cache_bytes"].samples} == {"h1": 150, "h2": 7}
+
+
+class _HangingHive:
+    """A hive whose restores never answer (a hive that hangs, or a hostile one holding the request)."""
+
+    alias = "h1"
+
+    def __init__(self, worker: object) -> None:
+        self.supervisor = SimpleNamespace(get=lambda worker_id: worker)
+        self.asked: list[tuple[str, int, str]] = []
+
+    async def restore_slot(self, worker_id: str, slot: int, key: str) -> None:
+        self.asked.append((worker_id, slot, key))
+        await asyncio.Event().wait()
+
+
+async def test_a_restore_that_does_not_answer_in_time_is_counted_failed_and_not_retried(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kv_resume, "RESTORE_WAIT_S", 0.05)
+    worker = SimpleNamespace(id="w1", hive="h1", spec=SimpleNamespace(model=SimpleNamespace(name="m")))
+    hive = _HangingHive(worker)
+    held = record(h1=[saved(22)])
+    lease = Lease(cast(AnyWorker, worker), 0.0, cast(Scheduler, None), slot=1, restore=f"{22:016x}")
+    started = time.monotonic()
+    assert await kv_resume.run(cast(dict[str, HiveSeam], {"h1": hive}), lease, held) is False
+    assert time.monotonic() - started < 2.0 and hive.asked == [("w1", 1, f"{22:016x}")]
+    assert held.restores == {"restored": 0, "failed": 1} and held.holds("h1", "m", f"{22:016x}")  # only a hint
+    assert await kv_resume.run(cast(dict[str, HiveSeam], {"h1": hive}), lease, held) is None  # once per lease
