@@ -75,6 +75,17 @@ def test_a_turn_after_an_unload_gets_its_saved_slot_back(make_queen: Callable[..
     assert other.status_code == 200 and counter(queen, "rbee_slot_restores_total") == 1
 
 
+def test_a_restarted_queen_restores_what_its_hive_kept(make_queen: Callable[..., Queen], long_model: Path) -> None:
+    queen = start(make_queen)
+    prompt = unloaded_and_saved(queen, long_model)
+    queen.stop()
+    queen.start()  # the same home: the embedded hive's saved slots are still on disk, its listing is taken
+    assert wait_for(lambda: counter(queen, "rbee_slot_cache_bytes", hive="localhost") > 0, 30)
+    resp = turn(queen, "a", messages("a", 2))
+    assert resp.status_code == 200 and cached(resp) >= 0.9 * prompt, resp.json()["usage"]
+    assert counter(queen, "rbee_slot_restores_total", result="restored") == 1
+
+
 def test_without_saving_the_turn_after_an_unload_is_a_cold_prefill(make_queen: Callable[..., Queen],
                                                                   long_model: Path) -> None:
     queen = start(make_queen, RBEE_SLOT_CACHE_MIB="0")
