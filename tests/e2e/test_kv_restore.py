@@ -3,12 +3,13 @@ workers of the tiny model (a long trained context): a conversation's worker unlo
 for another model) and saves the conversation's slot; its next turn loads a new worker, which gets the slot
 back before the turn runs and reports the restored prompt as cached; without saving, or with the saved file
 corrupted or gone, the turn is answered all the same with a normal prefill; /metrics counts it all; the save is
-bounded in time when another model waits for the memory."""
+bounded in time when another model waits for the memory; a restarted queen learns what its hive kept; and the
+same through a hive installed on another host (tests/fixtures/lan.py)."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -18,6 +19,9 @@ import pytest
 from tests.conftest import Queen, wait_for
 from tests.e2e.test_affinity import MODEL, cached, long_model, messages, turn
 from tests.e2e.test_observability import _samples, _value
+from tests.fixtures.fleet import installed_fleet
+from tests.fixtures.lan import Lan, lan_hosts, model_every_host_reads
+from tests.fixtures.tiny_gguf import write_tiny_model
 
 __all__ = ["long_model"]  # the fixture, shared with test_affinity.py
 
@@ -53,10 +57,18 @@ def first_turn(queen: Queen, model: Path, keep_alive: int | str = "5m") -> int:
 
 
 def unloaded_and_saved(queen: Queen, model: Path) -> int:
+    prompt = unloaded_and_saved_on(queen, model, "localhost")
+    assert len(saved_files(queen)) == 1
+    assert counter(queen, "rbee_slot_cache_bytes", hive="localhost") == saved_files(queen)[0].stat().st_size
+    return prompt
+
+
+def unloaded_and_saved_on(queen: Queen, model: Path, hive: str) -> int:
+    """Conversation a's turn 1 on `hive`, whose worker then unloads (keep_alive 0) and saves its slot."""
     prompt = first_turn(queen, model, keep_alive=0)
     assert wait_for(lambda: counter(queen, "rbee_slot_saves_total") == 1, 30)  # the unload saved its slot
-    assert wait_for(lambda: not ready(queen), 10) and len(saved_files(queen)) == 1
-    assert counter(queen, "rbee_slot_cache_bytes", hive="localhost") == saved_files(queen)[0].stat().st_size
+    assert wait_for(lambda: not ready(queen), 10)
+    assert counter(queen, "rbee_slot_cache_bytes", hive=hive) > 0
     return prompt
 
 
@@ -165,3 +177,21 @@ def test_saving_never_delays_a_waiting_model_by_more_than_its_bound(make_queen: 
     assert f"slot 0: not saved within {bound_s:g} s" in log
     [(saved, took)] = re.findall(r"saved (\d) of 2 slot\(s\) of \S+ on localhost in ([\d.]+) s", log)
     assert int(saved) <= 1 and float(took) < bound_s + 0.5, took  # the bound, and a margin for a busy machine
+
+
+@pytest.fixture(scope="module")
+def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lan]:
+    with lan_hosts(1, tmp_path_factory.mktemp("lan")) as lan:
+        yield lan
+
+
+def test_a_remote_hive_saves_on_unload_and_restores_for_the_next_turn(
+        lan: Lan, tmp_path_factory: pytest.TempPathFactory, llama_server: Path) -> None:
+    """The same through a hive installed over SSH on another host (its own API: save-and-stop, restore)."""
+    with model_every_host_reads(lambda path: write_tiny_model(path, context_length=32768, name=MODEL), MODEL) as path, \
+            installed_fleet(lan, tmp_path_factory.mktemp("keeper"), llama_server, heartbeat_ms=1000) as queen:
+        prompt = unloaded_and_saved_on(queen, Path(path), "h1")
+        resp = turn(queen, "a", messages("a", 2))
+        assert resp.status_code == 200 and resp.headers["x-rbee-hive"] == "h1", resp.text
+        assert cached(resp) >= 0.9 * prompt, (prompt, resp.json()["usage"])
+        assert counter(queen, "rbee_slot_restores_total", result="restored") == 1
