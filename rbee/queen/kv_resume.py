@@ -15,14 +15,16 @@ The request side, for a request whose chain no free live slot holds (or holds le
   (3) `run`, while the request holds its lease (so no other request takes the slot): the saved slot into the
       lease's slot, at most RESTORE_WAIT_S; a failure or a timeout only costs the cache: the request is
       forwarded anyway, the reason logged, `rbee_slot_restores_total{result="failed"}` counted.
-`list_saved` (each reaper pass): a hive's own listing of its saved slots is taken into the record when it
-(re)registers, and the embedded hive's once, so a restarted queen still knows what the hives hold.
+`list_saved` (each pass of the queen's slot-listings loop): a hive's own listing of its saved slots is taken
+into the record when it (re)registers, and the embedded hive's once, so a restarted queen still knows what the
+hives hold.
 The lease already records the request's chain for its slot (leases.take), so later turns hit it normally.
 (1) and (2) are pure.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 __all__ = ["RESTORE_WAIT_S", "Free", "Resume", "list_saved", "plan", "prefer", "run"]
 
 RESTORE_WAIT_S = 5.0  # the most a request waits for its saved slot before it is forwarded without
+LIST_WAIT_S = 10.0  # the most one hive's listing of its saved slots is waited for
 
 
 @dataclass(frozen=True)
@@ -99,8 +102,16 @@ async def run(hives: Mapping[str, HiveSeam], lease: Lease, record: slot_restore.
 
 async def list_saved(hives: Mapping[str, HiveSeam], record: slot_restore.SlotRecord, listed: dict[str, int]) -> None:
     """Each ready hive's listing of its saved slots into `record` when it (re)registered since the last look
-    (`listed`: alias -> its registrations then; the embedded hive has none, so it is listed once)."""
-    for alias, hive in list(hives.items()):
-        registrations = getattr(hive, "registrations", 0)
-        if hive.state is HiveState.READY and listed.get(alias) != registrations and await record.refresh(hive):
-            listed[alias] = registrations
+    (`listed`: alias -> its registrations then; the embedded hive has none, so it is listed once); the hives
+    side by side, each for at most LIST_WAIT_S (one that does not answer is asked again next time)."""
+    due = {alias: (hive, getattr(hive, "registrations", 0)) for alias, hive in list(hives.items())
+           if hive.state is HiveState.READY and listed.get(alias) != getattr(hive, "registrations", 0)}
+
+    async def one(alias: str, hive: HiveSeam, registrations: int) -> None:
+        try:
+            if await asyncio.wait_for(record.refresh(hive), LIST_WAIT_S):
+                listed[alias] = registrations
+        except TimeoutError:
+            log.warning("hive %s did not list its saved slots within %g s; asking again", alias, LIST_WAIT_S)
+
+    await asyncio.gather(*(one(alias, hive, n) for alias, (hive, n) in due.items()))

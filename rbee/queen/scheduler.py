@@ -130,8 +130,12 @@ class Scheduler:
         if self.affinity is not None:
             self.affinity.forget(w.id for h in list(self._hives.values()) for w in h.supervisor.workers()
                                  if w.state in _HOLDING)
-            await kv_resume.list_saved(self._hives, self.executor.slot_record, self._listed)
         await self.keep_min_replicas()
+
+    async def list_saved_slots(self) -> None:
+        """A pass of its own loop (state.py), apart from the reaper's: the hives' saved slots (kv_resume.py)."""
+        if self.affinity is not None:
+            await kv_resume.list_saved(self._hives, self.executor.slot_record, self._listed)
 
     async def keep_min_replicas(self) -> None:
         """Start a worker for each model with fewer loaded than its `min_replicas` (one load at a time per
@@ -248,8 +252,10 @@ class Scheduler:
         if not free or ask.key is None:
             return None, None
         resume = kv_resume.plan(ask.key.chain, prefer.depth, ask.name, self.executor.slot_record)
-        return resume, kv_resume.prefer(resume, [kv_resume.Free(w.id, w.hive, self.loads.peek(w).in_flight,
-                                                                w.spec.slots) for w in ready if free.get(w.id)])
+        if resume is None:  # (the common case)
+            return None, None
+        return resume, kv_resume.prefer(resume, [kv_resume.Free(
+            w.id, w.hive, self.loads.peek(w).in_flight, w.spec.slots) for w in ready if free.get(w.id)])
 
     async def resume(self, lease: Lease) -> bool | None:
         """Before its request is forwarded: the conversation's saved slot into the lease's (kv_resume.run)."""

@@ -11,7 +11,8 @@ from typing import cast
 
 import pytest
 
-from rbee.contracts.slots import SavedSlot
+from rbee.contracts.hives import HiveState
+from rbee.contracts.slots import SavedSlot, SlotCacheList
 from rbee.queen import decide, kv_resume
 from rbee.queen.affinity import Affinity, key_of
 from rbee.queen.hive_seam import AnyWorker, HiveSeam
@@ -124,3 +125,33 @@ async def test_a_restore_that_does_not_answer_in_time_is_counted_failed_and_not_
     assert time.monotonic() - started < 2.0 and hive.asked == [("w1", 1, f"{22:016x}")]
     assert held.restores == {"restored": 0, "failed": 1} and held.holds("h1", "m", f"{22:016x}")  # only a hint
     assert await kv_resume.run(cast(dict[str, HiveSeam], {"h1": hive}), lease, held) is None  # once per lease
+
+
+class _ListingHive:
+    """What list_saved reads of a hive: its state, registrations and listing (None: it never answers)."""
+
+    def __init__(self, alias: str, saved: list[SavedSlot] | None, registrations: int = 1) -> None:
+        self.alias, self.saved, self.registrations = alias, saved, registrations
+        self.state = HiveState.READY
+        self.asked = 0
+
+    async def slot_cache(self) -> SlotCacheList:
+        self.asked += 1
+        if self.saved is None:
+            await asyncio.Event().wait()
+        return SlotCacheList(budget_bytes=1, used_bytes=1, saved=self.saved or [])
+
+
+async def test_listings_are_taken_once_per_registration_and_a_silent_hive_holds_up_no_other(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kv_resume, "LIST_WAIT_S", 0.05)
+    h1, h2 = _ListingHive("h1", [saved(22)]), _ListingHive("h2", None)
+    hives = cast(dict[str, HiveSeam], {"h1": h1, "h2": h2})
+    held, listed = SlotRecord(), dict[str, int]()
+    await kv_resume.list_saved(hives, held, listed)
+    assert held.holders("m", f"{22:016x}") == ["h1"] and listed == {"h1": 1}  # h2 is asked again next time
+    await kv_resume.list_saved(hives, held, listed)
+    assert (h1.asked, h2.asked) == (1, 2)
+    h1.registrations, h1.saved = 2, []  # it registered again: its listing is the truth
+    await kv_resume.list_saved(hives, held, listed)
+    assert held.holders("m", f"{22:016x}") == [] and listed == {"h1": 2}
