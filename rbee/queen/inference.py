@@ -219,6 +219,7 @@ async def serve(request: Request, body: bytes, parsed: ModelRequest, path: str, 
 
     async def send(lease: Lease) -> Response:
         state.metrics.affinity(lease.worker.spec.model.name, lease.hit)
+        await state.scheduler.resume(lease)  # a saved KV cache into its slot first, if it has one (kv_resume.py)
         return await state.forwarder.forward(lease, path, with_slot(body, lease.slot), stream=stream,
                                              deadline=deadline, on_end=ended,
                                              request_id=request_id, errors=errors, translation=translation,
