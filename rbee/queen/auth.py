@@ -31,7 +31,7 @@ from rbee.queen.errors import NotFound, QueenError
 
 WINDOW_S = 60.0
 AUDIO_TOKENS_PER_SECOND = 10  # what a second of transcribed or translated audio counts against a key's tpm
-IMAGE_TOKENS = 1024  # what one drawn image counts against a key's tpm, whatever its size (a 512x512 at 256 pixels a token)
+IMAGE_TOKENS = 1024  # what one drawn image counts against a key's tpm, whatever its size
 
 
 class Unauthorized(QueenError):

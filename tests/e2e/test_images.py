@@ -214,8 +214,8 @@ def test_keys_scopes_and_deadlines_apply_to_images(make_queen: Callable[..., Que
     rows = httpx.get(f"{queen.url}/v1/usage", headers=admin, timeout=10).json()
     usage = {r["name"]: r for r in rows if r["model"] == MODEL}
     assert (usage["painter"]["requests"], usage["painter"]["errors"], usage["painter"]["images"]) == (2, 1, 1)
-    # An image counts as IMAGE_TOKENS (1024) tokens against the key's tpm: once a minute's total reached the limit (1000), the
-    # next is refused.
+    # An image counts as IMAGE_TOKENS (1024) tokens against the key's tpm: once a minute's total reached the
+    # limit (1000), the next is refused.
     budget = queen.cli("key", "create", "--name", "budget", "--models", MODEL, "--tpm", "1000", check=True).stdout
     assert as_key(budget.strip()).status_code == 200
     over = _error(as_key(budget.strip()), 429)
