@@ -2,12 +2,10 @@
 a hive's front to its fronted engines (rbee/hive/front.py). asyncio protocols, with httptools' parser (llhttp in
 C, which uvicorn already loads), so the token path costs one parser callback and one wake-up per read.
 
-    Upstream.request(method, url, body, headers, tls)  -> Answer (status and headers read)
-    Answer.read(limit)     the whole body (bounded: `BadAnswer` past `limit`)
-    async for chunk in answer    the body as it arrives (chunked transfer-encoding decoded; what one read
-                                  of the socket brought, joined, never re-serialised)
-    Answer.release()       back to the pool when the answer ended and the peer keeps the connection;
-                           else closed.   Answer.close(): closed (the engine notices and stops generating)
+    Upstream.request(method, url, body, headers, tls) -> Answer   (its status and headers read)
+    Answer.read(limit) -> the whole body;   async for chunk in answer: the body as it arrives (decoded,
+        what reads brought, joined, never re-serialised);   Answer.release(): back to the pool if the peer
+        keeps it, else closed;   Answer.close(): closed (an engine notices and stops generating)
 
 Bodies are delimited by Content-Length, chunked transfer-encoding (trailers read and dropped) or the peer
 closing. Idle connections are kept per origin (at most MAX_IDLE, for IDLE_S); a request written on a
@@ -56,6 +54,12 @@ class Origin:
     port: int
     family: int | None  # the address family of an IP literal; None for a name (resolved per connection)
 
+    @property
+    def authority(self) -> str:
+        """What the Host header says."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == (443 if self.https else 80) else f"{host}:{self.port}"
+
 
 @lru_cache(maxsize=1024)
 def origin(url: str) -> tuple[Origin, str]:
@@ -103,29 +107,21 @@ class _Connection(asyncio.Protocol):
     """One connection and the answer being read on it (one at a time: no pipelining)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, key: tuple[object, ...]) -> None:
-        self._loop = loop
-        self.key = key
+        self._loop, self.key, self.lost = loop, key, False
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
-        self.lost = False
         self.idle_timer: asyncio.TimerHandle | None = None
         self._drained: asyncio.Future[None] | None = None
         self._begin(None)
 
     def _begin(self, head: asyncio.Future[None] | None) -> None:
         self.headed = head  # set once status and headers are read (or the exchange failed first)
-        self.status = 0
+        self.status, self._count, self._head_bytes, self._buffered = 0, 0, 0, 0
         self.headers: dict[str, str] = {}
-        self._count = 0
-        self._head_bytes = 0
         self._body: deque[bytes] = deque()
-        self._buffered = 0
-        self._paused = False
         self._waiter: asyncio.Future[None] | None = None
-        self._until_close = False
+        self._paused = self._until_close = self.ended = self.reusable = False
         self.received = False  # any byte of the answer
-        self.ended = False
-        self.reusable = False
         self.error: BaseException | None = None
 
     def start(self) -> asyncio.Future[None]:
@@ -156,17 +152,14 @@ class _Connection(asyncio.Protocol):
             self.abort(BadAnswer(f"the peer's status line and headers are over {MAX_HEAD_BYTES} bytes"))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
+        self.lost = True  # an idle one leaves the pool when its timer fires
         if self.headed is not None and not self.ended:
             if exc is None and self.headed.done() and self._until_close:
                 self._end(reusable=False)
             else:
                 self._fail(exc or ConnectionResetError(errno.ECONNRESET, "the peer closed the connection before "
                                                                          "its answer ended"))
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_exception(exc or ConnectionResetError(errno.ECONNRESET, "the peer closed"))
+        self.resume_writing()  # a writer waiting for room learns of the loss from `headed`
 
     def pause_writing(self) -> None:
         self._drained = self._loop.create_future()
@@ -226,6 +219,7 @@ class _Connection(asyncio.Protocol):
             self.error = exc
         if self.headed is not None and not self.headed.done():
             self.headed.set_exception(exc)
+            self.headed.exception()  # seen: a request given up while writing its body never awaits it
         self._wake()
 
     def abort(self, why: BaseException | None = None) -> None:
@@ -328,8 +322,8 @@ class Upstream:
             raise ValueError("a streamed request body needs its length")
         context = (tls or self._system_tls()) if where.https else None
         key = (where, context)
-        head = _head(method, target, where.host if where.port in (80, 443) else f"{where.host}:{where.port}",
-                     headers or {}, len(body) if isinstance(body, bytes) else length or 0)
+        size = len(body) if isinstance(body, bytes) else length or 0
+        head = _head(method, target, where.authority, headers or {}, size)
         conn = self._kept(key)
         if conn is not None:
             try:
@@ -346,9 +340,7 @@ class Upstream:
         try:
             assert conn.transport is not None
             if isinstance(body, bytes):
-                conn.transport.write(head + body if len(body) < 65536 else head)
-                if len(body) >= 65536:
-                    conn.transport.write(body)
+                conn.transport.writelines((head, body))
             else:
                 conn.transport.write(head)
                 async for part in body:
@@ -371,6 +363,7 @@ class Upstream:
                 conn.idle_timer = None
             if not conn.lost and conn.transport is not None and not conn.transport.is_closing():
                 return conn
+        self._idle.pop(key, None)
         return None
 
     def keep(self, conn: _Connection) -> None:
@@ -387,6 +380,8 @@ class Upstream:
         idle = self._idle.get(conn.key)
         if idle is not None and conn in idle:
             idle.remove(conn)
+            if not idle:  # a worker gone for good leaves nothing behind
+                del self._idle[conn.key]
         conn.abort()
 
     def _system_tls(self) -> ssl.SSLContext:
@@ -425,7 +420,6 @@ class Upstream:
 
     async def close(self) -> None:
         """Close every idle connection (answers in flight close with their readers)."""
-        for idle in self._idle.values():
+        for idle in list(self._idle.values()):
             while idle:
                 self._expire(idle[0])
-        self._idle.clear()

@@ -368,3 +368,14 @@ async def test_a_port_nobody_listens_on_is_refused(pool: Upstream) -> None:
     await server.wait_closed()
     with pytest.raises(ConnectionRefusedError):
         await pool.request("POST", f"http://127.0.0.1:{port}/", b"")
+
+
+@pytest.mark.parametrize(("url", "authority", "target"), [
+    ("http://127.0.0.1:8080/v1/x?a=1", "127.0.0.1:8080", "/v1/x?a=1"),
+    ("https://[::1]:7835/v1/workers/w/engine/inference", "[::1]:7835", "/v1/workers/w/engine/inference"),
+    ("https://hive.lan", "hive.lan", "/"),
+    ("http://hive.lan:80", "hive.lan", "/"),
+])
+def test_a_url_gives_the_host_header_and_the_target(url: str, authority: str, target: str) -> None:
+    where, path = upstream.origin(url)
+    assert (where.authority, path) == (authority, target)
