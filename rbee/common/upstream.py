@@ -7,10 +7,9 @@ C, which uvicorn already loads), so the token path costs one parser callback and
         what reads brought, joined, never re-serialised);   Answer.release(): back to the pool if the peer
         keeps it, else closed;   Answer.close(): closed (an engine notices and stops generating)
 
-Bodies are delimited by Content-Length, chunked transfer-encoding (trailers read and dropped) or the peer
-closing. Idle connections are kept per origin (at most MAX_IDLE, for IDLE_S); a request written on a
-kept connection that the peer had closed is sent once more on a new one (not when the peer stopped
-acknowledging: TCP_USER_TIMEOUT, a cut link, where another worker should be asked).
+Bodies end by Content-Length, chunked transfer-encoding (trailers dropped) or the peer closing. Idle connections
+are kept per origin (MAX_IDLE, for IDLE_S); a request on a kept connection the peer had closed is sent once more
+on a new one (not when the peer stopped acknowledging: TCP_USER_TIMEOUT, a cut link: ask another worker).
 
 Errors are OSErrors, as the socket's own: `BadAnswer` (not HTTP, or past a bound: MAX_HEAD_BYTES of status
 line and headers, MAX_HEADERS headers), ConnectionResetError (closed before the answer ended),
@@ -39,6 +38,7 @@ MAX_WHOLE_BYTES = 256 * 1024 * 1024  # an answer read whole (embeddings of many 
 IDLE_S = 3.0  # shorter than llama-server's 5 s keep-alive, so a kept connection is rarely one it is closing
 MAX_IDLE = 16  # idle connections kept per origin
 HIGH_WATER = 256 * 1024  # body bytes received and not yet taken before reading the socket pauses
+DNS_TTL_S = 10.0  # a host name's addresses are looked up again after this long (aiohttp's default too)
 
 
 class BadAnswer(ConnectionError):
@@ -301,6 +301,7 @@ class Answer:
 
 
 Body = bytes | AsyncIterable[bytes]
+Address = tuple[int, tuple[Any, ...]]  # an address family and an address of it
 
 
 class Upstream:
@@ -312,6 +313,7 @@ class Upstream:
         self._idle_s, self._max_idle = idle_s, max_idle
         self._idle: dict[tuple[object, ...], deque[_Connection]] = {}
         self._default_tls: ssl.SSLContext | None = None
+        self._addresses: dict[tuple[str, int], tuple[float, list[Address]]] = {}
 
     async def request(self, method: str, url: str, body: Body = b"", headers: dict[str, str] | None = None,
                       tls: ssl.SSLContext | None = None, length: int | None = None) -> Answer:
@@ -368,10 +370,12 @@ class Upstream:
 
     def keep(self, conn: _Connection) -> None:
         """An idle connection, kept for the next request to its origin (for `idle_s`, if there is room)."""
-        idle = self._idle.setdefault(conn.key, deque())
-        if conn.lost or len(idle) >= self._max_idle:
+        idle = self._idle.get(conn.key)
+        if conn.lost or (idle is not None and len(idle) >= self._max_idle):
             conn.abort()
             return
+        if idle is None:
+            idle = self._idle[conn.key] = deque()
         conn.headed = None
         conn.idle_timer = asyncio.get_running_loop().call_later(self._idle_s, self._expire, conn)
         idle.append(conn)
@@ -391,12 +395,7 @@ class Upstream:
 
     async def _connect(self, where: Origin, context: ssl.SSLContext | None, key: tuple[object, ...]) -> _Connection:
         loop = asyncio.get_running_loop()
-        addresses: list[tuple[int, tuple[Any, ...]]]
-        if where.family is not None:
-            addresses = [(where.family, (where.host, where.port))]
-        else:
-            found = await loop.getaddrinfo(where.host, where.port, type=socket.SOCK_STREAM)
-            addresses = [(family, address) for family, _, _, _, address in found]
+        addresses = await self._resolve(where)
         failure: OSError = OSError(errno.EHOSTUNREACH, f"no address for {where.host}")
         for family, address in addresses:
             sock = tcp_socket(family, self._user_timeout_s)
@@ -408,15 +407,25 @@ class Upstream:
                     server_hostname=where.host if context is not None else None,
                     ssl_handshake_timeout=self._handshake_s if context is not None else None)
                 return conn
-            except OSError as exc:  # ssl.SSLError is one: a peer whose certificate is refused
+            except BaseException as exc:
                 sock.close()
-                if isinstance(exc, ssl.SSLError):
+                if not isinstance(exc, OSError) or isinstance(exc, ssl.SSLError):  # a certificate refused: raise
                     raise
-                failure = exc
-            except BaseException:
-                sock.close()
-                raise
+                failure = exc  # the next address, if there is one
         raise failure
+
+    async def _resolve(self, where: Origin) -> list[Address]:
+        """An IP literal's own address; a name's addresses, looked up at most every DNS_TTL_S."""
+        if where.family is not None:
+            return [(where.family, (where.host, where.port))]
+        loop = asyncio.get_running_loop()
+        cached = self._addresses.get((where.host, where.port))
+        if cached is not None and cached[0] > loop.time():
+            return cached[1]
+        found = await loop.getaddrinfo(where.host, where.port, type=socket.SOCK_STREAM)
+        addresses: list[Address] = [(family, address) for family, _, _, _, address in found]
+        self._addresses[(where.host, where.port)] = (loop.time() + DNS_TTL_S, addresses)
+        return addresses
 
     async def close(self) -> None:
         """Close every idle connection (answers in flight close with their readers)."""

@@ -379,3 +379,14 @@ async def test_a_port_nobody_listens_on_is_refused(pool: Upstream) -> None:
 def test_a_url_gives_the_host_header_and_the_target(url: str, authority: str, target: str) -> None:
     where, path = upstream.origin(url)
     assert (where.authority, path) == (authority, target)
+
+
+async def test_a_host_name_is_resolved_and_its_connection_kept(
+        serve: Callable[[Handler], Awaitable[Server]], pool: Upstream) -> None:
+    server = await serve(keeps_answering(OK + b"Content-Length: 2\r\n\r\nok"))
+    url = server.url.replace("127.0.0.1", "localhost")
+    for _ in range(2):
+        answer = await pool.request("GET", url)
+        assert await answer.read() == b"ok"
+        answer.release()
+    assert server.connections == 1 and server.requests[1].startswith(b"GET / HTTP/1.1\r\nHost: localhost:")
