@@ -211,10 +211,11 @@ async def measure(queen: str, model: str, apis: list[str], args: argparse.Namesp
             tables[api] = _rows(ttft[api], rates, args.streams)
         cpu_before = _queen_cpu_s()
         streamed = sum([await stream_tokens(client, paths["queen"], args.max_tokens)
-                        for paths in targets.values() for _ in range(10)])
+                        for paths in targets.values() for _ in range(args.token_streams)])
         per_token = (_queen_cpu_s() - cpu_before) / streamed
         tables["queen CPU"] = [("per request, TTFT rounds (2 tokens)", f"{cpu_per_request * 1000:.3f} ms"),
-                               ("per streamed token (10 streams, one at a time)", f"{per_token * 1e6:.1f} us")]
+                               (f"per streamed token ({args.token_streams} streams, one at a time)",
+                                f"{per_token * 1e6:.1f} us")]
         if len(apis) > 1 and "chat" in apis:  # the difference that the targets are about
             added = {api: statistics.median(t["queen"]) - statistics.median(t["direct"]) for api, t in ttft.items()}
             tables["added TTFT against chat's"] = [
@@ -245,6 +246,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3, help="throughput rounds per path (best is kept)")
     parser.add_argument("--threads", type=int, default=1, help="worker threads")
+    parser.add_argument("--token-streams", type=int, default=10,
+                        help="streams, one at a time, over which the queen's CPU per streamed token is measured")
     args = parser.parse_args()
 
     found = engine.locate()

@@ -22,12 +22,12 @@ import re
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING
 
-import aiohttp
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from rbee.common import settings
 from rbee.common.error_responses import error_response
+from rbee.common.upstream import Answer, Upstream
 
 if TYPE_CHECKING:  # the worker module imports none of this one; typing only
     from rbee.hive.worker import WorkerProcess
@@ -69,18 +69,10 @@ class EngineFront:
 
     def __init__(self, token: str) -> None:
         self._token = token
-        self._session: aiohttp.ClientSession | None = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5), auto_decompress=False,
-                skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"))
-        return self._session
+        self._pool = Upstream(connect_s=5.0)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self._pool.close()
 
     def _refusal(self, request: Request, worker: WorkerProcess | None, worker_id: str) -> Response | None:
         """The answer for a request the front will not forward; None when it may."""
@@ -119,8 +111,7 @@ class EngineFront:
     async def _forward(self, request: Request, url: str) -> Response:
         headers = {k: v for k, v in request.headers.items() if k not in _HOP}
         length = request.headers.get("content-length")
-        if length is not None:
-            headers["Content-Length"] = length
+        if length is not None:  # checked against the bound already (_refusal)
             body: bytes | AsyncIterator[bytes] = request.stream()
         else:
             try:
@@ -129,12 +120,13 @@ class EngineFront:
                 return error_response(413, f"The request body is larger than {settings.max_body_bytes()} bytes "
                                            "(RBEE_MAX_BODY_MB).", code="too_large")
         try:
-            upstream = await self._client().request(request.method, url, data=body, headers=headers)
-        except (aiohttp.ClientError, OSError, ClientDisconnect) as exc:
+            upstream = await self._pool.request(request.method, url, body, headers,
+                                                length=None if length is None else int(length))
+        except (OSError, ClientDisconnect) as exc:
             log.warning("front: the engine at %s did not answer (%s)", url.split("?")[0], type(exc).__name__)
             return error_response(502, "The worker's engine did not answer; it may have stopped.",
                                   code="worker_unavailable")
-        kept = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP - {"content-length"}}
+        kept = {k: v for k, v in upstream.headers.items() if k not in _HOP - {"content-length"}}
         return StreamingResponse(_relay(upstream), status_code=upstream.status, headers=kept)
 
 
@@ -152,13 +144,13 @@ async def _bounded(request: Request) -> bytes:
     return bytes(body)
 
 
-async def _relay(upstream: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+async def _relay(upstream: Answer) -> AsyncIterator[bytes]:
     """The engine's answer as it arrives; its connection closed if the client goes away first."""
     try:
-        async for chunk in upstream.content.iter_any():
+        async for chunk in upstream:
             yield chunk
     finally:
-        if upstream.content.at_eof():
+        if upstream.at_eof:
             upstream.release()
         else:
             upstream.close()

@@ -10,22 +10,20 @@ generating for it, which frees its slot.
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
 import logging
-import socket
 import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
-import aiohttp
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from rbee.common.hop import HOP
+from rbee.common.upstream import Answer, Upstream
 from rbee.contracts.workers import WorkerMode
 from rbee.queen import context_fit
 from rbee.queen.error_styles import OPENAI, ErrorStyle
@@ -54,20 +52,6 @@ OnEnd = Callable[[Outcome], None]
 
 WORKER_CONNECT_S = 1.0  # workers are on this machine or the LAN: a connect that takes longer will not come
 
-AddrInfo = tuple[int, int, int, str, tuple[Any, ...]]  # one of getaddrinfo()'s answers
-
-
-def _worker_socket(addr_info: AddrInfo) -> socket.socket:
-    """A socket to a worker that gives up when what it sent is not acknowledged within WORKER_CONNECT_S
-    (TCP_USER_TIMEOUT): a request written on a kept-alive connection to a hive whose link was cut fails
-    at once, for the retry on another worker, instead of waiting minutes for TCP to give up."""
-    family, kind, proto, _, _ = addr_info
-    sock = socket.socket(family, kind, proto)
-    if hasattr(socket, "TCP_USER_TIMEOUT") and family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(WORKER_CONNECT_S * 1000))
-    return sock
-
-
 class Translation(Protocol):
     """How a worker's answer becomes the client's protocol, where the engine does not speak it (one per request:
     a stream's chunks may split its events). Metering still reads the worker's own bytes."""
@@ -95,7 +79,7 @@ class _ForwardedStream(StreamingResponse):
     """A StreamingResponse that always closes its upstream and releases its lease,
     even when the client disconnects before the body starts."""
 
-    def __init__(self, upstream: aiohttp.ClientResponse, lease: Lease, headers: dict[str, str],
+    def __init__(self, upstream: Answer, lease: Lease, headers: dict[str, str],
                  on_end: OnEnd | None, deadline: float | None, in_flight: set[_ForwardedStream],
                  started: float, errors: ErrorStyle, translation: Translation | None = None) -> None:
         self._upstream = upstream
@@ -146,7 +130,7 @@ class _ForwardedStream(StreamingResponse):
     async def _chunks(self) -> AsyncIterator[bytes]:
         self._failed = True  # until the worker's stream ends normally
         try:
-            async for chunk in self._upstream.content.iter_any():
+            async for chunk in self._upstream:
                 if self._first is None:
                     self._first = time.monotonic()
                     self._head = chunk
@@ -158,7 +142,7 @@ class _ForwardedStream(StreamingResponse):
             self._failed = self.cut_reason is not None
             if self._translation is not None and not self._failed:
                 yield self._translation.end()
-        except (aiohttp.ClientError, OSError) as exc:
+        except OSError as exc:  # the worker broke off (rbee.common.upstream's errors are OSErrors)
             if self.cut_reason is None:
                 log.warning("worker %s broke mid-stream: %r", self._lease.worker.id, exc)
                 yield self._errors.event(502, "worker_failed",
@@ -175,7 +159,7 @@ class _ForwardedStream(StreamingResponse):
         finally:
             # close(), not release(): a stream cut short must drop the connection so the worker
             # notices and stops generating.
-            if self._upstream.content.at_eof():
+            if self._upstream.at_eof:
                 self._upstream.release()
             else:
                 self._upstream.close()
@@ -187,26 +171,15 @@ class _ForwardedStream(StreamingResponse):
 
 
 class Forwarder:
-    """Sends requests to workers over a pool of kept-alive connections (aiohttp: its C parser
-    keeps the added latency per request well under a millisecond)."""
+    """Sends requests to workers over a pool of kept-alive connections (rbee.common.upstream: an HTTP/1.1 client
+    on llhttp, whose sockets give up on a cut link within WORKER_CONNECT_S)."""
 
     def __init__(self, tls: ssl.SSLContext | None = None) -> None:
-        self._session: aiohttp.ClientSession | None = None
+        # a worker that does not accept within a second (its link cut) is given up for another at once
+        self._pool = Upstream(connect_s=WORKER_CONNECT_S, user_timeout_s=WORKER_CONNECT_S)
         self._streams: set[_ForwardedStream] = set()
-        self._tls: ssl.SSLContext | bool = tls or True  # workers on TLS hives: certificates from the cluster CA
+        self._tls = tls  # workers on TLS hives: certificates from the cluster CA
         self._closing = False
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                # Shorter than llama-server's 5 s keep-alive, so we rarely pick a connection it is closing.
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=3.0, socket_factory=_worker_socket),
-                # a worker that does not accept within a second (its link cut) is given up for another at once
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=WORKER_CONNECT_S),
-                auto_decompress=False,
-                skip_auto_headers=("User-Agent", "Accept-Encoding"),
-            )
-        return self._session
 
     def end_streams(self) -> int:
         """End every stream in flight with an error event (the queen is stopping), and every stream that
@@ -218,23 +191,10 @@ class Forwarder:
         return len(streams)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-    async def _send(self, url: str, body: bytes, headers: dict[str, str],
-                    tls: ssl.SSLContext | None) -> aiohttp.ClientResponse:
-        """POST, retrying once when a pooled keep-alive connection turns out to be closed already (not when
-        the worker stopped acknowledging: its link is cut, and another worker should be asked)."""
-        check = tls or self._tls
-        try:
-            return await self._client().post(url, data=body, headers=headers, ssl=check)
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-            if isinstance(exc, aiohttp.ClientSSLError) or getattr(exc, "errno", None) == errno.ETIMEDOUT:
-                raise
-            return await self._client().post(url, data=body, headers=headers, ssl=check)
+        await self._pool.close()
 
     async def _open(self, lease: Lease, path: str, body: bytes, stream: bool, request_id: str | None,
-                    deadline: float | None, content_type: str = "application/json") -> aiohttp.ClientResponse:
+                    deadline: float | None, content_type: str = "application/json") -> Answer:
         worker = lease.worker
         headers = {"Authorization": f"Bearer {worker.api_key}", "Content-Type": content_type, **HOP}
         if request_id:
@@ -242,21 +202,21 @@ class Forwarder:
         if deadline is not None:  # the deadline travels with the request: what is left of it
             headers["X-Rbee-Timeout"] = f"{max(0.1, deadline - asyncio.get_running_loop().time()):.3f}"
         if stream:
-            # llama-server closes the connection after every streamed answer while still saying keep-alive;
-            # pooled, that socket would be handed to the next request dead ("Can not write request body").
+            # llama-server closes the connection after every streamed answer while still saying keep-alive:
+            # asked to close, it says so, and the socket is not pooled only to be found dead by the next request.
             headers["Connection"] = "close"
         try:
-            return await self._send(f"{worker.url}{path}", body, headers, worker.tls)
-        except (aiohttp.ClientError, OSError) as exc:
+            return await self._pool.request("POST", f"{worker.url}{path}", body, headers, worker.tls or self._tls)
+        except OSError as exc:  # refused, reset, cut, TLS refused, or not HTTP
             raise WorkerUnavailable(f"Worker {worker.id} for '{worker.spec.model.name}' did not answer "
                                     f"({type(exc).__name__}); it is {worker.state}. Retry the request.") from exc
 
-    async def _read(self, lease: Lease, upstream: aiohttp.ClientResponse) -> bytes:
+    async def _read(self, lease: Lease, upstream: Answer) -> bytes:
         try:
             content = await upstream.read()
         except BaseException as exc:
             upstream.close()  # not back to the pool: the answer was cut off (or its deadline passed)
-            if isinstance(exc, aiohttp.ClientError | OSError):
+            if isinstance(exc, OSError):  # broken off, or over upstream.MAX_WHOLE_BYTES
                 raise UpstreamError(f"Worker {lease.worker.id} broke off its answer ({type(exc).__name__}).") from exc
             raise
         upstream.release()
@@ -292,8 +252,8 @@ class Forwarder:
                 raise DeadlineExceeded(DEADLINE[2]) from exc
             raise
         headers = self._headers(lease, request_id)
-        if "Content-Type" in upstream.headers:
-            headers["content-type"] = upstream.headers["Content-Type"]
+        if "content-type" in upstream.headers:
+            headers["content-type"] = upstream.headers["content-type"]
         if translation is not None and translation.media_type and upstream.status < 400:
             headers["content-type"] = translation.media_type
         if stream and upstream.status == 200:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from rbee.common import upstream
 from tests.conftest import Queen
 
 MODEL = {"name": "tiny", "path": "/m/tiny.gguf", "size_bytes": 1, "added_at": 0.0}
@@ -219,4 +221,67 @@ def test_a_hive_cannot_move_its_workers_where_a_worker_cannot_go(queen: Queen) -
         queen.log.read_text()
     unknown = heartbeat(queen, token, report(worker("http://127.0.0.1:4000", worker_id="evil-w2", state="downloading")))
     assert unknown.status_code == 400 and "state" in unknown.json()["error"]["message"], unknown.text
+    still_serving(queen)
+
+
+class _RawWorker(threading.Thread):
+    """A worker that reads one request and answers with the bytes `answer` yields, until the queen hangs up."""
+
+    def __init__(self, answer: Callable[[], Iterator[bytes]]) -> None:
+        super().__init__(daemon=True)
+        self._answer = answer
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.hung_up = threading.Event()
+
+    def run(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(65536)
+            try:
+                for part in self._answer():
+                    conn.sendall(part)
+            except OSError:
+                pass
+            self.hung_up.set()
+
+
+def _endless_headers() -> Iterator[bytes]:
+    yield b"HTTP/1.1 200 OK\r\n"
+    while True:
+        yield b"X-Padding: " + b"p" * 4000 + b"\r\n"
+
+
+def _bad_chunks() -> Iterator[bytes]:
+    yield b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    yield b'1b\r\ndata: {"choices": []}\n\n\r\n'
+    yield b"zz\r\nnot a chunk\r\n"
+
+
+def _served_by(queen: Queen, raw: _RawWorker, stream: bool) -> httpx.Response:
+    raw.start()
+    token = enrol(queen)
+    assert register(queen, token, report(worker(f"http://127.0.0.1:{raw.port}"))).status_code == 200
+    return httpx.post(f"{queen.url}/v1/chat/completions", timeout=60, headers={"x-rbee-hive": "evil"},
+                      json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": stream})
+
+
+def test_a_worker_sending_endless_headers_is_cut_off_at_the_bound(queen: Queen) -> None:
+    raw = _RawWorker(_endless_headers)
+    resp = _served_by(queen, raw, stream=False)
+    assert resp.status_code >= 400 and "error" in resp.json(), resp.text  # no other worker: an error, not a hang
+    assert raw.hung_up.wait(30)  # the queen hung up: what it took is bounded (the kernel's buffers hold the rest)
+    assert "worker evil-w1 failed before answering (BadAnswer(\"the peer's status line and headers are over " \
+           f"{upstream.MAX_HEAD_BYTES} bytes\"))" in queen.log.read_text()
+    still_serving(queen)
+
+
+def test_a_worker_breaking_its_chunked_stream_ends_it_with_an_error_event(queen: Queen) -> None:
+    raw = _RawWorker(_bad_chunks)
+    resp = _served_by(queen, raw, stream=True)
+    assert resp.status_code == 200
+    assert resp.text.startswith('data: {"choices": []}\n\n'), resp.text  # what came before is passed on as it was
+    assert '"code": "worker_failed"' in resp.text or '"code":"worker_failed"' in resp.text, resp.text
     still_serving(queen)

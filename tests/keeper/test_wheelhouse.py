@@ -19,7 +19,7 @@ def test_the_wheel_is_complete_and_reproducible(tmp_path: Path) -> None:
         assert {"rbee/__init__.py", "rbee/hive/app.py", f"{info}/METADATA", f"{info}/RECORD"} <= names
         assert not any("__pycache__" in n for n in names)
         metadata = zf.read(f"{info}/METADATA").decode()
-        assert "Requires-Dist: aiohttp" in metadata and "Requires-Dist: huggingface_hub" in metadata
+        assert "Requires-Dist: httptools" in metadata and "Requires-Dist: huggingface_hub" in metadata
         record = zf.read(f"{info}/RECORD").decode()
         assert all(name in record for name in names)
         assert "rbee = rbee.keeper.main:run" in zf.read(f"{info}/entry_points.txt").decode()
@@ -28,7 +28,7 @@ def test_the_wheel_is_complete_and_reproducible(tmp_path: Path) -> None:
 def test_dependencies_are_pinned_to_what_is_installed_here() -> None:
     pins = wheelhouse.pinned_dependencies(wheelhouse.Target.here())
     names = {p.split("==")[0] for p in pins}
-    assert {"pydantic", "aiohttp", "huggingface-hub", "uvicorn"} <= names
+    assert {"pydantic", "httptools", "huggingface-hub", "uvicorn"} <= names
     assert "pytest" not in names  # test extras stay out
     windows = wheelhouse.pinned_dependencies(wheelhouse.Target("3.11", "Windows", "AMD64"))
     assert "uvloop" in names and "uvloop" not in {p.split("==")[0] for p in windows}

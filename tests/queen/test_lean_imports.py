@@ -1,5 +1,6 @@
 """The daemon imports only what it needs: the CLI's libraries, the hub client, the GGUF writer (numpy) and
-certificate making (cryptography) stay out of a running queen; httpx (clients to remote hives, a starting worker's
+certificate making (cryptography) stay out of a running queen, and aiohttp out of every daemon (the hops to
+engines are rbee.common.upstream's); httpx (clients to remote hives, a starting worker's
 health poll, the engines' metrics scrape, copies between hives) and tomlkit (writing models.toml) until first used."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from tests.conftest import Queen
 
 REPO = Path(__file__).resolve().parents[2]
 KEPT_OUT = ("huggingface_hub", "cryptography", "rich", "typer", "pygments", "numpy", "gguf", "yaml", "rbee.keeper.cli",
-             "httpx", "tomlkit")
+             "httpx", "tomlkit", "aiohttp")
 
 
 def _loaded_after(statement: str) -> list[str]:
@@ -35,6 +36,10 @@ def test_the_daemons_entry_point_imports_none_of_them_either() -> None:
     assert _loaded_after("import rbee.keeper.main, rbee.keeper.queen_foreground") == []
 
 
+def test_the_hives_server_has_no_aiohttp_either() -> None:  # its front forwards with rbee.common.upstream
+    assert "aiohttp" not in _loaded_after("import rbee.hive.app")
+
+
 def test_the_cli_still_has_them_where_it_needs_them() -> None:  # the probe above can fail: it sees these
     assert set(_loaded_after("import rbee.keeper.cli, rbee.common.tls_ca")) >= {"typer", "rich", "cryptography"}
 
@@ -47,5 +52,5 @@ def test_a_queen_that_served_a_model_maps_neither_numpy_nor_cryptography(
     assert answer.status_code == 200, answer.text
     assert queen.proc is not None
     maps = Path(f"/proc/{queen.proc.pid}/maps").read_text()
-    assert "/cryptography/" not in maps and "/numpy" not in maps
+    assert "/cryptography/" not in maps and "/numpy" not in maps and "/aiohttp/" not in maps
     assert "/uvloop/" in maps  # the probe sees the queen's own libraries: it would see those too
