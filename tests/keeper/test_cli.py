@@ -150,8 +150,8 @@ def test_ctrl_c_during_infer_exits_cleanly(idle_queen: Queen, tiny_model: Path, 
     assert proc.stdout is not None
     assert proc.stdout.read(1)  # tokens are flowing
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, (err.decode(errors="replace")[-2000:], len(out), idle_queen.workers())
     assert b"Traceback" not in err
     deadline = time.monotonic() + 10
     while any(w["in_flight"] for w in idle_queen.workers()) and time.monotonic() < deadline:
