@@ -12,10 +12,16 @@ when its path is not plain segments (`..`, `.`, an empty segment, a percent-esca
 scheme: 400); or when its body is over RBEE_MAX_BODY_MB (413, before it is read when it says its length).
 Request and response bytes pass unchanged, streamed both ways; hop-by-hop headers and the credential stay
 behind.
+
+The queen's deadline comes as X-Rbee-Timeout (seconds left; not a number from 0.1 to 86400: 400): past it the
+engine's connection is closed and the answer is a 504 (or, once the answer has begun, its end). An engine that
+dies before it answers is a 502 with code `engine_gone`, which the queen takes as the worker gone (it retries
+once on another worker, as for a worker on its own machine that drops the connection).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import re
@@ -28,6 +34,7 @@ from starlette.responses import Response, StreamingResponse
 
 from rbee.common import settings
 from rbee.common.error_responses import error_response
+from rbee.contracts.workers import ENGINE_GONE, MAX_TIMEOUT_S, MIN_TIMEOUT_S, TIMEOUT_HEADER, timeout_seconds
 
 if TYPE_CHECKING:  # the worker module imports none of this one; typing only
     from rbee.hive.worker import WorkerProcess
@@ -73,7 +80,10 @@ class EngineFront:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
+            # A fresh loopback connection per request: these engines answer one request at a time, and a
+            # connection that a cut request (or an engine that died) left behind is never handed to the next.
             self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(force_close=True),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=5), auto_decompress=False,
                 skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"))
         return self._session
@@ -112,11 +122,18 @@ class EngineFront:
         if path is None:
             return error_response(400, "The engine path must be plain segments (no '.', '..', empty segments "
                                        "or percent-escapes).", code="invalid_path")
+        raw_timeout = request.headers.get(TIMEOUT_HEADER)
+        seconds = None if raw_timeout is None else timeout_seconds(raw_timeout)
+        if raw_timeout is not None and seconds is None:
+            return error_response(400, f"The {TIMEOUT_HEADER} header must be a number of seconds from "
+                                       f"{MIN_TIMEOUT_S} to {MAX_TIMEOUT_S:.0f}, not {raw_timeout[:40]!r}.",
+                                  code="invalid_timeout")
         query = request.url.query
         url = f"http://127.0.0.1:{worker.port}{path}" + (f"?{query}" if query else "")
-        return await self._forward(request, url)
+        deadline = None if seconds is None else asyncio.get_running_loop().time() + seconds
+        return await self._forward(request, url, deadline)
 
-    async def _forward(self, request: Request, url: str) -> Response:
+    async def _forward(self, request: Request, url: str, deadline: float | None) -> Response:
         headers = {k: v for k, v in request.headers.items() if k not in _HOP}
         length = request.headers.get("content-length")
         if length is not None:
@@ -129,13 +146,18 @@ class EngineFront:
                 return error_response(413, f"The request body is larger than {settings.max_body_bytes()} bytes "
                                            "(RBEE_MAX_BODY_MB).", code="too_large")
         try:
-            upstream = await self._client().request(request.method, url, data=body, headers=headers)
+            async with asyncio.timeout_at(deadline):  # a cancelled request closes its connection to the engine
+                upstream = await self._client().request(request.method, url, data=body, headers=headers)
+        except TimeoutError:
+            log.warning("front: the engine at %s did not answer within the deadline", url.split("?")[0])
+            return error_response(504, f"The request's deadline ({TIMEOUT_HEADER}) passed before the engine "
+                                       "answered; the engine's connection was closed.", code="deadline_exceeded")
         except (aiohttp.ClientError, OSError, ClientDisconnect) as exc:
             log.warning("front: the engine at %s did not answer (%s)", url.split("?")[0], type(exc).__name__)
-            return error_response(502, "The worker's engine did not answer; it may have stopped.",
-                                  code="worker_unavailable")
+            return error_response(502, "The worker's engine stopped before it answered; the queen retries the "
+                                       "request on another worker.", code=ENGINE_GONE)
         kept = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP - {"content-length"}}
-        return StreamingResponse(_relay(upstream), status_code=upstream.status, headers=kept)
+        return StreamingResponse(_relay(upstream, deadline), status_code=upstream.status, headers=kept)
 
 
 class _TooLarge(Exception):
@@ -152,11 +174,20 @@ async def _bounded(request: Request) -> bytes:
     return bytes(body)
 
 
-async def _relay(upstream: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    """The engine's answer as it arrives; its connection closed if the client goes away first."""
+async def _relay(upstream: aiohttp.ClientResponse, deadline: float | None) -> AsyncIterator[bytes]:
+    """The engine's answer as it arrives, until `deadline`; its connection closed if the client goes away first
+    or the deadline passes (its status is sent already: the connection to the client breaks, so a cut answer
+    never looks whole)."""
     try:
-        async for chunk in upstream.content.iter_any():
+        while True:
+            async with asyncio.timeout_at(deadline):
+                chunk = await upstream.content.readany()
+            if not chunk:
+                break
             yield chunk
+    except TimeoutError:
+        log.warning("front: the deadline passed while the engine at %s answered: cut", upstream.url.path)
+        raise
     finally:
         if upstream.content.at_eof():
             upstream.release()
