@@ -15,8 +15,9 @@ behind.
 
 The queen's deadline comes as X-Rbee-Timeout (seconds left; not a number from 0.1 to 86400: 400): past it the
 engine's connection is closed and the answer is a 504 (or, once the answer has begun, its end). An engine that
-dies before it answers is a 502 with code `engine_gone`, which the queen takes as the worker gone (it retries
-once on another worker, as for a worker on its own machine that drops the connection).
+dies before it answers, or a worker whose engine has stopped (`error`, `stopped`: its port may be another
+process's by then, so nothing is forwarded), is a 502 with code `engine_gone`, which the queen takes as the
+worker gone (it retries once on another worker, as for a worker on its own machine that drops the connection).
 """
 
 from __future__ import annotations
@@ -34,7 +35,14 @@ from starlette.responses import Response, StreamingResponse
 
 from rbee.common import settings
 from rbee.common.error_responses import error_response
-from rbee.contracts.workers import ENGINE_GONE, MAX_TIMEOUT_S, MIN_TIMEOUT_S, TIMEOUT_HEADER, timeout_seconds
+from rbee.contracts.workers import (
+    ENGINE_GONE,
+    MAX_TIMEOUT_S,
+    MIN_TIMEOUT_S,
+    TIMEOUT_HEADER,
+    WorkerState,
+    timeout_seconds,
+)
 
 if TYPE_CHECKING:  # the worker module imports none of this one; typing only
     from rbee.hive.worker import WorkerProcess
@@ -42,6 +50,7 @@ if TYPE_CHECKING:  # the worker module imports none of this one; typing only
 log = logging.getLogger(__name__)
 
 ROUTE = r"/v1/workers/[^/]+/engine(?:/.*)?"  # the token guard lets these through: the front checks its own
+_GONE = frozenset({WorkerState.ERROR, WorkerState.STOPPED})
 _SEGMENT = re.compile(r"[A-Za-z0-9_.~-]+")
 _HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host",
                   "proxy-authorization", "proxy-authenticate", "authorization", "content-length"})
@@ -104,6 +113,9 @@ class EngineFront:
             state = "" if worker is None else f" through this hive's front (it is {worker.state})"
             return error_response(404, f"There is no worker '{worker_id[:128]}' served{state} on this hive.",
                                   code="not_found")
+        if worker.state in _GONE:  # its port may be another process's by now: nothing is forwarded there
+            return error_response(502, f"The engine of worker {worker_id[:128]} has stopped ({worker.state}); the "
+                                       "queen retries the request on another worker.", code=ENGINE_GONE)
         length = request.headers.get("content-length", "")
         if length and (not length.isdigit() or int(length) > settings.max_body_bytes()):
             return error_response(413, f"The request body ({length[:20]} bytes) is larger than "
