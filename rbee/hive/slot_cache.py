@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 INDEX = "index.json"
 RESTORE_TIMEOUT_S = 30.0  # a restore waits for the slot to be idle; the queen bounds its own wait too
+_SAVABLE = (WorkerState.READY, WorkerState.DRAINING)  # draining: the queen took it out of rotation to evict it
 
 
 class SlotRefused(ValueError):
@@ -164,7 +165,7 @@ class SlotCache:
         saved: list[SavedSlot] = []
         skipped: list[str] = []
         started = time.monotonic()
-        if slots and worker.state is WorkerState.READY and worker.spec.slot_save_path is not None:
+        if slots and worker.state in _SAVABLE and worker.spec.slot_save_path is not None:
             worker.begin_drain()
             saved, skipped = await self._save_all(worker, slots)
         elif slots:

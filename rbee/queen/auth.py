@@ -31,6 +31,7 @@ from rbee.queen.errors import NotFound, QueenError
 
 WINDOW_S = 60.0
 AUDIO_TOKENS_PER_SECOND = 10  # what a second of transcribed or translated audio counts against a key's tpm
+IMAGE_TOKENS = 1024  # what one drawn image counts against a key's tpm, whatever its size
 
 
 class Unauthorized(QueenError):
@@ -165,10 +166,10 @@ class Keyring:
             raise _limited(f"The API key '{key.name}' is limited to {key.tpm} tokens per minute.", wait)
         window.requests.append(now)
 
-    def spent(self, who: Principal, tokens: int, audio_s: float = 0.0) -> None:
-        """Count tokens a finished request used against its key's per-minute budget, and its seconds of audio
-        as AUDIO_TOKENS_PER_SECOND tokens each (rounded up)."""
-        tokens += math.ceil(audio_s * AUDIO_TOKENS_PER_SECOND)
+    def spent(self, who: Principal, tokens: int, audio_s: float = 0.0, images: int = 0) -> None:
+        """Count tokens a finished request used against its key's per-minute budget, its seconds of audio as
+        AUDIO_TOKENS_PER_SECOND tokens each (rounded up), and its images as IMAGE_TOKENS each."""
+        tokens += math.ceil(audio_s * AUDIO_TOKENS_PER_SECOND) + images * IMAGE_TOKENS
         if who.key is None or who.key.tpm is None or tokens <= 0:
             return
         window = self._windows.setdefault(who.key.name, _Window())

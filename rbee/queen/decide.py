@@ -4,7 +4,8 @@ For each request:
   (1) the hives to consider: the one pinned with `X-Rbee-Hive`, else all of them (the model's settings in
       models.toml may pin it too); the scheduler builds the views below from those hives only;
   (2) a ready worker of the model with a free slot serves it at once (`serve`): the one whose slot holds the
-      start of its conversation (prefix affinity, affinity.py), else the least loaded one; in turn:
+      start of its conversation (prefix affinity, affinity.py), or a free one on the hive holding more of it
+      saved (kv_resume.py), else the least loaded one; in turn:
       a newcomer only when nobody waits for the model; a request that needs a context per slot (a prompt its
       worker refused as too long, Ollama's num_ctx) only one with that much (context_fit.py), and (4) loads
       one with it when there is none;
@@ -19,6 +20,7 @@ For each request:
       have no free memory for a replica, another hive with room gets a LAN copy and the worker
       (copy_placement.py); a model's settings may pin it to a device, and keep some workers loaded
       (min_replicas: never evicted); a user policy (policy.py) may filter and rank the workers and devices;
+      the hive holding the request's saved KV cache goes first when it has room without evicting (`prefer`);
   (5) meanwhile the request waits in a bounded queue (admission.py); workers of a model that has requests
       waiting are not evicted for another model unless that one has waited longer than the grouping cap
       (`GROUPING_CAP_S`), so A B A B is served as A A B B without starving anyone.
@@ -157,6 +159,7 @@ class Room:
     context: int | None = None  # the tokens per slot the worker is loaded with, when a request asked
     rank: Rank | None = None
     elsewhere: Elsewhere | None = None  # None: no LAN copy allowed
+    prefer: str | None = None  # a hive holding the request's saved KV cache (kv_resume.py): first, if it has room
 
 
 def load(room: Room) -> Load | CopyThenLoad | Wait | Refuse:
@@ -164,6 +167,8 @@ def load(room: Room) -> Load | CopyThenLoad | Wait | Refuse:
     devices = _pinned(room)
     if isinstance(devices, Refuse):
         return devices
+    if (there := _there(room, devices)) is not None:
+        return there
     decision: Placement | None = None
     try:
         decision = _place(room.need, devices, room.workers, room.hard | room.soon, room.rank)
@@ -183,6 +188,18 @@ def load(room: Room) -> Load | CopyThenLoad | Wait | Refuse:
     if choice.target is not None and choice.device is not None:
         return CopyThenLoad(choice.target, choice.device, choice.reason)
     return Wait(choice.reason)
+
+
+def _there(room: Room, devices: list[DeviceView]) -> Load | None:
+    """A load on the preferred hive (`room.prefer`), when one of its devices has room without evicting."""
+    if room.prefer is None:
+        return None
+    with contextlib.suppress(ModelTooLarge):
+        decision = _place(room.need, [d for d in devices if d.hive == room.prefer], room.workers,
+                          room.hard | room.soon, room.rank)
+        if decision.device is not None and not decision.evict:
+            return Load(decision.device.hive, decision.device.device)
+    return None
 
 
 def _pinned(room: Room) -> list[DeviceView] | Refuse:

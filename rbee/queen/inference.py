@@ -134,9 +134,10 @@ def _metering(state: QueenState, who: Principal, stream: bool, request_id: str, 
             completion = outcome.events
         state.metrics.served(outcome, prompt, completion, cached)
         status, heard = outcome.status, audio_s if outcome.status < 400 else 0.0
+        drawn = images if status < 400 else 0
         state.usage.record(who.usage_name, outcome.model, prompt=prompt, completion=completion, error=status >= 400,
-                           audio_s=heard, images=images if status < 400 else 0)
-        state.keyring.spent(who, prompt + completion, heard)
+                           audio_s=heard, images=drawn)
+        state.keyring.spent(who, prompt + completion, heard, drawn)
         log.debug("request %s %s model=%s hive=%s worker=%s status=%d ttft=%.3fs took=%.3fs tokens=%d+%d by %s",
                   request_id, path, outcome.model, outcome.hive, outcome.worker, status, outcome.ttft_s,
                   outcome.duration_s, prompt, completion, who.actor)
@@ -245,6 +246,7 @@ async def serve(request: Request, body: bytes, parsed: ModelRequest, path: str, 
 
     async def send(lease: Lease) -> Response:
         state.metrics.affinity(lease.worker.spec.model.name, lease.hit)
+        await state.scheduler.resume(lease)  # a saved KV cache into its slot first, if it has one (kv_resume.py)
         return await _forward_unless_gone(lease, ended, lambda on_end: state.forwarder.forward(
             lease, path, with_slot(body, lease.slot), stream=stream, deadline=deadline, on_end=on_end,
             request_id=request_id, errors=errors, translation=translation, content_type=content_type))

@@ -32,6 +32,7 @@ class Lease:
     scheduler: Scheduler
     slot: int | None = None  # the llama-server slot it holds (None: affinity off, or a worker without slots)
     hit: bool | None = None  # it went where its prefix is (None: affinity off, or nothing to match)
+    restore: str | None = None  # the key of a saved KV cache to restore into its slot first (kv_resume.py)
     _released: bool = field(default=False, repr=False)
 
     def release(self) -> None:

@@ -2,21 +2,48 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from rbee.common.metrics import ColonyCollector
 from rbee.contracts.status import Traffic
 from rbee.queen.proxy import Outcome
+from rbee.queen.slot_restore import SlotRecord
 
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 SPEED_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 NO_HIVE = "-"  # a request refused before any worker was chosen
 
 
+class SlotCollector(Collector):
+    """KV caches kept across unloads, as the queen's SlotRecord counts them (slot_restore.py, kv_resume.py)."""
+
+    def __init__(self, record: SlotRecord) -> None:
+        self._record = record
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        saves = CounterMetricFamily("rbee_slot_saves", "Slots of unloaded or evicted workers saved on their hive")
+        saves.add_metric([], self._record.saves)
+        restores = CounterMetricFamily("rbee_slot_restores", "Saved slots restored before a request, by result "
+                                       "(failed: the request ran with a normal prefill)", labels=["result"])
+        for result, count in sorted(self._record.restores.items()):
+            restores.add_metric([result], count)
+        held = GaugeMetricFamily("rbee_slot_cache_bytes", "Bytes of saved slots each hive holds, as the queen "
+                                 "knows from saves and the hives' listings", labels=["hive"])
+        for hive, size in sorted(self._record.bytes_per_hive().items()):
+            held.add_metric([hive], size)
+        yield from (saves, restores, held)
+
+
 class QueenMetrics:
-    def __init__(self, colony: ColonyCollector) -> None:
+    def __init__(self, colony: ColonyCollector, slots: SlotRecord | None = None) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(colony)
+        if slots is not None:
+            self.registry.register(SlotCollector(slots))
         self.requests = Counter("rbee_requests", "Inference requests by model, hive and HTTP status",
                                 ["model", "hive", "status"], registry=self.registry)
         self.tokens = Counter("rbee_tokens", "Tokens by model, hive and kind (prompt, completion)",

@@ -13,6 +13,7 @@ Idle workers are unloaded when their keep_alive runs out (default 5 min; per req
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Hashable, Mapping
@@ -22,10 +23,11 @@ from functools import partial
 from rbee.common import settings
 from rbee.contracts.hives import HiveState, WorkerShape
 from rbee.contracts.models import DEMO_MODEL, ModelEntry
+from rbee.contracts.slots import MAX_SAVES
 from rbee.contracts.workers import WorkerMode, WorkerState
 from rbee.hive import model_refs
 from rbee.hive.service import ModelUnavailable
-from rbee.queen import context_fit, copy_placement, decide, hive_errors, leases, views
+from rbee.queen import context_fit, copy_placement, decide, hive_errors, kv_resume, leases, views
 from rbee.queen import copies as copies_mod
 from rbee.queen import spill as spill_mod
 from rbee.queen.admission import Admission, Waiter
@@ -77,6 +79,9 @@ class Scheduler:
         self.affinity = Affinity() if settings.affinity() else None  # which slot holds which prefix
         self.admission: Admission[Lease] = Admission(settings.queue_limits, self._free_slots)
         self.executor = Executor(hives, self.loads, self.notify, self.admission.fail)
+        if self.affinity is not None:  # an unload saves the slots of the worker's conversations (kv_resume.py)
+            self.executor.recent_slots = partial(self.affinity.recent, limit=MAX_SAVES)
+        self._listed: dict[str, int] = {}  # the registrations of each hive when its saved slots were last listed
         self._warned: set[str] = set()
         self._told: dict[str, str] = {}  # the last reason logged for waiting or copying, per model
 
@@ -126,6 +131,11 @@ class Scheduler:
             self.affinity.forget(w.id for h in list(self._hives.values()) for w in h.supervisor.workers()
                                  if w.state in _HOLDING)
         await self.keep_min_replicas()
+
+    async def list_saved_slots(self) -> None:
+        """A pass of its own loop (state.py), apart from the reaper's: the hives' saved slots (kv_resume.py)."""
+        if self.affinity is not None:
+            await kv_resume.list_saved(self._hives, self.executor.slot_record, self._listed)
 
     async def keep_min_replicas(self) -> None:
         """Start a worker for each model with fewer loaded than its `min_replicas` (one load at a time per
@@ -225,12 +235,37 @@ class Scheduler:
         and a lease on the worker it chose (and on one of its slots, leases.py)."""
         free = leases.free_slots(self, ready) if turn else {}
         prefer = self.affinity.prefer(ask.key, free) if self.affinity is not None and turn else Preference()
+        resume, there = self._resumable(ask, prefer, ready, free)
         choice = decide.serve([decide.Ready(w.id, self.loads.peek(w).in_flight, w.spec.slots, w.started_at)
-                               for w in ready], self.policy.active, turn, prefer.worker, prefer.tie)
+                               for w in ready], self.policy.active, turn, there or prefer.worker, prefer.tie)
         if choice is None:
             return None
         worker = next(w for w in ready if w.id == choice.worker)
-        return leases.take(self, worker, ask.hold, ask.key, prefer, free)
+        lease = leases.take(self, worker, ask.hold, ask.key, prefer, free)
+        if resume is not None and lease.slot is not None and worker.hive in resume.hives:
+            lease.restore = resume.key
+        return lease
+
+    def _resumable(self, ask: _Ask, prefer: Preference, ready: list[AnyWorker], free: dict[str, list[int]]
+                   ) -> tuple[kv_resume.Resume | None, str | None]:
+        """The saved KV cache the request may restore (kv_resume.plan), and the free worker to prefer for it."""
+        if not free or ask.key is None:
+            return None, None
+        resume = kv_resume.plan(ask.key.chain, prefer.depth, ask.name, self.executor.slot_record)
+        if resume is None:  # (the common case)
+            return None, None
+        return resume, kv_resume.prefer(resume, [kv_resume.Free(
+            w.id, w.hive, self.loads.peek(w).in_flight, w.spec.slots) for w in ready if free.get(w.id)])
+
+    async def resume(self, lease: Lease) -> bool | None:
+        """Before its request is forwarded: the conversation's saved slot into the lease's (kv_resume.run)."""
+        return await kv_resume.run(self._hives, lease, self.executor.slot_record)
+
+    def _saved_on(self, ask: _Ask) -> str | None:
+        """The hive holding the request's saved KV cache, most recently used first (for the load step)."""
+        resume = kv_resume.plan(ask.key.chain, 0, ask.name, self.executor.slot_record) \
+            if ask.key is not None and self.affinity is not None else None
+        return resume.hives[0] if resume is not None else None
 
     def _grant(self, ask: _Ask) -> Lease | None:
         """A lease for a waiter in line, on a worker with a free slot it may use (admission.py `offer`)."""
@@ -275,7 +310,7 @@ class Scheduler:
                 elif may_load and ask.resolved is not None and not tried:  # (4), once per turn
                     tried = True
                     await self._start_loading(ask.resolved, mode, ask.started, evict=not ready, request=request,
-                                              spill=ask.may_copy(), context=context)
+                                              spill=ask.may_copy(), context=context, prefer=self._saved_on(ask))
                 else:  # (5)
                     waiter = waiter or self.admission.join((ask.name, mode), ask.name, partial(self._grant, ask),
                                                            ask.started)
@@ -308,11 +343,12 @@ class Scheduler:
     # -- (4): the load step, decided and carried out --------------------------------------------------------
     async def _start_loading(self, candidates: Candidates, mode: WorkerMode, waiting_since: float,
                              evict: bool = True, request: PolicyRequest | None = None, spill: bool = False,
-                             context: int | None = None) -> None:
+                             context: int | None = None, prefer: str | None = None) -> None:
         """Decide which hive (and device) gets a worker of the model (decide.load) and start loading it there;
         returns at once if memory is not free yet (or, with `evict=False`, not free without evicting anything).
         `spill`: the request is pinned nowhere, so another hive may get a LAN copy of it and the worker.
-        `context`: the worker gets at least that many tokens per slot, at most its model's trained context."""
+        `context`: the worker gets at least that many tokens per slot, at most its model's trained context.
+        `prefer`: the hive holding the request's saved KV cache, first if it has room without evicting."""
         check_mode(candidates[0][1], mode)
         usable = views.not_backing_off(candidates, mode, time.monotonic())
         name, trained = usable[0][1].name, usable[0][1].context_length
@@ -324,6 +360,7 @@ class Scheduler:
             self.executor.kept, views.device_rank(self.policy, self._hives, request, partial(
                 self._warn_once, f"the policy left out every device for '{name}'; the built-in choice is used")),
             self.copies if spill else None, self._reachable())
+        room = dataclasses.replace(room, prefer=prefer) if prefer is not None else room
         if (name, mode) not in self.executor.loading:  # else another request started it while we read the views
             told = None if room.elsewhere is None else "a worker" if evict else "a replica"
             self._carry_out(decide.load(room), load, mode, told)

@@ -5,13 +5,16 @@
     restore          before a conversation's request runs on a new worker: its saved slot into an idle slot;
                      False on any failure (logged), never raising: a lost cache only costs a prefill
     SlotRecord       which hive holds which saved keys for which model, from the saves' answers and the
-                     hives' listings (`refresh`), so the request path knows where a restore can succeed
+                     hives' listings (`refresh`), so the request path knows where a restore can succeed; the
+                     one owner of "saved where" (the affinity table forgets a worker once it is gone); and
+                     the counts /metrics shows (saves, restores by result, saved bytes per hive)
 
 Which slots are recent (the affinity table) and when to restore (the request path) are the callers' business.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Callable, Iterable
@@ -40,13 +43,34 @@ class SlotRecord:
 
     def __init__(self) -> None:
         self._held: dict[tuple[str, str], dict[str, SavedSlot]] = {}
+        self._index: dict[str, dict[int, str]] | None = None  # model -> key as a number -> key (built on use)
+        self.saves = 0  # slots saved by this queen's unloads
+        self.restores = {"restored": 0, "failed": 0}  # restores tried on the request path, by result
 
     def note(self, hive: str, saved: Iterable[SavedSlot]) -> None:
         for s in saved:
             self._held.setdefault((hive, s.model), {})[s.key] = s
+        self._index = None
 
     def forget(self, hive: str, model: str, key: str) -> None:
         self._held.get((hive, model), {}).pop(key, None)
+        self._index = None
+
+    def keys(self, model: str) -> dict[int, str]:
+        """The keys saved for `model` on any hive, by their value as a number (an affinity chain element, which
+        `Affinity.recent` writes as 16 hex digits: other keys are never a chain's)."""
+        if self._index is None:
+            self._index = {}
+            for (_, m), held in self._held.items():
+                self._index.setdefault(m, {}).update((int(k, 16), k) for k in held if len(k) == 16)
+        return self._index.get(model, {})
+
+    def bytes_per_hive(self) -> dict[str, int]:
+        """The bytes of saved slots each hive holds, as far as the queen knows."""
+        found: dict[str, int] = {}
+        for (hive, _), held in self._held.items():
+            found[hive] = found.get(hive, 0) + sum(s.bytes for s in held.values())
+        return found
 
     def holds(self, hive: str, model: str, key: str) -> bool:
         return key in self._held.get((hive, model), {})
@@ -66,6 +90,7 @@ class SlotRecord:
         for held in [k for k in self._held if k[0] == hive.alias]:
             del self._held[held]
         self.note(hive.alias, listing.saved)
+        log.info("hive %s holds %d saved slot(s)", hive.alias, len(listing.saved))
         return True
 
 
@@ -100,19 +125,23 @@ async def save_then_stop(hive: HiveSeam, worker: AnyWorker, slots: list[tuple[in
              stopped.save_s)
     if record is not None:
         record.note(hive.alias, stopped.saved)
+        record.saves += len(stopped.saved)
     return stopped.saved
 
 
-async def restore(hive: HiveSeam, worker: AnyWorker, slot: int, key: str, record: SlotRecord | None = None) -> bool:
-    """Read the slot saved under `key` into `slot` of `worker` (idle, same model); whether it was restored."""
+async def restore(hive: HiveSeam, worker: AnyWorker, slot: int, key: str, record: SlotRecord | None = None,
+                  within: float | None = None) -> bool:
+    """Read the slot saved under `key` into `slot` of `worker` (idle, same model); whether it was restored
+    (False too when it takes longer than `within` seconds)."""
     model = worker.spec.model.name
     if hive.supervisor.get(worker.id) is not worker:
         log.info("no restore of %s for %s: worker %s is gone from %s", key, model, worker.id, hive.alias)
         return False  # (so a 404 below means the key: the hive holds nothing under it for that model)
     try:
-        got = await hive.restore_slot(worker.id, slot, key)
+        got = await asyncio.wait_for(hive.restore_slot(worker.id, slot, key), within)
     except Exception as exc:  # never raising: a failed restore costs a prefill, never the request
-        log.info("no restore of %s for %s into %s/%d: %s", key, model, worker.id, slot, exc)
+        log.info("no restore of %s for %s into %s/%d: %s", key, model, worker.id, slot,
+                 f"not done within {within:g} s" if isinstance(exc, TimeoutError) and within else exc)
         if record is not None and isinstance(exc, SlotRefused) and exc.status == 404:
             record.forget(hive.alias, model, key)  # the hive holds no such key (for that model)
         return False

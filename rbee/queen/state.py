@@ -72,7 +72,8 @@ class QueenState:
                    usage=UsageMeter(db), hive_tls=client_tls, forwarder=Forwarder(client_tls))
 
     def __post_init__(self) -> None:
-        self.metrics = QueenMetrics(ColonyCollector(lambda: self.hives, self.scheduler.waiting))
+        self.metrics = QueenMetrics(ColonyCollector(lambda: self.hives, self.scheduler.waiting),
+                                    self.scheduler.executor.slot_record)
         self.copies = Copies(self.hives)
         self.links = LinkBook(self.hives)
         self.scheduler.copies = self.copies
@@ -89,6 +90,7 @@ class QueenState:
         # Each periodic loop as (interval, one pass); the usage loop flushes once more on close.
         loops: dict[str, tuple[Callable[[], float], supervise.Step]] = {
             "reap-idle": (lambda: REAP_INTERVAL_S, self.scheduler.reap_idle),
+            "slot-listings": (lambda: REAP_INTERVAL_S, self.scheduler.list_saved_slots),
             "watch-hives": (lambda: min(1.0, settings.heartbeat_s()), self._watch_hives),
             "usage": (settings.usage_flush_s, self.usage.flush),
             "prune-audit": (lambda: 3600.0, self._prune_audit),

@@ -19,6 +19,7 @@ import openai
 import pytest
 
 from tests.conftest import Queen, free_port, queen_env, wait_for
+from tests.fixtures.fake_hub import FakeHub
 
 MODEL = "tiny-sd-v2"  # the catalog's name for the generated tiny-sd-v2.gguf
 FAST = {"steps": 1, "cfg_scale": 1.0}
@@ -214,3 +215,31 @@ def test_keys_scopes_and_deadlines_apply_to_images(make_queen: Callable[..., Que
     rows = httpx.get(f"{queen.url}/v1/usage", headers=admin, timeout=10).json()
     usage = {r["name"]: r for r in rows if r["model"] == MODEL}
     assert (usage["painter"]["requests"], usage["painter"]["errors"], usage["painter"]["images"]) == (2, 1, 1)
+    # An image counts as IMAGE_TOKENS (1024) tokens against the key's tpm: once a minute's total reached the
+    # limit (1000), the next is refused.
+    budget = queen.cli("key", "create", "--name", "budget", "--models", MODEL, "--tpm", "1000", check=True).stdout
+    assert as_key(budget.strip()).status_code == 200
+    over = _error(as_key(budget.strip()), 429)
+    assert over["type"] == "rate_limit_error" and over["code"] == "rate_limit_exceeded"
+    assert "1000 tokens per minute" in over["message"]
+    assert as_key(allowed).status_code == 200  # another key's budget is its own
+
+
+def test_an_image_model_pulls_from_the_hub(make_queen: Callable[..., Queen], sd_server: Path, tiny_sd: Path,
+                                           tmp_path: Path) -> None:
+    """`rbee model pull` takes an image GGUF from a repo shaped like those sd.cpp users pull from, the catalog
+    calls it an image model, and it draws under the name it was pulled by."""
+    repo, file = "second-state/tiny-sd-GGUF", "tiny-sd-Q4_0.gguf"
+    with FakeHub() as hub:
+        hub.add_repo(repo, {file: tiny_sd.read_bytes(), "README.md": b"# a diffusion model"})
+        queen = make_queen(RBEE_SD_SERVER=str(sd_server), **hub.env(tmp_path)).start()
+        name = f"{repo}/{file}"
+        pulled = queen.cli("model", "pull", name, check=True)
+        assert f"{name} is on localhost" in pulled.stderr
+    entry = next(e for e in httpx.get(f"{queen.url}/v1/catalog", timeout=10).json() if e["name"] == name)
+    assert entry["kind"] == "image" and entry["source"] == "hf"
+    models = {m["id"]: m for m in httpx.get(f"{queen.url}/v1/models", timeout=10).json()["data"]}
+    assert models[name]["kind"] == "image"
+    drawn = generate(queen, model=name)
+    assert drawn.status_code == 200, drawn.text
+    assert png_size(base64.b64decode(drawn.json()["data"][0]["b64_json"])) == (64, 64)

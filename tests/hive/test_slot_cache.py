@@ -125,6 +125,18 @@ async def test_a_corrupted_a_missing_and_a_refused_file_are_not_restored_and_are
     assert await complete(unit, small, "the river", 0) == 0  # the worker still answers
 
 
+async def test_a_worker_drained_for_an_eviction_is_saved_before_it_stops(unit: Unit) -> None:
+    """The queen drains the workers it evicts (so no request takes them meanwhile) before it stops them."""
+    worker = await unit.spawn()
+    await complete(unit, worker, PROMPT, 0)
+    process = unit.hive.supervisor.get(worker["id"])
+    assert process is not None
+    process.begin_drain()
+    body = (await unit.stop(worker, [{"slot": 0, "key": KEY}])).json()
+    assert [s["key"] for s in body["saved"]] == [KEY] and body["worker"]["state"] == "stopped", body
+    assert await unit.saved() == [("tiny", KEY)]
+
+
 async def test_over_the_budget_the_least_recently_used_file_is_deleted(unit: Unit,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RBEE_SLOT_CACHE_MIB", "1")  # each file is about 0.4 MiB: two fit, three do not

@@ -14,7 +14,8 @@ from rbee.hive import model_refs
 from rbee.queen.state import QueenState
 
 LOOPS: dict[str, tuple[Callable[[QueenState], object], str]] = {
-    "reap-idle": (lambda s: s.scheduler, "reap_idle"), "watch-hives": (lambda s: s, "_watch_hives"),
+    "reap-idle": (lambda s: s.scheduler, "reap_idle"), "slot-listings": (lambda s: s.scheduler, "list_saved_slots"),
+    "watch-hives": (lambda s: s, "_watch_hives"),
     "usage": (lambda s: s.usage, "flush"), "prune-audit": (lambda s: s, "_prune_audit"),
     "models-toml": (lambda s: model_refs.models_file, "refresh")}
 
