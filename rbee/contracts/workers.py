@@ -108,3 +108,22 @@ class WorkerInfo(BaseModel):
         if not self.device_memory:
             self.device_memory = memory_held(self.device, self.memory_bytes)
         return self
+
+
+TIMEOUT_HEADER = "x-rbee-timeout"
+"""A request's deadline in seconds from now: from the client to the queen, and what is left of it from the queen
+to the worker (a hive's front cuts its engine there)."""
+MIN_TIMEOUT_S, MAX_TIMEOUT_S = 0.1, 86400.0
+
+ENGINE_GONE = "engine_gone"
+"""The `code` of a hive front's 502 when a fronted worker's engine died before it answered: the queen takes it as
+the worker gone, as when a worker on its own machine drops the connection, and retries once elsewhere."""
+
+
+def timeout_seconds(raw: str) -> float | None:
+    """The seconds an X-Rbee-Timeout header gives, or None unless it is a number in [MIN_TIMEOUT_S, MAX_TIMEOUT_S]."""
+    try:
+        seconds = float(raw)
+    except ValueError:
+        return None
+    return seconds if MIN_TIMEOUT_S <= seconds <= MAX_TIMEOUT_S else None

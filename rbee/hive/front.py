@@ -12,10 +12,17 @@ when its path is not plain segments (`..`, `.`, an empty segment, a percent-esca
 scheme: 400); or when its body is over RBEE_MAX_BODY_MB (413, before it is read when it says its length).
 Request and response bytes pass unchanged, streamed both ways; hop-by-hop headers and the credential stay
 behind.
+
+The queen's deadline comes as X-Rbee-Timeout (seconds left; not a number from 0.1 to 86400: 400): past it the
+engine's connection is closed and the answer is a 504 (or, once the answer has begun, its end). An engine that
+dies before it answers, or a worker whose engine has stopped (`error`, `stopped`: its port may be another
+process's by then, so nothing is forwarded), is a 502 with code `engine_gone`, which the queen takes as the
+worker gone (it retries once on another worker, as for a worker on its own machine that drops the connection).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import re
@@ -28,6 +35,14 @@ from starlette.responses import Response, StreamingResponse
 from rbee.common import settings
 from rbee.common.error_responses import error_response
 from rbee.common.upstream import Answer, Upstream
+from rbee.contracts.workers import (
+    ENGINE_GONE,
+    MAX_TIMEOUT_S,
+    MIN_TIMEOUT_S,
+    TIMEOUT_HEADER,
+    WorkerState,
+    timeout_seconds,
+)
 
 if TYPE_CHECKING:  # the worker module imports none of this one; typing only
     from rbee.hive.worker import WorkerProcess
@@ -35,6 +50,7 @@ if TYPE_CHECKING:  # the worker module imports none of this one; typing only
 log = logging.getLogger(__name__)
 
 ROUTE = r"/v1/workers/[^/]+/engine(?:/.*)?"  # the token guard lets these through: the front checks its own
+_GONE = frozenset({WorkerState.ERROR, WorkerState.STOPPED})
 _SEGMENT = re.compile(r"[A-Za-z0-9_.~-]+")
 _HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host",
                   "proxy-authorization", "proxy-authenticate", "authorization", "content-length"})
@@ -86,6 +102,9 @@ class EngineFront:
             state = "" if worker is None else f" through this hive's front (it is {worker.state})"
             return error_response(404, f"There is no worker '{worker_id[:128]}' served{state} on this hive.",
                                   code="not_found")
+        if worker.state in _GONE:  # its port may be another process's by now: nothing is forwarded there
+            return error_response(502, f"The engine of worker {worker_id[:128]} has stopped ({worker.state}); the "
+                                       "queen retries the request on another worker.", code=ENGINE_GONE)
         length = request.headers.get("content-length", "")
         if length and (not length.isdigit() or int(length) > settings.max_body_bytes()):
             return error_response(413, f"The request body ({length[:20]} bytes) is larger than "
@@ -104,11 +123,18 @@ class EngineFront:
         if path is None:
             return error_response(400, "The engine path must be plain segments (no '.', '..', empty segments "
                                        "or percent-escapes).", code="invalid_path")
+        raw_timeout = request.headers.get(TIMEOUT_HEADER)
+        seconds = None if raw_timeout is None else timeout_seconds(raw_timeout)
+        if raw_timeout is not None and seconds is None:
+            return error_response(400, f"The {TIMEOUT_HEADER} header must be a number of seconds from "
+                                       f"{MIN_TIMEOUT_S} to {MAX_TIMEOUT_S:.0f}, not {raw_timeout[:40]!r}.",
+                                  code="invalid_timeout")
         query = request.url.query
         url = f"http://127.0.0.1:{worker.port}{path}" + (f"?{query}" if query else "")
-        return await self._forward(request, url)
+        deadline = None if seconds is None else asyncio.get_running_loop().time() + seconds
+        return await self._forward(request, url, deadline)
 
-    async def _forward(self, request: Request, url: str) -> Response:
+    async def _forward(self, request: Request, url: str, deadline: float | None) -> Response:
         headers = {k: v for k, v in request.headers.items() if k not in _HOP}
         length = request.headers.get("content-length")
         if length is not None:  # checked against the bound already (_refusal)
@@ -120,14 +146,20 @@ class EngineFront:
                 return error_response(413, f"The request body is larger than {settings.max_body_bytes()} bytes "
                                            "(RBEE_MAX_BODY_MB).", code="too_large")
         try:
-            upstream = await self._pool.request(request.method, url, body, headers,
-                                                length=None if length is None else int(length))
+            async with asyncio.timeout_at(deadline):  # a cancelled request closes its connection to the engine
+                upstream = await self._pool.request(request.method, url, body, headers,
+                                                    length=None if length is None else int(length))
+        except TimeoutError:
+            log.warning("front: the engine at %s did not answer within the deadline", url.split("?")[0])
+            return error_response(504, f"The request's deadline ({TIMEOUT_HEADER}) passed before the engine "
+                                       "answered; the engine's connection was closed.", code="deadline_exceeded")
         except (OSError, ClientDisconnect) as exc:
             log.warning("front: the engine at %s did not answer (%s)", url.split("?")[0], type(exc).__name__)
-            return error_response(502, "The worker's engine did not answer; it may have stopped.",
-                                  code="worker_unavailable")
-        kept = {k: v for k, v in upstream.headers.items() if k not in _HOP - {"content-length"}}
-        return StreamingResponse(_relay(upstream), status_code=upstream.status, headers=kept)
+            return error_response(502, "The worker's engine stopped before it answered; the queen retries the "
+                                       "request on another worker.", code=ENGINE_GONE)
+        kept = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP - {"content-length"}}
+        return StreamingResponse(_relay(upstream, deadline, url.split("?")[0]), status_code=upstream.status,
+                                 headers=kept)
 
 
 class _TooLarge(Exception):
@@ -144,11 +176,20 @@ async def _bounded(request: Request) -> bytes:
     return bytes(body)
 
 
-async def _relay(upstream: Answer) -> AsyncIterator[bytes]:
-    """The engine's answer as it arrives; its connection closed if the client goes away first."""
+async def _relay(upstream: Answer, deadline: float | None, where: str) -> AsyncIterator[bytes]:
+    """The engine's answer as it arrives, until `deadline`; its connection closed if the client goes away first
+    or the deadline passes (its status is sent already: the connection to the client breaks, so a cut answer
+    never looks whole)."""
     try:
-        async for chunk in upstream:
+        while True:
+            async with asyncio.timeout_at(deadline):
+                chunk = await anext(upstream, b"")
+            if not chunk:
+                break
             yield chunk
+    except TimeoutError:
+        log.warning("front: the deadline passed while the engine at %s answered: cut", where)
+        raise
     finally:
         if upstream.at_eof:
             upstream.release()

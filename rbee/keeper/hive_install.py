@@ -3,7 +3,8 @@
     1. look at the machine: OS, architecture, a Python >= 3.11 with venv, its folders, the addresses
        the SSH connection uses (the queen's address as the machine sees it, and its own)
     2. rbee there: an isolated venv, installed from wheels shipped from here (no internet needed)
-    3. the engine: this machine's build copied when OS and architecture match, else built there
+    3. the engines: this machine's builds copied when OS and architecture match, else llama-server built there
+       (whisper-server and sd-server go when they are built here; the output says how to build them there)
     4. a join token from the queen, and the hive's config (private to its user)
     5. the queen listening for hives (restarted once, the first time a hive is enrolled)
     6. the hive started as a service, then registered with the queen
@@ -26,7 +27,7 @@ from rbee.common import paths, settings, tls, tls_ca
 from rbee.common.daemon import is_loopback
 from rbee.hive import engine
 from rbee.hive.config import HiveConfig
-from rbee.hive.engine_sources import LLAMA
+from rbee.hive.engine_sources import LLAMA, SD, WHISPER, EngineSource
 from rbee.keeper import wheelhouse
 from rbee.keeper.client import QueenClient
 from rbee.keeper.daemon import ensure_queen, stop_queen
@@ -35,6 +36,8 @@ from rbee.keeper.output import CLIError, Output
 from rbee.keeper.ssh import SSH, RemoteCommandFailed
 
 MIN_PYTHON = (3, 11)
+KEYLESS = (WHISPER, SD)  # shipped when built here (`rbee engine install --engine whisper|sd`); not built there unasked
+MEDIA = {WHISPER.name: "speech to text", SD.name: "text to image"}
 
 _PROBE = r"""
 echo "os=$(uname -s)"; echo "arch=$(uname -m)"; echo "home=$HOME"
@@ -152,7 +155,7 @@ class Installer:
         self.queen_url_for(remote)  # a plain-HTTP --queen-url on a TLS cluster is refused before anything is done
         self._say(f"installing rbee {__version__} in {remote.venv}")
         await self.install_rbee(remote, force)
-        self._say("putting the engine (llama-server) there")
+        self._say("putting the engines there (llama-server; whisper-server and sd-server when built here)")
         await self.install_engine(remote)
         self._say("enrolling the hive with the queen")
         await self.write_config(remote)
@@ -209,32 +212,54 @@ class Installer:
             await self.ssh.put_text(digest + "\n", stamp, mode="0644")
         self.out.success(f"rbee {__version__} installed on {self.host.alias}")
 
-    async def install_engine(self, remote: Remote) -> None:
-        """Copy this machine's CPU build when the remote has the same OS and architecture and no GPU to build
-        for; else build there (GPU builds are made for the GPUs of the machine that builds them)."""
+    async def _our_build_fits(self, remote: Remote) -> str | None:
+        """Why this machine's CPU builds cannot be copied there (another OS or architecture, a GPU to build for);
+        None when they can (GPU builds are made for the GPUs of the machine that builds them)."""
         here = wheelhouse.Target.here()
-        same_platform = (remote.system, remote.machine) == (here.system, here.machine)
+        if (remote.system, remote.machine) != (here.system, here.machine):
+            return f"{remote.system} {remote.machine} differs from here"
         asked = await self.ssh.run(f"{shlex.quote(remote.venv)}/bin/python -c "
                                    "'from rbee.hive import engine; print(engine.detect_backend())'", check=False)
         backend = asked.stdout.strip() if asked.rc == 0 and asked.stdout.strip() else "cpu"
-        local = engine.built_binary("cpu")
-        remote_bin = f"{remote.data_dir}/engines/{engine.build_id('cpu')}/bin"
-        remote_binary = f"{remote_bin}/{engine.BINARY}"
-        if same_platform and all((local.parent / n).is_file() for n in LLAMA.binaries) and backend == "cpu":
-            copy = False
-            for name in LLAMA.binaries:  # llama-server and the RPC server beside it
-                copy = await self._copy_binary(local.parent / name, f"{remote_bin}/{name}") or copy
-            runs = await self.ssh.run(f"{shlex.quote(remote_binary)} --version", check=False)
-            if runs.rc == 0:
-                self.out.success(f"engine copied to {self.host.alias}: {remote_binary}" if copy
-                                 else f"the engine is already on {self.host.alias}")
-                return
-            await self.ssh.run("rm -f " + " ".join(shlex.quote(f"{remote_bin}/{n}") for n in LLAMA.binaries),
-                               check=False)
-            why = f"the copied build does not run there ({(runs.stderr or runs.stdout).strip()[-200:]})"
-        else:
-            why = (f"{remote.system} {remote.machine} differs from here" if not same_platform
-                   else f"it has a GPU for {backend}" if backend != "cpu" else "no local CPU build to copy")
+        return f"it has a GPU for {backend}" if backend != "cpu" else None
+
+    async def _ship(self, remote: Remote, src: EngineSource) -> str | None:
+        """Copy this machine's CPU build of `src` (every binary of it) where the remote's hive looks for it;
+        None when it runs there, else why not (then nothing of it is left there)."""
+        local = engine.built_binary("cpu", src)
+        if not all((local.parent / n).is_file() for n in src.binaries):
+            return "no local CPU build to copy"
+        remote_bin = f"{remote.data_dir}/engines/{engine.build_id('cpu', src)}/bin"
+        copied = False
+        for name in src.binaries:  # llama-server and the RPC server beside it; whisper-server; sd-server
+            copied = await self._copy_binary(local.parent / name, f"{remote_bin}/{name}") or copied
+        runs = await self.ssh.run(f"{shlex.quote(f'{remote_bin}/{src.binary}')} --version", check=False)
+        if runs.rc == 0:
+            self.out.success(f"{src.binary} copied to {self.host.alias}: {remote_bin}/{src.binary}" if copied
+                             else f"{src.binary} is already on {self.host.alias}")
+            return None
+        await self.ssh.run("rm -f " + " ".join(shlex.quote(f"{remote_bin}/{n}") for n in src.binaries), check=False)
+        return f"the copied build does not run there ({(runs.stderr or runs.stdout).strip()[-200:]})"
+
+    async def install_engine(self, remote: Remote) -> None:
+        """Copy this machine's CPU build of llama-server when the remote has the same OS and architecture and
+        no GPU to build for; else build it there. Then the speech and image engines: copied when built here."""
+        fits = await self._our_build_fits(remote)
+        why = fits or await self._ship(remote, LLAMA)
+        if why is not None:
+            await self._build_there(remote, why)
+        await self.install_keyless_engines(remote, fits)
+
+    async def install_keyless_engines(self, remote: Remote, fits: str | None) -> None:
+        """whisper-server and sd-server, copied when this machine has built them and its builds fit the remote;
+        never built there unasked (minutes each): the output says how to add one that did not go."""
+        for src in KEYLESS:
+            why = fits or await self._ship(remote, src)
+            if why is not None:
+                self.out.info(f"{src.binary} ({MEDIA[src.name]}) not installed on {self.host.alias}: {why}; "
+                              f"`rbee engine install --engine {src.name} -a {self.host.alias}` builds it there")
+
+    async def _build_there(self, remote: Remote, why: str) -> None:
         self.out.info(f"building the engine on {self.host.alias} ({why}); this takes minutes…")
         command = f"{shlex.quote(remote.rbee)} engine install --local --verbose"
         rc = await self.ssh.stream(command, lambda line: self.out.err.print(f"  [dim]{line}[/dim]", markup=True,

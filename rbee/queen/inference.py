@@ -10,15 +10,23 @@ render in its protocol's shape.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from rbee.common import settings
 from rbee.contracts.openai import HIVE_HEADER, ModelRequest
-from rbee.contracts.workers import WorkerMode
+from rbee.contracts.workers import (
+    ENGINE_GONE,
+    MAX_TIMEOUT_S,
+    MIN_TIMEOUT_S,
+    TIMEOUT_HEADER,
+    WorkerMode,
+    timeout_seconds,
+)
 from rbee.hive import model_refs
 from rbee.hive.model_refs import looks_like_path
 from rbee.queen import affinity, context_fit, keep_alive
@@ -44,8 +52,6 @@ from rbee.queen.usage import counts_in
 
 log = logging.getLogger(__name__)
 
-TIMEOUT_HEADER = "x-rbee-timeout"
-MIN_TIMEOUT_S, MAX_TIMEOUT_S = 0.1, 86400.0
 
 Translator = Callable[[bytes, ModelRequest], tuple[str, bytes, Translation]]
 """(client's body, its parsed contract) -> (the worker's path, the body for it, the translation back)"""
@@ -62,11 +68,8 @@ def deadline_of(request: Request) -> float | None:
     raw = request.headers.get(TIMEOUT_HEADER)
     if raw is None:
         return None
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = -1.0
-    if not MIN_TIMEOUT_S <= seconds <= MAX_TIMEOUT_S:
+    seconds = timeout_seconds(raw)
+    if seconds is None:
         raise InvalidRequest(f"The {TIMEOUT_HEADER} header must be a number of seconds from {MIN_TIMEOUT_S} to "
                              f"{MAX_TIMEOUT_S:.0f}, not {raw!r}.", param=TIMEOUT_HEADER)
     return asyncio.get_running_loop().time() + seconds
@@ -139,6 +142,29 @@ def _metering(state: QueenState, who: Principal, stream: bool, request_id: str, 
                   request_id, path, outcome.model, outcome.hive, outcome.worker, status, outcome.ttft_s,
                   outcome.duration_s, prompt, completion, who.actor)
     return ended
+
+
+def engine_gone(outcome: Outcome) -> bool:
+    """Whether a worker's whole answer is a hive front's word that the worker's engine died before answering
+    (a 502 with code ENGINE_GONE): the worker is gone, as when one on this machine drops the connection."""
+    if outcome.status != 502 or len(outcome.tail) > 4096:
+        return False
+    try:
+        return bool(json.loads(outcome.tail)["error"]["code"] == ENGINE_GONE)
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+async def _forward_unless_gone(lease: Lease, ended: OnEnd,
+                               forward: Callable[[OnEnd], Awaitable[Response]]) -> Response:
+    """`forward(on_end)`, raising WorkerUnavailable (unmetered: the retry is metered) when the worker's front
+    says its engine died before answering."""
+    gone: list[Outcome] = []
+    response = await forward(lambda outcome: gone.append(outcome) if engine_gone(outcome) else ended(outcome))
+    if gone:
+        raise WorkerUnavailable(f"The engine of worker {lease.worker.id} for '{lease.worker.spec.model.name}' on "
+                                f"hive {lease.worker.hive} stopped before answering; retry the request.")
+    return response
 
 
 _COUNTING = ("/v1/messages/count_tokens", "/v1/responses/input_tokens")  # no slot runs these
@@ -221,10 +247,9 @@ async def serve(request: Request, body: bytes, parsed: ModelRequest, path: str, 
     async def send(lease: Lease) -> Response:
         state.metrics.affinity(lease.worker.spec.model.name, lease.hit)
         await state.scheduler.resume(lease)  # a saved KV cache into its slot first, if it has one (kv_resume.py)
-        return await state.forwarder.forward(lease, path, with_slot(body, lease.slot), stream=stream,
-                                             deadline=deadline, on_end=ended,
-                                             request_id=request_id, errors=errors, translation=translation,
-                                             content_type=content_type)
+        return await _forward_unless_gone(lease, ended, lambda on_end: state.forwarder.forward(
+            lease, path, with_slot(body, lease.slot), stream=stream, deadline=deadline, on_end=on_end,
+            request_id=request_id, errors=errors, translation=translation, content_type=content_type))
 
     try:
         context = _context_asked(parsed)

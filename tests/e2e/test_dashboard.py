@@ -182,14 +182,19 @@ def test_playground_streams_a_reply_from_a_real_worker(queen: Queen, new_tab: Ne
     assert tab.errors() == []
 
 
-def test_playground_draws_with_an_image_model(queen: Queen, tiny_sd: Path, new_tab: NewTab) -> None:
+def test_playground_draws_with_an_image_model(queen: Queen, tiny_sd: Path, tiny_model: Path,
+                                              new_tab: NewTab) -> None:
     assert httpx.post(f"{queen.url}/v1/images/generations", timeout=300,  # puts the image model in the catalog
                       json={"model": str(tiny_sd), "prompt": "a bee", "size": "64x64", "steps": 1}).status_code == 200
+    assert httpx.post(f"{queen.url}/v1/chat/completions", timeout=60,  # and a text model, for the chat's list
+                      json={"model": str(tiny_model), "messages": CHAT, "max_tokens": 1}).status_code == 200
     tab = new_tab()
     page = tab.page
     page.goto(f"{queen.url}/#playground")
     expect(page.locator("#image-model option[value=tiny-sd-v2]")).to_be_attached()
     assert page.locator("#chat-form").is_visible()  # the chat is still there, above it
+    expect(page.locator("#chat-model option[value=tiny]")).to_be_attached()  # the chat's list is loaded
+    assert "tiny-sd-v2" not in page.locator("#chat-model option").all_text_contents()  # text models only
     page.select_option("#image-size", "256x256")
     page.fill("#image-steps", "1")
     page.fill("#image-prompt", "a bee on a sunflower")

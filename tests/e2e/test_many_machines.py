@@ -91,7 +91,7 @@ def test_install_registers_every_hive(installed: Queen, lan: Lan) -> None:
 def test_install_again_repairs_without_reinstalling(installed: Queen, lan: Lan) -> None:
     result = installed.cli("hive", "install", "h1", timeout=300, check=True)
     assert "rbee 0.1.0 is already installed on h1" in result.stderr
-    assert "the engine is already on h1" in result.stderr
+    assert "llama-server is already on h1" in result.stderr
     assert hives(installed)["h1"]["state"] == "ready"
 
 

@@ -106,3 +106,21 @@ async def test_the_queens_certificate_is_reissued_for_the_queen_url_host(
     assert certificate is not None and shipped["/home/me/.config/rbee/tls/hive.pem"] == certificate
     again, reissued = await installer.ship_certificates(parse_probe(HOST, PROBE))
     assert not reissued and again is not None
+
+
+@pytest.mark.parametrize("fits", [None, "Darwin arm64 differs from here"])
+async def test_a_speech_or_image_engine_that_does_not_go_is_named_with_how_to_build_it_there(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], fits: str | None) -> None:
+    from rbee.keeper.hive_install import Installer
+    from rbee.keeper.output import Output
+
+    monkeypatch.setenv("RBEE_ENGINES_DIR", str(tmp_path))  # nothing built here
+    installer = Installer(HOST, None, Output())  # type: ignore[arg-type]
+    installer.ssh = None  # type: ignore[assignment]  # nothing may be run there: nothing is copied
+    await installer.install_keyless_engines(parse_probe(HOST, PROBE), fits)
+    said = " ".join(capsys.readouterr().err.split())
+    why = fits or "no local CPU build to copy"
+    assert f"whisper-server (speech to text) not installed on gpu-box: {why}" in said
+    assert "`rbee engine install --engine whisper -a gpu-box` builds it there" in said
+    assert f"sd-server (text to image) not installed on gpu-box: {why}" in said
+    assert "`rbee engine install --engine sd -a gpu-box` builds it there" in said

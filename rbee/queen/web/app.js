@@ -378,10 +378,10 @@ async function loadChatModels() {
   try {
     const { data } = await api("/v1/models");
     const chosen = select.value;
-    const ids = data.map((m) => m.id);
+    const ids = data.filter((m) => (m.kind ?? "text") === "text").map((m) => m.id); // speech, image: their own forms
     select.replaceChildren(...ids.map((id) => h("option", { value: id }, id)));
     if (ids.includes(chosen)) select.value = chosen;
-    if (!ids.length) alertIn("#chat-error", { message: "No models yet: pull one under Models first." });
+    if (!ids.length) alertIn("#chat-error", { message: "No text models yet: pull one under Models first." });
   } catch (err) { alertIn("#chat-error", err); }
 }
 
