@@ -13,10 +13,10 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 __all__ = ["CONTENT_TYPE", "Collector", "CollectorRegistry", "Counter", "CounterMetricFamily", "GaugeMetricFamily",
-           "Histogram", "MetricFamily", "escape_label_value", "format_value", "generate_latest"]
+           "Histogram", "MetricFamily", "Sample", "escape_label_value", "format_value", "generate_latest"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
@@ -50,15 +50,21 @@ def _check_names(name: str, labelnames: Sequence[str]) -> None:
             raise ValueError(f"invalid label name: {label!r}")
 
 
+class Sample(NamedTuple):
+    name: str  # with its suffix: _total, _bucket, _count, _sum
+    labels: dict[str, str]
+    value: float
+
+
 @dataclass
 class MetricFamily:
-    """One family's samples: (sample name, labels, value); `name` is without a counter's `_total`."""
+    """One family and its samples; `name` is without a counter's `_total`."""
 
     name: str
     documentation: str
     type: str
     labels: Sequence[str] = ()
-    samples: list[tuple[str, dict[str, str], float]] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check_names(self.name, self.labels)
@@ -66,7 +72,7 @@ class MetricFamily:
     def _add(self, suffix: str, values: Sequence[str], value: float) -> None:
         if len(values) != len(self.labels):
             raise ValueError(f"{self.name}: {len(self.labels)} label values wanted, got {len(values)}")
-        self.samples.append((self.name + suffix, dict(zip(self.labels, values, strict=True)), value))
+        self.samples.append(Sample(self.name + suffix, dict(zip(self.labels, values, strict=True)), value))
 
 
 class CounterMetricFamily(MetricFamily):
@@ -147,7 +153,8 @@ class Counter(_Labelled):
 
     def collect(self) -> Iterable[MetricFamily]:
         family = MetricFamily(self.name, self.documentation, "counter", self.labelnames)
-        family.samples = [(self.name + "_total", self._labels(key), cell[0]) for key, cell in self._children.items()]
+        family.samples = [Sample(self.name + "_total", self._labels(key), cell[0])
+                          for key, cell in self._children.items()]
         yield family
 
 
@@ -185,9 +192,9 @@ class Histogram(_Labelled):
             total = 0.0
             for bound, count in zip(self._bounds, cells, strict=False):
                 total += count
-                family.samples.append((self.name + "_bucket", self._labels(key, le=format_value(bound)), total))
-            family.samples.append((self.name + "_count", self._labels(key), total))
-            family.samples.append((self.name + "_sum", self._labels(key), cells[-1]))
+                family.samples.append(Sample(self.name + "_bucket", self._labels(key, le=format_value(bound)), total))
+            family.samples.append(Sample(self.name + "_count", self._labels(key), total))
+            family.samples.append(Sample(self.name + "_sum", self._labels(key), cells[-1]))
         yield family
 
 

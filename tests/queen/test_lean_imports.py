@@ -1,7 +1,8 @@
 """The daemon imports only what it needs: the CLI's libraries, the hub client, the GGUF writer (numpy) and
 certificate making (cryptography) stay out of a running queen, aiohttp out of every daemon (the hops to
-engines are rbee.common.upstream's) and prometheus_client too (rbee.common.prom writes /metrics); httpx (clients to remote hives, a starting worker's
-health poll, the engines' metrics scrape, copies between hives) and tomlkit (writing models.toml) until first used."""
+engines are rbee.common.upstream's) and prometheus_client too (rbee.common.prom writes /metrics); httpx
+(clients to remote hives, a starting worker's health poll, the engines' metrics scrape, copies between hives)
+and tomlkit (writing models.toml) until first used."""
 
 from __future__ import annotations
 
