@@ -113,6 +113,8 @@ class _Labelled:
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str],
                  registry: CollectorRegistry | None) -> None:
         _check_names(name, labelnames)
+        if not labelnames:  # prometheus_client's unlabelled metrics count without .labels(): not written here
+            raise ValueError(f"{name}: a counter or histogram needs label names (use a collector's family)")
         self.name, self.documentation, self.labelnames = name, documentation, tuple(labelnames)
         self._children: dict[tuple[str, ...], list[float]] = {}
         if registry is not None:

@@ -115,6 +115,7 @@ def test_the_content_type_is_the_format_written() -> None:
     (lambda: prom.Counter("1bad", "doc", ["a"]), "invalid metric name: '1bad'"),
     (lambda: prom.Counter("ok", "doc", ["bad-label"]), "invalid label name: 'bad-label'"),
     (lambda: prom.Counter("ok", "doc", ["__reserved"]), "invalid label name: '__reserved'"),
+    (lambda: prom.Counter("c", "doc", []), "needs label names"),
     (lambda: prom.Histogram("h", "doc", ["le"], buckets=(1,)), "cannot have a label named 'le'"),
     (lambda: prom.Histogram("h", "doc", ["a"], buckets=(2, 1)), "increasing order"),
     (lambda: prom.Histogram("h", "doc", ["a"], buckets=()), "increasing order"),
