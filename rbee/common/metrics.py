@@ -10,10 +10,8 @@ import ssl
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
-
 from rbee.common.hop import HOP
+from rbee.common.prom import Collector, GaugeMetricFamily, escape_label_value
 from rbee.contracts.workers import WorkerState
 
 if TYPE_CHECKING:
@@ -123,7 +121,7 @@ def _merge(scrapes: Iterable[tuple[dict[str, str], str]]) -> str:
     headers: dict[str, list[str]] = {}
     samples: dict[str, list[str]] = {}
     for labels, text in scrapes:
-        extra = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+        extra = ",".join(f'{k}="{escape_label_value(v)}"' for k, v in labels.items())
         for line in text.splitlines():
             parts = line.split(maxsplit=3)
             if line.startswith("#"):
@@ -142,10 +140,6 @@ def _merge(scrapes: Iterable[tuple[dict[str, str], str]]) -> str:
     for name, rows in samples.items():
         lines += headers.get(name, []) + rows
     return "\n".join(lines) + "\n" if lines else ""
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 async def engine_metrics(workers: Sequence[_Worker], tls: ssl.SSLContext | None = None) -> str:

@@ -36,7 +36,6 @@ import re
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -48,6 +47,7 @@ from rbee.common import sse, supervise
 from rbee.common.error_responses import error_response
 from rbee.common.jobs import Emit, Job, JobFailed, JobRunner
 from rbee.common.metrics import ColonyCollector, engine_metrics
+from rbee.common.prom import CONTENT_TYPE, CollectorRegistry, generate_latest
 from rbee.contracts.catalog import HivePull
 from rbee.contracts.copies import HiveFetch, ShareOpen
 from rbee.contracts.hives import HostedWorker, ResolvedModel, ResolveModel, SpawnWorker
@@ -299,7 +299,7 @@ async def metrics(request: Request) -> Response:
     registry = CollectorRegistry()
     registry.register(ColonyCollector([hive]))
     engines = await engine_metrics(hive.supervisor.workers(), hive.tls.client_context() if hive.tls else None)
-    return Response(generate_latest(registry) + engines.encode(), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(registry) + engines.encode(), media_type=CONTENT_TYPE)
 
 
 async def engine(request: Request) -> Response:

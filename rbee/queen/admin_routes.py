@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -12,6 +11,7 @@ from starlette.routing import Route
 from rbee.common import sse
 from rbee.common.jobs import Emit, Job, JobBody, JobFailed
 from rbee.common.metrics import engine_metrics
+from rbee.common.prom import CONTENT_TYPE
 from rbee.contracts.jobs import JobCreate, JobCreated, JobKind
 from rbee.contracts.spread_plans import is_spread
 from rbee.contracts.status import StatusReport
@@ -34,7 +34,7 @@ async def metrics(request: Request) -> Response:
     state = queen_state(request)
     workers = [w for hive in list(state.hives.values()) for w in hive.supervisor.workers()]
     engines = await engine_metrics(workers, state.hive_tls)
-    return Response(state.metrics.exposition() + engines.encode(), media_type=CONTENT_TYPE_LATEST)
+    return Response(state.metrics.exposition() + engines.encode(), media_type=CONTENT_TYPE)
 
 
 async def openapi_spec(request: Request) -> Response:

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
-
 from rbee.common.metrics import ColonyCollector
+from rbee.common.prom import (
+    Collector,
+    CollectorRegistry,
+    Counter,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Histogram,
+    generate_latest,
+)
 from rbee.contracts.status import Traffic
 from rbee.queen.proxy import Outcome
 from rbee.queen.slot_restore import SlotRecord

@@ -1,7 +1,8 @@
 """The daemon imports only what it needs: the CLI's libraries, the hub client, the GGUF writer (numpy) and
-certificate making (cryptography) stay out of a running queen, and aiohttp out of every daemon (the hops to
-engines are rbee.common.upstream's); httpx (clients to remote hives, a starting worker's
-health poll, the engines' metrics scrape, copies between hives) and tomlkit (writing models.toml) until first used."""
+certificate making (cryptography) stay out of a running queen, aiohttp out of every daemon (the hops to
+engines are rbee.common.upstream's) and prometheus_client too (rbee.common.prom writes /metrics); httpx
+(clients to remote hives, a starting worker's health poll, the engines' metrics scrape, copies between hives)
+and tomlkit (writing models.toml) until first used."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from tests.conftest import Queen
 
 REPO = Path(__file__).resolve().parents[2]
 KEPT_OUT = ("huggingface_hub", "cryptography", "rich", "typer", "pygments", "numpy", "gguf", "yaml", "rbee.keeper.cli",
-             "httpx", "tomlkit", "aiohttp")
+             "httpx", "tomlkit", "aiohttp", "prometheus_client")
 
 
 def _loaded_after(statement: str) -> list[str]:
@@ -38,6 +39,14 @@ def test_the_daemons_entry_point_imports_none_of_them_either() -> None:
 
 def test_the_hives_server_has_no_aiohttp_either() -> None:  # its front forwards with rbee.common.upstream
     assert "aiohttp" not in _loaded_after("import rbee.hive.app")
+
+
+def test_neither_daemon_imports_prometheus_client() -> None:
+    assert "prometheus_client" not in _loaded_after("import rbee.hive.app, rbee.queen.server")
+
+
+def test_the_cli_still_has_prometheus_client_for_rbee_watch() -> None:  # the probe above can fail: it sees it
+    assert "prometheus_client" in _loaded_after("import rbee.keeper.watch")
 
 
 def test_the_cli_still_has_them_where_it_needs_them() -> None:  # the probe above can fail: it sees these
