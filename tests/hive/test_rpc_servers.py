@@ -116,3 +116,17 @@ async def test_a_token_holder_gets_one_rpc_server_per_spread_and_device_and_none
     bad = await lender.call("DELETE", "/v1/hive/rpc-servers/..%2F..")
     assert bad.status_code in (400, 404) and len(lender.hive.rpc_servers.infos()) == 1
     assert (await lender.call("DELETE", "/v1/hive/rpc-servers/other")).json() == []  # nothing of another spread
+
+
+@pytest.mark.parametrize(("spread", "words"), [
+    ({"rpc": ["10.0.0.5:50052"], "tensor_split": [1.0], "gpu_layers": 9}, "is not 127.0.0.1:PORT"),
+    ({"rpc": ["127.0.0.1:99999"], "tensor_split": [1.0], "gpu_layers": 9}, "is not 127.0.0.1:PORT"),
+    ({"rpc": ["127.0.0.1:4000"], "tensor_split": [0.0], "gpu_layers": 9}, "add up to more than 0"),
+    ({"rpc": [], "tensor_split": [1.0], "gpu_layers": 9}, "Invalid value for 'spread.rpc'"),
+])
+async def test_a_spread_worker_reaches_rpc_servers_on_loopback_only(lender: Lender, spread: dict[str, object],
+                                                                    words: str) -> None:
+    """A token holder cannot make llama-server send a model's tensors (or take its layers' work) elsewhere."""
+    resp = await lender.call("POST", "/v1/hive/workers", {"model": "tiny", "spread": spread})
+    assert resp.status_code == 400 and words in resp.json()["error"]["message"], resp.text
+    assert not lender.hive.supervisor.workers()
