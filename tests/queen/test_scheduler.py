@@ -39,6 +39,9 @@ class FakeHive:
     def memory_total(self) -> int:
         return int(self.cpu * GiB)
 
+    def lent(self) -> dict[str, int]:
+        return {}
+
 
 def views(*hives: FakeHive, need: float = 1.0) -> list[DeviceView]:
     return [v for h in hives for v in device_views(h, [], int(need * GiB), 0)]
