@@ -16,7 +16,7 @@ from rbee.queen.state import QueenState
 LOOPS: dict[str, tuple[Callable[[QueenState], object], str]] = {
     "reap-idle": (lambda s: s.scheduler, "reap_idle"), "watch-hives": (lambda s: s, "_watch_hives"),
     "usage": (lambda s: s.usage, "flush"), "prune-audit": (lambda s: s, "_prune_audit"),
-    "models-toml": (lambda s: model_refs.models_file, "refresh")}
+    "models-toml": (lambda s: model_refs.models_file, "refresh"), "spreads": (lambda s: s.spreads, "check")}
 
 
 @pytest.mark.parametrize("name", list(LOOPS))
