@@ -70,6 +70,13 @@ def stop_all(fleet: Queen) -> None:
             assert httpx.delete(f"{fleet.url}/v1/workers/{w['id']}", timeout=60).status_code == 200
 
 
+def link_bytes(lan: Lan, host: str) -> int:
+    """Bytes received and sent on `host`'s LAN interface so far (its network namespace's /proc/net/dev)."""
+    shown = lan.run(host, "cat", "/proc/net/dev", check=True, timeout=30).stdout
+    (eth0,) = [line.split(":", 1)[1].split() for line in shown.splitlines() if line.strip().startswith("eth0:")]
+    return int(eth0[0]) + int(eth0[8])
+
+
 def spread_worker(fleet: Queen) -> tuple[dict[str, Any], str, str]:
     """The spread's worker, its main hive and its helper."""
     started = fleet.cli("worker", "start", MODEL, "--device", "h1:cpu+h2:cpu", timeout=300)
@@ -95,15 +102,23 @@ def alone(fleet: Queen) -> str:
 
 def test_a_spread_over_two_hosts_answers_as_one_host_token_for_token(fleet: Queen, lan: Lan, alone: str) -> None:
     assert alone.strip()
+    before = {h: link_bytes(lan, h) for h in ("h1", "h2")}
     _, main, helper = spread_worker(fleet)
+    loaded = link_bytes(lan, helper) - before[helper]  # the helper's share of the weights came over the link
     try:
         lending, serving = report(lan, helper), report(lan, main)
         (lent,) = lending["rpc_servers"]
         assert lent["state"] == "ready" and lent["device"] == "cpu" and lent["memory"] > 0
         assert [c["role"] for c in lending["channels"]] == ["listen"]
         assert [c["role"] for c in serving["channels"]] == ["dial"]
+        start = link_bytes(lan, helper)
         assert complete(fleet) == alone  # greedy, same seed: the same tokens across two machines
+        asked = link_bytes(lan, helper) - start
         assert report(lan, main)["channels"][0]["connections"] >= 1  # llama-server's RPC goes through the channel
+        assert complete(fleet) == alone
+        again = link_bytes(lan, helper) - start - asked
+        # a request moves activations, not weights: far less than the load (heartbeats included)
+        assert again < loaded / 4 and asked < loaded / 4, (loaded, asked, again)
     finally:
         stop_all(fleet)
     # a spread stopped on request leaves nothing anywhere: the rpc-server and both channel ends are gone
