@@ -216,6 +216,12 @@ def spread_bounds() -> tuple[float, float]:
             float(env_int("RBEE_SPREAD_MIN_MBPS", 100, minimum=1, maximum=1_000_000)))
 
 
+def spread_allowed() -> bool:
+    """RBEE_SPREAD=0: a model no one hive holds is refused (model_too_large) instead of spread across hives;
+    a spread forced with `rbee worker start --device HIVE:DEV+HIVE:DEV` still runs."""
+    return os.environ.get("RBEE_SPREAD", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 def slot_cache_bytes() -> int:
     """RBEE_SLOT_CACHE_MIB: the disk a hive gives to saved KV caches of unloaded workers' slots (default 2048 MiB;
     the least recently used file goes first; 0: nothing is saved)."""

@@ -27,7 +27,7 @@ from rbee.contracts.bounds import (
     Text,
 )
 from rbee.contracts.models import ALIAS_PATTERN, ModelEntry
-from rbee.contracts.spreads import ChannelInfo
+from rbee.contracts.spreads import ChannelInfo, RpcServerInfo, SpreadWorker
 from rbee.contracts.status import EngineInfo
 from rbee.contracts.workers import WorkerInfo, WorkerMode
 
@@ -76,6 +76,7 @@ class HiveReport(BaseModel):
     workers: list[HostedWorker] = Field(default=[], max_length=MAX_WORKERS)
     models_free_bytes: Bytes | None = None  # free disk under its models folder
     channels: list[ChannelInfo] = Field(default=[], max_length=64)  # its ends of spreads' RPC channels
+    rpc_servers: list[RpcServerInfo] = Field(default=[], max_length=64)  # devices it lends to spreads
 
 
 class HiveAck(BaseModel):
@@ -140,4 +141,5 @@ class SpawnWorker(WorkerShape):
     device: str | None = Field(default=None, max_length=64)  # the hive's id of it; None: the hive picks
     mode: WorkerMode = WorkerMode.GENERATE
     memory: int = 0
+    spread: SpreadWorker | None = None  # llama-server's part of a spread across hives
 

@@ -36,7 +36,7 @@ class JobCreate(BaseModel):
     hive: str | None = None  # None: model.pull chooses where it runs best; other kinds take the first hive
     model: str | None = None
     force: bool = False
-    device: str | None = Field(default=None, max_length=64)  # worker.spawn: the hive's id of the device
+    device: str | None = Field(default=None, max_length=1200)  # worker.spawn: the hive's device, or HIVE:DEV+..
     backend: str | None = Field(default=None, max_length=16)  # engine.install: cpu, cuda, metal, vulkan, rocm
     engine: str = Field(default="llama", pattern=r"^(llama|whisper|sd)$")  # engine.install: which engine
 

@@ -12,9 +12,10 @@ else, whether the cluster has its CA or not. See rbee/hive/rpc_channel.py for wh
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_serializer
+from pydantic import BaseModel, Field, SecretStr, field_serializer, field_validator
 
 from rbee.contracts.bounds import HostAddress
 
@@ -58,3 +59,59 @@ class ChannelInfo(BaseModel):
     target_port: int | None = Field(default=None, ge=1, le=65535)
     connections: int = Field(default=0, ge=0, le=2**31)  # open now
     refused: int = Field(default=0, ge=0, le=2**62)  # turned away after a handshake (address, target) or dial
+
+
+RPC_ENDPOINT_PATTERN = r"^127\.0\.0\.1:[0-9]{1,5}$"
+MAX_RPC = 15
+
+
+class RpcServerOpen(BaseModel):
+    """queen -> helper: start a ggml-rpc-server lending `device` to spread `spread`, booking `memory` bytes there.
+
+    It listens on 127.0.0.1 only (the spread's listen channel end reaches it), with its local cache (`-c`) in
+    the hive's state folder, so a reload of the same weights is not pushed over the network again."""
+
+    spread: str = Field(pattern=SPREAD_ID_PATTERN)
+    device: str = Field(default="cpu", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    memory: int = Field(default=0, ge=0, le=2**50)
+
+
+class RpcServerInfo(BaseModel):
+    """One rpc-server as its hive shows it (the answer to starting it, its report, and its stop)."""
+
+    spread: str = Field(pattern=SPREAD_ID_PATTERN)
+    device: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    memory: int = Field(default=0, ge=0, le=2**50)
+    port: int | None = Field(default=None, ge=1, le=65535)  # on 127.0.0.1
+    pid: int | None = Field(default=None, ge=1, le=2**31)
+    state: Literal["starting", "ready", "stopped", "error"] = "starting"
+    error: str | None = Field(default=None, max_length=4000)
+
+
+class SpreadWorker(BaseModel):
+    """queen -> main hive (inside SpawnWorker): llama-server's part of a spread. `rpc`: the dial ends' loopback
+    ports, in llama-server's device order; `tensor_split`: the shares of those devices, then of the main
+    hive's own GPUs (`gpus`); `gpu_layers`: the layers off the main hive's CPU (-ngl; the rest stay in RAM);
+    `describe`: the split in words, shown with the worker."""
+
+    rpc: list[str] = Field(min_length=1, max_length=MAX_RPC)
+    tensor_split: list[float] = Field(min_length=1, max_length=MAX_RPC + 16)
+    gpus: list[str] = Field(default=[], max_length=16)
+    gpu_layers: int = Field(ge=0, le=100_000)
+    describe: str = Field(default="", max_length=200)
+
+    @field_validator("rpc")
+    @classmethod
+    def _loopback(cls, value: list[str]) -> list[str]:
+        for endpoint in value:
+            if not re.fullmatch(RPC_ENDPOINT_PATTERN, endpoint) or not 1 <= int(endpoint.split(":")[1]) <= 65535:
+                raise ValueError(f"{endpoint[:40]!r} is not 127.0.0.1:PORT: llama-server reaches a spread's "
+                                 "rpc-servers through its hive's dial channel ends, on loopback only")
+        return value
+
+    @field_validator("tensor_split")
+    @classmethod
+    def _shares(cls, value: list[float]) -> list[float]:
+        if any(not 0 <= s <= 1 for s in value) or sum(value) <= 0:
+            raise ValueError("each share is between 0 and 1, and they add up to more than 0")
+        return value

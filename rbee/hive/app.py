@@ -16,6 +16,8 @@ Inference never passes here; the queen talks to the workers directly with their 
     POST   /v1/hive/links/measure       LinkMeasure -> LinkMeasured: measure the link to a peer hive's echo
     POST   /v1/hive/channels            ChannelOpen -> ChannelInfo: one end of a spread's RPC channel
     DELETE /v1/hive/channels/{id}       close it and its connections (rbee/hive/rpc_channel.py)
+    POST   /v1/hive/rpc-servers         RpcServerOpen -> RpcServerInfo: lend a device to a spread (127.0.0.1 only)
+    DELETE /v1/hive/rpc-servers/{spread}  stop that spread's rpc-servers (rbee/hive/rpc_servers.py)
     ANY    /v1/workers/{id}/engine/{path}   a fronted worker's engine (whisper-server), on loopback behind it
     POST   /v1/hive/workers/{id}/stop   SaveAndStop -> Stopped: save these slots' KV caches (time-bounded), then stop
     POST   /v1/hive/workers/{id}/slots/{n}/restore   SlotRestore -> SlotRestored: a saved slot into an idle one
@@ -54,12 +56,13 @@ from rbee.contracts.hives import HostedWorker, ResolvedModel, ResolveModel, Spaw
 from rbee.contracts.jobs import JobCreated, JobKind
 from rbee.contracts.slots import MAX_SLOT, SaveAndStop, SlotRestore
 from rbee.contracts.spread_plans import EchoOpen, LinkMeasure
-from rbee.contracts.spreads import ChannelOpen
+from rbee.contracts.spreads import SPREAD_ID_PATTERN, ChannelOpen, RpcServerOpen
 from rbee.hive import downloads, front, links, model_refs, shares
 from rbee.hive.config import HiveConfig
 from rbee.hive.models_file import CHECK_INTERVAL_S
 from rbee.hive.queen_link import QueenLink
 from rbee.hive.rpc_channel import ChannelRefused
+from rbee.hive.rpc_servers import RpcRefused
 from rbee.hive.service import Hive, ModelUnavailable
 from rbee.hive.slot_cache import SlotRefused
 from rbee.hive.worker import WorkerStartError
@@ -141,7 +144,8 @@ async def spawn(request: Request) -> Response:
     asked = await _parse(request, SpawnWorker)
     try:
         entry = await hive.resolve(asked.model)
-        worker = await hive.spawn_worker(entry, asked.mode, memory=asked.memory, shape=asked, device=asked.device)
+        worker = await hive.spawn_worker(entry, asked.mode, memory=asked.memory, shape=asked, device=asked.device,
+                                         spread=asked.spread)
     except ModelUnavailable as exc:
         raise _Refusal(404, str(exc), "model_not_found") from exc
     except (WorkerStartError, JobFailed) as exc:
@@ -293,6 +297,25 @@ async def close_channel(request: Request) -> Response:
     return JSONResponse(closed.model_dump(mode="json"))
 
 
+async def start_rpc_server(request: Request) -> Response:
+    asked = await _parse(request, RpcServerOpen)
+    try:
+        started = await _hive(request).start_rpc_server(asked)
+    except RpcRefused as exc:
+        raise _Refusal(exc.status, str(exc), exc.code) from exc
+    except JobFailed as exc:
+        raise _Refusal(400, str(exc), "invalid_device") from exc
+    return JSONResponse(started.model_dump(mode="json"), status_code=201)
+
+
+async def stop_rpc_servers(request: Request) -> Response:
+    spread = request.path_params["spread"]
+    if not re.fullmatch(SPREAD_ID_PATTERN, spread):
+        raise _Refusal(400, "A spread's id is letters, digits, '.', '_' and '-' (at most 64).", "invalid_spread")
+    stopped = await _hive(request).rpc_servers.stop(spread)
+    return JSONResponse([s.model_dump(mode="json") for s in stopped])
+
+
 async def metrics(request: Request) -> Response:
     """Prometheus metrics of this hive: its workers, its memory, and its workers' own."""
     hive = _hive(request)
@@ -391,6 +414,8 @@ def create_app(config: HiveConfig, hive: Hive | None = None,
             Route("/v1/hive/links/measure", measure_link, methods=["POST"]),
             Route("/v1/hive/channels", open_channel, methods=["POST"]),
             Route("/v1/hive/channels/{channel_id}", close_channel, methods=["DELETE"]),
+            Route("/v1/hive/rpc-servers", start_rpc_server, methods=["POST"]),
+            Route("/v1/hive/rpc-servers/{spread}", stop_rpc_servers, methods=["DELETE"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/v1/workers/{worker_id}/engine{path:path}", engine,
                   methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]),

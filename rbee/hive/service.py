@@ -26,6 +26,7 @@ from rbee.contracts.copies import HiveFetch, ShareOpen, ShareOpened
 from rbee.contracts.hives import DeviceInfo, HiveReport, HiveState, HiveStatus, HostedWorker, WorkerShape
 from rbee.contracts.models import DEMO_MODEL, MemoryNeed, ModelDetail, ModelEntry
 from rbee.contracts.slots import SlotCacheList, SlotRestored, SlotSave, Stopped
+from rbee.contracts.spreads import ChannelInfo, ChannelOpen, RpcServerInfo, RpcServerOpen, SpreadWorker
 from rbee.contracts.status import EngineInfo, HiveInfo
 from rbee.contracts.workers import WorkerMode, WorkerState
 from rbee.hive import devices, downloads, engine, model_refs, offload_plan, peer_fetch, rpc_channel, shares
@@ -33,6 +34,7 @@ from rbee.hive.catalog import Catalog, describe_file
 from rbee.hive.engine_sources import SOURCES, EngineSource, source_for
 from rbee.hive.estimate import OVERHEAD, estimate, fitting_context
 from rbee.hive.gguf_info import GGUFSummary, NotAGGUFError, read_summary
+from rbee.hive.rpc_servers import RpcServers
 from rbee.hive.slot_cache import SlotCache
 from rbee.hive.speech import keyless_device, keyless_engine
 from rbee.hive.supervisor import Supervisor
@@ -103,6 +105,7 @@ class Hive:
         self._watch: asyncio.Task[None] | None = None
         self.shares = shares.Shares()  # what it serves to peers: the hive app's route, or the queen's for its own
         self.channels = rpc_channel.Channels(address, self._channel_target)  # spreads' RPC traffic (/v1/hive/channels)
+        self.rpc_servers = RpcServers(state / "hive" / "rpc")  # devices lent to spreads (/v1/hive/rpc-servers)
 
     async def start(self) -> None:
         await self.refresh_devices()
@@ -119,6 +122,7 @@ class Hive:
             self._watch.cancel()
         await self.channels.close_all()
         await self.supervisor.stop_all()
+        await self.rpc_servers.stop_all()
 
     async def _channel_target(self, port: int) -> bool:
         """A listen channel's target: a loopback port of a process this hive started, not one of its workers."""
@@ -416,8 +420,31 @@ class Hive:
             models_free_bytes=await asyncio.to_thread(downloads.free_bytes, settings.models_dir()),
             workers=[HostedWorker(info=w.info(), api_key=w.api_key, entry=w.spec.model)
                      for w in self.supervisor.workers()],
-            channels=self.channels.infos(),
+            channels=self.channels.infos(), rpc_servers=self.rpc_servers.infos(),
         )
+
+    def lent(self) -> dict[str, int]:
+        """The memory booked on each device for rpc-servers lent to spreads (rbee/hive/rpc_servers.py)."""
+        return self.rpc_servers.lent()
+
+    async def start_rpc_server(self, asked: RpcServerOpen) -> RpcServerInfo:
+        """An rpc-server lending `asked.device` to a spread; RpcRefused (or JobFailed for a device not here)."""
+        device = self.devices_for(asked.device)[0]
+        binary = await asyncio.to_thread(engine.rpc_server)
+        return await self.rpc_servers.start(asked, binary, device.engine_name or "CPU")
+
+    async def stop_rpc_servers(self, spread: str) -> None:
+        await self.rpc_servers.stop(spread)
+
+    async def open_channel(self, asked: ChannelOpen) -> ChannelInfo:
+        """One end of a spread's channel (the queen's own hive: called in-process); JobFailed saying why not."""
+        try:
+            return await self.channels.open(asked)
+        except rpc_channel.ChannelRefused as exc:
+            raise JobFailed(f"hive '{self.alias}' did not open a {asked.role} channel end: {exc}") from exc
+
+    async def close_channel(self, channel_id: str) -> None:
+        await self.channels.close(channel_id)
 
     def worker_shape(self, name: str, given: WorkerShape | None = None) -> tuple[int | None, int]:
         """(context per slot, slots) for a model's workers: what the queen gives (its own models.toml), else
@@ -472,7 +499,10 @@ class Hive:
         return self.front
 
     async def spawn_worker(self, model: ModelEntry, mode: WorkerMode, memory: int = 0,
-                           shape: WorkerShape | None = None, device: str | None = None) -> WorkerProcess:
+                           shape: WorkerShape | None = None, device: str | None = None,
+                           spread: SpreadWorker | None = None) -> WorkerProcess:
+        if spread is not None:
+            return await self._spawn_spread(model, mode, memory, shape, spread)
         info = await self.engine()
         kind = KEYLESS_MODES.get(mode)
         keyless = await keyless_engine(kind) if kind else None
@@ -498,6 +528,31 @@ class Hive:
             offload=placed.describe(),
             slot_save_path=await asyncio.to_thread(self.slots.path) if mode is WorkerMode.GENERATE else None,
         )
+        self.supervisor.forget_dead()
+        worker = await self.supervisor.spawn(spec, memory)
+        await self.catalog.touch(model.name)
+        return worker
+
+    async def _spawn_spread(self, model: ModelEntry, mode: WorkerMode, memory: int, shape: WorkerShape | None,
+                            spread: SpreadWorker) -> WorkerProcess:
+        """llama-server's part of a spread across hives: the rpc-servers' devices (RPC0..) first, then this hive's
+        GPUs named in the plan, the layers not offloaded (`gpu_layers`) on this hive's CPU."""
+        info = await self.engine()
+        if mode is not WorkerMode.GENERATE or info.path is None or info.problem:
+            raise JobFailed(info.problem or f"a spread across hives runs text generation only, not {mode}")
+        gpus = [self.devices_for(g)[0] for g in spread.gpus]
+        if len(spread.tensor_split) != len(spread.rpc) + len(gpus):
+            raise JobFailed(f"a spread's tensor_split has one share per device: {len(spread.rpc)} rpc-servers and "
+                            f"{len(gpus)} GPUs, not {len(spread.tensor_split)}")
+        context, slots = await self.shape(model, shape)
+        names = [f"RPC{i}" for i in range(len(spread.rpc))] + [d.engine_name or d.id for d in gpus]
+        spec = WorkerSpec(
+            model=model, mode=mode, engine=self._engine_for.get(gpus[0].id, Path(info.path)) if gpus else
+            Path(info.path), slots=slots, context_per_slot=context, threads=settings.worker_threads(),
+            host=self.address, tls=self.tls, device="+".join([d.id for d in gpus] + [offload_plan.CPU]),
+            engine_device=",".join(names), tensor_split=tuple(max(1, round(s * 10_000)) for s in spread.tensor_split),
+            gpu_layers=spread.gpu_layers, rpc=tuple(spread.rpc), offload=spread.describe or None,
+            slot_save_path=await asyncio.to_thread(self.slots.path))
         self.supervisor.forget_dead()
         worker = await self.supervisor.spawn(spec, memory)
         await self.catalog.touch(model.name)

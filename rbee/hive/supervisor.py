@@ -48,6 +48,10 @@ class Supervisor:
             await worker.stop()
         return worker
 
+    def keep(self, worker: WorkerProcess) -> None:
+        """List a failed worker again after its process was stopped (a spread that ended: its reason stays)."""
+        self._workers[worker.id] = worker
+
     def forget_dead(self, keep: int = 20) -> None:
         """Drop stopped workers and all but the last `keep` failed ones."""
         dead = [w for w in self._workers.values() if w.state in (WorkerState.STOPPED, WorkerState.ERROR)]

@@ -65,6 +65,7 @@ class WorkerSpec:
     gpu_layers: int | None = None  # layers on the GPUs when the rest are in RAM (device "cuda0+cpu"); None: all
     shares: tuple[int, ...] = ()  # bytes held on each part of `device` when planned so (offloaded)
     offload: str | None = None  # the split in words: "cuda0 24/33 layers + cpu 9/33"
+    rpc: tuple[str, ...] = ()  # a spread across hives: its rpc-servers, reached at 127.0.0.1 (dial channel ends)
 
 
 def free_port(host: str) -> int:
@@ -117,6 +118,8 @@ def build_argv(spec: WorkerSpec, port: int) -> list[str]:
         "--metrics",
         "--no-webui",
     ]
+    if spec.rpc:  # a spread's rpc-servers (devices RPC0.. first in llama-server's list): before --device names them
+        argv += ["--rpc", ",".join(spec.rpc)]
     # Every layer on the GPU the scheduler chose (or spread over its GPUs by size), or none off the CPU.
     layers = "999" if spec.gpu_layers is None else str(spec.gpu_layers)  # the rest in RAM (offloaded)
     argv += ["--device", spec.engine_device, "--n-gpu-layers", layers] if spec.engine_device else \

@@ -73,18 +73,17 @@ def start(
         except BadSpread as exc:
             raise CLIError(f"--device: {exc}") from None
     client = ctx.queen()
-    if dry_run or spread:
+    if dry_run:
         plan = client.post("/v1/spreads/plan", json={"model": model, "spread": device if spread else None})
         _show_plan(ctx, plan, as_json)
-        if not dry_run:
-            raise CLIError("spreads across hives are planned but not started yet; the plan is above "
-                           "(--dry-run prints it without this error)")
         return
-    job = client.post("/v1/jobs", json=JobCreate(kind=JobKind.WORKER_SPAWN, hive=hive, model=model, device=device)
+    job = client.post("/v1/jobs", json=JobCreate(kind=JobKind.WORKER_SPAWN, hive=None if spread else hive, model=model,
+                                                     device=device)
                       .model_dump(mode="json"))
-    done = follow(client, job["job_id"], ctx.out, f"worker for {model} on {hive}")
+    done = follow(client, job["job_id"], ctx.out, f"worker for {model} on {device if spread else hive}")
     info = done.data or {}
-    ctx.out.success(f"{info.get('id')} serves {info.get('model')} on {info.get('hive')}:{info.get('device')}")
+    where = info.get("offload") if spread else f"{info.get('hive')}:{info.get('device')}"
+    ctx.out.success(f"{info.get('id')} serves {info.get('model')} on {where}")
 
 
 def _show_plan(ctx: App, plan: dict[str, Any], as_json: bool) -> None:

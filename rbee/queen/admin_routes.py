@@ -13,7 +13,7 @@ from rbee.common.jobs import Emit, Job, JobBody, JobFailed
 from rbee.common.metrics import engine_metrics
 from rbee.common.prom import CONTENT_TYPE
 from rbee.contracts.jobs import JobCreate, JobCreated, JobKind
-from rbee.contracts.spread_plans import is_spread
+from rbee.contracts.spread_plans import BadSpread, SpreadAsk, is_spread, parse_spread
 from rbee.contracts.status import StatusReport
 from rbee.contracts.workers import WorkerMode
 from rbee.hive.service import Hive
@@ -21,6 +21,8 @@ from rbee.queen import openapi, pull_targets
 from rbee.queen.errors import InvalidRequest, NotFound, QueenError
 from rbee.queen.guard import principal_of
 from rbee.queen.requests import read_json
+from rbee.queen.spread_routes import plan_for, start_planned
+from rbee.queen.spread_run import describe
 from rbee.queen.state import QueenState, queen_state
 
 
@@ -77,6 +79,15 @@ async def stop_worker(request: Request) -> Response:
 
 
 def _job_body(state: QueenState, spec: JobCreate) -> JobBody:
+    if is_spread(spec.device):
+        if spec.kind is not JobKind.WORKER_SPAWN or not spec.model:
+            raise InvalidRequest("HIVE:DEV+HIVE:DEV starts a worker spread across hives; a pull goes to one hive.",
+                                 param="device")
+        try:
+            named = "+".join(map(str, parse_spread(spec.device or "")))
+        except BadSpread as exc:
+            raise InvalidRequest(str(exc), param="device") from exc
+        return spread_job(state, SpreadAsk(model=spec.model, spread=named))
     hives = state.scheduler.hives_for(spec.hive)
     if not hives:
         raise NotFound("No hive is ready to run this job; `rbee hive list` shows them.")
@@ -89,10 +100,6 @@ def _job_body(state: QueenState, spec: JobCreate) -> JobBody:
         return lambda emit: local.install_engine(emit, force=spec.force, backend=spec.backend, engine_name=spec.engine)
     if not spec.model:
         raise InvalidRequest(f"A {spec.kind} job needs a 'model'.", param="model")
-    if is_spread(spec.device):
-        raise InvalidRequest("Spreads across hives are planned but not started yet: POST /v1/spreads/plan "
-                             "(`rbee worker start MODEL --device HIVE:DEV+HIVE:DEV --dry-run`) shows the plan.",
-                             param="device")
     model = spec.model
 
     async def pull(emit: Emit) -> dict[str, object]:
@@ -113,6 +120,23 @@ def _job_body(state: QueenState, spec: JobCreate) -> JobBody:
         return state.scheduler.loads.shown(worker).model_dump(mode="json")
 
     return pull if spec.kind is JobKind.MODEL_PULL else spawn
+
+
+def spread_job(state: QueenState, asked: SpreadAsk) -> JobBody:
+    """A `worker.spawn` job for a spread across hives: planned (rbee/queen/spread_routes.py), then carried out."""
+    async def spawn(emit: Emit) -> dict[str, object]:
+        try:
+            plan = await plan_for(state, asked)
+        except QueenError as exc:
+            raise JobFailed(exc.message) from exc
+        if not plan.spread:
+            raise JobFailed(plan.reason)
+        emit(message=f"starting {asked.model} spread over {describe(plan)}")
+        worker = await start_planned(state, plan, emit)
+        state.scheduler.loads.of(worker).expires_at = None  # never unloaded for idleness before its first request
+        state.scheduler.notify()
+        return state.scheduler.loads.shown(worker).model_dump(mode="json")
+    return spawn
 
 
 async def start_job(request: Request, spec: JobCreate) -> Job:

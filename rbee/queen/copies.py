@@ -183,7 +183,7 @@ def _is_hub(model: str) -> bool:
         return False
 
 
-def _logged(type: JobEventType = JobEventType.PROGRESS, message: str = "", **kw: Any) -> None:
+def logged(type: JobEventType = JobEventType.PROGRESS, message: str = "", **kw: Any) -> None:
     if message and kw.get("current") is None:  # steps, not the byte counts
         log.info("%s", message)
 
@@ -197,7 +197,7 @@ async def for_request(copies: Copies, target: HiveSeam, model: str, deadline: fl
         return False
     log.info("%s is not on hive %s, where the request must run: copying it there first", model, target.alias)
     try:
-        await asyncio.wait_for(copies.ensure_on(target, model, _logged, allow_hub=allow_hub, keep=True),
+        await asyncio.wait_for(copies.ensure_on(target, model, logged, allow_hub=allow_hub, keep=True),
                                max(deadline - time.monotonic(), 0.01))
     except TimeoutError:
         raise QueueFull(f"The request timed out while '{model}' was copied onto hive '{target.alias}'; the copy "
@@ -217,7 +217,7 @@ async def for_placement(copies: Copies, target: HiveSeam, model: str) -> Placed:
     """A copy the scheduler's placement chose (copy_placement.py): from a peer (the hub only with
     RBEE_API_PULLS=hub). It goes on when the request that caused it leaves: the next one uses it."""
     try:
-        return await copies.ensure_on(target, model, _logged, allow_hub=settings.api_pulls_from_hub(), keep=True)
+        return await copies.ensure_on(target, model, logged, allow_hub=settings.api_pulls_from_hub(), keep=True)
     except JobFailed as exc:
         raise hive_errors.queen_error(exc, f"'{model}' could not be copied onto hive '{target.alias}', where "
                                       "placement chose to run it") from exc

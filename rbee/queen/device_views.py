@@ -20,6 +20,8 @@ class _Hive(Protocol):
 
     def memory_total(self) -> int: ...
 
+    def lent(self) -> dict[str, int]: ...
+
 
 class _Worker(Protocol):
     hive: str
@@ -79,10 +81,11 @@ def _ours(alias: str, holding: Sequence[_Worker]) -> dict[str, int]:
 
 def _rooms(hive: _Hive, working: list[DeviceInfo], ours: dict[str, int]) -> dict[str, int]:
     """Each working device's room: its total (the CPU's: the hive's budget), at most what rbee's workers
-    hold there plus what it reports free."""
+    hold there plus what it reports free; what its rpc-servers hold for spreads across hives is not room."""
     rooms = {}
+    lent = hive.lent()
     for d in working:
-        total = hive.memory_total() if d.id == CPU else d.total_bytes
+        total = (hive.memory_total() if d.id == CPU else d.total_bytes) - lent.get(d.id, 0)
         if d.free_bytes is not None:
             total = min(total, ours[d.id] + d.free_bytes)
         rooms[d.id] = total

@@ -22,7 +22,7 @@ from rbee.hive import model_refs
 from rbee.queen import copies as copies_mod
 from rbee.queen import hive_errors, slot_restore
 from rbee.queen import keep_alive as keep_alive_mod
-from rbee.queen.errors import InvalidRequest, QueenError, WorkerUnavailable
+from rbee.queen.errors import InvalidRequest, ModelTooLargeError, QueenError, WorkerUnavailable
 from rbee.queen.hive_seam import HiveSeam
 from rbee.queen.loads import Loads
 from rbee.queen.spill import AnyWorker
@@ -89,6 +89,10 @@ class Executor:
         """Copy the model onto `target` over the LAN (copies.py), then start a worker of it on `device`."""
         self._track((name, mode), self._copy_then_load(target, name, mode, device))
 
+    def track(self, key: Key, work: Coroutine[Any, Any, AnyWorker]) -> None:
+        """`work` as the load of `key` (a spread across hives, rbee/queen/spread_run.py): waiters wait for it."""
+        self._track(key, work)
+
     def _track(self, key: Key, work: Coroutine[Any, Any, AnyWorker]) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self.loading[key] = task
@@ -100,6 +104,8 @@ class Executor:
         failed = None if task.cancelled() else task.exception()
         if isinstance(failed, InvalidRequest):  # a worker without the context the request needs
             self._failed(key, InvalidRequest(failed.message, param=failed.param, code=failed.code))
+        elif isinstance(failed, ModelTooLargeError):  # no spread could hold it either: the numbers, as a 400
+            self._failed(key, failed)
         elif failed is not None:
             self._failed(key, WorkerUnavailable(str(failed)))
         self._changed()

@@ -12,7 +12,7 @@ A local hive is always READY; a remote one is READY while its heartbeats come, e
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from rbee.common.jobs import Emit
 from rbee.contracts.catalog import HiveDisk
@@ -20,6 +20,7 @@ from rbee.contracts.copies import HiveFetch, ShareOpen, ShareOpened
 from rbee.contracts.hives import DeviceInfo, HiveState, HiveStatus, WorkerShape
 from rbee.contracts.models import ModelDetail, ModelEntry
 from rbee.contracts.slots import SlotCacheList, SlotRestored, SlotSave, Stopped
+from rbee.contracts.spreads import ChannelInfo, ChannelOpen, RpcServerInfo, RpcServerOpen, SpreadWorker
 from rbee.contracts.status import HiveInfo
 from rbee.contracts.workers import WorkerMode
 from rbee.hive.service import Hive
@@ -42,6 +43,10 @@ class WorkerSet(Protocol):
     def get(self, worker_id: str) -> AnyWorker | None: ...
 
     async def stop(self, worker_id: str) -> AnyWorker | None: ...
+
+    def keep(self, worker: Any) -> None:
+        """List a failed worker again after its process was stopped (its reason stays shown)."""
+        ...
 
 
 @runtime_checkable
@@ -80,8 +85,10 @@ class HiveSeam(Protocol):
     async def need(self, model: ModelEntry, shape: WorkerShape | None = None) -> int: ...
 
     async def spawn_worker(self, model: ModelEntry, mode: WorkerMode, memory: int = 0,
-                           shape: WorkerShape | None = None, device: str | None = None) -> AnyWorker:
-        """A ready worker; `WorkerStartError` or `JobFailed` saying why not."""
+                           shape: WorkerShape | None = None, device: str | None = None,
+                           spread: SpreadWorker | None = None) -> AnyWorker:
+        """A ready worker (`spread`: llama-server's part of a spread across hives); `WorkerStartError` or
+        `JobFailed` saying why not."""
         ...
 
     async def detail(self, name: str, context_per_slot: int | None = None,
@@ -114,6 +121,22 @@ class HiveSeam(Protocol):
     async def slot_cache(self) -> SlotCacheList:
         """The saved slots it holds, per model and key."""
         ...
+
+    # -- spreads across hives (rbee/queen/spread_run.py); each failure is a `JobFailed` saying why --------
+    @property
+    def address(self) -> str: ...
+
+    def lent(self) -> dict[str, int]:
+        """The memory its rpc-servers hold for spreads, per device."""
+        ...
+
+    async def start_rpc_server(self, asked: RpcServerOpen) -> RpcServerInfo: ...
+
+    async def stop_rpc_servers(self, spread: str) -> None: ...
+
+    async def open_channel(self, asked: ChannelOpen) -> ChannelInfo: ...
+
+    async def close_channel(self, channel_id: str) -> None: ...
 
 
 def _both_kinds_conform(local: Hive, remote: RemoteHive) -> list[HiveSeam]:

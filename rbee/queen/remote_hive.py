@@ -37,6 +37,7 @@ from rbee.contracts.hives import (
 )
 from rbee.contracts.models import ModelDetail, ModelEntry
 from rbee.contracts.slots import SlotCacheList, SlotRestore, SlotRestored, SlotSave, Stopped
+from rbee.contracts.spreads import ChannelInfo, ChannelOpen, RpcServerInfo, RpcServerOpen, SpreadWorker
 from rbee.contracts.status import HiveInfo
 from rbee.contracts.workers import WorkerMode, WorkerState
 from rbee.hive import model_refs
@@ -117,6 +118,14 @@ class RemoteHive:
         self.catalog.models = report.models
         return self.supervisor.reconcile(report.workers)
 
+    def not_answering(self, why: str) -> None:
+        """A call found it gone (a spread's helper): unreachable now, not after the heartbeat timeout; its next
+        heartbeat makes it ready again."""
+        if self.state is HiveState.READY:
+            log.warning("hive %s is unreachable: %s", self.alias, why)
+            self.state = HiveState.UNREACHABLE
+            self.supervisor.mark_unreachable()
+
     def check_alive(self, timeout_s: float) -> None:
         silent = time.monotonic() - self.last_seen
         if self.state is HiveState.READY and silent > timeout_s:
@@ -160,17 +169,50 @@ class RemoteHive:
     def memory_total(self) -> int:
         return self.report.memory_total
 
+    @property
+    def address(self) -> str:
+        return self.report.address
+
+    def lent(self) -> dict[str, int]:
+        """The memory its rpc-servers hold for spreads, per device, as last reported."""
+        held: dict[str, int] = {}
+        for s in self.report.rpc_servers:
+            if s.state in ("starting", "ready"):
+                held[s.device] = held.get(s.device, 0) + s.memory
+        return held
+
+    # -- spreads across hives (rbee/queen/spread_run.py) ----------------------------------------------
+    async def start_rpc_server(self, asked: RpcServerOpen) -> RpcServerInfo:
+        with self._errors(JobFailed, f"hive '{self.alias}' did not start an rpc-server"):
+            raw = await self.client.call("POST", "/v1/hive/rpc-servers", asked.model_dump_json(), wait_s=90)
+        return RpcServerInfo.model_validate_json(raw)
+
+    async def stop_rpc_servers(self, spread: str) -> None:
+        with self._errors(JobFailed, f"hive '{self.alias}' did not stop spread {spread}'s rpc-servers"):
+            await self.client.call("DELETE", f"/v1/hive/rpc-servers/{spread}")
+
+    async def open_channel(self, asked: ChannelOpen) -> ChannelInfo:
+        with self._errors(JobFailed, f"hive '{self.alias}' did not open a {asked.role} channel end"):
+            raw = await self.client.call("POST", "/v1/hive/channels", asked.model_dump_json())
+        return ChannelInfo.model_validate_json(raw)
+
+    async def close_channel(self, channel_id: str) -> None:
+        with self._errors(JobFailed, f"hive '{self.alias}' did not close channel {channel_id}",
+                          by_status={404: JobFailed}):
+            await self.client.call("DELETE", f"/v1/hive/channels/{channel_id}")
+
     def devices(self) -> list[DeviceInfo]:
         return list(self.report.devices)
 
     async def spawn_worker(self, model: ModelEntry, mode: WorkerMode, memory: int = 0,
-                           shape: WorkerShape | None = None, device: str | None = None) -> RemoteWorker:
+                           shape: WorkerShape | None = None, device: str | None = None,
+                           spread: SpreadWorker | None = None) -> RemoteWorker:
         self.supervisor.forget_dead()
         placeholder = RemoteWorker(self.alias, worker_id=f"{self.alias}-starting-{time.monotonic_ns()}",
                                    spec=RemoteSpec(model, mode, 0, 0), memory=memory, placeholder=True)
         placeholder.device = device or "cpu"
         self.supervisor.add(placeholder)  # counts its memory while it starts
-        body = SpawnWorker(model=model.name, mode=mode, memory=memory, device=device,
+        body = SpawnWorker(model=model.name, mode=mode, memory=memory, device=device, spread=spread,
                            **_shape(model.name, shape.at_least if shape else None).model_dump()).model_dump_json()
         try:
             with self._errors(WorkerStartError):

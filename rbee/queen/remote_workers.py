@@ -158,6 +158,10 @@ class RemoteSupervisor:
         worker.tls = self._client.tls
         self._workers[worker.id] = worker
 
+    def keep(self, worker: RemoteWorker) -> None:
+        """List a failed worker again after its process was stopped (a spread that ended: its reason stays)."""
+        self._workers[worker.id] = worker
+
     def discard(self, worker_id: str) -> None:
         self._workers.pop(worker_id, None)
 

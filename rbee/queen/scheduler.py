@@ -16,9 +16,10 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Coroutine, Hashable, Mapping
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 from rbee.common import settings
 from rbee.contracts.hives import HiveState, WorkerShape
@@ -84,6 +85,8 @@ class Scheduler:
         self._listed: dict[str, int] = {}  # the registrations of each hive when its saved slots were last listed
         self._warned: set[str] = set()
         self._told: dict[str, str] = {}  # the last reason logged for waiting or copying, per model
+        # set by the queen: a model no one hive holds, spread across hives (rbee/queen/spread_run.py)
+        self.spread: Callable[[str, QueenError], Coroutine[Any, Any, AnyWorker]] | None = None
 
     @property
     def copies(self) -> copies_mod.Copies | None:
@@ -369,6 +372,10 @@ class Scheduler:
         """The load step's decision, carried out; `told`: what the copy-or-wait reason is logged for, if any."""
         name = load.usable[0][1].name
         if isinstance(decision, decide.Refuse):
+            if self.spread is not None and decision.error.code == "model_too_large" and mode is WorkerMode.GENERATE \
+                    and settings.spread_allowed():  # decide.py cannot place it on one hive: across several?
+                self.executor.track((name, mode), self.spread(name, decision.error))
+                return
             raise decision.error
         if isinstance(decision, decide.Load):
             hive, entry = next((h, e) for h, e in load.usable if h.alias == decision.hive)

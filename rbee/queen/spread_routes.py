@@ -9,29 +9,35 @@
 
 All of them need the admin token (guard.py: not a client path). A plan measures the stale links of the ready
 hives first. It counts the memory free now on each device (device_views.py, as placement does), without
-evicting anyone. Carrying a plan out (rpc-server on the helpers, the channel between hives, llama-server with
---rpc and --tensor-split) is not done here.
+evicting anyone. `start_planned` carries a plan out (rbee/queen/spread_run.py): for `rbee worker start --device
+HIVE:DEV+HIVE:DEV` (a job), and for the scheduler's load step when no one hive holds a model (`load_spread`).
 """
 
 from __future__ import annotations
+
+import logging
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from rbee.common import settings
+from rbee.common.jobs import Emit, JobFailed
 from rbee.contracts.hives import HiveState
 from rbee.contracts.models import ModelEntry
 from rbee.contracts.spread_plans import LinksAsk, SpreadAsk, SpreadPlan, parse_spread
+from rbee.queen import copies as copies_mod
 from rbee.queen import spread_plan
 from rbee.queen.device_views import device_views
-from rbee.queen.errors import InvalidRequest, ModelNotFound
-from rbee.queen.executor import own_settings
-from rbee.queen.hive_seam import HiveSeam
+from rbee.queen.errors import InvalidRequest, ModelNotFound, ModelTooLargeError, QueenError, WorkerUnavailable
+from rbee.queen.executor import hold, own_settings
+from rbee.queen.hive_seam import AnyWorker, HiveSeam
 from rbee.queen.placement import DeviceView
 from rbee.queen.requests import read_json
 from rbee.queen.spill import HOLDING
 from rbee.queen.state import QueenState, queen_state
+
+log = logging.getLogger(__name__)
 
 
 async def list_links(request: Request) -> Response:
@@ -81,6 +87,29 @@ async def plan_for(state: QueenState, asked: SpreadAsk) -> SpreadPlan:
         return spread_plan.forced(name, need, parse_spread(text), views, state.links.latest(), bounds)
     except spread_plan.SpreadRefused as exc:
         raise InvalidRequest(str(exc), param="spread") from exc
+
+
+async def start_planned(state: QueenState, plan: SpreadPlan, emit: Emit) -> AnyWorker:
+    """`plan` carried out: the model onto the main hive (a peer's copy, when it has none: the helpers get their
+    tensors from it), then the spread; its keep_alive runs from now. `JobFailed` saying why not."""
+    placed = await state.copies.ensure_on(state.hives[plan.main or ""], plan.model, emit, allow_hub=False)
+    worker = await state.spreads.start(plan, placed.entry)
+    state.scheduler.loads.started(worker, hold(None, own_settings(placed.entry.name)))
+    return worker
+
+
+async def load_spread(state: QueenState, model: str, refused: QueenError) -> AnyWorker:
+    """The scheduler's load step found no one hive that can hold `model` (`refused`): a spread across hives,
+    else that refusal with the plan's numbers (each hive's room, the need, the refused links)."""
+    plan = await plan_for(state, SpreadAsk(model=model))
+    if not plan.spread:
+        raise ModelTooLargeError(f"{refused.message} Nor can a spread across hives hold it: {plan.reason}.",
+                                 param=refused.param)
+    log.info("%s: %s", model, plan.reason)
+    try:
+        return await start_planned(state, plan, copies_mod.logged)
+    except JobFailed as exc:
+        raise WorkerUnavailable(str(exc)) from exc
 
 
 async def plan_spread(request: Request) -> Response:

@@ -33,6 +33,7 @@ from rbee.queen.policy import Policy
 from rbee.queen.proxy import Forwarder
 from rbee.queen.remote_hive import RemoteHive
 from rbee.queen.scheduler import Scheduler
+from rbee.queen.spread_run import SPREAD_CHECK_S, Spreads
 from rbee.queen.usage import UsageMeter
 
 
@@ -58,6 +59,7 @@ class QueenState:
     loop_health: dict[str, LoopHealth] = field(default_factory=dict)  # the background loops, for /v1/status
     copies: Copies = field(init=False)  # models onto the hive that needs them: peers first (rbee/queen/copies.py)
     links: LinkBook = field(init=False)  # the links between hives as last measured (rbee/queen/links.py)
+    spreads: Spreads = field(init=False)  # spreads across hives being run (rbee/queen/spread_run.py)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -76,6 +78,7 @@ class QueenState:
                                     self.scheduler.executor.slot_record)
         self.copies = Copies(self.hives)
         self.links = LinkBook(self.hives)
+        self.spreads = Spreads(self.hives)
         self.scheduler.copies = self.copies
 
     def health(self) -> QueenHealth:
@@ -87,6 +90,9 @@ class QueenState:
         await model_refs.models_file.refresh()  # read before the first request; the models-toml loop keeps it current
         for hive in self.hives.values():
             await hive.start()
+        from rbee.queen.spread_routes import load_spread  # (it reads this state: imported once both exist)
+
+        self.scheduler.spread = partial(load_spread, self)
         # Each periodic loop as (interval, one pass); the usage loop flushes once more on close.
         loops: dict[str, tuple[Callable[[], float], supervise.Step]] = {
             "reap-idle": (lambda: REAP_INTERVAL_S, self.scheduler.reap_idle),
@@ -94,7 +100,8 @@ class QueenState:
             "watch-hives": (lambda: min(1.0, settings.heartbeat_s()), self._watch_hives),
             "usage": (settings.usage_flush_s, self.usage.flush),
             "prune-audit": (lambda: 3600.0, self._prune_audit),
-            "models-toml": (lambda: CHECK_INTERVAL_S, model_refs.models_file.refresh)}
+            "models-toml": (lambda: CHECK_INTERVAL_S, model_refs.models_file.refresh),
+            "spreads": (lambda: SPREAD_CHECK_S, self.spreads.check)}
         for name, (seconds, step) in loops.items():
             self.loop_health[name] = LoopHealth()
             self.metrics.loop_failures.labels(name)  # listed at 0 from the start
@@ -136,6 +143,7 @@ class QueenState:
         with contextlib.suppress(QueenError):
             await self.usage.flush()
         await self.jobs.close()
+        await self.spreads.close()
         for hive in self.hives.values():
             await hive.close()
         await self.forwarder.close()

@@ -150,13 +150,15 @@ def test_a_forced_spread_dry_run_prints_the_plan(fleet: Queen) -> None:
     assert not fleet.workers()
 
 
-def test_a_forced_spread_is_not_started_yet_and_says_so(fleet: Queen) -> None:
-    started = fleet.cli("worker", "start", MODEL, "--device", "h1:cpu+h2:cpu", timeout=120)
-    assert started.returncode == 1
-    assert "planned but not started yet" in started.stderr and "Traceback" not in started.stderr
-    job = httpx.post(f"{fleet.url}/v1/jobs", json={"kind": "worker.spawn", "model": MODEL, "hive": "h1",
-                                                   "device": "h1:cpu+h2:cpu"}, timeout=10)
-    assert job.status_code == 400 and "POST /v1/spreads/plan" in job.json()["error"]["message"]
+@pytest.mark.parametrize(("body", "message"), [
+    ({"kind": "model.pull", "device": "h1:cpu+h2:cpu"}, "a pull goes to one hive"),
+    ({"kind": "worker.spawn", "device": "h1:cpu+h1:cpu"}, "is named twice"),
+    ({"kind": "worker.spawn", "device": "h1:cpu+nope"}, "is not HIVE:DEVICE"),
+])
+def test_a_spread_job_that_cannot_mean_anything_is_refused(fleet: Queen, body: dict[str, str], message: str) -> None:
+    """(Starting a spread: tests/e2e/test_fleet_spread_run.py.)"""
+    job = httpx.post(f"{fleet.url}/v1/jobs", json={"model": MODEL, **body}, timeout=10)
+    assert job.status_code == 400 and message in job.json()["error"]["message"], job.text
     assert not fleet.workers()
 
 
@@ -274,7 +276,7 @@ def test_a_hive_token_does_not_reach_the_queens_link_routes(fleet: Queen, lan: L
         assert done.stdout.strip() in ("401", "403"), (path, done.stdout)
 
 
-def _budget(fleet: Queen, host: Host, budget: str) -> None:
+def set_budget(fleet: Queen, host: Host, budget: str) -> None:
     config = host.home / ".config" / "rbee" / "hive.toml"
     lines = [line for line in config.read_text().splitlines() if not line.startswith("memory_budget")]
     config.write_text("\n".join([*lines, f'memory_budget = "{budget}"']) + "\n")
@@ -291,7 +293,7 @@ def test_a_model_no_hive_holds_is_planned_over_both(fleet: Queen, lan: Lan) -> N
     fleet.cli("model", "set", MODEL, "--ctx", "65536", "--slots", "1", check=True, timeout=60)
     need = int(httpx.post(f"{fleet.url}/v1/spreads/plan", json={"model": MODEL}, timeout=120).json()["need"])
     for host in ("h1", "h2"):
-        _budget(fleet, lan.host(host), f"{need * 4 // 5 // MIB}MiB")
+        set_budget(fleet, lan.host(host), f"{need * 4 // 5 // MIB}MiB")
     plan = httpx.post(f"{fleet.url}/v1/spreads/plan", json={"model": MODEL}, timeout=120).json()
     assert plan["spread"], plan["reason"]
     assert plan["need"] == need and sorted([plan["main"], *plan["helpers"]]) == ["h1", "h2"]

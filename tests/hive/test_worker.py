@@ -75,3 +75,14 @@ def test_argv_for_a_speech_worker_is_whisper_servers() -> None:
     assert "--parallel" not in argv and "--alias" not in argv  # llama-server's flags would stop whisper-server
     on_gpu = build_argv(dataclasses.replace(speech, device="cuda1", engine_device="CUDA1"), 5555)
     assert on_gpu[-2:] == ["--device", "1"]
+
+
+def test_argv_of_a_spread_across_hives_names_its_rpc_servers_before_their_devices() -> None:
+    spread = dataclasses.replace(_spec(WorkerMode.GENERATE), engine_device="RPC0,RPC1,CUDA0", gpu_layers=20,
+                                 rpc=("127.0.0.1:4001", "127.0.0.1:4002"), tensor_split=(3000, 2000, 5000))
+    argv = build_argv(spread, 1)
+    assert argv[argv.index("--rpc") + 1] == "127.0.0.1:4001,127.0.0.1:4002"
+    assert argv.index("--rpc") < argv.index("--device")  # llama-server knows RPC0 only once --rpc is read
+    assert argv[argv.index("--device") + 1] == "RPC0,RPC1,CUDA0" and argv[argv.index("--n-gpu-layers") + 1] == "20"
+    assert argv[argv.index("--tensor-split") + 1] == "3000,2000,5000"
+    assert "--rpc" not in build_argv(_spec(WorkerMode.GENERATE), 1)

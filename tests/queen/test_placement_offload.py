@@ -32,6 +32,9 @@ class _Hive:
     def memory_total(self) -> int:
         return int(self.ram * GiB)
 
+    def lent(self) -> dict[str, int]:
+        return {}
+
 
 def _views(hive: _Hive, need: int, layers: int | None = 32, pinned: str | None = None) -> dict[str, DeviceView]:
     return {v.device: v for v in device_views(hive, [], need, 0, pinned, layers)}

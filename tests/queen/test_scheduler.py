@@ -39,6 +39,9 @@ class FakeHive:
     def memory_total(self) -> int:
         return int(self.cpu * GiB)
 
+    def lent(self) -> dict[str, int]:
+        return {}
+
 
 def views(*hives: FakeHive, need: float = 1.0) -> list[DeviceView]:
     return [v for h in hives for v in device_views(h, [], int(need * GiB), 0)]
@@ -300,3 +303,35 @@ async def test_the_queen_keeps_each_workers_counters_and_adopted_workers_get_the
     hive.heard_from(report(), "token")  # the hive no longer lists it
     await executor.unload_expired()
     assert loads.peek(adopted).in_flight == 0  # its counters were dropped with it
+
+
+async def test_a_model_no_hive_holds_goes_to_the_spread_hook_unless_spreads_are_forbidden(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from rbee.contracts.models import ModelEntry
+    from rbee.contracts.workers import WorkerMode
+    from rbee.queen import views as views_mod
+    from rbee.queen.scheduler import Scheduler
+
+    scheduler = Scheduler({})
+    asked: list[str] = []
+
+    async def spread(name: str, refused: object) -> object:
+        asked.append(name)
+        raise ModelTooLargeError(f"{refused}; nor a spread")
+
+    scheduler.spread = spread  # type: ignore[assignment]
+    entry = ModelEntry(name="m", path="/m.gguf", size_bytes=1, added_at=0.0)
+    load = views_mod.Load(scheduler.loads, [(FakeHive("a"), entry)], {"a": GiB}, [], None)  # type: ignore[list-item]
+    refusal = decide.Refuse(ModelTooLargeError("m needs 6.00 GiB"))
+    monkeypatch.setenv("RBEE_SPREAD", "0")
+    with pytest.raises(ModelTooLargeError):
+        scheduler._carry_out(refusal, load, WorkerMode.GENERATE, None)
+    assert not asked and not scheduler.executor.loading
+    monkeypatch.delenv("RBEE_SPREAD")
+    scheduler._carry_out(refusal, load, WorkerMode.GENERATE, None)  # a load in flight: its waiters wait for it
+    task = scheduler.executor.loading[("m", WorkerMode.GENERATE)]
+    with pytest.raises(ModelTooLargeError):
+        await task
+    assert asked == ["m"]
+    with pytest.raises(ModelTooLargeError):  # embeddings are never spread
+        scheduler._carry_out(refusal, load, WorkerMode.EMBED, None)

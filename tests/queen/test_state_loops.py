@@ -17,7 +17,7 @@ LOOPS: dict[str, tuple[Callable[[QueenState], object], str]] = {
     "reap-idle": (lambda s: s.scheduler, "reap_idle"), "slot-listings": (lambda s: s.scheduler, "list_saved_slots"),
     "watch-hives": (lambda s: s, "_watch_hives"),
     "usage": (lambda s: s.usage, "flush"), "prune-audit": (lambda s: s, "_prune_audit"),
-    "models-toml": (lambda s: model_refs.models_file, "refresh")}
+    "models-toml": (lambda s: model_refs.models_file, "refresh"), "spreads": (lambda s: s.spreads, "check")}
 
 
 @pytest.mark.parametrize("name", list(LOOPS))
