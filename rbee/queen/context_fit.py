@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 _EXCEEDED = re.compile(r"\((\d+) tokens\) (?:exceeds the available|is larger than the max) context size "
                        r"\((\d+) tokens\)")
+
+if TYPE_CHECKING:
+    from rbee.queen.spill import AnyWorker
 
 
 def exceeded(message: str) -> tuple[int, int] | None:
@@ -66,3 +70,8 @@ def larger(model: str, tokens: int, context: int, trained: int | None, most: int
     if tokens >= cap:
         return Larger(None, f"{worker}, and '{model}' {limit}, fewer than the prompt's {tokens}: {advice}")
     return Larger(min(needed_for(tokens), cap))
+
+
+def worker_fits(worker: AnyWorker, context: int | None) -> bool:
+    """Whether `worker` has the context per slot a request needs (`satisfies`)."""
+    return satisfies(worker.spec.context_per_slot, context, worker.spec.model.context_length)

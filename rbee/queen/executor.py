@@ -29,6 +29,9 @@ from rbee.queen.spill import AnyWorker
 
 log = logging.getLogger(__name__)
 
+Spreader = Callable[[str, QueenError], Coroutine[Any, Any, AnyWorker]]
+"""Starts a model no one hive holds across several (set by the queen: rbee/queen/spread_run.py)."""
+
 REAP_INTERVAL_S = 1.0
 Key = tuple[str, WorkerMode]
 

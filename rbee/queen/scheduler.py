@@ -16,10 +16,9 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Coroutine, Hashable, Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 from rbee.common import settings
 from rbee.contracts.hives import HiveState, WorkerShape
@@ -34,7 +33,7 @@ from rbee.queen import spill as spill_mod
 from rbee.queen.admission import Admission, Waiter
 from rbee.queen.affinity import Affinity, Key, Preference
 from rbee.queen.errors import HiveNotFound, ModelNotFound, QueenError, WorkerUnavailable
-from rbee.queen.executor import REAP_INTERVAL_S, Executor, hold, own_settings
+from rbee.queen.executor import REAP_INTERVAL_S, Executor, Spreader, hold, own_settings
 from rbee.queen.hive_seam import HiveSeam
 from rbee.queen.leases import Lease
 from rbee.queen.loads import Loads
@@ -85,17 +84,7 @@ class Scheduler:
         self._listed: dict[str, int] = {}  # the registrations of each hive when its saved slots were last listed
         self._warned: set[str] = set()
         self._told: dict[str, str] = {}  # the last reason logged for waiting or copying, per model
-        # set by the queen: a model no one hive holds, spread across hives (rbee/queen/spread_run.py)
-        self.spread: Callable[[str, QueenError], Coroutine[Any, Any, AnyWorker]] | None = None
-
-    @property
-    def copies(self) -> copies_mod.Copies | None:
-        """Set by the queen: brings a pinned request's model over, or a model to a hive with room."""
-        return self.executor.copies
-
-    @copies.setter
-    def copies(self, copies: copies_mod.Copies | None) -> None:
-        self.executor.copies = copies
+        self.spread: Spreader | None = None  # set by the queen: a model no one hive holds, across several
 
     # -- waking waiters (admission.py) ----------------------------------------------------------------------
     def notify(self) -> None:
@@ -215,8 +204,8 @@ class Scheduler:
         try:
             return await self.resolve(model, hives)
         except ModelNotFound:
-            if pin is None or self.copies is None or len(hives) != 1 or \
-                    not await copies_mod.for_request(self.copies, hives[0], model, deadline):
+            if pin is None or self.executor.copies is None or len(hives) != 1 or \
+                    not await copies_mod.for_request(self.executor.copies, hives[0], model, deadline):
                 raise
         return await self.resolve(model, hives)
 
@@ -231,7 +220,7 @@ class Scheduler:
         """The ready workers this request may use, in the user policy's order when there is one."""
         return views.allowed(self.policy, self._hives, self.loads, [
             w for w in self.ready_workers(ask.name, ask.mode, ask.hives)
-            if w.id not in ask.exclude and _fits(w, ask.context)], ask.request)
+            if w.id not in ask.exclude and context_fit.worker_fits(w, ask.context)], ask.request)
 
     def _serve(self, ready: list[AnyWorker], turn: bool, ask: _Ask) -> Lease | None:
         """(2) decide.serve over `ready`, with the worker holding the request's prefix preferred (affinity.py),
@@ -362,7 +351,7 @@ class Scheduler:
             load, evict, decide.grouping(waiting_since, asyncio.get_running_loop().time()), self.waiting(),
             self.executor.kept, views.device_rank(self.policy, self._hives, request, partial(
                 self._warn_once, f"the policy left out every device for '{name}'; the built-in choice is used")),
-            self.copies if spill else None, self._reachable())
+            self.executor.copies if spill else None, self._reachable())
         room = dataclasses.replace(room, prefer=prefer) if prefer is not None else room
         if (name, mode) not in self.executor.loading:  # else another request started it while we read the views
             told = None if room.elsewhere is None else "a worker" if evict else "a replica"
@@ -401,7 +390,3 @@ class Scheduler:
         finally:
             self.notify()
 
-
-def _fits(worker: AnyWorker, context: int | None) -> bool:
-    """Whether `worker` has the context per slot a request needs (context_fit.satisfies)."""
-    return context_fit.satisfies(worker.spec.context_per_slot, context, worker.spec.model.context_length)

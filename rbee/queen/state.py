@@ -79,7 +79,7 @@ class QueenState:
         self.copies = Copies(self.hives)
         self.links = LinkBook(self.hives)
         self.spreads = Spreads(self.hives)
-        self.scheduler.copies = self.copies
+        self.scheduler.executor.copies = self.copies  # brings a pinned request's model over, or one to a hive with room
 
     def health(self) -> QueenHealth:
         return QueenHealth(version=current_version(), pid=os.getpid(), started_at=self.started_at,
