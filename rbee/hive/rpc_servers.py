@@ -21,14 +21,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import signal
 from pathlib import Path
 
 from rbee.common import settings
 from rbee.common.logs import tail
 from rbee.contracts.spreads import RpcServerInfo, RpcServerOpen
 from rbee.hive import devices
-from rbee.hive.worker import STOP_GRACE_S, _die_with_parent, _open_log, _signal_group, free_port
+from rbee.hive.worker import _die_with_parent, _open_log, free_port, terminate
 
 log = logging.getLogger(__name__)
 
@@ -122,13 +121,8 @@ class RpcServer:
         proc = self._proc
         if self.state != "error":
             self.state = "stopped"
-        if proc is not None and proc.returncode is None:
-            _signal_group(proc.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), STOP_GRACE_S)
-            except TimeoutError:
-                _signal_group(proc.pid, signal.SIGKILL)
-                await proc.wait()
+        if proc is not None:
+            await terminate(proc)
         if self._watcher is not None:
             await asyncio.gather(self._watcher, return_exceptions=True)
 

@@ -301,14 +301,8 @@ class WorkerProcess:
 
     async def _kill(self) -> None:
         proc = self._proc
-        if proc is not None and proc.returncode is None:
-            _signal_group(proc.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), STOP_GRACE_S)
-            except TimeoutError:
-                _signal_group(proc.pid, signal.SIGKILL)
-                await proc.wait()
         if proc is not None:
+            await terminate(proc)
             await asyncio.to_thread(self.pid_path.unlink, True)
 
 
@@ -350,6 +344,18 @@ def reap_orphans(folder: Path) -> list[int]:
             pass
         pid_file.unlink(missing_ok=True)
     return killed
+
+
+async def terminate(proc: asyncio.subprocess.Process) -> None:
+    """Stop an engine's process group: SIGTERM, then SIGKILL after STOP_GRACE_S; nothing if it has ended."""
+    if proc.returncode is not None:
+        return
+    _signal_group(proc.pid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), STOP_GRACE_S)
+    except TimeoutError:
+        _signal_group(proc.pid, signal.SIGKILL)
+        await proc.wait()
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
