@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -22,7 +21,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.proxy_overhead import pct, running_queen  # noqa: E402
+from benchmarks.proxy_overhead import request_rows, running_queen  # noqa: E402
 from rbee.hive import engine  # noqa: E402
 from rbee.hive.engine_sources import WHISPER  # noqa: E402
 from tests.e2e.test_audio import tone_wav  # noqa: E402
@@ -47,12 +46,7 @@ def measure(queen: str, model: str, wav: bytes, requests: int) -> list[tuple[str
         for _ in range(requests):  # interleaved, so drift hits both paths alike
             for name, (url, fields) in paths.items():
                 took[name].append(timed(client, url, fields, wav))
-    med = {k: statistics.median(v) * 1000 for k, v in took.items()}
-    p99 = {k: pct(v, 0.99) * 1000 for k, v in took.items()}
-    return [("request median (ms)", f"{med['direct']:.1f}", f"{med['queen']:.1f}",
-             f"{med['queen'] - med['direct']:+.1f} ms"),
-            ("request p99 (ms)", f"{p99['direct']:.1f}", f"{p99['queen']:.1f}",
-             f"{p99['queen'] - p99['direct']:+.1f} ms")]
+    return request_rows(took)
 
 
 def main() -> None:

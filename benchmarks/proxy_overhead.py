@@ -161,6 +161,16 @@ def pct(values: list[float], q: float) -> float:
 Row = tuple[str, ...]
 
 
+def request_rows(took: dict[str, list[float]]) -> list[tuple[str, str, str, str]]:
+    """Median and p99 of whole requests (seconds) asked "direct" and through the "queen", as table rows (ms)."""
+    med = {k: statistics.median(v) * 1000 for k, v in took.items()}
+    p99 = {k: pct(v, 0.99) * 1000 for k, v in took.items()}
+    return [("request median (ms)", f"{med['direct']:.1f}", f"{med['queen']:.1f}",
+             f"{med['queen'] - med['direct']:+.1f} ms"),
+            ("request p99 (ms)", f"{p99['direct']:.1f}", f"{p99['queen']:.1f}",
+             f"{p99['queen'] - p99['direct']:+.1f} ms")]
+
+
 async def _targets(client: httpx.AsyncClient, queen: str, model: str, apis: list[str]) -> dict[str, dict[str, Target]]:
     """Load the model; for each API, where to send its request directly (the worker, with its key) and via the queen."""
     warm = await client.post(f"{queen}/v1/chat/completions", timeout=300,
