@@ -56,18 +56,19 @@ def plan(on: list[DeviceInfo], known: list[DeviceInfo], asked: str | None, with_
     `memory` counts a runtime per GPU already."""
     gpus = [d for d in on if d.id != CPU]
     if not gpus and asked is None:  # the hive chose the CPU for want of GPU room: the roomiest GPU and RAM
-        gpus = sorted((d for d in known if d.engine_name and not d.failed), key=_free, reverse=True)[:1]
+        gpus = sorted((d for d in known if d.engine_name and not d.failed), key=free_of, reverse=True)[:1]
     if not gpus:
         return Plan(())
     # A GPU asked for alone offloads only what its total cannot hold (its free memory may lag behind the
     # workers stopped for this one); the split is planned over the free memory, as the queen plans it.
     if not with_ram and gpus == on and sum(d.total_bytes for d in gpus) >= memory:
         return Plan(tuple(gpus))
-    split = offload(memory, block_count, sum(_free(d) for d in gpus))
+    split = offload(memory, block_count, sum(free_of(d) for d in gpus))
     if split is None:
         return Plan(tuple(gpus)) if gpus == on else Plan(())
     return Plan(tuple(gpus), split)
 
 
-def _free(d: DeviceInfo) -> int:
+def free_of(d: DeviceInfo) -> int:
+    """Its free memory as last reported, else its total."""
     return d.free_bytes if d.free_bytes is not None else d.total_bytes

@@ -359,7 +359,7 @@ class Hive:
     def _runs_on(self, memory: int, summary: GGUFSummary) -> str:
         """Where a worker of `memory` bytes would go now, as spawn_worker places one that no device is asked for."""
         on = self.devices_for(None, memory)
-        placed = offload_plan.plan(on, self.devices(), None, False, memory + OVERHEAD * (len(on) - 1),
+        placed = offload_plan.plan(on, self.devices_unlent(), None, False, memory + OVERHEAD * (len(on) - 1),
                                    summary.block_count)
         return placed.describe() or placed.device
 
@@ -377,20 +377,28 @@ class Hive:
         """What this hive computes on, as last detected: its engine's GPUs (if any) and the CPU."""
         return list(self._devices)
 
+    def devices_unlent(self) -> list[DeviceInfo]:
+        """The devices as this hive's own workers are placed on them: a device's free memory at most its total
+        less what rpc-servers booked there for spreads across hives (booked before they hold it), as the
+        queen's views count it (rbee/queen/device_views.py)."""
+        lent = self.lent()
+        return [d if not lent.get(d.id) else d.model_copy(update={"free_bytes": max(0, min(
+            offload_plan.free_of(d), d.total_bytes - lent[d.id]))}) for d in self.devices()]
+
     def devices_for(self, device_id: str | None, memory: int = 0) -> list[DeviceInfo]:
         """The device(s) a worker goes to: the one asked for ("cuda0", or "cuda0+cuda1" for a model spread
         over GPUs one build drives); else the first working GPU with room, else the same-backend GPUs that
         have room together, else the CPU. `JobFailed` naming the devices there are when one asked for does
         not exist or has failed."""
-        known = self.devices()
+        known = self.devices_unlent()
         if device_id is None:
             gpus = [d for d in known if d.engine_name and not d.failed]
-            room = [d for d in gpus if (d.free_bytes or d.total_bytes) >= memory]
+            room = [d for d in gpus if offload_plan.free_of(d) >= memory]
             if room:
                 return room[:1]
             for backend in dict.fromkeys(d.backend for d in gpus):
                 group = [d for d in gpus if d.backend == backend]
-                if len(group) > 1 and sum(d.free_bytes or d.total_bytes for d in group) >= memory + \
+                if len(group) > 1 and sum(offload_plan.free_of(d) for d in group) >= memory + \
                         OVERHEAD * (len(group) - 1) and len({self._engine_for.get(d.id) for d in group}) == 1:
                     return group
             return [next(d for d in known if d.id == "cpu")]
@@ -516,7 +524,7 @@ class Hive:
         on = self.devices_for(asked, memory)
         memory += OVERHEAD * (len(on) - 1)  # each GPU it spreads over holds a runtime of its own
         layers = None if kind else (await self.summary(model)).block_count
-        placed = offload_plan.plan(on, self.devices(), asked, with_ram, memory, layers)
+        placed = offload_plan.plan(on, self.devices_unlent(), asked, with_ram, memory, layers)
         gpus = placed.gpus
         spec = WorkerSpec(
             model=model, mode=mode, engine=keyless or self._engine_for.get(on[0].id, Path(info.path or "")),
