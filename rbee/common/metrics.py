@@ -7,12 +7,12 @@ import asyncio
 import contextlib
 import re
 import ssl
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rbee.common.hop import HOP
 from rbee.common.prom import Collector, GaugeMetricFamily, escape_label_value
-from rbee.contracts.workers import WorkerState
+from rbee.contracts.workers import WorkerPart, WorkerState
 
 if TYPE_CHECKING:
     import httpx  # imported where a scrape runs: an idle daemon does without it (~5 MB)
@@ -68,13 +68,18 @@ class _Hive(Protocol):
 
     def devices(self) -> list[Any]: ...
 
+    def lent(self) -> dict[str, int]: ...  # what its rpc-servers hold for spreads across hives, per device
+
 
 class ColonyCollector(Collector):
-    """Gauges read when scraped: workers by state, memory per hive, and requests waiting per model."""
+    """Gauges read when scraped: workers by state, memory per hive and device (and per worker), and requests
+    waiting per model. `parts` (the queen's): each spread worker's devices on every hive, by worker id."""
 
-    def __init__(self, hives: Any, waiting: Any = None) -> None:
+    def __init__(self, hives: Any, waiting: Any = None,
+                 parts: Callable[[], dict[str, list[WorkerPart]]] | None = None) -> None:
         self._hives = hives  # a mapping or a callable giving the hives now
         self._waiting = waiting  # a callable giving {model: requests waiting}, or None
+        self._parts = parts
 
     def _current(self) -> list[_Hive]:
         hives = self._hives() if callable(self._hives) else self._hives
@@ -84,35 +89,61 @@ class ColonyCollector(Collector):
         workers = GaugeMetricFamily("rbee_workers", "Workers by hive, model and state",
                                     labels=["hive", "model", "state"])
         memory = GaugeMetricFamily("rbee_hive_memory_bytes", "Memory a hive may give workers (total), what "
-                                   "its workers hold (used) and what the device reports free now (free), per "
-                                   "device", labels=["hive", "device", "kind"])
+                                   "its workers and its rpc-servers for spreads across hives hold (used) and what "
+                                   "the device reports free now (free), per device", labels=["hive", "device", "kind"])
+        per = ["worker", "model", "hive", "device"]
+        held = GaugeMetricFamily("rbee_worker_memory_bytes", "Memory a live worker holds on each device it uses, "
+                                 "on any hive (a spread across hives: on each)", labels=per)
+        share = GaugeMetricFamily("rbee_worker_device_share", "A live worker's share of its model on each device it "
+                                  "uses (0..1)", labels=per)
         counts: dict[tuple[str, str, str], int] = {}
         models: set[str] = set()
+        spread = self._parts() if self._parts is not None else {}
         for hive in self._current():
-            used: dict[str, int] = {}
             for w in hive.supervisor.workers():
                 models.add(w.spec.model.name)
                 key = (hive.alias, w.spec.model.name, str(w.state))
                 counts[key] = counts.get(key, 0) + 1
                 if w.state not in (WorkerState.STOPPED, WorkerState.ERROR):
-                    for device, held in w.held().items():
-                        used[device] = used.get(device, 0) + held
-            for device in hive.devices():
-                total = hive.memory_total() if device.id == "cpu" else device.total_bytes
-                memory.add_metric([hive.alias, device.id, "total"], total)
-                memory.add_metric([hive.alias, device.id, "used"], used.get(device.id, 0))
-                if device.free_bytes is not None:
-                    memory.add_metric([hive.alias, device.id, "free"], device.free_bytes)
+                    for labels, (size, part) in _worker_parts(w, spread.get(w.id)).items():
+                        held.add_metric(list(labels), size)
+                        share.add_metric(list(labels), part)
+            _hive_memory(memory, hive)
         for labels, n in sorted(counts.items()):
             workers.add_metric(list(labels), n)
-        yield workers
-        yield memory
+        yield from (workers, memory, held, share)
         if self._waiting is not None:
             queue = GaugeMetricFamily("rbee_queue_depth", "Requests waiting for a worker, per model", labels=["model"])
             waiting = {model: 0 for model in models} | self._waiting()  # 0 for loaded models: series stay
             for model, n in sorted(waiting.items()):
                 queue.add_metric([model], n)
             yield queue
+
+
+def _worker_parts(w: _Worker, parts: list[WorkerPart] | None) -> dict[tuple[str, ...], tuple[int, float]]:
+    """(worker, model, hive, device) -> (bytes, share) for a live worker: its spread's parts, else what it holds."""
+    model = w.spec.model.name
+    if parts:
+        return {(w.id, model, p.hive, p.device): (p.memory_bytes, p.share) for p in parts}
+    on = w.held()
+    total = sum(on.values())
+    return {(w.id, model, w.hive, device): (size, size / total if total else 1 / len(on))
+            for device, size in on.items()}
+
+
+def _hive_memory(memory: GaugeMetricFamily, hive: _Hive) -> None:
+    """A hive's total, used (its live workers and its rpc-servers) and free memory, per device."""
+    used: dict[str, int] = dict(hive.lent())
+    for w in hive.supervisor.workers():
+        if w.state not in (WorkerState.STOPPED, WorkerState.ERROR):
+            for device, size in w.held().items():
+                used[device] = used.get(device, 0) + size
+    for device in hive.devices():
+        total = hive.memory_total() if device.id == "cpu" else device.total_bytes
+        memory.add_metric([hive.alias, device.id, "total"], total)
+        memory.add_metric([hive.alias, device.id, "used"], used.get(device.id, 0))
+        if device.free_bytes is not None:
+            memory.add_metric([hive.alias, device.id, "free"], device.free_bytes)
 
 
 def _merge(scrapes: Iterable[tuple[dict[str, str], str]]) -> str:

@@ -82,6 +82,15 @@ def front_path(worker_id: str) -> str:
     return f"/v1/workers/{worker_id}/engine"
 
 
+class WorkerPart(BaseModel):
+    """One device a worker spread across hives uses: its hive, its share of the layers, the memory booked there."""
+
+    hive: Name
+    device: str = Field(pattern=r"^[A-Za-z0-9_.+-]{1,256}$")
+    share: float = Field(ge=0, le=1)
+    memory_bytes: Bytes = 0
+
+
 class WorkerInfo(BaseModel):
     """A worker as its hive (or the queen) shows it; bounded, since remote hives report these."""
 
@@ -101,6 +110,7 @@ class WorkerInfo(BaseModel):
     device: str = Field(default="cpu", pattern=r"^[A-Za-z0-9_.+-]{1,256}$")  # "cuda0+cuda1": spread over both
     device_memory: dict[str, Bytes] = Field(default={}, max_length=64)  # memory_bytes per device (filled in)
     offload: str | None = Field(default=None, max_length=200)  # "cuda0 24/33 layers + cpu 9/33": layers in RAM
+    parts: list[WorkerPart] = Field(default=[], max_length=64)  # a spread across hives: every device, any hive
     idle_unload_in_s: Seconds | None = None
 
     @model_validator(mode="after")

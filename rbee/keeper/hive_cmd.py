@@ -14,7 +14,7 @@ from rbee.keeper.context import App
 from rbee.keeper.hive_install import Installer
 from rbee.keeper.output import CLIError, human_bytes, table
 from rbee.keeper.ssh import SSHError
-from rbee.keeper.watch import devices_table
+from rbee.keeper.watch import devices_table, held_on
 from rbee.keeper.worker_cmd import STATE_STYLE
 
 app = typer.Typer(help="Hives on your other machines: install over SSH, start, stop, list.", no_args_is_help=True)
@@ -93,7 +93,7 @@ def status(alias: AliasArg, as_json: Annotated[bool, typer.Option("--json", help
     hive = next((h for h in ctx.client.get("/v1/hives") if h["alias"] == alias), None)
     if hive is None:
         raise CLIError(f"the queen knows no hive '{alias}'; `rbee hive list` shows them")
-    workers = [w for w in ctx.client.get("/v1/workers") if w["hive"] == alias]
+    workers = [w for w in ctx.client.get("/v1/workers") if held_on(w, alias)]  # a spread's helper's too
     if as_json:
         ctx.out.json({**hive, "worker_list": workers})
         return

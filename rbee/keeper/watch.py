@@ -50,15 +50,22 @@ def _held(worker: dict[str, Any]) -> dict[str, int]:
     return worker.get("device_memory") or {worker.get("device") or "cpu": int(worker.get("memory_bytes") or 0)}
 
 
+def held_on(worker: dict[str, Any], hive: str) -> dict[str, int]:
+    """Memory a worker holds per device of `hive`: on its own hive, what it holds; a spread across hives'
+    worker also holds its share on each helper's device (its `parts`)."""
+    if worker["hive"] == hive:
+        return _held(worker)
+    return {p["device"]: int(p["memory_bytes"]) for p in worker.get("parts") or [] if p["hive"] == hive}
+
+
 def devices_table(hives: list[dict[str, Any]], workers: list[dict[str, Any]]) -> Table:
     """Hives and their devices: memory held by workers (bars) and which workers run on each."""
     t = table("Hives and devices", "HIVE", "STATE", "DEVICE", "MEMORY (workers / total)", "LIVE", "WORKERS")
     for h in hives:
         devices = h.get("devices") or [{"id": "-", "name": "(not registered)", "total_bytes": 0}]
         for i, d in enumerate(devices):
-            on = [w for w in workers if w["hive"] == h["alias"] and d["id"] in _held(w)
-                  and w["state"] not in ("stopped", "error")]
-            used = sum(_held(w)[d["id"]] for w in on)
+            on = [w for w in workers if d["id"] in held_on(w, h["alias"]) and w["state"] not in ("stopped", "error")]
+            used = sum(held_on(w, h["alias"])[d["id"]] for w in on)
             live = []
             if d.get("free_bytes") is not None:
                 live.append(f"{human_bytes(d['free_bytes'])} free")

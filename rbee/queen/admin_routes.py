@@ -49,7 +49,7 @@ async def status(request: Request) -> Response:
     report = StatusReport(
         queen=state.health(),
         hives=[await hive.info() for hive in list(state.hives.values())],
-        workers=[state.scheduler.loads.shown(w) for hive in list(state.hives.values())
+        workers=[state.spreads.shown(state.scheduler.loads.shown(w)) for hive in list(state.hives.values())
                  for w in hive.supervisor.workers()],
         models=[m for hive in list(state.hives.values()) for m in await hive.catalog.entries()],
         traffic=state.metrics.traffic.model_copy(update={"waiting": state.scheduler.waiting()}),
@@ -61,8 +61,8 @@ async def status(request: Request) -> Response:
 
 async def list_workers(request: Request) -> Response:
     state = queen_state(request)
-    workers = [state.scheduler.loads.shown(w).model_dump(mode="json") for h in state.hives.values()
-               for w in h.supervisor.workers()]
+    workers = [state.spreads.shown(state.scheduler.loads.shown(w)).model_dump(mode="json")
+               for h in state.hives.values() for w in h.supervisor.workers()]
     return JSONResponse(workers)
 
 

@@ -28,7 +28,7 @@ from rbee.contracts.hives import HiveState
 from rbee.contracts.models import ModelEntry
 from rbee.contracts.spread_plans import SpreadPlan
 from rbee.contracts.spreads import ChannelOpen, RpcServerInfo, RpcServerOpen, SpreadWorker
-from rbee.contracts.workers import WorkerMode, WorkerState
+from rbee.contracts.workers import WorkerInfo, WorkerMode, WorkerPart, WorkerState
 from rbee.hive.rpc_servers import RpcRefused
 from rbee.hive.service import Hive
 from rbee.hive.worker import WorkerStartError
@@ -62,6 +62,12 @@ def describe(plan: SpreadPlan) -> str:
     return " + ".join(parts)[:200]
 
 
+def parts(plan: SpreadPlan) -> list[WorkerPart]:
+    """Every device of the spread, on any hive, with its share and the memory booked there for it."""
+    return [WorkerPart(hive=d.hive, device=d.device, share=d.share, memory_bytes=int(plan.need * d.share))
+            for d in plan.devices]
+
+
 def gpu_layers(plan: SpreadPlan, block_count: int | None) -> int:
     """-ngl: every layer off the main hive's CPU but its share (llama.cpp offloads the last layers first)."""
     if plan.main_cpu_share <= 0 or not block_count:
@@ -82,6 +88,15 @@ class Spreads:
 
     def run_of(self, worker_id: str) -> SpreadRun | None:
         return self.runs.get(worker_id)
+
+    def shown(self, info: WorkerInfo) -> WorkerInfo:
+        """A worker as status shows it: a spread's with its `parts`, under every device it uses."""
+        run = self.runs.get(info.id)
+        return info if run is None else info.model_copy(update={"parts": parts(run.plan)})
+
+    def parts_by_worker(self) -> dict[str, list[WorkerPart]]:
+        """Each running spread's devices, by its worker's id (for /metrics)."""
+        return {worker_id: parts(run.plan) for worker_id, run in self.runs.items()}
 
     async def start(self, plan: SpreadPlan, entry: ModelEntry) -> AnyWorker:
         """The plan carried out: its worker, ready; `JobFailed` saying which step failed (all undone)."""

@@ -74,7 +74,8 @@ class QueenState:
                    usage=UsageMeter(db), hive_tls=client_tls, forwarder=Forwarder(client_tls))
 
     def __post_init__(self) -> None:
-        self.metrics = QueenMetrics(ColonyCollector(lambda: self.hives, self.scheduler.waiting),
+        self.metrics = QueenMetrics(ColonyCollector(lambda: self.hives, self.scheduler.waiting,
+                                                    lambda: self.spreads.parts_by_worker()),
                                     self.scheduler.executor.slot_record)
         self.copies = Copies(self.hives)
         self.links = LinkBook(self.hives)

@@ -264,16 +264,22 @@ function renderOverview() {
   }
 }
 
+// What a worker holds on each device of a hive: its own hive's, or a spread's share on a helper (its parts).
+function heldOn(w, alias) {
+  if (w.hive === alias) return w.device_memory || {};
+  return Object.fromEntries((w.parts || []).filter((p) => p.hive === alias).map((p) => [p.device, p.memory_bytes]));
+}
+
 function renderHive(hive) {
-  const workers = view.status.workers.filter((w) => w.hive === hive.alias && !["stopped", "error"].includes(w.state));
+  const workers = view.status.workers.filter((w) => !["stopped", "error"].includes(w.state));
   return h("div", { class: "hive", "data-hive": hive.alias },
     h("h3", {}, hive.alias, h("span", { class: `pill ${hive.state}` }, hive.state)),
     h("div", { class: "sub" }, [hive.address, hive.version && `v${hive.version}`,
       hive.last_seen_s != null && hive.alias !== "localhost" ? `seen ${hive.last_seen_s} s ago` : null].filter(Boolean).join(" · ")),
     hive.problem ? h("p", { class: "error" }, hive.problem) : null,
     hive.devices.map((d) => {
-      const on = workers.filter((w) => d.id in (w.device_memory || {}));
-      const used = on.reduce((sum, w) => sum + w.device_memory[d.id], 0);
+      const on = workers.filter((w) => d.id in heldOn(w, hive.alias));
+      const used = on.reduce((sum, w) => sum + heldOn(w, hive.alias)[d.id], 0);
       const live = [d.free_bytes != null && `${bytes(d.free_bytes)} free now`,
         d.utilization != null && `${d.utilization.toFixed(0)}% busy`, d.temperature_c != null && `${d.temperature_c.toFixed(0)}°C`];
       return h("div", { class: "device", "data-device": d.id },

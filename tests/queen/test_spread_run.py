@@ -1,0 +1,34 @@
+"""rbee/queen/spread_run.py: a running spread's worker is shown with every device it uses, on any hive."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from rbee.contracts.spread_plans import PlannedDevice, SpreadPlan
+from rbee.contracts.workers import WorkerInfo, WorkerState
+from rbee.queen.spread_run import SpreadRun, Spreads, parts
+
+GIB = 2**30
+PLAN = SpreadPlan(model="big", need=6 * GIB, spread=True, reason="", main="h1", helpers=["h2"], devices=[
+    PlannedDevice(hive="h2", device="cpu", room=4 * GIB, share=0.25, rpc=True, order=0),
+    PlannedDevice(hive="h1", device="cpu", room=8 * GIB, share=0.75, rpc=False, order=None)])
+
+
+def _info(worker_id: str) -> WorkerInfo:
+    return WorkerInfo(id=worker_id, model="big", hive="h1", state=WorkerState.READY, slots=1, context_size=512,
+                      started_at=0, memory_bytes=int(4.5 * GIB))
+
+
+def test_parts_give_each_device_its_share_and_the_memory_booked_there() -> None:
+    shown = [(p.hive, p.device, p.share, p.memory_bytes) for p in parts(PLAN)]
+    assert shown == [("h2", "cpu", 0.25, int(1.5 * GIB)), ("h1", "cpu", 0.75, int(4.5 * GIB))]
+
+
+def test_only_a_running_spreads_worker_is_shown_with_parts() -> None:
+    spreads = Spreads({})
+    hive: Any = SimpleNamespace(alias="h1")
+    spreads.runs["w1"] = SpreadRun(id="spread-1", plan=PLAN, main=hive, helpers=[])
+    assert [p.hive for p in spreads.shown(_info("w1")).parts] == ["h2", "h1"]
+    assert spreads.shown(_info("w2")).parts == []  # one hive's worker: no parts
+    assert list(spreads.parts_by_worker()) == ["w1"]
