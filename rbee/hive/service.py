@@ -512,18 +512,18 @@ class Hive:
         if spread is not None:
             return await self._spawn_spread(model, mode, memory, shape, spread)
         info = await self.engine()
-        kind = KEYLESS_MODES.get(mode)
-        keyless = await keyless_engine(kind) if kind else None
+        source = source_for(mode)
+        keyless = await keyless_engine(source) if source.fronted else None
         if keyless is None and (info.path is None or info.problem):
             raise JobFailed(info.problem or "no engine")
-        if kind and keyless is not None:
-            device = await keyless_device(kind, keyless, device)
-        front = self.front_for(source_for(mode))
+        if keyless is not None:
+            device = await keyless_device(source, keyless, device)
+        front = self.front_for(source)
         context, slots = await self.shape(model, shape)
         asked, with_ram = offload_plan.split_asked(device)
         on = self.devices_for(asked, memory)
         memory += OVERHEAD * (len(on) - 1)  # each GPU it spreads over holds a runtime of its own
-        layers = None if kind else (await self.summary(model)).block_count
+        layers = None if source.fronted else (await self.summary(model)).block_count
         placed = offload_plan.plan(on, self.devices_unlent(), asked, with_ram, memory, layers)
         gpus = placed.gpus
         spec = WorkerSpec(
@@ -578,8 +578,6 @@ class Hive:
         return await self.slots.listing()
 
 
-KEYLESS_MODES = {WorkerMode.TRANSCRIBE: "speech", WorkerMode.IMAGE: "image"}
-"""The modes whose engine takes no API key -> the model kind it serves (speech.keyless_engine)."""
 
 
 def _is_file(path: Path) -> bool:

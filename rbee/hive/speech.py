@@ -15,26 +15,21 @@ from pathlib import Path
 
 from rbee.common.jobs import JobFailed
 from rbee.hive import engine
-from rbee.hive.engine_sources import SD, WHISPER, EngineSource
-
-KEYLESS: dict[str, EngineSource] = {"speech": WHISPER, "image": SD}
-"""A model kind served by a keyless engine -> the engine (its `name` is what `rbee engine install --engine` takes)."""
+from rbee.hive.engine_sources import EngineSource
 
 
-async def keyless_engine(kind: str) -> Path:
-    """The engine for a worker of a `kind` model (speech, image); `JobFailed` says why there is none."""
-    src = KEYLESS[kind]
+async def keyless_engine(src: EngineSource) -> Path:
+    """The binary of keyless engine `src` (one that is `fronted`); `JobFailed` says why there is none."""
     found = await asyncio.to_thread(engine.locate, src)
     if found is not None:
         return found[0]
     built = await asyncio.to_thread(engine.builds, src)  # not the main engine's backend: another one
     if not built:
-        raise JobFailed(f"no {src.binary} for {kind} models: run `rbee engine install --engine {src.name}` "
+        raise JobFailed(f"no {src.binary} ({src.project}): run `rbee engine install --engine {src.name}` "
                         f"(or set {src.env})")
     return next(iter(built.values()))
 
 
-async def keyless_device(kind: str, binary: Path, asked: str | None) -> str | None:
-    """The device a `kind` worker of `binary` runs on: the CPU for rbee's CPU build, else what was asked."""
-    src = KEYLESS[kind]
+async def keyless_device(src: EngineSource, binary: Path, asked: str | None) -> str | None:
+    """The device a worker of `src`'s `binary` runs on: the CPU for rbee's CPU build, else what was asked."""
     return "cpu" if (await asyncio.to_thread(engine.builds, src)).get("cpu") == binary else asked

@@ -28,13 +28,13 @@ def no_whisper(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 async def test_any_build_serves_when_the_main_backend_has_none(no_whisper: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(JobFailed, match="rbee engine install --engine whisper"):
-        await keyless_engine("speech")
+        await keyless_engine(WHISPER)
     cpu = _executable(engine.built_binary("cpu", WHISPER))
     monkeypatch.setenv("RBEE_ENGINE_BACKEND", "cuda")  # llama-server's CUDA build is the main engine
     assert engine.locate(WHISPER) is None
-    assert await keyless_engine("speech") == cpu
-    assert await keyless_device("speech", cpu, "cuda0") == "cpu"  # rbee's CPU build drives no GPU
-    assert await keyless_device("speech", Path("/opt/whisper-server"), "cuda0") == "cuda0"  # one of its own
+    assert await keyless_engine(WHISPER) == cpu
+    assert await keyless_device(WHISPER, cpu, "cuda0") == "cpu"  # rbee's CPU build drives no GPU
+    assert await keyless_device(WHISPER, Path("/opt/whisper-server"), "cuda0") == "cuda0"  # one of its own
 
 
 def test_a_fronted_engine_is_served_by_the_hive_api_beyond_loopback(no_whisper: Path) -> None:
@@ -53,7 +53,7 @@ def test_a_fronted_engine_is_served_by_the_hive_api_beyond_loopback(no_whisper: 
 
 async def test_image_workers_run_their_own_engine(no_whisper: Path) -> None:
     with pytest.raises(JobFailed, match="rbee engine install --engine sd"):
-        await keyless_engine("image")
+        await keyless_engine(SD)
     cpu = _executable(engine.built_binary("cpu", SD))
-    assert await keyless_engine("image") == cpu
-    assert await keyless_device("image", cpu, "cuda0") == "cpu"
+    assert await keyless_engine(SD) == cpu
+    assert await keyless_device(SD, cpu, "cuda0") == "cpu"
