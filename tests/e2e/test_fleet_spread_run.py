@@ -10,6 +10,7 @@ process is a third host: the LAN bridge's address, no hive of its own.
 from __future__ import annotations
 
 import json
+import secrets
 import socket
 import ssl
 import subprocess
@@ -50,7 +51,9 @@ def fleet(lan: Lan, tmp_path_factory: pytest.TempPathFactory, llama_server: Path
     bounds = {"RBEE_SPREAD_MAX_RTT_MS": "10000", "RBEE_SPREAD_MIN_MBPS": "1"}  # shared cores: see test_fleet_spreads
     with FakeHub().start(lan.gateway) as hub:
         hub.add_repo(MODEL.split(":")[0], {"m-Q4_K_M.gguf": padded_tiny_model(tmp_path_factory.mktemp("m"))})
-        big = write_tiny_model(tmp_path_factory.mktemp("big") / "m.gguf", ffn_length=FFN_LENGTH)
+        # weights of this run's own (a seed of its own): the hosts' rpc caches outlive a run
+        big = write_tiny_model(tmp_path_factory.mktemp("big") / "m.gguf", ffn_length=FFN_LENGTH,
+                               seed=secrets.randbelow(2**31))
         hub.add_repo(BIG.split(":")[0], {"m-Q4_K_M.gguf": big.read_bytes()})
         with installed_fleet(lan, home, llama_server, {**hub.env(home), **bounds}) as queen:
             assert pull_job(queen, MODEL, "h1")[-1]["type"] == "done"
