@@ -69,10 +69,16 @@ def parts(plan: SpreadPlan) -> list[WorkerPart]:
 
 
 def gpu_layers(plan: SpreadPlan, block_count: int | None) -> int:
-    """-ngl: every layer off the main hive's CPU but its share (llama.cpp offloads the last layers first)."""
+    """-ngl: every layer off the main hive's CPU but its share of the `block_count` repeating layers.
+
+    llama.cpp counts the output layer as one more (block_count + 1 in all) and offloads the last ones first,
+    the output layer first of all (src/llama-model.cpp, i_gpu_start): -ngl 1 would lend the helpers the
+    output layer alone. So the CPU keeps its share of the repeating layers (at least one goes off it) and
+    -ngl is the rest plus the output layer."""
     if plan.main_cpu_share <= 0 or not block_count:
         return 999
-    return max(1, min(block_count, round(block_count * (1 - plan.main_cpu_share))))
+    kept = min(block_count - 1, round(block_count * plan.main_cpu_share))
+    return block_count + 1 - kept
 
 
 def _held_on(plan: SpreadPlan, hive: str, device: str | None = None) -> float:

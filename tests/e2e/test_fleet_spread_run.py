@@ -10,15 +10,18 @@ process is a third host: the LAN bridge's address, no hive of its own.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import ssl
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Queen, wait_for
 from tests.e2e.test_fleet_catalog import pull_job
@@ -26,10 +29,14 @@ from tests.e2e.test_fleet_spreads import hive_url, join_token, set_budget
 from tests.fixtures.fake_hub import FakeHub
 from tests.fixtures.fleet import installed_fleet, padded_tiny_model
 from tests.fixtures.lan import Lan, lan_hosts
+from tests.fixtures.tiny_gguf import N_EMBD, write_tiny_model
 
 MIB = 2**20
 
 MODEL = "rbee-test/spreadrun-GGUF:Q4_K_M"
+BIG = "rbee-test/spreadcache-GGUF:Q4_K_M"  # FFN matrices over ggml-rpc's 10 MiB hash threshold
+FFN_LENGTH = 90112
+FFN_BYTES = FFN_LENGTH * N_EMBD * 2  # one f16 FFN matrix: 11 MiB
 ASK = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 12, "temperature": 0, "seed": 7}
 
 
@@ -45,8 +52,12 @@ def fleet(lan: Lan, tmp_path_factory: pytest.TempPathFactory, llama_server: Path
     bounds = {"RBEE_SPREAD_MAX_RTT_MS": "10000", "RBEE_SPREAD_MIN_MBPS": "1"}  # shared cores: see test_fleet_spreads
     with FakeHub().start(lan.gateway) as hub:
         hub.add_repo(MODEL.split(":")[0], {"m-Q4_K_M.gguf": padded_tiny_model(tmp_path_factory.mktemp("m"))})
+        big = write_tiny_model(tmp_path_factory.mktemp("big") / "m.gguf", ffn_length=FFN_LENGTH)
+        hub.add_repo(BIG.split(":")[0], {"m-Q4_K_M.gguf": big.read_bytes()})
         with installed_fleet(lan, home, llama_server, {**hub.env(home), **bounds}) as queen:
             assert pull_job(queen, MODEL, "h1")[-1]["type"] == "done"
+            assert pull_job(queen, BIG, "h1")[-1]["type"] == "done"
+            assert pull_job(queen, BIG, "h2")[-1]["type"] == "done"  # no copy of the file in a load's bytes
             yield queen
 
 
@@ -58,8 +69,8 @@ def report(lan: Lan, host: str) -> dict[str, Any]:
     return dict(resp.json())
 
 
-def complete(fleet: Queen) -> str:
-    resp = httpx.post(f"{fleet.url}/v1/completions", json=ASK, timeout=120)
+def complete(fleet: Queen, model: str = MODEL) -> str:
+    resp = httpx.post(f"{fleet.url}/v1/completions", json={**ASK, "model": model}, timeout=120)
     assert resp.status_code == 200, resp.text
     return str(resp.json()["choices"][0]["text"])
 
@@ -77,17 +88,37 @@ def link_bytes(lan: Lan, host: str) -> int:
     return int(eth0[0]) + int(eth0[8])
 
 
-def spread_worker(fleet: Queen) -> tuple[dict[str, Any], str, str]:
-    """The spread's worker, its main hive and its helper."""
-    started = fleet.cli("worker", "start", MODEL, "--device", "h1:cpu+h2:cpu", timeout=300)
+def spread_worker(fleet: Queen, model: str = MODEL, share: str = "50%") -> tuple[dict[str, Any], str, str]:
+    """The spread's worker, its main hive and its helper (lending `share` of the layers, a pattern)."""
+    started = fleet.cli("worker", "start", model, "--device", "h1:cpu+h2:cpu", timeout=300)
     assert started.returncode == 0 and "Traceback" not in started.stderr, started.stderr
     said = started.stdout + started.stderr
     assert "(rpc)" in said, said
-    (worker,) = [w for w in fleet.workers() if w["model"] == MODEL and w["state"] == "ready"]
+    (worker,) = [w for w in fleet.workers() if w["model"] == model and w["state"] == "ready"]
     main = str(worker["hive"])
     helper = "h2" if main == "h1" else "h1"
-    assert f"{helper}:cpu 50% (rpc)" in said and f"{helper}:cpu" in worker["offload"], (said, worker)
+    assert re.search(rf"{helper}:cpu {share} \(rpc\)", said) and f"{helper}:cpu" in worker["offload"], (said, worker)
     return dict(worker), main, helper
+
+
+def shown_under_the_helper(fleet: Queen, worker: dict[str, Any], helper: str, lent: int) -> None:
+    """Status, `rbee hive status HELPER` and /metrics list the spread's worker under the helper's CPU too,
+    with its share and the bytes its rpc-server holds there (`lent`)."""
+    (shown,) = [w for w in httpx.get(f"{fleet.url}/v1/status", timeout=10).json()["workers"] if w["id"] == worker["id"]]
+    (there,) = [p for p in shown["parts"] if p["hive"] == helper]
+    assert there["device"] == "cpu" and abs(there["share"] - 0.5) < 0.02 and there["memory_bytes"] == lent, shown
+    said = fleet.cli("hive", "status", helper, check=True, timeout=60).stdout
+    assert worker["id"] in said and f"{helper}:cpu 50% (rpc)" in said, said
+    def samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = httpx.get(f"{fleet.url}/metrics", timeout=10).text
+        return {(f.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text)
+                for s in f.samples}
+    labels = tuple(sorted({"device": "cpu", "hive": helper, "model": MODEL, "worker": worker["id"]}.items()))
+    now = samples()
+    assert now[("rbee_worker_device_share", labels)] == there["share"], now
+    assert now[("rbee_worker_memory_bytes", labels)] == lent
+    used = ("rbee_hive_memory_bytes", (("device", "cpu"), ("hive", helper), ("kind", "used")))
+    assert wait_for(lambda: samples()[used] == lent, 30)  # the helper's next heartbeat reports its rpc-server
 
 
 @pytest.fixture(scope="module")
@@ -103,12 +134,13 @@ def alone(fleet: Queen) -> str:
 def test_a_spread_over_two_hosts_answers_as_one_host_token_for_token(fleet: Queen, lan: Lan, alone: str) -> None:
     assert alone.strip()
     before = {h: link_bytes(lan, h) for h in ("h1", "h2")}
-    _, main, helper = spread_worker(fleet)
+    worker, main, helper = spread_worker(fleet)
     loaded = link_bytes(lan, helper) - before[helper]  # the helper's share of the weights came over the link
     try:
         lending, serving = report(lan, helper), report(lan, main)
         (lent,) = lending["rpc_servers"]
         assert lent["state"] == "ready" and lent["device"] == "cpu" and lent["memory"] > 0
+        shown_under_the_helper(fleet, worker, helper, lent["memory"])
         assert [c["role"] for c in lending["channels"]] == ["listen"]
         assert [c["role"] for c in serving["channels"]] == ["dial"]
         start = link_bytes(lan, helper)
@@ -156,6 +188,48 @@ def test_no_other_host_reaches_the_rpc_server_or_the_channel(fleet: Queen, lan: 
         assert complete(fleet)  # the spread still answers
     finally:
         stop_all(fleet)
+
+
+def _load_once(fleet: Queen, lan: Lan, helper: str) -> int:
+    """The big model spread with `helper` lending, asked, stopped: the bytes that crossed the helper's link
+    while it loaded (both hives hold the file, so they are the RPC client's: tensors and hashes)."""
+    before, started = link_bytes(lan, helper), time.monotonic()
+    _, _, lent_by = spread_worker(fleet, BIG, share=r"4\d%")
+    sent = link_bytes(lan, helper) - before
+    print(f"helper {helper}: {sent} bytes on its link, loaded in {time.monotonic() - started:.1f} s")
+    try:
+        assert lent_by == helper
+        assert complete(fleet, BIG)
+    finally:
+        stop_all(fleet)
+    assert wait_for(lambda: not report(lan, helper)["rpc_servers"], 30)
+    return sent
+
+
+def _cached(lan: Lan, host: str) -> list[int]:
+    """The sizes of the tensors in `host`'s rpc-server cache (`-c`: LLAMA_CACHE/rpc, named by their hash)."""
+    return sorted(f.stat().st_size for f in (lan.host(host).home / ".local" / "state").glob("**/hive/rpc/cache/rpc/*"))
+
+
+@pytest.mark.parametrize("helper", ["h2", "h1"])
+def test_a_reload_takes_the_big_tensors_from_the_helpers_cache(fleet: Queen, lan: Lan, helper: str) -> None:
+    """Issue 21 point 3: rpc-server's `-c` cache keeps the tensors over 10 MiB it received, so a helper that
+    lends to the same model again gets their hashes, not their bytes. The helper holds one of the two layers
+    and the output layer (-ngl 2); of their tensors, the layer's three 11 MiB FFN matrices pass that bound.
+    The main hive is the one with the most room, so the helper gets 1 MiB less budget than the other (about
+    half the layers: less the runtime of a second device), and each hive is the helper once."""
+    main = "h1" if helper == "h2" else "h2"
+    set_budget(fleet, lan.host(main), "4096MiB")
+    set_budget(fleet, lan.host(helper), "4095MiB")
+    assert _cached(lan, helper) == []  # this run's own weights: none of them were lent before
+    held = _cached(lan, main)  # what it kept as the helper, if it was one
+    first = _load_once(fleet, lan, helper)
+    assert _cached(lan, helper) == [FFN_BYTES] * 3 and _cached(lan, main) == held
+    reloaded = _load_once(fleet, lan, helper)
+    assert first > 3 * FFN_BYTES, (first, reloaded)  # the first load sent the FFN matrices
+    # the reload sent not one of them (their hashes), only the small tensors (attention, norms, output) and
+    # heartbeats; a link measure (4 MiB) may fall in a load too
+    assert reloaded < FFN_BYTES, (first, reloaded)
 
 
 def _hive_pid(lan: Lan, host: str) -> int:

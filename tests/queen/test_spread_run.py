@@ -1,13 +1,16 @@
-"""rbee/queen/spread_run.py: a running spread's worker is shown with every device it uses, on any hive."""
+"""rbee/queen/spread_run.py: a running spread's worker is shown with every device it uses, on any hive; -ngl
+leaves the main hive's CPU its share of the layers."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from rbee.contracts.spread_plans import PlannedDevice, SpreadPlan
 from rbee.contracts.workers import WorkerInfo, WorkerState
-from rbee.queen.spread_run import SpreadRun, Spreads, parts
+from rbee.queen.spread_run import SpreadRun, Spreads, gpu_layers, parts
 
 GIB = 2**30
 PLAN = SpreadPlan(model="big", need=6 * GIB, spread=True, reason="", main="h1", helpers=["h2"], devices=[
@@ -32,3 +35,24 @@ def test_only_a_running_spreads_worker_is_shown_with_parts() -> None:
     assert [p.hive for p in spreads.shown(_info("w1")).parts] == ["h2", "h1"]
     assert spreads.shown(_info("w2")).parts == []  # one hive's worker: no parts
     assert list(spreads.parts_by_worker()) == ["w1"]
+
+
+def _sharing(main_cpu: float) -> SpreadPlan:
+    return PLAN.model_copy(update={"main_cpu_share": main_cpu})
+
+
+@pytest.mark.parametrize(("main_cpu", "blocks", "ngl"), [
+    (0.5, 2, 2),  # one layer on the helper, and the output layer (llama.cpp's -ngl counts it, and offloads it first)
+    (0.5, 30, 16),  # 15 of 30 layers stay on the main CPU
+    (0.75, 32, 9),  # 24 stay
+    (0.99, 2, 2),  # one layer at least goes off the main CPU, or the helpers would hold the output layer alone
+    (0.3, 1, 2),  # one layer: all of it off
+])
+def test_gpu_layers_leave_the_main_cpu_its_share_of_the_repeating_layers(main_cpu: float, blocks: int,
+                                                                        ngl: int) -> None:
+    assert gpu_layers(_sharing(main_cpu), blocks) == ngl
+
+
+def test_gpu_layers_offload_all_without_a_cpu_share_or_a_layer_count() -> None:
+    assert gpu_layers(_sharing(0.0), 30) == 999
+    assert gpu_layers(_sharing(0.5), None) == 999
