@@ -102,7 +102,9 @@ def main() -> None:
         sys.exit("needs llama-server and ggml-rpc-server: `rbee engine install --force` builds both")
     samples: dict[str, list[tuple[float, float]]] = {"local": [], "channel": [], "plain": []}
     with the_model() as model:
-        layers = max(1, (read_summary(model).block_count or 2) // 2)  # half of them on the helper
+        # -ngl counts the output layer too, offloaded first (rbee/queen/spread_run.gpu_layers): half the
+        # repeating layers and the output layer on the helper
+        layers = (read_summary(model).block_count or 2) // 2 + 1
         rpc_port = free_port()
         rpc = [str(server), "-H", "127.0.0.1", "-p", str(rpc_port), "-t", str(args.threads)]
         with process(rpc), channel_to(rpc_port) as dial_port:
