@@ -74,7 +74,8 @@ class LinkBook:
         else:
             towards = await asyncio.to_thread(address_towards, peer.report.address, peer.report.port)
         echo = await _open_echo(peer, towards)
-        asked = LinkMeasure(peer=peer.alias, peer_url=peer.base_url, echo_id=echo.echo_id, token=echo.token)
+        asked = LinkMeasure(peer=peer.alias, peer_url=peer.base_url, echo_id=echo.echo_id, echo_port=echo.port,
+                            token=echo.token)
         measured = await _measure_from(source, asked)
         measured = measured.model_copy(update={"source": source.alias, "peer": peer.alias,
                                                "measured_at": time.time()})
