@@ -6,11 +6,15 @@ The hive-to-hive path itself runs between real hives in tests/e2e/test_fleet_spr
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
+from rbee.common import tls_ca
+from rbee.common.tls import TLSFiles
 from rbee.contracts.spread_plans import MAX_BULK_BYTES, MAX_ROUNDS, EchoOpen, EchoOpened, LinkMeasure
 from rbee.hive.links import HELLO, Echoes, LinkFailed, measure, proof
 
@@ -151,3 +155,30 @@ async def test_a_measure_of_what_is_no_echo_says_the_same_sentence(echoes: Echoe
         server.close()
     assert str(parrot_said.value) == f"hive 'h2' at 127.0.0.1 port {port} did not answer as the hive the queen named"
     assert "did not answer as the hive the queen named" in str(wrong_said.value)
+
+
+@pytest.fixture
+def hive_tls(tmp_path: Path) -> TLSFiles:
+    """A cluster CA and a hive certificate for 127.0.0.1, as `rbee tls init` and `rbee hive install` make them."""
+    tls_ca.ensure_ca(tmp_path)
+    cert, key = tls_ca.issue("h2", ["127.0.0.1"], tmp_path)
+    (tmp_path / "hive.pem").write_bytes(cert)
+    (tmp_path / "hive.key").write_bytes(key)
+    return TLSFiles(tmp_path / "hive.pem", tmp_path / "hive.key", tmp_path / "ca.pem")
+
+
+async def test_a_hive_with_tls_measures_over_tls_and_its_echo_takes_no_plain_connection(hive_tls: TLSFiles) -> None:
+    echoes = Echoes("127.0.0.1", tls=hive_tls, idle_s=IDLE_S)
+    try:
+        opened = await echoes.open(EchoOpen(peer_address=PEER))
+        got, _ = await talk(opened, hello(opened.token.get_secret_value()) + b"p")  # plain TCP, right token
+        assert got == b""  # no TLS handshake: nothing
+        tls_asked = asked(opened).model_copy(update={"peer_url": "https://127.0.0.1:7835"})
+        with pytest.raises(LinkFailed, match="did not answer as the hive"):  # a CA that is not the cluster's
+            await measure("h1", tls_asked, ssl.create_default_context())
+        with pytest.raises(LinkFailed, match="plain http:// URL while this hive uses TLS"):
+            await measure("h1", asked(opened), hive_tls.client_context())
+        done = await measure("h1", tls_asked, hive_tls.client_context())
+        assert done.rounds == 50 and done.rtt_ms_median < 5
+    finally:
+        echoes.close_all()
