@@ -4,7 +4,8 @@
     keeper -> queen   POST /v1/links/measure LinksAsk  -> list[LinkMeasured];  GET /v1/links -> the same
     queen  -> B       POST /v1/hive/links/echoes     EchoOpen -> EchoOpened   (Bearer: B's join token)
     queen  -> A       POST /v1/hive/links/measure    LinkMeasure -> LinkMeasured (Bearer: A's join token)
-    A      -> B       POST /v1/hive/links/echo/{id}  (Bearer: the echo's token, from A's address only)
+    A      -> B       TCP to EchoOpened.port: the echo's own protocol (rbee/hive/links.py), its token,
+                                                  from A's address only
 
 A forced spread is written `HIVE:DEV+HIVE:DEV` (`rbee worker start MODEL --device a:cuda0+b:cpu`,
 `rbee model set MODEL --spread ...`): at least two devices, no device twice, on at least two hives.
@@ -24,7 +25,7 @@ SPREAD_PATTERN = rf"^{ALIAS_RE}:{DEVICE_RE}(\+{ALIAS_RE}:{DEVICE_RE}){{1,15}}$"
 MAX_SPREAD_DEVICES = 16
 ECHO_ID_PATTERN = r"^echo-[0-9a-f]{16}$"
 MAX_ECHO_S = 120.0
-MAX_ROUNDS = 50
+MAX_ROUNDS = 200
 MAX_BULK_BYTES = 16 << 20
 """The most one bulk transfer of a measure sends, and the most an echo accepts in one body."""
 
@@ -82,6 +83,7 @@ class EchoOpen(BaseModel):
 class EchoOpened(BaseModel):
     echo_id: str = Field(pattern=ECHO_ID_PATTERN)
     token: SecretStr = Field(max_length=128)
+    port: int = Field(ge=1, le=65535, description="the TCP port the echo listens on, on the hive's address")
 
     @field_serializer("token", when_used="json")
     def _reveal(self, token: SecretStr) -> str:
@@ -89,14 +91,15 @@ class EchoOpened(BaseModel):
 
 
 class LinkMeasure(BaseModel):
-    """queen -> A: measure the link to hive `peer` at `peer_url` (the queen's registry's address) through the
-    echo the queen opened there."""
+    """queen -> A: measure the link to hive `peer` at `peer_url` (the queen's registry's address: its host,
+    and https when TLS is on) through the echo the queen opened there, on `echo_port` of that host."""
 
     peer: str = Field(pattern=rf"^{ALIAS_RE}$")
     peer_url: str = Field(max_length=300, pattern=r"^https?://(\[[0-9a-fA-F:.]+\]|[0-9.]+):[0-9]{1,5}$")
     echo_id: str = Field(pattern=ECHO_ID_PATTERN)
+    echo_port: int = Field(ge=1, le=65535)
     token: SecretStr = Field(max_length=128)
-    rounds: int = Field(default=10, ge=1, le=MAX_ROUNDS)
+    rounds: int = Field(default=50, ge=1, le=MAX_ROUNDS)
     bulk_bytes: int = Field(default=4 << 20, ge=1 << 16, le=MAX_BULK_BYTES)
 
     @field_serializer("token", when_used="json")

@@ -59,6 +59,8 @@ class ChannelInfo(BaseModel):
     target_port: int | None = Field(default=None, ge=1, le=65535)
     connections: int = Field(default=0, ge=0, le=2**31)  # open now
     refused: int = Field(default=0, ge=0, le=2**62)  # turned away after a handshake (address, target) or dial
+    broken: str | None = Field(default=None, max_length=300)  # the first LAN-side connection that failed (a cut
+    # link, a peer gone): why, as the socket said it; the queen names the link with it when the spread fails
 
 
 RPC_ENDPOINT_PATTERN = r"^127\.0\.0\.1:[0-9]{1,5}$"

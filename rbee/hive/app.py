@@ -11,8 +11,8 @@ Inference never passes here; the queen talks to the workers directly with their 
     POST   /v1/hive/shares              ShareOpen -> ShareOpened: serve one model's files to one peer hive
     GET    /v1/hive/shares/{id}/files/{index}   a shared file (Range); the share's token, not the join token
     POST   /v1/hive/fetches             HiveFetch -> JobCreated: copy a model from a peer's share, as a job
-    POST   /v1/hive/links/echoes        EchoOpen -> EchoOpened: answer one peer hive's link measure for a while
-    POST   /v1/hive/links/echo/{id}     an echo (a bounded body, dropped); the echo's token, not the join token
+    POST   /v1/hive/links/echoes        EchoOpen -> EchoOpened: a TCP echo on a port of its own, for one peer
+                                        hive's link measure, for a while (its token; rbee/hive/links.py)
     POST   /v1/hive/links/measure       LinkMeasure -> LinkMeasured: measure the link to a peer hive's echo
     POST   /v1/hive/channels            ChannelOpen -> ChannelInfo: one end of a spread's RPC channel
     DELETE /v1/hive/channels/{id}       close it and its connections (rbee/hive/rpc_channel.py)
@@ -23,9 +23,9 @@ Inference never passes here; the queen talks to the workers directly with their 
     POST   /v1/hive/workers/{id}/slots/{n}/restore   SlotRestore -> SlotRestored: a saved slot into an idle one
     GET    /v1/hive/slot-cache          SlotCacheList: the saved slots, per model and key (rbee/hive/slot_cache.py)
 
-Three routes are not guarded by the join token alone: rbee/hive/shares.py checks a share's own token and the
-peer's address on the share file route, rbee/hive/links.py an echo's token and peer on the echo route, and
-rbee/hive/front.py takes the worker's key (or the join token).
+Two routes are not guarded by the join token alone: rbee/hive/shares.py checks a share's own token and the
+peer's address on the share file route, and rbee/hive/front.py takes the worker's key (or the join token).
+A link echo is no route: rbee/hive/links.py checks its token and peer on its own port.
 """
 
 from __future__ import annotations
@@ -73,7 +73,6 @@ M = TypeVar("M", bound=BaseModel)
 
 
 _SHARE_FILE = re.compile(shares.FILE_ROUTE)
-_ECHO = re.compile(links.ECHO_ROUTE)
 _FRONT = re.compile(front.ROUTE)
 
 
@@ -87,8 +86,7 @@ class TokenGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         share_file = scope["type"] == "http" and scope["method"] in ("GET", "HEAD") and \
             _SHARE_FILE.fullmatch(scope["path"])
-        echo = scope["type"] == "http" and scope["method"] == "POST" and _ECHO.fullmatch(scope["path"])
-        if scope["type"] == "http" and not share_file and not echo and not _FRONT.fullmatch(scope["path"]):
+        if scope["type"] == "http" and not share_file and not _FRONT.fullmatch(scope["path"]):
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self._expected):
                 client = scope.get("client") or ("?", 0)
@@ -212,15 +210,10 @@ async def open_echo(request: Request) -> Response:
     """Answer one peer hive's link measure for a while (the queen asks, before it asks that peer to measure)."""
     asked = await _parse(request, EchoOpen)
     try:
-        opened = request.app.state.echoes.open(asked)
+        opened = await request.app.state.echoes.open(asked)
     except links.LinkFailed as exc:
         raise _Refusal(409, str(exc), "too_many_echoes") from exc
     return JSONResponse(opened.model_dump(mode="json"), status_code=201)
-
-
-async def echo(request: Request) -> Response:
-    echoes: links.Echoes = request.app.state.echoes
-    return await echoes.serve(request)
 
 
 async def measure_link(request: Request) -> Response:
@@ -386,6 +379,7 @@ def create_app(config: HiveConfig, hive: Hive | None = None,
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            app.state.echoes.close_all()
             await jobs.close()
             await hive.close()
             await engine_front.close()
@@ -410,7 +404,6 @@ def create_app(config: HiveConfig, hive: Hive | None = None,
             Route("/v1/hive/shares/{share_id}/files/{index:int}", share_file, methods=["GET", "HEAD"]),
             Route("/v1/hive/fetches", start_fetch, methods=["POST"]),
             Route("/v1/hive/links/echoes", open_echo, methods=["POST"]),
-            Route("/v1/hive/links/echo/{echo_id}", echo, methods=["POST"]),
             Route("/v1/hive/links/measure", measure_link, methods=["POST"]),
             Route("/v1/hive/channels", open_channel, methods=["POST"]),
             Route("/v1/hive/channels/{channel_id}", close_channel, methods=["DELETE"]),
@@ -428,7 +421,7 @@ def create_app(config: HiveConfig, hive: Hive | None = None,
     app.state.port = config.port
     app.state.link = link
     app.state.jobs = jobs
-    app.state.echoes = links.Echoes()
+    app.state.echoes = links.Echoes(hive.address, hive.tls)
     app.state.front = engine_front
     app.state.queen_url = config.queen_url.rstrip("/")
     return app

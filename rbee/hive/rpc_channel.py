@@ -135,6 +135,8 @@ class _Pipe(asyncio.Protocol):
         if exc is not None and not self.conn.closed:
             log.info("channel %s: a connection's %s side failed: %s", self.conn.channel.id,
                      "LAN" if self.lan else "loopback", str(exc)[:200] or type(exc).__name__)
+            if self.lan:
+                self.conn.channel.broke(exc)
         self.conn.close()
 
 
@@ -232,6 +234,14 @@ class Channel:
         self.connections: set[_Connection] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.refused = 0
+        self.broken: str | None = None
+
+    def broke(self, exc: BaseException) -> None:
+        """A connection's LAN side failed (not closed by its peer): the first such failure is kept."""
+        if self.broken is None:
+            self.broken = (f"a connection to {self.asked.peer_address} failed: " if self.role == "dial" else
+                           f"the connection from {self.asked.peer_address} failed: ") + \
+                (str(exc)[:200] or type(exc).__name__)
 
     async def start(self, host: str) -> int:
         loop = asyncio.get_running_loop()
@@ -248,7 +258,8 @@ class Channel:
         a = self.asked
         return ChannelInfo(channel_id=self.id, role=a.role, spread=a.spread, port=self.server.sockets[0]
                            .getsockname()[1], peer_address=a.peer_address, peer_port=a.peer_port,
-                           target_port=a.target_port, connections=len(self.connections), refused=self.refused)
+                           target_port=a.target_port, connections=len(self.connections), refused=self.refused,
+                           broken=self.broken)
 
     def _accepted(self) -> asyncio.Protocol:
         return _Connection(self).first
@@ -291,6 +302,8 @@ class Channel:
                 await self._dial_side(conn, transport)
         except (OSError, ssl.SSLError, TimeoutError, ChannelRefused) as exc:
             self.refused += 1
+            if self.role == "dial" and not isinstance(exc, ChannelRefused):
+                self.broke(exc)  # the listen end could not be reached
             log.warning("channel %s (spread %s, %s): connection closed: %s", self.id, self.asked.spread, self.role,
                         str(exc)[:200] or type(exc).__name__)
             conn.close(abort=True)

@@ -13,7 +13,7 @@ from rbee.keeper.output import human_bytes, table
 def links_table(links: list[dict[str, Any]]) -> Table:
     t = table("Links", "FROM", "TO", "RTT MEDIAN", "RTT P90", "MB/S", "MEASURED")
     for m in links:
-        t.add_row(str(m["source"]), str(m["peer"]), f"{m['rtt_ms_median']:.2f} ms", f"{m['rtt_ms_p90']:.2f} ms",
+        t.add_row(str(m["source"]), str(m["peer"]), f"{m['rtt_ms_median']:.3f} ms", f"{m['rtt_ms_p90']:.3f} ms",
                   f"{m['mbps']:.1f}", f"{m['bulk_bytes'] // 1024} KiB, {m['rounds']} rounds")
     return t
 

@@ -52,6 +52,11 @@ class LinkBook:
         """The latest measure of each pair of hives still known, by (source, peer)."""
         return {k: m for k, m in self._latest.items() if k[0] in self._hives and k[1] in self._hives}
 
+    def forget(self, a: str, b: str) -> None:
+        """Drop the measures of the link between `a` and `b` (it broke): the next plan measures it again."""
+        self._latest.pop((a, b), None)
+        self._latest.pop((b, a), None)
+
     def _ready(self, alias: str) -> HiveSeam:
         hive = self._hives.get(alias)
         if hive is None:
@@ -74,7 +79,8 @@ class LinkBook:
         else:
             towards = await asyncio.to_thread(address_towards, peer.report.address, peer.report.port)
         echo = await _open_echo(peer, towards)
-        asked = LinkMeasure(peer=peer.alias, peer_url=peer.base_url, echo_id=echo.echo_id, token=echo.token)
+        asked = LinkMeasure(peer=peer.alias, peer_url=peer.base_url, echo_id=echo.echo_id, echo_port=echo.port,
+                            token=echo.token)
         measured = await _measure_from(source, asked)
         measured = measured.model_copy(update={"source": source.alias, "peer": peer.alias,
                                                "measured_at": time.time()})

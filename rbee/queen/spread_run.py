@@ -12,7 +12,10 @@ then (3) the main hive starts llama-server with `--rpc 127.0.0.1:P1,...`, the de
 Any step that fails undoes the ones before it. A running spread is watched (`check`, a pass of the queen's
 supervised "spreads" loop): when its worker fails or stops, a helper hive is no longer ready, or a helper's
 rpc-server failed, the worker is marked `error` with the reason (unless it stopped on request) and every
-process of the spread is stopped everywhere, so the next request is placed again from scratch.
+process of the spread is stopped everywhere, so the next request is placed again from scratch. When
+llama-server failed on its own, the reason names what it could not see: a helper hive that no longer answers,
+or a link whose channel end saw its LAN connection fail while both hives still answer the queen (a cut
+between them; that link's measure is forgotten, so the next plan measures it again).
 """
 
 from __future__ import annotations
@@ -20,14 +23,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from pydantic import ValidationError
+
 from rbee.common.jobs import JobFailed
-from rbee.contracts.hives import HiveState
+from rbee.contracts.hives import HiveReport, HiveState
 from rbee.contracts.models import ModelEntry
 from rbee.contracts.spread_plans import SpreadPlan
-from rbee.contracts.spreads import ChannelOpen, RpcServerInfo, RpcServerOpen, SpreadWorker
+from rbee.contracts.spreads import ChannelInfo, ChannelOpen, RpcServerInfo, RpcServerOpen, SpreadWorker
 from rbee.contracts.workers import WorkerInfo, WorkerMode, WorkerPart, WorkerState
 from rbee.hive.rpc_servers import RpcRefused
 from rbee.hive.service import Hive
@@ -53,6 +58,7 @@ class SpreadRun:
     helpers: list[HiveSeam]
     lenders: list[HiveSeam] = field(default_factory=list)  # hives running an rpc-server of it
     channels: list[tuple[HiveSeam, str]] = field(default_factory=list)  # (hive, channel id)
+    helper_of: dict[str, str] = field(default_factory=dict)  # channel id -> the helper hive it joins
     worker: AnyWorker | None = None
 
 
@@ -88,8 +94,9 @@ def _held_on(plan: SpreadPlan, hive: str, device: str | None = None) -> float:
 class Spreads:
     """The spreads the queen runs, by worker id once started."""
 
-    def __init__(self, hives: Mapping[str, HiveSeam]) -> None:
+    def __init__(self, hives: Mapping[str, HiveSeam], forget_link: Callable[[str, str], None] | None = None) -> None:
         self._hives = hives
+        self._forget_link = forget_link  # a link that broke under a spread is measured again before the next one
         self.runs: dict[str, SpreadRun] = {}
 
     def run_of(self, worker_id: str) -> SpreadRun | None:
@@ -152,10 +159,12 @@ class Spreads:
             role="listen", spread=run.id, certificate=listen_cert.decode(), key=listen_key.decode(),  # type: ignore[arg-type]
             peer_certificate=dial_cert.decode(), peer_address=run.main.address, target_port=lent.port))
         run.channels.append((helper, listen.channel_id))
+        run.helper_of[listen.channel_id] = helper.alias
         dial = await run.main.open_channel(ChannelOpen(
             role="dial", spread=run.id, certificate=dial_cert.decode(), key=dial_key.decode(),  # type: ignore[arg-type]
             peer_certificate=listen_cert.decode(), peer_address=helper.address, peer_port=listen.port))
         run.channels.append((run.main, dial.channel_id))
+        run.helper_of[dial.channel_id] = helper.alias
         return f"127.0.0.1:{dial.port}"
 
     async def _undo(self, run: SpreadRun) -> None:
@@ -195,25 +204,44 @@ class Spreads:
             self.runs.pop(worker_id, None)
             worker = run.worker
             if worker is not None and worker.state is WorkerState.ERROR:  # llama-server failed on its own
-                gone = await self._helpers_gone(run)
-                if gone:
-                    worker.error = f"spread across hives ended: {gone}; {worker.error or ''}"[:4000]
+                why = await self._helpers_gone(run) or await self._links_broken(run)
+                if why:
+                    worker.error = f"spread across hives ended: {why}; {worker.error or ''}"[:4000]
             await self.end(run, problem)
 
     async def _helpers_gone(self, run: SpreadRun) -> str | None:
         """Which helpers no longer answer (asked now: a dead hive's heartbeats stop only after the timeout)."""
         gone = []
         for helper in run.helpers:
-            if not isinstance(helper, RemoteHive):
-                continue
             try:
-                await helper.client.call("GET", "/v1/hive/report", wait_s=3)
+                await _channels_now(helper)
             except HiveCallFailed as exc:
                 if exc.status is not None:  # it answered, with an error: there
                     continue
                 gone.append(f"helper hive '{helper.alias}' does not answer ({exc})")
-                helper.not_answering(f"it left spread {run.id} ({exc})")  # not planned into the next one
+                if isinstance(helper, RemoteHive):
+                    helper.not_answering(f"it left spread {run.id} ({exc})")  # not planned into the next one
         return "; ".join(gone) or None
+
+    async def _links_broken(self, run: SpreadRun) -> str | None:
+        """Which of the spread's links broke while both hives still answer the queen (a cut between them): a
+        channel end that saw a LAN-side connection fail, asked now on every hive of the spread."""
+        broken: dict[str, str] = {}
+        for hive in [run.main, *run.helpers]:
+            try:
+                ends = await _channels_now(hive)
+            except HiveCallFailed:
+                continue
+            for end in ends:
+                helper = run.helper_of.get(end.channel_id)
+                if helper is not None and end.broken and helper not in broken:
+                    broken[helper] = f"{hive.alias}: {end.broken}"
+        for helper in broken:
+            if self._forget_link is not None:
+                self._forget_link(run.main.alias, helper)
+        return "; ".join(f"the RPC link between main hive '{run.main.alias}' and helper hive '{helper}' broke "
+                         f"({said}) while both hives still answer the queen: the network between them was cut or "
+                         "blocks the spread's channel port" for helper, said in broken.items()) or None
 
     async def end(self, run: SpreadRun, reason: str) -> None:
         """The worker marked `error` with `reason` (unless it stopped on request), then every process stopped."""
@@ -241,6 +269,17 @@ async def _stop_process(hive: HiveSeam, worker: AnyWorker) -> None:
     """Stop the process of a worker already marked failed, keeping its record (the reason stays listed)."""
     await hive.supervisor.stop(worker.id)
     hive.supervisor.keep(worker)
+
+
+async def _channels_now(hive: HiveSeam) -> list[ChannelInfo]:
+    """A hive's channel ends as it says now (a remote hive: its report, asked; HiveCallFailed if it cannot)."""
+    if isinstance(hive, RemoteHive):
+        raw = await hive.client.call("GET", "/v1/hive/report", wait_s=3)
+        try:
+            return list(HiveReport.model_validate_json(raw).channels)
+        except ValidationError:
+            return []
+    return hive.channels.infos() if isinstance(hive, Hive) else []
 
 
 def _rpc_servers(hive: HiveSeam) -> list[RpcServerInfo]:

@@ -79,7 +79,7 @@ class QueenState:
                                     self.scheduler.executor.slot_record)
         self.copies = Copies(self.hives)
         self.links = LinkBook(self.hives)
-        self.spreads = Spreads(self.hives)
+        self.spreads = Spreads(self.hives, forget_link=self.links.forget)
         self.scheduler.executor.copies = self.copies  # brings a pinned request's model over, or one to a hive with room
 
     def health(self) -> QueenHealth:

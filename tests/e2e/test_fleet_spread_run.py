@@ -49,12 +49,11 @@ def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lan]:
 @pytest.fixture(scope="module")
 def fleet(lan: Lan, tmp_path_factory: pytest.TempPathFactory, llama_server: Path) -> Iterator[Queen]:
     home = tmp_path_factory.mktemp("keeper")
-    bounds = {"RBEE_SPREAD_MAX_RTT_MS": "10000", "RBEE_SPREAD_MIN_MBPS": "1"}  # shared cores: see test_fleet_spreads
     with FakeHub().start(lan.gateway) as hub:
         hub.add_repo(MODEL.split(":")[0], {"m-Q4_K_M.gguf": padded_tiny_model(tmp_path_factory.mktemp("m"))})
         big = write_tiny_model(tmp_path_factory.mktemp("big") / "m.gguf", ffn_length=FFN_LENGTH)
         hub.add_repo(BIG.split(":")[0], {"m-Q4_K_M.gguf": big.read_bytes()})
-        with installed_fleet(lan, home, llama_server, {**hub.env(home), **bounds}) as queen:
+        with installed_fleet(lan, home, llama_server, hub.env(home)) as queen:  # the default link bounds
             assert pull_job(queen, MODEL, "h1")[-1]["type"] == "done"
             assert pull_job(queen, BIG, "h1")[-1]["type"] == "done"
             assert pull_job(queen, BIG, "h2")[-1]["type"] == "done"  # no copy of the file in a load's bytes

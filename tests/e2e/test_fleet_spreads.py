@@ -8,7 +8,9 @@ process is a third host: the LAN bridge's address, no hive of its own.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
+from rbee.contracts.spread_plans import MAX_ROUNDS
+from rbee.hive.links import HELLO, proof
 from tests.conftest import Queen, wait_for
 from tests.e2e.test_fleet_catalog import pull_job
 from tests.fixtures.fake_hub import FakeHub
@@ -43,10 +47,7 @@ def hub(lan: Lan, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeHub]
 @pytest.fixture(scope="module")
 def fleet(lan: Lan, hub: FakeHub, tmp_path_factory: pytest.TempPathFactory, llama_server: Path) -> Iterator[Queen]:
     home = tmp_path_factory.mktemp("keeper")
-    # round trips here go through two Python HTTP stacks on cores other tests share (7-10 ms measured under
-    # load): the bound is the test's, so that a plan does not depend on an idle machine
-    bounds = {"RBEE_SPREAD_MAX_RTT_MS": "10000", "RBEE_SPREAD_MIN_MBPS": "1"}
-    with installed_fleet(lan, home, llama_server, {**hub.env(home), **bounds}) as queen:
+    with installed_fleet(lan, home, llama_server, hub.env(home)) as queen:  # the default link bounds
         assert pull_job(queen, MODEL, "h1")[-1]["type"] == "done"
         yield queen
 
@@ -60,7 +61,7 @@ def hive_url(host: Host) -> str:
     return f"http://{host.address}:7835"
 
 
-def open_echo(on: Host, peer: Host) -> dict[str, str]:
+def open_echo(on: Host, peer: Host) -> dict[str, Any]:
     """An echo on `on` for `peer`'s address, opened as the queen does (with `on`'s join token)."""
     resp = httpx.post(f"{hive_url(on)}/v1/hive/links/echoes", json={"peer_address": peer.address},
                       headers={"Authorization": f"Bearer {join_token(on)}"}, timeout=10)
@@ -69,37 +70,38 @@ def open_echo(on: Host, peer: Host) -> dict[str, str]:
 
 
 ECHO_SCRIPT = """
-import json, sys, urllib.request, urllib.error
-url, token, tries, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-codes = []
-for i in range(tries):
-    body = b"\\0" * size if i == 0 else b""
-    req = urllib.request.Request(url, data=body, method="POST",
-                                 headers={"Authorization": "Bearer " + token, "X-Rbee-Nonce": "n1"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            codes.append([resp.status, resp.headers.get("X-Rbee-Proof", ""), json.loads(resp.read())])
-    except urllib.error.HTTPError as exc:
-        codes.append([exc.code, "", json.loads(exc.read())])
-print(json.dumps(codes))
-"""
-
-
-DECLARE_SCRIPT = """
 import socket, sys
-host, port, path, token, size = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
-with socket.create_connection((host, port), timeout=10) as sock:
-    sock.sendall(f"POST {path} HTTP/1.1\\r\\nHost: {host}\\r\\nAuthorization: Bearer {token}\\r\\n"
-                 f"Content-Length: {size}\\r\\n\\r\\n".encode())
-    print(sock.recv(65536).decode().split("\\r\\n")[0])
+host, port, sent = sys.argv[1], int(sys.argv[2]), bytes.fromhex(sys.argv[3])
+got = b""
+with socket.create_connection((host, port), timeout=20) as sock:
+    sock.sendall(sent)
+    try:
+        while chunk := sock.recv(65536):
+            got += chunk
+    except ConnectionResetError:
+        pass
+print(got.hex())
 """
 
 
-def echo_from(lan: Lan, host: Host, url: str, token: str, tries: int = 1, size: int = 0) -> list[list[Any]]:
-    """POST to an echo from inside `host` (its address, its user), `tries` times; [status, proof, body] each."""
-    done = lan.run(host, "python3", "-c", ECHO_SCRIPT, url, token, str(tries), str(size), timeout=60)
+def echo_from(lan: Lan, host: Host | None, to: Host, echo: dict[str, Any], sent: bytes) -> bytes:
+    """Send `sent` to `echo` on `to` from inside `host` (its address, its user; None: this process, the LAN's
+    third host) and read until the echo closes the connection: what it wrote."""
+    if host is None:
+        with socket.create_connection((to.address, echo["port"]), timeout=20) as sock:
+            sock.sendall(sent)
+            got = b""
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(65536):
+                    got += chunk
+            return got
+    done = lan.run(host, "python3", "-c", ECHO_SCRIPT, to.address, str(echo["port"]), sent.hex(), timeout=60)
     assert done.returncode == 0, done.stderr
-    return list(json.loads(done.stdout))
+    return bytes.fromhex(done.stdout.strip())
+
+
+def hello(token: str) -> bytes:
+    return HELLO + f" {token} n1\n".encode()
 
 
 def test_the_queen_measures_the_link_between_two_hives(fleet: Queen) -> None:
@@ -109,7 +111,8 @@ def test_the_queen_measures_the_link_between_two_hives(fleet: Queen) -> None:
     [link] = httpx.get(f"{fleet.url}/v1/links", timeout=10).json()["links"]
     assert {link["source"], link["peer"]} == {"h1", "h2"}
     assert 0 < link["rtt_ms_median"] <= link["rtt_ms_p90"] < 1000
-    assert link["mbps"] > 1 and link["bulk_bytes"] == 4 * MIB and link["rounds"] == 10
+    assert link["mbps"] > 1 and link["bulk_bytes"] == 4 * MIB and link["rounds"] == 50
+    print(f"\n{shown.stdout}")
     again = httpx.post(f"{fleet.url}/v1/links/measure", json={"a": "h2", "b": "h1"}, timeout=120)
     assert again.status_code == 200, again.text
     assert {(m["source"], m["peer"]) for m in again.json()["links"]} == {("h1", "h2"), ("h2", "h1")}
@@ -191,39 +194,34 @@ def test_a_pinned_spread_is_honoured_by_the_plan(fleet: Queen) -> None:
 
 def test_a_stranger_gets_nothing_from_an_echo(fleet: Queen, lan: Lan) -> None:
     h1, h2 = lan.host("h1"), lan.host("h2")
-    guessed = f"{hive_url(h2)}/v1/hive/links/echo/echo-0123456789abcdef"
-    for headers in ({}, {"Authorization": "Bearer guessed-token-guessed-token"}):
-        assert httpx.post(guessed, headers=headers, timeout=10).status_code == 401
+    guessed = f"{hive_url(h2)}/v1/hive/links/echo/echo-0123456789abcdef"  # no HTTP echo: the join token's wall
+    assert httpx.post(guessed, headers={"Authorization": "Bearer guessed-token-guessed"}, timeout=10).status_code == 401
     echo = open_echo(h2, h1)
-    url = f"{hive_url(h2)}/v1/hive/links/echo/{echo['echo_id']}"
-    # the right token, from another address (the test process): refused
-    stolen = httpx.post(url, headers={"Authorization": f"Bearer {echo['token']}"}, timeout=10)
-    assert stolen.status_code == 403, stolen.text
-    # a wrong token from the right address: refused
-    [[status, _, _]] = echo_from(lan, h1, url, "wrong-token")
-    assert status == 401
-    # the hive it was opened for: answered, with the proof of the token
-    [[status, proof, body]] = echo_from(lan, h1, url, echo["token"], size=1000)
-    assert status == 200 and body == {"received": 1000} and len(proof) == 64
-    # the join token does not open an echo, nor an echo's token the hive's other routes
-    assert httpx.post(url, headers={"Authorization": f"Bearer {join_token(h2)}"}, timeout=10).status_code == 401
+    # the right token, from another address (the test process): closed before a byte is read
+    assert echo_from(lan, None, h2, echo, hello(echo["token"]) + b"p") == b""
+    # from the right address: no token, a wrong one, h2's join token, h1's own join token, HTTP: nothing
+    for sent in (HELLO + b"\n", hello("wrong-token"), hello(join_token(h2)), hello(join_token(h1)),
+                 b"POST /v1/hive/report HTTP/1.1\r\nHost: h2\r\n\r\n"):
+        echo = open_echo(h2, h1)  # (an echo takes three connections)
+        assert echo_from(lan, h1, h2, echo, sent) == b"", sent
+    # the hive it was opened for: answered, with the proof of the token, and its round trips
+    said = echo_from(lan, h1, h2, echo, hello(echo["token"]) + b"pp")
+    assert said == proof(echo["token"], "n1").encode() + b"\npp"
+    # nor does an echo's token open the hive's routes
     report = httpx.get(f"{hive_url(h2)}/v1/hive/report", headers={"Authorization": f"Bearer {echo['token']}"},
                        timeout=10)
     assert report.status_code == 401
 
 
-def test_an_echo_is_bounded_in_size_and_uses(fleet: Queen, lan: Lan) -> None:
+def test_an_echo_is_bounded_in_size_and_rounds(fleet: Queen, lan: Lan) -> None:
     h1, h2 = lan.host("h1"), lan.host("h2")
     echo = open_echo(h2, h1)
-    url = f"{hive_url(h2)}/v1/hive/links/echo/{echo['echo_id']}"
-    # a body declared larger than 16 MiB is refused before one byte of it is read
-    declared = lan.run(h1, "python3", "-c", DECLARE_SCRIPT, h2.address, "7835",
-                       f"/v1/hive/links/echo/{echo['echo_id']}", echo["token"], str(16 * MIB + 1), timeout=60)
-    assert declared.returncode == 0 and declared.stdout.startswith("HTTP/1.1 413"), (declared.stdout,
-                                                                                     declared.stderr)
-    answers = echo_from(lan, h1, url, echo["token"], tries=60)
-    codes = [a[0] for a in answers]
-    assert codes[:51] == [200] * 51 and set(codes[51:]) == {401}, codes  # 52 uses in all, one spent above
+    said = proof(echo["token"], "n1").encode() + b"\n"
+    # a bulk transfer declared larger than 16 MiB is refused before one byte of it is read
+    oversize = hello(echo["token"]) + b"b" + (16 * MIB + 1).to_bytes(4, "big") + bytes(1000)
+    assert echo_from(lan, h1, h2, echo, oversize) == said
+    # no more round trips than a measure takes
+    assert echo_from(lan, h1, h2, echo, hello(echo["token"]) + b"p" * (MAX_ROUNDS + 5)) == said + b"p" * MAX_ROUNDS
 
 
 @pytest.mark.parametrize("target", ["queen", "sshd", "closed", "wrong-token"])
@@ -232,15 +230,17 @@ def test_a_measure_cannot_be_turned_into_a_port_scanner(fleet: Queen, lan: Lan, 
     request goes out, and the answer is the same sentence whatever was there."""
     h1, h2 = lan.host("h1"), lan.host("h2")
     echo = open_echo(h2, h1)
-    urls = {"queen": f"http://{lan.gateway}:{fleet.port}", "sshd": f"http://{h2.address}:22",
-            "closed": f"http://{h2.address}:9", "wrong-token": hive_url(h2)}
+    where = {"queen": (lan.gateway, fleet.port), "sshd": (h2.address, 22), "closed": (h2.address, 9),
+             "wrong-token": (h2.address, echo["port"])}
+    host, port = where[target]
     token = "not-the-echo-token" if target == "wrong-token" else echo["token"]
     resp = httpx.post(f"{hive_url(h1)}/v1/hive/links/measure", timeout=60,
                       headers={"Authorization": f"Bearer {join_token(h1)}"},
-                      json={"peer": "h2", "peer_url": urls[target], "echo_id": echo["echo_id"], "token": token})
+                      json={"peer": "h2", "peer_url": f"http://{host}:7835", "echo_id": echo["echo_id"],
+                            "echo_port": port, "token": token})
     assert resp.status_code == 502, resp.text
-    assert resp.json()["error"]["message"] == \
-        f"hive 'h2' at {urls[target]} did not answer as the hive the queen named"
+    assert resp.json()["error"]["message"] == f"hive 'h2' at {host} port {port} did not answer as the hive the " \
+        "queen named"
 
 
 @pytest.mark.parametrize("peer_url", ["http://localhost:7835", "http://h2.example:7835", "file:///etc/passwd",
@@ -249,7 +249,8 @@ def test_a_measure_takes_address_literals_only(fleet: Queen, lan: Lan, peer_url:
     h1 = lan.host("h1")
     resp = httpx.post(f"{hive_url(h1)}/v1/hive/links/measure", timeout=30,
                       headers={"Authorization": f"Bearer {join_token(h1)}"},
-                      json={"peer": "h2", "peer_url": peer_url, "echo_id": "echo-0123456789abcdef", "token": "t"})
+                      json={"peer": "h2", "peer_url": peer_url, "echo_id": "echo-0123456789abcdef", "echo_port": 1,
+                            "token": "t"})
     assert resp.status_code == 400 and "peer_url" in resp.json()["error"]["message"], resp.text
 
 

@@ -270,6 +270,8 @@ async def test_a_dial_end_relays_nothing_to_a_listener_without_the_pinned_certif
     server.close()
     await server.wait_closed()
     assert b"a tensor to set" not in b"".join(received)
+    (shown,) = [c for c in ends.main.channels.infos() if c.channel_id == dial.channel_id]
+    assert shown.broken is not None and shown.broken.startswith(f"a connection to {LAN} failed: "), shown
 
 
 async def test_the_dial_port_is_on_loopback_only(ends: Ends, echo: Echo) -> None:
