@@ -71,6 +71,6 @@ class StatusReport(Contract):
     hives: list[HiveInfo]
     workers: list[WorkerInfo]
     models: list[ModelEntry]
-    traffic: Traffic = Traffic()
-    policy: PolicyStatus = PolicyStatus()
+    traffic: Traffic = Field(default_factory=Traffic)
+    policy: PolicyStatus = Field(default_factory=PolicyStatus)
     background: dict[str, LoopHealth] = {}
