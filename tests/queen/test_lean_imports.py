@@ -88,3 +88,28 @@ def test_a_queen_that_served_a_model_maps_neither_numpy_nor_cryptography(
     maps = Path(f"/proc/{queen.proc.pid}/maps").read_text()
     assert "/cryptography/" not in maps and "/numpy" not in maps and "/aiohttp/" not in maps
     assert "/uvloop/" in maps  # the probe sees the queen's own libraries: it would see those too
+
+
+def test_starting_a_worker_needs_no_httpx(tmp_path: Path, llama_server: Path, tiny_model: Path) -> None:
+    probe = f"""
+import asyncio, json, sys, time
+from pathlib import Path
+from rbee.contracts.models import ModelEntry
+from rbee.contracts.workers import WorkerMode, WorkerState
+from rbee.hive.worker import WorkerProcess, WorkerSpec
+
+async def main() -> str:
+    entry = ModelEntry(name="tiny", path={str(tiny_model)!r}, size_bytes=1, added_at=time.time())
+    spec = WorkerSpec(model=entry, mode=WorkerMode.GENERATE, engine=Path({str(llama_server)!r}), slots=1,
+                      context_per_slot=256, threads=1)
+    worker = WorkerProcess("t-w1", "localhost", spec, Path({str(tmp_path)!r}) / "t-w1.log")
+    await worker.start()
+    state = worker.state
+    await worker.stop()
+    return state.value
+
+print(json.dumps([asyncio.run(main()), "httpx" in sys.modules]))
+"""
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          check=True)
+    assert json.loads(done.stdout.splitlines()[-1]) == ["ready", False]
