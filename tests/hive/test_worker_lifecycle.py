@@ -149,7 +149,7 @@ async def test_a_worker_that_dies_later_is_marked_error(tmp_path: Path, llama_se
 
 
 def test_orphans_of_a_dead_hive_are_reaped(tmp_path: Path) -> None:
-    engine = _engine(tmp_path, "sleep 60")
+    engine = _engine(tmp_path, "sleep 60 & wait")  # not a bare `sleep 60`: sh may exec it, and then no llama-server
     proc = subprocess.Popen([str(engine)], start_new_session=True)
     folder = tmp_path / "workers"
     folder.mkdir()
