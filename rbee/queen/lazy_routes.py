@@ -5,7 +5,8 @@ A `LazyRoutes` stands in the app's routing table where the module's routes would
 whose path is one of its `paths` or lies below one (`/v1/keys` claims `/v1/keys/NAME`). On the first such
 request it imports the module (in a thread: the import reads and compiles files) and from then on dispatches
 as Starlette's router does: the first route that matches fully, else the first that matches the path but not
-the method (a 405), else a 404. The paths it claims are written beside it in `route_table`, and a test checks
+the method (a 405), else a redirect to the path with its trailing slash added or taken away if that matches, else
+a 404. The paths it claims are written beside it in `route_table`, and a test checks
 that they and the module's routes agree, so a route cannot become unreachable unnoticed.
 """
 
@@ -16,8 +17,9 @@ import importlib
 from collections.abc import Sequence
 from typing import Any
 
-from starlette.datastructures import URLPath
+from starlette.datastructures import URL, URLPath
 from starlette.exceptions import HTTPException
+from starlette.responses import RedirectResponse
 from starlette.routing import BaseRoute, Match, NoMatchFound
 from starlette.types import Receive, Scope, Send
 
@@ -52,19 +54,18 @@ class LazyRoutes(BaseRoute):
         return Match.NONE, {}
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        partial: tuple[BaseRoute, Scope] | None = None
-        for route in await self.load():
-            match, child = route.matches(scope)
-            if match is Match.FULL:
-                scope.update(child)
-                await route.handle(scope, receive, send)
-                return
-            if match is Match.PARTIAL and partial is None:
-                partial = route, child
-        if partial is None:
-            raise HTTPException(status_code=404)  # as Starlette's router does inside an app
-        scope.update(partial[1])
-        await partial[0].handle(scope, receive, send)
+        routes = await self.load()
+        found = _route(scope, routes)
+        if found is not None:
+            scope.update(found[1])
+            await found[0].handle(scope, receive, send)
+            return
+        path = scope["path"]  # as Starlette's router: the path with its trailing slash added or taken away
+        other = {**scope, "path": path.rstrip("/") if path.endswith("/") else path + "/"}
+        if path != "/" and any(route.matches(other)[0] is not Match.NONE for route in routes):
+            await RedirectResponse(url=str(URL(scope=other)))(scope, receive, send)
+            return
+        raise HTTPException(status_code=404)  # as Starlette's router does inside an app
 
     def url_path_for(self, name: str, /, **path_params: Any) -> URLPath:
         for route in self._routes or ():  # a group never requested has no names yet
@@ -76,6 +77,18 @@ class LazyRoutes(BaseRoute):
 
     def __repr__(self) -> str:
         return f"LazyRoutes({self.module!r}, {self.paths!r})"
+
+
+def _route(scope: Scope, routes: Sequence[BaseRoute]) -> tuple[BaseRoute, Scope] | None:
+    """The first route that matches fully, else the first that matches the path but not the method (a 405)."""
+    partial: tuple[BaseRoute, Scope] | None = None
+    for route in routes:
+        match, child = route.matches(scope)
+        if match is Match.FULL:
+            return route, child
+        if match is Match.PARTIAL and partial is None:
+            partial = route, child
+    return partial
 
 
 async def expanded(routes: Sequence[BaseRoute]) -> list[BaseRoute]:

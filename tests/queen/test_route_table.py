@@ -11,6 +11,7 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Route
 
 from rbee.queen import route_table
+from rbee.queen.errors import QueenError, handle_queen_error
 from rbee.queen.lazy_routes import LazyRoutes, expanded
 
 GROUPS = {group.module: group for group in route_table.LAZY}
@@ -44,8 +45,10 @@ async def test_the_ollama_port_serves_exactly_the_ollama_routes() -> None:
     assert set(_paths(ollama)) == route_table.OLLAMA_PATHS
 
 
-def _rerank_app() -> Starlette:
-    return Starlette(routes=[LazyRoutes("rbee.queen.rerank_routes", ("/v1/rerank", "/rerank"))])
+def _rerank_app(routes: list[BaseRoute] | None = None) -> Starlette:
+    """The rerank routes (as a lazy group, unless `routes` are given), their errors rendered as the queen's."""
+    routes = routes or [LazyRoutes("rbee.queen.rerank_routes", ("/v1/rerank", "/rerank"))]
+    return Starlette(routes=routes, exception_handlers={QueenError: handle_queen_error})
 
 
 async def test_a_wrong_method_under_a_group_is_a_405_that_names_the_allowed_one() -> None:
@@ -58,6 +61,20 @@ async def test_a_path_a_group_claims_but_no_route_serves_is_a_404() -> None:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=_rerank_app()), base_url="http://q") as client:
         assert (await client.post("/v1/rerank/more")).status_code == 404
         assert (await client.post("/v2/rerank")).status_code == 404  # not claimed here: no route at all
+
+
+@pytest.mark.parametrize(("method", "path"), [("POST", "/v1/rerank/"), ("GET", "/v1/rerank"), ("POST", "/rerank/x"),
+                                            ("POST", "/v1/rerank")])
+async def test_a_group_answers_what_starlettes_router_would_for_its_routes(method: str, path: str) -> None:
+    from rbee.queen import rerank_routes
+
+    answers = []
+    for app in (_rerank_app(rerank_routes.routes[:2]), _rerank_app()):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://q") as client:
+            answer = await client.request(method, path, content=b"{")
+        answers.append((answer.status_code, answer.headers.get("location"), answer.headers.get("allow")))
+    assert answers[0] == answers[1]
+    assert answers[0][0] in (307, 405, 404, 400)  # the eager app's own: a redirect, 405, 404, the handler's 400
 
 
 def test_a_group_claims_its_paths_and_those_below_them_only() -> None:
