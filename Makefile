@@ -47,6 +47,7 @@ bench: engine
 	$(BIN)/python benchmarks/load.py
 	$(BIN)/python benchmarks/audio_overhead.py
 	$(BIN)/python benchmarks/image_overhead.py
+	$(BIN)/python benchmarks/idle_rss.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache $(AGENTS)/node_modules

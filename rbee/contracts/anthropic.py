@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from rbee.contracts.base import Contract
 from rbee.contracts.openai import MAX_TOKENS, ModelRequest, _Open
 
 
@@ -34,12 +35,12 @@ class MessagesRequest(CountTokensRequest):
     stop_sequences: list[str] | None = None
 
 
-class AnthropicErrorBody(BaseModel):
+class AnthropicErrorBody(Contract):
     type: str
     message: str
 
 
-class AnthropicError(BaseModel):
+class AnthropicError(Contract):
     """`{"type": "error", "error": {"type", "message"}}`, as Anthropic sends it (also as an SSE `error` event)."""
 
     type: Literal["error"] = "error"

@@ -6,10 +6,12 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, SecretStr, field_serializer
+from pydantic import Field, SecretStr, field_serializer
+
+from rbee.contracts.base import Contract
 
 
-class HivePull(BaseModel):
+class HivePull(Contract):
     """queen -> hive `POST /v1/hive/pulls`: download a model there, as a job of the hive's own.
 
     The hub settings travel with the job: `hf_endpoint` is the queen's `HF_ENDPOINT` (a hive whose own
@@ -26,7 +28,7 @@ class HivePull(BaseModel):
         return token.get_secret_value() if token is not None else None
 
 
-class HiveDisk(BaseModel):
+class HiveDisk(Contract):
     """`GET /v1/storage`: what a hive's models take on its disk, and what is free under its models folder."""
 
     hive: str

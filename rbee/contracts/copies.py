@@ -14,8 +14,9 @@ A share is short-lived, names one catalog entry and one peer address, and its to
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, SecretStr, field_serializer
+from pydantic import Field, SecretStr, field_serializer
 
+from rbee.contracts.base import Contract
 from rbee.contracts.bounds import Bytes, FilePath, HostAddress, Name
 from rbee.contracts.models import ModelEntry
 
@@ -23,7 +24,7 @@ SHARE_ID_PATTERN = r"^share-[0-9a-f]{16}$"
 MAX_SHARE_S = 3600.0
 
 
-class ShareFile(BaseModel):
+class ShareFile(Contract):
     """One file of a share: where it lands under the target's models folder, its size and sha256."""
 
     name: FilePath = Field(min_length=1)
@@ -31,7 +32,7 @@ class ShareFile(BaseModel):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
-class ShareOpen(BaseModel):
+class ShareOpen(Contract):
     """queen -> A: serve `model`'s files to the hive at `peer_address` for `expires_s` seconds."""
 
     model: Name = Field(min_length=1)
@@ -43,7 +44,7 @@ def _reveal(token: SecretStr) -> str:
     return token.get_secret_value()
 
 
-class ShareOpened(BaseModel):
+class ShareOpened(Contract):
     """A -> queen: the share, its token (masked in repr; JSON carries it), A's entry and its files."""
 
     share_id: str = Field(pattern=SHARE_ID_PATTERN)
@@ -56,7 +57,7 @@ class ShareOpened(BaseModel):
         return _reveal(token)
 
 
-class HiveFetch(BaseModel):
+class HiveFetch(Contract):
     """queen -> B: fetch `entry` from the hive at `source_url`, with the share's token, checking every file."""
 
     source: Name = Field(min_length=1)  # A's alias, for messages

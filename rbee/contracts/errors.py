@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from rbee.contracts.base import Contract
 
 
-class ErrorBody(BaseModel):
+class ErrorBody(Contract):
     message: str
     type: str
     param: str | None = None
     code: str | None = None
 
 
-class ErrorEnvelope(BaseModel):
+class ErrorEnvelope(Contract):
     """`{"error": {"message", "type", "param", "code"}}`, as OpenAI sends it."""
 
     error: ErrorBody

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from rbee.contracts.base import Contract
 from rbee.contracts.bounds import (
     MAX_DEVICES,
     MAX_MODELS,
@@ -41,7 +42,7 @@ class HiveState(StrEnum):
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,32}$"
 
 
-class DeviceInfo(BaseModel):
+class DeviceInfo(Contract):
     """A device a hive's workers can run on (see rbee/hive/devices.py)."""
 
     id: str = Field(pattern=DEVICE_ID_PATTERN)  # "cpu", "cuda0", "metal", "vulkan1": the engine's name, lower-cased
@@ -55,7 +56,7 @@ class DeviceInfo(BaseModel):
     failed: Text | None = None  # why it cannot take workers now (its driver stopped answering)
 
 
-class HostedWorker(BaseModel):
+class HostedWorker(Contract):
     """A worker as its hive reports it: what the queen needs to route to it directly."""
 
     info: WorkerInfo
@@ -63,7 +64,7 @@ class HostedWorker(BaseModel):
     entry: ModelEntry
 
 
-class HiveReport(BaseModel):
+class HiveReport(Contract):
     alias: str = Field(pattern=ALIAS_PATTERN)
     version: Name
     address: HostAddress  # where the queen reaches this hive and its workers: the address it connects from
@@ -79,31 +80,31 @@ class HiveReport(BaseModel):
     rpc_servers: list[RpcServerInfo] = Field(default=[], max_length=64)  # devices it lends to spreads
 
 
-class HiveAck(BaseModel):
+class HiveAck(Contract):
     accepted: bool = True
     queen_version: str
     heartbeat_s: float
     message: str | None = None  # e.g. a version skew and the command that fixes it
 
 
-class HiveEnroll(BaseModel):
+class HiveEnroll(Contract):
     alias: str = Field(pattern=ALIAS_PATTERN)
     address: HostAddress | None = None  # where the installer reached the machine: its reports must come from there
     certificate: str | None = Field(default=None, max_length=16384)  # the PEM it was issued (TLS): pinned
 
 
-class HiveCertificate(BaseModel):
+class HiveCertificate(Contract):
     """`PUT /v1/hives/{alias}/certificate`: the certificate `rbee tls rotate` gave an installed hive."""
 
     certificate: str = Field(max_length=16384)
 
 
-class HiveEnrolled(BaseModel):
+class HiveEnrolled(Contract):
     alias: str
     token: str
 
 
-class HiveStatus(BaseModel):
+class HiveStatus(Contract):
     """One hive as the queen sees it (`rbee hive list`, `/v1/hives`)."""
 
     alias: str
@@ -118,7 +119,7 @@ class HiveStatus(BaseModel):
     problem: str | None = None
 
 
-class WorkerShape(BaseModel):
+class WorkerShape(Contract):
     """The queen's settings for the model's workers (its models.toml); unset: the hive's own, else defaults."""
 
     context: int | None = Field(default=None, ge=16, le=2**20)
@@ -131,7 +132,7 @@ class ResolveModel(WorkerShape):
     model: str
 
 
-class ResolvedModel(BaseModel):
+class ResolvedModel(Contract):
     entry: ModelEntry
     need: int  # bytes a worker of it holds on that hive
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from rbee.contracts.base import Contract
 
 
 class JobKind(StrEnum):
@@ -31,7 +33,7 @@ class JobEventType(StrEnum):
         return self in (JobEventType.DONE, JobEventType.ERROR, JobEventType.CANCELLED)
 
 
-class JobCreate(BaseModel):
+class JobCreate(Contract):
     kind: JobKind
     hive: str | None = None  # None: model.pull chooses where it runs best; other kinds take the first hive
     model: str | None = None
@@ -41,11 +43,11 @@ class JobCreate(BaseModel):
     engine: str = Field(default="llama", pattern=r"^(llama|whisper|sd)$")  # engine.install: which engine
 
 
-class JobCreated(BaseModel):
+class JobCreated(Contract):
     job_id: str
 
 
-class JobEvent(BaseModel):
+class JobEvent(Contract):
     job_id: str
     seq: int
     type: JobEventType
@@ -56,7 +58,7 @@ class JobEvent(BaseModel):
     data: dict[str, Any] | None = None
 
 
-class JobInfo(BaseModel):
+class JobInfo(Contract):
     job_id: str
     kind: JobKind
     state: JobEventType

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator
+
+from rbee.contracts.base import Contract
 
 KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 KEY_PREFIX = "rbee-"
 """Every API key starts with this, so a leaked one is easy to recognise (and to grep for)."""
 
 
-class KeyCreate(BaseModel):
+
+class KeyCreate(Contract):
     name: str = Field(pattern=KEY_NAME.pattern, description="a unique name: who or what uses the key "
                       "(1-64 letters, digits, '.', '_', '@' or '-', starting with a letter or digit)")
     expires_at: float | None = Field(default=None, allow_inf_nan=False,
@@ -28,7 +31,7 @@ class KeyCreate(BaseModel):
         return value
 
 
-class KeyInfo(BaseModel):
+class KeyInfo(Contract):
     name: str
     prefix: str = Field(description="the first characters of the secret, to tell keys apart")
     created_at: float
@@ -44,7 +47,7 @@ class KeyCreated(KeyInfo):
     secret: str = Field(description="the key itself; shown this once, stored only as a digest")
 
 
-class KeyUsage(BaseModel):
+class KeyUsage(Contract):
     name: str
     model: str
     requests: int
@@ -55,7 +58,7 @@ class KeyUsage(BaseModel):
     images: int = 0  # images generated
 
 
-class AuditEntry(BaseModel):
+class AuditEntry(Contract):
     id: int
     at: float
     actor: str = Field(description="'admin' (the queen's admin token), 'local' (keyless loopback), 'key:NAME' or "

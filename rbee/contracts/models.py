@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator, model_validator
+from pydantic import ConfigDict, Field, computed_field, field_validator, model_validator
 
+from rbee.contracts.base import Contract
 from rbee.contracts.bounds import Bytes, FilePath, Name, Seconds
 from rbee.contracts.spread_plans import parse_spread
 
@@ -36,7 +37,7 @@ def kind_of(architecture: str | None, pooling: str | None) -> ModelKind:
     return "embedding" if architecture in EMBEDDING_ARCHITECTURES else "text"
 
 
-class ModelEntry(BaseModel):
+class ModelEntry(Contract):
     """One model in a hive's catalog. `path` is the file llama-server loads (the first part of a
     split model); `files` lists every file, with its sha256 when it was downloaded."""
 
@@ -67,7 +68,7 @@ class ModelEntry(BaseModel):
         return kind_of(self.architecture, pooling if isinstance(pooling, str) else None)
 
 
-class ModelObject(BaseModel):
+class ModelObject(Contract):
     """What OpenAI's `GET /v1/models` lists, plus where rbee has it."""
 
     id: str
@@ -79,12 +80,12 @@ class ModelObject(BaseModel):
     kind: ModelKind = "text"  # text, embedding, rerank, speech or image: which routes it serves
 
 
-class ModelList(BaseModel):
+class ModelList(Contract):
     object: Literal["list"] = "list"
     data: list[ModelObject]
 
 
-class MemoryNeed(BaseModel):
+class MemoryNeed(Contract):
     """Estimated memory to serve a model with `slots` x `context_per_slot` tokens of context."""
 
     context_per_slot: int
@@ -96,7 +97,7 @@ class MemoryNeed(BaseModel):
     total: int
 
 
-class ModelDetail(BaseModel):
+class ModelDetail(Contract):
     """`rbee model info`: the catalog entry, what its header says, and what it needs to run."""
 
     hive: str
@@ -110,7 +111,7 @@ class ModelDetail(BaseModel):
     # or the layers split between GPUs and RAM ("cuda0 12/33 layers + cpu 21/33")
 
 
-class ModelSettings(BaseModel):
+class ModelSettings(Contract):
     """Per-model settings from `[models."NAME"]` in ~/.config/rbee/models.toml (`PUT /v1/settings/models/NAME`
     and `rbee model set` write them there); unset = the default."""
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from rbee.contracts.base import Contract
 from rbee.contracts.openai import MAX_TOKENS, ChatMessage, ModelRequest, Tool
 
 _HUB_NAME = re.compile(r"^(?:https?://)?(?:hf\.co|huggingface\.co)/(?P<name>[^/].*)$", re.IGNORECASE)
@@ -24,7 +25,7 @@ def rbee_name(text: str) -> str:
     return text if match is None else match["name"].removesuffix(":latest")
 
 
-class _OllamaNamed(BaseModel):
+class _OllamaNamed(Contract):
     """A request whose `model` may be in Ollama's form: read as rbee's name."""
 
     @field_validator("model", check_fields=False)
@@ -33,7 +34,7 @@ class _OllamaNamed(BaseModel):
         return rbee_name(value)
 
 
-class OllamaOptions(BaseModel):
+class OllamaOptions(Contract):
     """The `options` rbee maps onto the engine (`num_ctx`: a worker with at least that context per slot); others
     (`mirostat`, ...) are accepted and ignored."""
 

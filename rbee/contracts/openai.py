@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from rbee.contracts.base import Contract
 
 HIVE_HEADER = "x-rbee-hive"
 """A request header that pins a request to one hive."""
@@ -22,7 +24,8 @@ TokenId = Annotated[int, Field(strict=True, ge=0, lt=2**31)]
 """A token id as the engine reads it (larger numbers overflow its JSON parser)."""
 
 
-class _Open(BaseModel):
+
+class _Open(Contract):
     # strict: the worker reads the client's own bytes, so what pydantic would coerce (5.0 for an int,
     # "1" for a number) must be refused here, or the engine fails on it later with a 500.
     model_config = ConfigDict(extra="allow", strict=True)

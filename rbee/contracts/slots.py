@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from rbee.contracts.base import Contract
 from rbee.contracts.bounds import Bytes, Name, Seconds, Text
 from rbee.contracts.workers import WorkerInfo
 
@@ -27,18 +28,18 @@ SlotKey = Annotated[str, Field(pattern=KEY_PATTERN)]
 SlotId = Annotated[int, Field(ge=0, le=MAX_SLOT)]
 
 
-class SlotSave(BaseModel):
+class SlotSave(Contract):
     slot: SlotId
     key: SlotKey
 
 
-class SaveAndStop(BaseModel):
+class SaveAndStop(Contract):
     """The slots to save (most recent first: the first ones are saved while time allows), then the stop."""
 
     save: list[SlotSave] = Field(default=[], max_length=MAX_SAVES)
 
 
-class SavedSlot(BaseModel):
+class SavedSlot(Contract):
     model: Name  # the model's name in the hive's catalog
     key: SlotKey
     bytes: Bytes
@@ -46,24 +47,24 @@ class SavedSlot(BaseModel):
     last_used_at: Seconds
 
 
-class Stopped(BaseModel):
+class Stopped(Contract):
     worker: WorkerInfo
     saved: list[SavedSlot] = Field(default=[], max_length=MAX_SAVES)
     skipped: list[Text] = Field(default=[], max_length=MAX_SAVES)  # why a slot asked for was not saved
     save_s: Seconds = 0  # how long saving delayed the stop (at most RBEE_SLOT_SAVE_TIMEOUT_MS, plus a little)
 
 
-class SlotRestore(BaseModel):
+class SlotRestore(Contract):
     key: SlotKey
 
 
-class SlotRestored(BaseModel):
+class SlotRestored(Contract):
     restored: bool
     tokens: Bytes = 0
     reason: Text | None = None
 
 
-class SlotCacheList(BaseModel):
+class SlotCacheList(Contract):
     budget_bytes: Bytes
     used_bytes: Bytes
     saved: list[SavedSlot] = Field(default=[], max_length=MAX_SAVED)

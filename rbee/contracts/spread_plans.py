@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel, Field, SecretStr, field_serializer, field_validator
+from pydantic import Field, SecretStr, field_serializer, field_validator
 
+from rbee.contracts.base import Contract
 from rbee.contracts.bounds import HostAddress, Name
 
 ALIAS_RE = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
@@ -34,7 +35,7 @@ class BadSpread(ValueError):
     """A forced spread that cannot mean anything: the message says what to write instead."""
 
 
-class SpreadDevice(BaseModel):
+class SpreadDevice(Contract):
     hive: str
     device: str
 
@@ -73,14 +74,14 @@ def is_spread(device: str | None) -> bool:
     return device is not None and ":" in device
 
 
-class EchoOpen(BaseModel):
+class EchoOpen(Contract):
     """queen -> B: answer echoes from the hive at `peer_address` for `expires_s` seconds."""
 
     peer_address: HostAddress
     expires_s: float = Field(default=60.0, gt=0, le=MAX_ECHO_S)
 
 
-class EchoOpened(BaseModel):
+class EchoOpened(Contract):
     echo_id: str = Field(pattern=ECHO_ID_PATTERN)
     token: SecretStr = Field(max_length=128)
     port: int = Field(ge=1, le=65535, description="the TCP port the echo listens on, on the hive's address")
@@ -90,7 +91,7 @@ class EchoOpened(BaseModel):
         return token.get_secret_value()
 
 
-class LinkMeasure(BaseModel):
+class LinkMeasure(Contract):
     """queen -> A: measure the link to hive `peer` at `peer_url` (the queen's registry's address: its host,
     and https when TLS is on) through the echo the queen opened there, on `echo_port` of that host."""
 
@@ -107,7 +108,7 @@ class LinkMeasure(BaseModel):
         return token.get_secret_value()
 
 
-class LinkMeasured(BaseModel):
+class LinkMeasured(Contract):
     """One link as measured from `source` to `peer`: small round trips and one bulk transfer."""
 
     source: str
@@ -120,14 +121,14 @@ class LinkMeasured(BaseModel):
     measured_at: float = Field(default=0.0, description="Unix time the queen got it")
 
 
-class LinksAsk(BaseModel):
+class LinksAsk(Contract):
     """Measure these pairs (`a`, `b`: aliases), or, with none, every pair of ready hives with no fresh one."""
 
     a: str | None = Field(default=None, pattern=rf"^{ALIAS_RE}$")
     b: str | None = Field(default=None, pattern=rf"^{ALIAS_RE}$")
 
 
-class SpreadAsk(BaseModel):
+class SpreadAsk(Contract):
     """The model's need is what the queen estimates for its workers today (its models.toml context and slots)."""
 
     model: Name = Field(min_length=1)
@@ -139,7 +140,7 @@ class SpreadAsk(BaseModel):
         return None if value is None else "+".join(map(str, parse_spread(value)))
 
 
-class PlannedDevice(BaseModel):
+class PlannedDevice(Contract):
     """One device of a spread: its hive, its room, its share of the layers, and its place in llama-server's
     device list (`order`; None for the main hive's CPU, which holds the layers not offloaded)."""
 
@@ -151,12 +152,12 @@ class PlannedDevice(BaseModel):
     order: int | None
 
 
-class RefusedLink(BaseModel):
+class RefusedLink(Contract):
     hive: str
     reason: str
 
 
-class SpreadPlan(BaseModel):
+class SpreadPlan(Contract):
     """A spread, or why there is none: `spread` False with `reason` (it fits one hive, or cannot be held)."""
 
     model: str

@@ -15,8 +15,9 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_serializer, field_validator
+from pydantic import Field, SecretStr, field_serializer, field_validator
 
+from rbee.contracts.base import Contract
 from rbee.contracts.bounds import HostAddress
 
 SPREAD_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -24,7 +25,7 @@ CHANNEL_ID_PATTERN = r"^chan-[0-9a-f]{16}$"
 MAX_PEM = 16384
 
 
-class ChannelOpen(BaseModel):
+class ChannelOpen(Contract):
     """queen -> hive: open one end of a spread's channel.
 
     listen: accept TLS from `peer_address` (the main hive) on this hive's address, relay each connection to
@@ -47,7 +48,7 @@ class ChannelOpen(BaseModel):
         return key.get_secret_value()
 
 
-class ChannelInfo(BaseModel):
+class ChannelInfo(Contract):
     """One end of a channel as its hive shows it (its status, and the answer to opening or closing it)."""
 
     channel_id: str = Field(pattern=CHANNEL_ID_PATTERN)
@@ -67,7 +68,7 @@ RPC_ENDPOINT_PATTERN = r"^127\.0\.0\.1:[0-9]{1,5}$"
 MAX_RPC = 15
 
 
-class RpcServerOpen(BaseModel):
+class RpcServerOpen(Contract):
     """queen -> helper: start a ggml-rpc-server lending `device` to spread `spread`, booking `memory` bytes there.
 
     It listens on 127.0.0.1 only (the spread's listen channel end reaches it), with its local cache (`-c`) in
@@ -78,7 +79,7 @@ class RpcServerOpen(BaseModel):
     memory: int = Field(default=0, ge=0, le=2**50)
 
 
-class RpcServerInfo(BaseModel):
+class RpcServerInfo(Contract):
     """One rpc-server as its hive shows it (the answer to starting it, its report, and its stop)."""
 
     spread: str = Field(pattern=SPREAD_ID_PATTERN)
@@ -90,7 +91,7 @@ class RpcServerInfo(BaseModel):
     error: str | None = Field(default=None, max_length=4000)
 
 
-class SpreadWorker(BaseModel):
+class SpreadWorker(Contract):
     """queen -> main hive (inside SpawnWorker): llama-server's part of a spread. `rpc`: the dial ends' loopback
     ports, in llama-server's device order; `tensor_split`: the shares of those devices, then of the main
     hive's own GPUs (`gpus`); `gpu_layers`: the layers off the main hive's CPU (-ngl; the rest stay in RAM);

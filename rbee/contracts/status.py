@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from rbee.contracts.base import Contract
 from rbee.contracts.bounds import FilePath, Name, Text
 from rbee.contracts.models import ModelEntry
 from rbee.contracts.workers import WorkerInfo
 
 
-class QueenHealth(BaseModel):
+class QueenHealth(Contract):
     service: str = "rbee-queen"
     status: str = "ok"
     version: str
@@ -18,7 +19,7 @@ class QueenHealth(BaseModel):
     listen_host: str | None = None  # where it listens; beyond loopback when hives are enrolled
 
 
-class EngineInfo(BaseModel):
+class EngineInfo(Contract):
     path: FilePath | None
     version: Name | None = None
     source: Name | None = None  # "configured", "path", "built"
@@ -29,7 +30,7 @@ class EngineInfo(BaseModel):
     rpc: FilePath | None = None  # llama.cpp's ggml-rpc-server, built beside llama-server (None: none found)
 
 
-class HiveInfo(BaseModel):
+class HiveInfo(Contract):
     alias: str
     state: str
     address: str
@@ -37,7 +38,7 @@ class HiveInfo(BaseModel):
     engine: EngineInfo
 
 
-class Traffic(BaseModel):
+class Traffic(Contract):
     """Totals since the queen started (rates are their differences over time), and what waits now."""
 
     requests: int = 0
@@ -47,7 +48,7 @@ class Traffic(BaseModel):
     waiting: dict[str, int] = {}  # requests waiting for a worker, per model
 
 
-class PolicyStatus(BaseModel):
+class PolicyStatus(Contract):
     """The user policy (RBEE_POLICY): which file, whether it is in use, and what went wrong with it last."""
 
     path: str | None = None
@@ -55,7 +56,7 @@ class PolicyStatus(BaseModel):
     error: str | None = None
 
 
-class LoopHealth(BaseModel):
+class LoopHealth(Contract):
     """A background loop of the queen (keep_alive reaper, hive watch, usage writes, audit pruning)."""
 
     passes: int = 0  # passes it ran to the end since the queen started (a periodic loop's heartbeat)
@@ -65,11 +66,11 @@ class LoopHealth(BaseModel):
     last_failed_at: float | None = None
 
 
-class StatusReport(BaseModel):
+class StatusReport(Contract):
     queen: QueenHealth
     hives: list[HiveInfo]
     workers: list[WorkerInfo]
     models: list[ModelEntry]
-    traffic: Traffic = Traffic()
-    policy: PolicyStatus = PolicyStatus()
+    traffic: Traffic = Field(default_factory=Traffic)
+    policy: PolicyStatus = Field(default_factory=PolicyStatus)
     background: dict[str, LoopHealth] = {}

@@ -14,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from enum import StrEnum
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, model_validator
 
+from rbee.contracts.base import Contract
 from rbee.contracts.bounds import Bytes, Count, Name, Seconds, Text, WorkerId
 
 
@@ -82,7 +83,7 @@ def front_path(worker_id: str) -> str:
     return f"/v1/workers/{worker_id}/engine"
 
 
-class WorkerPart(BaseModel):
+class WorkerPart(Contract):
     """One device a worker spread across hives uses: its hive, its share of the layers, the memory booked there."""
 
     hive: Name
@@ -91,7 +92,7 @@ class WorkerPart(BaseModel):
     memory_bytes: Bytes = 0
 
 
-class WorkerInfo(BaseModel):
+class WorkerInfo(Contract):
     """A worker as its hive (or the queen) shows it; bounded, since remote hives report these."""
 
     id: WorkerId

@@ -5,7 +5,7 @@
       builds coexist (CUDA and CPU, say), each device is driven by the build that lists it (`assign_engines`);
   (2) live figures enrich them: NVIDIA through NVML (`nvidia-ml-py`; `nvidia-smi` when NVML cannot load),
       AMD through `rocm-smi`, Apple through `system_profiler` and `sysctl` (unified memory);
-  (3) the CPU is always a device (RAM through psutil, less RBEE_MEMORY_BUDGET's cap): a hive without a
+  (3) the CPU is always a device (RAM from host_memory, less RBEE_MEMORY_BUDGET's cap): a hive without a
       GPU is a CPU hive, never an error.
 A device whose live query fails (a driver that stopped answering) is reported `failed`, with the tool's
 own words, and the scheduler stops placing workers on it until it answers again.
@@ -26,9 +26,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 from rbee.contracts.hives import DeviceInfo
+from rbee.hive.host_memory import host_memory
 
 log = logging.getLogger(__name__)
 
@@ -346,9 +345,9 @@ async def apple_chip() -> tuple[str | None, int | None]:
 
 
 def cpu_device(budget: int | None) -> DeviceInfo:
-    memory = psutil.virtual_memory()
+    memory = host_memory()
     total = min(budget, memory.total) if budget else memory.total
-    return DeviceInfo(id="cpu", name=f"CPU ({psutil.cpu_count() or 1} threads)", backend="cpu",
+    return DeviceInfo(id="cpu", name=f"CPU ({os.cpu_count() or 1} threads)", backend="cpu",
                       total_bytes=total, free_bytes=min(memory.available, total))
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +93,8 @@ def _stamp(path: Path) -> Stamp:
 def _read(path: Path, stamp: Stamp) -> _Snapshot:
     if stamp is None:
         return _Snapshot(path, None, {})
+    import tomllib  # here, not at the top: a queen without a models.toml does without it (~0.5 MB)
+
     try:
         return _Snapshot(path, stamp, tomllib.loads(path.read_text()))
     except FileNotFoundError:  # removed since it was looked at

@@ -49,8 +49,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Literal, cast
 
-import psutil
-
 from rbee.common.daemon import same_address
 from rbee.contracts.spreads import ChannelInfo, ChannelOpen
 
@@ -207,6 +205,8 @@ def tls_context(asked: ChannelOpen, server_side: bool) -> ssl.SSLContext:
 
 def _listening_here(port: int) -> bool:
     """Whether a process this hive started listens on 127.0.0.1:`port` (blocking: reads /proc)."""
+    import psutil  # here, not at the top: asked only when a spread's channel opens
+
     for child in psutil.Process().children(recursive=True):
         try:
             conns = child.net_connections("tcp") if hasattr(child, "net_connections") else child.connections("tcp")

@@ -14,8 +14,6 @@ import shutil
 import time
 from pathlib import Path
 
-import psutil
-
 from rbee.common import logs, paths, settings, supervise, tls
 from rbee.common.daemon import is_loopback
 from rbee.common.jobs import Emit, JobFailed
@@ -34,6 +32,7 @@ from rbee.hive.catalog import Catalog, describe_file
 from rbee.hive.engine_sources import SOURCES, EngineSource, source_for
 from rbee.hive.estimate import OVERHEAD, estimate, fitting_context
 from rbee.hive.gguf_info import GGUFSummary, NotAGGUFError, read_summary
+from rbee.hive.host_memory import host_memory
 from rbee.hive.rpc_servers import RpcServers
 from rbee.hive.slot_cache import SlotCache
 from rbee.hive.speech import keyless_device, keyless_engine
@@ -371,7 +370,7 @@ class Hive:
 
     def memory_total(self) -> int:
         """What this hive may give CPU workers: RBEE_MEMORY_BUDGET, else the machine's RAM."""
-        return settings.memory_budget() or psutil.virtual_memory().total
+        return settings.memory_budget() or host_memory().total
 
     def devices(self) -> list[DeviceInfo]:
         """What this hive computes on, as last detected: its engine's GPUs (if any) and the CPU."""

@@ -26,6 +26,7 @@ from typing import BinaryIO
 from rbee.common import paths
 from rbee.common.logs import tail
 from rbee.common.tls import TLSFiles
+from rbee.common.upstream import Answer, Upstream
 from rbee.contracts.models import ModelEntry
 from rbee.contracts.workers import WorkerInfo, WorkerMode, WorkerState, check_transition, front_path, memory_held
 from rbee.hive import devices
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 START_TIMEOUT_S = 300.0
 BINARY_NAMES = ("llama-server", "whisper-server", "sd-server")
 STOP_GRACE_S = 5.0
+HEALTH_POLL_S = 2.0  # one poll of a starting engine's health route: connect, ask, read
+MAX_HEALTH_BYTES = 64 * 1024
 
 
 class WorkerStartError(RuntimeError):
@@ -253,19 +256,25 @@ class WorkerProcess:
         self._set(WorkerState.READY)
 
     async def _wait_healthy(self) -> None:
-        import httpx  # here, not at the top: an idle queen (its embedded hive) does without it (~5 MB)
-
+        """Poll the engine's health route until it answers 200, each poll given HEALTH_POLL_S; with the hops' own
+        client (rbee.common.upstream), so a queen that started a worker does without httpx (~5 MB)."""
         assert self.url is not None
-        verify = self.spec.tls.client_context() if self.spec.tls else True
-        async with httpx.AsyncClient(timeout=2.0, verify=verify) as client:
-            while self.state is WorkerState.STARTING:
-                try:
-                    resp = await client.get(f"{self.url}{health_path(self.spec.mode)}")
-                    if resp.status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.05)
+        url, tls = f"{self.url}{health_path(self.spec.mode)}", self.spec.tls.client_context() if self.spec.tls else None
+        client = Upstream(connect_s=HEALTH_POLL_S)
+        while self.state is WorkerState.STARTING:
+            answer: Answer | None = None
+            try:
+                async with asyncio.timeout(HEALTH_POLL_S):
+                    answer = await client.request("GET", url, tls=tls)
+                    await answer.read(MAX_HEALTH_BYTES)
+                if answer.status == 200:
+                    return
+            except OSError:  # not listening yet, closed mid-answer, no answer in time: poll again
+                pass
+            finally:
+                if answer is not None:
+                    answer.close()
+            await asyncio.sleep(0.05)
 
     async def _watch(self) -> None:
         assert self._proc is not None

@@ -17,7 +17,7 @@ from rbee.contracts.spread_plans import BadSpread, SpreadAsk, is_spread, parse_s
 from rbee.contracts.status import StatusReport
 from rbee.contracts.workers import WorkerMode
 from rbee.hive.service import Hive
-from rbee.queen import openapi, pull_targets
+from rbee.queen import pull_targets
 from rbee.queen.errors import InvalidRequest, NotFound, QueenError
 from rbee.queen.guard import principal_of
 from rbee.queen.requests import read_json
@@ -37,11 +37,6 @@ async def metrics(request: Request) -> Response:
     workers = [w for hive in list(state.hives.values()) for w in hive.supervisor.workers()]
     engines = await engine_metrics(workers, state.hive_tls)
     return Response(state.metrics.exposition() + engines.encode(), media_type=CONTENT_TYPE)
-
-
-async def openapi_spec(request: Request) -> Response:
-    """This API's OpenAPI 3.1 description."""
-    return JSONResponse(openapi.build(request.app.routes))
 
 
 async def status(request: Request) -> Response:
@@ -189,7 +184,6 @@ async def shutdown(request: Request) -> Response:
 
 routes = [
     Route("/health", health, methods=["GET"]),
-    Route("/openapi.json", openapi_spec, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
     Route("/v1/status", status, methods=["GET"]),
     Route("/v1/workers", list_workers, methods=["GET"]),

@@ -9,25 +9,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
-from rbee.queen import (
-    admin_routes,
-    anthropic_routes,
-    audio_routes,
-    catalog_routes,
-    hive_routes,
-    image_routes,
-    infill_routes,
-    key_routes,
-    ollama_models,
-    ollama_routes,
-    openai_routes,
-    rerank_routes,
-    responses_routes,
-    settings_routes,
-    share_routes,
-    spread_routes,
-    web_routes,
-)
+from rbee.queen import route_table
 from rbee.queen.errors import QueenError, handle_http_exception, handle_queen_error, handle_unexpected
 from rbee.queen.guard import Access, Guard
 from rbee.queen.ollama_port import OllamaPort
@@ -51,11 +33,7 @@ def create_app(state: QueenState | None = None, on_shutdown: Callable[[], None] 
                 on_shutdown()
 
     app = Starlette(
-        routes=[*openai_routes.routes, *anthropic_routes.routes, *responses_routes.routes, *rerank_routes.routes,
-                *audio_routes.routes, *image_routes.routes,
-                *infill_routes.routes, *ollama_routes.routes, *ollama_models.routes, *catalog_routes.routes,
-                *hive_routes.routes, *key_routes.routes, *settings_routes.routes, *admin_routes.routes,
-                *web_routes.routes, *share_routes.routes, *spread_routes.routes],
+        routes=route_table.routes(),
         exception_handlers={QueenError: handle_queen_error, HTTPException: handle_http_exception,
                             Exception: handle_unexpected},
         middleware=[Middleware(OllamaPort, port=ollama_port, queen_port=queen_port), Middleware(Guard, access=access)],

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from rbee.queen import ollama_models, ollama_routes
 from rbee.queen.error_styles import OLLAMA
+from rbee.queen.route_table import OLLAMA_PATHS
 
-SERVED = frozenset({"/", *(route.path for route in [*ollama_routes.routes, *ollama_models.routes])})
+SERVED = frozenset({"/", *OLLAMA_PATHS})
 
 
 class OllamaPort:

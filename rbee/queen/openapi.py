@@ -1,8 +1,9 @@
 """The queen's OpenAPI 3.1 description, built from its routes and the contracts they read.
 
-Paths and methods come from the app's own routing table, so the spec cannot forget a route; the
-request bodies are the pydantic contracts the routes validate with. Served at `/openapi.json`
-(open to everyone: it describes, it grants nothing), and fuzzed in CI with schemathesis.
+Paths and methods come from the app's own routing table (its lazy groups imported first), so the spec cannot
+forget a route; the request bodies are the pydantic contracts the routes validate with. Served at `/openapi.json`
+(open to everyone: it describes, it grants nothing; a lazy group itself, as this module imports every contract),
+and fuzzed in CI with schemathesis.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import re
 from typing import Any
 
 from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from rbee import __version__
@@ -37,6 +40,7 @@ from rbee.contracts.openai import (
     TranscriptionRequest,
 )
 from rbee.contracts.responses import InputTokensRequest, ResponsesRequest
+from rbee.queen.lazy_routes import expanded
 
 BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("POST", "/v1/chat/completions"): ChatCompletionRequest,
@@ -145,3 +149,11 @@ def build(routes: list[BaseRoute]) -> dict[str, Any]:
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "security": [{"bearer": []}],
     }
+
+
+async def openapi_spec(request: Request) -> Response:
+    """This API's OpenAPI 3.1 description."""
+    return JSONResponse(build(await expanded(request.app.routes)))
+
+
+routes = [Route("/openapi.json", openapi_spec, methods=["GET"])]

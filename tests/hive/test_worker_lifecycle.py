@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 
 from rbee.contracts.models import ModelEntry
 from rbee.contracts.workers import WorkerMode, WorkerState
+from rbee.hive import worker as worker_mod
 from rbee.hive.worker import WorkerProcess, WorkerSpec, WorkerStartAborted, WorkerStartError, reap_orphans
 
 
@@ -73,6 +75,49 @@ async def test_stop_while_waiting_for_health(tmp_path: Path, tiny_model: Path) -
     assert worker.state is WorkerState.STOPPED and _gone(worker.pid)
 
 
+# a stand-in engine on --port: the first connections get `answers` in turn ("hang": read, never answer), then 200
+_HEALTH = """
+import socket, sys
+port = int(sys.argv[sys.argv.index("--port") + 1])
+server = socket.create_server(("127.0.0.1", port))
+answers, held = sys.argv[1].split(","), []
+while True:
+    conn, _ = server.accept()
+    conn.recv(65536)
+    answer = answers.pop(0) if answers else "200"
+    if answer == "hang":
+        held.append(conn)
+        continue
+    body = b'{"status": "ok"}'
+    conn.sendall(b"HTTP/1.1 " + answer.encode() + b" X\\r\\nContent-Length: %d\\r\\n\\r\\n" % len(body) + body)
+    conn.close()
+"""
+
+
+def _health_engine(tmp_path: Path, answers: str) -> Path:
+    script = tmp_path / "health.py"
+    script.write_text(_HEALTH)
+    return _engine(tmp_path, f'exec {sys.executable} {script} {answers} "$@"')
+
+
+async def test_loading_answers_are_progress_and_the_first_200_makes_it_ready(tmp_path: Path,
+                                                                            tiny_model: Path) -> None:
+    worker = _worker(tmp_path, _health_engine(tmp_path, "503,503,503"), tiny_model)
+    await worker.start()
+    assert worker.state is WorkerState.READY
+    await worker.stop()
+
+
+async def test_a_health_poll_that_gets_no_answer_is_given_up_and_asked_again(
+        tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker_mod, "HEALTH_POLL_S", 0.3)
+    worker = _worker(tmp_path, _health_engine(tmp_path, "hang"), tiny_model)
+    worker.start_timeout_s = 20  # far above one poll: only a poll that gives up reaches the 200 behind it
+    await worker.start()
+    assert worker.state is WorkerState.READY
+    await worker.stop()
+
+
 async def test_start_timeout_is_an_error_and_kills_the_process(tmp_path: Path, tiny_model: Path) -> None:
     worker = _worker(tmp_path, _engine(tmp_path, "echo loading forever; exec sleep 60"), tiny_model)
     worker.start_timeout_s = 0.5
@@ -104,7 +149,7 @@ async def test_a_worker_that_dies_later_is_marked_error(tmp_path: Path, llama_se
 
 
 def test_orphans_of_a_dead_hive_are_reaped(tmp_path: Path) -> None:
-    engine = _engine(tmp_path, "sleep 60")
+    engine = _engine(tmp_path, "sleep 60 & wait")  # not a bare `sleep 60`: sh may exec it, and then no llama-server
     proc = subprocess.Popen([str(engine)], start_new_session=True)
     folder = tmp_path / "workers"
     folder.mkdir()

@@ -2,7 +2,9 @@
 certificate making (cryptography) stay out of a running queen, aiohttp out of every daemon (the hops to
 engines are rbee.common.upstream's) and prometheus_client too (rbee.common.prom writes /metrics); httpx
 (clients to remote hives, a starting worker's health poll, the engines' metrics scrape, copies between hives)
-and tomlkit (writing models.toml) until first used."""
+and tomlkit (writing models.toml) until first used; psutil (the CPU device's RAM is read from /proc/meminfo), the
+route modules of the rarely used APIs (route_table's lazy groups) and the contracts' pydantic schemas until first
+used, too."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import httpx
 
+from rbee.queen import route_table
 from tests.conftest import Queen
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,6 +34,26 @@ def _loaded_after(statement: str) -> list[str]:
 
 def test_the_queens_server_module_imports_none_of_the_heavy_packages() -> None:
     assert _loaded_after("import rbee.queen.server") == []
+
+
+def test_the_queens_server_leaves_the_lazy_route_groups_and_psutil_out() -> None:
+    lazy = [group.module for group in route_table.LAZY]
+    probe = ("import json, sys\nimport rbee.queen.server\n"
+             f"print(json.dumps([m for m in {[*lazy, 'psutil']!r} if m in sys.modules]))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          check=True)
+    assert json.loads(done.stdout.splitlines()[-1]) == []
+    assert "rbee.queen.ollama_routes" in lazy and "rbee.queen.openapi" in lazy  # the probe asked about them
+
+
+def test_the_contracts_schemas_are_built_on_first_use_not_at_import() -> None:
+    probe = ("from rbee.contracts.openai import ChatCompletionRequest as M\n"
+             "print(M.__pydantic_complete__)\n"
+             "M.model_validate({'model': 'm', 'messages': [{'role': 'user', 'content': 'hi'}]})\n"
+             "print(M.__pydantic_complete__)")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          check=True)
+    assert done.stdout.split() == ["False", "True"]
 
 
 def test_the_daemons_entry_point_imports_none_of_them_either() -> None:
@@ -56,6 +79,8 @@ def test_the_cli_still_has_them_where_it_needs_them() -> None:  # the probe abov
 def test_a_queen_that_served_a_model_maps_neither_numpy_nor_cryptography(
         make_queen: Callable[..., Queen], tiny_model: Path) -> None:
     queen = make_queen().start()
+    assert queen.proc is not None
+    assert "/psutil/" not in Path(f"/proc/{queen.proc.pid}/maps").read_text()  # idle: /proc/meminfo is enough
     body = {"model": str(tiny_model), "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     answer = httpx.post(f"{queen.url}/v1/chat/completions", json=body, timeout=120)  # added: its header was read
     assert answer.status_code == 200, answer.text
@@ -63,3 +88,28 @@ def test_a_queen_that_served_a_model_maps_neither_numpy_nor_cryptography(
     maps = Path(f"/proc/{queen.proc.pid}/maps").read_text()
     assert "/cryptography/" not in maps and "/numpy" not in maps and "/aiohttp/" not in maps
     assert "/uvloop/" in maps  # the probe sees the queen's own libraries: it would see those too
+
+
+def test_starting_a_worker_needs_no_httpx(tmp_path: Path, llama_server: Path, tiny_model: Path) -> None:
+    probe = f"""
+import asyncio, json, sys, time
+from pathlib import Path
+from rbee.contracts.models import ModelEntry
+from rbee.contracts.workers import WorkerMode, WorkerState
+from rbee.hive.worker import WorkerProcess, WorkerSpec
+
+async def main() -> str:
+    entry = ModelEntry(name="tiny", path={str(tiny_model)!r}, size_bytes=1, added_at=time.time())
+    spec = WorkerSpec(model=entry, mode=WorkerMode.GENERATE, engine=Path({str(llama_server)!r}), slots=1,
+                      context_per_slot=256, threads=1)
+    worker = WorkerProcess("t-w1", "localhost", spec, Path({str(tmp_path)!r}) / "t-w1.log")
+    await worker.start()
+    state = worker.state
+    await worker.stop()
+    return state.value
+
+print(json.dumps([asyncio.run(main()), "httpx" in sys.modules]))
+"""
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          check=True)
+    assert json.loads(done.stdout.splitlines()[-1]) == ["ready", False]

@@ -1,0 +1,83 @@
+"""The queen's memory idle and after one chat request (issue 20: "idle RSS <= 50 MB").
+
+Each run starts a queen in an empty RBEE_HOME (`RBEE_WORKER_THREADS=1 rbee queen start --foreground`), reads its
+VmRSS 2 s after /health answers, sends one chat request (`max_tokens` 4, the generated tiny model) and reads it
+again 2 s later; then `python -c "import rbee.queen.server"` gives its RSS and module count. It measures the
+checkout it runs from: to compare two versions, run it from a worktree of each, in turns.
+
+    python benchmarks/idle_rss.py --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.proxy_overhead import _print_table, running_queen  # noqa: E402
+from rbee.hive import engine  # noqa: E402
+from tests.fixtures.tiny_gguf import write_tiny_model  # noqa: E402
+
+SETTLE_S = 2.0  # after /health, and after the chat request, before VmRSS is read
+IMPORT = ("import sys, rbee.queen.server\n"
+          "rss = next(line for line in open('/proc/self/status') if line.startswith('VmRSS:')).split()[1]\n"
+          "print(rss, len(sys.modules))")
+
+
+def vm_rss_mb(pid: int) -> float:
+    line = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+def one_run(llama_server: Path) -> tuple[float, float]:
+    """(idle, after one chat) VmRSS of a fresh queen, in MB."""
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as home:
+        model = write_tiny_model(Path(home) / "tiny.gguf")
+        env = {"RBEE_HOME": home, "RBEE_WORKER_THREADS": "1", "RBEE_LLAMA_SERVER": str(llama_server)}
+        with running_queen(env) as queen:
+            pid = next(p.pid for p in psutil.Process().children() if "queen" in p.cmdline())
+            time.sleep(SETTLE_S)
+            idle = vm_rss_mb(pid)
+            body = {"model": str(model), "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+            httpx.post(f"{queen}/v1/chat/completions", json=body, timeout=120).raise_for_status()
+            time.sleep(SETTLE_S)
+            return idle, vm_rss_mb(pid)
+
+
+def import_only() -> tuple[float, int]:
+    """RSS (MB) and module count of a fresh interpreter that imported the queen's server."""
+    done = subprocess.run([sys.executable, "-c", IMPORT], cwd=REPO, capture_output=True, text=True, check=True)
+    rss, modules = done.stdout.split()
+    return int(rss) / 1024, int(modules)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3, help="queens started, one after another (default 3)")
+    args = parser.parse_args()
+    if args.runs < 1:
+        parser.error("--runs must be positive")
+    found = engine.locate()
+    if found is None:
+        sys.exit("no llama-server: run `rbee engine install` first")
+    runs = [one_run(found[0]) for _ in range(args.runs)]
+    imports = [import_only() for _ in range(args.runs)]
+    _print_table(f"queen RSS, {REPO}", [
+        ("idle queen RSS (MB)", " / ".join(f"{idle:.1f}" for idle, _ in runs)),
+        ("2 s after one chat request (MB)", " / ".join(f"{after:.1f}" for _, after in runs)),
+        ('python -c "import rbee.queen.server" (MB)', " / ".join(f"{rss:.1f}" for rss, _ in imports)),
+        ("  modules", " / ".join(str(n) for _, n in imports)),
+    ], ("measure", "runs"))
+
+
+if __name__ == "__main__":
+    main()
