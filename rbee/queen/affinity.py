@@ -17,7 +17,8 @@ The table remembers, for each (worker, slot), the chain of the last request it w
 `limit` slots). A request's preference (`prefer`):
   (1) the slot whose chain shares the longest prefix with the request's, past element 0, on a worker with a
       free slot: that worker (a *hit*), and that slot if it is free (else another free slot of the worker,
-      whose llama-server may still find the prefix in its host-memory prompt cache, `--cache-ram`);
+      whose llama-server finds the prefix in its host-memory prompt cache if RBEE_WORKER_CACHE_RAM_MIB gave
+      it one);
   (2) else, when only element 0 matches and it holds a system prompt or tools, that worker breaks ties among
       the least loaded ones (`tie`): conversations that share only a system prompt are spread as before, not
       pinned to one slot or one worker, but meet where their shared prefix already is when loads are even;
