@@ -12,8 +12,8 @@ gives the workers llama-server's host-memory prompt cache (RBEE_WORKER_CACHE_RAM
 llama-server's own 8192), which lets a worker restore an older prompt of a conversation it served before.
 Prints the median time to the first token per turn, and for turns 2 and later: the share of the prompt the
 engines report as cached, the tokens they prefilled (mean), how often a turn changed worker, and the median
-against least-loaded. Targets (DESIGN.md, issue 20): turns >= 2 at <= 0.25x of least-loaded, and two replicas
-never slower than one.
+(and the mean) against least-loaded. Targets (DESIGN.md, issue 20): turns >= 2 at <= 0.25x of least-loaded,
+and two replicas never slower than one.
 
 The unload case (`--cases unload`): two more queens with one worker each, one saving slots on unload (the
 default) and one not (RBEE_SLOT_CACHE_MIB=0). Each conversation's turn 1 ends with keep_alive 0, so the
@@ -150,11 +150,13 @@ def rows(results: dict[str, Results], turns: int) -> list[tuple[str, ...]]:
         later = [t for n in range(2, turns + 1) for t in found.turns[n]]
         base = [t for n in range(2, turns + 1) for t in baseline.turns[n]]
         ratio = statistics.median(t.ttft for t in later) / statistics.median(t.ttft for t in base)
+        mean_ratio = statistics.mean(t.ttft for t in later) / statistics.mean(t.ttft for t in base)
         share = sum(t.cached for t in later) / max(1, sum(t.prompt for t in later))
         fresh = statistics.mean(t.prompt - t.cached for t in later)
         moved = sum(t.moved for t in later) / len(later)
         out.append((name, *(f"{statistics.median(t.ttft for t in found.turns[n]):.3f}" for n in range(1, turns + 1)),
-                    f"{share:.0%}", f"{fresh:.0f}", f"{moved:.0%}", f"{ratio:.2f}x"))
+                    f"{share:.0%}", f"{fresh:.0f}", f"{moved:.0%}", f"{ratio:.2f}x",
+                    f"{mean_ratio:.2f}x"))
     return out
 
 
@@ -237,6 +239,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
     parser.add_argument("--conversations", type=int, default=4)
+    parser.add_argument("--slots", type=int, default=None, help="slots per worker (default: one per conversation)")
     parser.add_argument("--turns", type=int, default=4)
     parser.add_argument("--system-words", type=int, default=3000, help="the system prompt (~4k tokens)")
     parser.add_argument("--growth-words", type=int, default=250, help="each turn's new user message")
@@ -273,7 +276,7 @@ def main() -> None:
             (home / "config" / "models.toml").write_text(f'[models."{stem}"]\nmin_replicas = {replicas}\n')
             queen = stack.enter_context(running_queen({
                 "RBEE_HOME": str(home), "RBEE_LLAMA_SERVER": str(found[0]), "RBEE_AFFINITY": affinity,
-                "RBEE_WORKER_SLOTS": str(args.conversations), "RBEE_WORKER_THREADS": str(args.threads),
+                "RBEE_WORKER_SLOTS": str(args.slots or args.conversations), "RBEE_WORKER_THREADS": str(args.threads),
                 "RBEE_WORKER_CONTEXT": str(args.context), "RBEE_MAX_REPLICAS": str(replicas),
                 **({} if args.cache_ram is None else {"RBEE_WORKER_CACHE_RAM_MIB": str(args.cache_ram)})}))
             queens[name] = (queen, wait_ready(queen, replicas, first))
@@ -283,13 +286,14 @@ def main() -> None:
                 asyncio.run(session(queen, model, round_, args, results[name]))
         prompt = statistics.median(t.prompt for t in results["1 replica"].turns[1])
         cache = "rbee's default" if args.cache_ram is None else f"{args.cache_ram} MiB"
-        _print_table(f"{args.conversations} conversations x {args.turns} turns, {args.model}, {args.system} system "
+        _print_table(f"{args.conversations} conversations x {args.turns} turns, {args.slots or args.conversations} "
+                     f"slots a worker, {args.model}, {args.system} system "
                      f"prompts, --cache-ram {cache}, first prompt "
                      f"~{prompt:.0f} tokens, +{args.growth_words} words a turn, {args.rounds} rounds: median time "
                      "to first token (s)",
                      rows(results, args.turns), ("configuration", *(f"turn {n}" for n in range(1, args.turns + 1)),
                                                  "cached (turns 2+)", "prefilled (turns 2+, mean)", "changed worker",
-                                                 "turns 2+ vs least-loaded"))
+                                                 "turns 2+ vs least-loaded", "(mean)"))
 
 
 if __name__ == "__main__":
