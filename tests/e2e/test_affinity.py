@@ -88,11 +88,15 @@ def test_conversations_keep_their_workers_and_reuse_their_cache(make_queen: Call
     assert sorted(first.values()) == sorted(workers * 2)
     assert wait_for(lambda: sum(in_flight(queen).values()) == 0)
     before = _samples(queen)
+    prompts: dict[str, int] = {}
     for turns in (2, 3):  # interleaved: a b c d, a b c d
         for name in names:
             resp = turn(queen, name, messages(name, turns))
             assert resp.status_code == 200 and resp.headers["x-rbee-worker"] == first[name], (name, turns)
             assert cached(resp) > len(SYSTEM) // 8, resp.json()["usage"]  # at least the system prompt
+            if turns == 3:  # the same slot: all of turn 2's prompt (llama-server evaluates its last token again)
+                assert cached(resp) >= prompts[name] - 1, (name, prompts[name], resp.json()["usage"])
+            prompts[name] = int(resp.json()["usage"]["prompt_tokens"])
     after = _samples(queen)
     assert _value(after, "rbee_affinity_hits_total", model=MODEL) - \
         _value(before, "rbee_affinity_hits_total", model=MODEL) == 8
