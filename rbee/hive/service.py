@@ -535,7 +535,7 @@ class Hive:
             gpu_layers=placed.offload.gpu_layers if placed.offload else None, shares=placed.shares(memory),
             offload=placed.describe(),
             slot_save_path=await asyncio.to_thread(self.slots.path) if mode is WorkerMode.GENERATE else None,
-            cache_ram_mib=settings.worker_cache_ram_mib(),
+            cache_ram_mib=settings.worker_cache_ram_mib() if mode is WorkerMode.GENERATE else 0,
         )
         self.supervisor.forget_dead()
         worker = await self.supervisor.spawn(spec, memory)

@@ -202,7 +202,7 @@ class WorkerProcess:
     def info(self) -> WorkerInfo:
         return WorkerInfo(
             id=self.id, model=self.spec.model.name, hive=self.hive, mode=self.spec.mode, state=self.state,
-            url=self.public_url, pid=self.pid, slots=self.spec.slots,
+            url=self.public_url, pid=self.pid, slots=self.spec.slots, cache_ram_mib=self.spec.cache_ram_mib,
             context_size=self.spec.context_per_slot, started_at=self.started_at,
             error=self.error, memory_bytes=self.memory, device=self.spec.device, device_memory=self.held(),
             offload=self.spec.offload,

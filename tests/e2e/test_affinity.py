@@ -166,3 +166,19 @@ def test_with_affinity_off_a_later_turn_goes_to_the_least_loaded_worker(make_que
     assert resp.status_code == 200 and resp.headers["x-rbee-worker"] == workers[0]  # the oldest idle one
     samples = _samples(queen)
     assert _value(samples, "rbee_affinity_hits_total") == _value(samples, "rbee_affinity_misses_total") == 0
+
+
+def test_a_conversation_whose_slot_went_to_another_is_restored_from_its_workers_host_cache(
+        make_queen: Callable[..., Queen], long_model: Path) -> None:
+    """One slot a worker, with llama-server's host-memory prompt cache (RBEE_WORKER_CACHE_RAM_MIB): b takes the
+    slot that held a, llama-server keeps a's prompt in RAM, and a's next turn goes back there and finds it."""
+    queen, workers = pair(make_queen, long_model, slots=1, RBEE_WORKER_CACHE_RAM_MIB="256")
+    own = [{"role": "system", "content": "Another project, another agent. Keep every test green. " * 12}]
+    first = turn(queen, "a", own + messages("a", 1)[1:])
+    assert first.status_code == 200 and first.headers["x-rbee-worker"] == workers[0]
+    assert turn(queen, "b", messages("b", 1)).headers["x-rbee-worker"] == workers[0]  # the oldest idle one
+    hits = _value(_samples(queen), "rbee_affinity_hits_total", model=MODEL)
+    resp = turn(queen, "a", own + messages("a", 2)[1:])
+    assert resp.status_code == 200 and resp.headers["x-rbee-worker"] == workers[0]
+    assert cached(resp) >= int(first.json()["usage"]["prompt_tokens"]) - 1, resp.json()["usage"]
+    assert _value(_samples(queen), "rbee_affinity_hits_total", model=MODEL) == hits + 1
