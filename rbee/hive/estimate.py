@@ -8,7 +8,9 @@
   activations, plus the attention scores against one slot's context (f32, every head), which
   is what dominates without flash attention; at least 64 MiB (measured: ~300 MiB for a 7B
   model at 4096 tokens);
-- overhead: a fixed allowance per device for the runtime (CUDA context, allocator slack).
+- overhead: a fixed allowance per device for the runtime (CUDA context, allocator slack), plus the host-memory
+  prompt cache a text worker may fill (RBEE_WORKER_CACHE_RAM_MIB, llama-server's `--cache-ram`; 0 by default).
+  That cache lives in RAM even for a GPU worker, so counting it on the worker's device is conservative there.
 
 A whisper.cpp model (speech-to-text; one request at a time, no KV cache to size) needs its weights plus 40 %
 for its compute buffers and KV caches, plus SPEECH_OVERHEAD: that covers whisper.cpp's own table of total
@@ -68,7 +70,8 @@ def estimate(summary: GGUFSummary, weights_bytes: int, context_per_slot: int, sl
     embd = summary.embedding_length or 4096
     heads = summary.head_count or 32
     compute = max(64 * MiB, UBATCH * (vocab + 4 * embd) * 4 + UBATCH * context_per_slot * heads * 4)
-    return MemoryEstimate(weights=weights_bytes, kv_cache=kv, compute=compute, overhead=OVERHEAD)
+    return MemoryEstimate(weights=weights_bytes, kv_cache=kv, compute=compute,
+                          overhead=OVERHEAD + settings.worker_cache_ram_mib() * MiB)
 
 
 MIN_AUTO_CONTEXT = 2048

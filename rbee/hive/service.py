@@ -534,6 +534,7 @@ class Hive:
             gpu_layers=placed.offload.gpu_layers if placed.offload else None, shares=placed.shares(memory),
             offload=placed.describe(),
             slot_save_path=await asyncio.to_thread(self.slots.path) if mode is WorkerMode.GENERATE else None,
+            cache_ram_mib=settings.worker_cache_ram_mib() if mode is WorkerMode.GENERATE else 0,
         )
         self.supervisor.forget_dead()
         worker = await self.supervisor.spawn(spec, memory)
@@ -559,7 +560,7 @@ class Hive:
             host=self.address, tls=self.tls, device="+".join([d.id for d in gpus] + [offload_plan.CPU]),
             engine_device=",".join(names), tensor_split=tuple(max(1, round(s * 10_000)) for s in spread.tensor_split),
             gpu_layers=spread.gpu_layers, rpc=tuple(spread.rpc), offload=spread.describe or None,
-            slot_save_path=await asyncio.to_thread(self.slots.path))
+            slot_save_path=await asyncio.to_thread(self.slots.path), cache_ram_mib=settings.worker_cache_ram_mib())
         self.supervisor.forget_dead()
         worker = await self.supervisor.spawn(spec, memory)
         await self.catalog.touch(model.name)

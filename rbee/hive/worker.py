@@ -65,6 +65,7 @@ class WorkerSpec:
     tensor_split: tuple[int, ...] = ()  # a spread worker's share of layers per device (their sizes in MiB)
     front: str | None = None  # the hive's API that serves this engine (rbee/hive/front.py); it listens on loopback
     slot_save_path: Path | None = None  # a text worker's folder for saved slots (rbee/hive/slot_cache.py)
+    cache_ram_mib: int = 0  # a text worker's host-memory prompt cache (--cache-ram; 0: off, not llama-server's 8 GiB)
     gpu_layers: int | None = None  # layers on the GPUs when the rest are in RAM (device "cuda0+cpu"); None: all
     shares: tuple[int, ...] = ()  # bytes held on each part of `device` when planned so (offloaded)
     offload: str | None = None  # the split in words: "cuda0 24/33 layers + cpu 9/33"
@@ -131,6 +132,8 @@ def build_argv(spec: WorkerSpec, port: int) -> list[str]:
         argv += ["--split-mode", "layer", "--tensor-split", ",".join(map(str, spec.tensor_split))]
     if spec.threads:
         argv += ["--threads", str(spec.threads), "--threads-batch", str(spec.threads)]
+    if spec.mode is WorkerMode.GENERATE:
+        argv += ["--cache-ram", str(spec.cache_ram_mib)]
     if spec.mode is WorkerMode.GENERATE and spec.slot_save_path is not None:
         argv += ["--slot-save-path", str(spec.slot_save_path)]
     if spec.mode is WorkerMode.EMBED:
@@ -202,7 +205,7 @@ class WorkerProcess:
     def info(self) -> WorkerInfo:
         return WorkerInfo(
             id=self.id, model=self.spec.model.name, hive=self.hive, mode=self.spec.mode, state=self.state,
-            url=self.public_url, pid=self.pid, slots=self.spec.slots,
+            url=self.public_url, pid=self.pid, slots=self.spec.slots, cache_ram_mib=self.spec.cache_ram_mib,
             context_size=self.spec.context_per_slot, started_at=self.started_at,
             error=self.error, memory_bytes=self.memory, device=self.spec.device, device_memory=self.held(),
             offload=self.spec.offload,

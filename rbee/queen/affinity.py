@@ -14,10 +14,15 @@ A client's own session header (SESSION_HEADERS) is mixed into element 1, so two 
 are still two conversations; element 0 stays shared.
 
 The table remembers, for each (worker, slot), the chain of the last request it was given (LRU, at most
-`limit` slots). A request's preference (`prefer`):
+`limit` entries). A slot given to another conversation loses its KV cache, unless its worker has a host-memory
+prompt cache (`--cache-ram`, RBEE_WORKER_CACHE_RAM_MIB), where llama-server saves the old prompt and restores
+it for the request that resumes it in any slot: for such a worker (`record(spill=True)`) the old chain is kept
+as held by the worker, on no slot (a negative slot id; at most SPILLED per worker, the oldest forgotten).
+A request's preference (`prefer`):
   (1) the slot whose chain shares the longest prefix with the request's, past element 0, on a worker with a
       free slot: that worker (a *hit*), and that slot if it is free (else another free slot of the worker,
-      whose llama-server may still find the prefix in its host-memory prompt cache, `--cache-ram`);
+      whose llama-server finds the prefix in its host-memory prompt cache, if it has one: so a chain held on
+      no slot prefers its worker only);
   (2) else, when only element 0 matches and it holds a system prompt or tools, that worker breaks ties among
       the least loaded ones (`tie`): conversations that share only a system prompt are spread as before, not
       pinned to one slot or one worker, but meet where their shared prefix already is when loads are even;
@@ -38,10 +43,11 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-__all__ = ["CHUNK", "SESSION_HEADERS", "Affinity", "Key", "Preference", "key_of", "session_of"]
+__all__ = ["CHUNK", "SESSION_HEADERS", "SPILLED", "Affinity", "Key", "Preference", "key_of", "session_of"]
 
 CHUNK = 1024  # characters of a raw prompt per chain element
 MAX_CHAIN = 1024  # elements kept per request: the rest of a longer one is not needed to tell it apart
+SPILLED = 16  # chains remembered per worker in its host-memory prompt cache, past those on its slots
 SESSION_HEADERS = ("x-session-id", "x-claude-code-session-id", "session_id", "conversation_id")
 _SYSTEM_ROLES = ("system", "developer")
 
@@ -143,6 +149,7 @@ class Affinity:
         self._limit = limit
         self._slots: OrderedDict[SlotKey, Chain] = OrderedDict()  # least recently given first
         self._holders: dict[int, set[SlotKey]] = {}
+        self._spills = 0  # spilled chains ever kept: their negative slot ids
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -178,18 +185,34 @@ class Affinity:
         order = {k: i for i, k in enumerate(self._slots)}
         return min(free, key=lambda s: order[(worker, s)])
 
-    def record(self, worker: str, slot: int, key: Key) -> None:
+    def record(self, worker: str, slot: int, key: Key, spill: bool = False) -> None:
         """`worker`'s `slot` was given a request of `key` (an empty chain: one that tells nothing; the slot's old
-        chain is gone all the same)."""
+        chain is gone all the same, or, `spill`, kept as held by the worker's host-memory prompt cache when
+        `key` does not continue it)."""
         where = (worker, slot)
+        old = self._slots.get(where)
         self._drop(where)
-        if not key.chain:
+        for resumed in [w for w, c in self._slots.items() if w[0] == worker and w[1] < 0 and key.chain[:len(c)] == c]:
+            self._drop(resumed)  # llama-server took it out of its cache into the slot
+        if spill and old and key.chain[:len(old)] != old:
+            self._spill(worker, old)
+        self._add(where, key.chain)
+
+    def _add(self, where: SlotKey, chain: Chain) -> None:
+        if not chain:
             return
-        self._slots[where] = key.chain
-        for element in key.chain:
+        self._slots[where] = chain
+        for element in chain:
             self._holders.setdefault(element, set()).add(where)
         while len(self._slots) > self._limit:
             self._drop(next(iter(self._slots)))
+
+    def _spill(self, worker: str, chain: Chain) -> None:
+        spilled = [w for w in self._slots if w[0] == worker and w[1] < 0]
+        for where in spilled[:max(0, len(spilled) + 1 - SPILLED)]:
+            self._drop(where)
+        self._spills += 1
+        self._add((worker, -self._spills), chain)
 
     def _drop(self, where: SlotKey) -> None:
         chain = self._slots.pop(where, None)
@@ -212,6 +235,6 @@ class Affinity:
         the context itself for a request that had nothing else)."""
         found: list[tuple[int, str]] = []
         for (owner, slot), chain in reversed(self._slots.items()):
-            if owner == worker and len(found) < limit:
+            if owner == worker and slot >= 0 and len(found) < limit:
                 found.append((slot, f"{chain[min(1, len(chain) - 1)]:016x}"))
         return found

@@ -73,7 +73,7 @@ def take(scheduler: Scheduler, worker: AnyWorker, seconds: float, key: Key | Non
         return Lease(worker, seconds, scheduler)
     slot = table.slot_for(worker.id, free[worker.id], preference)
     load.busy.add(slot)
-    table.record(worker.id, slot, key)
+    table.record(worker.id, slot, key, spill=worker.spec.cache_ram_mib > 0)
     return Lease(worker, seconds, scheduler, slot, preference.worker == worker.id if key.chain else None)
 
 

@@ -41,6 +41,7 @@ class RemoteSpec:
     mode: WorkerMode
     slots: int
     context_per_slot: int
+    cache_ram_mib: int = 0  # its host-memory prompt cache, as its hive reports it
 
 
 class RemoteWorker:
@@ -73,7 +74,7 @@ class RemoteWorker:
     def _take(self, hosted: HostedWorker) -> None:
         info = hosted.info
         self.id = info.id
-        self.spec = RemoteSpec(hosted.entry, info.mode, info.slots, info.context_size)
+        self.spec = RemoteSpec(hosted.entry, info.mode, info.slots, info.context_size, info.cache_ram_mib)
         self.url, self.api_key = info.url, hosted.api_key  # started_at stays the queen's: tie-breaks use it
         self.memory = info.memory_bytes
         self.device = info.device

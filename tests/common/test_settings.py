@@ -1,4 +1,5 @@
-"""Settings from the environment: RBEE_WORKER_MAX_CONTEXT, which a longer prompt may go beyond."""
+"""Settings from the environment: RBEE_WORKER_MAX_CONTEXT, which a longer prompt may go beyond, the spread
+bounds, and RBEE_WORKER_CACHE_RAM_MIB."""
 
 from __future__ import annotations
 
@@ -37,3 +38,17 @@ def test_a_bad_spread_bound_is_named(monkeypatch: pytest.MonkeyPatch, name: str,
     monkeypatch.setenv(name, raw)
     with pytest.raises(settings.SettingsError, match=f"{name}='{raw}' {said}"):
         settings.spread_bounds()
+
+
+def test_the_workers_prompt_cache_in_ram_is_off_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RBEE_WORKER_CACHE_RAM_MIB", raising=False)
+    assert settings.worker_cache_ram_mib() == 0
+    monkeypatch.setenv("RBEE_WORKER_CACHE_RAM_MIB", "1024")
+    assert settings.worker_cache_ram_mib() == 1024
+
+
+@pytest.mark.parametrize(("raw", "said"), [("-1", "must be between 0 and 1048576"), ("8GiB", "is not a whole number")])
+def test_a_bad_rbee_worker_cache_ram_mib_is_named(monkeypatch: pytest.MonkeyPatch, raw: str, said: str) -> None:
+    monkeypatch.setenv("RBEE_WORKER_CACHE_RAM_MIB", raw)
+    with pytest.raises(settings.SettingsError, match=f"RBEE_WORKER_CACHE_RAM_MIB='{raw}' {said}"):
+        settings.worker_cache_ram_mib()

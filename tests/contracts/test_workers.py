@@ -72,3 +72,14 @@ def test_an_offloaded_worker_holds_its_planned_shares_and_a_hive_cannot_send_a_h
     with pytest.raises(ValidationError, match="offload"):  # a hostile hive's report is bounded
         WorkerInfo(id="w", model="m", hive="h", state=WorkerState.READY, slots=1, context_size=1, started_at=0,
                    offload="x" * 201)
+
+
+@pytest.mark.parametrize("mib", [-1, 2**20 + 1, "lots"])
+def test_a_hive_cannot_report_a_prompt_cache_out_of_bounds(mib: object) -> None:
+    """A hostile hive's report of a worker's host-memory prompt cache (what makes affinity remember the
+    conversations it keeps) is a bounded whole number of MiB."""
+    assert WorkerInfo(id="w", model="m", hive="h", state=WorkerState.READY, slots=1, context_size=1, started_at=0,
+                      cache_ram_mib=64).cache_ram_mib == 64
+    with pytest.raises(ValidationError, match="cache_ram_mib"):
+        WorkerInfo(id="w", model="m", hive="h", state=WorkerState.READY, slots=1, context_size=1, started_at=0,
+                   cache_ram_mib=mib)  # type: ignore[arg-type]

@@ -88,11 +88,15 @@ def test_conversations_keep_their_workers_and_reuse_their_cache(make_queen: Call
     assert sorted(first.values()) == sorted(workers * 2)
     assert wait_for(lambda: sum(in_flight(queen).values()) == 0)
     before = _samples(queen)
+    prompts: dict[str, int] = {}
     for turns in (2, 3):  # interleaved: a b c d, a b c d
         for name in names:
             resp = turn(queen, name, messages(name, turns))
             assert resp.status_code == 200 and resp.headers["x-rbee-worker"] == first[name], (name, turns)
             assert cached(resp) > len(SYSTEM) // 8, resp.json()["usage"]  # at least the system prompt
+            if turns == 3:  # the same slot: all of turn 2's prompt (llama-server evaluates its last token again)
+                assert cached(resp) >= prompts[name] - 1, (name, prompts[name], resp.json()["usage"])
+            prompts[name] = int(resp.json()["usage"]["prompt_tokens"])
     after = _samples(queen)
     assert _value(after, "rbee_affinity_hits_total", model=MODEL) - \
         _value(before, "rbee_affinity_hits_total", model=MODEL) == 8
@@ -162,3 +166,19 @@ def test_with_affinity_off_a_later_turn_goes_to_the_least_loaded_worker(make_que
     assert resp.status_code == 200 and resp.headers["x-rbee-worker"] == workers[0]  # the oldest idle one
     samples = _samples(queen)
     assert _value(samples, "rbee_affinity_hits_total") == _value(samples, "rbee_affinity_misses_total") == 0
+
+
+def test_a_conversation_whose_slot_went_to_another_is_restored_from_its_workers_host_cache(
+        make_queen: Callable[..., Queen], long_model: Path) -> None:
+    """One slot a worker, with llama-server's host-memory prompt cache (RBEE_WORKER_CACHE_RAM_MIB): b takes the
+    slot that held a, llama-server keeps a's prompt in RAM, and a's next turn goes back there and finds it."""
+    queen, workers = pair(make_queen, long_model, slots=1, RBEE_WORKER_CACHE_RAM_MIB="256")
+    own = [{"role": "system", "content": "Another project, another agent. Keep every test green. " * 12}]
+    first = turn(queen, "a", own + messages("a", 1)[1:])
+    assert first.status_code == 200 and first.headers["x-rbee-worker"] == workers[0]
+    assert turn(queen, "b", messages("b", 1)).headers["x-rbee-worker"] == workers[0]  # the oldest idle one
+    hits = _value(_samples(queen), "rbee_affinity_hits_total", model=MODEL)
+    resp = turn(queen, "a", own + messages("a", 2)[1:])
+    assert resp.status_code == 200 and resp.headers["x-rbee-worker"] == workers[0]
+    assert cached(resp) >= int(first.json()["usage"]["prompt_tokens"]) - 1, resp.json()["usage"]
+    assert _value(_samples(queen), "rbee_affinity_hits_total", model=MODEL) == hits + 1

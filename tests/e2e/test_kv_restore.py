@@ -148,11 +148,17 @@ def test_an_eviction_saves_and_the_evicted_conversation_gets_its_slot_back(
     assert counter(queen, "rbee_slot_restores_total", result="restored") == 1
 
 
-def engine_of(queen: Queen) -> tuple[str, str]:
-    """The one llama-server under the queen: its URL and API key (a client that bypasses the queen)."""
+def engine_process(queen: Queen) -> psutil.Process:
+    """The one llama-server under the queen."""
     assert queen.proc is not None
     [engine] = [p for p in psutil.Process(queen.proc.pid).children(recursive=True) if "--api-key" not in p.cmdline()
                 and "LLAMA_API_KEY" in p.environ()]
+    return engine
+
+
+def engine_of(queen: Queen) -> tuple[str, str]:
+    """The one llama-server under the queen: its URL and API key (a client that bypasses the queen)."""
+    engine = engine_process(queen)
     args = engine.cmdline()
     return f"http://127.0.0.1:{args[args.index('--port') + 1]}", engine.environ()["LLAMA_API_KEY"]
 

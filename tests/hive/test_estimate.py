@@ -40,3 +40,10 @@ def test_a_header_without_a_context_gets_the_fallback_and_a_short_trained_contex
     assert fitting_context(unknown, 2**20, 4, 64 * GiB, 32768, 4096) == 4096
     short = GGUFSummary(architecture="llama", context_length=1024, block_count=2)
     assert fitting_context(short, 2**20, 4, 0, 32768, 4096) == 1024
+
+
+def test_a_workers_prompt_cache_in_ram_is_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RBEE_WORKER_CACHE_RAM_MIB", raising=False)
+    plain = estimate(SEVEN_B, WEIGHTS, 4096, 4)
+    monkeypatch.setenv("RBEE_WORKER_CACHE_RAM_MIB", "2048")
+    assert estimate(SEVEN_B, WEIGHTS, 4096, 4).total - plain.total == 2 * GiB

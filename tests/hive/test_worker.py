@@ -39,6 +39,15 @@ def test_only_text_workers_get_the_slot_cache_folder() -> None:
     assert "--slot-save-path" not in embed and "--slot-save-path" not in build_argv(_spec(WorkerMode.GENERATE), 1)
 
 
+def test_text_workers_get_the_host_memory_prompt_cache_asked_and_none_by_default() -> None:
+    """llama-server's own default (--cache-ram 8192) would hold up to 8 GiB of RAM that no estimate counts."""
+    text = build_argv(_spec(WorkerMode.GENERATE), 5555)
+    assert text[text.index("--cache-ram") + 1] == "0"
+    asked = build_argv(dataclasses.replace(_spec(WorkerMode.GENERATE), cache_ram_mib=512), 5555)
+    assert asked[asked.index("--cache-ram") + 1] == "512"
+    assert "--cache-ram" not in build_argv(dataclasses.replace(_spec(WorkerMode.EMBED), cache_ram_mib=512), 5555)
+
+
 def test_the_key_is_never_on_the_command_line() -> None:
     argv = build_argv(_spec(WorkerMode.GENERATE), 5555)
     assert not any("key" in part for part in argv)

@@ -13,7 +13,7 @@ from rbee.contracts.openai import ChatCompletionRequest, CompletionRequest, Embe
 from rbee.contracts.responses import ResponsesRequest
 from rbee.contracts.workers import WorkerMode
 from rbee.queen import decide
-from rbee.queen.affinity import CHUNK, Affinity, Key, Preference, key_of, session_of
+from rbee.queen.affinity import CHUNK, SPILLED, Affinity, Key, Preference, key_of, session_of
 from rbee.queen.leases import free_slots, take, with_slot
 from rbee.queen.loads import Loads
 
@@ -112,6 +112,39 @@ def test_the_table_is_bounded_and_forgets_stopped_workers() -> None:
     assert len(table) == 0
 
 
+def test_a_worker_with_a_host_memory_cache_keeps_a_conversation_whose_slot_went_to_another() -> None:
+    table = Affinity()
+    table.record("w1", 0, key("a"), spill=True)
+    table.record("w1", 0, key("b"), spill=True)  # llama-server saves a's prompt into its host-memory cache
+    assert table.prefer(key("a", "x", "y"), {"w1": [1], "w2": [0]}) == Preference("w1", None, depth=2)
+    assert table.prefer(key("b", "x", "y"), {"w1": [0], "w2": [0]}) == Preference("w1", 0, depth=2)
+    assert table.recent("w1", 5) == [(0, f"{key('b').chain[1]:016x}")]  # saves on unload: slots only
+    table.record("w1", 1, key("a", "x", "y"), spill=True)  # a resumed from the cache into slot 1
+    table.record("w1", 1, key("c"), spill=True)
+    assert table.prefer(key("a", "x", "y", "z", "w"), {"w1": [1], "w2": [0]}) == Preference("w1", None, depth=4)
+    table.record("w1", 0, key("b", "x", "y"), spill=True)  # b continued on its slot: nothing to keep
+    assert len(table) == 3  # slots 0 and 1, and a's latest turn in the cache
+
+
+def test_without_a_host_memory_cache_a_reused_slot_forgets_its_conversation() -> None:
+    table = Affinity()
+    table.record("w1", 0, key("a"))
+    table.record("w1", 0, key("b"))
+    assert table.prefer(key("a", "x", "y"), {"w1": [1], "w2": [0]}) == Preference(tie="w1")
+
+
+def test_a_workers_cache_holds_at_most_spilled_conversations() -> None:
+    table = Affinity()
+    for n in range(SPILLED + 2):  # c0 .. c16 leave slot 0 in turn, c17 holds it
+        table.record("w1", 0, key(f"c{n}"), spill=True)
+    free = {"w1": [1], "w2": [0]}
+    assert table.prefer(key("c0", "x", "y"), free) == Preference(tie="w1")  # the oldest, forgotten
+    assert table.prefer(key("c1", "x", "y"), free) == Preference("w1", None, depth=2)
+    assert len(table) == SPILLED + 1
+    table.forget([])
+    assert len(table) == 0
+
+
 def test_recent_lists_a_workers_slots_most_recent_first() -> None:
     table = Affinity()
     table.record("w1", 0, key("a"))
@@ -146,7 +179,7 @@ def test_a_lease_names_a_free_slot_for_a_generating_request_only() -> None:
     scheduler = cast(Any, SimpleNamespace(loads=Loads(), affinity=Affinity(), slot_freed=freed.append,
                                           executor=SimpleNamespace(unload_soon=freed.append)))
     worker = cast(Any, SimpleNamespace(id="w1", started_at=time.time(),
-                                       spec=SimpleNamespace(mode=WorkerMode.GENERATE, slots=2)))
+                                       spec=SimpleNamespace(mode=WorkerMode.GENERATE, slots=2, cache_ram_mib=0)))
 
     def lease(asked: Key | None) -> Any:
         free = free_slots(scheduler, [worker])
