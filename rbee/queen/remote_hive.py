@@ -42,6 +42,7 @@ from rbee.contracts.status import HiveInfo
 from rbee.contracts.workers import WorkerMode, WorkerState
 from rbee.hive import model_refs
 from rbee.hive.downloads import catalog_names
+from rbee.hive.rpc_servers import booked
 from rbee.hive.service import ModelUnavailable
 from rbee.hive.slot_cache import RESTORE_TIMEOUT_S, SlotRefused
 from rbee.hive.worker import START_TIMEOUT_S, STOP_GRACE_S, WorkerStartError
@@ -175,11 +176,7 @@ class RemoteHive:
 
     def lent(self) -> dict[str, int]:
         """The memory its rpc-servers hold for spreads, per device, as last reported."""
-        held: dict[str, int] = {}
-        for s in self.report.rpc_servers:
-            if s.state in ("starting", "ready"):
-                held[s.device] = held.get(s.device, 0) + s.memory
-        return held
+        return booked(self.report.rpc_servers)
 
     # -- spreads across hives (rbee/queen/spread_run.py) ----------------------------------------------
     async def start_rpc_server(self, asked: RpcServerOpen) -> RpcServerInfo:
