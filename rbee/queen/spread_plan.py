@@ -220,8 +220,8 @@ def forced(model: str, need: int, asked: list[SpreadDevice], hives: Mapping[str,
         return _refusal(model, need, rooms, refused, f"the spread {named} has a link over the bound")
     helpers = [hive for hive, _ in usable]
     chosen = _main_first(main, picked[main]) + [(h, d) for h in helpers for d in picked[h]]
-    if _room([d for _, d in chosen]) < need:
-        return _refusal(model, need, rooms, [], f"the devices of {named} do not hold it")
     done = _plan(model, need, main, helpers, chosen, rooms, [link for _, link in usable], [])
     _each_holds_a_share(done)
+    if _room([d for _, d in chosen]) < need:
+        return _refusal(model, need, rooms, [], f"the devices of {named} do not hold it")
     return done.model_copy(update={"reason": f"forced spread over {named}"})
