@@ -34,7 +34,7 @@ from tests.fixtures.lan import USER_PATH, Host, Lan, lan_hosts
 
 MIB = 2**20
 MODEL = "rbee-test/spreadgpus-GGUF:Q4_K_M"
-ASK = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 12, "temperature": 0, "seed": 7}
+pytestmark = pytest.mark.timeout(1200)  # two hive installs, then the lan lock other netns tests share
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def alone(fleet: Queen) -> str:
     """The answer of one host's worker (h1's CPU), the reference; then no worker is left."""
     fleet.cli("worker", "start", MODEL, "-a", "h1", "--device", "cpu", check=True, timeout=300)
     try:
-        text = complete(fleet)
+        text = complete(fleet, MODEL)
         assert text.strip()
         return text
     finally:
@@ -124,7 +124,7 @@ def test_no_hive_holds_it_so_the_helper_lends_both_gpus_through_one_rpc_server(
     assert plan["spread"] and plan["main"] == "h1" and plan["helpers"] == ["h2"], plan["reason"]
     assert [(d["hive"], d["device"], d["order"]) for d in plan["devices"]] == [
         ("h2", "cuda0", 0), ("h2", "cuda1", 1), ("h1", "cpu", None)]
-    assert complete(fleet) == alone  # the scheduler's load step spreads it; greedy: the same tokens
+    assert complete(fleet, MODEL) == alone  # the scheduler's load step spreads it; greedy: the same tokens
     try:
         (worker,) = [w for w in fleet.workers() if w["state"] == "ready"]
         assert worker["hive"] == "h1"
@@ -163,7 +163,7 @@ def test_a_forced_spread_over_a_helpers_two_gpus(fleet: Queen, lan: Lan, gpus: F
     assert "h2:cuda0" in said and "h2:cuda1" in said and "(rpc)" in said, said
     try:
         _one_rpc_server(lan)
-        assert complete(fleet) == alone
+        assert complete(fleet, MODEL) == alone
     finally:
         stop_all(fleet)
     assert wait_for(lambda: not report(lan, "h2")["rpc_servers"], 30)
@@ -182,7 +182,7 @@ def test_a_forced_helper_device_not_there_or_without_room_is_refused_by_name(
 
 
 def test_the_helpers_rpc_server_failing_ends_the_spread_everywhere(fleet: Queen, lan: Lan, gpus: FakeGPUs) -> None:
-    assert complete(fleet)  # spread again by the load step
+    assert complete(fleet, MODEL)  # spread again by the load step
     (worker,) = [w for w in fleet.workers() if w["state"] == "ready"]
     pid = int(_one_rpc_server(lan)["pid"])
     psutil.Process(pid).kill()  # the lender of both GPUs dies

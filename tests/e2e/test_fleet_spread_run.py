@@ -58,8 +58,9 @@ def report(lan: Lan, host: str) -> dict[str, Any]:
     return dict(resp.json())
 
 
-def complete(fleet: Queen) -> str:
-    resp = httpx.post(f"{fleet.url}/v1/completions", json=ASK, timeout=120)
+def complete(fleet: Queen, model: str = MODEL) -> str:
+    """The greedy answer to ASK from `model`, through the queen."""
+    resp = httpx.post(f"{fleet.url}/v1/completions", json={**ASK, "model": model}, timeout=120)
     assert resp.status_code == 200, resp.text
     return str(resp.json()["choices"][0]["text"])
 
