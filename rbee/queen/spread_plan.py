@@ -162,7 +162,10 @@ def _grow(model: str, need: int, main: str, views: Mapping[str, Sequence[DeviceV
     for hive, link in usable:
         if _room([d for _, d in chosen]) >= need:
             break
-        chosen += [(hive, d) for d in views[hive] if d.total > OVERHEAD]  # a device after the first holds a runtime
+        lent = [(hive, d) for d in views[hive] if d.total > OVERHEAD]  # a device after the first holds a runtime
+        if not lent:
+            continue
+        chosen += lent
         helpers.append(hive)
         used.append(link)
     if _room([d for _, d in chosen]) < need:

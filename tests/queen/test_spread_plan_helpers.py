@@ -47,6 +47,14 @@ def test_a_busy_gpu_of_a_helper_is_left_out_and_its_other_gpu_lent() -> None:
     assert all(d.share > 0 for d in done.devices)
 
 
+def test_a_helper_whose_every_device_is_busy_is_no_helper() -> None:
+    hives = {**_fleet(), "busy": _hive("busy", cuda0=0.2, cpu=0.1)}
+    links = _links(_link("pc", "server", rtt=1.0), _link("pc", "busy", rtt=0.1))  # the best link, no room
+    done = plan("m", 100 * GiB, hives, links)
+    assert done.spread and done.helpers == ["server"], done.reason
+    assert "busy" not in {d.hive for d in done.devices}
+
+
 def test_a_fleet_short_of_room_once_a_helpers_gpu_is_busy_is_refused_with_the_numbers() -> None:
     done = plan("m", 120 * GiB, _fleet(cuda0=0, cuda1=24, cpu=4), LINKS)
     assert not done.spread and "needs 120.00 GiB" in done.reason and "do not hold it together" in done.reason
