@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_serializer, field_validator
+from pydantic import Field, SecretStr, field_serializer, field_validator, model_validator
 
 from rbee.contracts.base import Contract
 from rbee.contracts.bounds import HostAddress
@@ -68,23 +68,43 @@ RPC_ENDPOINT_PATTERN = r"^127\.0\.0\.1:[0-9]{1,5}$"
 MAX_RPC = 15
 
 
+DEVICE_PATTERN = r"^[A-Za-z0-9_.-]{1,32}$"
+MAX_LENT_DEVICES = 16
+
+
+class LentDevice(Contract):
+    """One device an rpc-server lends to a spread, and the memory booked on it there."""
+
+    device: str = Field(default="cpu", pattern=DEVICE_PATTERN)
+    memory: int = Field(default=0, ge=0, le=2**50)
+
+
 class RpcServerOpen(Contract):
-    """queen -> helper: start a ggml-rpc-server lending `device` to spread `spread`, booking `memory` bytes there.
+    """queen -> helper: start one ggml-rpc-server lending `devices` to spread `spread` (`-d DEV1,DEV2`: llama.cpp
+    0.3.36's rpc-server serves several devices, which llama-server lists as RPCn, RPCn+1, ... in this order),
+    booking each device's `memory` bytes there.
 
     It listens on 127.0.0.1 only (the spread's listen channel end reaches it), with its local cache (`-c`) in
     the hive's state folder, so a reload of the same weights is not pushed over the network again."""
 
     spread: str = Field(pattern=SPREAD_ID_PATTERN)
-    device: str = Field(default="cpu", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
-    memory: int = Field(default=0, ge=0, le=2**50)
+    devices: list[LentDevice] = Field(default=[LentDevice()], min_length=1, max_length=MAX_LENT_DEVICES)
+
+    @field_validator("devices")
+    @classmethod
+    def _once(cls, value: list[LentDevice]) -> list[LentDevice]:
+        names = [d.device.lower() for d in value]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"device {twice[0]!r} is named twice: one rpc-server lends each device once")
+        return [d.model_copy(update={"device": d.device.lower()}) for d in value]
 
 
 class RpcServerInfo(Contract):
     """One rpc-server as its hive shows it (the answer to starting it, its report, and its stop)."""
 
     spread: str = Field(pattern=SPREAD_ID_PATTERN)
-    device: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,32}$")
-    memory: int = Field(default=0, ge=0, le=2**50)
+    devices: list[LentDevice] = Field(min_length=1, max_length=MAX_LENT_DEVICES)
     port: int | None = Field(default=None, ge=1, le=65535)  # on 127.0.0.1
     pid: int | None = Field(default=None, ge=1, le=2**31)
     state: Literal["starting", "ready", "stopped", "error"] = "starting"
@@ -93,11 +113,13 @@ class RpcServerInfo(Contract):
 
 class SpreadWorker(Contract):
     """queen -> main hive (inside SpawnWorker): llama-server's part of a spread. `rpc`: the dial ends' loopback
-    ports, in llama-server's device order; `tensor_split`: the shares of those devices, then of the main
+    ports, in llama-server's device order; `rpc_devices`: how many devices each of those rpc-servers lends
+    (none given: one each); `tensor_split`: the shares of those devices (RPC0, RPC1, ...), then of the main
     hive's own GPUs (`gpus`); `gpu_layers`: the layers off the main hive's CPU (-ngl; the rest stay in RAM);
     `describe`: the split in words, shown with the worker."""
 
     rpc: list[str] = Field(min_length=1, max_length=MAX_RPC)
+    rpc_devices: list[int] = Field(default=[], max_length=MAX_RPC)
     tensor_split: list[float] = Field(min_length=1, max_length=MAX_RPC + 16)
     gpus: list[str] = Field(default=[], max_length=16)
     gpu_layers: int = Field(ge=0, le=100_000)
@@ -111,6 +133,23 @@ class SpreadWorker(Contract):
                 raise ValueError(f"{endpoint[:40]!r} is not 127.0.0.1:PORT: llama-server reaches a spread's "
                                  "rpc-servers through its hive's dial channel ends, on loopback only")
         return value
+
+    @field_validator("rpc_devices")
+    @classmethod
+    def _counts(cls, value: list[int]) -> list[int]:
+        if any(not 1 <= n <= MAX_LENT_DEVICES for n in value):
+            raise ValueError(f"an rpc-server lends 1 to {MAX_LENT_DEVICES} devices")
+        return value
+
+    @model_validator(mode="after")
+    def _one_count_per_rpc_server(self) -> SpreadWorker:
+        if self.rpc_devices and len(self.rpc_devices) != len(self.rpc):
+            raise ValueError(f"rpc_devices gives {len(self.rpc_devices)} counts for {len(self.rpc)} rpc-servers")
+        return self
+
+    def rpc_device_count(self) -> int:
+        """How many RPC devices llama-server lists first (RPC0..): each rpc-server's, in `rpc` order."""
+        return sum(self.rpc_devices) if self.rpc_devices else len(self.rpc)
 
     @field_validator("tensor_split")
     @classmethod

@@ -16,7 +16,7 @@ Inference never passes here; the queen talks to the workers directly with their 
     POST   /v1/hive/links/measure       LinkMeasure -> LinkMeasured: measure the link to a peer hive's echo
     POST   /v1/hive/channels            ChannelOpen -> ChannelInfo: one end of a spread's RPC channel
     DELETE /v1/hive/channels/{id}       close it and its connections (rbee/hive/rpc_channel.py)
-    POST   /v1/hive/rpc-servers         RpcServerOpen -> RpcServerInfo: lend a device to a spread (127.0.0.1 only)
+    POST   /v1/hive/rpc-servers         RpcServerOpen -> RpcServerInfo: lend devices to a spread (127.0.0.1 only)
     DELETE /v1/hive/rpc-servers/{spread}  stop that spread's rpc-servers (rbee/hive/rpc_servers.py)
     ANY    /v1/workers/{id}/engine/{path}   a fronted worker's engine (whisper-server), on loopback behind it
     POST   /v1/hive/workers/{id}/stop   SaveAndStop -> Stopped: save these slots' KV caches (time-bounded), then stop

@@ -1,4 +1,5 @@
-"""The devices a hive lends to spreads across hives: one `ggml-rpc-server` per (spread, device).
+"""The devices a hive lends to spreads across hives: one `ggml-rpc-server` per spread, serving each device
+the spread takes here (`-d CUDA0,CUDA1`).
 
     POST   /v1/hive/rpc-servers           RpcServerOpen -> RpcServerInfo (its port on 127.0.0.1)
     DELETE /v1/hive/rpc-servers/{spread}  stop that spread's rpc-servers -> list[RpcServerInfo]
@@ -11,9 +12,15 @@ ggml's RPC client hashes tensors over 10 MiB only (ggml-rpc.cpp HASH_THRESHOLD),
 each time. rpc-server cannot read tensors from a GGUF file of its own (llama.cpp 0.3.36, tools/rpc): the
 cache is how it avoids a second transfer.
 
+Why one process for all of a hive's devices, not one per device: llama.cpp 0.3.36's rpc-server serves several
+devices (ggml-rpc.cpp, RPC_CMD_DEVICE_COUNT; llama-server lists them as RPCn, RPCn+1, ... in `-d` order), and a
+tensor copied between two devices of one rpc-server stays on that machine (`ggml_backend_rpc_buffer_cpy_tensor`
+sends RPC_CMD_COPY_TENSOR when both are behind one connection), where two rpc-servers would move it through
+the main hive, over the network twice. One process also needs one channel, one port and one cache.
+
 Each one is watched as workers are (a process that exits is marked `error` with the end of its log), started
 in its own process group that dies with the hive, and stopped with its spread. The memory the queen books for
-it counts on the device it lends (`lent`), so the helper's own workers' accounting stays right.
+it counts on each device it lends (`lent`), so the helper's own workers' accounting stays right.
 """
 
 from __future__ import annotations
@@ -46,8 +53,8 @@ class RpcRefused(ValueError):
 class RpcServer:
     """One ggml-rpc-server process and its state."""
 
-    def __init__(self, asked: RpcServerOpen, binary: Path, engine_device: str | None, log_path: Path) -> None:
-        self.asked, self.binary, self.engine_device, self.log_path = asked, binary, engine_device, log_path
+    def __init__(self, asked: RpcServerOpen, binary: Path, engine_devices: list[str], log_path: Path) -> None:
+        self.asked, self.binary, self.engine_devices, self.log_path = asked, binary, engine_devices, log_path
         self.port: int | None = None
         self.state: str = "starting"
         self.error: str | None = None
@@ -55,15 +62,15 @@ class RpcServer:
         self._watcher: asyncio.Task[None] | None = None
 
     def info(self) -> RpcServerInfo:
-        return RpcServerInfo(spread=self.asked.spread, device=self.asked.device, memory=self.asked.memory,
-                             port=self.port, pid=self._proc.pid if self._proc else None,
+        return RpcServerInfo(spread=self.asked.spread, devices=self.asked.devices, port=self.port,
+                             pid=self._proc.pid if self._proc else None,
                              state=self.state, error=self.error)  # type: ignore[arg-type]
 
     def argv(self, port: int) -> list[str]:
         argv = [str(self.binary), "-H", "127.0.0.1", "-p", str(port), "-c"]
         threads = settings.worker_threads()
         argv += ["-t", str(threads)] if threads else []
-        return argv + (["-d", self.engine_device] if self.engine_device else [])
+        return argv + (["-d", ",".join(self.engine_devices)] if self.engine_devices else [])
 
     async def start(self, cache: Path) -> None:
         self.port = free_port("127.0.0.1")
@@ -142,14 +149,10 @@ class RpcServers:
 
     def lent(self) -> dict[str, int]:
         """The memory booked on each device for the spreads it lends to (ready or starting)."""
-        held: dict[str, int] = {}
-        for servers in self._by_spread.values():
-            for s in servers:
-                if s.state in ("starting", "ready"):
-                    held[s.asked.device] = held.get(s.asked.device, 0) + s.asked.memory
-        return held
+        return booked(self.infos())
 
-    async def start(self, asked: RpcServerOpen, binary: Path | None, engine_device: str | None) -> RpcServerInfo:
+    async def start(self, asked: RpcServerOpen, binary: Path | None, engine_devices: list[str]) -> RpcServerInfo:
+        """An rpc-server lending `asked.devices` (`engine_devices`: their names to the engine, in that order)."""
         if binary is None:
             raise RpcRefused("this hive has no ggml-rpc-server (`rbee hive install` or `rbee engine install "
                              "--force` builds it beside llama-server; RBEE_RPC_SERVER names one)", 503,
@@ -157,19 +160,21 @@ class RpcServers:
         if sum(len(v) for v in self._by_spread.values()) >= MAX_RPC_SERVERS:
             raise RpcRefused(f"this hive runs {MAX_RPC_SERVERS} rpc-servers already; stop a spread first", 429,
                              "too_many_rpc_servers")
-        if any(s.asked.device == asked.device for s in self._by_spread.get(asked.spread, [])):
-            raise RpcRefused(f"spread {asked.spread} has an rpc-server on {asked.device} here already", 409,
-                             "rpc_server_exists")
+        if self._by_spread.get(asked.spread):
+            has = "+".join(d.device for s in self._by_spread[asked.spread] for d in s.asked.devices)
+            raise RpcRefused(f"spread {asked.spread} has an rpc-server here already (lending {has}); one rpc-server "
+                             "lends all of a spread's devices on a hive", 409, "rpc_server_exists")
         await asyncio.to_thread(self.folder.mkdir, 0o700, True, True)
         cache = self.folder / "cache"
-        server = RpcServer(asked, binary, engine_device, self.folder / f"{asked.spread}-{secrets.token_hex(3)}.log")
+        server = RpcServer(asked, binary, engine_devices, self.folder / f"{asked.spread}-{secrets.token_hex(3)}.log")
         self._by_spread.setdefault(asked.spread, []).append(server)
         try:
             await server.start(cache)
         except BaseException:
             self._drop(asked.spread, server)
             raise
-        log.info("rpc-server for spread %s on %s: 127.0.0.1:%s", asked.spread, asked.device, server.port)
+        log.info("rpc-server for spread %s on %s: 127.0.0.1:%s", asked.spread,
+                 "+".join(d.device for d in asked.devices), server.port)
         return server.info()
 
     def _drop(self, spread: str, server: RpcServer) -> None:
@@ -187,3 +192,13 @@ class RpcServers:
     async def stop_all(self) -> None:
         for spread in list(self._by_spread):
             await self.stop(spread)
+
+
+def booked(servers: list[RpcServerInfo]) -> dict[str, int]:
+    """The memory `servers` book on each device they lend (those starting or ready: a stopped or failed one's
+    is free again)."""
+    held: dict[str, int] = {}
+    for s in servers:
+        for d in s.devices if s.state in ("starting", "ready") else []:
+            held[d.device] = held.get(d.device, 0) + d.memory
+    return held

@@ -33,7 +33,7 @@ from rbee.hive.engine_sources import SOURCES, EngineSource, source_for
 from rbee.hive.estimate import OVERHEAD, estimate, fitting_context
 from rbee.hive.gguf_info import GGUFSummary, NotAGGUFError, read_summary
 from rbee.hive.host_memory import host_memory
-from rbee.hive.rpc_servers import RpcServers
+from rbee.hive.rpc_servers import RpcRefused, RpcServers
 from rbee.hive.slot_cache import SlotCache
 from rbee.hive.speech import keyless_device, keyless_engine
 from rbee.hive.supervisor import Supervisor
@@ -435,10 +435,19 @@ class Hive:
         return self.rpc_servers.lent()
 
     async def start_rpc_server(self, asked: RpcServerOpen) -> RpcServerInfo:
-        """An rpc-server lending `asked.device` to a spread; RpcRefused (or JobFailed for a device not here)."""
-        device = self.devices_for(asked.device)[0]
+        """One rpc-server lending `asked.devices` to a spread; RpcRefused (or JobFailed for a device not here)."""
+        lent = [self.devices_for(d.device)[0] for d in asked.devices]
+        if len({self._engine_for.get(d.id) for d in lent if d.engine_name}) > 1:
+            raise JobFailed(f"{'+'.join(d.id for d in lent)} on hive '{self.alias}' are driven by different engine "
+                            "builds; one rpc-server lends the GPUs of one build (and the CPU)")
+        unlent = {d.id: offload_plan.free_of(d) for d in self.devices_unlent()}
+        for want, device in zip(asked.devices, lent, strict=True):
+            if want.memory > unlent[device.id]:
+                raise RpcRefused(f"device '{device.id}' on hive '{self.alias}' has {unlent[device.id] >> 20} MiB free "
+                                 f"(its workers and other spreads hold the rest); spread {asked.spread} asks "
+                                 f"{want.memory >> 20} MiB there", 409, "no_room")
         binary = await asyncio.to_thread(engine.rpc_server)
-        return await self.rpc_servers.start(asked, binary, device.engine_name or "CPU")
+        return await self.rpc_servers.start(asked, binary, [d.engine_name or "CPU" for d in lent])
 
     async def stop_rpc_servers(self, spread: str) -> None:
         await self.rpc_servers.stop(spread)
@@ -549,11 +558,12 @@ class Hive:
         if mode is not WorkerMode.GENERATE or info.path is None or info.problem:
             raise JobFailed(info.problem or f"a spread across hives runs text generation only, not {mode}")
         gpus = [self.devices_for(g)[0] for g in spread.gpus]
-        if len(spread.tensor_split) != len(spread.rpc) + len(gpus):
-            raise JobFailed(f"a spread's tensor_split has one share per device: {len(spread.rpc)} rpc-servers and "
-                            f"{len(gpus)} GPUs, not {len(spread.tensor_split)}")
+        remote = spread.rpc_device_count()
+        if len(spread.tensor_split) != remote + len(gpus):
+            raise JobFailed(f"a spread's tensor_split has one share per device: {remote} devices of rpc-servers "
+                            f"and {len(gpus)} GPUs, not {len(spread.tensor_split)}")
         context, slots = await self.shape(model, shape)
-        names = [f"RPC{i}" for i in range(len(spread.rpc))] + [d.engine_name or d.id for d in gpus]
+        names = [f"RPC{i}" for i in range(remote)] + [d.engine_name or d.id for d in gpus]
         spec = WorkerSpec(
             model=model, mode=mode, engine=self._engine_for.get(gpus[0].id, Path(info.path)) if gpus else
             Path(info.path), slots=slots, context_per_slot=context, threads=settings.worker_threads(),

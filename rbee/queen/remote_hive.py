@@ -42,6 +42,7 @@ from rbee.contracts.status import HiveInfo
 from rbee.contracts.workers import WorkerMode, WorkerState
 from rbee.hive import model_refs
 from rbee.hive.downloads import catalog_names
+from rbee.hive.rpc_servers import booked
 from rbee.hive.service import ModelUnavailable
 from rbee.hive.slot_cache import RESTORE_TIMEOUT_S, SlotRefused
 from rbee.hive.worker import START_TIMEOUT_S, STOP_GRACE_S, WorkerStartError
@@ -175,21 +176,26 @@ class RemoteHive:
 
     def lent(self) -> dict[str, int]:
         """The memory its rpc-servers hold for spreads, per device, as last reported."""
-        held: dict[str, int] = {}
-        for s in self.report.rpc_servers:
-            if s.state in ("starting", "ready"):
-                held[s.device] = held.get(s.device, 0) + s.memory
-        return held
+        return booked(self.report.rpc_servers)
 
     # -- spreads across hives (rbee/queen/spread_run.py) ----------------------------------------------
     async def start_rpc_server(self, asked: RpcServerOpen) -> RpcServerInfo:
         with self._errors(JobFailed, f"hive '{self.alias}' did not start an rpc-server"):
             raw = await self.client.call("POST", "/v1/hive/rpc-servers", asked.model_dump_json(), wait_s=90)
-        return RpcServerInfo.model_validate_json(raw)
+        started = RpcServerInfo.model_validate_json(raw)
+        self._lent_now(asked.spread, started)
+        return started
 
     async def stop_rpc_servers(self, spread: str) -> None:
         with self._errors(JobFailed, f"hive '{self.alias}' did not stop spread {spread}'s rpc-servers"):
             await self.client.call("DELETE", f"/v1/hive/rpc-servers/{spread}")
+        self._lent_now(spread, None)
+
+    def _lent_now(self, spread: str, started: RpcServerInfo | None) -> None:
+        """The report's rpc-servers as the hive just answered (not at its next heartbeat), so the memory they
+        book counts, or is free again, for the next plan at once: `spread`'s replaced by `started`."""
+        kept = [s for s in self.report.rpc_servers if s.spread != spread]
+        self.report = self.report.model_copy(update={"rpc_servers": kept + ([started] if started else [])})
 
     async def open_channel(self, asked: ChannelOpen) -> ChannelInfo:
         with self._errors(JobFailed, f"hive '{self.alias}' did not open a {asked.role} channel end"):

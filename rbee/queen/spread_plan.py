@@ -7,7 +7,9 @@
     (3) helpers: the other hives whose link to the main one is measured and within the bound
         (RBEE_SPREAD_MAX_RTT_MS, default 5 ms median round trip; RBEE_SPREAD_MIN_MBPS, default 100 MB/s),
         best link first (lowest round trip, then most bandwidth), added until the devices hold the model;
-        a link not measured or over the bound is refused, with its numbers;
+        a link not measured or over the bound is refused, with its numbers; a helper lends every device of
+        its own with room for more than a runtime (both GPUs of a server with two, and its RAM), all through
+        one rpc-server (rbee/hive/rpc_servers.py);
     (4) each device holds a share of the layers in proportion to its room; every device but the first holds
         a runtime more (estimate.OVERHEAD), so that is taken from its room first;
     (5) none of that holds the model: a refusal with each hive's room, the need, and the refused links.
@@ -23,8 +25,9 @@ llama-server's device order with `--rpc` (llama.cpp src/llama.cpp, `llama_model_
 device selection when `--device` is not given): the RPC servers' devices come *first*, in `--rpc` order
 ("add RPC servers at the front of the list to minimize network transfers"), then the local GPUs; the CPU is
 not in that list, it holds the layers not offloaded (the first ones: `-ngl` counts from the last layer).
-So `tensor_split` lists the helpers' devices in `--rpc` order (helper by helper, best link first), then the
-main hive's GPUs; the main hive's CPU share is `main_cpu_share` (what -ngl leaves on it).
+So `tensor_split` lists the helpers' devices in `--rpc` order (helper by helper, best link first; within a helper
+in its rpc-server's `-d` order, which is the plan's), then the main hive's GPUs; the main hive's CPU share is
+`main_cpu_share` (what -ngl leaves on it).
 
 Views in, plan out: no I/O, no clock (rbee/queen/spreads.py gathers the views and the links).
 """
@@ -159,7 +162,10 @@ def _grow(model: str, need: int, main: str, views: Mapping[str, Sequence[DeviceV
     for hive, link in usable:
         if _room([d for _, d in chosen]) >= need:
             break
-        chosen += [(hive, d) for d in views[hive]]
+        lent = [(hive, d) for d in views[hive] if d.total > OVERHEAD]  # a device after the first holds a runtime
+        if not lent:
+            continue
+        chosen += lent
         helpers.append(hive)
         used.append(link)
     if _room([d for _, d in chosen]) < need:
@@ -188,8 +194,20 @@ def _picked(asked: list[SpreadDevice], hives: Mapping[str, Sequence[DeviceView]]
         if view is None:
             has = ", ".join(v.device for v in hives[d.hive] if not v.parts) or "none"
             raise SpreadRefused(f"{d}: hive '{d.hive}' has no device '{d.device}' (it has: {has})")
+        if view.total <= 0:
+            raise SpreadRefused(f"{d}: device '{d.device}' of hive '{d.hive}' has no room: its workers (or other "
+                                "spreads) hold all of its memory")
         picked.setdefault(d.hive, []).append(view)
     return picked
+
+
+def _each_holds_a_share(plan: SpreadPlan) -> None:
+    """`SpreadRefused` naming a forced device too small to hold anything: each after the first holds a runtime."""
+    for d in plan.devices:
+        if d.share <= 0:
+            raise SpreadRefused(f"{d.hive}:{d.device}: device '{d.device}' of hive '{d.hive}' has "
+                                f"{_gb(d.room + OVERHEAD)} free, not more than the {_gb(OVERHEAD)} of the runtime "
+                                "each device of a spread but the first holds")
 
 
 def forced(model: str, need: int, asked: list[SpreadDevice], hives: Mapping[str, Sequence[DeviceView]],
@@ -205,7 +223,8 @@ def forced(model: str, need: int, asked: list[SpreadDevice], hives: Mapping[str,
         return _refusal(model, need, rooms, refused, f"the spread {named} has a link over the bound")
     helpers = [hive for hive, _ in usable]
     chosen = _main_first(main, picked[main]) + [(h, d) for h in helpers for d in picked[h]]
+    done = _plan(model, need, main, helpers, chosen, rooms, [link for _, link in usable], [])
+    _each_holds_a_share(done)
     if _room([d for _, d in chosen]) < need:
         return _refusal(model, need, rooms, [], f"the devices of {named} do not hold it")
-    done = _plan(model, need, main, helpers, chosen, rooms, [link for _, link in usable], [])
     return done.model_copy(update={"reason": f"forced spread over {named}"})

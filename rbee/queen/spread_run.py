@@ -1,12 +1,14 @@
 """Carrying out a spread across hives (DESIGN.md decision 13): the plan (rbee/queen/spread_plan.py) made real.
 
 For each helper, in the plan's `--rpc` order:
-    (1) its rpc-server, on 127.0.0.1 of the helper, booking the helper's share of the need there
+    (1) its rpc-server, on 127.0.0.1 of the helper, lending every device the plan takes there (in the plan's
+        order: llama-server lists them as RPCn, RPCn+1, ...), booking each device's share of the need on it
         (POST /v1/hive/rpc-servers);
     (2) a key and a certificate per end (tls_ca.channel_pair: `cryptography`, imported only here), the
         channel's listen end on the helper (relaying to that rpc-server) and its dial end on the main hive
         (POST /v1/hive/channels), whose loopback port is what llama-server's `--rpc` names;
-then (3) the main hive starts llama-server with `--rpc 127.0.0.1:P1,...`, the devices RPC0.. then its own GPUs,
+then (3) the main hive starts llama-server with `--rpc 127.0.0.1:P1,...`, the devices RPC0.. (each rpc-server's
+in turn) then its own GPUs,
 `--tensor-split` from the plan and `-ngl` leaving `main_cpu_share` of the layers on its CPU.
 
 Any step that fails undoes the ones before it. A running spread is watched (`check`, a pass of the queen's
@@ -32,7 +34,7 @@ from rbee.common.jobs import JobFailed
 from rbee.contracts.hives import HiveReport, HiveState
 from rbee.contracts.models import ModelEntry
 from rbee.contracts.spread_plans import SpreadPlan
-from rbee.contracts.spreads import ChannelInfo, ChannelOpen, RpcServerInfo, RpcServerOpen, SpreadWorker
+from rbee.contracts.spreads import ChannelInfo, ChannelOpen, LentDevice, RpcServerInfo, RpcServerOpen, SpreadWorker
 from rbee.contracts.workers import WorkerInfo, WorkerMode, WorkerPart, WorkerState
 from rbee.hive.rpc_servers import RpcRefused
 from rbee.hive.service import Hive
@@ -87,8 +89,19 @@ def gpu_layers(plan: SpreadPlan, block_count: int | None) -> int:
     return block_count + 1 - kept
 
 
-def _held_on(plan: SpreadPlan, hive: str, device: str | None = None) -> float:
-    return sum(d.share for d in plan.devices if d.hive == hive and (device is None or d.device == device))
+def _main_part(plan: SpreadPlan, entry: ModelEntry, lent: list[tuple[str, int]]) -> SpreadWorker:
+    """(3) llama-server's part: `lent` is each helper's (endpoint on the main hive, how many devices it lends)."""
+    block_count = (entry.header or {}).get("block_count")
+    return SpreadWorker(
+        rpc=[endpoint for endpoint, _ in lent], rpc_devices=[count for _, count in lent],
+        tensor_split=plan.tensor_split, gpu_layers=gpu_layers(plan, block_count if isinstance(block_count, int)
+                                                              else None),
+        gpus=[d.device for d in plan.devices if d.hive == plan.main and d.order is not None],
+        describe=describe(plan))
+
+
+def _held_on(plan: SpreadPlan, hive: str) -> float:
+    return sum(d.share for d in plan.devices if d.hive == hive)
 
 
 class Spreads:
@@ -121,15 +134,10 @@ class Spreads:
         run = SpreadRun(id=f"spread-{secrets.token_hex(6)}", plan=plan, main=self._hives[plan.main],
                         helpers=[self._hives[h] for h in plan.helpers])
         try:
-            rpc = [await self._lend(run, helper) for helper in run.helpers]
-            block_count = (entry.header or {}).get("block_count")
-            block_count = block_count if isinstance(block_count, int) else None
-            asked = SpreadWorker(
-                rpc=rpc, tensor_split=plan.tensor_split, gpu_layers=gpu_layers(plan, block_count),
-                gpus=[d.device for d in plan.devices if d.hive == plan.main and d.order is not None],
-                describe=describe(plan))
+            lent = [await self._lend(run, helper) for helper in run.helpers]
             memory = int(plan.need * _held_on(plan, plan.main))
-            run.worker = await run.main.spawn_worker(entry, WorkerMode.GENERATE, memory=memory, spread=asked)
+            run.worker = await run.main.spawn_worker(entry, WorkerMode.GENERATE, memory=memory,
+                                                     spread=_main_part(plan, entry, lent))
         except (JobFailed, RpcRefused, WorkerStartError) as exc:
             await self._undo(run)
             raise JobFailed(f"the spread of {entry.name} over {', '.join([plan.main, *plan.helpers])} did not "
@@ -141,17 +149,17 @@ class Spreads:
         log.info("spread %s: %s serves %s over %s", run.id, run.worker.id, entry.name, describe(plan))
         return run.worker
 
-    async def _lend(self, run: SpreadRun, helper: HiveSeam) -> str:
-        """(1) and (2) for one helper: the endpoint llama-server reaches its rpc-server at, on the main hive."""
+    async def _lend(self, run: SpreadRun, helper: HiveSeam) -> tuple[str, int]:
+        """(1) and (2) for one helper: the endpoint llama-server reaches its rpc-server at, on the main hive, and
+        how many devices it lends."""
         from rbee.common.tls_ca import channel_pair  # `cryptography`: only a queen that spreads needs it
 
-        devices = [d for d in run.plan.devices if d.hive == helper.alias]
-        if len(devices) != 1:
-            raise JobFailed(f"hive '{helper.alias}' lends {len(devices)} devices; a spread takes one per helper hive")
-        device = devices[0].device
+        devices = [LentDevice(device=d.device, memory=int(run.plan.need * d.share))
+                   for d in run.plan.devices if d.hive == helper.alias]
+        if not devices:
+            raise JobFailed(f"the plan takes no device of helper hive '{helper.alias}'")
         run.lenders.append(helper)
-        lent = await helper.start_rpc_server(RpcServerOpen(
-            spread=run.id, device=device, memory=int(run.plan.need * _held_on(run.plan, helper.alias, device))))
+        lent = await helper.start_rpc_server(RpcServerOpen(spread=run.id, devices=devices))
         assert lent.port is not None
         listen_cert, listen_key = await asyncio.to_thread(channel_pair, run.id, "listen")
         dial_cert, dial_key = await asyncio.to_thread(channel_pair, run.id, "dial")
@@ -165,7 +173,7 @@ class Spreads:
             peer_certificate=listen_cert.decode(), peer_address=helper.address, peer_port=listen.port))
         run.channels.append((run.main, dial.channel_id))
         run.helper_of[dial.channel_id] = helper.alias
-        return f"127.0.0.1:{dial.port}"
+        return f"127.0.0.1:{dial.port}", len(devices)
 
     async def _undo(self, run: SpreadRun) -> None:
         """Stop the spread's channel ends and rpc-servers, wherever they are (a hive that is gone: logged)."""

@@ -69,6 +69,7 @@ def report(lan: Lan, host: str) -> dict[str, Any]:
 
 
 def complete(fleet: Queen, model: str = MODEL) -> str:
+    """The greedy answer to ASK from `model`, through the queen."""
     resp = httpx.post(f"{fleet.url}/v1/completions", json={**ASK, "model": model}, timeout=120)
     assert resp.status_code == 200, resp.text
     return str(resp.json()["choices"][0]["text"])
@@ -138,8 +139,9 @@ def test_a_spread_over_two_hosts_answers_as_one_host_token_for_token(fleet: Quee
     try:
         lending, serving = report(lan, helper), report(lan, main)
         (lent,) = lending["rpc_servers"]
-        assert lent["state"] == "ready" and lent["device"] == "cpu" and lent["memory"] > 0
-        shown_under_the_helper(fleet, worker, helper, lent["memory"])
+        assert lent["state"] == "ready" and [d["device"] for d in lent["devices"]] == ["cpu"]
+        assert lent["devices"][0]["memory"] > 0
+        shown_under_the_helper(fleet, worker, helper, lent["devices"][0]["memory"])
         assert [c["role"] for c in lending["channels"]] == ["listen"]
         assert [c["role"] for c in serving["channels"]] == ["dial"]
         start = link_bytes(lan, helper)
@@ -250,7 +252,8 @@ def test_a_model_no_hive_holds_is_spread_by_a_request_and_answers_the_same(fleet
     helper = "h2" if worker["hive"] == "h1" else "h1"
     assert f"{helper}:cpu" in worker["offload"] and "(rpc)" in worker["offload"], worker
     (lent,) = report(lan, helper)["rpc_servers"]
-    assert 0 < lent["memory"] < need  # the helper's share of the need, booked on its CPU
+    (cpu,) = lent["devices"]
+    assert cpu["device"] == "cpu" and 0 < cpu["memory"] < need  # the helper's share of the need, booked on its CPU
 
 
 def test_a_helper_killed_mid_stream_ends_the_spread_everywhere(fleet: Queen, lan: Lan) -> None:

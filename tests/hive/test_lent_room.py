@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rbee.contracts.hives import DeviceInfo
-from rbee.contracts.spreads import RpcServerOpen
+from rbee.contracts.spreads import LentDevice, RpcServerOpen
 from rbee.hive.rpc_servers import RpcServer
 from rbee.hive.service import Hive
 
@@ -26,11 +26,13 @@ def _hive(tmp_path: Path, free: int | None) -> Hive:
     return hive
 
 
-def _lend(hive: Hive, device: str, memory: int) -> None:
-    """A booking as POST /v1/hive/rpc-servers makes one, before its process holds any memory."""
-    asked = RpcServerOpen(spread="spread-1", device=device, memory=memory)
+def _lend(hive: Hive, device: str, memory: int, spread: str = "spread-1", **more: int) -> None:
+    """A booking as POST /v1/hive/rpc-servers makes one (lending `device`, and each of `more` with its memory),
+    before its process holds any memory."""
+    asked = RpcServerOpen(spread=spread, devices=[LentDevice(device=device, memory=memory),
+                                                  *(LentDevice(device=d, memory=m) for d, m in more.items())])
     hive.rpc_servers._by_spread.setdefault(asked.spread, []).append(
-        RpcServer(asked, Path("/rpc-server"), None, hive.rpc_servers.folder / "log"))
+        RpcServer(asked, Path("/rpc-server"), [], hive.rpc_servers.folder / "log"))
 
 
 def test_memory_lent_to_an_rpc_server_is_not_room_for_the_hives_own_workers(tmp_path: Path) -> None:
@@ -40,8 +42,19 @@ def test_memory_lent_to_an_rpc_server_is_not_room_for_the_hives_own_workers(tmp_
     assert hive.lent() == {"cuda0": 5 * GIB}
     assert {d.id: d.free_bytes for d in hive.devices_unlent()}["cuda0"] == 3 * GIB  # 8 total - 5 lent < 7 free
     assert [d.id for d in hive.devices_for(None, 6 * GIB)] == ["cuda1"]  # not the lent GPU
-    _lend(hive, "cuda1", 5 * GIB)
+    _lend(hive, "cuda1", 5 * GIB, spread="spread-2")
     assert [d.id for d in hive.devices_for(None, 6 * GIB)] == ["cpu"]  # neither, nor both together (3 + 3 < 6)
+
+
+def test_one_rpc_server_lending_two_gpus_books_each_its_own_share(tmp_path: Path) -> None:
+    hive = _hive(tmp_path, free=7 * GIB)
+    _lend(hive, "cuda0", 5 * GIB, cuda1=2 * GIB)
+    assert hive.lent() == {"cuda0": 5 * GIB, "cuda1": 2 * GIB}
+    assert {d.id: d.free_bytes for d in hive.devices_unlent()}["cuda1"] == 6 * GIB  # 8 total - 2 lent < 7 free
+    assert [d.id for d in hive.devices_for(None, 6 * GIB)] == ["cuda1"]
+    (server,) = hive.rpc_servers.of("spread-1")
+    server.state = "error"  # its process exited: what it booked is free again, on both
+    assert hive.lent() == {}
 
 
 def test_a_gpu_that_reports_no_free_memory_counts_its_total_less_what_is_lent(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import httpx
 
 from rbee.contracts.hives import HiveReport, HiveState, HostedWorker, WorkerShape
 from rbee.contracts.models import ModelEntry
+from rbee.contracts.spreads import LentDevice, RpcServerInfo, RpcServerOpen
 from rbee.contracts.status import EngineInfo
 from rbee.contracts.workers import WorkerInfo, WorkerState
 from rbee.queen.remote_hive import RemoteHive
@@ -123,3 +124,44 @@ async def test_a_request_that_needs_a_larger_context_asks_the_hive_for_it() -> N
     assert await hive.need(ENTRY, WorkerShape(at_least=1024)) == 2000  # asked once per shape
     assert [(a["model"], a["at_least"]) for a in asked] == [("tiny", None), ("tiny", 1024)]
     await hive.close()
+
+
+LENT = RpcServerInfo(spread="s1", devices=[LentDevice(device="cuda0", memory=300), LentDevice(device="cuda1",
+                                                                                          memory=200)],
+                     port=4001, pid=77, state="ready")
+
+
+class _Lender(BaseHTTPRequestHandler):
+    """Answers POST /v1/hive/rpc-servers (one rpc-server lending two GPUs) and its DELETE, as a hive does."""
+
+    def _answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self._answer(201, LENT.model_dump_json().encode())
+
+    def do_DELETE(self) -> None:
+        self._answer(200, b"[]")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+async def test_the_memory_an_rpc_server_books_counts_from_its_start_and_is_free_from_its_stop() -> None:
+    """Not one heartbeat later: a plan made right after a spread stops (or starts) sees the room as it is."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Lender)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        hive = RemoteHive(report().model_copy(update={"port": server.server_address[1]}), "token")
+        await hive.start_rpc_server(RpcServerOpen(spread="s1", devices=LENT.devices))
+        assert hive.lent() == {"cuda0": 300, "cuda1": 200}
+        await hive.stop_rpc_servers("s1")
+        assert hive.lent() == {}
+        await hive.close()
+    finally:
+        server.shutdown()
