@@ -203,10 +203,12 @@ class Forwarder:
             headers["X-Rbee-Timeout"] = f"{max(0.1, deadline - asyncio.get_running_loop().time()):.3f}"
         if stream:
             # llama-server closes the connection after every streamed answer while still saying keep-alive:
-            # asked to close, it says so, and the socket is not pooled only to be found dead by the next request.
+            # asked to close, it says so, and the socket is not pooled only to be found dead by the next request;
+            # a spare connection is opened for the next one instead (Upstream.request's `spare`).
             headers["Connection"] = "close"
         try:
-            return await self._pool.request("POST", f"{worker.url}{path}", body, headers, worker.tls or self._tls)
+            return await self._pool.request("POST", f"{worker.url}{path}", body, headers, worker.tls or self._tls,
+                                            spare=stream)
         except OSError as exc:  # refused, reset, cut, TLS refused, or not HTTP
             raise WorkerUnavailable(f"Worker {worker.id} for '{worker.spec.model.name}' did not answer "
                                     f"({type(exc).__name__}); it is {worker.state}. Retry the request.") from exc
