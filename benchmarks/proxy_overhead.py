@@ -199,7 +199,10 @@ async def _targets(client: httpx.AsyncClient, queen: str, model: str, apis: list
     warm.raise_for_status()
     MODEL[0] = warm.json()["model"]
     worker = next(w for w in (await client.get(f"{queen}/v1/workers")).json() if w["state"] == "ready")
-    key = {"authorization": f"Bearer {psutil.Process(worker['pid']).environ()['LLAMA_API_KEY']}"}
+    # asked to close, as the queen asks it: llama-server closes a streamed answer's connection anyway, and a
+    # client that kept it could send the next request on it as it closes ("disconnected without a response")
+    key = {"authorization": f"Bearer {psutil.Process(worker['pid']).environ()['LLAMA_API_KEY']}",
+           "connection": "close"}
     if args.pin:
         print(f"pinned: {pin(worker['pid'])}")
     return {api: {"direct": (worker["url"], APIS[api][1], key), "queen": (queen, APIS[api][0], {})} for api in apis}
