@@ -280,6 +280,27 @@ async def test_one_spare_connection_per_origin_at_a_time(serve: Callable[[Handle
         answer.release()
 
 
+async def test_a_spare_the_peer_talks_on_out_of_turn_is_not_used(serve: Callable[[Handler], Awaitable[Server]],
+                                                                 pool: Upstream) -> None:
+    async def handler(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if server.connections == 2:  # the spare: a hostile worker writes before anything is asked
+            writer.write(OK + b"Content-Length: 4\r\n\r\nevil")
+            await writer.drain()
+            await reader.read(65536)
+            return
+        await answers_then_closes(OK + b"Content-Length: 2\r\nConnection: close\r\n\r\nok")(server, reader, writer)
+
+    server = await serve(handler)
+    answer = await pool.request("POST", server.url, b"{}", spare=True)
+    assert await answer.read() == b"ok"
+    answer.release()
+    await spares_opened(pool)
+    closed = {await asyncio.wait_for(server.closed.get(), 10) for _ in range(2)}
+    assert closed == {1, 2}  # the first after its answer, the spare as soon as it spoke
+    second = await pool.request("POST", server.url, b"{}")
+    assert await second.read() == b"ok" and server.connections == 3  # on a new connection, not the spare
+
+
 async def test_a_spare_that_cannot_connect_is_no_error(serve: Callable[[Handler], Awaitable[Server]],
                                                        pool: Upstream) -> None:
     server = await serve(answers_then_closes(OK + b"Content-Length: 2\r\nConnection: close\r\n\r\nok"))
