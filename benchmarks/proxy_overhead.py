@@ -142,15 +142,35 @@ def running_queen(env: dict[str, str]) -> Iterator[str]:
         queen_proc.wait(30)
 
 
+def _queen_pid() -> int:
+    """The queen: this script's child."""
+    return next(p.pid for p in psutil.Process().children() if "queen" in p.cmdline())
+
+
 def _queen_cpu_s() -> float:
-    """CPU seconds (user + system) the queen, this script's child, has used so far: a figure that a busy box
+    """CPU seconds (user + system) the queen has used so far, all its threads: a figure that a busy box
     inflates far less than wall-clock time. Linux's schedstat counts nanoseconds (cpu_times: 10 ms ticks)."""
-    queen = next(p for p in psutil.Process().children() if "queen" in p.cmdline())
+    queen = psutil.Process(_queen_pid())
     tasks = Path(f"/proc/{queen.pid}/task")
     if tasks.is_dir():
         return sum(int((t / "schedstat").read_text().split()[0]) for t in tasks.iterdir()) / 1e9
     times = queen.cpu_times()
     return float(times.user + times.system)
+
+
+def pin(worker_pid: int) -> str:
+    """The worker (every thread of it) on the last core this script may use, the queen and this script (the
+    client) on the others: on a small box the worker does not fight the queen and the client for a core, in
+    the direct runs and the proxied ones alike. What was done, for the report."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        sys.exit("--pin needs at least 2 cores")
+    worker_core, rest = {cores[-1]}, set(cores[:-1])
+    for pid, where in ((worker_pid, worker_core), (_queen_pid(), rest), (os.getpid(), rest)):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(ProcessLookupError):  # a thread that just ended
+                os.sched_setaffinity(int(task.name), where)
+    return f"worker on core {cores[-1]}, queen and client on {','.join(map(str, sorted(rest)))}"
 
 
 def pct(values: list[float], q: float) -> float:
@@ -171,18 +191,24 @@ def request_rows(took: dict[str, list[float]]) -> list[tuple[str, str, str, str]
              f"{p99['queen'] - p99['direct']:+.1f} ms")]
 
 
-async def _targets(client: httpx.AsyncClient, queen: str, model: str, apis: list[str]) -> dict[str, dict[str, Target]]:
+async def _targets(client: httpx.AsyncClient, queen: str, model: str, apis: list[str],
+                   args: argparse.Namespace) -> dict[str, dict[str, Target]]:
     """Load the model; for each API, where to send its request directly (the worker, with its key) and via the queen."""
     warm = await client.post(f"{queen}/v1/chat/completions", timeout=300,
                              json={"model": model, "messages": CHAT, "max_tokens": 2})
     warm.raise_for_status()
     MODEL[0] = warm.json()["model"]
     worker = next(w for w in (await client.get(f"{queen}/v1/workers")).json() if w["state"] == "ready")
-    key = {"authorization": f"Bearer {psutil.Process(worker['pid']).environ()['LLAMA_API_KEY']}"}
+    # asked to close, as the queen asks it: llama-server closes a streamed answer's connection anyway, and a
+    # client that kept it could send the next request on it as it closes ("disconnected without a response")
+    key = {"authorization": f"Bearer {psutil.Process(worker['pid']).environ()['LLAMA_API_KEY']}",
+           "connection": "close"}
+    if args.pin:
+        print(f"pinned: {pin(worker['pid'])}")
     return {api: {"direct": (worker["url"], APIS[api][1], key), "queen": (queen, APIS[api][0], {})} for api in apis}
 
 
-def _rows(ttft: dict[str, list[float]], rates: dict[tuple[str, int], float], streams: int) -> list[Row]:
+def _rows(ttft: dict[str, list[float]], rates: dict[tuple[str, int], list[float]], streams: int) -> list[Row]:
     med = {k: statistics.median(v) * 1000 for k, v in ttft.items()}
     p99 = {k: pct(v, 0.99) * 1000 for k, v in ttft.items()}
     rows = [("TTFT median (ms)", f"{med['direct']:.2f}", f"{med['queen']:.2f}",
@@ -190,15 +216,31 @@ def _rows(ttft: dict[str, list[float]], rates: dict[tuple[str, int], float], str
             ("TTFT p99 (ms)", f"{p99['direct']:.2f}", f"{p99['queen']:.2f}", f"{p99['queen'] - p99['direct']:+.2f} ms")]
     for n in (1, streams):
         d, q = rates[("direct", n)], rates[("queen", n)]
-        rows.append((f"tokens/s, {n} stream{'s' if n > 1 else ''}", f"{d:.0f}", f"{q:.0f}", f"{100 * q / d:.1f} %"))
+        ratios = sorted(100 * b / a for a, b in zip(d, q, strict=True))  # round by round: drift hits both alike
+        rows.append((f"tokens/s, {n} stream{'s' if n > 1 else ''} (median of {len(d)} rounds)",
+                     f"{statistics.median(d):.0f}", f"{statistics.median(q):.0f}",
+                     f"{statistics.median(ratios):.1f} % (rounds {ratios[0]:.0f}-{ratios[-1]:.0f} %)"))
     return rows
+
+
+async def _rates(client: httpx.AsyncClient, paths: dict[str, Target], args: argparse.Namespace,
+                 ) -> dict[tuple[str, int], list[float]]:
+    """Tokens/s of each path, round by round; the paths take turns going first."""
+    rates: dict[tuple[str, int], list[float]] = {}
+    for streams in (1, args.streams):
+        for round_ in range(args.rounds):
+            names = list(paths) if round_ % 2 == 0 else list(reversed(paths))
+            for name in names:
+                rate = await throughput(client, paths[name], streams, args.max_tokens)
+                rates.setdefault((name, streams), []).append(rate)
+    return rates
 
 
 async def measure(queen: str, model: str, apis: list[str], args: argparse.Namespace) -> dict[str, list[Row]]:
     """Each API's table; TTFT rounds interleave the paths (and the APIs), so drift hits them all alike."""
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
     async with httpx.AsyncClient(timeout=300, limits=limits) as client:
-        targets = await _targets(client, queen, model, apis)
+        targets = await _targets(client, queen, model, apis, args)
         ttft: dict[str, dict[str, list[float]]] = {api: {"direct": [], "queen": []} for api in apis}
         cpu_before = 0.0
         for round_ in range(args.warmup + args.requests):
@@ -212,13 +254,7 @@ async def measure(queen: str, model: str, apis: list[str], args: argparse.Namesp
         cpu_per_request = (_queen_cpu_s() - cpu_before) / (args.requests * len(apis))
         tables = {}
         for api, paths in targets.items():
-            rates: dict[tuple[str, int], float] = {}
-            for streams in (1, args.streams):
-                for _ in range(args.rounds):
-                    for name, target in paths.items():
-                        rate = await throughput(client, target, streams, args.max_tokens)
-                        rates[(name, streams)] = max(rates.get((name, streams), 0.0), rate)
-            tables[api] = _rows(ttft[api], rates, args.streams)
+            tables[api] = _rows(ttft[api], await _rates(client, paths, args), args.streams)
         cpu_before = _queen_cpu_s()
         streamed = sum([await stream_tokens(client, paths["queen"], args.max_tokens)
                         for paths in targets.values() for _ in range(args.token_streams)])
@@ -254,7 +290,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--streams", type=int, default=16, help="concurrent streams for the second rate")
     parser.add_argument("--max-tokens", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=3, help="throughput rounds per path (best is kept)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="throughput rounds (the paths take turns going first; the median of the rounds' "
+                             "ratios is reported)")
+    parser.add_argument("--pin", action="store_true",
+                        help="the worker on one core, the queen and this client on the others (Linux)")
     parser.add_argument("--threads", type=int, default=1, help="worker threads")
     parser.add_argument("--token-streams", type=int, default=10,
                         help="streams, one at a time, over which the queen's CPU per streamed token is measured")

@@ -24,7 +24,7 @@ import ipaddress
 import socket
 import ssl
 from collections import deque
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, cast
@@ -255,9 +255,10 @@ class _Connection(asyncio.Protocol):
 class Answer:
     """A response whose status and headers are read; its body to read whole or iterate."""
 
-    def __init__(self, conn: _Connection, pool: Upstream) -> None:
+    def __init__(self, conn: _Connection, pool: Upstream, then: Callable[[], None] | None = None) -> None:
         self._conn = conn
         self._pool: Upstream | None = pool
+        self._then = then  # run once the answer is released or closed
         self.status = conn.status
         self.headers = conn.headers  # names in lower case; repeated headers joined with ", "
 
@@ -294,10 +295,17 @@ class Answer:
             pool.keep(self._conn)
         else:
             self._conn.abort()
+        self._done()
 
     def close(self) -> None:
         self._pool = None
         self._conn.abort()
+        self._done()
+
+    def _done(self) -> None:
+        then, self._then = self._then, None
+        if then is not None:
+            then()
 
 
 Body = bytes | AsyncIterable[bytes]
@@ -314,11 +322,15 @@ class Upstream:
         self._idle: dict[tuple[object, ...], deque[_Connection]] = {}
         self._default_tls: ssl.SSLContext | None = None
         self._addresses: dict[tuple[str, int], tuple[float, list[Address]]] = {}
+        self._spares: dict[tuple[object, ...], asyncio.Task[_Connection]] = {}  # connects under way, per origin
 
     async def request(self, method: str, url: str, body: Body = b"", headers: dict[str, str] | None = None,
-                      tls: ssl.SSLContext | None = None, length: int | None = None) -> Answer:
+                      tls: ssl.SSLContext | None = None, length: int | None = None, spare: bool = False) -> Answer:
         """Send the request and read the answer's head. An iterable `body` needs its `length`.
-        `tls`: the context that checks an https peer (the system's trust when None)."""
+        `tls`: the context that checks an https peer (the system's trust when None). `spare`: this request's
+        connection will not be kept (it asks the peer to close it: llama-server closes every streamed
+        answer's), so once the answer ends a new one is opened in the background and kept idle for the next
+        request to the origin, which then does not wait for a connect (one such connect per origin at a time)."""
         where, target = origin(url)
         if not isinstance(body, bytes) and length is None:
             raise ValueError("a streamed request body needs its length")
@@ -326,18 +338,39 @@ class Upstream:
         key = (where, context)
         size = len(body) if isinstance(body, bytes) else length or 0
         head = _head(method, target, where.authority, headers or {}, size)
+        then = (lambda: self._prepare(where, context, key)) if spare else None
         conn = self._kept(key)
         if conn is not None:
             try:
-                return await self._exchange(conn, head, body, method)
+                return await self._exchange(conn, head, body, method, then)
             except OSError as exc:  # a kept connection the peer had closed: once more on a new one
                 if (conn.received or not isinstance(body, bytes) or isinstance(exc, BadAnswer | TimeoutError)
                         or getattr(exc, "errno", None) == errno.ETIMEDOUT):
                     raise
         conn = await self._connect(where, context, key)
-        return await self._exchange(conn, head, body, method)
+        return await self._exchange(conn, head, body, method, then)
 
-    async def _exchange(self, conn: _Connection, head: bytes, body: Body, method: str) -> Answer:
+    def _prepare(self, where: Origin, context: ssl.SSLContext | None, key: tuple[object, ...]) -> None:
+        """A connection to `where`, opened in the background and kept idle, unless one is idle or being opened."""
+        if self._idle.get(key) or key in self._spares:
+            return
+        task = asyncio.get_running_loop().create_task(self._connect(where, context, key), name="upstream-spare")
+        self._spares[key] = task
+        task.add_done_callback(lambda done: self._prepared(key, done))
+
+    def _prepared(self, key: tuple[object, ...], task: asyncio.Task[_Connection]) -> None:
+        ours = self._spares.get(key) is task  # not when the pool closed meanwhile
+        if ours:
+            del self._spares[key]
+        if task.cancelled() or task.exception() is not None:  # no loss: the next request connects itself
+            return
+        if ours:
+            self.keep(task.result())
+        else:
+            task.result().abort()
+
+    async def _exchange(self, conn: _Connection, head: bytes, body: Body, method: str,
+                        then: Callable[[], None] | None = None) -> Answer:
         headed = conn.start()
         try:
             assert conn.transport is not None
@@ -354,7 +387,7 @@ class Upstream:
         except BaseException:
             conn.abort()
             raise
-        return Answer(conn, self)
+        return Answer(conn, self, then)
 
     def _kept(self, key: tuple[object, ...]) -> _Connection | None:
         idle = self._idle.get(key)
@@ -428,7 +461,11 @@ class Upstream:
         return addresses
 
     async def close(self) -> None:
-        """Close every idle connection (answers in flight close with their readers)."""
+        """Close every idle connection and stop the connects under way (answers in flight close with their
+        readers)."""
+        for task in list(self._spares.values()):
+            task.cancel()
+        self._spares.clear()
         for idle in list(self._idle.values()):
             while idle:
                 self._expire(idle[0])

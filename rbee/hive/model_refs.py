@@ -15,6 +15,8 @@ default quantization) become rbee's as the Ollama API's requests are read (rbee/
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 import threading
 from dataclasses import dataclass
@@ -65,6 +67,13 @@ class ModelRef:
 
 
 def user_aliases_file() -> Path:
+    """~/.config/rbee/models.toml, or where RBEE_HOME (or XDG_CONFIG_HOME) puts it: asked once or twice per
+    request, and building the Path costs more than looking up the variables it comes from."""
+    return _aliases_file(os.environ.get("RBEE_HOME"), os.environ.get("XDG_CONFIG_HOME"), os.environ.get("HOME"))
+
+
+@functools.lru_cache(maxsize=16)
+def _aliases_file(*_variables: str | None) -> Path:
     return paths.config_dir() / "models.toml"
 
 

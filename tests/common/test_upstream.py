@@ -23,6 +23,7 @@ class Server:
         self.connections = 0
         self.requests: list[bytes] = []
         self.closed = asyncio.Queue[int]()  # the number of each connection the client closed
+        self.opened = asyncio.Queue[int]()  # the number of each connection, as it is accepted
         self.url = ""
         self._server: asyncio.Server | None = None
 
@@ -34,6 +35,7 @@ class Server:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         number = self.connections
+        self.opened.put_nowait(number)
         try:
             await self.handler(self, reader, writer)
             while await reader.read(65536):  # until the client closes its side
@@ -226,6 +228,89 @@ async def test_a_close_delimited_body_ends_with_the_connection_which_is_not_kept
         assert await answer.read() == b"all of it" and answer.at_eof
         answer.release()
     assert server.connections == 2
+
+
+def answers_then_closes(answer: bytes) -> Handler:
+    """llama-server's way with a streamed answer: one request per connection, which it closes after."""
+    async def handler(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.request(reader)
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+    return handler
+
+
+async def spares_opened(pool: Upstream) -> None:
+    """Until the spare connections under way are open and kept."""
+    while pool._spares:
+        await asyncio.wait(list(pool._spares.values()))
+        await asyncio.sleep(0)  # the done callbacks, which keep them, run next
+
+
+async def test_a_spare_connection_is_opened_when_an_answer_ends_and_the_next_request_goes_on_it(
+        serve: Callable[[Handler], Awaitable[Server]], pool: Upstream) -> None:
+    server = await serve(answers_then_closes(OK + b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                                             b"3\r\nabc\r\n0\r\n\r\n"))
+    answer = await pool.request("POST", server.url, b"{}", {"Connection": "close"}, spare=True)
+    assert [chunk async for chunk in answer] == [b"abc"] and server.connections == 1
+    answer.release()
+    assert await asyncio.wait_for(server.opened.get(), 10) == 1
+    assert await asyncio.wait_for(server.opened.get(), 10) == 2  # the spare, before any request needs it
+    await spares_opened(pool)
+    second = await pool.request("POST", server.url, b"{}", {"Connection": "close"})  # no spare asked this time
+    assert await second.read() == b"abc"
+    second.release()
+    assert server.connections == 2 and len(server.requests) == 2  # the second request went on the spare
+    await pool.close()  # nothing is left open or opening
+    assert sorted([await server.closed.get(), await server.closed.get()]) == [1, 2]
+
+
+async def test_one_spare_connection_per_origin_at_a_time(serve: Callable[[Handler], Awaitable[Server]],
+                                                         pool: Upstream) -> None:
+    server = await serve(answers_then_closes(OK + b"Content-Length: 2\r\nConnection: close\r\n\r\nok"))
+    answers = [await pool.request("POST", server.url, b"{}", spare=True) for _ in range(3)]
+    for answer in answers:  # three answers end at once: one spare is opened, not three
+        assert await answer.read() == b"ok"
+        answer.release()
+    await spares_opened(pool)
+    more = [await pool.request("POST", server.url, b"{}", spare=False) for _ in range(2)]
+    assert server.connections == 5  # 3, the spare (taken by the first of these), and one more for the second
+    for answer in more:
+        assert await answer.read() == b"ok"
+        answer.release()
+
+
+async def test_a_spare_the_peer_talks_on_out_of_turn_is_not_used(serve: Callable[[Handler], Awaitable[Server]],
+                                                                 pool: Upstream) -> None:
+    async def handler(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if server.connections == 2:  # the spare: a hostile worker writes before anything is asked
+            writer.write(OK + b"Content-Length: 4\r\n\r\nevil")
+            await writer.drain()
+            await reader.read(65536)
+            return
+        await answers_then_closes(OK + b"Content-Length: 2\r\nConnection: close\r\n\r\nok")(server, reader, writer)
+
+    server = await serve(handler)
+    answer = await pool.request("POST", server.url, b"{}", spare=True)
+    assert await answer.read() == b"ok"
+    answer.release()
+    await spares_opened(pool)
+    closed = {await asyncio.wait_for(server.closed.get(), 10) for _ in range(2)}
+    assert closed == {1, 2}  # the first after its answer, the spare as soon as it spoke
+    second = await pool.request("POST", server.url, b"{}")
+    assert await second.read() == b"ok" and server.connections == 3  # on a new connection, not the spare
+
+
+async def test_a_spare_that_cannot_connect_is_no_error(serve: Callable[[Handler], Awaitable[Server]],
+                                                       pool: Upstream) -> None:
+    server = await serve(answers_then_closes(OK + b"Content-Length: 2\r\nConnection: close\r\n\r\nok"))
+    answer = await pool.request("POST", server.url, b"{}", spare=True)
+    assert await answer.read() == b"ok"
+    await server.stop()  # the worker went away: its spare is refused
+    answer.release()
+    await spares_opened(pool)
+    with pytest.raises(ConnectionRefusedError):  # the next request learns it itself, as without a spare
+        await pool.request("POST", server.url, b"{}")
 
 
 async def test_a_kept_connection_the_peer_closed_is_replaced_once(

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from rbee.common.jobs import JobFailed
+from rbee.hive import model_refs
 from rbee.hive.downloads import RemoteFile, catalog_name_guess, choose_files
 from rbee.hive.model_refs import BUILTIN_ALIASES, BadModelRef, parse, quant_of
 
@@ -115,3 +116,13 @@ def test_settings_written_at_once_are_all_kept(tmp_path: Path, monkeypatch: pyte
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda n: model_refs.save_model_settings(n, ModelSettings(slots=2)), names))
     assert sorted(model_refs.all_model_settings()) == sorted(names)
+
+
+def test_the_models_file_moves_with_rbee_home_and_xdg_config_home(monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path) -> None:
+    for home in ("a", "b", "a"):  # the path is remembered per setting, never across a change
+        monkeypatch.setenv("RBEE_HOME", str(tmp_path / home))
+        assert model_refs.user_aliases_file() == tmp_path / home / "config" / "models.toml"
+    monkeypatch.delenv("RBEE_HOME")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    assert model_refs.user_aliases_file() == tmp_path / "xdg" / "rbee" / "models.toml"
