@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from rbee.common import upstream
+from rbee.common import upstream_wire
 from rbee.common.upstream import BadAnswer, Upstream
 
 Handler = Callable[["Server", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -152,7 +152,7 @@ async def test_an_answer_written_one_byte_at_a_time_is_read_whole(
 def test_a_chunk_header_split_across_reads_is_parsed() -> None:
     loop = asyncio.new_event_loop()
     try:
-        conn = upstream._Connection(loop, ())
+        conn = upstream_wire.Connection(loop, ())
         headed = conn.start()
         raw = OK + b"Transfer-Encoding: chunked\r\n\r\n1A\r\n" + b"z" * 26 + b"\r\n0\r\n\r\n"
         for i in range(len(raw)):  # every split there is: one byte per read
@@ -380,7 +380,7 @@ async def test_one_endless_header_line_is_refused_too(serve: Callable[[Handler],
 
 
 async def test_too_many_headers_are_refused(serve: Callable[[Handler], Awaitable[Server]], pool: Upstream) -> None:
-    many = b"".join(b"X-%d: 1\r\n" % i for i in range(upstream.MAX_HEADERS + 1))
+    many = b"".join(b"X-%d: 1\r\n" % i for i in range(upstream_wire.MAX_HEADERS + 1))
     server = await serve(keeps_answering(OK + many + b"Content-Length: 0\r\n\r\n", 1))
     with pytest.raises(BadAnswer, match="more than 100 headers"):
         await pool.request("POST", server.url, b"{}")
@@ -462,7 +462,7 @@ async def test_a_port_nobody_listens_on_is_refused(pool: Upstream) -> None:
     ("http://hive.lan:80", "hive.lan", "/"),
 ])
 def test_a_url_gives_the_host_header_and_the_target(url: str, authority: str, target: str) -> None:
-    where, path = upstream.origin(url)
+    where, path = upstream_wire.origin(url)
     assert (where.authority, path) == (authority, target)
 
 
