@@ -20,7 +20,7 @@ import httpx
 
 from tests.conftest import Queen, wait_for
 from tests.e2e import test_fleet_spread_run as spread_run
-from tests.e2e.test_fleet_spread_run import ASK, report, spread_worker, stop_all
+from tests.e2e.test_fleet_spread_run import ASK, report, spread_worker, stop_all, stream_acting
 from tests.fixtures.lan import Lan
 
 lan = spread_run.lan
@@ -34,18 +34,14 @@ def _alive(pid: int | None) -> bool:
 def _stream_until_cut(fleet: Queen, lan: Lan, main: str, helper: str) -> tuple[list[str], float]:
     """A long stream, the path between `main` and `helper` cut after its second event; its events, and how
     long it went on after the cut."""
-    events: list[str] = []
-    cut_at = 0.0
-    with httpx.stream("POST", f"{fleet.url}/v1/completions", json={**ASK, "max_tokens": 4000, "stream": True,
-                                                                    "ignore_eos": True}, timeout=120) as resp:
-        assert resp.status_code == 200
-        for line in resp.iter_lines():
-            if line.startswith("data: "):
-                events.append(line[6:])
-                if len(events) == 2:
-                    lan.cut_between(main, helper)
-                    cut_at = time.monotonic()
-    return events, time.monotonic() - cut_at
+    cut_at: list[float] = []
+
+    def cut() -> None:
+        lan.cut_between(main, helper)
+        cut_at.append(time.monotonic())
+
+    events = stream_acting(fleet, cut)
+    return events, time.monotonic() - cut_at[0]
 
 
 def test_a_spread_whose_link_is_cut_mid_stream_ends_everywhere_and_the_next_request_is_placed_again(

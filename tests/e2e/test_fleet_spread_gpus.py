@@ -46,10 +46,9 @@ def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lan]:
 @pytest.fixture(scope="module")
 def fleet(lan: Lan, tmp_path_factory: pytest.TempPathFactory, llama_server: Path) -> Iterator[Queen]:
     home = tmp_path_factory.mktemp("keeper")
-    bounds = {"RBEE_SPREAD_MAX_RTT_MS": "10000", "RBEE_SPREAD_MIN_MBPS": "1"}  # shared cores: see test_fleet_spreads
     with FakeHub().start(lan.gateway) as hub:
         hub.add_repo(MODEL.split(":")[0], {"m-Q4_K_M.gguf": padded_tiny_model(tmp_path_factory.mktemp("m"))})
-        with installed_fleet(lan, home, llama_server, {**hub.env(home), **bounds}) as queen:
+        with installed_fleet(lan, home, llama_server, hub.env(home)) as queen:  # the default link bounds
             assert pull_job(queen, MODEL, "h1")[-1]["type"] == "done"
             yield queen
 

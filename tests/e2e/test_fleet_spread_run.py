@@ -15,7 +15,7 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -256,12 +256,8 @@ def test_a_model_no_hive_holds_is_spread_by_a_request_and_answers_the_same(fleet
     assert cpu["device"] == "cpu" and 0 < cpu["memory"] < need  # the helper's share of the need, booked on its CPU
 
 
-def test_a_helper_killed_mid_stream_ends_the_spread_everywhere(fleet: Queen, lan: Lan) -> None:
-    """Last: it kills the helper's hive (its rpc-server dies with it). The spread the last test started serves."""
-    (worker,) = [w for w in fleet.workers() if w["state"] == "ready"]
-    main = str(worker["hive"])
-    helper = "h2" if main == "h1" else "h1"
-    pid = _hive_pid(lan, helper)
+def stream_acting(fleet: Queen, act: Callable[[], object]) -> list[str]:
+    """A long stream through the queen, `act` done after its second event; the events' data."""
     events: list[str] = []
     with httpx.stream("POST", f"{fleet.url}/v1/completions", json={**ASK, "max_tokens": 4000, "stream": True,
                                                                     "ignore_eos": True}, timeout=120) as resp:
@@ -270,7 +266,17 @@ def test_a_helper_killed_mid_stream_ends_the_spread_everywhere(fleet: Queen, lan
             if line.startswith("data: "):
                 events.append(line[6:])
                 if len(events) == 2:
-                    subprocess.run(["kill", "-9", str(pid)], check=True)
+                    act()
+    return events
+
+
+def test_a_helper_killed_mid_stream_ends_the_spread_everywhere(fleet: Queen, lan: Lan) -> None:
+    """Last: it kills the helper's hive (its rpc-server dies with it). The spread the last test started serves."""
+    (worker,) = [w for w in fleet.workers() if w["state"] == "ready"]
+    main = str(worker["hive"])
+    helper = "h2" if main == "h1" else "h1"
+    pid = _hive_pid(lan, helper)
+    events = stream_acting(fleet, lambda: subprocess.run(["kill", "-9", str(pid)], check=True))
     assert events[-1] != "[DONE]" and "error" in json.loads(events[-1]), events[-3:]
 
     def failed() -> dict[str, Any] | None:
