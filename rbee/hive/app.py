@@ -59,11 +59,12 @@ from rbee.contracts.spread_plans import EchoOpen, LinkMeasure
 from rbee.contracts.spreads import SPREAD_ID_PATTERN, ChannelOpen, RpcServerOpen
 from rbee.hive import downloads, front, links, model_refs, shares
 from rbee.hive.config import HiveConfig
+from rbee.hive.model_store import ModelUnavailable
 from rbee.hive.models_file import CHECK_INTERVAL_S
 from rbee.hive.queen_link import QueenLink
 from rbee.hive.rpc_channel import ChannelRefused
 from rbee.hive.rpc_servers import RpcRefused
-from rbee.hive.service import Hive, ModelUnavailable
+from rbee.hive.service import Hive
 from rbee.hive.slot_cache import SlotRefused
 from rbee.hive.worker import WorkerStartError
 

@@ -1,5 +1,5 @@
 """Which keyless engine (whisper-server for speech, sd-server for images) a worker runs, and on which device
-(mechanism for service.Hive.spawn_worker).
+(mechanism for rbee/hive/worker_placement.py spawn_worker).
 
 Neither engine takes an API key, so each listens on loopback only: the queen's own hive is reached there, and a
 remote hive serves it through its front (rbee/hive/front.py; WHISPER and SD are `fronted`). The binary is the

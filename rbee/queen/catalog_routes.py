@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from rbee.contracts.models import ModelEntry
-from rbee.hive.service import ModelInUse, ModelUnavailable
+from rbee.hive.model_store import ModelInUse, ModelUnavailable
 from rbee.queen import hive_errors
 from rbee.queen.errors import Conflict, InvalidRequest, ModelNotFound, UpstreamError
 from rbee.queen.guard import principal_of

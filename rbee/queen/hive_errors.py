@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 from rbee.common.jobs import JobFailed
-from rbee.hive.service import ModelInUse, ModelUnavailable
+from rbee.hive.model_store import ModelInUse, ModelUnavailable
 from rbee.hive.slot_cache import SlotRefused
 from rbee.hive.worker import WorkerStartError
 from rbee.queen.errors import Conflict, ModelNotFound, QueenError, UpstreamError, WorkerUnavailable

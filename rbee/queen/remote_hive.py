@@ -42,8 +42,8 @@ from rbee.contracts.status import HiveInfo
 from rbee.contracts.workers import WorkerMode, WorkerState
 from rbee.hive import model_refs
 from rbee.hive.downloads import catalog_names
+from rbee.hive.model_store import ModelUnavailable
 from rbee.hive.rpc_servers import booked
-from rbee.hive.service import ModelUnavailable
 from rbee.hive.slot_cache import RESTORE_TIMEOUT_S, SlotRefused
 from rbee.hive.worker import START_TIMEOUT_S, STOP_GRACE_S, WorkerStartError
 from rbee.queen import hive_errors, hive_trust, remote_jobs

@@ -26,7 +26,7 @@ from rbee.contracts.models import DEMO_MODEL, ModelEntry
 from rbee.contracts.slots import MAX_SAVES
 from rbee.contracts.workers import WorkerMode, WorkerState
 from rbee.hive import model_refs
-from rbee.hive.service import ModelUnavailable
+from rbee.hive.model_store import ModelUnavailable
 from rbee.queen import context_fit, copy_placement, decide, hive_errors, kv_resume, leases, views
 from rbee.queen import copies as copies_mod
 from rbee.queen import spill as spill_mod

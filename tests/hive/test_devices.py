@@ -136,7 +136,7 @@ async def test_a_build_whose_listing_failed_is_asked_again_later(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """A `--list-devices` that fails (a busy machine timing out, say) is not final: a minute later it is asked
     again, and the build's GPUs appear."""
-    from rbee.hive import service
+    from rbee.hive import machine, service
 
     listing = tmp_path / "listing.txt"
     engine = tmp_path / "llama-server"
@@ -153,7 +153,7 @@ echo 'ggml_cuda_init: failed to initialize CUDA: unknown error' >&2; exit 1
     assert [d.id for d in await hive.refresh_devices()] == ["cpu"]
     listing.write_text(recorded("list_devices_cuda_2gpu.txt"))
     assert [d.id for d in await hive.refresh_devices()] == ["cpu"]  # not asked again at once
-    monkeypatch.setattr(service, "LIST_RETRY_S", 0.0)  # a minute later
+    monkeypatch.setattr(machine, "LIST_RETRY_S", 0.0)  # a minute later
     assert [d.id for d in await hive.refresh_devices()] == ["cuda0", "cuda1", "cuda2", "cuda3", "cpu"]
 
 

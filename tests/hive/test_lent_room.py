@@ -1,5 +1,6 @@
 """A hive lending a device to a spread across hives (rbee/hive/rpc_servers.py) places its own workers as if that
-memory were taken (rbee/hive/service.py devices_unlent, devices_for), as the queen's views count it."""
+memory were taken (rbee/hive/machine.py devices_unlent, rbee/hive/worker_placement.py devices_for), as the
+queen's views count it."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def _hive(tmp_path: Path, free: int | None) -> Hive:
     hive = Hive("unit", state=tmp_path / "state")
     cpu = hive.devices()[0]
     hive._devices = [_gpu(0, free), _gpu(1, free), cpu]  # as refresh_devices would find two GPUs
-    hive._engine_for = {"cuda0": Path("/engine"), "cuda1": Path("/engine")}
+    hive.engine_for = {"cuda0": Path("/engine"), "cuda1": Path("/engine")}
     return hive
 
 

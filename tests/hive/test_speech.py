@@ -1,5 +1,5 @@
 """Which whisper-server a speech worker runs, on which device (rbee/hive/speech.py), and where it listens
-(service.Hive.front_for)."""
+(rbee/hive/worker_placement.py front_for)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from rbee.common.jobs import JobFailed
-from rbee.hive.service import ModelInUse, ModelUnavailable
+from rbee.hive.model_store import ModelInUse, ModelUnavailable
 from rbee.hive.worker import WorkerStartError
 from rbee.queen import hive_errors
 from rbee.queen.errors import QueenError

@@ -18,7 +18,7 @@ from rbee.contracts.hives import HiveReport
 from rbee.contracts.jobs import JobEvent, JobEventType
 from rbee.contracts.models import ModelEntry
 from rbee.contracts.status import EngineInfo
-from rbee.hive.service import ModelInUse, ModelUnavailable
+from rbee.hive.model_store import ModelInUse, ModelUnavailable
 from rbee.queen.hive_client import HiveCallFailed
 from rbee.queen.remote_hive import RemoteHive
 
