@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from rbee.contracts.jobs import JobCreate, JobKind
-from rbee.hive import engine
+from rbee.hive import engine, toolchains
 from rbee.hive.engine_sources import SOURCES
 from rbee.keeper.context import App
 from rbee.keeper.jobs_view import follow, run_here
@@ -37,8 +37,8 @@ def install(
     backend: a machine builds each once; several builds coexist, and each worker runs on the build that
     drives its device)."""
     ctx = App()
-    if backend is not None and backend not in engine.BACKEND_FLAGS:
-        raise CLIError(f"--backend takes one of: {', '.join(engine.BACKEND_FLAGS)}; not {backend!r}")
+    if backend is not None and backend not in toolchains.BACKEND_FLAGS:
+        raise CLIError(f"--backend takes one of: {', '.join(toolchains.BACKEND_FLAGS)}; not {backend!r}")
     if which not in SOURCES:
         raise CLIError(f"--engine takes one of: {', '.join(SOURCES)}; not {which!r}")
     src = SOURCES[which]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rbee.hive import engine
+from rbee.hive import engine, toolchains
 from rbee.hive.engine_sources import SD, WHISPER
 
 
@@ -53,13 +53,13 @@ def test_builds_coexist_and_the_best_is_the_default(clean_env: Path, monkeypatch
 def test_a_cuda_toolkit_without_cublas_is_named(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cuda = clean_env / "cuda"
     monkeypatch.setenv("CUDA_HOME", str(cuda))
-    assert "nvcc" in (engine.missing_for("cuda") or "")
+    assert "nvcc" in (toolchains.missing_for("cuda") or "")
     _executable(cuda / "bin" / "nvcc")  # a toolkit of pip wheels can stop here: a compiler, no cuBLAS
-    missing = engine.missing_for("cuda") or ""
+    missing = toolchains.missing_for("cuda") or ""
     assert "needs cuBLAS" in missing and str(cuda) in missing
     (cuda / "targets" / "x86_64-linux" / "include").mkdir(parents=True)
     (cuda / "targets" / "x86_64-linux" / "include" / "cublas_v2.h").write_text("")
-    assert engine.missing_for("cuda") is None
+    assert toolchains.missing_for("cuda") is None
 
 
 def test_cuda_flags_name_what_cmake_would_not_find(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -92,11 +92,11 @@ def test_a_vulkan_build_names_each_missing_part(clean_env: Path, monkeypatch: py
     (sdk / "include" / "vulkan" / "vulkan.h").write_text("")
     # Debian 12's headers (1.3.239): this llama.cpp does not compile against them.
     (sdk / "include" / "vulkan" / "vulkan_core.h").write_text("#define VK_HEADER_VERSION 239\n")
-    missing = engine.missing_for("vulkan") or ""  # clean_env's PATH has no glslc either
+    missing = toolchains.missing_for("vulkan") or ""  # clean_env's PATH has no glslc either
     assert "the glslc shader compiler" in missing and "Vulkan headers newer than those in" in missing
     assert "1.x.239" in missing and "LunarG's Vulkan SDK, with VULKAN_SDK set to it" in missing
     (sdk / "include" / "vulkan" / "vulkan_core.h").write_text("#define VK_EXT_layer_settings 1\n")
-    missing = engine.missing_for("vulkan") or ""
+    missing = toolchains.missing_for("vulkan") or ""
     assert "Vulkan headers" not in missing and "apt install libvulkan-dev glslc spirv-headers" in missing
 
 
@@ -104,7 +104,7 @@ def test_build_ids_depend_on_backend_and_never_use_native() -> None:
     assert engine.build_id("cpu") == engine.build_id("cpu")
     assert engine.build_id("cpu") != engine.build_id("cuda")
     assert engine.SOURCE_VERSION in engine.build_id("cpu")
-    for backend in engine.BACKEND_FLAGS:
+    for backend in toolchains.BACKEND_FLAGS:
         assert "-DGGML_NATIVE=OFF" in engine.build_flags(backend)
 
 
