@@ -107,17 +107,17 @@ def model_settings(name: str) -> ModelSettings:
     """The `[models."NAME"]` table of ~/.config/rbee/models.toml (all unset when there is none): asked on every
     request, so a table is checked once per read of the file (the copy is shared: callers do not change it)."""
     global _validated
-    parsed = _models_toml()
-    if _validated[0] is not parsed:
-        _validated = (parsed, {})
-    found = _validated[1].get(name)
+    parsed, known = _models_toml(), _validated
+    if known[0] is not parsed:  # (a thread reading another version of the file keeps to its own pair)
+        known = _validated = (parsed, {})
+    found = known[1].get(name)
     if found is not None:
         return found
     table = parsed.get("models", {}).get(name)
     if table is None:
         return _NO_SETTINGS
     try:
-        found = _validated[1][name] = ModelSettings.model_validate(table)
+        found = known[1][name] = ModelSettings.model_validate(table)
         return found
     except ValidationError as exc:
         first = exc.errors()[0]
