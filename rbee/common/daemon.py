@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import ipaddress
 import os
 import socket
@@ -17,7 +18,13 @@ class PortInUseError(OSError):
 
 
 def is_loopback(host: str) -> bool:
-    """Whether `host` (a name or an address) can only be reached from this machine."""
+    """Whether `host` (a name or an address) can only be reached from this machine (asked of every request's
+    peer: the answers for the last few are kept)."""
+    return _is_loopback(host) if len(host) <= 64 else _is_loopback.__wrapped__(host)
+
+
+@functools.lru_cache(maxsize=256)
+def _is_loopback(host: str) -> bool:
     if host.lower() == "localhost":
         return True
     try:

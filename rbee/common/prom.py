@@ -9,6 +9,7 @@ histograms are updated from the event loop only, so they hold no locks.
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -120,7 +121,13 @@ class _Labelled:
         if registry is not None:
             registry.register(self)
 
-    def _child(self, values: Sequence[object], width: int) -> list[float]:
+    def _child(self, values: tuple[object, ...], width: int) -> list[float]:
+        try:  # the common case: label values seen before, given as the strings they are kept as
+            known = self._children.get(values)  # type: ignore[arg-type]
+        except TypeError:  # an unhashable value: its str() below
+            known = None
+        if known is not None:
+            return known
         if len(values) != len(self.labelnames):
             raise ValueError(f"{self.name}: {len(self.labelnames)} label values wanted, got {len(values)}")
         key = tuple(str(v) for v in values)
@@ -166,10 +173,9 @@ class _HistogramChild:
 
     def observe(self, amount: float) -> None:
         self._cells[-1] += amount
-        for i, bound in enumerate(self._bounds):
-            if amount <= bound:
-                self._cells[i] += 1
-                break
+        i = bisect.bisect_left(self._bounds, amount)  # the first bucket whose bound is >= amount
+        if i < len(self._bounds) and amount <= self._bounds[i]:  # (NaN is in none)
+            self._cells[i] += 1
 
 
 class Histogram(_Labelled):

@@ -99,11 +99,26 @@ def load_aliases() -> dict[str, str]:
     return aliases
 
 
+_NO_SETTINGS = ModelSettings()
+_validated: tuple[dict[str, Any], dict[str, ModelSettings]] = ({}, {})  # (the parsed file, its tables checked)
+
+
 def model_settings(name: str) -> ModelSettings:
-    """The `[models."NAME"]` table of ~/.config/rbee/models.toml (all unset when there is none)."""
-    table = _models_toml().get("models", {}).get(name, {})
+    """The `[models."NAME"]` table of ~/.config/rbee/models.toml (all unset when there is none): asked on every
+    request, so a table is checked once per read of the file (the copy is shared: callers do not change it)."""
+    global _validated
+    parsed, known = _models_toml(), _validated
+    if known[0] is not parsed:  # (a thread reading another version of the file keeps to its own pair)
+        known = _validated = (parsed, {})
+    found = known[1].get(name)
+    if found is not None:
+        return found
+    table = parsed.get("models", {}).get(name)
+    if table is None:
+        return _NO_SETTINGS
     try:
-        return ModelSettings.model_validate(table)
+        found = known[1][name] = ModelSettings.model_validate(table)
+        return found
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])

@@ -43,6 +43,8 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
+from rbee.queen.requests import field_of
+
 __all__ = ["CHUNK", "SESSION_HEADERS", "SPILLED", "Affinity", "Key", "Preference", "key_of", "session_of"]
 
 CHUNK = 1024  # characters of a raw prompt per chain element
@@ -91,18 +93,18 @@ def _pieces(text: str) -> list[bytes]:
     return [text[i:i + CHUNK].encode() for i in range(0, len(text) - CHUNK + 1, CHUNK)]
 
 
-def _parts(parsed: object) -> tuple[list[bytes], list[bytes]]:
+def _parts(parsed: BaseModel) -> tuple[list[bytes], list[bytes]]:
     """(the shared context's parts, the conversation's elements) of a parsed request of any protocol."""
-    shared = [_bytes(v) for v in (getattr(parsed, "tools", None), getattr(parsed, "system", None),
-                                  getattr(parsed, "instructions", None)) if v]
-    messages = getattr(parsed, "messages", None)
+    shared = [_bytes(v) for v in (field_of(parsed, "tools"), field_of(parsed, "system"),
+                                  field_of(parsed, "instructions")) if v]
+    messages = field_of(parsed, "messages")
     if isinstance(messages, list):
         lead = 0
         while lead < len(messages) and getattr(messages[lead], "role", None) in _SYSTEM_ROLES:
             lead += 1
         return shared + [_bytes(m) for m in messages[:lead]], [_bytes(m) for m in messages[lead:lead + MAX_CHAIN]]
     for field in ("input", "prompt"):
-        value = getattr(parsed, field, None)
+        value = field_of(parsed, field)
         if value:
             return shared, _elements(value, items=field == "input")
     return shared, []
@@ -119,7 +121,7 @@ def _elements(value: object, items: bool) -> list[bytes]:
     return _pieces(json.dumps(value))  # token ids
 
 
-def key_of(model: str, parsed: object, session: str | None = None) -> Key:
+def key_of(model: str, parsed: BaseModel, session: str | None = None) -> Key:
     """The chain of `parsed` (a request of chat, completions, Anthropic Messages, Responses or Ollama); empty
     when it carries nothing to match on (its slot then holds nothing the table knows)."""
     shared, elements = _parts(parsed)

@@ -36,7 +36,9 @@ def create_app(state: QueenState | None = None, on_shutdown: Callable[[], None] 
         routes=route_table.routes(),
         exception_handlers={QueenError: handle_queen_error, HTTPException: handle_http_exception,
                             Exception: handle_unexpected},
-        middleware=[Middleware(OllamaPort, port=ollama_port, queen_port=queen_port), Middleware(Guard, access=access)],
+        # OllamaPort only where there is an Ollama port: one layer fewer on every request otherwise
+        middleware=[*([Middleware(OllamaPort, port=ollama_port, queen_port=queen_port)] if ollama_port else []),
+                    Middleware(Guard, access=access)],
         lifespan=lifespan,
     )
     app.state.queen = queen

@@ -45,7 +45,7 @@ from rbee.queen.leases import with_slot
 from rbee.queen.policy import PolicyRequest
 from rbee.queen.proxy import OnEnd, Outcome, Translation
 from rbee.queen.remote_workers import RemoteWorker
-from rbee.queen.requests import read_json
+from rbee.queen.requests import field_of, read_json
 from rbee.queen.scheduler import AnyWorker, Lease
 from rbee.queen.state import QueenState, queen_state
 from rbee.queen.usage import counts_in
@@ -103,7 +103,7 @@ def _hand_set(model: str, remote: bool) -> str | None:
 def _context_asked(parsed: ModelRequest) -> int | None:
     """Ollama's `options.num_ctx`: a worker with at least that context per slot, as Ollama reloads a model for
     it; a context set by hand is kept (the request is served by the worker there is)."""
-    num_ctx: int | None = getattr(getattr(parsed, "options", None), "num_ctx", None)
+    num_ctx: int | None = getattr(field_of(parsed, "options"), "num_ctx", None)
     return num_ctx if num_ctx is not None and _hand_set(parsed.model, remote=False) is None else None
 
 
@@ -231,7 +231,7 @@ async def serve(request: Request, body: bytes, parsed: ModelRequest, path: str, 
     the images it asks for, for usage)."""
     state = queen_state(request)
     who = principal_of(request.scope)
-    stream = bool(getattr(parsed, "stream", False))
+    stream = bool(field_of(parsed, "stream"))
     state.keyring.admit(who, parsed.model)
     who = await _may_open_files(request, who, parsed.model)
     who, bounded = await _bounded_keep_alive(request, who, parsed.keep_alive)
@@ -240,7 +240,7 @@ async def serve(request: Request, body: bytes, parsed: ModelRequest, path: str, 
     request_id = request_id_of(request)
     ended = _metering(state, who, stream, request_id, path, audio_s, images)
     pinned = request.headers.get(HIVE_HEADER)
-    asked = PolicyRequest(parsed.model, str(mode), len(body) // 4, getattr(parsed, "max_tokens", None), pinned)
+    asked = PolicyRequest(parsed.model, str(mode), len(body) // 4, field_of(parsed, "max_tokens"), pinned)
 
     key = _key_of(request, parsed, mode, path)
 

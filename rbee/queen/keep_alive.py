@@ -7,6 +7,7 @@ longer than LONGEST_S is forever too (a worker's info cannot count down from 1e1
 
 from __future__ import annotations
 
+import functools
 import re
 
 FOREVER = float("inf")
@@ -22,6 +23,11 @@ def parse(value: str | int | float | None) -> float | None:
         raise ValueError("keep_alive must be a duration like '5m' or a number of seconds")
     if isinstance(value, int | float):
         return _seconds(value)
+    return _text_seconds(value) if len(value) <= 32 else _text_seconds.__wrapped__(value)
+
+
+@functools.lru_cache(maxsize=64)  # every request parses RBEE_KEEP_ALIVE's default (or its own, mostly the same)
+def _text_seconds(value: str) -> float:
     text = value.strip()
     try:
         number = float(text)

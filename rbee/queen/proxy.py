@@ -10,6 +10,7 @@ generating for it, which frees its slot.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import ssl
@@ -73,6 +74,9 @@ class Translation(Protocol):
 
 DEADLINE = (504, "deadline_exceeded", "The request's deadline (X-Rbee-Timeout) passed; generation was stopped.")
 SHUTDOWN = (503, "queen_shutting_down", "The queen is shutting down; retry the request in a moment.")
+
+
+_UNBOUNDED = contextlib.nullcontext()
 
 
 class _ForwardedStream(StreamingResponse):
@@ -268,7 +272,8 @@ class Forwarder:
         """
         started = time.monotonic()
         try:
-            async with asyncio.timeout_at(deadline):  # a non-streamed answer arrives whole: bound the wait
+            # a non-streamed answer arrives whole: bound the wait (no timeout at all without a deadline)
+            async with asyncio.timeout_at(deadline) if deadline is not None else _UNBOUNDED:
                 upstream = await self._open(lease, path, body, stream, request_id, deadline, content_type)
                 if not (stream and upstream.status == 200):
                     content = await self._read(lease, upstream)

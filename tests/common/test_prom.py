@@ -135,3 +135,13 @@ def test_a_counter_keeps_counting_through_its_children() -> None:
     child.inc()
     counter.labels("x").inc(2)
     assert prom.generate_latest(registry).decode().splitlines()[-1] == 'c_total{a="x"} 3.0'
+
+
+def test_label_values_given_as_numbers_or_strings_are_one_child() -> None:
+    registry = prom.CollectorRegistry()
+    counter = prom.Counter("c", "doc", ["a", "status"], registry=registry)
+    counter.labels("x", 200).inc()
+    counter.labels("x", "200").inc()  # the fast path (strings seen before) finds the child the number made
+    counter.labels("x", 200).inc()
+    assert [line for line in prom.generate_latest(registry).decode().splitlines() if not line.startswith("#")] == [
+        'c_total{a="x",status="200"} 3.0']

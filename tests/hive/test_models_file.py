@@ -97,6 +97,20 @@ async def test_a_damaged_file_is_the_same_clear_error_until_it_is_mended(toml: P
     assert model_refs.model_settings("m").slots == 2
 
 
+async def test_a_models_table_is_checked_once_per_read_of_the_file_and_a_bad_one_refused_every_time(
+        toml: Path) -> None:
+    toml.write_text('[models."m"]\nslots = 2\n[models."bad"]\nslots = "many"\n')
+    await model_refs.models_file.refresh()
+    assert model_refs.model_settings("m") is model_refs.model_settings("m")  # one copy, asked on every request
+    assert model_refs.model_settings("absent") == ModelSettings()
+    for _ in range(2):
+        with pytest.raises(model_refs.BadModelRef, match=r'\[models."bad"\] slots'):
+            model_refs.model_settings("bad")
+    toml.write_text('[models."m"]\nslots = 4\n')
+    await model_refs.models_file.refresh()
+    assert model_refs.model_settings("m").slots == 4 and model_refs.model_settings("bad") == ModelSettings()
+
+
 async def test_a_file_that_is_not_text_is_a_clear_error(toml: Path) -> None:
     toml.write_bytes(b"\xff\xfe[models]\n")
     await model_refs.models_file.refresh()
