@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 class Outcome:
     """How a forwarded request ended, told once to whoever counts (usage, limits, metrics, the log)."""
 
-    status: int  # 502 for a stream that broke, was cut, or was left by its client
+    status: int  # 502 for a stream that broke, was cut, or was left by its client before its last event
     tail: bytes  # the whole body, or the tail of a stream: where its `usage` or `timings` are
     model: str  # the catalog name the worker serves
     hive: str
@@ -78,6 +78,17 @@ SHUTDOWN = (503, "queen_shutting_down", "The queen is shutting down; retry the r
 
 _UNBOUNDED = contextlib.nullcontext()
 
+FINAL_EVENTS = (b"data: [DONE]", b"event: response.completed", b"event: message_stop")
+"""The line that starts a worker stream's last event: llama-server's OpenAI streams, its Responses and its
+Anthropic Messages (tools/server: server-context.cpp, server-task.cpp)."""
+
+
+def finished(tail: bytes) -> bool:
+    """Whether a stream's tail holds its last event, at a line's start (JSON text holds no raw newline, so a
+    generated `data: [DONE]` is no end): a client that leaves after that was served whole."""
+    lines = b"\n" + tail
+    return any(b"\n" + event in lines for event in FINAL_EVENTS)
+
 
 class _ForwardedStream(StreamingResponse):
     """A StreamingResponse that always closes its upstream and releases its lease,
@@ -115,7 +126,10 @@ class _ForwardedStream(StreamingResponse):
         on_end, self._on_end = self._on_end, None
         if on_end is not None:
             now = time.monotonic()
-            on_end(Outcome(502 if self._failed else 200, b"".join(self._tail), self._lease.worker.spec.model.name,
+            tail = b"".join(self._tail)
+            # a client that leaves once the worker's last event reached it (Codex does, at once) was served
+            failed = self._failed and (self.cut_reason is not None or not finished(tail))
+            on_end(Outcome(502 if failed else 200, tail, self._lease.worker.spec.model.name,
                            self._lease.worker.hive,
                            self._lease.worker.id, (self._first or now) - self._started, now - self._started,
                            self._events, self._head))
