@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from rbee.common import upstream
+from rbee.common import upstream_wire
 from tests.conftest import Queen
 
 MODEL = {"name": "tiny", "path": "/m/tiny.gguf", "size_bytes": 1, "added_at": 0.0}
@@ -274,7 +274,7 @@ def test_a_worker_sending_endless_headers_is_cut_off_at_the_bound(queen: Queen) 
     assert resp.status_code >= 400 and "error" in resp.json(), resp.text  # no other worker: an error, not a hang
     assert raw.hung_up.wait(30)  # the queen hung up: what it took is bounded (the kernel's buffers hold the rest)
     assert "worker evil-w1 failed before answering (BadAnswer(\"the peer's status line and headers are over " \
-           f"{upstream.MAX_HEAD_BYTES} bytes\"))" in queen.log.read_text()
+           f"{upstream_wire.MAX_HEAD_BYTES} bytes\"))" in queen.log.read_text()
     still_serving(queen)
 
 
