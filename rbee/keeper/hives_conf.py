@@ -252,16 +252,7 @@ def _parse_line(keyword: str, rest: str, blocks: list[_Block], aliases: list[str
     key = keyword.lower()
     values = _words(rest)
     if key == "host":
-        if not values:
-            raise _LineError("'Host' needs at least one alias")
-        for word in values:
-            if _is_pattern(word):
-                _check_pattern(word)
-            else:
-                _check_name("alias", word)
-                if word not in aliases:
-                    aliases.append(word)
-        blocks.append(_Block(list(values)))
+        blocks.append(_host_block(values, aliases))
         return
     if key in ("match", "include"):
         raise _LineError(f"'{keyword}' is not supported in hives.conf (use Host blocks)")
@@ -272,6 +263,27 @@ def _parse_line(keyword: str, rest: str, blocks: list[_Block], aliases: list[str
     if key in _SINGLE_VALUED and len(values) > 1:
         raise _LineError(f"'{keyword}' takes one value, got {len(values)} (quote a value with spaces)")
     value = " ".join(values)
+    _check_value(keyword, value)
+    blocks[-1].settings.append(_Setting(keyword, value))
+
+
+def _host_block(values: list[str], aliases: list[str]) -> _Block:
+    """A `Host` line's block; its concrete aliases (not patterns) are added to `aliases`."""
+    if not values:
+        raise _LineError("'Host' needs at least one alias")
+    for word in values:
+        if _is_pattern(word):
+            _check_pattern(word)
+        else:
+            _check_name("alias", word)
+            if word not in aliases:
+                aliases.append(word)
+    return _Block(list(values))
+
+
+def _check_value(keyword: str, value: str) -> None:
+    """The checks a setting's value gets by its keyword (the others pass as they are)."""
+    key = keyword.lower()
     if key == "hostname":
         _check_name("HostName", value)
     elif key == "user":
@@ -280,7 +292,6 @@ def _parse_line(keyword: str, rest: str, blocks: list[_Block], aliases: list[str
         _port(keyword, value)
     elif key == "workerthreads":
         _threads(keyword, value)
-    blocks[-1].settings.append(_Setting(keyword, value))
 
 
 def _resolve(alias: str, blocks: list[_Block]) -> HostConfig:
