@@ -23,18 +23,12 @@ from rbee.queen.proxy import WORKER_CONNECT_S
 from tests.conftest import Queen, wait_for
 from tests.e2e.test_many_machines import chat, hives, worker_on
 from tests.fixtures.fleet import installed_fleet
-from tests.fixtures.lan import Lan, lan_hosts, model_every_host_reads
+from tests.fixtures.lan import Lan, model_every_host_reads
 from tests.fixtures.tiny_gguf import write_tiny_model
 
 REQUESTS = 40
 CUT_AT = 20
 WORST_S = 3.0  # the stall the issue bounds: a second to give the worker up, and the answer from the other hive
-
-
-@pytest.fixture(scope="module")
-def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lan]:
-    with lan_hosts(2, tmp_path_factory.mktemp("lan")) as lan:
-        yield lan
 
 
 @pytest.fixture(scope="module")

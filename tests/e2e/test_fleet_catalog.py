@@ -25,18 +25,12 @@ from tests.conftest import Queen, wait_for
 from tests.fixtures.browser import Tab
 from tests.fixtures.fake_hub import FakeHub, HubFile
 from tests.fixtures.fleet import installed_fleet, padded_tiny_model
-from tests.fixtures.lan import Host, Lan, lan_hosts
+from tests.fixtures.lan import Host, Lan
 
 HEARTBEAT_MS = 5000
 TIMEOUT_MS = 30000
 HF_SECRET = "hf_fleet_secret_7d2a9c41"
 MIB = 2**20
-
-
-@pytest.fixture(scope="module")
-def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lan]:
-    with lan_hosts(2, tmp_path_factory.mktemp("lan")) as lan:
-        yield lan
 
 
 @pytest.fixture(scope="module")

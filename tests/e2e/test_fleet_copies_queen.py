@@ -21,7 +21,7 @@ from tests.e2e.test_fleet_catalog import catalog, models_dir, pull_job
 from tests.e2e.test_fleet_copies import hub_gets
 from tests.fixtures.fake_hub import FakeHub
 from tests.fixtures.fleet import installed_fleet, padded
-from tests.fixtures.lan import Lan, lan_hosts
+from tests.fixtures.lan import Lan
 from tests.fixtures.tiny_gguf import write_tiny_model
 
 MIB = 2**20
@@ -29,12 +29,6 @@ QUEENS = "rbee-test/queens-GGUF:Q4_K_M"  # only on the queen's machine
 BIG = "rbee-test/big-GGUF:Q4_K_M"  # on h1 and the queen's machine; h1 is cut off while h2 copies it
 FILE = "m-Q4_K_M.gguf"
 RATE = "32mbit"  # into h2: a 24 MiB copy takes ~6 s, long enough to cut its source mid-way
-
-
-@pytest.fixture(scope="module")
-def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lan]:
-    with lan_hosts(2, tmp_path_factory.mktemp("lan")) as lan:
-        yield lan
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,6 @@ from tests.e2e import test_fleet_spread_run as spread_run
 from tests.e2e.test_fleet_spread_run import ASK, report, spread_worker, stop_all, stream_acting
 from tests.fixtures.lan import Lan
 
-lan = spread_run.lan
 fleet = spread_run.fleet
 
 

@@ -30,17 +30,11 @@ from tests.e2e.test_fleet_spreads import set_budget
 from tests.fixtures.fake_gpu import FAST_CARD, FakeGPUs, fake_mixed_gpus
 from tests.fixtures.fake_hub import FakeHub
 from tests.fixtures.fleet import installed_fleet, padded_tiny_model
-from tests.fixtures.lan import USER_PATH, Host, Lan, lan_hosts
+from tests.fixtures.lan import USER_PATH, Host, Lan
 
 MIB = 2**20
 MODEL = "rbee-test/spreadgpus-GGUF:Q4_K_M"
 pytestmark = pytest.mark.timeout(1200)  # two hive installs, then the lan lock other netns tests share
-
-
-@pytest.fixture(scope="module")
-def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lan]:
-    with lan_hosts(2, tmp_path_factory.mktemp("lan")) as lan:
-        yield lan
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from tests.e2e.test_fleet_catalog import pull_job
 from tests.e2e.test_fleet_spreads import hive_url, join_token, set_budget
 from tests.fixtures.fake_hub import FakeHub
 from tests.fixtures.fleet import installed_fleet, padded_tiny_model
-from tests.fixtures.lan import Lan, lan_hosts
+from tests.fixtures.lan import Lan
 from tests.fixtures.tiny_gguf import N_EMBD, write_tiny_model
 
 MIB = 2**20
@@ -38,12 +38,6 @@ BIG = "rbee-test/spreadcache-GGUF:Q4_K_M"  # FFN matrices over ggml-rpc's 10 MiB
 FFN_LENGTH = 90112
 FFN_BYTES = FFN_LENGTH * N_EMBD * 2  # one f16 FFN matrix: 11 MiB
 ASK = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 12, "temperature": 0, "seed": 7}
-
-
-@pytest.fixture(scope="module")
-def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lan]:
-    with lan_hosts(2, tmp_path_factory.mktemp("lan")) as lan:
-        yield lan
 
 
 @pytest.fixture(scope="module")

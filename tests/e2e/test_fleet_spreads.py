@@ -25,16 +25,10 @@ from tests.conftest import Queen, wait_for
 from tests.e2e.test_fleet_catalog import pull_job
 from tests.fixtures.fake_hub import FakeHub
 from tests.fixtures.fleet import installed_fleet, padded_tiny_model
-from tests.fixtures.lan import Host, Lan, lan_hosts
+from tests.fixtures.lan import Host, Lan
 
 MIB = 2**20
 MODEL = "rbee-test/spread-GGUF:Q4_K_M"
-
-
-@pytest.fixture(scope="module")
-def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lan]:
-    with lan_hosts(2, tmp_path_factory.mktemp("lan")) as lan:
-        yield lan
 
 
 @pytest.fixture(scope="module")

@@ -7,18 +7,11 @@ import pwd
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures.lan import Lan, lan_hosts
-
-
-@pytest.fixture(scope="module")
-def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lan]:
-    with lan_hosts(2, tmp_path_factory.mktemp("lan")) as lan:
-        yield lan
+from tests.fixtures.lan import Lan
 
 
 @pytest.fixture(scope="module")
