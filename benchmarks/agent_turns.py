@@ -93,9 +93,10 @@ async def ask(client: httpx.AsyncClient, queen: str, model: str, messages: list[
                 continue
             event = json.loads(line[6:])
             for choice in event.get("choices") or ():
-                if (choice.get("delta") or {}).get("content"):
+                content = (choice.get("delta") or {}).get("content")
+                if content or choice.get("finish_reason"):  # (a reply that is only its end is timed there)
                     first = first or time.perf_counter() - started
-                    reply.append(choice["delta"]["content"])
+                reply.append(content or "")
             usage = event.get("usage") or usage
     cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
     return Turn(first, int(usage.get("prompt_tokens") or 0), cached, worker), "".join(reply)
