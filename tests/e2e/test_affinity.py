@@ -158,6 +158,30 @@ def test_responses_keep_their_worker(make_queen: Callable[..., Queen], long_mode
     assert cached(resp) > len(SYSTEM) // 8, resp.json()["usage"]
 
 
+def test_completions_keep_their_worker(make_queen: Callable[..., Queen], long_model: Path) -> None:
+    """A raw prompt that grows (an agent speaking /v1/completions, or a FIM client): the chain is cut every
+    1024 characters, so a later prompt that starts with the earlier one goes back to its worker."""
+    queen, workers = pair(make_queen, long_model, slots=1)
+    start = SYSTEM + "".join(f"\nrequest {n}: " + "look at this file " * 20 for n in range(3))
+
+    def ask(more: str) -> httpx.Response:
+        return httpx.post(f"{queen.url}/v1/completions", timeout=120, json={
+            "model": MODEL, "prompt": start + more, "max_tokens": 4})
+
+    first = None
+
+    def once() -> httpx.Response:
+        nonlocal first
+        first = ask("")
+        return first
+
+    home = _spread(queen, workers, once)
+    assert first is not None
+    resp = ask("\nrequest 3: and now the tests " * 4)  # least-loaded would pick the oldest, idle worker
+    assert resp.status_code == 200 and resp.headers["x-rbee-worker"] == home, resp.text
+    assert cached(resp) >= int(first.json()["usage"]["prompt_tokens"]) - 1, resp.json()["usage"]
+
+
 def test_with_affinity_off_a_later_turn_goes_to_the_least_loaded_worker(make_queen: Callable[..., Queen],
                                                                         long_model: Path) -> None:
     queen, workers = pair(make_queen, long_model, slots=1, RBEE_AFFINITY="0")
