@@ -188,8 +188,10 @@ async def engine_metrics(workers: Sequence[_Worker], tls: ssl.SSLContext | None 
         clients: dict[int, httpx.AsyncClient] = {}
         for w in ready:  # one client per way of checking certificates (a hive's pinned one, or the default)
             if id(w.tls) not in clients:
+                # plain-HTTP workers only: no context (httpx's default loads the CA bundle, ~25 ms of the loop)
+                https = any((v.url or "").startswith("https:") for v in ready if v.tls is w.tls)
                 clients[id(w.tls)] = await stack.enter_async_context(httpx.AsyncClient(
-                    timeout=ENGINE_SCRAPE_TIMEOUT_S, verify=w.tls or tls or True, limits=limits))
+                    timeout=ENGINE_SCRAPE_TIMEOUT_S, verify=w.tls or tls or https, limits=limits))
 
         async def one(w: _Worker) -> str:
             async with gate:

@@ -210,7 +210,9 @@ class SlotCache:
     def _client(self, worker: WorkerProcess) -> httpx.AsyncClient:
         import httpx
 
-        verify = worker.spec.tls.client_context() if worker.spec.tls else True
+        # A worker without TLS speaks plain HTTP (worker.url): no context, since httpx's default would build one
+        # and load the CA bundle (~25 ms of this event loop) on every save and restore for nothing.
+        verify = worker.spec.tls.client_context() if worker.spec.tls else False
         return httpx.AsyncClient(base_url=worker.url or "", verify=verify, timeout=None,
                                  headers={"Authorization": f"Bearer {worker.api_key}"})
 
