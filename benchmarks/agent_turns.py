@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import json
 import random
+import signal
 import statistics
 import sys
 import tempfile
@@ -256,6 +257,7 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=16384, help="tokens per slot")
     parser.add_argument("--cases", default="replicas,unload", help="replicas (affinity), unload, or both")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the queens and their workers stopped on the way out
     found = engine.locate()
     if found is None:
         raise SystemExit("no llama-server: run `rbee engine install` first")
