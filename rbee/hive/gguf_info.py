@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import math
 import mmap
 import re
@@ -20,6 +18,14 @@ _FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<
 _SIZES = {kind: struct.calcsize(fmt) for kind, fmt in _FORMATS.items()}
 POOLING_NAMES = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
 SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
+# llama.cpp's file types (general.file_type) by number, as gguf.LlamaFileType names them without "MOSTLY_"; a
+# table here, since the gguf package's constants module costs the daemon ~0.3 MB for these 36 names (its `__init__`
+# ~13 MB with numpy). tests/unit/test_gguf_info.py checks it against the installed package.
+FILE_TYPES = {0: "ALL_F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K", 11: "Q3_K_S",
+              12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K",
+              19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL",
+              26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 36: "TQ1_0",
+              37: "TQ2_0", 38: "MXFP4_MOE", 39: "NVFP4", 40: "Q1_0", 1024: "GUESSED"}
 
 
 DIFFUSION_PREFIXES = ("model.diffusion_model.", "unet.")
@@ -162,20 +168,6 @@ class _Skipped:
     count: int
 
 
-@functools.cache
-def _file_type_names() -> dict[int, str]:
-    """gguf.LlamaFileType's names by number ("Q4_K_M"), read from the gguf package's constants module alone: its
-    `__init__` imports numpy and the whole writer, ~20 MB that the daemon would keep for one table."""
-    spec = importlib.util.find_spec("gguf")
-    assert spec is not None and spec.submodule_search_locations, "the gguf package is a dependency of rbee"
-    found = importlib.util.spec_from_file_location("_rbee_gguf_constants",
-                                                   Path(spec.submodule_search_locations[0]) / "constants.py")
-    assert found is not None and found.loader is not None
-    constants = importlib.util.module_from_spec(found)
-    found.loader.exec_module(constants)
-    return {int(kind): kind.name.removeprefix("MOSTLY_") for kind in constants.LlamaFileType}
-
-
 def read_summary(path: Path) -> GGUFSummary:
     """Parse the header of `path` (and of its other parts, if split). Blocking: call it in a thread."""
     header = _Header(path)
@@ -191,7 +183,7 @@ def read_summary(path: Path) -> GGUFSummary:
     for part in split_parts(path)[1:]:
         parameters += sum(_Header(part).tensor_elements)
     file_type = _int(fields.get("general.file_type"))
-    quant = None if file_type is None else _file_type_names().get(file_type, f"type {file_type}")
+    quant = None if file_type is None else FILE_TYPES.get(file_type, f"type {file_type}")
     pooling = arch_int("pooling_type")
     tokens = fields.get("tokenizer.ggml.tokens")
     name = fields.get("general.name")

@@ -8,7 +8,7 @@ from gguf import GGUFWriter
 
 from rbee.contracts.models import kind_of
 from rbee.hive.catalog import Catalog, name_for_file
-from rbee.hive.gguf_info import NotAGGUFError, read_summary
+from rbee.hive.gguf_info import FILE_TYPES, NotAGGUFError, read_summary
 
 
 def test_names_for_files() -> None:
@@ -103,6 +103,24 @@ def test_header_reader_agrees_with_ggufreader(tiny_model: Path, tmp_path: Path) 
     empty.write_bytes(b"")
     with pytest.raises(NotAGGUFError, match="not a GGUF model file"):
         read_summary(empty)
+
+
+def test_file_type_names_match_the_gguf_package(tmp_path: Path) -> None:
+    """rbee keeps llama.cpp's file-type names in a table (the daemon does not import gguf); it must say what the
+    installed gguf package says, and a file of each type reads back with that name."""
+    from gguf import LlamaFileType
+
+    assert FILE_TYPES == {int(kind): kind.name.removeprefix("MOSTLY_") for kind in LlamaFileType}
+    for number, name in [(15, "Q4_K_M"), (1024, "GUESSED"), (99, "type 99")]:
+        path = tmp_path / f"{number}.gguf"
+        writer = GGUFWriter(str(path), "llama")
+        writer.add_file_type(number)
+        writer.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        assert read_summary(path).quantization == name
 
 
 @pytest.mark.parametrize(("tensor", "kind"), [("model.diffusion_model.input_blocks.0.0.weight", "image"),
