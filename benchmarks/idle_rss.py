@@ -1,8 +1,9 @@
 """The queen's memory idle and after one chat request (issue 20: "idle RSS <= 50 MB").
 
 Each run starts a queen in an empty RBEE_HOME (`RBEE_WORKER_THREADS=1 rbee queen start --foreground`), reads its
-VmRSS 2 s after /health answers, sends one chat request (`max_tokens` 4, the generated tiny model) and reads it
-again 2 s later; then `python -c "import rbee.queen.server"` gives its RSS and module count. It measures the
+VmRSS 2 s after /health answers (and its RssAnon: the private part, which does not count the shared libraries'
+pages the process happens to map), sends one chat request (`max_tokens` 4, the generated tiny model) and reads
+VmRSS again 2 s later; then `python -c "import rbee.queen.server"` gives its RSS and module count. It measures the
 checkout it runs from: to compare two versions, run it from a worktree of each, in turns.
 
     python benchmarks/idle_rss.py --runs 3
@@ -33,24 +34,25 @@ IMPORT = ("import sys, rbee.queen.server\n"
           "print(rss, len(sys.modules))")
 
 
-def vm_rss_mb(pid: int) -> float:
-    line = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmRSS:"))
+def status_mb(pid: int, field: str = "VmRSS") -> float:
+    """A memory line of /proc/PID/status, in MB."""
+    line = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith(f"{field}:"))
     return int(line.split()[1]) / 1024
 
 
-def one_run(llama_server: Path) -> tuple[float, float]:
-    """(idle, after one chat) VmRSS of a fresh queen, in MB."""
+def one_run(llama_server: Path) -> tuple[float, float, float]:
+    """(idle, idle private, after one chat) memory of a fresh queen, in MB: VmRSS, RssAnon, VmRSS."""
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as home:
         model = write_tiny_model(Path(home) / "tiny.gguf")
         env = {"RBEE_HOME": home, "RBEE_WORKER_THREADS": "1", "RBEE_LLAMA_SERVER": str(llama_server)}
         with running_queen(env) as queen:
             pid = next(p.pid for p in psutil.Process().children() if "queen" in p.cmdline())
             time.sleep(SETTLE_S)
-            idle = vm_rss_mb(pid)
+            idle, private = status_mb(pid), status_mb(pid, "RssAnon")
             body = {"model": str(model), "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
             httpx.post(f"{queen}/v1/chat/completions", json=body, timeout=120).raise_for_status()
             time.sleep(SETTLE_S)
-            return idle, vm_rss_mb(pid)
+            return idle, private, status_mb(pid)
 
 
 def import_only() -> tuple[float, int]:
@@ -72,8 +74,9 @@ def main() -> None:
     runs = [one_run(found[0]) for _ in range(args.runs)]
     imports = [import_only() for _ in range(args.runs)]
     _print_table(f"queen RSS, {REPO}", [
-        ("idle queen RSS (MB)", " / ".join(f"{idle:.1f}" for idle, _ in runs)),
-        ("2 s after one chat request (MB)", " / ".join(f"{after:.1f}" for _, after in runs)),
+        ("idle queen RSS (MB)", " / ".join(f"{idle:.1f}" for idle, _, _ in runs)),
+        ("  of it private, RssAnon (MB)", " / ".join(f"{private:.1f}" for _, private, _ in runs)),
+        ("2 s after one chat request (MB)", " / ".join(f"{after:.1f}" for _, _, after in runs)),
         ('python -c "import rbee.queen.server" (MB)', " / ".join(f"{rss:.1f}" for rss, _ in imports)),
         ("  modules", " / ".join(str(n) for _, n in imports)),
     ], ("measure", "runs"))
