@@ -20,7 +20,7 @@ POOLING_NAMES = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
 SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
 # llama.cpp's file types (general.file_type) by number, as gguf.LlamaFileType names them without "MOSTLY_"; a
 # table here, since the gguf package's constants module costs the daemon ~0.3 MB for these 36 names (its `__init__`
-# ~13 MB with numpy). tests/unit/test_gguf_info.py checks it against the installed package.
+# ~13 MB with numpy). tests/hive/test_catalog.py checks it against the installed package.
 FILE_TYPES = {0: "ALL_F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K", 11: "Q3_K_S",
               12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K",
               19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL",
