@@ -11,6 +11,19 @@ from rbee.hive.catalog import Catalog, name_for_file
 from rbee.hive.gguf_info import FILE_TYPES, NotAGGUFError, read_summary
 
 
+def _write_gguf(path: Path, arch: str, tensor: str, file_type: int | None = None) -> Path:
+    """A GGUF file of one small tensor, with `arch` as its general.architecture ("" for none)."""
+    writer = GGUFWriter(str(path), arch)
+    if file_type is not None:
+        writer.add_file_type(file_type)
+    writer.add_tensor(tensor, np.zeros(4, np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
 def test_names_for_files() -> None:
     assert name_for_file(Path("/m/SmolLM2-135M-Instruct.Q4_1.gguf")) == "smollm2-135m-instruct.q4_1"
     assert name_for_file(Path("my model (final).gguf")) == "my-model-final"
@@ -112,27 +125,14 @@ def test_file_type_names_match_the_gguf_package(tmp_path: Path) -> None:
 
     assert FILE_TYPES == {int(kind): kind.name.removeprefix("MOSTLY_") for kind in LlamaFileType}
     for number, name in [(15, "Q4_K_M"), (1024, "GUESSED"), (99, "type 99")]:
-        path = tmp_path / f"{number}.gguf"
-        writer = GGUFWriter(str(path), "llama")
-        writer.add_file_type(number)
-        writer.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
+        path = _write_gguf(tmp_path / f"{number}.gguf", "llama", "token_embd.weight", file_type=number)
         assert read_summary(path).quantization == name
 
 
 @pytest.mark.parametrize(("tensor", "kind"), [("model.diffusion_model.input_blocks.0.0.weight", "image"),
                                               ("cond_stage_model.transformer.x.weight", "text")])
 def test_a_gguf_of_diffusion_tensors_is_an_image_model(tmp_path: Path, tensor: str, kind: str) -> None:
-    path = tmp_path / "sd.gguf"
-    writer = GGUFWriter(str(path), arch="")  # as sd.cpp's conversions: no general.architecture to go by
-    writer.add_tensor(tensor, np.zeros(4, np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    path = _write_gguf(tmp_path / "sd.gguf", "", tensor)  # as sd.cpp's conversions: no general.architecture
     summary = read_summary(path)
     assert kind_of(summary.architecture, summary.pooling) == kind
     assert (summary.architecture == "stable-diffusion") == (kind == "image")
