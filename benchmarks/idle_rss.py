@@ -35,13 +35,13 @@ IMPORT = ("import sys, rbee.queen.server\n"
 
 
 def status_mb(pid: int, field: str = "VmRSS") -> float:
-    """A memory line of /proc/PID/status, in MB."""
+    """A memory line of /proc/PID/status, in MiB."""
     line = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith(f"{field}:"))
-    return int(line.split()[1]) / 1024
+    return int(line.split()[1]) / 1024  # /proc counts KiB
 
 
 def one_run(llama_server: Path) -> tuple[float, float, float]:
-    """(idle, idle private, after one chat) memory of a fresh queen, in MB: VmRSS, RssAnon, VmRSS."""
+    """(idle, idle private, after one chat) memory of a fresh queen, in MiB: VmRSS, RssAnon, VmRSS."""
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as home:
         model = write_tiny_model(Path(home) / "tiny.gguf")
         env = {"RBEE_HOME": home, "RBEE_WORKER_THREADS": "1", "RBEE_LLAMA_SERVER": str(llama_server)}
@@ -56,7 +56,7 @@ def one_run(llama_server: Path) -> tuple[float, float, float]:
 
 
 def import_only() -> tuple[float, int]:
-    """RSS (MB) and module count of a fresh interpreter that imported the queen's server."""
+    """RSS (MiB) and module count of a fresh interpreter that imported the queen's server."""
     done = subprocess.run([sys.executable, "-c", IMPORT], cwd=REPO, capture_output=True, text=True, check=True)
     rss, modules = done.stdout.split()
     return int(rss) / 1024, int(modules)
@@ -74,10 +74,10 @@ def main() -> None:
     runs = [one_run(found[0]) for _ in range(args.runs)]
     imports = [import_only() for _ in range(args.runs)]
     _print_table(f"queen RSS, {REPO}", [
-        ("idle queen RSS (MB)", " / ".join(f"{idle:.1f}" for idle, _, _ in runs)),
-        ("  of it private, RssAnon (MB)", " / ".join(f"{private:.1f}" for _, private, _ in runs)),
-        ("2 s after one chat request (MB)", " / ".join(f"{after:.1f}" for _, _, after in runs)),
-        ('python -c "import rbee.queen.server" (MB)', " / ".join(f"{rss:.1f}" for rss, _ in imports)),
+        ("idle queen RSS (MiB)", " / ".join(f"{idle:.1f}" for idle, _, _ in runs)),
+        ("  of it private, RssAnon (MiB)", " / ".join(f"{private:.1f}" for _, private, _ in runs)),
+        ("2 s after one chat request (MiB)", " / ".join(f"{after:.1f}" for _, _, after in runs)),
+        ('python -c "import rbee.queen.server" (MiB)', " / ".join(f"{rss:.1f}" for rss, _ in imports)),
         ("  modules", " / ".join(str(n) for _, n in imports)),
     ], ("measure", "runs"))
 
