@@ -37,7 +37,17 @@ START_TIMEOUT_S = 300.0
 BINARY_NAMES = ("llama-server", "whisper-server", "sd-server")
 STOP_GRACE_S = 5.0
 HEALTH_POLL_S = 2.0  # one poll of a starting engine's health route: connect, ask, read
+POLL_GAP_S = (0.002, 0.05)  # between polls: a tenth of the time waited so far, within these bounds
 MAX_HEALTH_BYTES = 64 * 1024
+
+
+def poll_gap_s(waited_s: float) -> float:
+    """How long a starting worker's health poll waits before the next one, `waited_s` into the start: a tenth of
+    that, within POLL_GAP_S. The tiny model's llama-server answers ~20 ms after its spawn, a large model's after
+    seconds: a start is noticed within about a tenth of its length, and a long one is not asked 500 times a
+    second."""
+    low, high = POLL_GAP_S
+    return min(high, max(low, waited_s / 10))
 
 
 class WorkerStartError(RuntimeError):
@@ -264,6 +274,7 @@ class WorkerProcess:
         assert self.url is not None
         url, tls = f"{self.url}{health_path(self.spec.mode)}", self.spec.tls.client_context() if self.spec.tls else None
         client = Upstream(connect_s=HEALTH_POLL_S)
+        started = time.monotonic()
         while self.state is WorkerState.STARTING:
             answer: Answer | None = None
             try:
@@ -277,7 +288,7 @@ class WorkerProcess:
             finally:
                 if answer is not None:
                     answer.close()
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(poll_gap_s(time.monotonic() - started))
 
     async def _watch(self) -> None:
         assert self._proc is not None

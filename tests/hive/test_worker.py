@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rbee.contracts.models import ModelEntry
 from rbee.contracts.workers import WorkerMode
-from rbee.hive.worker import WorkerSpec, build_argv, health_path, worker_env
+from rbee.hive.worker import POLL_GAP_S, WorkerSpec, build_argv, health_path, poll_gap_s, worker_env
 
 
 def _spec(mode: WorkerMode, threads: int | None = None) -> WorkerSpec:
@@ -95,3 +95,12 @@ def test_argv_of_a_spread_across_hives_names_its_rpc_servers_before_their_device
     assert argv[argv.index("--device") + 1] == "RPC0,RPC1,CUDA0" and argv[argv.index("--n-gpu-layers") + 1] == "20"
     assert argv[argv.index("--tensor-split") + 1] == "3000,2000,5000"
     assert "--rpc" not in build_argv(_spec(WorkerMode.GENERATE), 1)
+
+
+def test_a_starting_workers_health_is_asked_again_after_a_tenth_of_the_wait_within_bounds() -> None:
+    low, high = POLL_GAP_S
+    assert poll_gap_s(0.0) == low  # a worker that starts in 20 ms is seen within 2 ms of it
+    assert poll_gap_s(0.1) == 0.01
+    assert poll_gap_s(3.0) == high  # a model loading for minutes is asked 20 times a second, not 500
+    gaps = [poll_gap_s(t / 100) for t in range(200)]
+    assert gaps == sorted(gaps)
