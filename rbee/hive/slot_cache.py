@@ -28,22 +28,22 @@ import secrets
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from rbee.common import paths, settings
+from rbee.common.upstream import Upstream
 from rbee.contracts.models import ModelEntry
 from rbee.contracts.slots import SavedSlot, SlotCacheList, SlotRestored, SlotSave, Stopped
 from rbee.contracts.workers import WorkerMode, WorkerState
 from rbee.hive.supervisor import Supervisor
 from rbee.hive.worker import WorkerProcess
 
-if TYPE_CHECKING:
-    import httpx  # imported where a save or restore runs: a daemon that never unloads does without it
-
 log = logging.getLogger(__name__)
 
 INDEX = "index.json"
 RESTORE_TIMEOUT_S = 30.0  # a restore waits for the slot to be idle; the queen bounds its own wait too
+CONNECT_S = 5.0  # to a worker on this machine
+MAX_ANSWER_BYTES = 64 * 1024  # llama-server's answer to a save or restore is a few fields
 _SAVABLE = (WorkerState.READY, WorkerState.DRAINING)  # draining: the queen took it out of rotation to evict it
 
 
@@ -186,45 +186,33 @@ class SlotCache:
             return [], ["saving is off (RBEE_SLOT_CACHE_MIB=0)"]
         saved: list[SavedSlot] = []
         skipped: list[str] = []
-        import httpx
-
         deadline = time.monotonic() + bound
-        async with self._client(worker) as client:
-            for ask in slots:
-                if ask.slot >= worker.spec.slots:
-                    skipped.append(f"slot {ask.slot}: the worker has {worker.spec.slots} slots")
-                    continue
-                left = deadline - time.monotonic()
-                try:
-                    if left <= 0:
-                        raise TimeoutError
-                    saved.append(await asyncio.wait_for(self._save_one(client, worker, ask), left))
-                except TimeoutError:
-                    skipped.append(f"slot {ask.slot}: not saved within {bound:g} s (RBEE_SLOT_SAVE_TIMEOUT_MS)")
-                except (httpx.HTTPError, ValueError, OSError) as exc:
-                    skipped.append(f"slot {ask.slot}: {str(exc)[:300] or type(exc).__name__}")
+        for ask in slots:
+            if ask.slot >= worker.spec.slots:
+                skipped.append(f"slot {ask.slot}: the worker has {worker.spec.slots} slots")
+                continue
+            left = deadline - time.monotonic()
+            try:
+                if left <= 0:
+                    raise TimeoutError
+                saved.append(await asyncio.wait_for(self._save_one(worker, ask), left))
+            except TimeoutError:
+                skipped.append(f"slot {ask.slot}: not saved within {bound:g} s (RBEE_SLOT_SAVE_TIMEOUT_MS)")
+            except (ValueError, OSError) as exc:
+                skipped.append(f"slot {ask.slot}: {str(exc)[:300] or type(exc).__name__}")
         for reason in skipped:
             log.warning("worker %s (%s): %s", worker.id, worker.spec.model.name, reason)
         return saved, skipped
 
-    def _client(self, worker: WorkerProcess) -> httpx.AsyncClient:
-        import httpx
-
-        # A worker without TLS speaks plain HTTP (worker.url): no context, since httpx's default would build one
-        # and load the CA bundle (~25 ms of this event loop) on every save and restore for nothing.
-        verify = worker.spec.tls.client_context() if worker.spec.tls else False
-        return httpx.AsyncClient(base_url=worker.url or "", verify=verify, timeout=None,
-                                 headers={"Authorization": f"Bearer {worker.api_key}"})
-
-    async def _save_one(self, client: httpx.AsyncClient, worker: WorkerProcess, ask: SlotSave) -> SavedSlot:
+    async def _save_one(self, worker: WorkerProcess, ask: SlotSave) -> SavedSlot:
         name = file_name(worker.spec.model, ask.key)
         partial = f"{name}.{secrets.token_hex(4)}.part"  # two workers of one model may save one key at once
         self._saving.add(partial)
         try:
-            resp = await client.post(f"/slots/{ask.slot}", params={"action": "save"}, json={"filename": partial})
-            if resp.status_code != 200:
-                raise ValueError(f"llama-server refused to save slot {ask.slot}: {_engine_message(resp)}")
-            tokens = int(resp.json().get("n_saved", 0))
+            status, answer = await _slot_action(worker, ask.slot, "save", partial)
+            if status != 200:
+                raise ValueError(f"llama-server refused to save slot {ask.slot}: {_engine_message(status, answer)}")
+            tokens = int(answer.get("n_saved", 0))
             if tokens == 0:
                 raise ValueError(f"slot {ask.slot} holds no tokens")
             size = await asyncio.to_thread(_publish, self.folder / partial, self.folder / name)
@@ -275,21 +263,18 @@ class SlotCache:
             problem = await asyncio.to_thread(self._check, name, entry)
             if problem:
                 return await self._refused(name, problem)
-        import httpx
-
-        async with self._client(worker) as client:
-            try:
-                resp = await client.post(f"/slots/{slot}", params={"action": "restore"}, json={"filename": name},
-                                         timeout=RESTORE_TIMEOUT_S)
-            except httpx.HTTPError as exc:
-                return SlotRestored(restored=False, reason=f"the worker did not answer ({type(exc).__name__})")
-        if resp.status_code != 200:
+        try:
+            async with asyncio.timeout(RESTORE_TIMEOUT_S):
+                status, answer = await _slot_action(worker, slot, "restore", name)
+        except OSError as exc:  # the upstream client's errors, TimeoutError among them
+            return SlotRestored(restored=False, reason=f"the worker did not answer ({type(exc).__name__})")
+        if status != 200:
             async with self._lock:
-                return await self._refused(name, f"the worker refused the file: {_engine_message(resp)}")
+                return await self._refused(name, f"the worker refused the file: {_engine_message(status, answer)}")
         async with self._lock:
             entry.last_used_at = time.time()
             await self._write_index()
-        return SlotRestored(restored=True, tokens=int(resp.json().get("n_restored", 0)))
+        return SlotRestored(restored=True, tokens=int(answer.get("n_restored", 0)))
 
     def _check(self, name: str, entry: _Entry) -> str | None:
         path = self.folder / name
@@ -313,8 +298,30 @@ def _publish(partial: Path, final: Path) -> int:
     return final.stat().st_size
 
 
-def _engine_message(resp: httpx.Response) -> str:
+async def _slot_action(worker: WorkerProcess, slot: int, action: str, filename: str) -> tuple[int, dict[str, Any]]:
+    """`POST /slots/{slot}?action=...` to the worker, with the hops' own client (rbee.common.upstream: a queen
+    that saves or restores slots does without httpx, ~4 MB): its status and JSON answer ({} when it is not an
+    object). A plain-HTTP worker gets no TLS context (building one loads the CA bundle, ~25 ms)."""
+    tls = worker.spec.tls.client_context() if worker.spec.tls else None
+    headers = {"Authorization": f"Bearer {worker.api_key}", "Content-Type": "application/json"}
+    client = Upstream(connect_s=CONNECT_S)
     try:
-        return str(resp.json()["error"]["message"])[:300]
-    except (ValueError, KeyError, TypeError):
-        return f"HTTP {resp.status_code}"
+        got = await client.request("POST", f"{worker.url}/slots/{slot}?action={action}",
+                                   json.dumps({"filename": filename}).encode(), headers, tls=tls)
+        try:
+            body = await got.read(MAX_ANSWER_BYTES)
+        finally:
+            got.close()
+    finally:
+        await client.close()
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    return got.status, answer if isinstance(answer, dict) else {}
+
+
+def _engine_message(status: int, answer: dict[str, Any]) -> str:
+    error = answer.get("error")
+    message = error.get("message") if isinstance(error, dict) else None
+    return str(message)[:300] if message is not None else f"HTTP {status}"

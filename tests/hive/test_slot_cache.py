@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import stat
 import time
 from collections.abc import AsyncIterator
@@ -16,6 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
+from rbee.common import tls_ca
+from rbee.common.tls import TLSFiles
 from rbee.hive.app import create_app
 from rbee.hive.config import HiveConfig
 from rbee.hive.service import Hive
@@ -53,11 +56,12 @@ class Unit:
         return sorted(p.name for p in self.folder.iterdir())
 
 
-async def complete(unit: Unit, worker: dict[str, Any], prompt: str, slot: int) -> int:
+async def complete(unit: Unit, worker: dict[str, Any], prompt: str, slot: int,
+                   tls: ssl.SSLContext | None = None) -> int:
     """One completion on `slot` of the worker; the prompt tokens the engine reports as cached."""
     process = unit.hive.supervisor.get(worker["id"])
     assert process is not None
-    async with httpx.AsyncClient(base_url=worker["url"], timeout=60,
+    async with httpx.AsyncClient(base_url=worker["url"], timeout=60, verify=tls or True,
                                  headers={"Authorization": f"Bearer {process.api_key}"}) as c:
         resp = await c.post("/v1/completions", json={"prompt": prompt, "max_tokens": 2, "id_slot": slot,
                                                      "cache_prompt": True})
@@ -69,10 +73,18 @@ async def complete(unit: Unit, worker: dict[str, Any], prompt: str, slot: int) -
 @pytest.fixture
 async def unit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, llama_server: Path, tiny_model: Path,
                tiny_stop_model: Path) -> AsyncIterator[Unit]:
+    async with hive_unit(tmp_path, monkeypatch, llama_server, tiny_model, tiny_stop_model) as made:
+        yield made
+
+
+@contextlib.asynccontextmanager
+async def hive_unit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, llama_server: Path, tiny_model: Path,
+                    tiny_stop_model: Path, tls: TLSFiles | None = None) -> AsyncIterator[Unit]:
+    """A hive with the tiny models, its API on an in-process transport; `tls`: its workers speak HTTPS."""
     monkeypatch.setenv("RBEE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("RBEE_LLAMA_SERVER", str(llama_server))
     monkeypatch.setenv("RBEE_WORKER_THREADS", "1")
-    hive = Hive("unit", state=tmp_path / "state")
+    hive = Hive("unit", state=tmp_path / "state", tls=tls)
     await hive.catalog.add_file(tiny_model, "tiny")
     await hive.catalog.add_file(tiny_stop_model, "tiny-stop")
     config = HiveConfig(alias="unit", queen_url="http://127.0.0.1:9", token=JOIN, address="127.0.0.1")
@@ -101,6 +113,28 @@ async def test_a_slot_saved_on_stop_is_restored_into_a_new_worker_and_its_prompt
     assert restored["restored"] is True and restored["tokens"] == body["saved"][0]["tokens"]
     assert await complete(unit, second, PROMPT + " again", 1) == 0  # slot 1: nothing restored there
     assert await complete(unit, second, PROMPT + " again", 0) > 1000
+
+
+async def test_a_hive_with_tls_saves_and_restores_through_its_workers_https(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, llama_server: Path, tiny_model: Path,
+        tiny_stop_model: Path) -> None:
+    folder = tmp_path / "tls"
+    folder.mkdir()
+    tls_ca.ensure_ca(folder)
+    cert, key = tls_ca.issue("unit", ["127.0.0.1"], folder)
+    (folder / "hive.pem").write_bytes(cert)
+    (folder / "hive.key").write_bytes(key)
+    files = TLSFiles(folder / "hive.pem", folder / "hive.key", folder / "ca.pem")
+    async with hive_unit(tmp_path, monkeypatch, llama_server, tiny_model, tiny_stop_model, tls=files) as unit:
+        first = await unit.spawn()
+        assert first["url"].startswith("https://127.0.0.1:")
+        assert await complete(unit, first, PROMPT, 0, files.client_context()) == 0
+        saved = (await unit.stop(first, [{"slot": 0, "key": KEY}])).json()["saved"]
+        assert [(s["key"], s["tokens"] > 1000) for s in saved] == [(KEY, True)]
+        second = await unit.spawn()
+        restored = (await unit.restore(second, 0, KEY)).json()
+        assert restored["restored"] is True and restored["tokens"] == saved[0]["tokens"]
+        assert await complete(unit, second, PROMPT + " again", 0, files.client_context()) > 1000
 
 
 async def test_a_corrupted_a_missing_and_a_refused_file_are_not_restored_and_are_deleted(unit: Unit) -> None:
