@@ -4,18 +4,15 @@ time, and the engines' own counters (each worker's `/metrics`, relabelled with w
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import ssl
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from rbee.common.hop import HOP
 from rbee.common.prom import Collector, GaugeMetricFamily, escape_label_value
+from rbee.common.upstream import Upstream
 from rbee.contracts.workers import WorkerPart, WorkerState
-
-if TYPE_CHECKING:
-    import httpx  # imported where a scrape runs: an idle daemon does without it (~5 MB)
 
 ENGINE_SCRAPE_TIMEOUT_S = 2.0
 MAX_SCRAPED = 512  # workers scraped per /metrics request
@@ -176,44 +173,35 @@ def _merge(scrapes: Iterable[tuple[dict[str, str], str]]) -> str:
 async def engine_metrics(workers: Sequence[_Worker], tls: ssl.SSLContext | None = None) -> str:
     """The ready workers' own /metrics, each sample labelled with its worker, model and hive; a worker
     that does not answer in time is left out of this scrape. The cost is bounded whatever hives report:
-    at most MAX_SCRAPED workers, SCRAPE_CONCURRENCY at a time, MAX_SCRAPE_BYTES of text from each."""
+    at most MAX_SCRAPED workers, SCRAPE_CONCURRENCY at a time, MAX_SCRAPE_BYTES of text from each.
+    With the hops' own client (rbee.common.upstream): a daemon that is scraped does without httpx (~4 MB)."""
     ready = [w for w in workers if w.state is WorkerState.READY and w.url][:MAX_SCRAPED]
     if not ready:
         return ""
-    import httpx
-
     gate = asyncio.Semaphore(SCRAPE_CONCURRENCY)
-    limits = httpx.Limits(max_connections=SCRAPE_CONCURRENCY, max_keepalive_connections=0)
-    async with contextlib.AsyncExitStack() as stack:
-        clients: dict[int, httpx.AsyncClient] = {}
-        for w in ready:  # one client per way of checking certificates (a hive's pinned one, or the default)
-            if id(w.tls) not in clients:
-                # plain-HTTP workers only: no context (httpx's default loads the CA bundle, ~25 ms of the loop)
-                https = any((v.url or "").startswith("https:") for v in ready if v.tls is w.tls)
-                clients[id(w.tls)] = await stack.enter_async_context(httpx.AsyncClient(
-                    timeout=ENGINE_SCRAPE_TIMEOUT_S, verify=w.tls or tls or https, limits=limits))
+    client = Upstream(connect_s=ENGINE_SCRAPE_TIMEOUT_S)
 
-        async def one(w: _Worker) -> str:
-            async with gate:
-                try:
-                    return await asyncio.wait_for(_scrape(clients[id(w.tls)], w), ENGINE_SCRAPE_TIMEOUT_S)
-                except (httpx.HTTPError, TimeoutError):
-                    return ""
+    async def one(w: _Worker) -> str:
+        async with gate:
+            try:
+                return await asyncio.wait_for(_scrape(client, w, w.tls or tls), ENGINE_SCRAPE_TIMEOUT_S)
+            except (OSError, ValueError):  # no answer in time, a broken one, a URL or key no request can carry
+                return ""
 
+    try:
         texts = await asyncio.gather(*(one(w) for w in ready))
+    finally:
+        await client.close()
     return _merge(({"worker": w.id, "model": w.spec.model.name, "hive": w.hive}, text)
                   for w, text in zip(ready, texts, strict=True))
 
 
-async def _scrape(client: httpx.AsyncClient, w: _Worker) -> str:
-    """One worker's exposition text, or "" when it answers with an error or more than MAX_SCRAPE_BYTES."""
-    headers = {"Authorization": f"Bearer {w.api_key}", **HOP}
-    async with client.stream("GET", f"{w.url}/metrics", headers=headers) as resp:
-        if resp.status_code != 200:
-            return ""
-        body = bytearray()
-        async for chunk in resp.aiter_bytes():
-            body += chunk
-            if len(body) > MAX_SCRAPE_BYTES:
-                return ""
-    return body.decode("utf-8", "replace")
+async def _scrape(client: Upstream, w: _Worker, tls: ssl.SSLContext | None) -> str:
+    """One worker's exposition text, or "" when it answers with an error; `BadAnswer` past MAX_SCRAPE_BYTES.
+    `tls` checks an https worker (the system's trust when None); its connection is closed after."""
+    answer = await client.request("GET", f"{w.url}/metrics", headers={"Authorization": f"Bearer {w.api_key}", **HOP},
+                                  tls=tls)
+    try:
+        return (await answer.read(MAX_SCRAPE_BYTES)).decode("utf-8", "replace") if answer.status == 200 else ""
+    finally:
+        answer.close()

@@ -1,14 +1,15 @@
 """The daemon imports only what it needs: the CLI's libraries, the hub client, the GGUF writer (numpy) and
 certificate making (cryptography) stay out of a running queen, aiohttp out of every daemon (the hops to
 engines are rbee.common.upstream's) and prometheus_client too (rbee.common.prom writes /metrics); httpx
-(clients to remote hives, a starting worker's health poll, the engines' metrics scrape, copies between hives)
-and tomlkit (writing models.toml) until first used; psutil (the CPU device's RAM is read from /proc/meminfo), the
-route modules of the rarely used APIs (route_table's lazy groups) and the contracts' pydantic schemas until first
-used, too."""
+(clients to remote hives, copies between hives; not a starting worker's health poll, the engines' metrics
+scrape, nor saving and restoring slots: rbee.common.upstream's) and tomlkit (writing models.toml) until first
+used; psutil (the CPU device's RAM is read from /proc/meminfo), the route modules of the rarely used APIs
+(route_table's lazy groups) and the contracts' pydantic schemas until first used, too."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -113,3 +114,42 @@ print(json.dumps([asyncio.run(main()), "httpx" in sys.modules]))
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120,
                           check=True)
     assert json.loads(done.stdout.splitlines()[-1]) == ["ready", False]
+
+
+def test_saving_restoring_a_slot_and_scraping_a_worker_need_no_httpx(tmp_path: Path, llama_server: Path,
+                                                                    tiny_model: Path) -> None:
+    probe = f"""
+import asyncio, json, sys
+from pathlib import Path
+from rbee.common.metrics import engine_metrics
+from rbee.common.upstream import Upstream
+from rbee.contracts.slots import SlotSave
+from rbee.contracts.workers import WorkerMode
+from rbee.hive.service import Hive
+
+async def main() -> list[object]:
+    hive = Hive("probe", state=Path({str(tmp_path)!r}) / "state")
+    entry = await hive.catalog.add_file(Path({str(tiny_model)!r}), "tiny")
+    first = await hive.spawn_worker(entry, WorkerMode.GENERATE)
+    client = Upstream(connect_s=5)
+    body = json.dumps({{"prompt": "the river and the brown fox " * 20, "max_tokens": 2, "id_slot": 0}}).encode()
+    answer = await client.request("POST", f"{{first.url}}/v1/completions", body,
+                                  {{"Authorization": f"Bearer {{first.api_key}}", "Content-Type": "application/json"}})
+    await answer.read()
+    answer.close()
+    await client.close()
+    scraped = await engine_metrics([first])
+    stopped = await hive.save_and_stop(first.id, [SlotSave(slot=0, key="ab12cd34ef56")])
+    second = await hive.spawn_worker(entry, WorkerMode.GENERATE)
+    restored = await hive.restore_slot(second.id, 0, "ab12cd34ef56")
+    await hive.close()
+    return [answer.status, "llamacpp:prompt_tokens_total" in scraped, len(stopped.saved), restored.restored]
+
+print(json.dumps([*asyncio.run(main()), "httpx" in sys.modules]))
+"""
+    env = {**os.environ, "RBEE_HOME": str(tmp_path / "home"), "RBEE_LLAMA_SERVER": str(llama_server),
+           "RBEE_WORKER_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.splitlines()[-1]) == [200, True, 1, True, False]
