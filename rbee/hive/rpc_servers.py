@@ -28,13 +28,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from pathlib import Path
 
 from rbee.common import settings
 from rbee.common.logs import tail
 from rbee.contracts.spreads import RpcServerInfo, RpcServerOpen
 from rbee.hive import devices
-from rbee.hive.worker import _die_with_parent, _open_log, free_port, terminate
+from rbee.hive.worker import _die_with_parent, _open_log, free_port, poll_gap_s, terminate
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +97,12 @@ class RpcServer:
 
     async def _listening(self) -> None:
         assert self.port is not None
+        started = time.monotonic()
         while self.state == "starting":
             try:
                 _, writer = await asyncio.open_connection("127.0.0.1", self.port)
             except OSError:
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(poll_gap_s(time.monotonic() - started))
                 continue
             writer.close()  # rpc-server serves one client at a time and drops a silent one: no harm done
             self.state = "ready"

@@ -42,10 +42,10 @@ MAX_HEALTH_BYTES = 64 * 1024
 
 
 def poll_gap_s(waited_s: float) -> float:
-    """How long a starting worker's health poll waits before the next one, `waited_s` into the start: a tenth of
-    that, within POLL_GAP_S. The tiny model's llama-server answers ~20 ms after its spawn, a large model's after
-    seconds: a start is noticed within about a tenth of its length, and a long one is not asked 500 times a
-    second."""
+    """How long a starting engine's poll (a worker's health, an rpc-server's port) waits before the next one,
+    `waited_s` into the start: a tenth of that, within POLL_GAP_S. The tiny model's llama-server answers ~20 ms
+    after its spawn, a large model's after seconds: a start is noticed within about a tenth of its length, and a
+    long one is not asked 500 times a second."""
     low, high = POLL_GAP_S
     return min(high, max(low, waited_s / 10))
 
