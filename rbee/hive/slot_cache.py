@@ -35,6 +35,7 @@ from rbee.common.upstream import Upstream
 from rbee.contracts.models import ModelEntry
 from rbee.contracts.slots import SavedSlot, SlotCacheList, SlotRestored, SlotSave, Stopped
 from rbee.contracts.workers import WorkerMode, WorkerState
+from rbee.hive.downloads import sha256_of
 from rbee.hive.supervisor import Supervisor
 from rbee.hive.worker import WorkerProcess
 
@@ -80,14 +81,6 @@ def model_id(model: ModelEntry) -> str:
 
 def file_name(model: ModelEntry, key: str) -> str:
     return f"{model_id(model)}-{key}.bin"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class SlotCache:
@@ -231,7 +224,7 @@ class SlotCache:
             for s in saved:
                 entry = entries.get(file_name(worker.spec.model, s.key))
                 if entry is not None:
-                    entry.sha256 = await asyncio.to_thread(_sha256, self.folder / file_name(worker.spec.model, s.key))
+                    entry.sha256 = await asyncio.to_thread(sha256_of, self.folder / file_name(worker.spec.model, s.key))
             await self._fit(settings.slot_cache_bytes())
             await self._write_index()
         kept = {(e.model, e.key) for e in entries.values()}
@@ -280,7 +273,7 @@ class SlotCache:
         path = self.folder / name
         if not path.is_file():
             return "its file is gone"
-        if path.stat().st_size != entry.bytes or (entry.sha256 and _sha256(path) != entry.sha256):
+        if path.stat().st_size != entry.bytes or (entry.sha256 and sha256_of(path) != entry.sha256):
             return "its file changed since it was saved"
         return None
 
