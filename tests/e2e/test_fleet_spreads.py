@@ -8,9 +8,7 @@ process is a third host: the LAN bridge's address, no hive of its own.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +21,7 @@ from rbee.contracts.spread_plans import MAX_ROUNDS
 from rbee.hive.links import HELLO, proof
 from tests.conftest import Queen, wait_for
 from tests.e2e.test_fleet_catalog import pull_job
+from tests.fixtures import echo_talk
 from tests.fixtures.fake_hub import FakeHub
 from tests.fixtures.fleet import installed_fleet, padded_tiny_model
 from tests.fixtures.lan import Host, Lan
@@ -63,33 +62,13 @@ def open_echo(on: Host, peer: Host) -> dict[str, Any]:
     return dict(resp.json())
 
 
-ECHO_SCRIPT = """
-import socket, sys
-host, port, sent = sys.argv[1], int(sys.argv[2]), bytes.fromhex(sys.argv[3])
-got = b""
-with socket.create_connection((host, port), timeout=20) as sock:
-    sock.sendall(sent)
-    try:
-        while chunk := sock.recv(65536):
-            got += chunk
-    except ConnectionResetError:
-        pass
-print(got.hex())
-"""
-
-
 def echo_from(lan: Lan, host: Host | None, to: Host, echo: dict[str, Any], sent: bytes) -> bytes:
-    """Send `sent` to `echo` on `to` from inside `host` (its address, its user; None: this process, the LAN's
-    third host) and read until the echo closes the connection: what it wrote."""
+    """Send `sent` to `echo` on `to` as a measure talks (tests/fixtures/echo_talk.py) from inside `host` (its
+    address, its user; None: this process, the LAN's third host): what the echo wrote until it closed."""
     if host is None:
-        with socket.create_connection((to.address, echo["port"]), timeout=20) as sock:
-            sock.sendall(sent)
-            got = b""
-            with contextlib.suppress(ConnectionResetError):
-                while chunk := sock.recv(65536):
-                    got += chunk
-            return got
-    done = lan.run(host, "python3", "-c", ECHO_SCRIPT, to.address, str(echo["port"]), sent.hex(), timeout=60)
+        return echo_talk.talk(to.address, echo["port"], sent)
+    done = lan.run(host, "python3", "-c", Path(echo_talk.__file__).read_text(), to.address, str(echo["port"]),
+                   sent.hex(), timeout=60)
     assert done.returncode == 0, done.stderr
     return bytes.fromhex(done.stdout.strip())
 

@@ -17,6 +17,7 @@ from rbee.common import tls_ca
 from rbee.common.tls import TLSFiles
 from rbee.contracts.spread_plans import MAX_BULK_BYTES, MAX_ROUNDS, EchoOpen, EchoOpened, LinkMeasure
 from rbee.hive.links import HELLO, Echoes, LinkFailed, measure, proof
+from tests.fixtures import echo_talk
 
 PEER = "127.0.0.1"
 ELSEWHERE = "127.0.0.2"  # loopback too, but another address than the one the echo was opened for
@@ -36,19 +37,10 @@ def asked(opened: EchoOpened, token: str | None = None, **extra: int) -> LinkMea
 
 
 async def talk(opened: EchoOpened, sent: bytes, source: str = PEER) -> tuple[bytes, float]:
-    """Send `sent`, then read until the echo closes the connection: what it wrote, and how long it took."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", opened.port, local_addr=(source, 0))
+    """Send `sent` as a measure talks (tests/fixtures/echo_talk.py), then read until the echo closes the
+    connection: what it wrote, and how long it took."""
     started = time.monotonic()
-    writer.write(sent)
-    got = b""
-    try:
-        async with asyncio.timeout(30):
-            while chunk := await reader.read(65536):  # until the echo closes it (a reset: it did not read all)
-                got += chunk
-    except ConnectionResetError:
-        pass
-    finally:
-        writer.close()
+    got = await asyncio.to_thread(echo_talk.talk, "127.0.0.1", opened.port, sent, source)
     return got, time.monotonic() - started
 
 
