@@ -7,6 +7,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PROMPT ?= Hello, rbee!
+# the demo model (135M parameters) can repeat itself until its 8192-token context is full: the demo stops sooner
+MAX_TOKENS ?= 256
 
 .PHONY: demo test setup engine agents lint bench clean
 
@@ -25,7 +27,7 @@ engine: setup
 	$(BIN)/rbee engine install --local --engine sd
 
 demo: engine
-	$(BIN)/rbee infer -p "$(PROMPT)"
+	$(BIN)/rbee infer -p "$(PROMPT)" --max-tokens $(MAX_TOKENS)
 
 # npm ci again only when the lock file changes (npm writes node_modules/.package-lock.json last)
 AGENTS := tests/agents
