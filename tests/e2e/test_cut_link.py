@@ -39,8 +39,11 @@ def shared_model() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def fleet(lan: Lan, tmp_path_factory: pytest.TempPathFactory, llama_server: Path) -> Iterator[Queen]:
+    # one thread a worker: with two (llama-server's default here) and anything else busy on the 2 cores, a 4-token
+    # answer took ~0.9 s, its threads waiting for each other, and was counted as a stall the cut did not cause
+    one_thread = {host.name: {"WorkerThreads": "1"} for host in lan.hosts}
     with installed_fleet(lan, tmp_path_factory.mktemp("keeper"), llama_server, heartbeat_ms=2000,
-                         timeout_ms=6000) as queen:
+                         timeout_ms=6000, hosts_extra=one_thread) as queen:
         yield queen
 
 
